@@ -1,0 +1,111 @@
+"""Model configs: plain dataclasses, one named instance per published variant.
+
+`restr-b16` is the paper's model (ViT-B/16 + GloVe-300 + CME fusion). `restr-tiny` keeps the same
+structure at a width and depth that trains on two CPU cores in minutes (the built-in demo and tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+FUSION_VARIANTS = ("cme", "cme-shared", "vme", "ime")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """One transformer encoder stack (eq. 1-5): `depth` pre-norm layers and a final LayerNorm."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp_width: int
+
+
+@dataclass(frozen=True)
+class ReSTRConfig:
+    name: str
+    image_size: int = 480  # square input side; letterboxed (section 4.1)
+    patch_size: int = 16  # P; the decoder has K = log2(P) blocks
+    vision: EncoderConfig = EncoderConfig(width=768, depth=12, heads=12, mlp_width=3072)
+    # The paper's text says an MLP of 3072 for the language encoder too, but its parameter count
+    # (Table 5) only adds up with 4 x 300 = 1200, which is also what the authors' code uses.
+    language: EncoderConfig = EncoderConfig(width=300, depth=6, heads=12, mlp_width=1200)
+    max_words: int = 20  # N_l
+    # Fusion encoder (section 3.2): width D, 4 layers in total for every variant.
+    fusion: EncoderConfig = EncoderConfig(width=768, depth=4, heads=12, mlp_width=3072)
+    fusion_variant: str = "cme"
+    decoder_activation_slope: float = 0.01  # LeakyReLU, as the authors' code
+    patch_threshold: float = 0.8  # tau, eq. 11
+    patch_loss_weight: float = 0.1  # lambda, eq. 12
+    freeze_word_embeddings: bool = False  # the authors fine-tune GloVe
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # AugReg ViT normalisation
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        if self.fusion_variant not in FUSION_VARIANTS:
+            raise ValueError(f"fusion_variant must be one of {FUSION_VARIANTS}, got {self.fusion_variant!r}")
+        if self.fusion_variant != "vme" and self.fusion.depth % 2:
+            raise ValueError("CME and IME split the fusion layers into two halves: fusion.depth must be even")
+        if self.patch_size & (self.patch_size - 1):
+            raise ValueError("patch_size must be a power of two (the decoder doubles resolution K times)")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side, H/P."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N_v."""
+        return self.grid**2
+
+    def replace(self, **changes) -> "ReSTRConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReSTRConfig":
+        d = dict(d)
+        for key in ("vision", "language", "fusion"):
+            if isinstance(d.get(key), dict):
+                d[key] = EncoderConfig(**d[key])
+        for key in ("image_mean", "image_std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+_B16 = ReSTRConfig(name="restr-b16")
+_TINY = ReSTRConfig(
+    name="restr-tiny",
+    image_size=96,
+    patch_size=8,
+    vision=EncoderConfig(width=96, depth=4, heads=4, mlp_width=384),
+    language=EncoderConfig(width=64, depth=2, heads=4, mlp_width=256),
+    max_words=20,
+    fusion=EncoderConfig(width=96, depth=4, heads=4, mlp_width=384),
+)
+
+CONFIGS: dict[str, ReSTRConfig] = {
+    "restr-b16": _B16,
+    "restr-b16-shared": _B16.replace(name="restr-b16-shared", fusion_variant="cme-shared"),
+    "restr-b16-vme": _B16.replace(name="restr-b16-vme", fusion_variant="vme"),
+    "restr-b16-ime": _B16.replace(name="restr-b16-ime", fusion_variant="ime"),
+    "restr-tiny": _TINY,
+}
+
+
+def get_config(name: str) -> ReSTRConfig:
+    """A named config; raises KeyError listing the known names."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}") from None

@@ -1,0 +1,57 @@
+"""Patch-level prediction (eq. 9) and the coarse-to-fine segmentation decoder (section 3.3, eq. 10)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def patch_logits(z_v_fused: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 before the sigmoid: z_v' e_s'^T / sqrt(D).
+
+    z_v_fused: (B, N_v, D); classifier e_s': (B, 1, D). Returns (B, N_v) logits; y_p = sigmoid(logits).
+    """
+    return (z_v_fused @ classifier.transpose(1, 2)).squeeze(-1) / math.sqrt(z_v_fused.shape[-1])
+
+
+class DecoderBlock(nn.Module):
+    """x2 bilinear upsampling, then a linear layer halving the channels, then LeakyReLU.
+
+    Upsample-then-linear is the authors' order and reproduces the paper's MACs.
+    """
+
+    def __init__(self, in_width: int, slope: float):
+        super().__init__()
+        self.linear = nn.Linear(in_width, in_width // 2)
+        self.act = nn.LeakyReLU(slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C/2, 2h, 2w)."""
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
+        return self.act(self.linear(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+class CoarseToFineDecoder(nn.Module):
+    """[z_v, z_masked] on the (H/P, W/P) grid -> pixel logits at (H, W), K = log2(P) blocks."""
+
+    def __init__(self, width: int, patch_size: int, slope: float = 0.01):
+        super().__init__()
+        k = int(math.log2(patch_size))
+        in_width = 2 * width
+        self.blocks = nn.ModuleList(DecoderBlock(in_width // 2**i, slope) for i in range(k))
+        self.head = nn.Linear(in_width // 2**k, 1)
+
+    def forward(self, v: torch.Tensor, z_v_fused: torch.Tensor, patch_logit: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """v: projected visual features (B, N_v, D); z_v_fused: z_v' (B, N_v, D); patch_logit: (B, N_v).
+
+        Returns pixel logits (B, 1, P*h, P*w) where grid = (h, w).
+        """
+        z_masked = z_v_fused * torch.sigmoid(patch_logit)[..., None]  # eq. 10
+        x = torch.cat([v, z_masked], -1)  # (B, N_v, 2D)
+        b, _, c = x.shape
+        x = x.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

@@ -1,0 +1,64 @@
+"""Multimodal fusion encoder (section 3.2, Fig. 3) and its variants.
+
+All variants take the visual features z_v (B, N_v, D_v) and linguistic features z_l (B, N_l, D_l),
+normalise each token (L2), project both to width D and return
+
+    z_v'  (B, N_v, D)  patch-wise multimodal features
+    e_s'  (B, 1, D)    the adaptive classifier
+
+CME (default):   [z_v', z_l'] = Transformers([z_v, z_l]; theta_vl)     (eq. 7)
+                 e_s'         = Transformers([z_l', e_s]; theta_ls)    (eq. 8)
+CME-shared:      the same with the layers of each encoder sharing weights (CME' in Table 3b).
+VME:             [z_v', z_l', e_s'] = Transformers([z_v, z_l, e_s])   (4 layers together).
+IME:             z_v' as eq. 7; e_s' = Transformers([z_l, e_s]) from the projected z_l,
+                 so the classifier never sees the image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restr.config import EncoderConfig
+from restr.modeling.transformer import Transformers
+
+
+class FusionEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig, vision_width: int, language_width: int, variant: str = "cme"):
+        super().__init__()
+        self.variant = variant
+        self.vision_proj = nn.Linear(vision_width, cfg.width)
+        self.language_proj = nn.Linear(language_width, cfg.width)
+        self.class_seed = nn.Parameter(torch.zeros(1, 1, cfg.width))  # e_s
+        nn.init.trunc_normal_(self.class_seed, std=0.02)
+        half = cfg.depth // 2
+        if variant == "vme":
+            self.joint = Transformers(cfg)
+        else:
+            shared = variant == "cme-shared"
+            self.visual_linguistic = Transformers(cfg, depth=half, share_weights=shared)
+            self.linguistic_seed = Transformers(cfg, depth=cfg.depth - half, share_weights=shared)
+
+    def project(self, z_v: torch.Tensor, z_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token L2 normalisation, then a linear layer to width D for each modality."""
+        return self.vision_proj(F.normalize(z_v, dim=-1)), self.language_proj(F.normalize(z_l, dim=-1))
+
+    def forward(
+        self, v: torch.Tensor, l: torch.Tensor, pad_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """v: projected z_v (B, N_v, D); l: projected z_l (B, N_l, D); pad_mask: (B, N_l) bool, True = padding.
+
+        Returns z_v' (B, N_v, D) and e_s' (B, 1, D).
+        """
+        b, n_v = v.shape[:2]
+        seed = self.class_seed.expand(b, -1, -1)
+        no_pad_v = pad_mask.new_zeros(b, n_v)
+        no_pad_seed = pad_mask.new_zeros(b, 1)
+        if self.variant == "vme":
+            z = self.joint(torch.cat([v, l, seed], 1), torch.cat([no_pad_v, pad_mask, no_pad_seed], 1))
+            return z[:, :n_v], z[:, -1:]
+        z = self.visual_linguistic(torch.cat([v, l], 1), torch.cat([no_pad_v, pad_mask], 1))  # eq. 7
+        z_v_fused, z_l_attended = z[:, :n_v], z[:, n_v:]
+        words = l if self.variant == "ime" else z_l_attended
+        e = self.linguistic_seed(torch.cat([words, seed], 1), torch.cat([pad_mask, no_pad_seed], 1))  # eq. 8
+        return z_v_fused, e[:, -1:]

@@ -1,0 +1,78 @@
+"""ReSTR: the whole data path, image + words -> mask, in one place.
+
+    z_v   = VisionEncoder(image)                       eq. 6       (B, N_v, D_v)
+    z_l   = LanguageEncoder(words, pad)                section 3.1 (B, N_l, D_l)
+    v, l  = Linear(L2norm(z_v)), Linear(L2norm(z_l))   section 3.2 (B, N, D)
+    z_v', e_s' = FusionEncoder(v, l, pad)              eq. 7-8
+    y_p   = z_v' e_s'^T / sqrt(D)                      eq. 9  (logits, B x N_v)
+    Y_m   = CoarseToFineDecoder([v, z_v' * sigma(y_p)])  eq. 10 (logits, B x 1 x H x W)
+
+The three stages are also exposed on their own (`encode_image`, `encode_text`, `decode`): the export
+writes them as separate graphs so a service encodes an image once and asks many expressions.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from restr.config import ReSTRConfig
+from restr.modeling.decoder import CoarseToFineDecoder, patch_logits
+from restr.modeling.fusion import FusionEncoder
+from restr.modeling.language_encoder import LanguageEncoder
+from restr.modeling.vision_encoder import VisionEncoder
+
+
+class ReSTR(nn.Module):
+    def __init__(self, cfg: ReSTRConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.vision = VisionEncoder(cfg.vision, cfg.image_size, cfg.patch_size)
+        self.language = LanguageEncoder(cfg.language, vocab_size, cfg.max_words, cfg.freeze_word_embeddings)
+        self.fusion = FusionEncoder(cfg.fusion, cfg.vision.width, cfg.language.width, cfg.fusion_variant)
+        self.decoder = CoarseToFineDecoder(cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope)
+        self.apply(_init_weights)
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """image: (B, 3, H, W) normalised -> projected visual features v: (B, N_v, D)."""
+        z_v = self.vision(image)
+        return self.fusion.vision_proj(nn.functional.normalize(z_v, dim=-1))
+
+    def encode_text(self, words: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """words, pad_mask: (B, N_l) -> projected linguistic features l: (B, N_l, D)."""
+        z_l = self.language(words, pad_mask)
+        return self.fusion.language_proj(nn.functional.normalize(z_l, dim=-1))
+
+    def decode(
+        self, v: torch.Tensor, l: torch.Tensor, pad_mask: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion (eq. 7-8), patch prediction (eq. 9) and decoder (eq. 10).
+
+        v: (B, N_v, D); l: (B, N_l, D); pad_mask: (B, N_l). Returns pixel logits (B, 1, P*h, P*w) and
+        patch logits (B, N_v).
+        """
+        z_v_fused, classifier = self.fusion(v, l, pad_mask)
+        y_p = patch_logits(z_v_fused, classifier)
+        return self.decoder(v, z_v_fused, y_p, grid), y_p
+
+    def forward(
+        self, image: torch.Tensor, words: torch.Tensor, pad_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image: (B, 3, H, W) normalised, H and W divisible by P; words: (B, N_l) int64;
+        pad_mask: (B, N_l) bool, True = padding.
+
+        Returns pixel logits (B, 1, H, W) and patch logits (B, N_v); sigmoid gives probabilities.
+        """
+        p = self.cfg.patch_size
+        grid = (image.shape[-2] // p, image.shape[-1] // p)
+        return self.decode(self.encode_image(image), self.encode_text(words, pad_mask), pad_mask, grid)
+
+
+def _init_weights(m: nn.Module) -> None:
+    # timm's ViT initialisation: truncated-normal linear weights, zero biases.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)

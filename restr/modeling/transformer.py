@@ -1,0 +1,90 @@
+"""The one transformer layer every ReSTR encoder is built from (paper eq. 1-5).
+
+    z = z + MSA(LN(z))      (eq. 1)
+    z = z + MLP(LN(z))      (eq. 2)
+
+Parameter names follow timm's ViT (`qkv`, `proj`, `norm1`, `mlp.fc1`, ...) so ImageNet checkpoints
+load by name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restr.config import EncoderConfig
+
+
+def key_padding_to_attn_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, N) bool, True = padding -> (B, 1, 1, N) bool, True = may be attended (SDPA's convention)."""
+    if pad_mask is None:
+        return None
+    return (~pad_mask)[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-headed self-attention, eq. 3-5: A = softmax(q k^T / sqrt(D_h)), SA = A v."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)  # W_MSA
+
+    def forward(self, z: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, N, D); attn_mask: (B, 1, 1, N) bool, True = attend. Returns (B, N, D)."""
+        b, n, d = z.shape
+        qkv = self.qkv(z).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, D_h)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(z)))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer, eq. 1-2."""
+
+    def __init__(self, width: int, heads: int, mlp_width: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = MLP(width, mlp_width)
+
+    def forward(self, z: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, N, D) -> (B, N, D)."""
+        z = z + self.attn(self.norm1(z), attn_mask)  # eq. 1
+        return z + self.mlp(self.norm2(z))  # eq. 2
+
+
+class Transformers(nn.Module):
+    """`Transformers(z; theta)` of the paper: a stack of layers and a final LN.
+
+    With `share_weights` one layer is applied `depth` times (the paper's CME' variant).
+    """
+
+    def __init__(self, cfg: EncoderConfig, depth: int | None = None, share_weights: bool = False):
+        super().__init__()
+        self.depth = cfg.depth if depth is None else depth
+        n_layers = 1 if share_weights else self.depth
+        self.blocks = nn.ModuleList(TransformerLayer(cfg.width, cfg.heads, cfg.mlp_width) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+
+    def forward(self, z: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, N, D); pad_mask: (B, N) bool, True = padding (masked out as a key). Returns (B, N, D)."""
+        attn_mask = key_padding_to_attn_mask(pad_mask)
+        for i in range(self.depth):
+            z = self.blocks[i % len(self.blocks)](z, attn_mask)
+        return self.norm(z)

@@ -1,0 +1,65 @@
+"""Vision encoder (section 3.1, eq. 6): linear patch embedding + learnable 1-D position + transformers."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restr.config import EncoderConfig
+from restr.modeling.transformer import Transformers
+
+
+def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N_v, C*P*P), patches in row-major order, features ordered (C, P_h, P_w).
+
+    The (C, P_h, P_w) order is the flattening of a stride-P conv kernel, so timm checkpoints load as is.
+    """
+    b, c, h, w = image.shape
+    p = patch_size
+    x = image.reshape(b, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """(1, h*w, D) on `old_grid` -> (1, h'*w', D) on `new_grid`, bicubic in 2-D."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    d = pos_embed.shape[-1]
+    grid = pos_embed.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(pos_embed.dtype)
+
+
+class PatchEmbed(nn.Module):
+    """x^p = flatten(patches) W_E: a linear projection of non-overlapping P x P patches."""
+
+    def __init__(self, patch_size: int, width: int, in_chans: int = 3):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(in_chans * patch_size * patch_size, width)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N_v, D_v)."""
+        return self.proj(patchify(image, self.patch_size))
+
+
+class VisionEncoder(nn.Module):
+    """z_v = Transformers(x^p + E_pos; theta_v), eq. 6. No class token."""
+
+    def __init__(self, cfg: EncoderConfig, image_size: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.patch_embed = PatchEmbed(patch_size, cfg.width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.encoder = Transformers(cfg)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image: (B, 3, H, W) normalised, H and W divisible by P. Returns z_v: (B, N_v, D_v)."""
+        h, w = image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size
+        pos = self.pos_embed
+        if (h, w) != self.grid:  # another input size: interpolate the learned grid on the fly
+            pos = resize_pos_embed(pos, self.grid, (int(h), int(w)))
+        return self.encoder(self.patch_embed(image) + pos)
+
