@@ -1,0 +1,217 @@
+"""An export folder, read through its `manifest.json` (docs/artifacts.md, format_version 1).
+
+The manifest is validated when the folder is opened; a graph's or engine's sha256 is checked when
+that file is loaded (on the very bytes handed to the backend), so opening a folder stays cheap and
+only the files in use are read.
+Every failure is an `ArtifactError`: one line, naming the file, meant for users.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from restr.runtime.tokenizer import Vocabulary
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STAGES = ("vision", "language", "fusion_decoder")  # the split graphs: encode once, ask many
+END_TO_END = "end_to_end"
+
+
+class ArtifactError(ValueError):
+    """An export folder, manifest, graph or engine that cannot be used: one line, meant for users."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. `shape` holds ints and names of dynamic axes ("batch")."""
+
+    name: str
+    dtype: str  # numpy dtype name: float32, int64, bool
+    shape: tuple
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(d["shape"]))
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        """The shape with every dynamic axis set to `batch` (the only dynamic axis is the batch)."""
+        return tuple(batch if isinstance(s, str) else int(s) for s in self.shape)
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """A graph (`.onnx`) or engine (`.engine`) file named by the manifest."""
+
+    key: str  # manifest key, e.g. "vision" or "vision_fp16"
+    path: Path
+    sha256: str
+    precision: str = "fp32"
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    sidecar: Path | None = None  # engines only: X.engine.json
+
+
+@dataclass
+class Artifacts:
+    """A validated export folder. Build with `Artifacts.open(folder)`."""
+
+    root: Path
+    manifest: dict
+    image_size: int  # S: the letterboxed square side
+    patch_size: int
+    max_words: int  # N_l
+    num_patches: int  # N_v
+    feature_width: int  # D
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    threshold: float
+    max_batch: int
+    graphs: dict[str, GraphInfo]
+    engines: dict[str, GraphInfo]
+    vocab_path: Path
+    vocab_sha256: str | None
+
+    @classmethod
+    def open(cls, folder) -> "Artifacts":
+        """Read and validate `folder/manifest.json`. Raises ArtifactError."""
+        root = Path(folder)
+        if not root.is_dir():
+            what = "not a folder" if root.exists() else "no such folder"
+            raise ArtifactError(f"{root}: {what} (expected a restr export folder)")
+        path = root / MANIFEST
+        if not path.is_file():
+            raise ArtifactError(f"{root}: no {MANIFEST} (not a restr export folder; make one with restr-export)")
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{path}: not a readable JSON manifest ({_first_line(e)})") from None
+        if not isinstance(m, dict):
+            raise ArtifactError(f"{path}: not a restr manifest (a JSON object was expected)")
+        version = m.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{path}: manifest format_version {version!r} is not supported by this runtime "
+                f"(it reads version {FORMAT_VERSION}); re-export with a matching restr version"
+            )
+        try:
+            norm = m.get("normalization", {})
+            graphs = {k: _graph_info(root, k, g) for k, g in m["graphs"].items()}
+            engines = {k: _engine_info(root, k, e) for k, e in (m.get("engines") or {}).items()}
+            art = cls(
+                root=root,
+                manifest=m,
+                image_size=int(m["image_size"]),
+                patch_size=int(m["patch_size"]),
+                max_words=int(m["max_words"]),
+                num_patches=int(m["num_patches"]),
+                feature_width=int(m["feature_width"]),
+                mean=tuple(float(x) for x in norm.get("mean", (0.5, 0.5, 0.5))),
+                std=tuple(float(x) for x in norm.get("std", (0.5, 0.5, 0.5))),
+                threshold=float(m.get("threshold", 0.5)),
+                max_batch=int(m.get("max_batch", 8)),
+                graphs=graphs,
+                engines=engines,
+                vocab_path=root / m["vocab"]["file"],
+                vocab_sha256=m["vocab"].get("sha256"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtifactError(f"{path}: manifest is incomplete or malformed ({type(e).__name__}: {_first_line(e)})") from None
+        if len(art.mean) != 3 or len(art.std) != 3 or art.max_batch < 1 or art.image_size % art.patch_size:
+            raise ArtifactError(f"{path}: manifest has inconsistent normalization, max_batch or image/patch size")
+        if (m.get("letterbox") or {}).get("align", "top-left") != "top-left":
+            raise ArtifactError(f"{path}: letterbox alignment {m['letterbox']['align']!r} is not supported (top-left only)")
+        return art
+
+    @property
+    def model_name(self) -> str:
+        return str((self.manifest.get("model") or {}).get("name", "unknown"))
+
+    def has_graphs(self, keys) -> bool:
+        return all(k in self.graphs for k in keys)
+
+    def graph(self, key: str) -> GraphInfo:
+        """The ONNX graph named `key` (e.g. "vision_fp16"); its file is checked when loaded (`read_verified`)."""
+        if key not in self.graphs:
+            raise ArtifactError(f"{self.root}: the export has no {key!r} graph (it has: {', '.join(sorted(self.graphs)) or 'none'})")
+        return self.graphs[key]
+
+    def engine(self, key: str) -> GraphInfo:
+        """The TensorRT engine named `key`; its file is checked when loaded (`read_verified`)."""
+        if key not in self.engines:
+            raise ArtifactError(
+                f"{self.root}: the export has no {key!r} TensorRT engine "
+                f"(it has: {', '.join(sorted(self.engines)) or 'none'}; build engines with restr-export on a GPU machine)"
+            )
+        return self.engines[key]
+
+    def read_verified(self, info: GraphInfo) -> bytes:
+        """The file's bytes, hashed as read, so what is checked is exactly what gets loaded."""
+        data = _read(info.path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != info.sha256:
+            raise ArtifactError(
+                f"{info.path}: sha256 {digest[:12]}... does not match the manifest's {info.sha256[:12]}... "
+                "(the file is corrupt or was changed after export)"
+            )
+        return data
+
+    def vocabulary(self) -> Vocabulary:
+        """The export's vocabulary (`vocab.txt`), checked against the manifest's sha256."""
+        data = _read(self.vocab_path)
+        if self.vocab_sha256 and hashlib.sha256(data).hexdigest() != self.vocab_sha256:
+            raise ArtifactError(f"{self.vocab_path}: sha256 does not match the manifest (the file is corrupt or was changed after export)")
+        try:
+            vocab = Vocabulary.load(self.vocab_path)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{self.vocab_path}: {_first_line(e)}") from None
+        size = (self.manifest.get("vocab") or {}).get("size")
+        if size is not None and int(size) != len(vocab):
+            raise ArtifactError(f"{self.vocab_path}: {len(vocab)} words, but the manifest says {size}")
+        return vocab
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _graph_info(root: Path, key: str, g: dict) -> GraphInfo:
+    return GraphInfo(
+        key=key,
+        path=root / g["file"],
+        sha256=str(g["sha256"]),
+        precision=str(g.get("precision", "fp32")),
+        inputs=tuple(TensorSpec.from_dict(t) for t in g.get("inputs", ())),
+        outputs=tuple(TensorSpec.from_dict(t) for t in g.get("outputs", ())),
+    )
+
+
+def _engine_info(root: Path, key: str, e: dict) -> GraphInfo:
+    return GraphInfo(
+        key=key,
+        path=root / e["file"],
+        sha256=str(e["sha256"]),
+        precision=str(e.get("precision", "fp16-strongly-typed")),
+        sidecar=root / e["sidecar"] if e.get("sidecar") else None,
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file named by the manifest is missing") from None
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot be read ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else type(e).__name__

@@ -1,0 +1,223 @@
+"""`restr-predict`: outputs, summary, and one-line errors with exit code 2 and no partial files."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+pytest.importorskip("torch")
+
+from restr.runtime.cli import main, slugify  # noqa: E402
+from test_runtime import make_tiny_export, photo  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    photo(72, 48, seed=1).save(path)
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG with a valid IHDR of the given size and no pixel data (Pillow reads the size lazily)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_writes_masks_overlays_and_summary(tiny, image, tmp_path):
+    out = tmp_path / "pred"
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog on the left", "--text", "Red car!", "--out", out, "--overlay")
+    assert r.exit_code == 0, r.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["1_the-dog-on-the-left.png", "1_the-dog-on-the-left_overlay.png", "2_red-car.png", "2_red-car_overlay.png", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["image"] == {"path": str(image), "width": 72, "height": 48}
+    assert summary["mode"] == "split" and summary["threshold"] == 0.5
+    for e in summary["expressions"]:
+        mask = np.asarray(Image.open(out / e["mask"]))
+        assert mask.shape == (48, 72)
+        assert e["area"] == int((mask == 255).sum())
+        assert e["area_fraction"] == pytest.approx(e["area"] / (48 * 72), abs=1e-6)
+        assert 0.0 <= e["score"] <= 1.0 and e["unknown_words"] == [] and e["truncated"] is False
+        assert Image.open(out / e["overlay"]).size == (72, 48)
+    assert set(summary["timings_ms"]) == {"load", "preprocess", "vision", "language_fusion_per_expression", "postprocess_per_expression", "total"}
+    assert "the dog on the left" in r.stdout and "summary.json" in r.stdout  # the table
+
+
+def test_json_to_stdout_and_threshold(tiny, image, tmp_path):
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--out", tmp_path / "o", "--json", "-", "--threshold", "0.999")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["threshold"] == 0.999 and summary["expressions"][0]["area"] == 0
+
+
+def test_long_text_warns_and_unknown_words_reported(tiny, image, tmp_path):
+    long = " ".join(["the big dog"] * 8)
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", long, "--text", "a zebra", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert "expression 1 has 24 words; only the first 20 were used" in r.stderr
+    assert "expression 2: words not in the vocabulary (read as <unk>): a, zebra" in r.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["expressions"][0]["truncated"] is True
+    assert summary["expressions"][1]["unknown_words"] == ["a", "zebra"]
+
+
+def _bad_folder(tiny, tmp_path, change) -> Path:
+    folder = tmp_path / "export"
+    shutil.copytree(tiny.folder, folder)
+    change(folder)
+    return folder
+
+
+def _set_version(folder: Path) -> None:
+    m = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**m, "format_version": 99}))
+
+
+def _corrupt_graph(folder: Path) -> None:
+    data = bytearray((folder / "fusion_decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "fusion_decoder.onnx").write_bytes(bytes(data))
+
+
+BAD_IMAGES = {
+    "not an image": (lambda p: p.write_text("hello, not a picture"), "not a readable image"),
+    "truncated": (lambda p: p.write_bytes(_jpeg_bytes()[:300]), "not a readable image"),
+    "zero size": (lambda p: p.write_bytes(_png_header(0, 10)), "zero size|not a readable image"),
+    "huge": (lambda p: p.write_bytes(_png_header(10_000, 9_000)), "larger than the 64,000,000 allowed"),
+    "bomb": (lambda p: p.write_bytes(_png_header(40_000, 40_000)), "not a readable image .*exceeds limit"),
+}
+
+
+def _jpeg_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    photo(64, 64).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_one_line_exit_2_no_output(tiny, tmp_path, case):
+    write, message = BAD_IMAGES[case]
+    path = tmp_path / ("bad.jpg" if case == "truncated" else "bad.png")
+    write(path)
+    out = tmp_path / "out"
+    r = run("--artifacts", tiny.folder, "--image", path, "--text", "the dog", "--out", out)
+    _assert_clean_failure(r, out, message)
+
+
+@pytest.mark.parametrize(
+    "case,change,message",
+    [
+        ("no manifest", lambda f: (f / "manifest.json").unlink(), "no manifest.json"),
+        ("unknown version", _set_version, "format_version 99 is not supported"),
+        ("checksum", _corrupt_graph, "fusion_decoder.onnx: sha256 .* does not match"),
+        ("missing graph", lambda f: (f / "language.onnx").unlink(), "language.onnx: file named by the manifest is missing"),
+    ],
+)
+def test_bad_artifacts_one_line_exit_2_no_output(tiny, image, tmp_path, case, change, message):
+    folder = _bad_folder(tiny, tmp_path, change)
+    out = tmp_path / "out"
+    r = run("--artifacts", folder, "--image", image, "--text", "the dog", "--out", out)
+    _assert_clean_failure(r, out, message)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--text", ""], "expression 1 .* is empty"),
+        (["--text", "the dog", "--text", " ... "], "expression 2 .* is empty"),
+        (["--text", "dog", "--image", "missing.png"], "no such file"),
+        (["--text", "dog", "--backend", "onnx"], "Invalid value for '--backend'"),
+        (["--text", "dog", "--threshold", "1.5"], "Invalid value for '--threshold'"),
+        (["--text", "dog", "--providers", "tpu"], "unknown ONNX Runtime provider"),
+        (["--text", "dog", "--backend", "tensorrt", "--precision", "fp16"], "no 'vision_fp16' TensorRT engine"),
+        ([], "Missing option '--text'"),
+    ],
+)
+def test_bad_options_one_line_exit_2(tiny, image, tmp_path, args, message):
+    out = tmp_path / "out"
+    base = ["--artifacts", tiny.folder, "--image", image, "--out", out]
+    if "--image" in args:
+        base = ["--artifacts", tiny.folder, "--out", out]
+        args = [a if a != "missing.png" else str(tmp_path / "missing.png") for a in args]
+    r = run(*base, *args)
+    _assert_clean_failure(r, out, message)
+
+
+def test_out_is_a_file(tiny, image, tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("x")
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "dog", "--out", out)
+    assert r.exit_code == 2 and "exists and is not a folder" in r.stderr
+    assert out.read_text() == "x"
+
+
+def test_failure_in_existing_out_leaves_it_untouched(tiny, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    r = run("--artifacts", tiny.folder, "--image", bad, "--text", "dog", "--out", out)
+    assert r.exit_code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_real_process_exit_code_and_no_traceback(tiny, tmp_path):
+    """The console entry point in a real process: exit status 2 and exactly one line on stderr."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    cmd = [sys.executable, "-c", "from restr.runtime.cli import main; main()",
+           "--artifacts", str(tiny.folder), "--image", str(bad), "--text", "dog", "--out", str(tmp_path / "o")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("restr-predict: error:") and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_explains():
+    r = run("--help")
+    assert r.exit_code == 0
+    for option in ("--artifacts", "--image", "--text", "--out", "--overlay", "--backend", "--precision", "--threshold", "--json"):
+        assert option in r.output
+
+
+def test_slugify():
+    assert slugify("The dog, left of the bench.") == "the-dog-left-of-the-bench"
+    assert slugify("!!!") == "expression"
+    assert len(slugify("word " * 40)) <= 40
+
+
+def _assert_clean_failure(r, out: Path, message: str) -> None:
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert isinstance(r.exception, SystemExit), r.exception  # not an uncaught exception
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("restr-predict: error:")
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in r.output
+    assert not out.exists() or not any(out.iterdir())

@@ -1,0 +1,811 @@
+"""The torch-free runtime (restr.runtime) against the PyTorch model, on a tiny export.
+
+The export is made here by `export_tiny` (torch.onnx, docs/artifacts.md) with restr-tiny and
+seeded random weights; once `restr.export` lands, the `tiny` fixture's one export line switches
+to it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from restr.config import get_config  # noqa: E402
+from restr.modeling import ReSTR  # noqa: E402
+from restr.runtime import (  # noqa: E402
+    ArtifactError,
+    Artifacts,
+    ImageError,
+    Letterbox,
+    Prediction,
+    Predictor,
+    TextError,
+    TextTruncatedWarning,
+    Vocabulary,
+    load_image,
+    save_mask,
+    save_overlay,
+)
+from restr.runtime.transforms import mean_fill, normalize  # noqa: E402
+from restr.runtime.trt_runner import EngineMismatchError, check_sidecar, profile_max_batch  # noqa: E402
+
+WORDS = "the dog cat man woman left right red blue car on of in hat bench shirt small big tree ball".split()
+
+
+# -- a tiny export, as docs/artifacts.md describes it ---------------------------------------------------
+
+
+def make_tiny_model(vocab: Vocabulary, seed: int = 0) -> ReSTR:
+    """restr-tiny with seeded random weights, spread out so masks are not all empty.
+
+    The trained-model initialisation (std 0.02) gives probabilities within 1e-5 of 0.5; wider
+    weights and a head bias at the median logit give masks of a few percent to most of the image.
+    """
+    torch.manual_seed(seed)
+    model = ReSTR(get_config("restr-tiny"), len(vocab)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, std=1.5 / math.sqrt(m.in_features))
+                torch.nn.init.normal_(m.bias, std=0.1)
+        cfg = model.cfg
+        x = np.concatenate([
+            normalize(Letterbox.fit((h, w), 96).image(photo(w, h, seed=100 + i), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
+            for i, (w, h) in enumerate([(80, 56), (64, 96), (96, 96), (50, 40)])
+        ])
+        x = torch.from_numpy(x)
+        words = torch.randint(2, len(vocab), (4, 20))
+        pad = torch.arange(20)[None].expand(4, 20) >= 6
+        logits, _ = model(x, words, pad)
+        model.decoder.head.bias -= logits.median()
+    return model
+
+
+class _Vision(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, image):
+        return self.m.encode_image(image)
+
+
+class _Language(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, words, pad_mask):
+        return self.m.encode_text(words, pad_mask)
+
+
+class _FusionDecoder(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, visual_features, linguistic_features, pad_mask):
+        g = self.m.cfg.grid
+        pixel, patch = self.m.decode(visual_features, linguistic_features, pad_mask, (g, g))
+        return torch.sigmoid(pixel), torch.sigmoid(patch)
+
+
+class _EndToEnd(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, image, words, pad_mask):
+        pixel, patch = self.m(image, words, pad_mask)
+        return torch.sigmoid(pixel), torch.sigmoid(patch)
+
+
+def export_tiny(model: ReSTR, vocab: Vocabulary, out: Path, max_batch: int = 4) -> Path:
+    """A test-only export folder following docs/artifacts.md (fp32 graphs only)."""
+    cfg = model.cfg
+    s, nl, nv, d = cfg.image_size, cfg.max_words, cfg.num_patches, cfg.fusion.width
+    specs = {
+        "image": ("float32", ["batch", 3, s, s]),
+        "words": ("int64", ["batch", nl]),
+        "pad_mask": ("bool", ["batch", nl]),
+        "visual_features": ("float32", ["batch", nv, d]),
+        "linguistic_features": ("float32", ["batch", nl, d]),
+        "pixel_probs": ("float32", ["batch", 1, s, s]),
+        "patch_probs": ("float32", ["batch", nv]),
+    }
+    b = 2
+    example = {
+        "image": torch.zeros(b, 3, s, s),
+        "words": torch.ones(b, nl, dtype=torch.int64),
+        "pad_mask": torch.arange(nl)[None].expand(b, nl) >= 3,
+        "visual_features": torch.zeros(b, nv, d),
+        "linguistic_features": torch.zeros(b, nl, d),
+    }
+    graphs = {
+        "end_to_end": (_EndToEnd(model), ["image", "words", "pad_mask"], ["pixel_probs", "patch_probs"]),
+        "vision": (_Vision(model), ["image"], ["visual_features"]),
+        "language": (_Language(model), ["words", "pad_mask"], ["linguistic_features"]),
+        "fusion_decoder": (_FusionDecoder(model), ["visual_features", "linguistic_features", "pad_mask"], ["pixel_probs", "patch_probs"]),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    vocab.save(out / "vocab.txt")
+    entries = {}
+    for name, (module, ins, outs) in graphs.items():
+        path = out / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(
+                module.eval(), tuple(example[i] for i in ins), str(path), input_names=ins, output_names=outs,
+                dynamic_axes={n: {0: "batch"} for n in ins + outs}, opset_version=17, dynamo=False,
+            )
+        entries[name] = {
+            "file": path.name, "sha256": _sha(path), "precision": "fp32", "opset": 17,
+            "inputs": [{"name": n, "dtype": specs[n][0], "shape": specs[n][1]} for n in ins],
+            "outputs": [{"name": n, "dtype": specs[n][0], "shape": specs[n][1]} for n in outs],
+        }
+    manifest = {
+        "format_version": 1,
+        "model": {"name": cfg.name, "config": cfg.to_dict()},
+        "image_size": s, "patch_size": cfg.patch_size, "max_words": nl, "num_patches": nv, "feature_width": d,
+        "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std)},
+        "letterbox": {"align": "top-left", "fill": "mean"},
+        "threshold": 0.5,
+        "vocab": {"file": "vocab.txt", "size": len(vocab), "sha256": _sha(out / "vocab.txt")},
+        "max_batch": max_batch,
+        "graphs": entries,
+        "engines": {},
+        "versions": {"torch": torch.__version__},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Tiny:
+    model: ReSTR
+    vocab: Vocabulary
+    folder: Path
+
+
+def make_tiny_export(out: Path) -> Tiny:
+    torch.set_num_threads(1)
+    vocab = Vocabulary(WORDS)
+    model = make_tiny_model(vocab)
+    export_tiny(model, vocab, out)
+    # Once restr.export lands, this is the one line to change (checked against its work in progress):
+    # export_artifacts(Source(model, vocab, {}, None, True), out, ExportOptions(max_batch=4, precisions=("fp32",), engine=False))
+    return Tiny(model, vocab, out)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Tiny:
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny) -> Predictor:
+    return Predictor.from_artifacts(tiny.folder, threads=1)
+
+
+def photo(w: int = 80, h: int = 56, seed: int = 0) -> Image.Image:
+    """A smooth random RGB image (non-square by default)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.BILINEAR)
+
+
+def torch_probs(model: ReSTR, vocab: Vocabulary, im: Image.Image, texts: list[str]):
+    """The PyTorch model on the same pre-processing: pixel probs (K, S, S), patch probs, letterbox."""
+    cfg = model.cfg
+    lb = Letterbox.fit((im.height, im.width), cfg.image_size)
+    x = normalize(lb.image(im.convert("RGB"), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
+    enc = vocab.encode(texts, cfg.max_words)
+    with torch.no_grad():
+        pixel, patch = model(torch.from_numpy(x).expand(len(texts), -1, -1, -1), torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask))
+    return torch.sigmoid(pixel)[:, 0].numpy(), torch.sigmoid(patch).numpy(), lb
+
+
+TEXTS = ["the dog on the left", "red car", "the man in the blue shirt", "small tree", "ball", "the big cat on the bench"]
+
+
+# -- correctness ---------------------------------------------------------------------------------------
+
+
+def test_matches_pytorch_on_non_square_image(tiny, predictor):
+    im = photo(80, 56)
+    preds = predictor.predict_image(im, TEXTS)
+    ref, ref_patch, lb = torch_probs(tiny.model, tiny.vocab, im, TEXTS)
+    emb = predictor.embed(im)
+    enc = predictor.encode_text(TEXTS)
+    pixel, patch, _ = predictor.decode(emb, enc.words, enc.pad_mask)
+    assert pixel.shape == (len(TEXTS), 1, 96, 96)
+    np.testing.assert_allclose(pixel[:, 0], ref, atol=1e-4)
+    np.testing.assert_allclose(patch, ref_patch, atol=1e-4)
+    # masks equal on the letterboxed square wherever the probability is not within rounding of 0.5
+    decided = np.abs(ref - 0.5) > 1e-4
+    assert decided.mean() > 0.95
+    np.testing.assert_array_equal((pixel[:, 0] > 0.5)[decided], (ref > 0.5)[decided])
+    for p, r in zip(preds, ref):
+        assert isinstance(p, Prediction)
+        assert p.mask.shape == p.probs.shape == (56, 80) and p.mask.dtype == bool and p.probs.dtype == np.float32
+        np.testing.assert_allclose(p.probs, lb.invert(r), atol=1e-4)
+        assert p.area == int(p.mask.sum())
+        assert p.score == pytest.approx(float(p.probs[p.mask].mean()) if p.area else 0.0)
+    areas = [p.area_fraction for p in preds]
+    assert max(areas) > 0.01 and min(areas) < 0.99  # the seeded model gives non-trivial masks
+
+
+def test_split_graphs_match_end_to_end(tiny, predictor):
+    e2e = Predictor.from_artifacts(tiny.folder, mode="end_to_end", threads=1)
+    assert predictor.mode == "split" and e2e.mode == "end_to_end"
+    im = photo(64, 96, seed=3)
+    for a, b in zip(predictor.predict_image(im, TEXTS), e2e.predict_image(im, TEXTS)):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        assert a.patch_score == pytest.approx(b.patch_score, abs=1e-5)
+
+
+def test_batched_expressions_equal_one_at_a_time(predictor):
+    """Six expressions go through in chunks of max_batch=4; each equals its own single run."""
+    im = photo(70, 70, seed=5)
+    batched = predictor.predict_image(im, TEXTS)
+    for text, p in zip(TEXTS, batched):
+        (single,) = predictor.predict_image(im, text)
+        np.testing.assert_allclose(p.probs, single.probs, atol=1e-5)
+
+
+def test_feature_cache_hits_by_content_and_is_bounded(tiny):
+    pred = Predictor.from_artifacts(tiny.folder, cache_size=2, threads=1)
+    a, b, c = photo(seed=10), photo(seed=11), photo(seed=12)
+    pred.set_image(a)
+    assert pred.vision_runs == 1
+    pred.set_image(a.copy())  # same pixels, another object: a hit
+    pred.set_image(np.asarray(a))
+    assert pred.vision_runs == 1 and pred.cache_info().hits == 2
+    pred.set_image(b)
+    pred.set_image(c)  # evicts a (least recently used)
+    assert pred.cache_info().currsize == 2 and pred.vision_runs == 3
+    pred.set_image(a)
+    assert pred.vision_runs == 4
+    p1 = pred.predict(["the dog"])[0]
+    assert p1.timings["vision"] == 0.0 or pred.cache_info().misses >= 4
+    off = Predictor.from_artifacts(tiny.folder, cache_size=0, threads=1)
+    off.set_image(a)
+    off.set_image(a)
+    assert off.vision_runs == 2 and off.cache_info().currsize == 0
+
+
+def test_set_image_then_many_predicts(predictor):
+    im = photo(90, 60, seed=7)
+    runs = predictor.vision_runs
+    emb = predictor.set_image(im)
+    assert emb.size == (60, 90)
+    first = predictor.predict("the dog")
+    second = predictor.predict(["the dog", "red car"])
+    assert predictor.vision_runs <= runs + 1
+    np.testing.assert_array_equal(first[0].mask, second[0].mask)
+    predictor.reset_image()
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict("the dog")
+
+
+def test_eight_threads_equal_serial(predictor):
+    jobs = [(photo(60 + 8 * i, 50 + 4 * i, seed=20 + i), TEXTS[i % 3 : i % 3 + 3]) for i in range(8)]
+    serial = [predictor.predict_image(im, texts) for im, texts in jobs]
+    results: dict[int, list] = {}
+    barrier = threading.Barrier(8)
+
+    def work(i):
+        barrier.wait()
+        im, texts = jobs[i]
+        for _ in range(3):  # set_image/predict per thread, then the stateless call
+            predictor.set_image(im)
+            results[i] = predictor.predict(texts)
+            results[i] = predictor.predict_image(im, texts)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        for a, b in zip(serial[i], results[i]):
+            np.testing.assert_array_equal(a.mask, b.mask)
+            np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+
+
+# -- pre-processing ------------------------------------------------------------------------------------
+
+
+def test_exif_rotation_gives_rotated_mask(tmp_path, predictor):
+    im = photo(80, 48, seed=4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rotated.jpg"
+    im.save(path, exif=exif, quality=95)
+    (p,) = predictor.predict_image(path, "the dog")
+    assert p.mask.shape == (80, 48)  # displayed upright: 48 wide, 80 high
+    upright = load_image(path)
+    (q,) = predictor.predict_image(upright, "the dog")
+    np.testing.assert_array_equal(p.mask, q.mask)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "I;16", "LA", "CMYK"])
+def test_image_modes(tmp_path, predictor, mode):
+    base = photo(50, 40, seed=8)
+    if mode == "I;16":
+        im = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        assert im.mode.startswith("I;16")
+    elif mode == "P":
+        im = base.convert("P", palette=Image.ADAPTIVE)
+    else:
+        im = base.convert(mode)
+    ext = "jpg" if mode == "CMYK" else "png"
+    path = tmp_path / f"img.{ext}"
+    im.save(path)
+    for source in (path, Image.open(path)):
+        (p,) = predictor.predict_image(source, "the red car")
+        assert p.mask.shape == (40, 50)
+
+
+def test_numpy_inputs(predictor):
+    rgb = np.asarray(photo(40, 30, seed=9))
+    (a,) = predictor.predict_image(rgb, "the dog")
+    (b,) = predictor.predict_image(Image.fromarray(rgb), "the dog")
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert predictor.predict_image(rgb[..., 0], "the dog")[0].mask.shape == (30, 40)
+    with pytest.raises(ImageError):
+        predictor.predict_image(rgb.astype(np.float64), "the dog")
+    with pytest.raises(ImageError, match="zero size"):
+        predictor.predict_image(np.zeros((0, 5, 3), np.uint8), "the dog")
+
+
+# -- text ----------------------------------------------------------------------------------------------
+
+
+def test_long_text_truncated_with_warning_and_unknown_words(predictor):
+    long = " ".join(["the big dog"] * 9)  # 27 words
+    with pytest.warns(TextTruncatedWarning, match="27 words; only the first 20"):
+        (p,) = predictor.predict_image(photo(), long)
+    assert p.truncated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (q,) = predictor.predict_image(photo(), "the zebra near a dog")
+    assert not q.truncated and q.unknown_words == ["zebra", "near", "a"]
+    # truncation keeps the first 20 words exactly
+    (r,) = predictor.predict_image(photo(), " ".join(["the big dog"] * 9)[: len("the big dog ") * 6 + len("the big")])
+    np.testing.assert_allclose(p.probs, r.probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("texts", ["", "   ", "...", [], ["the dog", "!!"]])
+def test_empty_text_refused(predictor, texts):
+    with pytest.raises(TextError):
+        predictor.predict_image(photo(), texts)
+
+
+# -- artifacts -----------------------------------------------------------------------------------------
+
+
+def _copy(tiny, tmp_path) -> Path:
+    import shutil
+
+    dst = tmp_path / "export"
+    shutil.copytree(tiny.folder, dst)
+    return dst
+
+
+def test_manifest_errors(tiny, tmp_path):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        Artifacts.open(tmp_path)
+    with pytest.raises(ArtifactError, match="no such folder"):
+        Artifacts.open(tmp_path / "missing")
+    folder = _copy(tiny, tmp_path)
+    m = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**m, "format_version": 2}))
+    with pytest.raises(ArtifactError, match="format_version 2 is not supported"):
+        Predictor.from_artifacts(folder)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not a readable JSON"):
+        Artifacts.open(folder)
+    del m["graphs"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="incomplete or malformed"):
+        Artifacts.open(folder)
+
+
+def test_checksum_checked_when_graph_is_loaded(tiny, tmp_path):
+    folder = _copy(tiny, tmp_path)
+    with open(folder / "end_to_end.onnx", "ab") as f:
+        f.write(b"\0")
+    Predictor.from_artifacts(folder, mode="split", threads=1)  # the split graphs are intact
+    with pytest.raises(ArtifactError, match="end_to_end.onnx: sha256 .* does not match"):
+        Predictor.from_artifacts(folder, mode="end_to_end")
+    (folder / "vision.onnx").unlink()
+    with pytest.raises(ArtifactError, match="vision.onnx: file named by the manifest is missing"):
+        Predictor.from_artifacts(folder)
+    with pytest.raises(ArtifactError, match="no 'vision_fp16' graph"):
+        Predictor.from_artifacts(tiny.folder, precision="fp16")
+
+
+def test_fp16_precision_loads_the_fp16_graphs(tiny, tmp_path):
+    """precision="fp16" reads the `*_fp16` manifest entries (here: the FP32 files under those names)."""
+    folder = _copy(tiny, tmp_path)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["graphs"].update({f"{k}_fp16": {**g, "precision": "fp16-mixed"} for k, g in list(m["graphs"].items())})
+    (folder / "manifest.json").write_text(json.dumps(m))
+    pred = Predictor.from_artifacts(folder, precision="fp16", threads=1)
+    assert sorted(r.name for r in pred.runners.values()) == ["fusion_decoder_fp16", "language_fp16", "vision_fp16"]
+    assert pred.predict_image(photo(), "the dog")[0].mask.shape == (56, 80)
+    with pytest.raises(ValueError, match="precision must be fp32 or fp16"):
+        Predictor.from_artifacts(folder, precision="int8")
+
+
+# -- visualisation -------------------------------------------------------------------------------------
+
+
+def test_save_mask_and_overlay(tmp_path, predictor):
+    im = photo(64, 40, seed=2)
+    (p,) = predictor.predict_image(im, "the dog")
+    save_mask(tmp_path / "m.png", p.mask)
+    save_overlay(tmp_path / "o.png", im, p.mask)
+    m = np.asarray(Image.open(tmp_path / "m.png"))
+    assert m.shape == (40, 64) and set(np.unique(m)) <= {0, 255}
+    np.testing.assert_array_equal(m == 255, p.mask)
+    o = Image.open(tmp_path / "o.png")
+    assert o.size == im.size and o.mode == "RGB"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["m.png", "o.png"]  # no temporary files left
+
+
+# -- torch-free ----------------------------------------------------------------------------------------
+
+
+def test_runtime_imports_and_predicts_without_torch(tiny, tmp_path):
+    photo(50, 30).save(tmp_path / "x.png")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        for name in ("torch", "onnx", "tensorrt", "cuda"):
+            sys.modules[name] = None  # any import of these now raises ImportError
+        import restr.runtime
+        assert "onnxruntime" not in sys.modules, "onnxruntime is imported lazily"
+        from restr.runtime import Predictor
+        p = Predictor.from_artifacts({str(tiny.folder)!r}, threads=1)
+        (pred,) = p.predict_image({str(tmp_path / 'x.png')!r}, "the dog")
+        assert pred.mask.shape == (30, 50)
+        from restr.runtime import cli  # the CLI module too
+        leaked = [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "tensorrt") and sys.modules[m] is not None]
+        assert not leaked, leaked
+        print("ok")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+# -- TensorRT ------------------------------------------------------------------------------------------
+
+MACHINE = {"tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+def test_sidecar_check_accepts_matching_and_refuses_others():
+    sidecar = {**MACHINE, "profiles": {"image": {"min": [1, 3, 96, 96], "opt": [1, 3, 96, 96], "max": [8, 3, 96, 96]},
+                                       "words": {"min": [1, 20], "opt": [4, 20], "max": [16, 20]}}}
+    check_sidecar(sidecar, **MACHINE)
+    check_sidecar(sidecar, **{**MACHINE, "compute_capability": (9, 0), "gpu_name": "NVIDIA  H100 80GB HBM3"})
+    assert profile_max_batch(sidecar) == 8
+    with pytest.raises(EngineMismatchError, match=r"built with TensorRT 10.13.0.35, this machine has TensorRT 11.0.0.1; .*rebuild"):
+        check_sidecar(sidecar, **{**MACHINE, "tensorrt_version": "11.0.0.1"})
+    with pytest.raises(EngineMismatchError, match="built for NVIDIA H100 80GB HBM3 .* this GPU is NVIDIA L4"):
+        check_sidecar(sidecar, **{**MACHINE, "gpu_name": "NVIDIA L4", "compute_capability": "8.9"})
+    with pytest.raises(EngineMismatchError, match="compute capability 8.0"):
+        check_sidecar(sidecar, **{**MACHINE, "compute_capability": [8, 0]})
+    with pytest.raises(EngineMismatchError, match="lacks"):
+        check_sidecar({"gpu_name": "x"}, **MACHINE)
+    assert issubclass(EngineMismatchError, ArtifactError)
+
+
+def test_tensorrt_backend_needs_an_engine(tiny):
+    with pytest.raises(ArtifactError, match="no 'vision_fp16' TensorRT engine"):
+        Predictor.from_artifacts(tiny.folder, backend="tensorrt", precision="fp16", mode="split")
+
+
+def _trt_reason() -> str | None:
+    try:
+        from restr.runtime.trt_runner import describe_gpu, import_backends
+
+        _, cudart = import_backends()
+        describe_gpu(cudart)
+    except Exception as e:  # noqa: BLE001 - any failure means: no TensorRT here
+        return f"TensorRT engines need tensorrt>=10, cuda-python and a CUDA GPU ({str(e).splitlines()[0][:120]})"
+    return None
+
+
+def build_test_engines(folder: Path, keys=("vision", "language", "fusion_decoder"), max_batch: int = 4) -> None:
+    """Build strongly typed TensorRT engines from the tiny export's FP32 graphs, with sidecars (GPU only)."""
+    from restr.runtime.trt_runner import describe_gpu, import_backends
+
+    trt, cudart = import_backends()
+    logger = trt.Logger(trt.Logger.WARNING)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in keys:
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse((folder / f"{key}.onnx").read_bytes()), parser.get_error(0)
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        profiles = {}
+        for spec in manifest["graphs"][key]["inputs"]:
+            shapes = {n: [b if isinstance(d, str) else d for d in spec["shape"]] for n, b in (("min", 1), ("opt", max_batch), ("max", max_batch))}
+            profile.set_shape(spec["name"], shapes["min"], shapes["opt"], shapes["max"])
+            profiles[spec["name"]] = shapes
+        config.add_optimization_profile(profile)
+        (folder / f"{key}.engine").write_bytes(bytes(builder.build_serialized_network(network, config)))
+        sidecar = {"tensorrt_version": trt.__version__, **describe_gpu(cudart), "profiles": profiles,
+                   "precision": "fp32-strongly-typed", "source": {"file": f"{key}.onnx", "sha256": manifest["graphs"][key]["sha256"]}}
+        (folder / f"{key}.engine.json").write_text(json.dumps(sidecar))
+        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": _sha(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json"}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_trt_reason() is not None, reason=str(_trt_reason()))
+def test_trt_runner_matches_ort(tiny, tmp_path):  # pragma: no cover - needs a GPU
+    folder = _copy(tiny, tmp_path)
+    build_test_engines(folder)
+    trt_pred = Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")
+    ort_pred = Predictor.from_artifacts(folder, threads=1)
+    im = photo(80, 56)
+    for a, b in zip(trt_pred.predict_image(im, TEXTS), ort_pred.predict_image(im, TEXTS)):
+        np.testing.assert_allclose(a.probs, b.probs, atol=2e-3)
+    jobs = [(photo(60 + 8 * i, 50, seed=i), TEXTS[:3]) for i in range(8)]
+    serial = [trt_pred.predict_image(im, t) for im, t in jobs]
+    out: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, trt_pred.predict_image(*jobs[i]))) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        for a, b in zip(serial[i], out[i]):
+            np.testing.assert_array_equal(a.mask, b.mask)
+
+
+class _FakeCudart:
+    """cuda.bindings.runtime's calling convention ((error, *values)) over host memory, for TrtRunner's data path."""
+
+    class cudaError_t:  # noqa: N801 - cuda-python's names
+        cudaSuccess = 0
+
+    class cudaMemcpyKind:  # noqa: N801
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    def __init__(self):
+        self.memory: dict[int, object] = {}
+
+    def cudaMalloc(self, n):  # noqa: N802
+        import ctypes
+
+        buf = ctypes.create_string_buffer(n)
+        self.memory[ctypes.addressof(buf)] = buf
+        return 0, ctypes.addressof(buf)
+
+    def cudaFree(self, ptr):  # noqa: N802
+        self.memory.pop(ptr, None)
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
+        import ctypes
+
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    cudaStreamCreate = staticmethod(lambda: (0, object()))  # noqa: N815
+    cudaStreamSynchronize = cudaStreamDestroy = cudaSetDevice = staticmethod(lambda *a: (0,))  # noqa: N815
+    cudaGetDeviceCount = staticmethod(lambda: (0, 1))  # noqa: N815
+    cudaGetErrorString = staticmethod(lambda e: (0, b"fake error"))  # noqa: N815
+
+    @staticmethod
+    def cudaGetDeviceProperties(device):  # noqa: N802
+        from types import SimpleNamespace
+
+        return 0, SimpleNamespace(name=b"Fake GPU 80GB\0\0", major=9, minor=0)
+
+
+def _fake_tensorrt():
+    """A stand-in `tensorrt` whose 'engines' are ONNX graphs run by ONNX Runtime, read and written
+    through the device addresses TrtRunner hands it."""
+    import ctypes
+    import types
+
+    import onnxruntime as ort
+
+    trt = types.SimpleNamespace(__version__="10.99.0")
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.nptype = lambda dtype: dtype
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+
+        def get_tensor_shape(self, name):
+            batch = next(iter(self.shapes.values()))[0]
+            return tuple(batch if d < 0 else d for d in self.engine.get_tensor_shape(name))
+
+        def execute_async_v3(self, stream):
+            feeds = {}
+            for i in self.engine.session.get_inputs():
+                dtype = self.engine.get_tensor_dtype(i.name)
+                n = int(np.prod(self.shapes[i.name])) * dtype.itemsize
+                raw = (ctypes.c_char * n).from_address(self.addresses[i.name])
+                feeds[i.name] = np.frombuffer(raw, dtype=dtype).reshape(self.shapes[i.name]).copy()
+            for o, value in zip(self.engine.session.get_outputs(), self.engine.session.run(None, feeds)):
+                value = np.ascontiguousarray(value)
+                ctypes.memmove(self.addresses[o.name], value.ctypes.data, value.nbytes)
+            return True
+
+    class Engine:
+        def __init__(self, data):
+            self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+            self.io = {t.name: ("in", t) for t in self.session.get_inputs()} | {t.name: ("out", t) for t in self.session.get_outputs()}
+            self.num_io_tensors = len(self.io)
+            # a real engine knows every output shape; learn them from one batch-1 run
+            dummy = {t.name: np.zeros([1 if isinstance(d, str) else d for d in t.shape], self.get_tensor_dtype(t.name)) for t in self.session.get_inputs()}
+            outs = self.session.run(None, dummy)
+            self.out_shapes = {o.name: (-1, *v.shape[1:]) for o, v in zip(self.session.get_outputs(), outs)}
+
+        def get_tensor_name(self, i):
+            return list(self.io)[i]
+
+        def get_tensor_mode(self, name):
+            return self.io[name][0]
+
+        def get_tensor_dtype(self, name):
+            return np.dtype({"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}[self.io[name][1].type])
+
+        def get_tensor_shape(self, name):
+            if getattr(self, "out_shapes", None) and name in self.out_shapes:
+                return self.out_shapes[name]
+            return tuple(d if isinstance(d, int) else -1 for d in self.io[name][1].shape)
+
+        def create_execution_context(self):
+            return Context(self)
+
+    trt.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=Engine)
+    return trt
+
+
+@pytest.fixture()
+def fake_tensorrt(monkeypatch):
+    import types
+
+    cudart = _FakeCudart()
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    cuda = types.ModuleType("cuda")
+    cuda.bindings = bindings
+    trt = _fake_tensorrt()
+    for name, module in {"tensorrt": trt, "cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": cudart}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return trt
+
+
+def _fake_engines(folder: Path, sidecar: dict, max_batch: int = 4) -> None:
+    """Engines that are the ONNX graphs themselves (for the fake tensorrt), with sidecars."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ("vision", "language", "fusion_decoder"):
+        (folder / f"{key}.engine").write_bytes((folder / f"{key}.onnx").read_bytes())
+        profiles = {s["name"]: {"min": [1], "opt": [max_batch], "max": [max_batch]} for s in manifest["graphs"][key]["inputs"]}
+        (folder / f"{key}.engine.json").write_text(json.dumps({**sidecar, "profiles": profiles}))
+        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": _sha(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_trt_runner_data_path_on_a_fake_tensorrt(tiny, tmp_path, fake_tensorrt):
+    """TrtRunner's shapes, buffers, copies and per-thread contexts, with TensorRT and CUDA faked on the host."""
+    folder = _copy(tiny, tmp_path)
+    _fake_engines(folder, {"tensorrt_version": "10.99.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"})
+    trt_pred = Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")
+    ort_pred = Predictor.from_artifacts(folder, threads=1)
+    assert type(trt_pred.runners["vision"]).__name__ == "TrtRunner" and trt_pred.max_batch == 4
+    jobs = [(photo(60 + 8 * i, 50, seed=30 + i), TEXTS[i % 2 :]) for i in range(8)]  # 5-6 expressions: two chunks
+    serial = [ort_pred.predict_image(im, t) for im, t in jobs]
+    out: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, trt_pred.predict_image(*jobs[i]))) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        for a, b in zip(serial[i], out[i]):
+            np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+    assert len(trt_pred.runners["vision"]._states) == 8  # one execution context per thread
+    with pytest.raises(ValueError, match="above the engine's profile maximum 4"):
+        trt_pred.runners["language"].run({"words": np.ones((5, 20), np.int64), "pad_mask": np.zeros((5, 20), bool)})
+    for runner in trt_pred.runners.values():
+        runner.close()
+
+
+def test_trt_engine_from_another_version_or_gpu_refused(tiny, tmp_path, fake_tensorrt):
+    folder = _copy(tiny, tmp_path)
+    _fake_engines(folder, {"tensorrt_version": "10.3.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"})
+    with pytest.raises(EngineMismatchError, match="built with TensorRT 10.3.0, this machine has TensorRT 10.99.0"):
+        Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")
+    _fake_engines(folder, {"tensorrt_version": "10.99.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"})
+    with pytest.raises(EngineMismatchError, match="built for NVIDIA L4 .* this GPU is Fake GPU 80GB"):
+        Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")
+
+
+def test_trt_runner_uses_only_names_in_cuda_python():
+    """The cuda.bindings.runtime names trt_runner.py calls exist (where cuda-python is installed)."""
+    import functools
+    import re
+
+    cudart = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed (pip install cuda-python)")
+    source = (Path(__file__).resolve().parents[1] / "runtime" / "trt_runner.py").read_text()
+    names = set(re.findall(r"cudart\.(\w+(?:\.\w+)?)", source))
+    assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamSynchronize"} <= names
+    missing = []
+    for name in sorted(names):
+        try:
+            functools.reduce(getattr, name.split("."), cudart)
+        except AttributeError:
+            missing.append(name)
+    assert not missing, f"not in cuda.bindings.runtime: {missing}"
+
+
+def test_trt_runner_uses_only_names_in_the_tensorrt_bindings():
+    """Hold the TensorRT API names trt_runner.py uses against the installed binding's string table."""
+    import ast
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("tensorrt_bindings") or importlib.util.find_spec("tensorrt")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("tensorrt bindings not installed (pip install tensorrt-cu13-bindings gives the name table)")
+    so = next(Path(spec.submodule_search_locations[0]).glob("tensorrt*.so"), None)
+    if so is None:
+        pytest.skip("no compiled tensorrt module in the bindings package")
+    binary = so.read_bytes()
+    table = set(re.findall(rb"def ([A-Za-z_][A-Za-z0-9_]*)", (Path(spec.origin)).read_bytes()))  # Python-side helpers
+    runner_src = Path(__file__).resolve().parents[1] / "runtime" / "trt_runner.py"
+    trees = [ast.parse(runner_src.read_text())]
+    trees += [n for n in ast.parse(Path(__file__).read_text()).body if isinstance(n, ast.FunctionDef) and n.name == "build_test_engines"]
+    trt_objects = {"trt", "engine", "context", "_runtime", "builder", "network", "parser", "config", "profile"}
+    used = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                base = node.value
+                base_name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
+                if base_name in trt_objects or (isinstance(base, ast.Attribute) and base.attr in ("Logger", "TensorIOMode", "NetworkDefinitionCreationFlag")):
+                    used.add(node.attr)
+    assert {"execute_async_v3", "set_tensor_address", "set_input_shape", "get_tensor_name", "STRONGLY_TYPED"} <= used
+    # a C string ends in NUL; the linker may share it as the tail of a longer one ("CONDITIONAL_INPUT")
+    missing = sorted(n for n in used if n.encode() not in table and n.encode() + b"\0" not in binary)
+    assert not missing, f"not in TensorRT's bindings: {missing}"
