@@ -119,8 +119,13 @@ class RunFolder:
         except (OSError, json.JSONDecodeError):
             raise UsageError(f"{self.out}: holds files of a run but no readable run.json; choose another --out") from None
         for key in ("config", "data", "train"):
-            if saved.get(key) != run.get(key):
-                raise UsageError(f"{self.out}: --resume asks for a different run ({key} differs: {saved.get(key)} vs {run.get(key)})")
+            old, new = saved.get(key), run.get(key)
+            if old != new:
+                if isinstance(old, dict) and isinstance(new, dict):
+                    diff = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+                else:
+                    diff = f"{old} -> {new}"
+                raise UsageError(f"{self.out}: --resume asks for a different run ({key} differs: {diff})")
         if not self.last.exists():
             return None
         try:
@@ -145,8 +150,13 @@ def _distributed() -> tuple[int, int, int]:
 def train(
     cfg: ReSTRConfig, tc: TrainConfig, data: str, out: str | Path, device: str = "auto", resume: bool = False,
     workers: int = 2, split_by=None, image_root=None, pretrained_vit=None, glove=None, progress: bool = True,
+    stop_after: int | None = None,
 ) -> Path:
-    """Train and return the path of the final checkpoint (`out/model.pt`)."""
+    """Train and return the path of the final checkpoint (`out/model.pt`).
+
+    `stop_after` ends this process after that many iterations with `last.pt` written, for
+    time-sliced jobs: `--resume` continues exactly where it stopped.
+    """
     from restr.data import build_dataset
     from restr.evaluate import evaluate
 
@@ -156,7 +166,7 @@ def train(
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     folder = RunFolder(Path(out))
-    run = {"config": cfg.to_dict(), "data": data, "train": _jsonable(dataclasses.asdict(tc))}
+    run = _jsonable({"config": cfg.to_dict(), "data": data, "train": dataclasses.asdict(tc)})
     state = folder.check(run, resume)
 
     # Data: the vocabulary comes from the training split (or the checkpoint being resumed).
@@ -199,7 +209,8 @@ def train(
     meta = {"data": data, "split_by": split_by, "image_root": str(image_root) if image_root else None}
     bar = tqdm(total=tc.iterations, initial=step, desc="train", unit="it", disable=not (progress and rank == 0), dynamic_ncols=True)
     t_start, last_val = time.time(), None
-    while step < tc.iterations:
+    stop_at = tc.iterations if stop_after is None else min(tc.iterations, step + stop_after)
+    while step < stop_at:
         epoch, start = divmod(step, sampler.batches_per_epoch)
         sampler.set_position(epoch, start)
         loader = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, num_workers=workers,
@@ -230,19 +241,28 @@ def train(
             if step % tc.val_every == 0 or step == tc.iterations:
                 last_val = _validate(model, val_ds, dev, tc, rank, world, folder, step)
                 ddp.train()
-            if rank == 0 and (step % tc.ckpt_every == 0 or step == tc.iterations):
+            if rank == 0 and (step % tc.ckpt_every == 0 or step in (tc.iterations, stop_at)):
                 train_state = {"optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state()}
                 save_checkpoint(folder.last, model, vocab, {**meta, "step": step}, train_state)
-            if step >= tc.iterations:
+            if step >= stop_at:
                 break
     bar.close()
+    if step < tc.iterations:
+        if rank == 0:
+            print(f"stopped at iteration {step} of {tc.iterations}; continue with --resume")
+        _finish_distributed(world)
+        return folder.last
     if rank == 0:
         meta.update(step=step, train_seconds=round(time.time() - t_start, 1), val_overall_iou=last_val)
         save_checkpoint(folder.model, model, vocab, meta)
+    _finish_distributed(world)
+    return folder.model
+
+
+def _finish_distributed(world: int) -> None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return folder.model
 
 
 def _validate(model, val_ds, dev, tc, rank, world, folder, step) -> float:
@@ -301,7 +321,8 @@ def _jsonable(d: dict) -> dict:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice).")
-def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, glove, iterations, batch_size, lr, val_every, seed, device, workers, threads):
+@click.option("--stop-after", default=None, type=click.IntRange(min=1), help="Stop after N iterations of this process (resume later with --resume).")
+def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, glove, iterations, batch_size, lr, val_every, seed, device, workers, threads, stop_after):
     """Train ReSTR. Defaults follow the paper for restr-b16 (AdamW, LR 1e-5, warm-up 10%, poly 0.9,
     batch 8, 400k iterations) and a from-scratch recipe for restr-tiny.
 
@@ -320,7 +341,7 @@ def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, g
         tc = dataclasses.replace(tc, **overrides)
         if threads:
             torch.set_num_threads(threads)
-        path = train(cfg, tc, data, out, device, resume, workers, split_by, image_root, pretrained_vit, glove)
+        path = train(cfg, tc, data, out, device, resume, workers, split_by, image_root, pretrained_vit, glove, stop_after=stop_after)
         if int(os.environ.get("RANK", "0")) == 0:
             click.echo(f"wrote {path}")
 

@@ -1,0 +1,145 @@
+"""Training loop, schedule, exact resume, torchrun/gloo, and restr-eval as users run them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from restr.checkpoint import load_checkpoint
+from restr.config import get_config
+from restr.train import EpochSampler, TrainConfig, lr_factor, train
+
+SMALL = {"train": 24, "val": 4, "test": 4}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from restr.data import make_synthetic
+
+    return str(make_synthetic(tmp_path_factory.mktemp("data") / "synthetic", seed=0, sizes=SMALL))
+
+
+def small_cfg():
+    # restr-tiny's structure at a smaller input, to keep CI fast
+    return get_config("restr-tiny").replace(image_size=32)
+
+
+def tc(**kw):
+    base = dict(iterations=6, batch_size=4, lr=1e-3, val_every=3, val_limit=4, ckpt_every=3, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_schedule_warms_up_then_decays_polynomially():
+    t = TrainConfig(iterations=100, batch_size=1, lr=1.0)
+    assert lr_factor(0, t) == 0.0 and lr_factor(5, t) == pytest.approx(0.5) and lr_factor(10, t) == pytest.approx(1.0)
+    assert lr_factor(55, t) == pytest.approx(0.5**0.9)
+    assert lr_factor(100, t) == 0.0
+
+
+def test_sampler_resumes_at_the_same_sample():
+    full = EpochSampler(50, 4, seed=3)
+    full.set_position(2, 0)
+    order = list(full)
+    part = EpochSampler(50, 4, seed=3)
+    part.set_position(2, 5)
+    assert list(part) == order[20:]
+    ranks = [EpochSampler(50, 4, seed=3, rank=r, world=2) for r in (0, 1)]
+    for r in ranks:
+        r.set_position(2, 0)
+    a, b = (set(r) for r in ranks)
+    assert not a & b and len(a) == len(b) == 24
+
+
+def test_train_writes_checkpoints_and_log(tmp_path, data):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    path = train(small_cfg(), tc(warmup_fraction=0.5), data, out, device="cpu", workers=0, progress=False)
+    assert path == out / "model.pt"
+    ck = load_checkpoint(path)
+    assert ck.config.image_size == 32 and ck.meta["step"] == 6 and ck.meta["data"] == data
+    obj = torch.load(path, weights_only=True)  # loads under weights_only
+    assert set(obj) >= {"format", "config", "vocab", "model", "meta"}
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if r.get("split") == "val"] == [3, 6]
+    lrs = [r["lr"] for r in records if "loss" in r]
+    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3 * 2 / 3) and lrs[3] == pytest.approx(1e-3)  # warm-up over 3
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_resume_continues_exactly(tmp_path, data):
+    torch.set_num_threads(1)
+    whole = train(small_cfg(), tc(), data, tmp_path / "a", device="cpu", workers=0, progress=False)
+    train(small_cfg(), tc(), data, tmp_path / "b", device="cpu", workers=0, progress=False, stop_after=4)
+    assert not (tmp_path / "b" / "model.pt").exists()
+    resumed = train(small_cfg(), tc(), data, tmp_path / "b", device="cpu", workers=0, progress=False, resume=True)
+    a, b = load_checkpoint(whole).model.state_dict(), load_checkpoint(resumed).model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def test_cli_refuses_a_folder_holding_another_run(tmp_path, data):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    r = run_cli("-m", "restr.train", "--config", "restr-tiny", "--data", data, "--out", str(out), "--iterations", "2")
+    assert r.returncode == 2 and "holds a run already" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("-m", "restr.train", "--config", "restr-tiny", "--data", data, "--out", str(out), "--resume", "--iterations", "2")
+    assert r.returncode == 2 and "different run" in r.stderr
+
+
+def test_cli_missing_data_folder(tmp_path):
+    r = run_cli("-m", "restr.train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_gloo_two_processes(tmp_path, data):
+    out = tmp_path / "ddp"
+    code = (
+        "import torch; torch.set_num_threads(1);"
+        "from restr.train import train, TrainConfig; from restr.config import get_config;"
+        f"train(get_config('restr-tiny').replace(image_size=32), TrainConfig(iterations=4, batch_size=2, lr=1e-3, val_every=2, val_limit=4, ckpt_every=2, log_every=1),"
+        f" {data!r}, {str(out)!r}, device='cpu', workers=0, progress=False)"
+    )
+    script = tmp_path / "job.py"
+    script.write_text(code)
+    r = run_cli("-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", str(script))
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = load_checkpoint(out / "model.pt")
+    assert ck.meta["step"] == 4
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes
+    val = [r for r in records if r.get("split") == "val"]
+    assert val and all(r["n"] == 4 for r in val)  # both ranks' shares gathered
+
+
+def test_eval_cli_json_and_control(tmp_path, data):
+    torch.set_num_threads(1)
+    ckpt = train(small_cfg(), tc(iterations=2, val_every=2), data, tmp_path / "run", device="cpu", workers=0, progress=False)
+    out = tmp_path / "eval.json"
+    r = run_cli("-m", "restr.evaluate", "--ckpt", str(ckpt), "--data", f"{data}:test", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert set(res) >= {"overall_iou", "mean_iou", "precision_at", "by_length", "n"}
+    assert set(res["precision_at"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
+    assert "overall IoU" in r.stdout and "mean IoU" in r.stdout
+    r = run_cli("-m", "restr.evaluate", "--ckpt", str(ckpt), "--data", f"{data}:test", "--shuffle-text", "--json", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["shuffle_text"] is True
+
+
+def test_eval_cli_errors(tmp_path, data):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run_cli("-m", "restr.evaluate", "--ckpt", str(bad), "--data", f"{data}:test", "--json", str(tmp_path / "e.json"))
+    assert r.returncode == 2 and "not a readable checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "e.json").exists()
