@@ -13,7 +13,7 @@ def patch_logits(z_v_fused: torch.Tensor, classifier: torch.Tensor) -> torch.Ten
 
     z_v_fused: (B, N_v, D); classifier e_s': (B, 1, D). Returns (B, N_v) logits; y_p = sigmoid(logits).
     """
-    return (z_v_fused @ classifier.transpose(1, 2)).squeeze(-1) / math.sqrt(z_v_fused.shape[-1])
+    return (z_v_fused @ classifier.transpose(1, 2))[..., 0] / math.sqrt(z_v_fused.shape[-1])  # not squeeze: it exports as an If
 
 
 class DecoderBlock(nn.Module):

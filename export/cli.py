@@ -1,0 +1,107 @@
+"""`restr-export`: a checkpoint -> an artifact folder the runtime and restr-bench read (docs/artifacts.md)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from restr.export.onnx_export import GRAPHS, MIN_OPSET
+
+EXIT_BAD_INPUT = 2  # bad file, config, size or folder; engines required but impossible here
+EXIT_FAILED = 1  # verification tolerance exceeded, a graph broke its contract, or TensorRT failed to build
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to export (from restr-train).")
+@click.option("--config", "config_name", metavar="NAME",
+              help="Without --ckpt: export RANDOMLY INITIALISED weights of this config (restr-b16, restr-tiny, ...), for benchmarking before training.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Artifact folder to write (must not exist unless --force).")
+@click.option("--build-engines", "engines_for", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Instead of exporting: build TensorRT engines into an existing export folder (on a GPU machine).")
+@click.option("--image-size", type=int, help="Square input side (a multiple of the patch size); default: the checkpoint's.")
+@click.option("--max-batch", type=int, help="Largest batch of the TensorRT profiles (min 1, opt 1, max N); default 8. ONNX graphs take any batch.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16"]), default=("fp32", "fp16"),
+              show_default=True, help="Graph precisions to write (repeat the option); fp16 = mixed precision for TensorRT.")
+@click.option("--engine/--no-engine", default=None,
+              help="Build TensorRT engines from the FP16 graphs. Default: when TensorRT and a GPU are present. --engine fails (exit 2) where they are not.")
+@click.option("--engine-graph", "engine_graphs", multiple=True, type=click.Choice(GRAPHS), default=GRAPHS, show_default=True,
+              help="Graphs to build engines for (repeat the option).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="TensorRT timing cache file reused across builds; default: one per TensorRT version and GPU in ~/.cache/restr/tensorrt.")
+@click.option("--workspace-gib", type=float, default=4.0, show_default=True, help="TensorRT builder workspace limit.")
+@click.option("--opset", type=int, default=MIN_OPSET, show_default=True, help=f"ONNX opset (>= {MIN_OPSET}).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check every graph in ONNX Runtime against PyTorch.")
+@click.option("--samples", type=int, default=3, show_default=True, help="Verification batch (batch 1 is checked too).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated verification inputs and of random weights.")
+@click.option("--atol", type=float, default=1e-3, show_default=True, help="Max |probability difference|, ONNX Runtime FP32 vs PyTorch.")
+@click.option("--fp16-max-mean-diff", type=float, default=0.01, show_default=True, help="Max mean |probability difference|, FP16 vs FP32.")
+@click.option("--fp16-min-iou", type=float, default=0.98, show_default=True, help="Min mask IoU, FP16 vs FP32 (trained weights).")
+@click.option("--judge-masks/--no-judge-masks", default=None,
+              help="Gate on mask IoU. Default: for a checkpoint that names its data set (trained weights), not for random weights.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the manifest (and the folder) here, for machines.")
+@click.option("--threads", type=int, default=0, show_default=True, help="CPU threads for PyTorch and ONNX Runtime (0: their defaults).")
+@click.option("--force", is_flag=True, help="Replace an existing export folder.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, engine, engine_graphs, timing_cache, workspace_gib,
+        opset, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, force, no_progress):
+    """Export a ReSTR checkpoint to ONNX (end-to-end and split graphs, FP32 and mixed FP16), verify it
+    against PyTorch, build TensorRT engines where TensorRT and a GPU are present, and describe it all
+    in DIR/manifest.json.
+
+    \b
+      restr-export --ckpt runs/demo/model.pt --out runs/demo/export
+      restr-export --config restr-b16 --image-size 320 --out runs/b16-random   (random weights)
+      restr-export --build-engines runs/demo/export                            (later, on a GPU machine)
+
+    Exit codes: 0 done, 1 verification or engine build failed, 2 bad input (nothing written).
+    """
+    from restr.export.pipeline import (
+        ExportError, ExportOptions, Tolerances, add_engines, check_out_dir, export_artifacts, load_source,
+    )
+    from restr.export.fp16 import FP16Error
+    from restr.export.onnx_export import ExportCheckError
+    from restr.export.tensorrt_build import EngineBuildError, EngineUnavailable
+    from restr.export.verify import VerificationError
+
+    options = ExportOptions(
+        max_batch=8 if max_batch is None else max_batch, precisions=tuple(dict.fromkeys(precisions)),
+        engine=engine, engine_graphs=tuple(dict.fromkeys(engine_graphs)), timing_cache=timing_cache, workspace_gib=workspace_gib,
+        opset=opset, verify=verify, samples=samples, seed=seed, masks_meaningful=judge_masks, force=force, progress=not no_progress,
+        threads=threads,
+        tolerances=Tolerances(fp32_max_abs_diff=atol, fp16_max_mean_abs_diff=fp16_max_mean_diff, fp16_min_mask_iou=fp16_min_iou),
+    )
+    try:
+        if engines_for is not None:
+            if ckpt or config_name or out:
+                raise ExportError("--build-engines DIR works on an existing export: give no --ckpt, --config or --out")
+            manifest = add_engines(engines_for, options, max_batch=max_batch)
+            out = engines_for
+        else:
+            if out is None:
+                raise ExportError("missing --out DIR (the artifact folder to write)")
+            check_out_dir(out, force)  # before loading a (possibly large) checkpoint
+            source = load_source(ckpt, config_name, image_size, seed)
+            manifest = export_artifacts(source, out, options)
+    except (ExportError, EngineUnavailable) as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    except (VerificationError, EngineBuildError, ExportCheckError, FP16Error) as e:
+        _fail(str(e), EXIT_FAILED)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"out": str(out), "manifest": manifest}, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> None:
+    """Console entry point (`restr-export`)."""
+    cli.main(args=argv, prog_name="restr-export")
+
+
+if __name__ == "__main__":
+    main()

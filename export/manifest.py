@@ -1,0 +1,107 @@
+"""`manifest.json` of an export folder (docs/artifacts.md, format_version 1). Torch-free."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from restr.runtime.artifacts import FORMAT_VERSION, MANIFEST, sha256_file
+
+__all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "graph_entry", "versions", "write_json", "read_manifest", "check_checksums"]
+
+EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
+FP16_CONVERTER = "onnxruntime.transformers (OnnxModel.convert_float_to_float16: float16.convert_float_to_float16, then cascaded Cast removal)"
+
+
+def graph_entry(folder: Path, file: str, inputs, outputs, precision: str, opset: int, **extra) -> dict:
+    """The manifest entry of one ONNX graph in `folder` (sha256 computed from the file)."""
+    from restr.export.onnx_export import spec_dict
+
+    return {
+        "file": file,
+        "sha256": sha256_file(folder / file),
+        "bytes": (folder / file).stat().st_size,
+        "precision": precision,
+        "opset": opset,
+        "inputs": [spec_dict(t) for t in inputs],
+        "outputs": [spec_dict(t) for t in outputs],
+        **extra,
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    """Versions of what made the export (read from package metadata: nothing heavy is imported)."""
+    from restr import __version__
+
+    return {
+        "restr": __version__,
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "exporter": EXPORTER,
+        "fp16_converter": FP16_CONVERTER,
+    }
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def json_safe(obj):
+    """A JSON-serialisable copy (unknown objects become strings)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(folder: Path) -> dict:
+    """The parsed manifest of an export folder; ValueError with one line when it is not one."""
+    path = Path(folder) / MANIFEST
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{folder}: no {MANIFEST} (not a restr export folder)") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a restr manifest of format_version {FORMAT_VERSION}")
+    return m
+
+
+def check_checksums(folder: Path, manifest: dict) -> list[str]:
+    """Files named by the manifest whose sha256 does not match (or that are missing); [] when all match."""
+    folder = Path(folder)
+    entries = [manifest["vocab"], *manifest.get("graphs", {}).values(), *(manifest.get("engines") or {}).values()]
+    bad = []
+    for e in entries:
+        path = folder / e["file"]
+        if not path.is_file():
+            bad.append(f"{e['file']} (missing)")
+        elif sha256_file(path) != e["sha256"]:
+            bad.append(f"{e['file']} (sha256 mismatch)")
+    return bad

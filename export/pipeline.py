@@ -1,0 +1,346 @@
+"""The export, start to end: checkpoint -> ONNX graphs (FP32 and mixed FP16) -> verification ->
+TensorRT engines where possible -> `manifest.json`; all in a temporary sibling folder that is
+renamed into place only when complete, so a half-written artifact folder never exists.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from restr.export.manifest import (
+    FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_json,
+)
+from restr.export.onnx_export import GRAPHS, MIN_OPSET, graph_io
+from restr.export.tensorrt_build import EngineUnavailable, build_engines, engine_instructions, engine_support
+from restr.export.verify import Tolerances, VerificationError, format_table, verification_inputs, verify
+
+PRECISIONS = ("fp32", "fp16")
+PLACEHOLDER_VOCAB_SIZE = 1000  # random-weight exports: any word maps to <unk> or a placeholder id
+
+
+class ExportError(ValueError):
+    """A bad request (file, config, size, folder): one line, meant for users; nothing was written."""
+
+
+@dataclass
+class ExportOptions:
+    max_batch: int = 8  # TensorRT profiles: batch 1..max_batch (ONNX graphs take any batch)
+    precisions: tuple[str, ...] = PRECISIONS
+    engine: bool | None = None  # None: build where TensorRT and a GPU are present; True: required
+    engine_graphs: tuple[str, ...] = GRAPHS  # which graphs get an engine (their FP16 twins are built)
+    timing_cache: Path | None = None  # default: per TensorRT version and GPU under ~/.cache/restr/tensorrt
+    workspace_gib: float = 4.0
+    opset: int = MIN_OPSET
+    verify: bool = True
+    samples: int = 3  # verification batch; batch 1 is checked too
+    seed: int = 0
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    masks_meaningful: bool | None = None  # None: yes for a checkpoint that names its data set
+    force: bool = False
+    progress: bool = True
+    threads: int = 0  # CPU threads for PyTorch and ONNX Runtime; 0 = their defaults
+
+
+@dataclass
+class Source:
+    """What is exported: a model in eval mode with its config and vocabulary."""
+
+    model: object  # ReSTR
+    vocab: object  # Vocabulary
+    meta: dict
+    checkpoint: Path | None  # None: random weights from a named config
+    random_weights: bool
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+
+def _log(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)  # above the progress bar, not through it
+
+
+def check_image_size(image_size: int, patch_size: int, name: str) -> None:
+    if image_size <= 0 or image_size % patch_size:
+        raise ExportError(f"unsupported image size {image_size}: {name} needs a positive multiple of its patch size {patch_size}")
+
+
+def load_source(ckpt: str | Path | None = None, config: str | None = None, image_size: int | None = None, seed: int = 0) -> Source:
+    """The model to export: from a checkpoint, or randomly initialised from a named config (for
+    benchmarking before training). Raises ExportError (one line) for every bad input."""
+    import torch
+
+    from restr.checkpoint import CheckpointError, load_checkpoint, resize_model
+    from restr.config import get_config
+    from restr.modeling import ReSTR
+    from restr.runtime.tokenizer import Vocabulary
+
+    if (ckpt is None) == (config is None):
+        raise ExportError("give either --ckpt FILE or --config NAME")
+    if ckpt is not None:
+        try:
+            ck = load_checkpoint(ckpt)
+        except CheckpointError as e:
+            raise ExportError(str(e)) from None
+        except Exception as e:  # torch.load's unpickler raises KeyError and more on foreign bytes
+            detail = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ExportError(f"{ckpt}: not a readable checkpoint ({type(e).__name__}: {detail})") from None
+        model = ck.model
+        if image_size is not None and image_size != ck.config.image_size:
+            check_image_size(image_size, ck.config.patch_size, ck.config.name)
+            model = resize_model(model, image_size)
+        return Source(model.eval(), ck.vocab, dict(ck.meta), Path(ckpt), random_weights=False)
+    try:
+        cfg = get_config(config)
+    except KeyError as e:
+        raise ExportError(str(e.args[0])) from None
+    if image_size is not None:
+        check_image_size(image_size, cfg.patch_size, cfg.name)
+        cfg = cfg.replace(image_size=image_size)
+    vocab = Vocabulary([f"word{i}" for i in range(PLACEHOLDER_VOCAB_SIZE - 2)])
+    torch.manual_seed(seed)
+    return Source(ReSTR(cfg, len(vocab)).eval(), vocab, {}, None, random_weights=True)
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an existing output unless `force`, and never replace something that is not an export."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise ExportError(f"{out} already exists; use --force to replace it")
+    if not out.is_dir() or out.is_symlink():
+        raise ExportError(f"{out} exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ExportError(f"{out} exists and is not a restr export folder (no {MANIFEST}); refusing to replace it")
+
+
+def _staging(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder into place (replacing an old export: rename it away first)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+class _Steps:
+    """A tqdm bar over the export's steps (to stderr), or nothing."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="export", unit="step", disable=None if enabled else True, leave=False, file=sys.stderr)  # None: only on a terminal
+
+    def __call__(self, what: str):
+        self.bar.set_description(what)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def export_artifacts(source: Source, out: str | Path, options: ExportOptions = ExportOptions(), log=_log) -> dict:
+    """Write the export folder `out` (see docs/artifacts.md); returns the manifest.
+
+    Raises ExportError for a bad request (nothing written), EngineUnavailable when engines are
+    required but cannot be built here (nothing written), VerificationError when a tolerance is
+    exceeded (nothing written).
+    """
+    from restr.export.fp16 import convert_mixed_fp16
+    from restr.export.onnx_export import export_graph
+
+    out = Path(out)
+    cfg = source.cfg
+    bad = set(options.precisions) - set(PRECISIONS)
+    if bad or "fp32" not in options.precisions:
+        raise ExportError(f"precisions must include fp32 and be among {PRECISIONS}, got {list(options.precisions)}")
+    if options.max_batch < 1:
+        raise ExportError(f"--max-batch must be at least 1, got {options.max_batch}")
+    if options.samples < 1:
+        raise ExportError(f"--samples must be at least 1, got {options.samples}")
+    if options.opset < MIN_OPSET:
+        raise ExportError(f"--opset {options.opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
+    check_image_size(cfg.image_size, cfg.patch_size, cfg.name)
+    check_out_dir(out, options.force)
+    fp16 = "fp16" in options.precisions
+    backends = None
+    if options.engine:  # asked for explicitly: fail now, before any work, if it cannot be done
+        if not fp16:
+            raise ExportError("TensorRT engines are built from the FP16 graphs: add --precision fp16")
+        try:
+            backends = engine_support()
+        except EngineUnavailable as e:
+            raise EngineUnavailable(engine_instructions(out, str(e), exported=False)) from None
+    if source.random_weights:
+        log(f"WARNING: exporting RANDOMLY INITIALISED weights of {cfg.name} (no --ckpt): the masks mean nothing; "
+            "use this export for benchmarking only")
+
+    if options.threads > 0:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    io = graph_io(cfg)
+    steps = _Steps(len(GRAPHS) * (1 + fp16) + options.verify + 1, options.progress)
+    tmp = _staging(out)
+    try:
+        source.vocab.save(tmp / "vocab.txt")
+        graphs, files = {}, {}
+        for g in GRAPHS:
+            t0 = time.perf_counter()
+            proto = export_graph(source.model, g, tmp / f"{g}.onnx", options.opset)
+            graphs[g] = graph_entry(tmp, f"{g}.onnx", *io[g], "fp32", options.opset)
+            files[g] = tmp / f"{g}.onnx"
+            steps(f"exported {g}.onnx")
+            log(f"wrote {g}.onnx ({time.perf_counter() - t0:.1f} s)")
+            if fp16:
+                import onnx
+
+                t0 = time.perf_counter()
+                half, summary = convert_mixed_fp16(proto)
+                onnx.save(half, str(tmp / f"{g}_fp16.onnx"))
+                graphs[f"{g}_fp16"] = graph_entry(tmp, f"{g}_fp16.onnx", *io[g], "fp16-mixed", options.opset,
+                                                  compute_precision=summary)
+                files[f"{g}_fp16"] = tmp / f"{g}_fp16.onnx"
+                steps(f"converted {g}_fp16.onnx")
+                log(f"wrote {g}_fp16.onnx ({time.perf_counter() - t0:.1f} s)")
+
+        verification: dict = {"enabled": False}
+        if options.verify:
+            t0 = time.perf_counter()
+            feeds, inputs = verification_inputs(cfg, source.vocab, source.meta, options.samples, options.seed)
+            meaningful = options.masks_meaningful
+            if meaningful is None:
+                meaningful = not source.random_weights and bool(source.meta.get("data"))
+            verification = {"enabled": True, "inputs": inputs,
+                            **verify(source.model, files, feeds, options.tolerances, meaningful,
+                                   tuple(dict.fromkeys((options.samples, 1))),
+                                   options.threads)}
+            steps("verified")
+            log(f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
+                + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification))
+            if not verification["passed"]:
+                raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model": {
+                "name": cfg.name,
+                "config": cfg.to_dict(),
+                "random_weights": source.random_weights,
+                "checkpoint": None if source.checkpoint is None else {
+                    "file": source.checkpoint.name, "sha256": sha256_file(source.checkpoint), "meta": json_safe(source.meta)},
+            },
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "max_words": cfg.max_words,
+            "num_patches": cfg.num_patches,
+            "feature_width": cfg.fusion.width,
+            "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std)},
+            "letterbox": {"align": "top-left", "fill": "mean"},
+            "threshold": options.tolerances.threshold,
+            "vocab": {"file": "vocab.txt", "size": len(source.vocab), "sha256": sha256_file(tmp / "vocab.txt"),
+                      "placeholder": source.random_weights},
+            "max_batch": options.max_batch,
+            "graphs": graphs,
+            "engines": {},
+            "tensorrt": {"status": "not requested"},
+            "verification": verification,
+            "versions": versions(),
+            "created": utc_now(),
+        }
+        if options.engine is not False and fp16:
+            _engines_into(tmp, manifest, options, out, log, backends)
+        manifest = json_safe(manifest)  # what is returned is exactly what the file holds
+        write_json(tmp / MANIFEST, manifest)
+        steps("manifest written")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        steps.close()
+    log(f"export written to {out}")
+    return manifest
+
+
+def _engines_into(folder: Path, manifest: dict, options: ExportOptions, shown_folder: Path, log, backends=None) -> None:
+    """Build the engines into `folder` and record them (or, where TensorRT is missing and engines
+    were not required, record and print what to do on a GPU machine)."""
+    try:
+        backends = backends or engine_support()
+    except EngineUnavailable as e:
+        if options.engine:
+            raise EngineUnavailable(engine_instructions(shown_folder, str(e))) from None
+        message = engine_instructions(shown_folder, str(e))
+        manifest["tensorrt"] = {"status": "not built", "reason": str(e), "how": message}
+        log(message)
+        return
+    keys = [f"{g}_fp16" for g in options.engine_graphs]
+    manifest["engines"].update(build_engines(folder, manifest, keys, manifest["max_batch"], options.timing_cache,
+                                             options.workspace_gib, log, backends))
+    manifest["tensorrt"] = {"status": "built", "tensorrt_version": str(backends[0].__version__), **backends[1]}
+
+
+def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engine=True), max_batch: int | None = None,
+                log=_log) -> dict:
+    """Build TensorRT engines into an existing export folder (exported on a machine without a GPU).
+
+    The folder is copied to a temporary sibling (hard links where possible), the engines and the
+    updated manifest are written there (engines from an earlier build are replaced), and it is
+    renamed into place. Returns the new manifest.
+    `max_batch` None keeps the manifest's. Raises ExportError for a folder that is not a complete
+    export, EngineUnavailable where TensorRT or a GPU is missing.
+    """
+    folder = Path(folder)
+    if max_batch is not None and max_batch < 1:
+        raise ExportError(f"--max-batch must be at least 1, got {max_batch}")
+    try:
+        manifest = read_manifest(folder)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    missing = [f"{g}_fp16" for g in options.engine_graphs if f"{g}_fp16" not in manifest["graphs"]]
+    if missing:
+        raise ExportError(f"{folder}: the export has no {', '.join(missing)} graph (re-export with --precision fp16)")
+    bad = check_checksums(folder, manifest)
+    if bad:
+        raise ExportError(f"{folder}: files do not match the manifest: {', '.join(bad)}")
+    try:
+        backends = engine_support()
+    except EngineUnavailable as e:
+        raise EngineUnavailable(engine_instructions(folder, str(e))) from None
+    if max_batch is not None:
+        manifest["max_batch"] = max_batch
+    tmp = _staging(folder)
+    try:
+        for f in folder.iterdir():
+            if f.is_file() and not f.name.endswith((".engine", ".engine.json")) and f.name != MANIFEST:
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+        manifest["engines"] = {}
+        _engines_into(tmp, manifest, options, folder, log, backends)
+        manifest = json_safe(manifest)
+        write_json(tmp / MANIFEST, manifest)
+        _publish(tmp, folder)  # the old folder is replaced as a whole
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,170 @@
+"""TensorRT engines from the FP16 ONNX graphs: strongly typed, one optimisation profile, a shared
+timing cache, and a sidecar naming what the engine is tied to.
+
+TensorRT 11 builds strongly typed networks only: the precision is the FP16 ONNX's own (FP16 matrix
+products, FP32 LayerNorm / Softmax / norms / Sigmoid), so no precision flag is set here. TensorRT 10
+takes the same build with the STRONGLY_TYPED creation flag (11 accepts and ignores it).
+
+Everything around the builder (profiles from the maximum batch, input specs from the manifest, the
+sidecar, the cache path, the instructions printed where TensorRT is missing) is plain Python that
+the tests run without a GPU. The functions named `trt_*` are the only ones that call TensorRT; they
+are written to NVIDIA's documented Python API, and tests/test_tensorrt_api.py holds every attribute
+they use against the names compiled into TensorRT's binding module.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from restr.export.manifest import sha256_file, utc_now, write_json
+from restr.runtime.artifacts import TensorSpec
+
+ENGINE_PRECISION = "fp16-strongly-typed"
+GIB = 1 << 30
+
+
+class EngineUnavailable(RuntimeError):
+    """TensorRT, cuda-python or a CUDA GPU is missing here; the message says what."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse or build a graph: one line with TensorRT's first error."""
+
+
+# ------------------------------------------------------------------ shared, tested without a GPU
+
+
+def profiles(inputs, max_batch: int) -> dict[str, dict[str, list[int]]]:
+    """One optimisation profile: per input, min / opt / max shapes with batch 1 / 1 / `max_batch`.
+
+    `inputs`: TensorSpecs or the manifest's input dicts.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    specs = [t if isinstance(t, TensorSpec) else TensorSpec.from_dict(t) for t in inputs]
+    return {t.name: {"min": list(t.concrete(1)), "opt": list(t.concrete(1)), "max": list(t.concrete(max_batch))} for t in specs}
+
+
+def sidecar(graph_key: str, source: dict, profile: dict, tensorrt_version: str, gpu: dict) -> dict:
+    """The `X.engine.json` beside an engine: what it was built from and what it only runs on.
+
+    `source`: the manifest entry of the ONNX graph; `gpu`: {"gpu_name", "compute_capability"}.
+    """
+    return {
+        "graph": graph_key,
+        "tensorrt_version": str(tensorrt_version),
+        "gpu_name": gpu["gpu_name"],
+        "compute_capability": gpu["compute_capability"],
+        "precision": ENGINE_PRECISION,
+        "profiles": profile,
+        "max_batch": max(p["max"][0] for p in profile.values()),
+        "source": {"file": source["file"], "sha256": source["sha256"]},
+        "inputs": source["inputs"],
+        "outputs": source["outputs"],
+        "created": utc_now(),
+    }
+
+
+def timing_cache_path(tensorrt_version: str, gpu: dict, cache_dir: str | Path | None = None) -> Path:
+    """Where builds on this TensorRT version and GPU share their timing cache (one file per pair,
+    so a cache from another version or GPU is never offered)."""
+    root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "restr" / "tensorrt"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu['gpu_name']}-sm{gpu['compute_capability']}").strip("-")
+    return root / f"timing-trt{tensorrt_version}-{slug}.cache"
+
+
+def engine_instructions(folder: str | Path, reason: str, exported: bool = True) -> str:
+    """One line: why no engines were built and exactly what to install and run on a GPU machine."""
+    steps = f"pip install 'tensorrt>=10' cuda-python (or pip install 'restr[gpu]'), then run: restr-export --build-engines {folder}"
+    if exported:
+        return f"TensorRT engines not built ({reason}). On a machine with an NVIDIA GPU and driver: {steps}"
+    return (f"cannot build TensorRT engines here ({reason}). Export without --engine here, then on a machine "
+            f"with an NVIDIA GPU and driver: {steps}")
+
+
+def engine_support():
+    """(tensorrt module, {"gpu_name", "compute_capability"}), or EngineUnavailable saying what is missing.
+
+    Shares the runtime's backend import and GPU description, so sidecars match what it checks.
+    """
+    from restr.runtime.trt_runner import TensorRTUnavailable, describe_gpu, import_backends
+
+    try:
+        trt, cudart = import_backends()
+        return trt, describe_gpu(cudart)
+    except TensorRTUnavailable as e:
+        raise EngineUnavailable(str(e).splitlines()[0]) from None
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timing_cache: Path | None = None,
+                  workspace_gib: float = 4.0, log=print, backends=None) -> dict[str, dict]:
+    """Build an engine for each FP16 graph in `graph_keys` into `folder`; returns the manifest's
+    `engines` entries. The timing cache is read before and written after every build."""
+    trt, gpu = backends or engine_support()
+    cache_path = Path(timing_cache) if timing_cache else timing_cache_path(trt.__version__, gpu)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = cache_path.read_bytes() if cache_path.is_file() else b""
+    entries = {}
+    for key in graph_keys:
+        source = manifest["graphs"][key]
+        profile = profiles(source["inputs"], max_batch)
+        log(f"building TensorRT engine {key}.engine (TensorRT {trt.__version__}, {gpu['gpu_name']}, batch 1..{max_batch})")
+        plan, cache = trt_build(trt, folder / source["file"], profile, cache, int(workspace_gib * GIB))
+        _write_bytes_atomic(cache_path, cache)
+        engine_file = f"{key}.engine"
+        _write_bytes_atomic(folder / engine_file, plan)
+        write_json(folder / f"{engine_file}.json", sidecar(key, source, profile, trt.__version__, gpu))
+        entries[key] = {
+            "file": engine_file,
+            "sha256": sha256_file(folder / engine_file),
+            "sidecar": f"{engine_file}.json",
+            "precision": ENGINE_PRECISION,
+            "source": source["file"],
+            "tensorrt_version": str(trt.__version__),
+            "gpu_name": gpu["gpu_name"],
+            "compute_capability": gpu["compute_capability"],
+            "max_batch": max_batch,
+        }
+    return entries
+
+
+# ------------------------------------------------------------ the TensorRT calls (GPU machines only)
+
+
+def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspace_bytes: int) -> tuple[bytes, bytes]:
+    """Parse `onnx_path` into a strongly typed network and build it. Returns (serialized engine,
+    updated serialized timing cache). Raises EngineBuildError."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"{onnx_path}: TensorRT could not parse the graph: {errors[0] if errors else 'unknown error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    cache = config.create_timing_cache(timing_cache)
+    if cache is None:  # a cache from another TensorRT build: start afresh
+        cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    opt_profile = builder.create_optimization_profile()
+    for name, shapes in profile.items():
+        opt_profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(opt_profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError(f"{onnx_path}: TensorRT failed to build the engine (see TensorRT's messages above)")
+    return bytes(plan), bytes(config.get_timing_cache().serialize())

@@ -1,0 +1,335 @@
+"""Verification of an export: every graph in ONNX Runtime against PyTorch, the split chain against
+the end-to-end graph, the FP16 graphs against FP32; all on the same inputs, at several batch sizes
+from one export.
+
+Figures for probability outputs (`compare_probs`): max and mean absolute difference, mask agreement
+(overall IoU of the masks thresholded at 0.5) and the same-side fraction (how many of the pixels
+where the reference is at least `decisive_margin` away from 0.5 land on the same side). Feature
+outputs (`compare_features`) get the max and mean absolute difference, and the max relative to the
+features' scale.
+
+Which figures gate the export depends on whether masks mean anything: for trained weights (a
+checkpoint that names its data set) mask IoU is required; for random weights, whose probabilities
+all sit near 0.5, only the differences and the same-side fraction are.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from restr.runtime.transforms import normalize
+
+PROB_GRAPHS = ("end_to_end", "fusion_decoder")
+
+
+class VerificationError(RuntimeError):
+    """A tolerance was exceeded: one line naming the check and the figure."""
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Pass criteria. `fp32_*`: ONNX Runtime FP32 vs PyTorch; `split_*`: split chain vs end-to-end
+    (same precision); `fp16_*`: FP16 graph vs FP32 graph."""
+
+    fp32_max_abs_diff: float = 1e-3  # probabilities; features: relative to their largest magnitude
+    fp32_min_mask_iou: float = 0.99  # trained weights only
+    split_max_abs_diff: float = 1e-4
+    fp16_max_mean_abs_diff: float = 0.01
+    fp16_min_same_side: float = 0.99
+    fp16_min_mask_iou: float = 0.98  # trained weights only
+    decisive_margin: float = 0.1
+    threshold: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------- figures
+
+
+def mask_iou(ref: np.ndarray, test: np.ndarray) -> float:
+    """Overall IoU of two boolean mask batches (sum of intersections / sum of unions); 1.0 if both are empty."""
+    union = np.logical_or(ref, test).sum()
+    return 1.0 if union == 0 else float(np.logical_and(ref, test).sum() / union)
+
+
+def compare_probs(ref: np.ndarray, test: np.ndarray, threshold: float = 0.5, margin: float = 0.1) -> dict:
+    """Agreement of two probability maps of the same shape (reference first)."""
+    ref, test = ref.astype(np.float64), test.astype(np.float64)
+    diff = np.abs(ref - test)
+    decisive = np.abs(ref - threshold) >= margin
+    same = (ref > threshold) == (test > threshold)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "mask_iou": mask_iou(ref > threshold, test > threshold),
+        "same_side": float(same[decisive].mean()) if decisive.any() else 1.0,
+        "decisive_pixels": int(decisive.sum()),
+        "pixels": int(ref.size),
+    }
+
+
+def compare_features(ref: np.ndarray, test: np.ndarray) -> dict:
+    """Agreement of two feature tensors: absolute differences and the max relative to max |ref|."""
+    diff = np.abs(ref.astype(np.float64) - test.astype(np.float64))
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_rel_diff": float(diff.max() / max(float(np.abs(ref).max()), 1e-12)),
+    }
+
+
+def _worst(results: list[dict]) -> dict:
+    """Worst figures over several runs (batch sizes): max of differences, min of agreements."""
+    out = {}
+    for key in results[0]:
+        values = [r[key] for r in results]
+        if key in ("mask_iou", "same_side"):
+            out[key] = min(values)
+        elif key in ("decisive_pixels", "pixels"):
+            out[key] = sum(values)
+        else:
+            out[key] = max(values)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+
+def generated_inputs(image_size: int, max_words: int, vocab_size: int, mean, std, n: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+    """`n` synthetic letterboxed images (flat background, a few coloured boxes and discs, the letterbox
+    padding at the bottom/right) and word lists of different lengths, as model inputs (numpy).
+
+    Torch-free, so a GPU machine can regenerate the very inputs an export was verified on.
+    """
+    rng = np.random.default_rng(seed)
+    s = image_size
+    yy, xx = np.mgrid[0:s, 0:s]
+    images = np.empty((n, s, s, 3), np.uint8)
+    for i in range(n):
+        im = np.empty((s, s, 3), np.uint8)
+        im[...] = rng.integers(0, 256, 3)
+        for _ in range(rng.integers(2, 5)):
+            cy, cx = rng.integers(0, s, 2)
+            ry, rx = rng.integers(s // 10, s // 3 + 1, 2)
+            shape = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+            if rng.random() < 0.5:
+                shape = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            im[shape] = rng.integers(0, 256, 3)
+        pad_rows = int(rng.integers(0, s // 4))  # a letterboxed landscape image: padding at the bottom
+        im[s - pad_rows :] = [int(round(m * 255)) for m in mean]
+        images[i] = im
+    lengths = np.linspace(1, max_words, n).round().astype(int) if n > 1 else np.array([max(1, max_words // 2)])
+    lengths = np.roll(lengths, 1)  # the first sample (the batch-1 run) gets the longest expression
+    pad = np.arange(max_words)[None, :] >= lengths[:, None]
+    words = np.where(pad, 0, rng.integers(2, max(3, vocab_size), (n, max_words))).astype(np.int64)
+    return {"image": normalize(images, mean, std), "words": words, "pad_mask": pad}
+
+
+def dataset_inputs(meta: dict, cfg, vocab, n: int = 3) -> dict[str, np.ndarray]:
+    """`n` validation samples of the data set a checkpoint's meta names (`data`, `split_by`,
+    `image_root`, as restr-train writes them), letterboxed and tokenised as in training.
+
+    The one place the export touches `restr.data`; raises on any problem (the caller falls back to
+    generated inputs and says why).
+    """
+    from restr.data import build_dataset
+
+    last: Exception | None = None
+    for split in ("val", "test"):
+        try:
+            ds = build_dataset(meta["data"], split, cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words,
+                               split_by=meta.get("split_by"), image_root=meta.get("image_root"))
+            break
+        except Exception as e:  # a split the data set does not have: try the next
+            last = e
+    else:
+        raise last  # type: ignore[misc]
+    picks = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
+    items = [ds.arrays(int(i)) for i in picks]
+    return {k: np.stack([np.asarray(it[k]) for it in items]) for k in ("image", "words", "pad_mask")}
+
+
+def verification_inputs(cfg, vocab, meta: dict, n: int = 3, seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+    """Inputs for verification and a description for the manifest: real images from the checkpoint's
+    data set when it names one and it can be read, else generated ones."""
+    data = (meta or {}).get("data")
+    if data:
+        try:
+            feeds = dataset_inputs(meta, cfg, vocab, n)
+            feeds["pad_mask"] = feeds["pad_mask"].astype(bool)
+            return feeds, {"source": "dataset", "data": data, "samples": int(len(feeds["image"]))}
+        except Exception as e:
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            feeds = generated_inputs(cfg.image_size, cfg.max_words, len(vocab), cfg.image_mean, cfg.image_std, n, seed)
+            return feeds, {"source": "generated", "seed": seed, "samples": n, "note": f"data set {data!r} not readable ({reason})"}
+    feeds = generated_inputs(cfg.image_size, cfg.max_words, len(vocab), cfg.image_mean, cfg.image_std, n, seed)
+    return feeds, {"source": "generated", "seed": seed, "samples": n}
+
+
+# ----------------------------------------------------------------------------------- the checks
+
+
+def ort_session(path: str | Path, threads: int = 0):
+    """A CPU ONNX Runtime session (all graph optimisations on); `threads` 0 = ONNX Runtime's default."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run with the inputs the session names; outputs by name."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})))
+
+
+def torch_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """PyTorch outputs of every stage on `feeds` (image, words, pad_mask): the features and the
+    probabilities (the end-to-end forward is exactly decode(encode_image, encode_text))."""
+    import torch
+
+    from restr.export.onnx_export import FusionDecoder
+
+    image, words, pad = (torch.from_numpy(feeds[k]) for k in ("image", "words", "pad_mask"))
+    with torch.no_grad():
+        v = model.encode_image(image)
+        l = model.encode_text(words, pad)
+        pixel, patch = FusionDecoder(model)(v, l, pad)
+    return {"visual_features": v.numpy(), "linguistic_features": l.numpy(), "pixel_probs": pixel.numpy(), "patch_probs": patch.numpy()}
+
+
+def check_shapes(key: str, session, outputs: dict[str, np.ndarray], batch: int) -> None:
+    """The outputs have the shapes the graph declares, with `batch` for the dynamic axis."""
+    for o in session.get_outputs():
+        want = tuple(batch if isinstance(d, str) or d is None else int(d) for d in o.shape)
+        if outputs[o.name].shape != want:
+            raise VerificationError(f"{key}: output {o.name} has shape {outputs[o.name].shape} at batch {batch}, the graph declares {want}")
+
+
+def _slice(d: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    return {k: v[:b] for k, v in d.items()}
+
+
+def _probs(ref: dict, test: dict, tol: Tolerances) -> dict:
+    r = compare_probs(ref["pixel_probs"], test["pixel_probs"], tol.threshold, tol.decisive_margin)
+    r["patch_max_abs_diff"] = float(np.abs(ref["patch_probs"] - test["patch_probs"]).max())
+    return r
+
+
+def _chain(sessions: dict, suffix: str, feeds: dict) -> dict[str, np.ndarray]:
+    """The split graphs chained: vision -> language -> fusion_decoder."""
+    v = run_session(sessions["vision" + suffix], feeds)["visual_features"]
+    l = run_session(sessions["language" + suffix], feeds)["linguistic_features"]
+    return run_session(sessions["fusion_decoder" + suffix], {"visual_features": v, "linguistic_features": l, "pad_mask": feeds["pad_mask"]})
+
+
+def run_checks(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray], batch_sizes=(3, 1),
+               tol: Tolerances = Tolerances(), threads: int = 0) -> dict[str, dict]:
+    """Raw figures of every check, worst over `batch_sizes` (each a prefix of `feeds`).
+
+    `graph_files` maps manifest keys ("end_to_end", "vision_fp16", ...) to ONNX files; checks whose
+    graphs are missing are left out. Returns {check name: {"reference", "batch_sizes", figures...}}.
+    """
+    sessions = {k: ort_session(p, threads) for k, p in graph_files.items()}
+    batch_sizes = [b for b in batch_sizes if b <= len(feeds["image"])]
+    runs: dict[str, list[dict]] = {}
+    refs: dict[str, str] = {}
+
+    def add(name, reference, figures):
+        runs.setdefault(name, []).append(figures)
+        refs[name] = reference
+
+    torch_out = torch_reference(model, feeds)
+    for b in batch_sizes:
+        f, t = _slice(feeds, b), _slice(torch_out, b)
+        ort_out = {k: run_session(s, f if not k.startswith("fusion_decoder") else
+                                  {"visual_features": t["visual_features"], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]})
+                   for k, s in sessions.items()}
+        for k, o in ort_out.items():
+            check_shapes(k, sessions[k], o, b)
+        for suffix, precision in (("", "fp32"), ("_fp16", "fp16")):
+            for g in ("end_to_end", "vision", "language", "fusion_decoder"):
+                key = g + suffix
+                if key not in sessions:
+                    continue
+                if precision == "fp32":  # against PyTorch
+                    reference = "pytorch"
+                    ref = t
+                elif g in ort_out:  # against the FP32 graph in ONNX Runtime
+                    reference = f"{g} (fp32, onnxruntime)"
+                    ref = ort_out[g]
+                else:
+                    continue
+                if g in PROB_GRAPHS:
+                    add(key, reference, _probs(ref, ort_out[key], tol))
+                else:
+                    out = "visual_features" if g == "vision" else "linguistic_features"
+                    add(key, reference, compare_features(ref[out], ort_out[key][out]))
+            if all(s + suffix in sessions for s in ("end_to_end", "vision", "language", "fusion_decoder")):
+                add(f"split_vs_end_to_end{suffix}", f"end_to_end{suffix} (onnxruntime)",
+                    _probs(ort_out["end_to_end" + suffix], _chain(sessions, suffix, f), tol))
+    return {name: {"reference": refs[name], "batch_sizes": list(batch_sizes), **_worst(r)} for name, r in runs.items()}
+
+
+def judge(checks: dict[str, dict], tol: Tolerances, masks_meaningful: bool) -> tuple[dict[str, dict], list[str]]:
+    """Apply the tolerances: adds "criteria" and "passed" to every check; returns (checks, failures)."""
+    failures = []
+    for name, c in checks.items():
+        fp16 = "fp16" in name
+        split = name.startswith("split_vs")
+        if "mask_iou" not in c:  # features: FP32 gated relative to scale; FP16 reported (its effect is in the probabilities)
+            crit = {} if fp16 else {"max_rel_diff": ("<=", tol.fp32_max_abs_diff)}
+        elif fp16:
+            crit = {"mean_abs_diff": ("<=", tol.fp16_max_mean_abs_diff), "same_side": (">=", tol.fp16_min_same_side)}
+            if masks_meaningful:
+                crit["mask_iou"] = (">=", tol.fp16_min_mask_iou)
+        elif split:
+            crit = {"max_abs_diff": ("<=", tol.split_max_abs_diff)}
+        else:
+            crit = {"max_abs_diff": ("<=", tol.fp32_max_abs_diff)}
+            if masks_meaningful:
+                crit["mask_iou"] = (">=", tol.fp32_min_mask_iou)
+        bad = [f"{k} {c[k]:.4g} (needs {op} {v:g})" for k, (op, v) in crit.items()
+               if not (c[k] <= v if op == "<=" else c[k] >= v)]
+        c["criteria"] = {k: f"{op} {v:g}" for k, (op, v) in crit.items()}
+        c["passed"] = not bad
+        if bad:
+            failures.append(f"{name} vs {c['reference']}: " + ", ".join(bad))
+    return checks, failures
+
+
+def verify(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray], tol: Tolerances,
+           masks_meaningful: bool, batch_sizes=(3, 1), threads: int = 0) -> dict:
+    """All checks, judged. Returns the manifest's `verification` body (without the inputs)."""
+    checks, failures = judge(run_checks(model, graph_files, feeds, batch_sizes, tol, threads), tol, masks_meaningful)
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "masks_meaningful": masks_meaningful,
+        "tolerances": tol.to_dict(),
+        "checks": checks,
+    }
+
+
+def format_table(verification: dict) -> str:
+    """The verification figures as a table for people."""
+    rows = [("check", "reference", "batches", "max|dp|", "mean|dp|", "mask IoU", "same side", "result")]
+    for name, c in verification["checks"].items():
+        iou = f"{c['mask_iou']:.4f}" if "mask_iou" in c else "-"
+        side = f"{c['same_side']:.4f}" if "same_side" in c else "-"
+        diff = f"{c['max_abs_diff']:.2e}" + ("" if "mask_iou" in c else " (rel %.1e)" % c["max_rel_diff"])
+        result = "ok" if c["passed"] else "FAIL"
+        if not c["criteria"]:
+            result = "(info)"
+        rows.append((name, c["reference"], ",".join(map(str, c["batch_sizes"])), diff, f"{c['mean_abs_diff']:.2e}", iou, side, result))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if not verification.get("masks_meaningful", True):
+        lines.append("(random weights: probabilities sit near 0.5, so mask IoU is shown but not judged)")
+    return "\n".join(lines)

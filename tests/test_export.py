@@ -1,0 +1,590 @@
+"""restr-export: ONNX graphs (end-to-end and split, FP32 and mixed FP16), verification, manifest,
+errors, and the engine path's shared code (TensorRT itself is absent here)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from restr.checkpoint import save_checkpoint
+from restr.config import ReSTRConfig, get_config
+from restr.export import fp16 as fp16_mod
+from restr.export.cli import cli
+from restr.export.manifest import check_checksums, sha256_file
+from restr.export.onnx_export import GRAPHS, count_layernorm_calls, example_inputs, graph_io, graph_module
+from restr.export.pipeline import ExportOptions, export_artifacts, load_source
+from restr.export.tensorrt_build import (
+    ENGINE_PRECISION, EngineUnavailable, build_engines, engine_instructions, engine_support, profiles, sidecar, timing_cache_path,
+)
+from restr.export.verify import Tolerances, VerificationError, compare_probs, generated_inputs, judge, mask_iou, ort_session, run_session
+from restr.modeling import ReSTR
+from restr.runtime.tokenizer import Vocabulary
+
+WORDS = ["the", "red", "blue", "circle", "square", "left", "right", "big", "small", "of"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def decisive_tiny_model(seed: int = 0) -> tuple[ReSTR, Vocabulary]:
+    """A seeded restr-tiny with random weights whose masks are not all ~0.5: the pixel head is rescaled
+    so the logits on the verification inputs have median 0 and spread 4 (the FP16 mask IoU then has
+    something to measure). Nothing is trained."""
+    torch.manual_seed(seed)
+    vocab = Vocabulary(WORDS)
+    model = ReSTR(get_config("restr-tiny"), len(vocab)).eval()
+    cfg = model.cfg
+    feeds = generated_inputs(cfg.image_size, cfg.max_words, len(vocab), cfg.image_mean, cfg.image_std, n=3, seed=0)
+    with torch.no_grad():
+        logits, _ = model(*(torch.from_numpy(feeds[k]) for k in ("image", "words", "pad_mask")))
+        k = 4.0 / float(logits.std())
+        model.decoder.head.weight.mul_(k)
+        model.decoder.head.bias.sub_(logits.median()).mul_(k)
+    return model, vocab
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    model, vocab = decisive_tiny_model()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, vocab, meta={"step": 0, "note": "random weights for tests"})
+    return path
+
+
+def _options(**kw) -> ExportOptions:
+    base = dict(threads=1, progress=False)
+    base.update(kw)
+    return ExportOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("exp") / "export"
+    logs = []
+    manifest = export_artifacts(load_source(ckpt=ckpt), out, _options(masks_meaningful=True), log=logs.append)
+    return out, manifest
+
+
+def _no_leftovers(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+# ------------------------------------------------------------------------------- folder, manifest
+
+
+def test_folder_and_manifest(exported, ckpt):
+    out, m = exported
+    assert json.loads((out / "manifest.json").read_text()) == m
+    assert m["format_version"] == 1 and m["image_size"] == 96 and m["max_words"] == 20 and m["patch_size"] == 8
+    assert m["num_patches"] == 144 and m["feature_width"] == 96 and m["max_batch"] == 8
+    assert m["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert m["model"]["name"] == "restr-tiny" and m["model"]["random_weights"] is False
+    assert ReSTRConfig.from_dict(m["model"]["config"]) == get_config("restr-tiny")
+    assert m["model"]["checkpoint"]["sha256"] == sha256_file(ckpt)
+    assert set(m["graphs"]) == set(GRAPHS) | {f"{g}_fp16" for g in GRAPHS}
+    io = graph_io(get_config("restr-tiny"))
+    for key, g in m["graphs"].items():
+        base = key.removesuffix("_fp16")
+        assert g["file"] == f"{key}.onnx" and (out / g["file"]).is_file()
+        assert g["precision"] == ("fp16-mixed" if key.endswith("_fp16") else "fp32")
+        assert g["opset"] >= 17
+        assert [t["name"] for t in g["inputs"]] == [t.name for t in io[base][0]]
+        assert [t["name"] for t in g["outputs"]] == [t.name for t in io[base][1]]
+        assert all(t["shape"][0] == "batch" for t in g["inputs"] + g["outputs"])
+    assert m["graphs"]["end_to_end"]["inputs"] == [
+        {"name": "image", "dtype": "float32", "shape": ["batch", 3, 96, 96]},
+        {"name": "words", "dtype": "int64", "shape": ["batch", 20]},
+        {"name": "pad_mask", "dtype": "bool", "shape": ["batch", 20]},
+    ]
+    assert Vocabulary.load(out / "vocab.txt").itos == Vocabulary(WORDS).itos
+    assert m["vocab"] == {"file": "vocab.txt", "size": len(WORDS) + 2, "sha256": sha256_file(out / "vocab.txt"), "placeholder": False}
+    assert {"torch", "onnx", "onnxruntime", "exporter", "restr"} <= set(m["versions"])
+    assert m["engines"] == {} and m["tensorrt"]["status"] in ("not built", "built")
+    assert check_checksums(out, m) == []
+    assert _no_leftovers(out.parent)
+
+
+def test_checksums_catch_a_changed_file(exported, tmp_path):
+    out, m = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "vision.onnx", "ab") as f:
+        f.write(b"\0")
+    (copy / "language_fp16.onnx").unlink()
+    assert check_checksums(copy, m) == ["vision.onnx (sha256 mismatch)", "language_fp16.onnx (missing)"]
+
+
+def test_verification_in_manifest(exported):
+    _, m = exported
+    v = m["verification"]
+    assert v["enabled"] and v["passed"] and v["failures"] == []
+    assert v["inputs"]["source"] == "generated" and v["masks_meaningful"] is True
+    expected = set(GRAPHS) | {f"{g}_fp16" for g in GRAPHS} | {"split_vs_end_to_end", "split_vs_end_to_end_fp16"}
+    assert set(v["checks"]) == expected
+    for name, c in v["checks"].items():
+        assert c["batch_sizes"] == [3, 1] and c["passed"], name
+    tol = Tolerances()
+    assert v["checks"]["end_to_end"]["max_abs_diff"] <= tol.fp32_max_abs_diff
+    assert v["checks"]["split_vs_end_to_end"]["max_abs_diff"] <= tol.split_max_abs_diff
+    fp16 = v["checks"]["end_to_end_fp16"]
+    assert fp16["mask_iou"] >= tol.fp16_min_mask_iou and fp16["mean_abs_diff"] <= tol.fp16_max_mean_abs_diff
+    assert fp16["decisive_pixels"] > 0 and fp16["same_side"] >= tol.fp16_min_same_side
+    assert set(fp16["criteria"]) == {"mean_abs_diff", "same_side", "mask_iou"}
+
+
+# ------------------------------------------------------------------------------------ the graphs
+
+
+def test_graph_contract(exported, ckpt):
+    out, _ = exported
+    model = load_source(ckpt=ckpt).model
+    for g in GRAPHS:
+        proto = onnx.load(str(out / f"{g}.onnx"))
+        assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        n_ln = sum(n.op_type == "LayerNormalization" for n in proto.graph.node)
+        assert n_ln > 0 and n_ln == count_layernorm_calls(graph_module(model, g), example_inputs(model, g)), g
+        for v in list(proto.graph.input) + list(proto.graph.output):
+            assert v.type.tensor_type.shape.dim[0].dim_param == "batch", (g, v.name)
+
+
+def test_layernorm_count_matches_modules():
+    torch.manual_seed(0)
+    model = ReSTR(get_config("restr-tiny"), 12).eval()
+    n_modules = sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert count_layernorm_calls(graph_module(model, "end_to_end"), example_inputs(model, "end_to_end")) == n_modules
+
+
+def _feeds(vocab_size: int, batch: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 21, batch)
+    pad = np.arange(20)[None] >= lengths[:, None]
+    return {
+        "image": rng.standard_normal((batch, 3, 96, 96)).astype(np.float32),
+        "words": np.where(pad, 0, rng.integers(2, vocab_size, (batch, 20))).astype(np.int64),
+        "pad_mask": pad,
+    }
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_batch_sizes_from_one_export_match_pytorch(exported, ckpt, batch):
+    out, _ = exported
+    model = load_source(ckpt=ckpt).model
+    feeds = _feeds(len(WORDS) + 2, batch, seed=batch)
+    got = run_session(ort_session(out / "end_to_end.onnx", 1), feeds)
+    with torch.no_grad():
+        pixel, patch = model(*(torch.from_numpy(feeds[k]) for k in ("image", "words", "pad_mask")))
+    assert got["pixel_probs"].shape == (batch, 1, 96, 96) and got["patch_probs"].shape == (batch, 144)
+    np.testing.assert_allclose(got["pixel_probs"], torch.sigmoid(pixel).numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["patch_probs"], torch.sigmoid(patch).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", ["", "_fp16"])
+def test_one_image_many_expressions(exported, suffix):
+    """The service pattern: encode the image once, repeat its features for K expressions."""
+    out, _ = exported
+    s = {g: ort_session(out / f"{g}{suffix}.onnx", 1) for g in GRAPHS}
+    k = 3
+    feeds = _feeds(len(WORDS) + 2, k, seed=7)
+    feeds["image"] = np.repeat(feeds["image"][:1], k, axis=0)
+    v = run_session(s["vision"], {"image": feeds["image"][:1]})["visual_features"]
+    l = run_session(s["language"], feeds)["linguistic_features"]
+    split = run_session(s["fusion_decoder"], {"visual_features": np.repeat(v, k, 0), "linguistic_features": l, "pad_mask": feeds["pad_mask"]})
+    whole = run_session(s["end_to_end"], feeds)
+    for name in ("pixel_probs", "patch_probs"):
+        np.testing.assert_allclose(split[name], whole[name], atol=1e-4)
+
+
+def test_padding_is_masked_in_the_graph(exported):
+    """SDPA's boolean mask survives the export: padded word ids do not matter, the mask does."""
+    out, _ = exported
+    s = ort_session(out / "end_to_end.onnx", 1)
+    feeds = _feeds(len(WORDS) + 2, 2, seed=3)
+    feeds["pad_mask"][:, 4:] = True
+    feeds["words"][:, 4:] = 0
+    base = run_session(s, feeds)["pixel_probs"]
+    other_ids = dict(feeds, words=np.where(feeds["pad_mask"], 5, feeds["words"]))
+    np.testing.assert_array_equal(run_session(s, other_ids)["pixel_probs"], base)
+    unmasked = dict(other_ids, pad_mask=np.zeros_like(feeds["pad_mask"]))
+    assert np.abs(run_session(s, unmasked)["pixel_probs"] - base).max() > 1e-6
+
+
+def test_fp16_precision_layout(exported):
+    out, m = exported
+    for g in GRAPHS:
+        proto = onnx.load(str(out / f"{g}_fp16.onnx"))
+        summary = fp16_mod.check_mixed_precision(proto)
+        assert summary == m["graphs"][f"{g}_fp16"]["compute_precision"]
+        assert set(summary["MatMul"]) == {"float16"}
+        for op in ("LayerNormalization", "Softmax", "Sigmoid", "ReduceL2"):
+            if op in summary:
+                assert set(summary[op]) == {"float32"}, (g, op)
+        for v in list(proto.graph.input) + list(proto.graph.output):
+            assert v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.BOOL)
+    # F.normalize's tail (Clip, Expand, Div) stays FP32 too
+    proto32 = onnx.load(str(out / "end_to_end.onnx"))
+    norms = fp16_mod.normalization_nodes(proto32)
+    assert [n.split("/")[-1].rstrip("_0123456789") for n in norms].count("Div") == 2
+    dtypes = fp16_mod.compute_dtypes(onnx.load(str(out / "end_to_end_fp16.onnx")))
+    assert all(dtypes[n][1] == "float32" for n in norms)
+
+
+def test_fp16_check_rejects_fp32_matmul(exported):
+    out, _ = exported
+    with pytest.raises(fp16_mod.FP16Error, match="matrix product"):
+        fp16_mod.check_mixed_precision(onnx.load(str(out / "language.onnx")))
+
+
+# ---------------------------------------------------------------------------------- verification
+
+
+def test_figures():
+    ref = np.array([0.9, 0.8, 0.1, 0.55, 0.45])
+    test = np.array([0.9, 0.4, 0.1, 0.45, 0.45])
+    r = compare_probs(ref, test, 0.5, 0.1)
+    assert r["max_abs_diff"] == pytest.approx(0.4) and r["mean_abs_diff"] == pytest.approx(0.1)
+    assert r["mask_iou"] == pytest.approx(1 / 3)  # masks {0,1,3} vs {0}
+    assert r["decisive_pixels"] == 3 and r["same_side"] == pytest.approx(2 / 3)
+    assert mask_iou(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
+
+
+def test_judge_names_the_failing_figure():
+    checks = {
+        "end_to_end": {"reference": "pytorch", "max_abs_diff": 2e-3, "mean_abs_diff": 1e-4, "mask_iou": 1.0, "same_side": 1.0},
+        "end_to_end_fp16": {"reference": "end_to_end", "max_abs_diff": 0.2, "mean_abs_diff": 0.02, "mask_iou": 0.5, "same_side": 0.9},
+        "vision_fp16": {"reference": "vision", "max_abs_diff": 1.0, "mean_abs_diff": 0.1, "max_rel_diff": 0.5},
+    }
+    judged, failures = judge(checks, Tolerances(), masks_meaningful=False)
+    assert not judged["end_to_end"]["passed"] and not judged["end_to_end_fp16"]["passed"]
+    assert judged["vision_fp16"]["passed"] and judged["vision_fp16"]["criteria"] == {}  # reported, not judged
+    assert "mask_iou" not in judged["end_to_end_fp16"]["criteria"]  # random weights: masks not judged
+    assert failures[0].startswith("end_to_end vs pytorch: max_abs_diff 0.002")
+    assert "mean_abs_diff 0.02 (needs <= 0.01)" in failures[1] and "same_side 0.9" in failures[1]
+    _, failures = judge(checks, Tolerances(), masks_meaningful=True)
+    assert "mask_iou 0.5 (needs >= 0.98)" in failures[1]
+
+
+def test_verification_inputs_from_the_checkpoints_data_set(tmp_path):
+    """A checkpoint whose meta names its data set is verified on its validation images (here a tiny
+    synthetic set in the refer layout); an unreadable one falls back to generated inputs and says why."""
+    from restr.data import make_synthetic
+
+    from restr.export.verify import verification_inputs
+
+    root = make_synthetic(tmp_path / "data", sizes={"train": 1, "val": 2, "test": 1})
+    cfg, vocab = get_config("restr-tiny"), Vocabulary(WORDS)
+    feeds, info = verification_inputs(cfg, vocab, {"data": str(root)}, n=3)
+    assert info["source"] == "dataset" and info["samples"] == len(feeds["image"]) >= 2
+    assert feeds["image"].shape[1:] == (3, 96, 96) and feeds["image"].dtype == np.float32
+    assert feeds["words"].shape[1:] == (20,) and feeds["pad_mask"].dtype == bool
+    assert not feeds["pad_mask"][:, 0].any()  # every expression has a first word
+    feeds, info = verification_inputs(cfg, vocab, {"data": str(tmp_path / "absent")}, n=3)
+    assert info["source"] == "generated" and "not readable" in info["note"] and feeds["image"].shape == (3, 3, 96, 96)
+
+
+def test_exceeded_tolerance_fails_and_writes_nothing(ckpt, tmp_path):
+    out = tmp_path / "export"
+    with pytest.raises(VerificationError, match=r"verification failed: end_to_end vs pytorch: max_abs_diff"):
+        export_artifacts(load_source(ckpt=ckpt), out, _options(precisions=("fp32",), tolerances=Tolerances(fp32_max_abs_diff=0.0)),
+                         log=lambda _: None)
+    assert not out.exists() and _no_leftovers(tmp_path)
+
+
+# ------------------------------------------------------------------------------ CLI and errors
+
+
+def _run(args):
+    return CliRunner().invoke(cli, [*map(str, args), "--threads", "1", "--no-progress"])
+
+
+def _one_line_error(result, code=2):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_missing_checkpoint(tmp_path):
+    line = _one_line_error(_run(["--ckpt", tmp_path / "nope.pt", "--out", tmp_path / "out"]))
+    assert "no such checkpoint" in line and not (tmp_path / "out").exists()
+
+
+def test_truncated_checkpoint(ckpt, tmp_path):
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    line = _one_line_error(_run(["--ckpt", bad, "--out", tmp_path / "out"]))
+    assert "truncated" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", None])
+def test_not_a_checkpoint(tmp_path, content):
+    bad = tmp_path / "other.pt"
+    if content is None:
+        torch.save({"state_dict": {}}, bad)  # a torch file, but not ours
+    else:
+        bad.write_bytes(content)
+    _one_line_error(_run(["--ckpt", bad, "--out", tmp_path / "out"]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_that_do_not_fit_the_config(ckpt, tmp_path):
+    obj = torch.load(ckpt, weights_only=True)
+    obj["config"]["fusion"]["width"] = 64  # weights are 96 wide
+    bad = tmp_path / "misfit.pt"
+    torch.save(obj, bad)
+    line = _one_line_error(_run(["--ckpt", bad, "--out", tmp_path / "out"]))
+    assert "do not fit" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", [100, 0])
+def test_unsupported_image_size(ckpt, tmp_path, size):
+    line = _one_line_error(_run(["--ckpt", ckpt, "--out", tmp_path / "out", "--image-size", size]))
+    assert f"unsupported image size {size}" in line and "patch size 8" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_is_refused_without_force(exported, ckpt, tmp_path):
+    out, _ = exported
+    line = _one_line_error(_run(["--ckpt", ckpt, "--out", out]))
+    assert "--force" in line
+    other = tmp_path / "not-an-export"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    line = _one_line_error(_run(["--ckpt", ckpt, "--out", other, "--force"]))
+    assert "not a restr export folder" in line and (other / "precious.txt").read_text() == "keep me"
+
+
+def test_engine_required_without_tensorrt(ckpt, tmp_path):
+    try:
+        engine_support()
+        pytest.skip("TensorRT and a GPU are present: engines can be built here")
+    except EngineUnavailable:
+        pass
+    line = _one_line_error(_run(["--ckpt", ckpt, "--out", tmp_path / "out", "--engine"]))
+    assert "pip install 'tensorrt>=10' cuda-python" in line and "restr-export --build-engines" in line
+    assert list(tmp_path.iterdir()) == []
+    line = _one_line_error(_run(["--build-engines", tmp_path / "missing"]))
+    assert "manifest.json" in line
+
+
+def test_cli_random_weights_and_force(tmp_path):
+    out = tmp_path / "random"
+    out.mkdir()
+    json_out = tmp_path / "result.json"
+    result = _run(["--config", "restr-tiny", "--out", out, "--force", "--precision", "fp32", "--no-verify", "--no-engine",
+                   "--max-batch", "4", "--json", json_out])
+    assert result.exit_code == 0, result.output
+    assert "RANDOMLY INITIALISED" in result.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["random_weights"] and m["vocab"]["placeholder"] and m["max_batch"] == 4
+    assert set(m["graphs"]) == set(GRAPHS) and m["verification"] == {"enabled": False}
+    assert m["tensorrt"] == {"status": "not requested"}
+    assert json.loads(json_out.read_text())["manifest"] == m
+    assert _no_leftovers(tmp_path)
+
+
+def test_cli_help():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--ckpt", "--config", "--out", "--image-size", "--max-batch", "--precision", "--engine", "--force", "--build-engines"):
+        assert option in result.output
+
+
+# ------------------------------------------------------------------ engines: the shared code path
+
+
+def test_profiles_from_max_batch(exported):
+    _, m = exported
+    p = profiles(m["graphs"]["fusion_decoder_fp16"]["inputs"], max_batch=6)
+    assert p == {
+        "visual_features": {"min": [1, 144, 96], "opt": [1, 144, 96], "max": [6, 144, 96]},
+        "linguistic_features": {"min": [1, 20, 96], "opt": [1, 20, 96], "max": [6, 20, 96]},
+        "pad_mask": {"min": [1, 20], "opt": [1, 20], "max": [6, 20]},
+    }
+    with pytest.raises(ValueError):
+        profiles(m["graphs"]["vision_fp16"]["inputs"], max_batch=0)
+
+
+def test_sidecar_and_cache_path(exported, tmp_path):
+    _, m = exported
+    gpu = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    src = m["graphs"]["vision_fp16"]
+    s = sidecar("vision_fp16", src, profiles(src["inputs"], 8), "11.4.0", gpu)
+    assert s["tensorrt_version"] == "11.4.0" and s["gpu_name"] == gpu["gpu_name"] and s["compute_capability"] == "9.0"
+    assert s["precision"] == ENGINE_PRECISION and s["max_batch"] == 8
+    assert s["source"] == {"file": "vision_fp16.onnx", "sha256": src["sha256"]}
+    assert s["profiles"]["image"]["max"] == [8, 3, 96, 96]
+    p = timing_cache_path("11.4.0", gpu, tmp_path)
+    assert p.parent == tmp_path and "11.4.0" in p.name and "H100" in p.name and " " not in p.name
+    assert timing_cache_path("10.9.0", gpu, tmp_path) != p
+    msg = engine_instructions("runs/x", "no module named tensorrt")
+    assert "\n" not in msg and "restr-export --build-engines runs/x" in msg and "pip install" in msg
+
+
+class _FakeTensorRT:
+    """Records the builder calls `trt_build` makes; stands in for TensorRT where it is absent."""
+
+    __version__ = "11.0.0-fake"
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 0
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    class Logger:
+        WARNING = "warning"
+
+        def __init__(self, severity):
+            pass
+
+    calls: list = []
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            _FakeTensorRT.calls.append(("parse", Path(path).name))
+            return True
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            _FakeTensorRT.calls.append(("network", flags))
+            return object()
+
+        def create_builder_config(self):
+            return _FakeConfig()
+
+        def create_optimization_profile(self):
+            return _FakeProfile()
+
+        def build_serialized_network(self, network, config):
+            return b"ENGINE:" + repr(sorted(config.profile.shapes)).encode()
+
+
+class _FakeProfile:
+    def __init__(self):
+        self.shapes = {}
+
+    def set_shape(self, name, lo, opt, hi):
+        self.shapes[name] = (list(lo), list(opt), list(hi))
+
+
+class _FakeCache(bytes):
+    def serialize(self):
+        return bytes(self) + b"+"
+
+
+class _FakeConfig:
+    def set_memory_pool_limit(self, pool, size):
+        _FakeTensorRT.calls.append(("workspace", size))
+
+    def create_timing_cache(self, blob):
+        _FakeTensorRT.calls.append(("cache in", bytes(blob)))
+        return _FakeCache(blob)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.cache = cache
+
+    def get_timing_cache(self):
+        return self.cache
+
+    def add_optimization_profile(self, profile):
+        self.profile = profile
+
+
+def test_build_engines_glue_with_a_stand_in(exported, tmp_path):
+    """Everything around the TensorRT calls, run with a stand-in builder: files, sidecars, manifest
+    entries, profiles handed to the builder, and the timing cache carried from build to build."""
+    out, m = exported
+    folder = tmp_path / "exp"
+    shutil.copytree(out, folder)
+    cache = tmp_path / "timing.cache"
+    _FakeTensorRT.calls = []
+    gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
+    entries = build_engines(folder, m, ["vision_fp16", "language_fp16"], 4, cache, 1.0, log=lambda _: None,
+                            backends=(_FakeTensorRT, gpu))
+    assert set(entries) == {"vision_fp16", "language_fp16"}
+    for key, e in entries.items():
+        assert (folder / e["file"]).read_bytes().startswith(b"ENGINE:") and e["sha256"] == sha256_file(folder / e["file"])
+        side = json.loads((folder / e["sidecar"]).read_text())
+        assert side["gpu_name"] == "Fake GPU" and side["tensorrt_version"] == "11.0.0-fake" and side["max_batch"] == 4
+        assert side["source"]["sha256"] == m["graphs"][key]["sha256"]
+    assert ("parse", "vision_fp16.onnx") in _FakeTensorRT.calls and ("network", 1) in _FakeTensorRT.calls
+    assert ("workspace", 1 << 30) in _FakeTensorRT.calls
+    cache_ins = [c[1] for c in _FakeTensorRT.calls if c[0] == "cache in"]
+    assert cache_ins == [b"", b"+"] and cache.read_bytes() == b"++"  # the second build got the first one's cache
+
+
+def test_build_engines_cli_with_a_stand_in(exported, tmp_path, monkeypatch):
+    """`restr-export --build-engines DIR` on an ONNX-only export: engines added, manifest updated,
+    checksums whole, the folder swapped in one piece."""
+    from restr.export import pipeline
+
+    out, m = exported
+    folder = tmp_path / "exp"
+    shutil.copytree(out, folder)
+    gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
+    _FakeTensorRT.calls = []
+    monkeypatch.setattr(pipeline, "engine_support", lambda: (_FakeTensorRT, gpu))
+    result = _run(["--build-engines", folder, "--max-batch", "2", "--engine-graph", "vision", "--engine-graph", "fusion_decoder",
+                   "--timing-cache", tmp_path / "cache.bin"])
+    assert result.exit_code == 0, result.output
+    new = json.loads((folder / "manifest.json").read_text())
+    assert set(new["engines"]) == {"vision_fp16", "fusion_decoder_fp16"} and new["max_batch"] == 2
+    assert new["tensorrt"] == {"status": "built", "tensorrt_version": "11.0.0-fake", **gpu}
+    assert new["graphs"] == m["graphs"] and check_checksums(folder, new) == []
+    assert _no_leftovers(tmp_path)
+    side = json.loads((folder / "fusion_decoder_fp16.engine.json").read_text())
+    assert side["profiles"]["pad_mask"] == {"min": [1, 20], "opt": [1, 20], "max": [2, 20]}
+    (folder / "vision.onnx").write_bytes(b"changed")
+    line = _one_line_error(_run(["--build-engines", folder]))
+    assert "vision.onnx (sha256 mismatch)" in line
+
+
+def test_engines_on_a_gpu(exported, tmp_path):
+    """A real strongly typed build: runs only where TensorRT and a GPU are present."""
+    try:
+        backends = engine_support()
+    except EngineUnavailable as e:
+        pytest.skip(f"TensorRT engines need TensorRT and a CUDA GPU: {e}")
+    out, m = exported
+    folder = tmp_path / "exp"
+    shutil.copytree(out, folder)
+    entries = build_engines(folder, m, ["end_to_end_fp16"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=backends)
+    assert (folder / entries["end_to_end_fp16"]["file"]).stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------ restr-b16
+
+
+@pytest.mark.slow
+def test_b16_export_at_320(tmp_path):
+    """The paper's model (random weights) at 320x320: every graph exports, verifies (ORT vs PyTorch,
+    split vs end-to-end, FP16 by the random-weight criteria) and has its LayerNorms."""
+    out = tmp_path / "b16"
+    m = export_artifacts(load_source(config="restr-b16", image_size=320), out, _options(threads=2, engine=False),
+                         log=lambda _: None)
+    v = m["verification"]
+    assert v["passed"] and not v["masks_meaningful"]
+    assert m["image_size"] == 320 and m["num_patches"] == 400 and m["feature_width"] == 768
+    assert v["checks"]["end_to_end"]["max_abs_diff"] <= 1e-3
+    assert v["checks"]["end_to_end_fp16"]["mean_abs_diff"] <= 0.01
+    assert v["checks"]["end_to_end_fp16"]["same_side"] >= 0.99
+    proto = onnx.load(str(out / "vision.onnx"), load_external_data=False)
+    assert sum(n.op_type == "LayerNormalization" for n in proto.graph.node) == 2 * 12 + 1
+    assert check_checksums(out, m) == []
