@@ -31,7 +31,7 @@ from tqdm import tqdm
 from restr.data.refer import DataError
 from restr.runtime.tokenizer import split_words
 
-VERSION = 1  # bump when the generated data change; it is part of the cache folder's name
+VERSION = 2  # bump when the generated data change; it is part of the cache folder's name
 SPLIT_BY = "synthetic"
 SPLITS = ("train", "val", "test")
 DEFAULT_SIZES = {"train": 3000, "val": 300, "test": 300}  # images per split
@@ -155,19 +155,24 @@ def scene_expressions(objects: list[Obj], target: Obj, anchors: dict[int, str] |
     return out
 
 
+KIND_WEIGHTS = {"attribute": 0.6, "extreme": 0.25, "relation": 0.15}  # share of expressions by kind
+
+
 def _pick_expressions(kinds: dict[str, list[str]], rng: np.random.Generator, k: int) -> list[str]:
-    """Up to k distinct expressions, one kind after another so the kinds are mixed; attribute
-    phrases sometimes lose their article ("red circle") so short expressions occur too."""
-    pools = [list(rng.permutation(v)) for v in kinds.values() if v]
-    order = rng.permutation(len(pools))
+    """Up to k distinct expressions, each slot drawing a kind by KIND_WEIGHTS among the kinds that
+    have phrases left. Mostly attribute phrases, so a small model trained from scratch for a few
+    minutes learns to ground words; positional ones stay common enough to need reading as well.
+    Attribute phrases sometimes lose their article ("red circle") so short expressions occur too."""
+    pools = {kind: list(rng.permutation(v)) for kind, v in kinds.items() if v}
     chosen: list[str] = []
-    while len(chosen) < k and any(pools):
-        for i in order:
-            if pools[i] and len(chosen) < k:
-                e = str(pools[i].pop())
-                if e in kinds["attribute"] and rng.random() < 0.3:
-                    e = e[len("the "):]
-                chosen.append(e)
+    while len(chosen) < k and any(pools.values()):
+        names = [n for n, v in pools.items() if v]
+        w = np.array([KIND_WEIGHTS[n] for n in names])
+        kind = names[rng.choice(len(names), p=w / w.sum())]
+        e = str(pools[kind].pop())
+        if kind == "attribute" and rng.random() < 0.3:
+            e = e[len("the "):]
+        chosen.append(e)
     return chosen
 
 

@@ -31,7 +31,9 @@ class ReSTR(nn.Module):
         self.language = LanguageEncoder(cfg.language, vocab_size, cfg.max_words, cfg.freeze_word_embeddings)
         self.fusion = FusionEncoder(cfg.fusion, cfg.vision.width, cfg.language.width, cfg.fusion_variant)
         self.decoder = CoarseToFineDecoder(cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope)
-        self.apply(_init_weights)
+        for encoder in (self.vision, self.language, self.fusion):
+            encoder.apply(_init_transformer)
+        self.decoder.apply(lambda m: _init_decoder(m, cfg.decoder_activation_slope))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """image: (B, 3, H, W) normalised -> projected visual features v: (B, N_v, D)."""
@@ -68,11 +70,20 @@ class ReSTR(nn.Module):
         return self.decode(self.encode_image(image), self.encode_text(words, pad_mask), pad_mask, grid)
 
 
-def _init_weights(m: nn.Module) -> None:
-    # timm's ViT initialisation: truncated-normal linear weights, zero biases.
+def _init_transformer(m: nn.Module) -> None:
+    # timm's ViT initialisation: truncated-normal linear weights, zero biases. LayerNorm before
+    # every layer keeps activations at scale, so small weights are safe here.
+    # Word embeddings keep PyTorch's N(0, 1): at std 0.02 the sinusoidal position code (amplitude 1)
+    # would drown the words' identity, and a model trained from scratch learns grounding very slowly.
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.normal_(m.weight, std=0.02)
+
+
+def _init_decoder(m: nn.Module, slope: float) -> None:
+    # The decoder is a plain stack of linear + LeakyReLU with no normalisation: std-0.02 weights
+    # would shrink the signal ~5x per block and stall training, so He initialisation keeps its scale.
+    if isinstance(m, nn.Linear):
+        nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu")
+        nn.init.zeros_(m.bias)

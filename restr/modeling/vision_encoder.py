@@ -30,6 +30,17 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_gri
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(pos_embed.dtype)
 
 
+def sincos_2d(grid: tuple[int, int], width: int) -> torch.Tensor:
+    """(h*w, width) 2-D sin-cos position code (MAE's): half the channels encode rows, half columns."""
+    from restr.modeling.language_encoder import sinusoidal_position_encoding
+
+    h, w = grid
+    half = width // 2
+    rows = sinusoidal_position_encoding(h, half)  # (h, half)
+    cols = sinusoidal_position_encoding(w, width - half)  # (w, width - half)
+    return torch.cat([rows[:, None].expand(h, w, half), cols[None].expand(h, w, width - half)], -1).reshape(h * w, width)
+
+
 class PatchEmbed(nn.Module):
     """x^p = flatten(patches) W_E: a linear projection of non-overlapping P x P patches."""
 
@@ -51,8 +62,9 @@ class VisionEncoder(nn.Module):
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.patch_embed = PatchEmbed(patch_size, cfg.width)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        # Learnable (section 3.1); started from a 2-D sin-cos code so a model trained from scratch
+        # knows where patches are from the first step. Pretrained ViT weights replace it.
+        self.pos_embed = nn.Parameter(0.1 * sincos_2d(self.grid, cfg.width)[None])
         self.encoder = Transformers(cfg)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
