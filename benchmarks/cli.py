@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -11,20 +12,90 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        _fail(f"--batch-sizes {text!r}: expected positive integers separated by commas, e.g. 1,2,4")
+    return sizes
+
+
+def _photo_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+        if w >= 1 and h >= 1:
+            return w, h
+    except ValueError:
+        pass
+    _fail(f"--photo-size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480")
+
+
+def _writable_file(path: str | None, option: str) -> None:
+    if path and Path(path).is_dir():
+        _fail(f"{option} {path}: is a folder, expected a file name")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--macs", is_flag=True, help="Count params and MACs of restr-b16 and its variants and compare with the paper's Tables 3b and 5.")
 @click.option("--engine", "engines", multiple=True, metavar="PATH",
-              help="A .trt/.plan engine, an .onnx graph, a .pt checkpoint or an export folder to time; repeat to compare in one run.")
+              help="A .trt/.plan/.engine TensorRT engine, an .onnx graph, a .pt checkpoint (PyTorch eager) or an export folder to time; "
+                   "repeat to compare several in one process, interleaved (ratios are printed against the first).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON to this file.")
-def main(macs: bool, engines: tuple[str, ...], json_path: str | None) -> None:
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Draw latency distributions, throughput against batch size and the multi-query cost (PNG).")
+@click.option("--runs", type=int, default=20, show_default=True, help="Timed rounds of the batch-1 latency (model alone and end to end).")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs of each path before timing.")
+@click.option("--batch-sizes", "batch_sizes", default="1,2,4", show_default=True, help="Batch sizes of the throughput runs (model alone).")
+@click.option("--throughput-runs", type=int, default=5, show_default=True, help="Timed rounds per batch size.")
+@click.option("--queries", type=int, default=0, show_default=True, metavar="K",
+              help="Also time K expressions on one image through the split graphs (batched, and one at a time) against K end-to-end runs.")
+@click.option("--query-runs", type=int, default=3, show_default=True, help="Timed rounds of the --queries comparison.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op and PyTorch threads. Default: every CPU this process may use.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Export folders: the FP32 graphs or the mixed-precision FP16 ones (TensorRT engines are FP16).")
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+              help="Export folders: ONNX Runtime or the native TensorRT engines (GPU).")
+@click.option("--providers", default=None, help="ONNX Runtime execution providers, e.g. cuda or tensorrt,cuda (default: CPU).")
+@click.option("--image-size", type=int, default=None,
+              help="Input side for a .pt checkpoint (rebuilt at that size). ONNX graphs and engines are fixed at export; a different size is refused.")
+@click.option("--config", "config_name", default=None, metavar="NAME",
+              help="Config of an .onnx graph or engine without a manifest beside it (for MACs), e.g. restr-b16.")
+@click.option("--photo", type=click.Path(dir_okay=False), default=None,
+              help="An image file for the end-to-end runs (decoded every run). Default: a synthetic photo held in memory.")
+@click.option("--photo-size", default="640x480", show_default=True, help="WIDTHxHEIGHT of the synthetic photo.")
+@click.option("--gemm-size", type=int, default=2048, show_default=True, help="n of the n x n x n FP32 matrix product timed as the peak.")
+@click.option("--op-profile", type=int, default=0, show_default=True, metavar="N",
+              help="Also run each ONNX engine N times under ONNX Runtime's profiler and print kernel time per op type.")
+@click.option("--import-runs", type=int, default=5, show_default=True, help="Fresh interpreters timing `import restr.runtime` (0: skip).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, threads, precision, backend,
+         providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs, no_progress) -> None:
     """Benchmark ReSTR.
 
     \b
-    restr-bench --macs                      paper comparison table
-    restr-bench --macs --json macs.json     the same rows as JSON
+    restr-bench --macs                                 paper comparison table
+    restr-bench --macs --json macs.json                the same rows as JSON
+    restr-bench --engine runs/b16_320 --queries 8      latency, throughput, peak share, multi-query
+    restr-bench --engine a.onnx --engine model.pt      two engines, interleaved, with ratios
+
+    For each engine: batch-1 latency of the model alone and end to end (pre-processing, model and
+    post-processing through restr.runtime's Predictor), median / p90 / p99 / mean / std over --runs;
+    cold start (load + first run); throughput at --batch-sizes; peak memory (RSS high-water mark);
+    achieved GFLOP/s (2 x MACs / median model time) and its share of an FP32 matrix-product peak
+    measured in the same run. Exit codes: 0 done, 2 bad input (nothing written).
     """
     if not macs and not engines:
         _fail("nothing to do: give --macs and/or --engine PATH (see --help)")
+    if plot_path and not engines:
+        _fail("--plot draws --engine results: give --engine PATH")
+    macs_rows = None
+    if engines:
+        settings, load_options = _engine_settings(
+            engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, threads, precision, backend,
+            providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs, no_progress,
+        )
     if macs:
         from restr.benchmarks.macs import format_comparison, paper_comparison, rows_as_json
         from restr.benchmarks.report import write_json
@@ -33,8 +104,89 @@ def main(macs: bool, engines: tuple[str, ...], json_path: str | None) -> None:
         click.echo(format_comparison(rows))
         if json_path and not engines:
             write_json(json_path, rows_as_json(rows))
+        macs_rows = rows_as_json(rows)
     if engines:
-        _fail("--engine is not implemented yet")
+        if macs:
+            click.echo("")
+        _run_engines(engines, settings, load_options, import_runs, json_path, plot_path, macs_rows)
+
+
+def _engine_settings(engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, threads, precision,
+                     backend, providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs, no_progress):
+    """Check every option and PATH before any work: bad input is one line and exit 2."""
+    from restr.benchmarks.environment import available_cpus
+    from restr.benchmarks.latency import Settings
+    from restr.benchmarks.loaders import LoadError, LoadOptions, engine_kind
+
+    for name, value, least in (("--runs", runs, 1), ("--warmup", warmup, 0), ("--throughput-runs", throughput_runs, 1),
+                               ("--query-runs", query_runs, 1), ("--gemm-size", gemm_size, 16), ("--import-runs", import_runs, 0),
+                               ("--op-profile", op_profile, 0)):
+        if value < least:
+            _fail(f"{name} must be at least {least}, got {value}")
+    if threads is not None and threads < 1:
+        _fail(f"--threads must be at least 1, got {threads}")
+    if queries and queries < 2:
+        _fail(f"--queries K needs K >= 2 (the cost of each expression after the first), got {queries}")
+    if queries < 0:
+        _fail(f"--queries must be 0 (off) or at least 2, got {queries}")
+    if image_size is not None and image_size < 1:
+        _fail(f"--image-size must be positive, got {image_size}")
+    if photo is not None and not Path(photo).is_file():
+        _fail(f"--photo {photo}: no such file")
+    if config_name is not None:
+        from restr.config import CONFIGS
+
+        if config_name not in CONFIGS:
+            _fail(f"--config {config_name!r}: unknown config; known: {', '.join(CONFIGS)}")
+    _writable_file(json_path, "--json")
+    _writable_file(plot_path, "--plot")
+    sizes, photo_wh = _batch_sizes(batch_sizes), _photo_size(photo_size)
+    for path in engines:
+        try:
+            engine_kind(path)
+        except LoadError as e:
+            _fail(str(e))
+    settings = Settings(
+        runs=runs, warmup=warmup, batch_sizes=sizes, throughput_runs=throughput_runs, queries=queries,
+        query_runs=query_runs, threads=threads or available_cpus(), gemm_size=gemm_size, photo=photo, photo_size=photo_wh,
+        op_profile=op_profile, progress=not no_progress,
+    )
+    load_options = LoadOptions(threads=settings.threads, precision=precision, backend=backend, providers=providers,
+                               image_size=image_size, config=config_name)
+    return settings, load_options
+
+
+def _run_engines(engines, settings, load_options, import_runs, json_path, plot_path, macs_rows) -> None:
+    from restr.benchmarks.environment import import_time
+    from restr.benchmarks.latency import Bench, format_report
+    from restr.benchmarks.loaders import LoadError
+    from restr.benchmarks.report import write_json
+    from restr.runtime import ArtifactError, ImageError, TextError
+
+    imports = {}
+    if import_runs:
+        # Fresh interpreters, before anything is loaded here: the runtime alone, and with ONNX Runtime
+        # (which the runtime imports when the first graph is loaded).
+        imports = {"restr.runtime": import_time("restr.runtime", import_runs),
+                   "restr.runtime+onnxruntime": import_time("restr.runtime, onnxruntime", import_runs)}
+    bench = Bench(engines, settings, load_options, imports)
+    try:
+        doc = bench.run()
+    except (LoadError, ArtifactError, ImageError, TextError) as e:
+        _fail(str(e))
+    except RuntimeError as e:  # TensorRT / CUDA failures surface as RuntimeError (TensorRTUnavailable too)
+        _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    if macs_rows is not None:
+        doc["macs"] = macs_rows
+    click.echo(format_report(doc))
+    if plot_path:
+        from restr.benchmarks.plot import plot_results
+
+        plot_results(doc, plot_path, bench.samples())
+        click.echo(f"plot written to {plot_path}", err=True)
+    if json_path:
+        write_json(json_path, doc)
+        click.echo(f"results written to {json_path}", err=True)
 
 
 if __name__ == "__main__":

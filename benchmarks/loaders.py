@@ -1,0 +1,423 @@
+"""PATH -> something to time (Polygraphy's loader idea): a runner for the model alone and a
+`restr.runtime.Predictor` for the same model with pre- and post-processing.
+
+    export folder      Predictor.from_artifacts (ONNX Runtime, or TensorRT engines with --backend tensorrt)
+    graph.onnx         an OrtRunner; shapes and vocabulary from the manifest beside it, else from the graph
+    model.pt           restr.checkpoint.load_checkpoint, PyTorch eager (the exporter's graph modules)
+    model.trt / .plan  restr.runtime.trt_runner.TrtRunner (needs TensorRT and a CUDA GPU)
+
+Every target's end-to-end path is the runtime's own Predictor (restr.runtime.transforms for the
+letterbox and normalisation, `Letterbox.invert` and the threshold after), whatever runs the graph:
+a PyTorch checkpoint is wrapped in a `TorchRunner` that honours the runner contract, so its
+pre- and post-processing are exactly the deployed ones. The feature cache is off (cache_size=0):
+every end-to-end run pre-processes and encodes the image again.
+
+Errors are `LoadError`s: one line, naming the path.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from restr.runtime.artifacts import END_TO_END, MANIFEST, STAGES, ArtifactError, Artifacts, GraphInfo, TensorSpec, sha256_file
+from restr.runtime.predictor import Predictor
+from restr.runtime.runners import OrtRunner, graph_key, prepare_feeds
+from restr.runtime.tokenizer import Vocabulary
+
+ENGINE_SUFFIXES = (".trt", ".plan", ".engine")
+KINDS = ("folder", "onnx", "pt", "tensorrt")
+# Graph identified by its input names (docs/artifacts.md).
+GRAPH_BY_INPUTS = {
+    frozenset({"image", "words", "pad_mask"}): END_TO_END,
+    frozenset({"image"}): "vision",
+    frozenset({"words", "pad_mask"}): "language",
+    frozenset({"visual_features", "linguistic_features", "pad_mask"}): "fusion_decoder",
+}
+REAL_WORDS = 8  # words in a generated expression; the graphs compute all N_l positions anyway
+
+
+class LoadError(ValueError):
+    """A PATH that cannot be benchmarked: one line, meant for users."""
+
+
+@dataclass
+class LoadOptions:
+    threads: int | None = None  # ONNX Runtime intra-op threads (PyTorch's are set process-wide)
+    precision: str = "fp32"  # export folders: which graphs ("fp16" = the mixed-precision ones)
+    backend: str = "ort"  # export folders: "ort" or "tensorrt"
+    providers: object = None  # ONNX Runtime execution providers (restr.runtime.choose_providers)
+    image_size: int | None = None  # .pt only: rebuild for another input size; others must match
+    config: str | None = None  # a named config for graphs without a manifest (for MACs)
+
+
+@dataclass
+class Target:
+    """One PATH, loaded. `runner` is the model alone (the `graph` it holds); `predictor` runs the
+    end-to-end graph with pre- and post-processing (None unless `graph` is end_to_end); `split`
+    builds a split-graph Predictor for `--queries` (None where the split graphs are missing)."""
+
+    path: Path
+    kind: str
+    label: str
+    backend: str
+    precision: str
+    graph: str
+    runner: object
+    predictor: Predictor | None
+    split: Callable[[], Predictor] | None
+    config: object  # ReSTRConfig or None (no manifest, no --config): no MACs then
+    image_size: int | None
+    vocab_size: int
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+    def feeds(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Inputs of the model's graph at `batch`, generated from its input specs."""
+        return make_feeds(self.runner.input_specs, batch, self.vocab_size, seed)
+
+
+def make_feeds(specs, batch: int, vocab_size: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for `specs` (TensorSpec) at `batch`: floats ~ N(0, 1); `words` ids in the
+    vocabulary with REAL_WORDS real words and the rest padding (as `pad_mask` says); other integer
+    inputs 0."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in specs:
+        shape = s.concrete(batch)
+        dtype = np.dtype(s.dtype)
+        if dtype == np.bool_:
+            n = shape[-1] if shape else 0
+            x = np.broadcast_to(np.arange(n) >= min(REAL_WORDS, n), shape).copy()
+        elif np.issubdtype(dtype, np.floating):
+            x = rng.standard_normal(shape).astype(dtype)
+        elif s.name == "words":
+            x = rng.integers(2, max(3, vocab_size), shape).astype(dtype)
+            x[..., REAL_WORDS:] = 0  # <pad>, matching pad_mask
+        else:
+            x = np.zeros(shape, dtype)
+        out[s.name] = x
+    return out
+
+
+def engine_kind(path) -> str:
+    """Which kind of PATH this is, with cheap checks only. Raises LoadError."""
+    p = Path(path)
+    if not p.exists():
+        raise LoadError(f"{p}: no such file or folder")
+    if p.is_dir():
+        if not (p / MANIFEST).is_file():
+            raise LoadError(f"{p}: folder has no {MANIFEST} (not a restr export folder; make one with restr-export)")
+        return "folder"
+    suffix = p.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".pt":
+        return "pt"
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    raise LoadError(f"{p}: unknown engine type {p.suffix or '(no extension)'!r} (expected .trt/.plan/.engine, .onnx, .pt or an export folder)")
+
+
+def load_target(path, options: LoadOptions = LoadOptions()) -> Target:
+    """Load PATH for benchmarking. Raises LoadError (one line) for anything unusable."""
+    p = Path(path)
+    kind = engine_kind(p)
+    try:
+        return {"folder": _load_folder, "onnx": _load_onnx, "pt": _load_pt, "tensorrt": _load_trt}[kind](p, options)
+    except LoadError:
+        raise
+    except (ArtifactError, ValueError) as e:  # ArtifactError, CheckpointError, bad sizes: already one line
+        raise LoadError(_first_line(e) if str(p) in str(e) else f"{p}: {_first_line(e)}") from None
+
+
+# -- export folders ------------------------------------------------------------------------------
+
+
+def _load_folder(path: Path, o: LoadOptions) -> Target:
+    art = Artifacts.open(path)
+    _fixed_size(o.image_size, art.image_size, path)
+    if o.backend == "tensorrt":
+        _require_tensorrt(path)
+    table = art.engines if o.backend == "tensorrt" else art.graphs
+    key = graph_key(END_TO_END, o.precision)
+    if key not in table:
+        raise LoadError(f"{path}: the export has no {key!r} {'engine' if o.backend == 'tensorrt' else 'graph'} to time")
+    predictor = Predictor.from_artifacts(
+        path, backend=o.backend, precision=o.precision, providers=o.providers, cache_size=0, mode="end_to_end", threads=o.threads
+    )
+    runner = predictor.runners[END_TO_END]
+    split = None
+    if all(graph_key(s, o.precision) in table for s in STAGES):
+        def split():
+            return Predictor.from_artifacts(
+                path, backend=o.backend, precision=o.precision, providers=o.providers, cache_size=0, mode="split", threads=o.threads
+            )
+    return Target(
+        path=path, kind="folder", label=path.name, backend=_backend_name(runner), precision=table[key].precision,
+        graph=END_TO_END, runner=runner, predictor=predictor, split=split, config=_manifest_config(art),
+        image_size=art.image_size, vocab_size=len(predictor.vocab), device=_device(runner),
+    )
+
+
+# -- single ONNX graphs --------------------------------------------------------------------------
+
+
+def _load_onnx(path: Path, o: LoadOptions) -> Target:
+    inputs, outputs, precision = onnx_io(path)
+    art, info = _beside(path, engines=False)
+    notes = []
+    if info is None:
+        cfg = _named_config(o.config, _image_size_of(inputs, outputs))
+        art = bare_artifacts(path.parent, inputs, outputs, cfg)
+        info = GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision=precision, inputs=inputs, outputs=outputs)
+        vocab = _vocab_beside(path)
+        notes.append(f"no manifest beside {path.name}: shapes from the graph, normalisation mean=std=0.5" + ("" if cfg else ", no MACs (give --config)"))
+    else:
+        cfg, vocab = _manifest_config(art), art.vocabulary()
+    _fixed_size(o.image_size, art.image_size or None, path)
+    runner = OrtRunner(art, info, providers=o.providers, threads=o.threads)
+    graph = GRAPH_BY_INPUTS.get(frozenset(s.name for s in runner.input_specs), "graph")
+    predictor = Predictor(art, {END_TO_END: runner}, vocab, cache_size=0) if graph == END_TO_END else None
+    split = None
+    if graph == END_TO_END and art.manifest:  # the split graphs of the same precision, from the same export
+        precision_key = "fp16" if info.key.endswith("_fp16") else "fp32"
+        if all(graph_key(s, precision_key) in art.graphs for s in STAGES):
+            def split():
+                return Predictor.from_artifacts(
+                    art.root, precision=precision_key, providers=o.providers, cache_size=0, mode="split", threads=o.threads
+                )
+    return Target(
+        path=path, kind="onnx", label=path.name, backend=_backend_name(runner), precision=info.precision, graph=graph,
+        runner=runner, predictor=predictor, split=split, config=cfg, image_size=art.image_size or None,
+        vocab_size=len(vocab), device=_device(runner), notes=notes,
+    )
+
+
+def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], str]:
+    """(inputs, outputs, precision) of an ONNX file, read with `onnx` (weights not needed).
+
+    Dynamic dimensions become "batch". precision is "fp16-mixed" when the graph holds FP16
+    weights, else "fp32". Raises LoadError for a file that is not a readable ONNX graph.
+    """
+    import onnx
+    from onnx import helper
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise LoadError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {_first_line(e)})") from None
+    if not proto.graph.input and not proto.graph.output:
+        raise LoadError(f"{path}: not a readable ONNX graph (no inputs or outputs)")
+    init = {t.name for t in proto.graph.initializer}
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        dims = tuple(int(d.dim_value) if d.HasField("dim_value") else "batch" for d in t.shape.dim)
+        return TensorSpec(v.name, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name, dims)
+
+    try:
+        inputs = tuple(spec(v) for v in proto.graph.input if v.name not in init)
+        outputs = tuple(spec(v) for v in proto.graph.output)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LoadError(f"{path}: graph inputs/outputs cannot be read ({_first_line(e)})") from None
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    return inputs, outputs, "fp16-mixed" if fp16 else "fp32"
+
+
+# -- PyTorch checkpoints -------------------------------------------------------------------------
+
+
+class TorchRunner:
+    """One of the exported graphs' modules (restr.export.onnx_export) run in PyTorch eager, behind
+    the runtime's Runner contract: numpy in, numpy out, inputs checked by `prepare_feeds`."""
+
+    def __init__(self, name: str, module, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+        self.name = name
+        self.module = module
+        self.input_specs = inputs
+        self.output_names = tuple(s.name for s in outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        feeds, _ = prepare_feeds(self.input_specs, feeds, self.name)
+        with torch.inference_mode():
+            outs = self.module(*(torch.from_numpy(feeds[s.name]) for s in self.input_specs))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return {n: t.numpy() for n, t in zip(self.output_names, outs)}
+
+    def __repr__(self) -> str:
+        return f"TorchRunner({self.name!r})"
+
+
+def _load_pt(path: Path, o: LoadOptions) -> Target:
+    from restr.checkpoint import load_checkpoint
+    from restr.export.onnx_export import GRAPHS, graph_io, graph_module
+
+    ck = load_checkpoint(path, image_size=o.image_size)  # CheckpointError / ValueError: one line
+    cfg = ck.config
+    io = graph_io(cfg)
+    runners = {g: TorchRunner(g, graph_module(ck.model, g), *io[g]) for g in GRAPHS}
+    art = bare_artifacts(path.parent, *io[END_TO_END], cfg)
+    predictor = Predictor(art, {END_TO_END: runners[END_TO_END]}, ck.vocab, cache_size=0)
+
+    def split():
+        return Predictor(art, {s: runners[s] for s in STAGES}, ck.vocab, cache_size=0)
+
+    import torch
+
+    return Target(
+        path=path, kind="pt", label=path.name, backend=f"pytorch {torch.__version__} eager", precision="fp32", graph=END_TO_END,
+        runner=runners[END_TO_END], predictor=predictor, split=split, config=cfg, image_size=cfg.image_size,
+        vocab_size=len(ck.vocab),
+    )
+
+
+# -- TensorRT engines ----------------------------------------------------------------------------
+
+
+def _require_tensorrt(path: Path) -> None:
+    from restr.runtime.trt_runner import TensorRTUnavailable, describe_gpu, import_backends
+
+    try:
+        _, cudart = import_backends()
+        describe_gpu(cudart)
+    except TensorRTUnavailable as e:
+        raise LoadError(f"{path}: TensorRT engines cannot be timed on this machine ({e})") from None
+
+
+def _load_trt(path: Path, o: LoadOptions) -> Target:
+    from restr.runtime.trt_runner import TrtRunner
+
+    _require_tensorrt(path)
+    art, info = _beside(path, engines=True)
+    notes = []
+    if info is None:
+        info = GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision="fp16-strongly-typed",
+                         sidecar=path.with_name(path.name + ".json"))
+        runner = TrtRunner(bare_artifacts(path.parent, (), ()), info)
+        cfg = _named_config(o.config, _image_size_of(runner.input_specs, runner.output_specs))
+        art = bare_artifacts(path.parent, runner.input_specs, runner.output_specs, cfg)
+        vocab = _vocab_beside(path)
+        notes.append(f"no manifest beside {path.name}: shapes from the engine, normalisation mean=std=0.5")
+    else:
+        runner = TrtRunner(art, info, specs=art.graphs.get(info.key))
+        cfg, vocab = _manifest_config(art), art.vocabulary()
+    _fixed_size(o.image_size, art.image_size or None, path)
+    graph = GRAPH_BY_INPUTS.get(frozenset(s.name for s in runner.input_specs), "graph")
+    predictor = Predictor(art, {END_TO_END: runner}, vocab, cache_size=0) if graph == END_TO_END else None
+    split = None
+    if graph == END_TO_END and art.manifest and all(graph_key(s, "fp16") in art.engines for s in STAGES):
+        def split():
+            return Predictor.from_artifacts(art.root, backend="tensorrt", precision="fp16", cache_size=0, mode="split")
+    import tensorrt as trt
+
+    return Target(
+        path=path, kind="tensorrt", label=path.name, backend=f"tensorrt {trt.__version__}", precision=info.precision,
+        graph=graph, runner=runner, predictor=predictor, split=split, config=cfg, image_size=art.image_size or None,
+        vocab_size=len(vocab), device="cuda", notes=notes,
+    )
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+
+
+def bare_artifacts(root: Path, inputs, outputs, cfg=None) -> Artifacts:
+    """An in-memory `Artifacts` for a graph without a manifest (or a checkpoint): what the
+    Predictor needs (image size, N_l, normalisation, threshold), from the graph's shapes or the config."""
+    shapes = {s.name: s.shape for s in (*inputs, *outputs)}
+    size = _image_size_of(inputs, outputs) or (cfg.image_size if cfg else 0)
+    n_v = shapes.get("patch_probs", shapes.get("visual_features", (0, 0)))[1]
+    n_v = n_v if isinstance(n_v, int) else 0
+    patch = cfg.patch_size if cfg else (size // math.isqrt(n_v) if size and n_v else 1)
+    words = shapes.get("words", (0, cfg.max_words if cfg else 20))[1]
+    width = shapes.get("visual_features", (0, 0, cfg.fusion.width if cfg else 0))[2]
+    mean = tuple(cfg.image_mean) if cfg else (0.5, 0.5, 0.5)
+    std = tuple(cfg.image_std) if cfg else (0.5, 0.5, 0.5)
+    return Artifacts(
+        root=Path(root), manifest={}, image_size=int(size), patch_size=int(patch), max_words=int(words),
+        num_patches=int(n_v), feature_width=int(width) if isinstance(width, int) else 0, mean=mean, std=std,
+        threshold=0.5, max_batch=8, graphs={}, engines={}, vocab_path=Path(root) / "vocab.txt", vocab_sha256=None,
+    )
+
+
+def _beside(path: Path, engines: bool) -> tuple[Artifacts | None, GraphInfo | None]:
+    """The export folder's Artifacts and this file's entry, when a manifest beside it names it."""
+    if not (path.parent / MANIFEST).is_file():
+        return None, None
+    art = Artifacts.open(path.parent)
+    table = art.engines if engines else art.graphs
+    target = path.resolve()
+    for info in table.values():
+        if info.path.resolve() == target:
+            return art, info
+    return None, None
+
+
+def _vocab_beside(path: Path) -> Vocabulary:
+    try:
+        return Vocabulary.load(path.parent / "vocab.txt")
+    except (OSError, ValueError):
+        return Vocabulary([])  # every word is <unk>: timing does not depend on the ids
+
+
+def _manifest_config(art: Artifacts):
+    from restr.config import ReSTRConfig
+
+    try:
+        return ReSTRConfig.from_dict((art.manifest.get("model") or {})["config"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _named_config(name: str | None, image_size: int | None):
+    if not name:
+        return None
+    from restr.config import get_config
+
+    try:
+        cfg = get_config(name)
+    except KeyError as e:
+        raise LoadError(str(e.args[0])) from None
+    return cfg.replace(image_size=image_size) if image_size else cfg
+
+
+def _image_size_of(inputs, outputs) -> int | None:
+    for s in (*inputs, *outputs):
+        if s.name in ("image", "pixel_probs") and isinstance(s.shape[-1], int):
+            return int(s.shape[-1])
+    return None
+
+
+def _fixed_size(wanted: int | None, have: int | None, path: Path) -> None:
+    if wanted is not None and have and wanted != have:
+        raise LoadError(f"{path}: the graph is fixed at {have}x{have}; --image-size {wanted} needs a re-export (restr-export --image-size {wanted})")
+
+
+def _backend_name(runner) -> str:
+    if type(runner).__name__ == "TrtRunner":
+        import tensorrt as trt
+
+        return f"tensorrt {trt.__version__}"
+    providers = getattr(runner, "providers", None)
+    if providers is not None:
+        import onnxruntime as ort
+
+        return f"onnxruntime {ort.__version__} {','.join(p.removesuffix('ExecutionProvider') for p in providers)}"
+    return type(runner).__name__
+
+
+def _device(runner) -> str:
+    if type(runner).__name__ == "TrtRunner":
+        return "cuda"
+    providers = getattr(runner, "providers", None) or []
+    return "cuda" if providers and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else type(e).__name__

@@ -1,0 +1,92 @@
+"""Timers and the statistics every latency figure is reported with.
+
+Figures are milliseconds. A CPU run is timed with `time.perf_counter` around the call (the call
+returns when its outputs are in host memory). GPU work is timed with CUDA events recorded on the
+stream the work runs on (`CudaEventTimer`), which measures device time without the host's
+launch and synchronisation jitter.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+STAT_KEYS = ("median", "p90", "p99", "mean", "std")
+
+
+def summarize(samples_ms) -> dict:
+    """median, p90, p99, mean, std (sample std, ddof=1; 0 for one sample), min, max and n of samples.
+
+    Percentiles interpolate linearly between the two nearest ranks (numpy's default), so p99 of
+    few samples lies just under the maximum. An empty input gives None for every statistic.
+    """
+    x = np.asarray(list(samples_ms), dtype=np.float64)
+    if x.size == 0:
+        return {**dict.fromkeys(STAT_KEYS), "min": None, "max": None, "n": 0}
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {
+        "median": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "n": int(x.size),
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None where either is missing or b is zero."""
+    if a is None or b is None or b == 0:
+        return None
+    return float(a) / float(b)
+
+
+class CpuTimer:
+    """Wall-clock milliseconds of a call on the host (`time.perf_counter`)."""
+
+    name = "perf_counter"
+
+    def time(self, fn) -> tuple[float, object]:
+        """Run fn() once; returns (milliseconds, its result)."""
+        t0 = time.perf_counter()
+        out = fn()
+        return (time.perf_counter() - t0) * 1000.0, out
+
+
+class CudaEventTimer:
+    """Milliseconds between two CUDA events recorded on `stream` around a call (cuda-python).
+
+    `cudart` is `cuda.bindings.runtime`; the events are created once and reused. The call must
+    enqueue its work on `stream`; `time` waits for the end event before returning.
+    """
+
+    name = "cuda_events"
+
+    def __init__(self, cudart, stream=0):
+        self.cudart = cudart
+        self.stream = stream
+        self.start = _cuda_ok(cudart, cudart.cudaEventCreate())
+        self.end = _cuda_ok(cudart, cudart.cudaEventCreate())
+
+    def time(self, fn) -> tuple[float, object]:
+        cudart = self.cudart
+        _cuda_ok(cudart, cudart.cudaEventRecord(self.start, self.stream))
+        out = fn()
+        _cuda_ok(cudart, cudart.cudaEventRecord(self.end, self.stream))
+        _cuda_ok(cudart, cudart.cudaEventSynchronize(self.end))
+        ms = _cuda_ok(cudart, cudart.cudaEventElapsedTime(self.start, self.end))
+        return float(ms), out
+
+    def close(self) -> None:
+        for ev in (self.start, self.end):
+            self.cudart.cudaEventDestroy(ev)
+
+
+def _cuda_ok(cudart, result):
+    """cuda-python returns (error, *values): raise on error, return the value(s)."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"CUDA error {err}")
+    return values[0] if len(values) == 1 else (values or None)

@@ -1,0 +1,195 @@
+"""`restr-bench --engine`: every engine kind that runs here, the JSON contract, ratios, --queries,
+--plot, one-line errors, and the statistics on known data. A restr-tiny export (random weights)
+and a checkpoint are made once; every run is a few rounds at one thread."""
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from restr.benchmarks.cli import main
+from restr.benchmarks.flops import achieved_gflops, graph_macs
+from restr.benchmarks.latency import query_result, ratios
+from restr.benchmarks.loaders import make_feeds
+from restr.benchmarks.timing import STAT_KEYS, summarize
+from restr.config import get_config
+from restr.runtime.artifacts import TensorSpec
+
+FAST = ["--runs", "3", "--warmup", "1", "--batch-sizes", "1,2", "--throughput-runs", "1", "--gemm-size", "64",
+        "--import-runs", "0", "--threads", "1", "--no-progress"]
+RESULT_KEYS = ("engine", "model_ms", "end_to_end_ms", "cold_start_ms", "achieved_gflops", "gemm_peak_gflops", "peak_fraction")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A restr-tiny export folder (FP32 graphs) and a checkpoint of the same weights."""
+    import torch
+
+    from restr.checkpoint import save_checkpoint
+    from restr.export import ExportOptions, export_artifacts, load_source
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bench")
+    source = load_source(config="restr-tiny", seed=0)
+    export_artifacts(source, root / "export", ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False),
+                     log=lambda msg: None)
+    save_checkpoint(root / "model.pt", source.model, source.vocab)
+    return SimpleNamespace(root=root, export=root / "export", onnx=root / "export" / "end_to_end.onnx", pt=root / "model.pt")
+
+
+def bench(*args):
+    return CliRunner().invoke(main, [*args, *FAST])
+
+
+def test_folder_onnx_and_checkpoint_in_one_run(tiny, tmp_path):
+    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    res = bench("--engine", str(tiny.export), "--engine", str(tiny.onnx), "--engine", str(tiny.pt),
+                "--queries", "3", "--query-runs", "1", "--json", str(out), "--plot", str(plot))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    results = doc["results"]
+    assert [r["kind"] for r in results] == ["folder", "onnx", "pt"]
+    for r in results:
+        for key in RESULT_KEYS:
+            assert r[key] is not None, (r["kind"], key)
+        for key in ("model_ms", "end_to_end_ms"):
+            assert set(STAT_KEYS) <= set(r[key]) and r[key]["n"] == 3
+            assert r[key]["median"] <= r[key]["p90"] <= r[key]["p99"]
+        # the end-to-end path is the model plus pre- and post-processing
+        assert r["end_to_end_ms"]["median"] > r["preprocess_ms"]["median"] > 0
+        assert r["peak_fraction"] == pytest.approx(r["achieved_gflops"] / r["gemm_peak_gflops"])
+        assert r["peak_fraction_paired"] > 0
+        assert r["achieved_gflops"] == pytest.approx(2 * r["macs"] / (r["model_ms"]["median"] / 1000) / 1e9)
+        assert r["per_query_ratio"] > 0 and r["per_query_ratio_one_at_a_time"] > 0
+        assert [t["batch"] for t in r["throughput"]] == [1, 2]
+    # one model, three ways: the same MACs
+    assert len({r["macs"] for r in results}) == 1
+    assert [x["engine"] for x in doc["ratios"]] == [str(tiny.onnx), str(tiny.pt)]
+    assert all(x["model_ms"] > 0 and x["relative_to"] == str(tiny.export) for x in doc["ratios"])
+    assert "relative to export" in res.output and "K expressions on one image" in res.output
+    with Image.open(plot) as im:
+        assert im.format == "PNG" and im.width > 300
+
+
+def test_bare_graphs_without_manifest(tiny, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny.onnx, bare / "model.onnx")
+    shutil.copy(tiny.export / "vision.onnx", bare / "vision.onnx")
+    out = tmp_path / "r.json"
+    res = bench("--engine", str(bare / "model.onnx"), "--engine", str(bare / "vision.onnx"), "--config", "restr-tiny",
+                "--op-profile", "1", "--json", str(out))
+    assert res.exit_code == 0, res.output
+    full, vision = json.loads(out.read_text())["results"]
+    assert full["graph"] == "end_to_end" and full["end_to_end_ms"]["n"] == 3 and full["notes"]
+    # a split graph alone: the model is timed, there is no end-to-end path; MACs are the vision graph's
+    assert vision["graph"] == "vision" and vision["end_to_end_ms"] is None
+    assert 0 < vision["macs"] < full["macs"]
+    # ONNX Runtime's profiler: kernel time by op type, matrix products among them
+    assert "MatMul" in {o["op"] for o in full["op_profile"]["ops"]}
+    assert sum(o["share"] for o in full["op_profile"]["ops"]) == pytest.approx(1.0)
+
+
+def bad_path(kind: str, d):
+    """A PATH restr-bench must refuse."""
+    if kind == "text":
+        (d / "model.txt").write_text("x")
+        return d / "model.txt"
+    if kind == "empty-folder":
+        (d / "empty").mkdir()
+        return d / "empty"
+    if kind == "corrupt-onnx":
+        (d / "bad.onnx").write_bytes(b"\x00not a graph" * 10)
+        return d / "bad.onnx"
+    if kind == "engine":  # no TensorRT or GPU here; with them, the missing sidecar is refused
+        (d / "model.trt").write_bytes(b"engine")
+        return d / "model.trt"
+    return d / "missing"
+
+
+@pytest.mark.parametrize(
+    "kind, extra, message",
+    [
+        ("missing", [], "no such file or folder"),
+        ("text", [], "unknown engine type"),
+        ("empty-folder", [], "no manifest.json"),
+        ("corrupt-onnx", [], "not a readable ONNX graph"),
+        ("engine", [], "TensorRT"),
+        ("missing", ["--queries", "1"], "--queries K needs K >= 2"),
+        ("missing", ["--batch-sizes", "1,x"], "--batch-sizes"),
+    ],
+)
+def test_errors_are_one_line_and_write_nothing(tmp_path, kind, extra, message):
+    out = tmp_path / "out.json"
+    res = CliRunner().invoke(main, ["--engine", str(bad_path(kind, tmp_path)), "--json", str(out), *FAST, *extra])  # the last value of an option wins
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_checkpoint_rebuilt_at_another_image_size(tiny, tmp_path):
+    out = tmp_path / "r.json"
+    res = bench("--engine", str(tiny.pt), "--image-size", "64", "--json", str(out))
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["image_size"] == 64 and r["backend"].startswith("pytorch")
+    assert r["macs"] == graph_macs(get_config("restr-tiny").replace(image_size=64))["end_to_end"]
+
+
+def test_image_size_is_refused_for_a_fixed_graph(tiny, tmp_path):
+    out = tmp_path / "out.json"
+    res = bench("--engine", str(tiny.export), "--image-size", "64", "--json", str(out))
+    assert res.exit_code == 2 and "fixed at 96x96" in res.output and not out.exists()
+
+
+def test_statistics_on_known_data():
+    s = summarize(range(1, 101))
+    assert s["median"] == pytest.approx(50.5)
+    assert s["p90"] == pytest.approx(90.1)  # linear interpolation between ranks 90 and 91
+    assert s["p99"] == pytest.approx(99.01)
+    assert s["mean"] == pytest.approx(50.5)
+    assert s["std"] == pytest.approx(np.sqrt(sum((x - 50.5) ** 2 for x in range(1, 101)) / 99))
+    assert (s["min"], s["max"], s["n"]) == (1, 100, 100)
+    one = summarize([7.0])
+    assert one["median"] == one["p99"] == 7.0 and one["std"] == 0.0
+    assert summarize([])["median"] is None
+
+
+def test_per_query_ratio_and_ratios_on_known_data():
+    # 8 expressions: the first costs 100 ms through the split graphs, each further one 10 ms
+    # (batched) or 20 ms (one at a time); one end-to-end run costs 100 ms.
+    e = SimpleNamespace(split=object(), target=SimpleNamespace(predictor=object()), queries={
+        "split_1": [100.0], "split_batched_k": [170.0], "split_one_at_a_time_k": [240.0], "end_to_end_k": [800.0], "vision": [80.0]})
+    q = query_result(e, 8)
+    assert q["per_query_ratio"] == pytest.approx(0.1)
+    assert q["per_query_ratio_one_at_a_time"] == pytest.approx(0.2)
+    assert q["queries"]["speedup_batched"] == pytest.approx(800 / 170)
+
+    def result(engine, ms, tp):
+        return {"engine": engine, "model_ms": {"median": ms}, "end_to_end_ms": {"median": ms + 1}, "cold_start_ms": 10.0,
+                "peak_memory_mb": 5.0, "throughput": [{"batch": 1, "items_per_s": tp}]}
+
+    (r,) = ratios([result("a", 10.0, 100.0), result("b", 20.0, 50.0)])
+    assert r["model_ms"] == pytest.approx(2.0) and r["throughput"]["1"] == pytest.approx(0.5) and r["relative_to"] == "a"
+
+
+def test_graph_macs_add_up_and_gflops():
+    macs = graph_macs(get_config("restr-tiny"))
+    assert macs["end_to_end"] == macs["vision"] + macs["language"] + macs["fusion_decoder"]
+    assert achieved_gflops(10**9, 1000.0, batch=2) == pytest.approx(4.0)
+    assert achieved_gflops(None, 1.0) is None
+
+
+def test_generated_feeds_follow_the_specs():
+    specs = (TensorSpec("image", "float32", ("batch", 3, 8, 8)), TensorSpec("words", "int64", ("batch", 20)),
+             TensorSpec("pad_mask", "bool", ("batch", 20)))
+    f = make_feeds(specs, 3, vocab_size=50)
+    assert f["image"].shape == (3, 3, 8, 8) and f["image"].dtype == np.float32
+    assert f["words"].dtype == np.int64 and f["pad_mask"].dtype == np.bool_
+    assert ((f["words"] == 0) == f["pad_mask"]).all() and f["words"].max() < 50
