@@ -86,7 +86,7 @@ class ReSTRConfig:
 _B16 = ReSTRConfig(name="restr-b16")
 _TINY = ReSTRConfig(
     name="restr-tiny",
-    image_size=96,
+    image_size=64,
     patch_size=8,
     vision=EncoderConfig(width=96, depth=4, heads=4, mlp_width=384),
     language=EncoderConfig(width=64, depth=2, heads=4, mlp_width=256),

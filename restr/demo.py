@@ -37,7 +37,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ckpt = RUN / "model.pt"
     step("1/6 train restr-tiny on the synthetic referring task (2 CPU cores: a few minutes)",
-         "restr-train", "--config", "restr-tiny", "--data", "synthetic", "--out", str(RUN), "--resume")
+         "restr-train", "--config", "restr-tiny", "--data", "synthetic", "--out", str(RUN), "--resume", "--workers", "1")
     step("2/6 evaluate on the synthetic test split",
          "restr-eval", "--ckpt", str(ckpt), "--data", "synthetic:test", "--json", str(RUN / "eval.json"))
     step("3/6 control: the same model with each expression swapped for another object's of the same image",
@@ -49,7 +49,7 @@ def main() -> None:
     from restr.runtime.tokenizer import Vocabulary
 
     vocab = Vocabulary.load(RUN / "export" / "vocab.txt")
-    test = build_dataset("synthetic:test", None, 96, vocab, (0.5,) * 3, (0.5,) * 3)
+    test = build_dataset("synthetic:test", None, 64, vocab, (0.5,) * 3, (0.5,) * 3)  # only paths and texts are used
     by_image: dict[Path, list[str]] = {}
     for i in range(len(test)):
         by_image.setdefault(test.image_path(i), []).append(test.text(i))
@@ -57,8 +57,11 @@ def main() -> None:
             break
     for n, (image, texts) in enumerate(list(by_image.items())[:3], 1):
         args = [a for t in texts[:3] for a in ("--text", t)]
+        out = RUN / "predict" / image.stem
         step(f"5/6 predict with the torch-free runtime (image {n} of 3)", "restr-predict", "--artifacts", str(RUN / "export"),
-             "--image", str(image), *args, "--out", str(RUN / "predict" / image.stem), "--overlay")
+             "--image", str(image), *args, "--out", str(out), "--overlay")
+        if not (out / "summary.json").is_file():
+            sys.exit(f"demo: restr-predict wrote no {out / 'summary.json'}")
     step("6/6 params and MACs of restr-b16 against the paper", "restr-bench", "--macs")
 
     ev = json.loads((RUN / "eval.json").read_text())

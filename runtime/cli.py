@@ -214,3 +214,7 @@ def _print_table(summary: dict, out: Path) -> None:
         f"language+fusion {t['language_fusion_per_expression']:.1f} per expression, postprocess {t['postprocess_per_expression']:.1f} per expression"
     )
     click.echo(f"wrote {out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,11 @@ from restr.benchmarks.timing import STAT_KEYS, summarize
 from restr.config import get_config
 from restr.runtime.artifacts import TensorSpec
 
+from restr.config import get_config as _get_config
+
+S = _get_config("restr-tiny").image_size  # input side of the small model
+N_V = _get_config("restr-tiny").num_patches
+
 FAST = ["--runs", "3", "--warmup", "1", "--batch-sizes", "1,2", "--throughput-runs", "1", "--gemm-size", "64",
         "--import-runs", "0", "--threads", "1", "--no-progress"]
 RESULT_KEYS = ("engine", "model_ms", "end_to_end_ms", "cold_start_ms", "achieved_gflops", "gemm_peak_gflops", "peak_fraction")
@@ -144,8 +149,8 @@ def test_checkpoint_rebuilt_at_another_image_size(tiny, tmp_path):
 
 def test_image_size_is_refused_for_a_fixed_graph(tiny, tmp_path):
     out = tmp_path / "out.json"
-    res = bench("--engine", str(tiny.export), "--image-size", "64", "--json", str(out))
-    assert res.exit_code == 2 and "fixed at 96x96" in res.output and not out.exists()
+    res = bench("--engine", str(tiny.export), "--image-size", str(S + 32), "--json", str(out))
+    assert res.exit_code == 2 and f"fixed at {S}x{S}" in res.output and not out.exists()
 
 
 def test_statistics_on_known_data():

@@ -26,6 +26,11 @@ from restr.export.verify import Tolerances, VerificationError, compare_probs, ge
 from restr.modeling import ReSTR
 from restr.runtime.tokenizer import Vocabulary
 
+from restr.config import get_config as _get_config
+
+S = _get_config("restr-tiny").image_size  # input side of the small model
+N_V = _get_config("restr-tiny").num_patches
+
 WORDS = ["the", "red", "blue", "circle", "square", "left", "right", "big", "small", "of"]
 
 
@@ -83,8 +88,8 @@ def _no_leftovers(parent: Path) -> bool:
 def test_folder_and_manifest(exported, ckpt):
     out, m = exported
     assert json.loads((out / "manifest.json").read_text()) == m
-    assert m["format_version"] == 1 and m["image_size"] == 96 and m["max_words"] == 20 and m["patch_size"] == 8
-    assert m["num_patches"] == 144 and m["feature_width"] == 96 and m["max_batch"] == 8
+    assert m["format_version"] == 1 and m["image_size"] == S and m["max_words"] == 20 and m["patch_size"] == 8
+    assert m["num_patches"] == N_V and m["feature_width"] == 96 and m["max_batch"] == 8
     assert m["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert m["model"]["name"] == "restr-tiny" and m["model"]["random_weights"] is False
     assert ReSTRConfig.from_dict(m["model"]["config"]) == get_config("restr-tiny")
@@ -100,7 +105,7 @@ def test_folder_and_manifest(exported, ckpt):
         assert [t["name"] for t in g["outputs"]] == [t.name for t in io[base][1]]
         assert all(t["shape"][0] == "batch" for t in g["inputs"] + g["outputs"])
     assert m["graphs"]["end_to_end"]["inputs"] == [
-        {"name": "image", "dtype": "float32", "shape": ["batch", 3, 96, 96]},
+        {"name": "image", "dtype": "float32", "shape": ["batch", 3, S, S]},
         {"name": "words", "dtype": "int64", "shape": ["batch", 20]},
         {"name": "pad_mask", "dtype": "bool", "shape": ["batch", 20]},
     ]
@@ -167,7 +172,7 @@ def _feeds(vocab_size: int, batch: int, seed: int) -> dict:
     lengths = rng.integers(1, 21, batch)
     pad = np.arange(20)[None] >= lengths[:, None]
     return {
-        "image": rng.standard_normal((batch, 3, 96, 96)).astype(np.float32),
+        "image": rng.standard_normal((batch, 3, S, S)).astype(np.float32),
         "words": np.where(pad, 0, rng.integers(2, vocab_size, (batch, 20))).astype(np.int64),
         "pad_mask": pad,
     }
@@ -181,7 +186,7 @@ def test_batch_sizes_from_one_export_match_pytorch(exported, ckpt, batch):
     got = run_session(ort_session(out / "end_to_end.onnx", 1), feeds)
     with torch.no_grad():
         pixel, patch = model(*(torch.from_numpy(feeds[k]) for k in ("image", "words", "pad_mask")))
-    assert got["pixel_probs"].shape == (batch, 1, 96, 96) and got["patch_probs"].shape == (batch, 144)
+    assert got["pixel_probs"].shape == (batch, 1, S, S) and got["patch_probs"].shape == (batch, N_V)
     np.testing.assert_allclose(got["pixel_probs"], torch.sigmoid(pixel).numpy(), atol=1e-4)
     np.testing.assert_allclose(got["patch_probs"], torch.sigmoid(patch).numpy(), atol=1e-4)
 
@@ -282,11 +287,11 @@ def test_verification_inputs_from_the_checkpoints_data_set(tmp_path):
     cfg, vocab = get_config("restr-tiny"), Vocabulary(WORDS)
     feeds, info = verification_inputs(cfg, vocab, {"data": str(root)}, n=3)
     assert info["source"] == "dataset" and info["samples"] == len(feeds["image"]) >= 2
-    assert feeds["image"].shape[1:] == (3, 96, 96) and feeds["image"].dtype == np.float32
+    assert feeds["image"].shape[1:] == (3, S, S) and feeds["image"].dtype == np.float32
     assert feeds["words"].shape[1:] == (20,) and feeds["pad_mask"].dtype == bool
     assert not feeds["pad_mask"][:, 0].any()  # every expression has a first word
     feeds, info = verification_inputs(cfg, vocab, {"data": str(tmp_path / "absent")}, n=3)
-    assert info["source"] == "generated" and "not readable" in info["note"] and feeds["image"].shape == (3, 3, 96, 96)
+    assert info["source"] == "generated" and "not readable" in info["note"] and feeds["image"].shape == (3, 3, S, S)
 
 
 def test_exceeded_tolerance_fails_and_writes_nothing(ckpt, tmp_path):
@@ -405,7 +410,7 @@ def test_profiles_from_max_batch(exported):
     _, m = exported
     p = profiles(m["graphs"]["fusion_decoder_fp16"]["inputs"], max_batch=6)
     assert p == {
-        "visual_features": {"min": [1, 144, 96], "opt": [1, 144, 96], "max": [6, 144, 96]},
+        "visual_features": {"min": [1, N_V, 96], "opt": [1, N_V, 96], "max": [6, N_V, 96]},
         "linguistic_features": {"min": [1, 20, 96], "opt": [1, 20, 96], "max": [6, 20, 96]},
         "pad_mask": {"min": [1, 20], "opt": [1, 20], "max": [6, 20]},
     }
@@ -421,7 +426,7 @@ def test_sidecar_and_cache_path(exported, tmp_path):
     assert s["tensorrt_version"] == "11.4.0" and s["gpu_name"] == gpu["gpu_name"] and s["compute_capability"] == "9.0"
     assert s["precision"] == ENGINE_PRECISION and s["max_batch"] == 8
     assert s["source"] == {"file": "vision_fp16.onnx", "sha256": src["sha256"]}
-    assert s["profiles"]["image"]["max"] == [8, 3, 96, 96]
+    assert s["profiles"]["image"]["max"] == [8, 3, S, S]
     p = timing_cache_path("11.4.0", gpu, tmp_path)
     assert p.parent == tmp_path and "11.4.0" in p.name and "H100" in p.name and " " not in p.name
     assert timing_cache_path("10.9.0", gpu, tmp_path) != p

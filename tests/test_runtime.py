@@ -42,6 +42,11 @@ from restr.runtime import (  # noqa: E402
 from restr.runtime.transforms import mean_fill, normalize  # noqa: E402
 from restr.runtime.trt_runner import EngineMismatchError, check_sidecar, profile_max_batch  # noqa: E402
 
+from restr.config import get_config as _get_config
+
+S = _get_config("restr-tiny").image_size  # input side of the small model
+N_V = _get_config("restr-tiny").num_patches
+
 WORDS = "the dog cat man woman left right red blue car on of in hat bench shirt small big tree ball".split()
 
 
@@ -63,7 +68,7 @@ def make_tiny_model(vocab: Vocabulary, seed: int = 0) -> ReSTR:
                 torch.nn.init.normal_(m.bias, std=0.1)
         cfg = model.cfg
         x = np.concatenate([
-            normalize(Letterbox.fit((h, w), 96).image(photo(w, h, seed=100 + i), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
+            normalize(Letterbox.fit((h, w), S).image(photo(w, h, seed=100 + i), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
             for i, (w, h) in enumerate([(80, 56), (64, 96), (96, 96), (50, 40)])
         ])
         x = torch.from_numpy(x)
@@ -235,7 +240,7 @@ def test_matches_pytorch_on_non_square_image(tiny, predictor):
     emb = predictor.embed(im)
     enc = predictor.encode_text(TEXTS)
     pixel, patch, _ = predictor.decode(emb, enc.words, enc.pad_mask)
-    assert pixel.shape == (len(TEXTS), 1, 96, 96)
+    assert pixel.shape == (len(TEXTS), 1, S, S)
     np.testing.assert_allclose(pixel[:, 0], ref, atol=1e-4)
     np.testing.assert_allclose(patch, ref_patch, atol=1e-4)
     # masks equal on the letterboxed square wherever the probability is not within rounding of 0.5
@@ -505,7 +510,7 @@ MACHINE = {"tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3"
 
 
 def test_sidecar_check_accepts_matching_and_refuses_others():
-    sidecar = {**MACHINE, "profiles": {"image": {"min": [1, 3, 96, 96], "opt": [1, 3, 96, 96], "max": [8, 3, 96, 96]},
+    sidecar = {**MACHINE, "profiles": {"image": {"min": [1, 3, S, S], "opt": [1, 3, S, S], "max": [8, 3, S, S]},
                                        "words": {"min": [1, 20], "opt": [4, 20], "max": [16, 20]}}}
     check_sidecar(sidecar, **MACHINE)
     check_sidecar(sidecar, **{**MACHINE, "compute_capability": (9, 0), "gpu_name": "NVIDIA  H100 80GB HBM3"})

@@ -31,14 +31,14 @@ from tqdm import tqdm
 from restr.data.refer import DataError
 from restr.runtime.tokenizer import split_words
 
-VERSION = 2  # bump when the generated data change; it is part of the cache folder's name
+VERSION = 3  # bump when the generated data change; it is part of the cache folder's name
 SPLIT_BY = "synthetic"
 SPLITS = ("train", "val", "test")
 DEFAULT_SIZES = {"train": 3000, "val": 300, "test": 300}  # images per split
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (215, 45, 40), "green": (40, 165, 60), "blue": (45, 85, 220), "yellow": (235, 205, 35)}
-SIZES = {"small": (10, 13), "big": (17, 21)}  # half-extent r in pixels: a shape spans 2r + 1
+SIZES = {"small": (13, 17), "big": (22, 27)}  # half-extent r in pixels: a shape spans 2r + 1
 WIDTHS, HEIGHTS = (80, 112), (64, 96)  # inclusive ranges of image sizes
 GAP = 3  # minimum gap in pixels between two objects' boxes
 MARGIN = 6  # centres must differ by more than this for left/right/above/below to be stated
@@ -199,7 +199,7 @@ def make_scene(rng: np.random.Generator, expressions_per_object: int = EXPRESSIO
     """A random scene whose every object has at least one expression naming exactly it."""
     while True:
         width, height = int(rng.integers(WIDTHS[0], WIDTHS[1] + 1)), int(rng.integers(HEIGHTS[0], HEIGHTS[1] + 1))
-        objects = _place(rng, width, height, int(rng.integers(2, 5)))
+        objects = _place(rng, width, height, int(rng.integers(2, 4)))  # 2-3 objects
         if len(objects) < 2:
             continue
         anchors = _anchor_phrases(objects)
