@@ -128,7 +128,7 @@ class Bench:
         return ms, preds[0].timings
 
     def queries_once(self, e: EngineRun) -> dict[str, float]:
-        k, texts, split, e2e = self.s.queries, expressions(self.s.queries), e.split, e.target.predictor
+        texts, split, e2e = expressions(self.s.queries), e.split, e.target.predictor
         out = {}
         out["split_1"], _ = self.timer.time(lambda: split.predict_image(self.photo, texts[:1]))
         out["split_batched_k"], preds = self.timer.time(lambda: split.predict_image(self.photo, texts))

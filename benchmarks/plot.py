@@ -5,9 +5,8 @@ backend, so it works on headless machines and never leaves half an image.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+
+from restr.runtime.atomic import atomic_write
 
 
 def plot_results(doc: dict, path, samples: dict[str, dict[str, list[float]]] | None = None) -> None:
@@ -74,18 +73,8 @@ def plot_results(doc: dict, path, samples: dict[str, dict[str, list[float]]] | N
         ax.legend(fontsize=7)
 
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a plot is not
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=110)
     finally:
         plt.close(fig)

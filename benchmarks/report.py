@@ -1,10 +1,9 @@
 """Plain-text tables and JSON output shared by the benchmark commands."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
+
+from restr.runtime import atomic
 
 
 def format_table(headers: list[str], rows: list[list], title: str | None = None) -> str:
@@ -22,15 +21,4 @@ def format_table(headers: list[str], rows: list[list], title: str | None = None)
 
 def write_json(path: str | Path, obj) -> None:
     """Write JSON atomically (temporary file beside it, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, obj)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
+from restr.runtime import atomic
 from restr.runtime.artifacts import FORMAT_VERSION, MANIFEST, sha256_file
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "graph_entry", "versions", "write_json", "read_manifest", "check_checksums"]
@@ -66,17 +65,7 @@ def json_safe(obj):
 
 def write_json(path: Path, obj) -> None:
     """Write JSON through a temporary file and a rename: a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, obj)
 
 
 def read_manifest(folder: Path) -> dict:

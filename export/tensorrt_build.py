@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from restr.export.manifest import sha256_file, utc_now, write_json
 from restr.runtime.artifacts import TensorSpec
+from restr.runtime.atomic import atomic_write
 
 ENGINE_PRECISION = "fp16-strongly-typed"
 GIB = 1 << 30
@@ -99,14 +99,8 @@ def engine_support():
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timing_cache: Path | None = None,

@@ -8,8 +8,6 @@ Layout (a plain dict, loadable with `torch.load(weights_only=True)`):
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 
 from restr.config import ReSTRConfig
 from restr.modeling import ReSTR
+from restr.runtime.atomic import atomic_write
 from restr.runtime.tokenizer import Vocabulary
 
 FORMAT = "restr-checkpoint"
@@ -38,18 +37,8 @@ class Checkpoint:
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, fsync, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path, model: ReSTR, vocab: Vocabulary, meta: dict | None = None, train_state: dict | None = None) -> None:

@@ -6,7 +6,7 @@ structure at a width and depth that trains on two CPU cores in minutes (the buil
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FUSION_VARIANTS = ("cme", "cme-shared", "vme", "ime")
 

@@ -5,11 +5,9 @@ inverse letterbox, thresholded at 0.5 and compared with the ground truth at its 
 """
 from __future__ import annotations
 
-import json
 import time
 
 import click
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm

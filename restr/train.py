@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -159,7 +158,6 @@ def train(
     time-sliced jobs: `--resume` continues exactly where it stopped.
     """
     from restr.data import build_dataset
-    from restr.evaluate import evaluate
 
     rank, world, local_rank = _distributed()
     dev = pick_device(device)

@@ -24,6 +24,7 @@ from pathlib import Path
 import click
 from PIL import Image
 
+from restr.runtime.atomic import write_json
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
 from restr.runtime.trt_runner import TensorRTUnavailable
@@ -188,15 +189,7 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, obj)
 
 
 def _print_table(summary: dict, out: Path) -> None:

@@ -1,31 +1,21 @@
 """Mask and overlay PNGs, written atomically (a temporary file beside the target, then a rename)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from restr.runtime.atomic import atomic_write
 
 DEFAULT_COLOR = (255, 64, 32)
 
 
 def save_atomic(image: Image.Image, path, format: str = "PNG") -> Path:
     """Save a PIL image to `path` so that a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=format)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as f:
+        image.save(f, format=format)
+    return Path(path)
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:

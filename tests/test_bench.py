@@ -4,6 +4,7 @@ and a checkpoint are made once; every run is a few rounds at one thread."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from types import SimpleNamespace
 
@@ -70,7 +71,8 @@ def test_folder_onnx_and_checkpoint_in_one_run(tiny, tmp_path):
         assert r["peak_fraction"] == pytest.approx(r["achieved_gflops"] / r["gemm_peak_gflops"])
         assert r["peak_fraction_paired"] > 0
         assert r["achieved_gflops"] == pytest.approx(2 * r["macs"] / (r["model_ms"]["median"] / 1000) / 1e9)
-        assert r["per_query_ratio"] > 0 and r["per_query_ratio_one_at_a_time"] > 0
+        # differences of noisy timings (one query round on a tiny model): present and finite, sign not guaranteed
+        assert math.isfinite(r["per_query_ratio"]) and math.isfinite(r["per_query_ratio_one_at_a_time"])
         assert [t["batch"] for t in r["throughput"]] == [1, 2]
     # one model, three ways: the same MACs
     assert len({r["macs"] for r in results}) == 1
