@@ -102,6 +102,7 @@ class RunFolder:
         self.out = Path(out)
         self.run_json, self.last, self.model = self.out / "run.json", self.out / "last.pt", self.out / "model.pt"
         self.metrics = self.out / "metrics.jsonl"
+        self._tensorboard = None
 
     def holds_run(self) -> bool:
         return self.run_json.exists() or self.last.exists() or self.model.exists()
@@ -134,8 +135,21 @@ class RunFolder:
             raise UsageError(f"cannot resume: {e}") from None
 
     def log(self, record: dict) -> None:
+        """One JSON line per record; TensorBoard scalars too when `tensorboard` is installed."""
         with self.metrics.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tensorboard is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional: the JSON lines hold everything
+                self._tensorboard = False
+            else:
+                self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
+        if self._tensorboard:
+            prefix = record.get("split", "train")
+            for key, value in record.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(f"{prefix}/{key}", value, record["step"])
 
 
 def _distributed() -> tuple[int, int, int]:

@@ -142,3 +142,26 @@ def test_eval_cli_errors(tmp_path, data):
     r = run_cli("-m", "restr.evaluate", "--ckpt", str(bad), "--data", f"{data}:test", "--json", str(tmp_path / "e.json"))
     assert r.returncode == 2 and "not a readable checkpoint" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "e.json").exists()
+
+
+def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
+    """tensorboard is optional: with it, every logged number also becomes a scalar."""
+    import types
+
+    from restr.train import RunFolder
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, logdir):
+            calls.append(("dir", logdir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    folder = RunFolder(tmp_path)
+    folder.log({"step": 5, "loss": 0.5, "lr": 1e-3})
+    folder.log({"step": 10, "split": "val", "overall_iou": 0.25, "n": 4})
+    assert calls == [("dir", str(tmp_path / "tensorboard")), ("train/loss", 0.5, 5), ("train/lr", 1e-3, 5),
+                     ("val/overall_iou", 0.25, 10), ("val/n", 4, 10)]
