@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from restr.runtime.transforms import normalize
+from restr.tables import format_table as format_text_table
 
 PROB_GRAPHS = ("end_to_end", "fusion_decoder")
 
@@ -318,7 +319,7 @@ def verify(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray], to
 
 def format_table(verification: dict) -> str:
     """The verification figures as a table for people."""
-    rows = [("check", "reference", "batches", "max|dp|", "mean|dp|", "mask IoU", "same side", "result")]
+    rows = []
     for name, c in verification["checks"].items():
         iou = f"{c['mask_iou']:.4f}" if "mask_iou" in c else "-"
         side = f"{c['same_side']:.4f}" if "same_side" in c else "-"
@@ -327,9 +328,7 @@ def format_table(verification: dict) -> str:
         if not c["criteria"]:
             result = "(info)"
         rows.append((name, c["reference"], ",".join(map(str, c["batch_sizes"])), diff, f"{c['mean_abs_diff']:.2e}", iou, side, result))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = [format_text_table(["check", "reference", "batches", "max|dp|", "mean|dp|", "mask IoU", "same side", "result"], rows)]
     if not verification.get("masks_meaningful", True):
         lines.append("(random weights: probabilities sit near 0.5, so mask IoU is shown but not judged)")
     return "\n".join(lines)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from restr.tables import format_table as format_text_table
+
 THRESHOLDS = ("0.5", "0.6", "0.7", "0.8", "0.9")
 
 
@@ -145,15 +147,9 @@ def format_table(result: dict) -> str:
     head = ["samples", "overall IoU (cumulative)", "mean IoU"] + [f"P@{t}" for t in THRESHOLDS]
     row = [str(result["n"]), _pct(result["overall_iou"]), _pct(result["mean_iou"])]
     row += [_pct(result["precision_at"][t]) for t in THRESHOLDS]
-    lines = _table(head, [row])
+    text = format_text_table(head, [row])
     if result.get("by_length"):
         head = ["expression length (words)", "samples", "overall IoU (cumulative)", "mean IoU"]
         rows = [[label, str(g["n"]), _pct(g["overall_iou"]), _pct(g.get("mean_iou"))] for label, g in result["by_length"].items()]
-        lines += [""] + _table(head, rows)
-    return "\n".join(lines)
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+        text += "\n\n" + format_text_table(head, rows)
+    return text
