@@ -165,3 +165,28 @@ def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
     folder.log({"step": 10, "split": "val", "overall_iou": 0.25, "n": 4})
     assert calls == [("dir", str(tmp_path / "tensorboard")), ("train/loss", 0.5, 5), ("train/lr", 1e-3, 5),
                      ("val/overall_iou", 0.25, 10), ("val/n", 4, 10)]
+
+
+def test_kill_9_never_leaves_half_a_checkpoint(tmp_path, data):
+    """Checkpoints are written to a temporary name and renamed: a SIGKILL mid-write leaves the old one."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    code = (
+        "import torch; torch.set_num_threads(1);"
+        "from restr.train import train, TrainConfig; from restr.config import get_config;"
+        "train(get_config('restr-tiny').replace(image_size=32), TrainConfig(iterations=10000, batch_size=2, lr=1e-3,"
+        f" val_every=10**6, ckpt_every=1, log_every=1), {data!r}, {str(out)!r}, device='cpu', workers=0, progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.7)  # checkpoints are being rewritten every iteration now
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ck = load_checkpoint(out / "last.pt")  # whole, whatever moment the kill hit
+    assert ck.meta["step"] >= 1 and ck.train_state["step"] == ck.meta["step"]
