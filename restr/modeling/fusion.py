@@ -39,9 +39,13 @@ class FusionEncoder(nn.Module):
             self.visual_linguistic = Transformers(cfg, depth=half, share_weights=shared)
             self.linguistic_seed = Transformers(cfg, depth=cfg.depth - half, share_weights=shared)
 
-    def project(self, z_v: torch.Tensor, z_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token L2 normalisation, then a linear layer to width D for each modality."""
-        return self.vision_proj(F.normalize(z_v, dim=-1)), self.language_proj(F.normalize(z_l, dim=-1))
+    def project_visual(self, z_v: torch.Tensor) -> torch.Tensor:
+        """z_v (B, N_v, D_v) -> v (B, N_v, D): per-token L2 normalisation, then a linear layer."""
+        return self.vision_proj(F.normalize(z_v, dim=-1))
+
+    def project_linguistic(self, z_l: torch.Tensor) -> torch.Tensor:
+        """z_l (B, N_l, D_l) -> l (B, N_l, D): per-token L2 normalisation, then a linear layer."""
+        return self.language_proj(F.normalize(z_l, dim=-1))
 
     def forward(
         self, v: torch.Tensor, l: torch.Tensor, pad_mask: torch.Tensor

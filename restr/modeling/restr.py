@@ -37,13 +37,11 @@ class ReSTR(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """image: (B, 3, H, W) normalised -> projected visual features v: (B, N_v, D)."""
-        z_v = self.vision(image)
-        return self.fusion.vision_proj(nn.functional.normalize(z_v, dim=-1))
+        return self.fusion.project_visual(self.vision(image))
 
     def encode_text(self, words: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """words, pad_mask: (B, N_l) -> projected linguistic features l: (B, N_l, D)."""
-        z_l = self.language(words, pad_mask)
-        return self.fusion.language_proj(nn.functional.normalize(z_l, dim=-1))
+        return self.fusion.project_linguistic(self.language(words, pad_mask))
 
     def decode(
         self, v: torch.Tensor, l: torch.Tensor, pad_mask: torch.Tensor, grid: tuple[int, int]
