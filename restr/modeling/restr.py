@@ -33,6 +33,8 @@ class ReSTR(nn.Module):
         self.decoder = CoarseToFineDecoder(cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope)
         for encoder in (self.vision, self.language, self.fusion):
             encoder.apply(_init_transformer)
+        for proj in (self.fusion.vision_proj, self.fusion.language_proj):
+            _init_projection(proj)
         self.decoder.apply(lambda m: _init_decoder(m, cfg.decoder_activation_slope))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -77,6 +79,15 @@ def _init_transformer(m: nn.Module) -> None:
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def _init_projection(m: nn.Linear) -> None:
+    # The fusion projections see L2-normalised tokens (norm 1): std-1 weights give v and l elements of
+    # unit scale, like the LayerNorm'd streams the fusion layers expect. At std 0.02 the inputs start
+    # ~50x smaller than what each fusion layer adds to them, the words and patches are drowned, and
+    # the tiny demo model reached 0.46 overall IoU where this reaches 0.61 (same 1800 iterations).
+    nn.init.normal_(m.weight, std=1.0)
+    nn.init.zeros_(m.bias)
 
 
 def _init_decoder(m: nn.Module, slope: float) -> None:
