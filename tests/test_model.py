@@ -199,3 +199,13 @@ def test_other_input_size_interpolates_position_embedding():
     with torch.no_grad():
         pixel, _ = model(small, words, pad)
     assert pixel.shape == (1, 1, 64, 64)
+
+
+def test_fusion_inputs_start_at_unit_scale():
+    # The projections read unit-norm tokens; at std 0.02 the fusion inputs were ~0.02 and drowned.
+    cfg = get_config("restr-tiny")
+    torch.manual_seed(0)
+    m = ReSTR(cfg, 30)
+    v = m.encode_image(torch.randn(2, 3, cfg.image_size, cfg.image_size))
+    l = m.encode_text(torch.randint(2, 30, (2, 5)), torch.zeros(2, 5, dtype=torch.bool))
+    assert 0.8 < float(v.std()) < 1.2 and 0.8 < float(l.std()) < 1.2

@@ -84,8 +84,8 @@ def _init_transformer(m: nn.Module) -> None:
 def _init_projection(m: nn.Linear) -> None:
     # The fusion projections see L2-normalised tokens (norm 1): std-1 weights give v and l elements of
     # unit scale, like the LayerNorm'd streams the fusion layers expect. At std 0.02 the inputs start
-    # ~50x smaller than what each fusion layer adds to them, the words and patches are drowned, and
-    # the tiny demo model reached 0.46 overall IoU where this reaches 0.61 (same 1800 iterations).
+    # ~50x smaller than what each fusion layer adds to them and the words and patches are drowned:
+    # the tiny demo model's val overall IoU was 0.46 at 0.02 and 0.51-0.61 at 1.0 (single runs).
     nn.init.normal_(m.weight, std=1.0)
     nn.init.zeros_(m.bias)
 
