@@ -133,7 +133,8 @@ def analytic_macs(cfg: ReSTRConfig, image_size: int | None = None) -> dict[str, 
     decoder, width, side = 0, 2 * d, s // p
     while side < s:
         side *= 2
-        decoder += side * side * width * (width // 2)
+        at = side // 2 if cfg.decoder_linear_first else side  # the grid the block's linear runs on
+        decoder += at * at * width * (width // 2)
         width //= 2
     decoder += s * s * width + n_v * d  # final linear to 1 channel; eq. 9
     return {

@@ -35,6 +35,9 @@ class ReSTRConfig:
     fusion: EncoderConfig = EncoderConfig(width=768, depth=4, heads=12, mlp_width=3072)
     fusion_variant: str = "cme"
     decoder_activation_slope: float = 0.01  # LeakyReLU, as the authors' code
+    # Each decoder block's linear layer before its x2 upsampling: the same function and weights at a
+    # quarter of the decoder's MACs. False is the authors' order, which the paper's MACs count.
+    decoder_linear_first: bool = False
     patch_threshold: float = 0.8  # tau, eq. 11
     patch_loss_weight: float = 0.1  # lambda, eq. 12
     freeze_word_embeddings: bool = False  # the authors fine-tune GloVe

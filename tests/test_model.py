@@ -154,6 +154,24 @@ def test_decoder_upsamples_then_halves_channels():
     assert model.decoder.head.in_features == 96 and model.decoder.head.out_features == 1
 
 
+def test_linear_first_decoder_is_the_same_function_at_a_quarter_of_the_macs():
+    from restr.accounting import analytic_macs, count
+
+    cfg = tiny()
+    paper, fast = ReSTR(cfg, 30), ReSTR(cfg.replace(decoder_linear_first=True), 30)
+    fast.load_state_dict(lively(paper).state_dict())
+    image, words, pad = inputs(2, 64)
+    with torch.no_grad():
+        for a, b in zip(paper.eval()(image, words, pad), fast.eval()(image, words, pad)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    head = cfg.image_size**2 * paper.decoder.head.in_features + cfg.num_patches * cfg.fusion.width
+    for model in (paper, fast):
+        counted = count(model, cfg.image_size)
+        assert counted.macs == analytic_macs(model.cfg)
+    blocks = [analytic_macs(m.cfg)["decoder"] - head for m in (paper, fast)]
+    assert blocks[1] * 4 == blocks[0]
+
+
 def test_masked_features_are_eq10():
     """The decoder consumes [v, z_v' * sigmoid(y_p)]: zeroing y_p's sigmoid must zero z_v's half."""
     torch.manual_seed(0)

@@ -30,7 +30,9 @@ class ReSTR(nn.Module):
         self.vision = VisionEncoder(cfg.vision, cfg.image_size, cfg.patch_size)
         self.language = LanguageEncoder(cfg.language, vocab_size, cfg.max_words, cfg.freeze_word_embeddings)
         self.fusion = FusionEncoder(cfg.fusion, cfg.vision.width, cfg.language.width, cfg.fusion_variant)
-        self.decoder = CoarseToFineDecoder(cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope)
+        self.decoder = CoarseToFineDecoder(
+            cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope, cfg.decoder_linear_first
+        )
         for encoder in (self.vision, self.language, self.fusion):
             encoder.apply(_init_transformer)
         for proj in (self.fusion.vision_proj, self.fusion.language_proj):
