@@ -87,14 +87,19 @@ class ReSTRConfig:
 
 
 _B16 = ReSTRConfig(name="restr-b16")
+# The demo's model. 80x80 input: with 8x8 patches a perfect patch-level mask, bilinearly upsampled,
+# scores overall IoU 0.76 on the synthetic val split at 64x64 and 0.80 at 80x80, and the decoder was
+# the bottleneck at 64 (mask IoU 0.67 on the right object, 0.78 at 80). The linear-first decoder is
+# the same function at a quarter of its MACs: the time goes to more iterations instead.
 _TINY = ReSTRConfig(
     name="restr-tiny",
-    image_size=64,
+    image_size=80,
     patch_size=8,
     vision=EncoderConfig(width=96, depth=4, heads=4, mlp_width=384),
     language=EncoderConfig(width=64, depth=2, heads=4, mlp_width=256),
     max_words=20,
     fusion=EncoderConfig(width=96, depth=4, heads=4, mlp_width=384),
+    decoder_linear_first=True,
 )
 
 CONFIGS: dict[str, ReSTRConfig] = {
