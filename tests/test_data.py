@@ -311,46 +311,54 @@ def test_synthetic_masks_non_empty_and_every_object_referred(synthetic):
 
 
 # An interpreter written independently of the generator: "[the] [extreme] [size] [colour] noun
-# [relation the [size] [colour] noun]", positions as mask-box centres, compared strictly.
-def _interpret(text, objects):
+# [relation the [size] [colour] noun]", positions read from the mask box in one of three ways (its
+# near edge, centre or far edge), compared strictly.
+READINGS = ("low", "centre", "high")
+
+
+def _interpret(text, objects, reading="centre"):
+    x, y = (lambda o: o["x"][reading]), (lambda o: o["y"][reading])
     words = text.split()
     if words[0] == "the":
         words = words[1:]
     rel = next((r for r in RELATIONS if f" {r} the " in f" {' '.join(words)} "), None)
     if rel:
         left, right = " ".join(words).split(f" {rel} the ")
-        (anchor,) = _noun_phrase(right.split(), objects)  # the anchor must be unique
-        cands = _noun_phrase(left.split(), objects)
-        dx = {"left of": lambda o: o["x"] < anchor["x"], "right of": lambda o: o["x"] > anchor["x"],
-              "above": lambda o: o["y"] < anchor["y"], "below": lambda o: o["y"] > anchor["y"]}[rel]
+        (anchor,) = _noun_phrase(right.split(), objects, x, y)  # the anchor must be unique
+        cands = _noun_phrase(left.split(), objects, x, y)
+        dx = {"left of": lambda o: x(o) < x(anchor), "right of": lambda o: x(o) > x(anchor),
+              "above": lambda o: y(o) < y(anchor), "below": lambda o: y(o) > y(anchor)}[rel]
         return [o for o in cands if o is not anchor and dx(o)]
-    return _noun_phrase(words, objects)
+    return _noun_phrase(words, objects, x, y)
 
 
-def _noun_phrase(words, objects):
+def _noun_phrase(words, objects, x, y):
     extreme = words.pop(0) if words[0] in EXTREMES else None
     *attrs, noun = words
     assert noun in SHAPES or noun == "object", noun
     sel = [o for o in objects if (noun == "object" or o["shape"] == noun) and all(a in (o["size"], o["colour"]) for a in attrs)]
     if extreme:
-        key = {"leftmost": lambda o: o["x"], "rightmost": lambda o: -o["x"],
-               "topmost": lambda o: o["y"], "bottommost": lambda o: -o["y"]}[extreme]
+        key = {"leftmost": lambda o: x(o), "rightmost": lambda o: -x(o),
+               "topmost": lambda o: y(o), "bottommost": lambda o: -y(o)}[extreme]
         best = min(map(key, sel))
         sel = [o for o in sel if key(o) == best]
     return sel
 
 
 def test_synthetic_every_expression_names_exactly_one_object(synthetic):
+    """Under every reading of positions (edges or centres), each expression names its object alone."""
     inst = _instances(synthetic)
     objects = defaultdict(list)
     for ann in inst["annotations"]:
         x, y, w, h = mask_utils.toBbox(ann["segmentation"])
-        objects[ann["image_id"]].append({**ann["attributes"], "id": ann["id"], "x": x + (w - 1) / 2, "y": y + (h - 1) / 2})
+        box = {"x": dict(zip(READINGS, (x, x + (w - 1) / 2, x + w - 1))), "y": dict(zip(READINGS, (y, y + (h - 1) / 2, y + h - 1)))}
+        objects[ann["image_id"]].append({**ann["attributes"], "id": ann["id"], **box})
     samples = load_refer(synthetic)
     kinds = set()
     for s in samples:
-        match = _interpret(s.text, objects[s.image_id])
-        assert [o["id"] for o in match] == [s.ann_id], f"{s.text!r} in image {s.image_id}"
+        for reading in READINGS:
+            match = _interpret(s.text, objects[s.image_id], reading)
+            assert [o["id"] for o in match] == [s.ann_id], f"{s.text!r} in image {s.image_id}, reading {reading}"
         kinds.add("relation" if any(f" {r} " in s.text for r in RELATIONS) else
                   "extreme" if any(e in s.text for e in EXTREMES) else "attribute")
     assert kinds == {"attribute", "extreme", "relation"}

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from restr.data.refer import DataError
 from restr.runtime.tokenizer import split_words
 
-VERSION = 3  # bump when the generated data change; it is part of the cache folder's name
+VERSION = 4  # bump when the generated data change; it is part of the cache folder's name
 SPLIT_BY = "synthetic"
 SPLITS = ("train", "val", "test")
 DEFAULT_SIZES = {"train": 3000, "val": 300, "test": 300}  # images per split
@@ -41,7 +41,7 @@ COLOURS = {"red": (215, 45, 40), "green": (40, 165, 60), "blue": (45, 85, 220), 
 SIZES = {"small": (13, 17), "big": (22, 27)}  # half-extent r in pixels: a shape spans 2r + 1
 WIDTHS, HEIGHTS = (80, 112), (64, 96)  # inclusive ranges of image sizes
 GAP = 3  # minimum gap in pixels between two objects' boxes
-MARGIN = 6  # centres must differ by more than this for left/right/above/below to be stated
+MARGIN = 6  # edges and centres must differ by more than this for left/right/above/below to be stated
 EXPRESSIONS_PER_OBJECT = 3
 RELATIONS = ("left of", "right of", "above", "below")
 EXTREMES = ("leftmost", "rightmost", "topmost", "bottommost")
@@ -107,15 +107,26 @@ def _descriptions(o: Obj) -> list[dict]:
     return [{k: a[k] for k in sub} for n in range(4) for sub in itertools.combinations(keys, n)]
 
 
-def _coord(o: Obj, direction: str) -> int:
-    """Signed coordinate that grows in `direction` (e.g. 'leftmost' -> -cx)."""
-    return {"leftmost": -o.cx, "rightmost": o.cx, "topmost": -o.cy, "bottommost": o.cy}[direction]
+_DIRECTION = {  # extreme or relation -> (axis, sign): the signed coordinate grows that way
+    "leftmost": ("x", -1), "rightmost": ("x", 1), "topmost": ("y", -1), "bottommost": ("y", 1),
+    "left of": ("x", -1), "right of": ("x", 1), "above": ("y", -1), "below": ("y", 1),
+}
 
 
-def _related(o: Obj, anchor: Obj, relation: str, margin: int) -> bool:
-    """o is `relation` anchor by more than `margin` pixels (a negative margin loosens it)."""
-    d = {"left of": anchor.cx - o.cx, "right of": o.cx - anchor.cx, "above": anchor.cy - o.cy, "below": o.cy - anchor.cy}
-    return d[relation] > margin
+def _coords(o: Obj, direction: str) -> tuple[int, int, int]:
+    """o's box edges and centre as signed coordinates that grow in `direction` ('leftmost' -> -x).
+
+    Positions are compared on all three: "the topmost circle" must hold whether a reader goes by
+    centres or by edges (a big shape's centre can be lower while its top edge is higher).
+    """
+    axis, sign = _DIRECTION[direction]
+    c = o.cx if axis == "x" else o.cy
+    return (sign * (c - o.r), sign * c, sign * (c + o.r))
+
+
+def _beyond(a: Obj, b: Obj, direction: str, margin: int) -> list[bool]:
+    """Per coordinate (edges and centre): is a further than b in `direction` by more than margin?"""
+    return [ca > cb + margin for ca, cb in zip(_coords(a, direction), _coords(b, direction))]
 
 
 def _anchor_phrases(objects: list[Obj]) -> dict[int, str]:
@@ -131,7 +142,8 @@ def _anchor_phrases(objects: list[Obj]) -> dict[int, str]:
 def scene_expressions(objects: list[Obj], target: Obj, anchors: dict[int, str] | None = None) -> dict[str, list[str]]:
     """Expressions naming exactly `target` among `objects`, by kind ('attribute', 'extreme',
     'relation'). Positional words are used only when the position differs by more than MARGIN
-    pixels from every competitor, so they read the same under any reasonable interpretation."""
+    pixels from every competitor, by centres and by edges alike, so they read the same under any
+    reasonable interpretation."""
     anchors = _anchor_phrases(objects) if anchors is None else anchors
     out: dict[str, list[str]] = {"attribute": [], "extreme": [], "relation": []}
     for desc in _descriptions(target):
@@ -142,15 +154,16 @@ def scene_expressions(objects: list[Obj], target: Obj, anchors: dict[int, str] |
         if len(desc) > 2 or len(sel) < 2:
             continue
         for ext in EXTREMES:  # "the leftmost circle": target beats every other one of its class
-            if all(_coord(target, ext) > _coord(o, ext) + MARGIN for o in sel if o is not target):
+            if all(all(_beyond(target, o, ext, MARGIN)) for o in sel if o is not target):
                 out["extreme"].append(f"the {ext} {_phrase(desc)}")
         for a, anchor_phrase in anchors.items():  # "the circle left of the red square"
             anchor = objects[a]
             if anchor is target:
                 continue
             for rel in RELATIONS:
-                loose = [o for o in sel if o is not anchor and _related(o, anchor, rel, -MARGIN)]
-                if loose == [target] and _related(target, anchor, rel, MARGIN):
+                # a competitor counts if any reading (edges or centre) nearly relates it
+                loose = [o for o in sel if o is not anchor and any(_beyond(o, anchor, rel, -MARGIN))]
+                if loose == [target] and all(_beyond(target, anchor, rel, MARGIN)):
                     out["relation"].append(f"the {_phrase(desc)} {rel} the {anchor_phrase}")
     return out
 
