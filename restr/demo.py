@@ -1,7 +1,8 @@
 """`make demo`: the whole toolkit end to end on the built-in synthetic task, with the real commands.
 
 train restr-tiny -> evaluate (and the shuffled-text control) -> export ONNX + FP16 ONNX (verified)
--> predict masks and overlays with the torch-free runtime -> MACs/params against the paper.
+-> predict masks and overlays with the torch-free runtime (and one contact sheet, runs/demo/predictions.png)
+-> MACs/params against the paper.
 Each step is the command a user would type, printed before it runs. Re-running resumes or reuses
 what is already there.
 """
@@ -62,6 +63,7 @@ def main() -> None:
              "--image", str(image), *args, "--out", str(out), "--overlay")
         if not (out / "summary.json").is_file():
             sys.exit(f"demo: restr-predict wrote no {out / 'summary.json'}")
+    sheet = _contact_sheet(RUN / "predict", RUN / "predictions.png")
     step("6/6 params and MACs of restr-b16 against the paper", "restr-bench", "--macs")
 
     ev = json.loads((RUN / "eval.json").read_text())
@@ -71,8 +73,32 @@ def main() -> None:
     print(f"training time            {meta_train / 60:.1f} min" if meta_train else "training time            (reused an earlier run)")
     print(f"test overall IoU         {ev['overall_iou']:.3f}   mean IoU {ev['mean_iou']:.3f}   (n={ev['n']})")
     print(f"shuffled-text control    {sh['overall_iou']:.3f}   mean IoU {sh['mean_iou']:.3f}   (the model reads the words)")
-    print(f"artifacts                {RUN / 'export'}   predictions {RUN / 'predict'}")
+    print(f"artifacts                {RUN / 'export'}   predictions {RUN / 'predict'} ({sheet})")
     print(f"demo wall time           {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+def _contact_sheet(predict: Path, path: Path) -> Path:
+    """One figure of every overlay restr-predict wrote (a row per image), captioned with its expression."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    folders = [d for d in sorted(predict.iterdir()) if (d / "summary.json").is_file()]
+    rows = [json.loads((d / "summary.json").read_text())["expressions"] for d in folders]
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 2.7 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for folder, expressions, row in zip(folders, rows, axes):
+        for e, ax in zip(expressions, row):
+            ax.imshow(Image.open(folder / e["overlay"]))
+            ax.set_title(e["text"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def _train_seconds(ckpt: Path) -> float | None:
