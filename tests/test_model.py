@@ -228,3 +228,20 @@ def test_fusion_inputs_start_at_unit_scale():
         v = m.encode_image(torch.randn(2, 3, cfg.image_size, cfg.image_size))
         l = m.encode_text(torch.randint(2, 30, (2, 5)), torch.zeros(2, 5, dtype=torch.bool))
     assert 0.8 < float(v.std()) < 1.2 and 0.8 < float(l.std()) < 1.2
+
+
+def test_sincos_position_code_is_fixed():
+    cfg = tiny(vision_pos_embed="sincos")
+    model = ReSTR(cfg, 30)
+    from restr.modeling.vision_encoder import sincos_2d
+    from restr.train import TrainConfig, build_optimizer
+
+    torch.testing.assert_close(model.vision.pos_embed[0], sincos_2d((cfg.grid, cfg.grid), cfg.vision.width))
+    image, words, pad = inputs(2, cfg.image_size)
+    model(image, words, pad)[0].sum().backward()
+    assert model.vision.pos_embed.grad is None
+    optimised = {id(p) for g in build_optimizer(model, TrainConfig(10, 2, 1e-3)).param_groups for p in g["params"]}
+    assert id(model.vision.pos_embed) not in optimised and id(model.vision.patch_embed.proj.weight) in optimised
+    assert ReSTR(tiny(vision_pos_embed="learned"), 30).vision.pos_embed.requires_grad
+    with pytest.raises(ValueError, match="vision_pos_embed"):
+        tiny(vision_pos_embed="rope")

@@ -27,7 +27,7 @@ class ReSTR(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.vision = VisionEncoder(cfg.vision, cfg.image_size, cfg.patch_size)
+        self.vision = VisionEncoder(cfg.vision, cfg.image_size, cfg.patch_size, cfg.vision_pos_embed)
         self.language = LanguageEncoder(cfg.language, vocab_size, cfg.max_words, cfg.freeze_word_embeddings)
         self.fusion = FusionEncoder(cfg.fusion, cfg.vision.width, cfg.language.width, cfg.fusion_variant)
         self.decoder = CoarseToFineDecoder(

@@ -57,14 +57,22 @@ class PatchEmbed(nn.Module):
 class VisionEncoder(nn.Module):
     """z_v = Transformers(x^p + E_pos; theta_v), eq. 6. No class token."""
 
-    def __init__(self, cfg: EncoderConfig, image_size: int, patch_size: int):
+    def __init__(self, cfg: EncoderConfig, image_size: int, patch_size: int, pos_embed: str = "learned"):
         super().__init__()
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.patch_embed = PatchEmbed(patch_size, cfg.width)
-        # Learnable (section 3.1); started from a 2-D sin-cos code so a model trained from scratch
-        # knows where patches are from the first step. Pretrained ViT weights replace it.
-        self.pos_embed = nn.Parameter(0.1 * sincos_2d(self.grid, cfg.width)[None])
+        code = sincos_2d(self.grid, cfg.width)[None]
+        if pos_embed == "learned":
+            # Learnable (section 3.1); started from a 2-D sin-cos code so a model trained from scratch
+            # knows where patches are from the first step. Pretrained ViT weights replace it.
+            self.pos_embed = nn.Parameter(0.1 * code)
+        elif pos_embed == "sincos":
+            # Fixed, as MAE's: rows and columns keep equal shares of the code. Learned from scratch on
+            # the synthetic task, the code drifted to columns and vertical words were never learned.
+            self.pos_embed = nn.Parameter(code, requires_grad=False)
+        else:
+            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         self.encoder = Transformers(cfg)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
