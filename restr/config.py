@@ -27,11 +27,11 @@ class ReSTRConfig:
     image_size: int = 480  # square input side; letterboxed (section 4.1)
     patch_size: int = 16  # P; the decoder has K = log2(P) blocks
     vision: EncoderConfig = EncoderConfig(width=768, depth=12, heads=12, mlp_width=3072)
+    # "learned" (section 3.1, ViT's) or "sincos": a fixed 2-D sin-cos code, for models trained from scratch.
+    vision_pos_embed: str = "learned"
     # The paper's text says an MLP of 3072 for the language encoder too, but its parameter count
     # (Table 5) only adds up with 4 x 300 = 1200, which is also what the authors' code uses.
     language: EncoderConfig = EncoderConfig(width=300, depth=6, heads=12, mlp_width=1200)
-    # "learned" (section 3.1, ViT's) or "sincos": a fixed 2-D sin-cos code, for models trained from scratch.
-    vision_pos_embed: str = "learned"
     max_words: int = 20  # N_l
     # Fusion encoder (section 3.2): width D, 4 layers in total for every variant.
     fusion: EncoderConfig = EncoderConfig(width=768, depth=4, heads=12, mlp_width=3072)

@@ -68,8 +68,8 @@ class VisionEncoder(nn.Module):
             # knows where patches are from the first step. Pretrained ViT weights replace it.
             self.pos_embed = nn.Parameter(0.1 * code)
         elif pos_embed == "sincos":
-            # Fixed, as MAE's: rows and columns keep equal shares of the code. Learned from scratch on
-            # the synthetic task, the code drifted to columns and vertical words were never learned.
+            # Fixed, as MAE's: rows and columns keep equal shares of the code (restr-tiny; config.py
+            # has the measurement that chose it).
             self.pos_embed = nn.Parameter(code, requires_grad=False)
         else:
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
@@ -79,7 +79,7 @@ class VisionEncoder(nn.Module):
         """image: (B, 3, H, W) normalised, H and W divisible by P. Returns z_v: (B, N_v, D_v)."""
         h, w = image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size
         pos = self.pos_embed
-        if (h, w) != self.grid:  # another input size: interpolate the learned grid on the fly
+        if (h, w) != self.grid:  # another input size: interpolate the position grid on the fly
             pos = resize_pos_embed(pos, self.grid, (int(h), int(w)))
         return self.encoder(self.patch_embed(image) + pos)
 
