@@ -47,8 +47,9 @@ class TrainConfig:
 # Section 4.1's recipe for the paper's model; a from-scratch recipe for the small CPU model.
 TRAIN_DEFAULTS = {
     "restr-b16": TrainConfig(iterations=400_000, batch_size=8, lr=1e-5, vision_lr_scale=0.1, val_every=10_000, ckpt_every=5_000),
-    # 0.157 s an iteration on two quiet CPU cores: 9.4 min. Validation overall IoU (300 samples, two
-    # runs) was 0.62-0.66 at iteration 1800 and 0.70-0.72 at 3600: position words and shapes come late.
+    # 10.9 min in `make demo` on two CPU cores (0.157 s a step alone, plus data and validation).
+    # Val overall IoU (300 samples, two runs) was 0.62-0.66 at iteration 1800 and 0.70-0.72 at 3600:
+    # position words and shapes come late.
     "restr-tiny": TrainConfig(iterations=3600, batch_size=32, lr=1e-3, val_every=600, val_limit=300, ckpt_every=600),
 }
 
