@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 FUSION_VARIANTS = ("cme", "cme-shared", "vme", "ime")
+POSITION_CODES = ("learned", "sincos")  # the vision encoder's E_pos
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class ReSTRConfig:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self):
-        if self.vision_pos_embed not in ("learned", "sincos"):
-            raise ValueError(f"vision_pos_embed must be 'learned' or 'sincos', got {self.vision_pos_embed!r}")
+        if self.vision_pos_embed not in POSITION_CODES:
+            raise ValueError(f"vision_pos_embed must be one of {POSITION_CODES}, got {self.vision_pos_embed!r}")
         if self.fusion_variant not in FUSION_VARIANTS:
             raise ValueError(f"fusion_variant must be one of {FUSION_VARIANTS}, got {self.fusion_variant!r}")
         if self.fusion_variant != "vme" and self.fusion.depth % 2:

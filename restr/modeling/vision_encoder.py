@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restr.config import EncoderConfig
+from restr.config import POSITION_CODES, EncoderConfig
 from restr.modeling.transformer import Transformers
 
 
@@ -72,7 +72,7 @@ class VisionEncoder(nn.Module):
             # has the measurement that chose it).
             self.pos_embed = nn.Parameter(code, requires_grad=False)
         else:
-            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
+            raise ValueError(f"pos_embed must be one of {POSITION_CODES}, got {pos_embed!r}")
         self.encoder = Transformers(cfg)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
