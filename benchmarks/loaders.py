@@ -200,7 +200,7 @@ def _load_onnx(path: Path, o: LoadOptions) -> Target:
 def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], str]:
     """(inputs, outputs, precision) of an ONNX file, read with `onnx` (weights not needed).
 
-    Dynamic dimensions become "batch". precision is "fp16-mixed" when the graph holds FP16
+    Dynamic dimensions become "batch". precision is "fp16" when the graph holds FP16
     weights, else "fp32". Raises LoadError for a file that is not a readable ONNX graph.
     """
     import onnx
@@ -225,7 +225,7 @@ def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...],
     except (KeyError, TypeError, ValueError) as e:
         raise LoadError(f"{path}: graph inputs/outputs cannot be read ({_first_line(e)})") from None
     fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
-    return inputs, outputs, "fp16-mixed" if fp16 else "fp32"
+    return inputs, outputs, "fp16" if fp16 else "fp32"
 
 
 # -- PyTorch checkpoints -------------------------------------------------------------------------

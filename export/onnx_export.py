@@ -5,10 +5,15 @@
     language        words, pad_mask                             -> linguistic_features
     fusion_decoder  visual_features, linguistic_features, pad_mask -> pixel_probs, patch_probs
 
-The split lets a service encode an image once and ask many expressions about it. Every graph has a
-dynamic `batch` axis; the image size is fixed per export (the position grid depends on it). Names,
-dtypes and shapes come from `graph_io`, the one description shared by the exporter, the manifest,
-the verification and the TensorRT profiles.
+The split lets a service encode an image once and ask many expressions about it: fusion_decoder's
+`visual_features` has batch `image_batch`, 1 (one image shared by the batch's expressions) or batch.
+Every graph has a dynamic `batch` axis; the image size is fixed per export (the position grid
+depends on it). Names, dtypes and shapes come from `graph_io`, the one description shared by the
+exporter, the manifest, the verification and the TensorRT profiles.
+
+The graphs carry no shape arithmetic: the model writes its reshapes with constant targets (-1 or 0
+for the batch) and a constant attention scale, and attention is written in the form the engine
+fuses (`restr.modeling.attention`). `check_graph` refuses a graph with a Shape node.
 """
 from __future__ import annotations
 
@@ -22,10 +27,14 @@ from torch import nn
 
 from restr.config import ReSTRConfig
 from restr.modeling import ReSTR
+from restr.modeling.attention import graph_form
 from restr.runtime.artifacts import TensorSpec  # the runtime's reading of the same contract
+from restr.runtime.formats import ATTENTION_FORMS, BATCH, IMAGE_BATCH, MODEL_GRAPHS
 
-BATCH = "batch"  # the name of the dynamic axis in every graph
-GRAPHS = ("end_to_end", "vision", "language", "fusion_decoder")
+GRAPHS = MODEL_GRAPHS
+# Ops that compute shapes at run time. ONNX Runtime's CUDA EP runs them on the CPU (with Memcpy
+# nodes around), which forbids CUDA graphs; TensorRT must re-derive them per shape.
+SHAPE_OPS = ("Shape", "Size", "ConstantOfShape")
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
 # Traced at this batch so that a graph that secretly baked the batch in fails at 1 and 3.
 TRACE_BATCH = 2
@@ -47,13 +56,14 @@ def graph_io(cfg: ReSTRConfig) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[
     words = TensorSpec("words", "int64", (BATCH, n_l))
     pad = TensorSpec("pad_mask", "bool", (BATCH, n_l))
     v = TensorSpec("visual_features", "float32", (BATCH, n_v, d))
+    v_shared = TensorSpec("visual_features", "float32", (IMAGE_BATCH, n_v, d))
     l = TensorSpec("linguistic_features", "float32", (BATCH, n_l, d))
     probs = (TensorSpec("pixel_probs", "float32", (BATCH, 1, s, s)), TensorSpec("patch_probs", "float32", (BATCH, n_v)))
     return {
         "end_to_end": ((image, words, pad), probs),
         "vision": ((image,), (v,)),
         "language": ((words, pad), (l,)),
-        "fusion_decoder": ((v, l, pad), probs),
+        "fusion_decoder": ((v_shared, l, pad), probs),
     }
 
 
@@ -128,8 +138,8 @@ def example_inputs(model: ReSTR, graph: str, batch: int = TRACE_BATCH, seed: int
         return {"image": image}
     if graph == "language":
         return {"words": words, "pad_mask": pad}
-    with torch.no_grad():
-        v = model.encode_image(torch.from_numpy(image)).numpy()
+    with torch.no_grad():  # one image's features shared by the batch's expressions: the common call
+        v = model.encode_image(torch.from_numpy(image[:1])).numpy()
         l = model.encode_text(torch.from_numpy(words), torch.from_numpy(pad)).numpy()
     return {"visual_features": v, "linguistic_features": l, "pad_mask": pad}
 
@@ -153,13 +163,16 @@ def count_layernorm_calls(module: nn.Module, inputs: dict[str, np.ndarray]) -> i
     return calls
 
 
-def export_graph(model: ReSTR, graph: str, path: str | Path, opset: int = MIN_OPSET) -> onnx.ModelProto:
+def export_graph(model: ReSTR, graph: str, path: str | Path, opset: int = MIN_OPSET, attention: str = "onnx") -> onnx.ModelProto:
     """Trace `graph` with the TorchScript exporter (dynamo=False) to `path` and check it (`check_graph`).
 
+    `attention`: "onnx" (standard ONNX, TensorRT's input) or "ort" (com.microsoft.MultiHeadAttention).
     Returns the loaded ModelProto. Raises ExportCheckError when the graph breaks the contract.
     """
     if opset < MIN_OPSET:
         raise ExportCheckError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
+    if attention not in ATTENTION_FORMS:
+        raise ExportCheckError(f"attention form must be one of {ATTENTION_FORMS}, got {attention!r}")
     module = graph_module(model, graph)
     inputs_spec, outputs_spec = graph_io(model.cfg)[graph]
     feeds = example_inputs(model, graph)
@@ -170,20 +183,39 @@ def export_graph(model: ReSTR, graph: str, path: str | Path, opset: int = MIN_OP
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(
-            module,
-            tuple(torch.from_numpy(x) for x in feeds.values()),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[t.name for t in inputs_spec],
-            output_names=[t.name for t in outputs_spec],
-            dynamic_axes={n: {0: BATCH} for n in names},
-            do_constant_folding=True,
-        )
-    proto = declare_shapes(onnx.load(str(path)), outputs_spec)
+        with graph_form(attention):
+            torch.onnx.export(
+                module,
+                tuple(torch.from_numpy(x) for x in feeds.values()),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[t.name for t in inputs_spec],
+                output_names=[t.name for t in outputs_spec],
+                dynamic_axes={t.name: {0: t.shape[0]} for t in inputs_spec + outputs_spec},
+                do_constant_folding=True,
+                custom_opsets={"com.microsoft": 1} if attention == "ort" else None,
+            )
+    proto = declare_shapes(constants_to_initializers(onnx.load(str(path))), outputs_spec)
     onnx.save(proto, str(path))
     check_graph(proto, inputs_spec, outputs_spec, layernorms=count_layernorm_calls(module, feeds), opset=opset, graph=graph)
+    return proto
+
+
+def constants_to_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant nodes become initializers: one form for every constant, which the FP16 converter
+    treats by its consumers (a Resize's scales stay FP32) and engines read as weights."""
+    keep = []
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            proto.graph.initializer.append(t)
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
     return proto
 
 
@@ -196,8 +228,8 @@ def declare_shapes(proto: onnx.ModelProto, outputs: tuple) -> onnx.ModelProto:
         if len(dims) != len(spec.shape):
             raise ExportCheckError(f"output {value.name} has rank {len(dims)}, expected {len(spec.shape)}")
         for dim, want in zip(dims, spec.shape):
-            if want == BATCH:
-                dim.dim_param = BATCH
+            if isinstance(want, str):
+                dim.dim_param = want
             else:
                 dim.dim_value = int(want)
     return proto
@@ -219,7 +251,8 @@ def check_graph(proto: onnx.ModelProto, inputs: tuple, outputs: tuple, layernorm
 
     - a valid ONNX model at the requested opset (>= 17);
     - inputs and outputs exactly as `graph_io` says: names, dtypes, shapes, `batch` symbolic;
-    - one LayerNormalization node per LayerNorm call (TensorRT must see real LayerNorms to keep them FP32).
+    - one LayerNormalization node per LayerNorm call (TensorRT must see real LayerNorms to keep them FP32);
+    - no shape arithmetic (SHAPE_OPS): every reshape has a constant target.
     """
     try:
         onnx.checker.check_model(proto)
@@ -232,6 +265,10 @@ def check_graph(proto: onnx.ModelProto, inputs: tuple, outputs: tuple, layernorm
         got = tuple(value_spec(v) for v in have)
         if got != tuple(want):
             raise ExportCheckError(f"{graph}: {kind} are {[spec_dict(t) for t in got]}, expected {[spec_dict(t) for t in want]}")
+    shape_ops = [n.op_type for n in proto.graph.node if n.op_type in SHAPE_OPS]
+    if shape_ops:
+        raise ExportCheckError(f"{graph}: the graph computes shapes at run time ({len(shape_ops)} {'/'.join(sorted(set(shape_ops)))} "
+                               "nodes); write the model's reshapes with constant targets")
     if layernorms is not None:
         n = sum(node.op_type == "LayerNormalization" for node in proto.graph.node)
         if n != layernorms:
@@ -244,3 +281,16 @@ def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# Op types the verification table reports per graph: what a GPU engine pays for beyond the math.
+REPORTED_OPS = ("Shape", "Cast", "Transpose", "Reshape", "MultiHeadAttention", "Softmax")
+
+
+def graph_summary(proto: onnx.ModelProto) -> dict[str, int]:
+    """{"nodes": total, "attention": attention blocks, op: count for REPORTED_OPS} of a graph.
+    Attention blocks are fused MultiHeadAttention nodes, or Softmax nodes in the standard form."""
+    counts = op_counts(proto)
+    out = {"nodes": sum(counts.values()), "attention": counts.get("MultiHeadAttention", 0) or counts.get("Softmax", 0)}
+    out.update({op: counts.get(op, 0) for op in REPORTED_OPS})
+    return out

@@ -16,11 +16,15 @@ from pathlib import Path
 from restr.export.manifest import (
     FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_json,
 )
-from restr.export.onnx_export import GRAPHS, MIN_OPSET, graph_io
+from restr.export.onnx_export import GRAPHS, MIN_OPSET, graph_io, graph_summary
+from restr.runtime.formats import ATTENTION_FORMS, PROCESSING_GRAPHS, graph_file, graph_key
 from restr.export.tensorrt_build import EngineUnavailable, build_engines, engine_instructions, engine_support
-from restr.export.verify import Tolerances, VerificationError, format_table, verification_inputs, verify
+from restr.export.verify import (
+    Tolerances, VerificationError, check_processing, format_graphs, format_table, verification_inputs, verify,
+)
 
-PRECISIONS = ("fp32", "fp16")
+from restr.runtime.formats import PRECISIONS  # noqa: E402  (re-exported: callers import it from here)
+
 PLACEHOLDER_VOCAB_SIZE = 1000  # random-weight exports: any word maps to <unk> or a placeholder id
 
 
@@ -37,6 +41,12 @@ class ExportOptions:
     timing_cache: Path | None = None  # default: per TensorRT version and GPU under ~/.cache/restr/tensorrt
     workspace_gib: float = 4.0
     opset: int = MIN_OPSET
+    # How attention is written (restr.modeling.attention): "onnx", standard ONNX (TensorRT builds
+    # from it); "ort", ONNX Runtime's fused MultiHeadAttention (ONNX Runtime only).
+    attention: str = "onnx"
+    # Each decoder block's linear before its upsampling: the same function with the same weights
+    # (bilinear weights sum to 1), a quarter of the decoder's MACs. Recorded in the manifest's config.
+    decoder_linear_first: bool = True
     verify: bool = True
     samples: int = 3  # verification batch; batch 1 is checked too
     seed: int = 0
@@ -163,8 +173,9 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
     required but cannot be built here (nothing written), VerificationError when a tolerance is
     exceeded (nothing written).
     """
-    from restr.export.fp16 import convert_mixed_fp16
+    from restr.export.fp16 import convert_fp16
     from restr.export.onnx_export import export_graph
+    from restr.export.processing import postprocess_graph, preprocess_graph, processing_io
 
     out = Path(out)
     cfg = source.cfg
@@ -177,6 +188,10 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         raise ExportError(f"--samples must be at least 1, got {options.samples}")
     if options.opset < MIN_OPSET:
         raise ExportError(f"--opset {options.opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
+    if options.attention not in ATTENTION_FORMS:
+        raise ExportError(f"--attention must be one of {ATTENTION_FORMS}, got {options.attention!r}")
+    if options.engine and options.attention != "onnx":
+        raise ExportError("TensorRT engines are built from standard ONNX graphs: use --attention onnx")
     check_image_size(cfg.image_size, cfg.patch_size, cfg.name)
     check_out_dir(out, options.force)
     fp16 = "fp16" in options.precisions
@@ -196,30 +211,39 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         import torch
 
         torch.set_num_threads(options.threads)
+    if options.decoder_linear_first:
+        set_decoder_linear_first(source.model)
+        cfg = source.cfg
     io = graph_io(cfg)
-    steps = _Steps(len(GRAPHS) * (1 + fp16) + options.verify + 1, options.progress)
+    steps = _Steps(len(GRAPHS) * (1 + fp16) + len(PROCESSING_GRAPHS) + options.verify + 1, options.progress)
     tmp = _staging(out)
     try:
+        import onnx
+
         source.vocab.save(tmp / "vocab.txt")
         graphs, files = {}, {}
+
+        def add(key, proto, precision, **extra):
+            onnx.save(proto, str(tmp / graph_file(key)))
+            files[key] = tmp / graph_file(key)
+            inputs, outputs = io[key.removesuffix("_fp16")] if key not in proc_io else proc_io[key]
+            graphs[key] = graph_entry(tmp, graph_file(key), inputs, outputs, precision, opset_of(proto),
+                                      op_counts=graph_summary(proto), **extra)
+            steps(f"wrote {graph_file(key)}")
+            log(f"wrote {graph_file(key)} ({time.perf_counter() - t0:.1f} s)")
+
+        proc_io = processing_io(cfg.image_size)
         for g in GRAPHS:
             t0 = time.perf_counter()
-            proto = export_graph(source.model, g, tmp / f"{g}.onnx", options.opset)
-            graphs[g] = graph_entry(tmp, f"{g}.onnx", *io[g], "fp32", options.opset)
-            files[g] = tmp / f"{g}.onnx"
-            steps(f"exported {g}.onnx")
-            log(f"wrote {g}.onnx ({time.perf_counter() - t0:.1f} s)")
+            proto = export_graph(source.model, g, tmp / graph_file(g), options.opset, options.attention)
+            add(g, proto, "fp32", attention=options.attention)
             if fp16:
-                import onnx
-
                 t0 = time.perf_counter()
-                half, summary = convert_mixed_fp16(proto)
-                onnx.save(half, str(tmp / f"{g}_fp16.onnx"))
-                graphs[f"{g}_fp16"] = graph_entry(tmp, f"{g}_fp16.onnx", *io[g], "fp16-mixed", options.opset,
-                                                  compute_precision=summary)
-                files[f"{g}_fp16"] = tmp / f"{g}_fp16.onnx"
-                steps(f"converted {g}_fp16.onnx")
-                log(f"wrote {g}_fp16.onnx ({time.perf_counter() - t0:.1f} s)")
+                half, summary = convert_fp16(proto)
+                add(graph_key(g, "fp16"), half, "fp16", attention=options.attention, compute_precision=summary)
+        t0 = time.perf_counter()
+        add("preprocess", preprocess_graph(cfg.image_size, cfg.image_mean, cfg.image_std), "fp32")
+        add("postprocess", postprocess_graph(cfg.image_size), "fp32")
 
         verification: dict = {"enabled": False}
         if options.verify:
@@ -229,12 +253,18 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             if meaningful is None:
                 meaningful = not source.random_weights and bool(source.meta.get("data"))
             verification = {"enabled": True, "inputs": inputs,
-                            **verify(source.model, files, feeds, options.tolerances, meaningful,
-                                   tuple(dict.fromkeys((options.samples, 1))),
-                                   options.threads)}
+                            **verify(source.model, {k: f for k, f in files.items() if k not in PROCESSING_GRAPHS},
+                                     feeds, options.tolerances, meaningful, tuple(dict.fromkeys((options.samples, 1))),
+                                     options.threads)}
+            processing = check_processing(files["preprocess"], files["postprocess"], cfg, options.seed)
+            verification["processing"] = processing
+            verification["graphs"] = {k: g["op_counts"] for k, g in graphs.items()}
+            if not processing["passed"]:
+                verification["passed"] = False
+                verification["failures"].append("processing graphs vs restr.runtime.transforms: " + "; ".join(processing["failures"]))
             steps("verified")
             log(f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
-                + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification))
+                + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification) + "\n" + format_graphs(verification))
             if not verification["passed"]:
                 raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
 
@@ -292,10 +322,21 @@ def _engines_into(folder: Path, manifest: dict, options: ExportOptions, shown_fo
         manifest["tensorrt"] = {"status": "not built", "reason": str(e), "how": message}
         log(message)
         return
-    keys = [f"{g}_fp16" for g in options.engine_graphs]
+    keys = [graph_key(g, "fp16") for g in options.engine_graphs]
     manifest["engines"].update(build_engines(folder, manifest, keys, manifest["max_batch"], options.timing_cache,
                                              options.workspace_gib, log, backends))
     manifest["tensorrt"] = {"status": "built", "tensorrt_version": str(backends[0].__version__), **backends[1]}
+
+
+def set_decoder_linear_first(model) -> None:
+    """Switch the decoder of `model` to linear-then-upsample in place (same function and weights)."""
+    for block in model.decoder.blocks:
+        block.linear_first = True
+    model.cfg = model.cfg.replace(decoder_linear_first=True)
+
+
+def opset_of(proto) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engine=True), max_batch: int | None = None,
@@ -315,9 +356,14 @@ def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engin
         manifest = read_manifest(folder)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    missing = [f"{g}_fp16" for g in options.engine_graphs if f"{g}_fp16" not in manifest["graphs"]]
+    keys = [graph_key(g, "fp16") for g in options.engine_graphs]
+    missing = [k for k in keys if k not in manifest["graphs"]]
     if missing:
         raise ExportError(f"{folder}: the export has no {', '.join(missing)} graph (re-export with --precision fp16)")
+    fused = [k for k in keys if manifest["graphs"][k].get("attention", "onnx") != "onnx"]
+    if fused:
+        raise ExportError(f"{folder}: {', '.join(fused)} use ONNX Runtime's fused attention, which TensorRT cannot parse "
+                          "(re-export with --attention onnx)")
     bad = check_checksums(folder, manifest)
     if bad:
         raise ExportError(f"{folder}: files do not match the manifest: {', '.join(bad)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from restr.export.manifest import sha256_file, utc_now, write_json
 from restr.runtime.artifacts import TensorSpec
 from restr.runtime.atomic import atomic_write
+from restr.runtime.formats import IMAGE_BATCH
 
 ENGINE_PRECISION = "fp16-strongly-typed"
 GIB = 1 << 30
@@ -39,12 +40,17 @@ class EngineBuildError(RuntimeError):
 def profiles(inputs, max_batch: int) -> dict[str, dict[str, list[int]]]:
     """One optimisation profile: per input, min / opt / max shapes with batch 1 / 1 / `max_batch`.
 
-    `inputs`: TensorSpecs or the manifest's input dicts.
+    `inputs`: TensorSpecs or the manifest's input dicts. An `image_batch` axis (fusion_decoder's
+    shared visual features) is pinned to 1, so the graph's broadcast over the batch is static.
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be at least 1, got {max_batch}")
     specs = [t if isinstance(t, TensorSpec) else TensorSpec.from_dict(t) for t in inputs]
-    return {t.name: {"min": list(t.concrete(1)), "opt": list(t.concrete(1)), "max": list(t.concrete(max_batch))} for t in specs}
+
+    def shape(t, batch):
+        return [1 if d == IMAGE_BATCH else n for d, n in zip(t.shape, t.concrete(batch))]
+
+    return {t.name: {"min": shape(t, 1), "opt": shape(t, 1), "max": shape(t, max_batch)} for t in specs}
 
 
 def sidecar(graph_key: str, source: dict, profile: dict, tensorrt_version: str, gpu: dict) -> dict:

@@ -271,6 +271,12 @@ def run_checks(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray]
                 else:
                     out = "visual_features" if g == "vision" else "linguistic_features"
                     add(key, reference, compare_features(ref[out], ort_out[key][out]))
+            fd = "fusion_decoder" + suffix
+            if fd in sessions and b > 1:  # one image's features broadcast over the batch's expressions
+                shared = {"visual_features": t["visual_features"][:1], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]}
+                repeated = dict(shared, visual_features=np.repeat(shared["visual_features"], b, 0))
+                add(f"split_vs_repeated_image{suffix}", f"{fd} (features repeated)",
+                    _probs(run_session(sessions[fd], repeated), run_session(sessions[fd], shared), tol))
             if all(s + suffix in sessions for s in ("end_to_end", "vision", "language", "fusion_decoder")):
                 add(f"split_vs_end_to_end{suffix}", f"end_to_end{suffix} (onnxruntime)",
                     _probs(ort_out["end_to_end" + suffix], _chain(sessions, suffix, f), tol))
@@ -331,4 +337,66 @@ def format_table(verification: dict) -> str:
     lines = [format_text_table(["check", "reference", "batches", "max|dp|", "mean|dp|", "mask IoU", "same side", "result"], rows)]
     if not verification.get("masks_meaningful", True):
         lines.append("(random weights: probabilities sit near 0.5, so mask IoU is shown but not judged)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- processing graphs
+
+
+PROCESSING_CRITERIA = {"image_max_levels": ("<=", 1.001), "probs_max_abs_diff": ("<=", 1e-4), "mask_agreement": (">=", 0.999)}
+
+
+def _photo(h: int, w: int, rng) -> np.ndarray:
+    """A (h, w, 3) uint8 image with edges, gradients and noise: what resizing gets wrong shows."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([np.sin(x / 7.0) * 90 + 128, np.cos(y / 5.0) * 90 + 128, ((x // 16 + y // 16) % 2) * 200 + 20], -1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def check_processing(pre_path, post_path, cfg, seed: int = 0, threads: int = 0) -> dict:
+    """The preprocess and postprocess graphs against `restr.runtime.transforms` (Pillow: the training
+    transform and `Letterbox.invert`) on generated photos shrunk, enlarged and kept: the letterbox
+    geometry must be equal, the images within one uint8 level (Pillow rounds in fixed point), the
+    probabilities on the photo within 1e-4 and the masks (> 0.5) the same on >= 99.9% of pixels."""
+    from PIL import Image
+
+    from restr.runtime.transforms import Letterbox, mean_fill, normalize
+
+    pre, post = ort_session(pre_path, threads), ort_session(post_path, threads)
+    rng, s = np.random.default_rng(seed), cfg.image_size
+    std = np.asarray(cfg.image_std, np.float32).reshape(1, 3, 1, 1)
+    out = {"geometry_equal": True, "image_max_levels": 0.0, "probs_max_abs_diff": 0.0, "mask_agreement": 1.0, "sizes": []}
+    for h, w in ((480, 640), (640, 480), (max(1, s // 3), max(1, s // 4)), (s + 1, s), (s, s), (2 * s + 3, s // 2 + 1)):
+        photo = _photo(h, w, rng)
+        lb = Letterbox.fit((h, w), s)
+        ref = normalize(lb.image(Image.fromarray(photo), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
+        image, letterbox = pre.run(None, {"rgb": photo})
+        probs = rng.random((2, 1, s, s), dtype=np.float32)
+        got, mask = post.run(["probs", "mask"], {"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([0.5], np.float32)})
+        want = np.stack([lb.invert(p[0]) for p in probs])
+        out["sizes"].append([h, w])
+        out["geometry_equal"] &= letterbox.tolist() == [*lb.src_hw, *lb.new_hw]
+        out["image_max_levels"] = max(out["image_max_levels"], float((np.abs(image - ref) * std * 255).max()))
+        out["probs_max_abs_diff"] = max(out["probs_max_abs_diff"], float(np.abs(got - want).max()))
+        out["mask_agreement"] = min(out["mask_agreement"], float((mask == (want > 0.5)).mean()))
+    failures = [] if out["geometry_equal"] else ["letterbox geometry differs from Letterbox.fit"]
+    failures += [f"{k} {out[k]:.4g} (needs {op} {v:g})" for k, (op, v) in PROCESSING_CRITERIA.items()
+                 if not (out[k] <= v if op == "<=" else out[k] >= v)]
+    return {**out, "criteria": {k: f"{op} {v:g}" for k, (op, v) in PROCESSING_CRITERIA.items()},
+            "passed": not failures, "failures": failures}
+
+
+def format_graphs(verification: dict) -> str:
+    """Per-graph op counts (what a GPU engine pays for beyond the math) and the processing check."""
+    graphs = verification.get("graphs") or {}
+    lines = []
+    if graphs:
+        cols = list(next(iter(graphs.values())))
+        lines.append(format_text_table(["graph", *cols], [[k, *(g.get(c, 0) for c in cols)] for k, g in graphs.items()]))
+    p = verification.get("processing")
+    if p:
+        lines.append(f"preprocess/postprocess vs Pillow on {len(p['sizes'])} photo sizes: geometry "
+                     f"{'equal' if p['geometry_equal'] else 'DIFFERS'}, image max {p['image_max_levels']:.2f} uint8 levels, "
+                     f"probs max|dp| {p['probs_max_abs_diff']:.1e}, masks agree on {p['mask_agreement']:.5%}: "
+                     f"{'ok' if p['passed'] else 'FAIL'}")
     return "\n".join(lines)

@@ -17,7 +17,11 @@ from restr.config import ReSTRConfig, get_config
 from restr.export import fp16 as fp16_mod
 from restr.export.cli import cli
 from restr.export.manifest import check_checksums, sha256_file
-from restr.export.onnx_export import GRAPHS, count_layernorm_calls, example_inputs, graph_io, graph_module
+from restr.export.onnx_export import (
+    GRAPHS, SHAPE_OPS, ExportCheckError, check_graph, count_layernorm_calls, example_inputs, graph_io, graph_module, op_counts,
+)
+from restr.export.processing import processing_io
+from restr.runtime.formats import PROCESSING_GRAPHS
 from restr.export.pipeline import ExportOptions, export_artifacts, load_source
 from restr.export.tensorrt_build import (
     ENGINE_PRECISION, EngineUnavailable, build_engines, engine_instructions, engine_support, profiles, sidecar, timing_cache_path,
@@ -94,16 +98,19 @@ def test_folder_and_manifest(exported, ckpt):
     assert m["model"]["name"] == "restr-tiny" and m["model"]["random_weights"] is False
     assert ReSTRConfig.from_dict(m["model"]["config"]) == get_config("restr-tiny")
     assert m["model"]["checkpoint"]["sha256"] == sha256_file(ckpt)
-    assert set(m["graphs"]) == set(GRAPHS) | {f"{g}_fp16" for g in GRAPHS}
+    assert set(m["graphs"]) == set(GRAPHS) | {f"{g}_fp16" for g in GRAPHS} | set(PROCESSING_GRAPHS)
     io = graph_io(get_config("restr-tiny"))
+    io.update(processing_io(S))
     for key, g in m["graphs"].items():
         base = key.removesuffix("_fp16")
         assert g["file"] == f"{key}.onnx" and (out / g["file"]).is_file()
-        assert g["precision"] == ("fp16-mixed" if key.endswith("_fp16") else "fp32")
-        assert g["opset"] >= 17
+        assert g["precision"] == ("fp16" if key.endswith("_fp16") else "fp32")
+        assert g["opset"] >= 17 and g["op_counts"]["nodes"] > 0
         assert [t["name"] for t in g["inputs"]] == [t.name for t in io[base][0]]
         assert [t["name"] for t in g["outputs"]] == [t.name for t in io[base][1]]
-        assert all(t["shape"][0] == "batch" for t in g["inputs"] + g["outputs"])
+        if base not in PROCESSING_GRAPHS:
+            assert g["attention"] == "onnx"
+            assert all(t["shape"][0] in ("batch", "image_batch") for t in g["inputs"] + g["outputs"])
     assert m["graphs"]["end_to_end"]["inputs"] == [
         {"name": "image", "dtype": "float32", "shape": ["batch", 3, S, S]},
         {"name": "words", "dtype": "int64", "shape": ["batch", 20]},
@@ -133,7 +140,10 @@ def test_verification_in_manifest(exported):
     assert v["enabled"] and v["passed"] and v["failures"] == []
     assert v["inputs"]["source"] == "generated" and v["masks_meaningful"] is True
     expected = set(GRAPHS) | {f"{g}_fp16" for g in GRAPHS} | {"split_vs_end_to_end", "split_vs_end_to_end_fp16"}
+    expected |= {"split_vs_repeated_image", "split_vs_repeated_image_fp16"}
     assert set(v["checks"]) == expected
+    assert v["processing"]["passed"] and v["processing"]["geometry_equal"]
+    assert set(v["graphs"]) == set(m["graphs"]) and v["graphs"]["end_to_end"]["Shape"] == 0
     for name, c in v["checks"].items():
         assert c["batch_sizes"] == [3, 1] and c["passed"], name
     tol = Tolerances()
@@ -157,7 +167,45 @@ def test_graph_contract(exported, ckpt):
         n_ln = sum(n.op_type == "LayerNormalization" for n in proto.graph.node)
         assert n_ln > 0 and n_ln == count_layernorm_calls(graph_module(model, g), example_inputs(model, g)), g
         for v in list(proto.graph.input) + list(proto.graph.output):
-            assert v.type.tensor_type.shape.dim[0].dim_param == "batch", (g, v.name)
+            want = "image_batch" if (g, v.name) == ("fusion_decoder", "visual_features") else "batch"
+            assert v.type.tensor_type.shape.dim[0].dim_param == want, (g, v.name)
+
+
+def test_graphs_carry_no_shape_arithmetic_and_no_redundant_casts(exported):
+    """The graphs a GPU engine runs: no Shape nodes (ONNX Runtime's CUDA EP runs shape arithmetic on
+    the CPU, which forbids CUDA graphs), a constant attention scale, reshapes to constant targets,
+    and in FP16 one Cast per float input and output only."""
+    out, m = exported
+    for key, entry in m["graphs"].items():
+        if key in PROCESSING_GRAPHS:
+            continue
+        proto = onnx.load(str(out / entry["file"]))
+        ops = op_counts(proto)
+        assert not any(ops.get(op) for op in SHAPE_OPS), (key, ops)
+        assert ops.get("Sqrt", 0) == 0, key  # SDPA's default scale is sqrt of a shape
+        init = {t.name: t for t in proto.graph.initializer}
+        for node in proto.graph.node:
+            if node.op_type == "Reshape":
+                assert node.input[1] in init, (key, node.name)  # a constant target
+        float_io = [v for v in (*proto.graph.input, *proto.graph.output) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+        if key.endswith("_fp16"):
+            casts = [n for n in proto.graph.node if n.op_type == "Cast"]
+            to_float = [n for n in casts if n.attribute[0].i in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+            bool_inputs = sum(v.type.tensor_type.elem_type == onnx.TensorProto.BOOL for v in proto.graph.input)
+            assert len(to_float) == len(float_io) + bool_inputs, (key, len(to_float))
+        onnx.checker.check_model(proto, full_check=True)  # sorted, valid, types consistent
+
+
+def test_shape_arithmetic_is_refused(exported):
+    """check_graph rejects a graph whose batch comes from a Shape node (what a traced x.shape does)."""
+    from onnx import helper
+
+    out, _ = exported
+    proto = onnx.load(str(out / "language.onnx"))
+    proto.graph.node.insert(0, helper.make_node("Shape", ["words"], ["words_shape"], name="traced_shape"))
+    io = graph_io(get_config("restr-tiny"))["language"]
+    with pytest.raises(ExportCheckError, match="computes shapes at run time"):
+        check_graph(proto, *io, layernorms=None, opset=17, graph="language")
 
 
 def test_layernorm_count_matches_modules():
@@ -221,30 +269,42 @@ def test_padding_is_masked_in_the_graph(exported):
     assert np.abs(run_session(s, unmasked)["pixel_probs"] - base).max() > 1e-6
 
 
-def test_fp16_precision_layout(exported):
+def test_fp16_is_fp16_through(exported):
     out, m = exported
     for g in GRAPHS:
         proto = onnx.load(str(out / f"{g}_fp16.onnx"))
-        summary = fp16_mod.check_mixed_precision(proto)
+        summary = fp16_mod.check_fp16(proto)
         assert summary == m["graphs"][f"{g}_fp16"]["compute_precision"]
-        assert set(summary["MatMul"]) == {"float16"}
-        for op in ("LayerNormalization", "Softmax", "Sigmoid", "ReduceL2"):
+        for op in ("MatMul", "LayerNormalization", "Softmax"):
             if op in summary:
-                assert set(summary[op]) == {"float32"}, (g, op)
+                assert set(summary[op]) == {"float16"}, (g, op)
         for v in list(proto.graph.input) + list(proto.graph.output):
             assert v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.BOOL)
-    # F.normalize's tail (Clip, Expand, Div) stays FP32 too
-    proto32 = onnx.load(str(out / "end_to_end.onnx"))
-    norms = fp16_mod.normalization_nodes(proto32)
-    assert [n.split("/")[-1].rstrip("_0123456789") for n in norms].count("Div") == 2
-    dtypes = fp16_mod.compute_dtypes(onnx.load(str(out / "end_to_end_fp16.onnx")))
-    assert all(dtypes[n][1] == "float32" for n in norms)
 
 
-def test_fp16_check_rejects_fp32_matmul(exported):
+def test_fp16_check_rejects_fp32_ops_redundant_casts_and_unsorted_nodes(exported):
+    from onnx import helper
+
     out, _ = exported
-    with pytest.raises(fp16_mod.FP16Error, match="matrix product"):
-        fp16_mod.check_mixed_precision(onnx.load(str(out / "language.onnx")))
+    with pytest.raises(fp16_mod.FP16Error, match="computes in float32"):
+        fp16_mod.check_fp16(onnx.load(str(out / "language.onnx")))
+    proto = onnx.load(str(out / "language_fp16.onnx"))
+    ln = next(n for n in proto.graph.node if n.op_type == "LayerNormalization")
+    x = ln.input[0]
+    pair = [helper.make_node("Cast", [x], [x + "_f32"], to=onnx.TensorProto.FLOAT, name="island_in"),
+            helper.make_node("Cast", [x + "_f32"], [x + "_f16"], to=onnx.TensorProto.FLOAT16, name="island_out")]
+    at = list(proto.graph.node).index(ln)
+    for node in reversed(pair):
+        proto.graph.node.insert(at, node)
+    ln.input[0] = x + "_f16"
+    with pytest.raises(fp16_mod.FP16Error, match="Casts"):
+        fp16_mod.check_fp16(proto)
+    proto = onnx.load(str(out / "language_fp16.onnx"))
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[::-1])  # what the converter did with its input Casts
+    with pytest.raises(fp16_mod.FP16Error, match="not sorted"):
+        fp16_mod.check_fp16(proto)
 
 
 # ---------------------------------------------------------------------------------- verification
@@ -390,7 +450,7 @@ def test_cli_random_weights_and_force(tmp_path):
     assert "RANDOMLY INITIALISED" in result.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["random_weights"] and m["vocab"]["placeholder"] and m["max_batch"] == 4
-    assert set(m["graphs"]) == set(GRAPHS) and m["verification"] == {"enabled": False}
+    assert set(m["graphs"]) == set(GRAPHS) | set(PROCESSING_GRAPHS) and m["verification"] == {"enabled": False}
     assert m["tensorrt"] == {"status": "not requested"}
     assert json.loads(json_out.read_text())["manifest"] == m
     assert _no_leftovers(tmp_path)
@@ -410,7 +470,7 @@ def test_profiles_from_max_batch(exported):
     _, m = exported
     p = profiles(m["graphs"]["fusion_decoder_fp16"]["inputs"], max_batch=6)
     assert p == {
-        "visual_features": {"min": [1, N_V, 96], "opt": [1, N_V, 96], "max": [6, N_V, 96]},
+        "visual_features": {"min": [1, N_V, 96], "opt": [1, N_V, 96], "max": [1, N_V, 96]},  # one image, shared
         "linguistic_features": {"min": [1, 20, 96], "opt": [1, 20, 96], "max": [6, 20, 96]},
         "pad_mask": {"min": [1, 20], "opt": [1, 20], "max": [6, 20]},
     }
@@ -593,3 +653,84 @@ def test_b16_export_at_320(tmp_path):
     proto = onnx.load(str(out / "vision.onnx"), load_external_data=False)
     assert sum(n.op_type == "LayerNormalization" for n in proto.graph.node) == 2 * 12 + 1
     assert check_checksums(out, m) == []
+
+
+# --------------------------------------------------------------- ONNX Runtime's fused attention
+
+
+def test_fused_attention_form_verifies_and_is_kept_from_tensorrt(ckpt, tmp_path):
+    """--attention ort writes one MultiHeadAttention per layer (no Softmax left), passes the same
+    verification against PyTorch (FP32 and FP16), and engines refuse it."""
+    out = tmp_path / "ort"
+    m = export_artifacts(load_source(ckpt=ckpt), out, _options(masks_meaningful=True, attention="ort"))
+    assert m["verification"]["passed"], m["verification"]["failures"]
+    layers = {"end_to_end": 4 + 2 + 4, "vision": 4, "language": 2, "fusion_decoder": 4}  # restr-tiny's depths
+    for g, n in layers.items():
+        for key in (g, f"{g}_fp16"):
+            ops = op_counts(onnx.load(str(out / f"{key}.onnx")))
+            assert ops.get("MultiHeadAttention") == n and not ops.get("Softmax"), (key, ops)
+            assert m["graphs"][key]["attention"] == "ort"
+    from restr.export.pipeline import ExportError, add_engines
+
+    with pytest.raises(ExportError, match="--attention onnx"):
+        add_engines(out)
+
+
+# ------------------------------------------------------------------------------ processing graphs
+
+
+def _sample_photos():
+    """Real photographs that ship with matplotlib (a dependency of the torch extra)."""
+    from matplotlib import cbook
+
+    for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"):
+        with cbook.get_sample_data(name) as f:
+            from restr.runtime.transforms import load_image
+
+            yield name, np.asarray(load_image(f))
+
+
+@pytest.mark.parametrize("size", [80, 320])
+def test_preprocess_graph_matches_the_training_transform_on_photos(size):
+    """The preprocess graph against Letterbox + normalize (Pillow, what training uses) on real photos:
+    the same geometry, and no pixel more than one uint8 level apart (Pillow rounds in fixed point)."""
+    from PIL import Image
+
+    from restr.export.processing import preprocess_graph
+    from restr.runtime.transforms import Letterbox, mean_fill, normalize
+
+    mean = std = (0.5, 0.5, 0.5)
+    session = ort_session_from_proto(preprocess_graph(size, mean, std))
+    for name, rgb in _sample_photos():
+        for photo in (rgb, rgb[: rgb.shape[0] // 3], np.ascontiguousarray(rgb[:, ::-1].transpose(1, 0, 2))):
+            lb = Letterbox.fit(photo.shape[:2], size)
+            want = normalize(lb.image(Image.fromarray(photo), mean_fill(mean)), mean, std)[None]
+            image, letterbox = session.run(None, {"rgb": photo})
+            assert letterbox.tolist() == [*lb.src_hw, *lb.new_hw], name
+            levels = np.abs(image - want) * 0.5 * 255
+            assert levels.max() <= 1.001 and levels.mean() < 0.5, (name, levels.max(), levels.mean())
+
+
+def test_postprocess_graph_matches_letterbox_invert():
+    from restr.export.processing import postprocess_graph
+    from restr.runtime.transforms import Letterbox
+
+    session = ort_session_from_proto(postprocess_graph(80))
+    rng = np.random.default_rng(0)
+    for hw in ((480, 640), (33, 20), (80, 80), (81, 80)):
+        lb = Letterbox.fit(hw, 80)
+        probs = rng.random((3, 1, 80, 80), dtype=np.float32)
+        thr = np.array([0.6], np.float32)
+        got = dict(zip(("probs", "mask", "score", "area"),
+                       session.run(None, {"pixel_probs": probs, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": thr})))
+        want = np.stack([lb.invert(p[0]) for p in probs])
+        assert got["probs"].shape == (3, *hw) and np.abs(got["probs"] - want).max() < 1e-4
+        assert (got["mask"] == (want > 0.6)).mean() > 0.999
+        assert got["area"].tolist() == got["mask"].sum((1, 2)).tolist()
+        np.testing.assert_allclose(got["score"], [want[i][got["mask"][i]].mean() for i in range(3)], rtol=1e-4)
+
+
+def ort_session_from_proto(proto):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -452,7 +452,7 @@ def test_fp16_precision_loads_the_fp16_graphs(tiny, tmp_path):
     """precision="fp16" reads the `*_fp16` manifest entries (here: the FP32 files under those names)."""
     folder = _copy(tiny, tmp_path)
     m = json.loads((folder / "manifest.json").read_text())
-    m["graphs"].update({f"{k}_fp16": {**g, "precision": "fp16-mixed"} for k, g in list(m["graphs"].items())})
+    m["graphs"].update({f"{k}_fp16": {**g, "precision": "fp16"} for k, g in list(m["graphs"].items())})
     (folder / "manifest.json").write_text(json.dumps(m))
     pred = Predictor.from_artifacts(folder, precision="fp16", threads=1)
     assert sorted(r.name for r in pred.runners.values()) == ["fusion_decoder_fp16", "language_fp16", "vision_fp16"]

@@ -7,13 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from restr.modeling.ops import cat_broadcast, channel_linear
+
 
 def patch_logits(z_v_fused: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """Eq. 9 before the sigmoid: z_v' e_s'^T / sqrt(D).
 
     z_v_fused: (B, N_v, D); classifier e_s': (B, 1, D). Returns (B, N_v) logits; y_p = sigmoid(logits).
     """
-    return (z_v_fused @ classifier.transpose(1, 2))[..., 0] / math.sqrt(z_v_fused.shape[-1])  # not squeeze: it exports as an If
+    return (z_v_fused @ classifier.transpose(1, 2))[..., 0] / math.sqrt(int(z_v_fused.shape[-1]))  # not squeeze: it exports as an If
 
 
 class DecoderBlock(nn.Module):
@@ -34,7 +36,7 @@ class DecoderBlock(nn.Module):
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return channel_linear(self.linear, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C/2, 2h, 2w)."""
@@ -54,14 +56,14 @@ class CoarseToFineDecoder(nn.Module):
         self.head = nn.Linear(in_width // 2**k, 1)
 
     def forward(self, v: torch.Tensor, z_v_fused: torch.Tensor, patch_logit: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """v: projected visual features (B, N_v, D); z_v_fused: z_v' (B, N_v, D); patch_logit: (B, N_v).
+        """v: projected visual features (B_v, N_v, D), B_v = B or 1 (shared); z_v_fused: z_v' (B, N_v, D);
+        patch_logit: (B, N_v).
 
         Returns pixel logits (B, 1, P*h, P*w) where grid = (h, w).
         """
         z_masked = z_v_fused * torch.sigmoid(patch_logit)[..., None]  # eq. 10
-        x = torch.cat([v, z_masked], -1)  # (B, N_v, 2D)
-        b, _, c = x.shape
-        x = x.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        x = cat_broadcast(v, z_masked, -1)  # (B, N_v, 2D)
+        x = x.transpose(1, 2).reshape(-1, int(x.shape[-1]), grid[0], grid[1])  # NCHW from here on
         for block in self.blocks:
             x = block(x)
-        return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return channel_linear(self.head, x)

@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from restr.config import EncoderConfig
+from restr.modeling.attention import key_mask, pad_keys
+from restr.modeling.ops import cat_broadcast
 from restr.modeling.transformer import Transformers
+
+
+def l2_normalize(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """z / max(||z||, eps) per token, as F.normalize, whose export expands the norm to z's shape
+    (Shape -> Expand); here the division broadcasts."""
+    return z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 class FusionEncoder(nn.Module):
@@ -41,28 +49,27 @@ class FusionEncoder(nn.Module):
 
     def project_visual(self, z_v: torch.Tensor) -> torch.Tensor:
         """z_v (B, N_v, D_v) -> v (B, N_v, D): per-token L2 normalisation, then a linear layer."""
-        return self.vision_proj(F.normalize(z_v, dim=-1))
+        return self.vision_proj(l2_normalize(z_v))
 
     def project_linguistic(self, z_l: torch.Tensor) -> torch.Tensor:
         """z_l (B, N_l, D_l) -> l (B, N_l, D): per-token L2 normalisation, then a linear layer."""
-        return self.language_proj(F.normalize(z_l, dim=-1))
+        return self.language_proj(l2_normalize(z_l))
 
     def forward(
         self, v: torch.Tensor, l: torch.Tensor, pad_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """v: projected z_v (B, N_v, D); l: projected z_l (B, N_l, D); pad_mask: (B, N_l) bool, True = padding.
+        """v: projected z_v (B_v, N_v, D); l: projected z_l (B, N_l, D); pad_mask: (B, N_l) bool, True = padding.
+        B_v is B, or 1: one image's features shared by B expressions.
 
         Returns z_v' (B, N_v, D) and e_s' (B, 1, D).
         """
-        b, n_v = v.shape[:2]
-        seed = self.class_seed.expand(b, -1, -1)
-        no_pad_v = pad_mask.new_zeros(b, n_v)
-        no_pad_seed = pad_mask.new_zeros(b, 1)
+        n_v = int(v.shape[1])
+        words_mask = key_mask(pad_mask)  # the visual tokens and the seed are never masked
         if self.variant == "vme":
-            z = self.joint(torch.cat([v, l, seed], 1), torch.cat([no_pad_v, pad_mask, no_pad_seed], 1))
+            z = self.joint(cat_broadcast(cat_broadcast(v, l, 1), self.class_seed, 1), pad_keys(words_mask, n_v, 1))
             return z[:, :n_v], z[:, -1:]
-        z = self.visual_linguistic(torch.cat([v, l], 1), torch.cat([no_pad_v, pad_mask], 1))  # eq. 7
+        z = self.visual_linguistic(cat_broadcast(v, l, 1), pad_keys(words_mask, n_v, 0))  # eq. 7
         z_v_fused, z_l_attended = z[:, :n_v], z[:, n_v:]
         words = l if self.variant == "ime" else z_l_attended
-        e = self.linguistic_seed(torch.cat([words, seed], 1), torch.cat([pad_mask, no_pad_seed], 1))  # eq. 8
+        e = self.linguistic_seed(cat_broadcast(words, self.class_seed, 1), pad_keys(words_mask, 0, 1))  # eq. 8
         return z_v_fused, e[:, -1:]

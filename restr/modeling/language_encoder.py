@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from restr.config import EncoderConfig
+from restr.modeling.attention import key_mask
 from restr.modeling.transformer import Transformers
 
 
@@ -32,5 +33,6 @@ class LanguageEncoder(nn.Module):
 
     def forward(self, words: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """words: (B, N_l) int64 ids; pad_mask: (B, N_l) bool, True = padding. Returns z_l: (B, N_l, D_l)."""
-        z = self.word_embed(words) + self.pos_encoding[: words.shape[1]]
-        return self.encoder(z, pad_mask)
+        n = int(words.shape[1])  # a Python int: a constant Slice in an exported graph, not shape arithmetic
+        z = self.word_embed(words) + self.pos_encoding[:n]
+        return self.encoder(z, key_mask(pad_mask))

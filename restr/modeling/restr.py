@@ -52,7 +52,7 @@ class ReSTR(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fusion (eq. 7-8), patch prediction (eq. 9) and decoder (eq. 10).
 
-        v: (B, N_v, D); l: (B, N_l, D); pad_mask: (B, N_l). Returns pixel logits (B, 1, P*h, P*w) and
+        v: (B, N_v, D) or (1, N_v, D) shared by the B expressions; l: (B, N_l, D); pad_mask: (B, N_l). Returns pixel logits (B, 1, P*h, P*w) and
         patch logits (B, N_v).
         """
         z_v_fused, classifier = self.fusion(v, l, pad_mask)
@@ -68,7 +68,7 @@ class ReSTR(nn.Module):
         Returns pixel logits (B, 1, H, W) and patch logits (B, N_v); sigmoid gives probabilities.
         """
         p = self.cfg.patch_size
-        grid = (image.shape[-2] // p, image.shape[-1] // p)
+        grid = (int(image.shape[-2]) // p, int(image.shape[-1]) // p)
         return self.decode(self.encode_image(image), self.encode_text(words, pad_mask), pad_mask, grid)
 
 

@@ -13,17 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from restr.config import EncoderConfig
-
-
-def key_padding_to_attn_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, N) bool, True = padding -> (B, 1, 1, N) bool, True = may be attended (SDPA's convention)."""
-    if pad_mask is None:
-        return None
-    return (~pad_mask)[:, None, None, :]
+from restr.modeling.attention import attend, current_form, layer_mask
 
 
 class Attention(nn.Module):
-    """Multi-headed self-attention, eq. 3-5: A = softmax(q k^T / sqrt(D_h)), SA = A v."""
+    """Multi-headed self-attention, eq. 3-5: A = softmax(q k^T / sqrt(D_h)), SA = A v (`attend`)."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -33,13 +27,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)  # W_MSA
 
-    def forward(self, z: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (B, N, D); attn_mask: (B, 1, 1, N) bool, True = attend. Returns (B, N, D)."""
-        b, n, d = z.shape
-        qkv = self.qkv(z).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, D_h)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, N, D); mask: a `key_mask` operand. Returns (B, N, D)."""
+        if current_form() == "ort":  # the bias goes into the fused attention node
+            q, k, v = F.linear(z, self.qkv.weight).split(self.proj.in_features, dim=-1)
+            return self.proj(attend(q, k, v, mask, self.heads, self.qkv.bias))
+        q, k, v = self.qkv(z).split(self.proj.in_features, dim=-1)  # split, not chunk: chunk exports shape arithmetic
+        return self.proj(attend(q, k, v, mask, self.heads))
 
 
 class MLP(nn.Module):
@@ -63,9 +57,9 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
         self.mlp = MLP(width, mlp_width)
 
-    def forward(self, z: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (B, N, D) -> (B, N, D)."""
-        z = z + self.attn(self.norm1(z), attn_mask)  # eq. 1
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, N, D) -> (B, N, D); mask: a `key_mask` operand."""
+        z = z + self.attn(self.norm1(z), mask)  # eq. 1
         return z + self.mlp(self.norm2(z))  # eq. 2
 
 
@@ -82,9 +76,10 @@ class Transformers(nn.Module):
         self.blocks = nn.ModuleList(TransformerLayer(cfg.width, cfg.heads, cfg.mlp_width) for _ in range(n_layers))
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
 
-    def forward(self, z: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (B, N, D); pad_mask: (B, N) bool, True = padding (masked out as a key). Returns (B, N, D)."""
-        attn_mask = key_padding_to_attn_mask(pad_mask)
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, N, D); mask: which keys may be attended, a `key_mask(pad_mask)` operand (made once
+        per stack: every layer shares it). Returns (B, N, D)."""
+        mask = layer_mask(mask)
         for i in range(self.depth):
-            z = self.blocks[i % len(self.blocks)](z, attn_mask)
+            z = self.blocks[i % len(self.blocks)](z, mask)
         return self.norm(z)

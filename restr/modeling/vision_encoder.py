@@ -13,11 +13,12 @@ def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N_v, C*P*P), patches in row-major order, features ordered (C, P_h, P_w).
 
     The (C, P_h, P_w) order is the flattening of a stride-P conv kernel, so timm checkpoints load as is.
+    Sizes are Python ints and the batch is -1, so an exported graph reshapes to constant targets.
     """
-    b, c, h, w = image.shape
+    c, h, w = (int(s) for s in image.shape[1:])
     p = patch_size
-    x = image.reshape(b, c, h // p, p, w // p, p)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+    x = image.reshape(-1, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(-1, (h // p) * (w // p), c * p * p)
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
@@ -77,7 +78,7 @@ class VisionEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: (B, 3, H, W) normalised, H and W divisible by P. Returns z_v: (B, N_v, D_v)."""
-        h, w = image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size
+        h, w = int(image.shape[-2]) // self.patch_size, int(image.shape[-1]) // self.patch_size
         pos = self.pos_embed
         if (h, w) != self.grid:  # another input size: interpolate the position grid on the fly
             pos = resize_pos_embed(pos, self.grid, (int(h), int(w)))
