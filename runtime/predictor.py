@@ -10,23 +10,32 @@
 
 Encode once, ask many: the vision graph runs once per image (its features are kept in a bounded
 LRU cache keyed by a hash of the image's pixels and the letterbox), then the language and
-fusion-decoder graphs run on the expressions in batches of the manifest's `max_batch`, the image's
-features repeated along the batch.
+fusion-decoder graphs run on the expressions in batches of the manifest's `max_batch`, one image's
+features shared by the batch.
 
 Threads: one Predictor may be shared. `predict_image(image, texts)` is stateless; `set_image` /
 `predict` keep the current image per thread (what thread A sets, thread B does not see). The
 runners, the cache and the counters are thread-safe.
 
-Pre-processing is `restr.runtime.transforms` (EXIF orientation, any mode to RGB, letterbox,
-normalise), the code training uses; post-processing maps the probabilities back onto the
-original image (`Letterbox.invert`) and thresholds them.
+Pre- and post-processing are the export's `preprocess` and `postprocess` graphs (letterbox and
+normalise; crop, resize back to the photo, threshold, score), run by ONNX Runtime whatever runs the
+model, so every host computes the same; EXIF orientation and any mode to RGB come first, on the
+host (`as_rgb`). Exports without those graphs use `restr.runtime.transforms`, the same computation
+with Pillow.
+
+On a GPU (ONNX Runtime's CUDA execution provider, every graph on it) the predictor keeps the data on
+the device (`_DevicePath`): one host-to-device copy of the uint8 image, the preprocessed image and
+the visual features in bound device buffers, each model graph replayed as a CUDA graph per batch
+bucket, and one device-to-host copy of the masks (and of the probabilities when asked for).
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +45,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from restr.runtime.artifacts import END_TO_END, STAGES, Artifacts
-from restr.runtime.runners import Runner, graph_key, make_runner
+from restr.runtime.formats import POSTPROCESS, PREPROCESS
+from restr.runtime.runners import OrtRunner, Runner, graph_key, host, make_runner, pad_batch
 from restr.runtime.tokenizer import Encoded, Vocabulary, split_words
 from restr.runtime.transforms import MAX_IMAGE_PIXELS, ImageError, Letterbox, load_image, mean_fill, normalize, to_rgb
 
@@ -63,7 +73,7 @@ class Prediction:
 
     text: str
     mask: np.ndarray  # (H, W) bool, original image resolution
-    probs: np.ndarray  # (H, W) float32 pixel probabilities, original image resolution
+    probs: np.ndarray | None  # (H, W) float32 pixel probabilities, original image resolution (None: not asked for)
     score: float
     area: int  # pixels in the mask
     patch_score: float
@@ -82,12 +92,14 @@ class ImageEmbedding:
     """An image prepared for the fusion decoder: what `set_image` computes and the cache holds.
 
     `features` is (1, N_v, D) visual features (split graphs), or the (1, 3, S, S) normalised
-    letterboxed image when the predictor runs the end-to-end graph.
+    letterboxed image when the predictor runs the end-to-end graph. On the GPU path they live in
+    the predictor's device buffer and `features` is None until another image takes that buffer
+    while this embedding is still referenced: then they are copied to the host.
     """
 
     key: str  # hash of the RGB pixels and the letterbox
     letterbox: Letterbox
-    features: np.ndarray
+    features: np.ndarray | None
     timings: dict  # ms: preprocess, vision
 
     @property
@@ -190,14 +202,18 @@ class Predictor:
         vocab: Vocabulary,
         threshold: float | None = None,
         cache_size: int = 8,
+        processing: dict[str, Runner] | None = None,
+        max_expressions: int = 256,
     ):
         self.artifacts = artifacts
         self.runners = runners
+        self.processing = processing or {}  # "preprocess" / "postprocess" runners (ONNX Runtime)
         self.vocab = vocab
+        self.max_expressions = int(max_expressions)
         self.mode = "split" if all(s in runners for s in STAGES) else END_TO_END
         if self.mode == END_TO_END and END_TO_END not in runners:
             raise ValueError(f"runners must hold {STAGES} or {END_TO_END!r}, got {sorted(runners)}")
-        self.threshold = artifacts.threshold if threshold is None else float(threshold)
+        self.threshold = artifacts.threshold if threshold is None else check_threshold(threshold)
         self.max_batch = min([artifacts.max_batch] + [r.max_batch for r in runners.values() if getattr(r, "max_batch", None)])
         fill = (artifacts.manifest.get("letterbox") or {}).get("fill", "mean")
         self.fill = mean_fill(artifacts.mean) if fill == "mean" else tuple(int(c) for c in fill)
@@ -205,6 +221,7 @@ class Predictor:
         self._local = threading.local()
         self._lock = threading.Lock()
         self.vision_runs = 0  # how often the image encoder ran (cache misses in split mode)
+        self._device = _DevicePath.maybe(self)
 
     @classmethod
     def from_artifacts(
@@ -217,6 +234,7 @@ class Predictor:
         threshold: float | None = None,
         mode: str = "auto",
         threads: int | None = None,
+        cuda_graph: bool = True,
     ) -> "Predictor":
         """Open an export folder and load the graphs one predictor needs.
 
@@ -226,6 +244,7 @@ class Predictor:
         TensorRT, CUDA when this onnxruntime has them; or a list like ["cuda", "cpu"]).
         mode: "split" (encode once, ask many), "end_to_end" (the single graph) or "auto" (split
         when the export has the split graphs). threads: ONNX Runtime intra-op threads.
+        cuda_graph: on CUDA, capture each model graph's batch buckets as CUDA graphs.
         Raises ArtifactError for a folder, manifest, graph or checksum that cannot be used.
         """
         if mode not in MODES:
@@ -237,8 +256,13 @@ class Predictor:
             mode = END_TO_END if graph_key(END_TO_END, precision) in table and not all(k in table for k in split) else "split"
         stages = STAGES if mode == "split" else (END_TO_END,)
         vocab = art.vocabulary()
-        runners = {s: make_runner(art, graph_key(s, precision), backend, providers=providers, threads=threads) for s in stages}
-        return cls(art, runners, vocab, threshold=threshold, cache_size=cache_size)
+        runners = {s: make_runner(art, graph_key(s, precision), backend, providers=providers, threads=threads, cuda_graph=cuda_graph)
+                   for s in stages}
+        # Pre- and post-processing run in ONNX Runtime on every backend, on the model's device.
+        pp_providers = providers if backend == "ort" else (providers or "auto")
+        processing = {k: make_runner(art, k, "ort", providers=pp_providers, threads=threads)
+                      for k in (PREPROCESS, POSTPROCESS) if k in art.graphs}
+        return cls(art, runners, vocab, threshold=threshold, cache_size=cache_size, processing=processing)
 
     # -- images ---------------------------------------------------------------------------------
 
@@ -248,25 +272,36 @@ class Predictor:
         image: path, PIL image or numpy array (see `as_rgb`).
         """
         t0 = time.perf_counter()
-        rgb = as_rgb(image)
-        lb = Letterbox.fit((rgb.height, rgb.width), self.artifacts.image_size)
-        h = hashlib.blake2b(rgb.tobytes(), digest_size=16)
-        h.update(repr((rgb.size, lb, self.mode, self.fill)).encode())
+        rgb = np.asarray(as_rgb(image))  # (H, W, 3) uint8, EXIF orientation applied
+        h = hashlib.blake2b(rgb, digest_size=16)
+        h.update(repr((rgb.shape, self.artifacts.image_size, self.mode, self.fill)).encode())
         key = h.hexdigest()
         cached = self.cache.get(key)
         if cached is not None:
             return ImageEmbedding(cached.key, cached.letterbox, cached.features, {"preprocess": _ms(t0), "vision": 0.0})
-        x = normalize(lb.image(rgb, self.fill), self.artifacts.mean, self.artifacts.std)[None]  # (1, 3, S, S)
-        t1 = time.perf_counter()
-        timings = {"preprocess": _ms(t0, t1), "vision": 0.0}
+        if self._device is not None:
+            emb = self._device.embed(key, rgb, t0)
+        else:
+            x, lb = self.preprocess(rgb)
+            t1 = time.perf_counter()
+            timings = {"preprocess": _ms(t0, t1), "vision": 0.0}
+            if self.mode == "split":
+                x = self.runners["vision"].run({"image": x})["visual_features"]  # (1, N_v, D)
+                timings["vision"] = _ms(t1)
+            emb = ImageEmbedding(key, lb, x, timings)
         if self.mode == "split":
-            x = self.runners["vision"].run({"image": x})["visual_features"]  # (1, N_v, D)
-            timings["vision"] = _ms(t1)
             with self._lock:
                 self.vision_runs += 1
-        emb = ImageEmbedding(key, lb, x, timings)
         self.cache.put(key, emb)
         return emb
+
+    def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """(H, W, 3) uint8 RGB -> the model's (1, 3, S, S) input and its letterbox, on the host."""
+        if PREPROCESS in self.processing:
+            x, letterbox = (self.processing[PREPROCESS].run({"rgb": rgb})[k] for k in ("image", "letterbox"))
+            return x, letterbox_of(letterbox, self.artifacts.image_size)
+        lb = Letterbox.fit(rgb.shape[:2], self.artifacts.image_size)
+        return normalize(lb.image(Image.fromarray(rgb), self.fill), self.artifacts.mean, self.artifacts.std)[None], lb
 
     def set_image(self, image) -> ImageEmbedding:
         """Make `image` this thread's current image for `predict` (its features computed or cached)."""
@@ -316,70 +351,236 @@ class Predictor:
         words, pad_mask: (K, N_l). Returns pixel_probs (K, 1, S, S) on the letterboxed square,
         patch_probs (K, N_v) and the time spent per stage in ms (totals over the K expressions).
         """
+        if self._device is not None:
+            return self._device.decode(embedding, words, pad_mask)
         pixel, patch, times = [], [], {}
         for i in range(0, len(words), self.max_batch):
             w, m = words[i : i + self.max_batch], pad_mask[i : i + self.max_batch]
-            k = len(w)
-            feats = np.repeat(embedding.features, k, axis=0)
             if self.mode == "split":
                 t0 = time.perf_counter()
                 l = self.runners["language"].run({"words": w, "pad_mask": m})["linguistic_features"]
                 t1 = time.perf_counter()
-                out = self.runners["fusion_decoder"].run({"visual_features": feats, "linguistic_features": l, "pad_mask": m})
+                # one image's features, shared by the chunk's expressions (image_batch 1)
+                out = self.runners["fusion_decoder"].run({"visual_features": embedding.features, "linguistic_features": l, "pad_mask": m})
                 times["language"] = times.get("language", 0.0) + _ms(t0, t1)
                 times["fusion_decoder"] = times.get("fusion_decoder", 0.0) + _ms(t1)
             else:
                 t0 = time.perf_counter()
+                feats = np.repeat(embedding.features, len(w), axis=0)
                 out = self.runners[END_TO_END].run({"image": feats, "words": w, "pad_mask": m})
                 times[END_TO_END] = times.get(END_TO_END, 0.0) + _ms(t0)
             pixel.append(out["pixel_probs"])
             patch.append(out["patch_probs"])
         return np.concatenate(pixel), np.concatenate(patch), times
 
-    def predict(self, texts: str | list[str], threshold: float | None = None) -> list[Prediction]:
+    def predict(self, texts: str | list[str], threshold: float | None = None, probs: bool = True) -> list[Prediction]:
         """Masks for one or many expressions about this thread's current image (`set_image` first)."""
         emb = self.embedding
         if emb is None:
             raise RuntimeError("no image set: call set_image(image) before predict(texts), or use predict_image")
-        return self.predict_embedding(emb, texts, threshold)
+        return self.predict_embedding(emb, texts, threshold, probs)
 
-    def predict_image(self, image, texts: str | list[str], threshold: float | None = None) -> list[Prediction]:
+    def predict_image(self, image, texts: str | list[str], threshold: float | None = None, probs: bool = True) -> list[Prediction]:
         """Stateless `set_image` + `predict`: safe to call from many threads at once."""
-        return self.predict_embedding(self.embed(image), texts, threshold)
+        return self.predict_embedding(self.embed(image), texts, threshold, probs)
 
-    def predict_embedding(self, embedding: ImageEmbedding, texts: str | list[str], threshold: float | None = None) -> list[Prediction]:
-        """Masks for expressions about an image already embedded (`embed`)."""
+    def predict_embedding(self, embedding: ImageEmbedding, texts: str | list[str], threshold: float | None = None,
+                          probs: bool = True) -> list[Prediction]:
+        """Masks for expressions about an image already embedded (`embed`). `probs=False` leaves
+        `Prediction.probs` None (and on a GPU, the probabilities on the device)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        if len(texts) > self.max_expressions:
+            raise TextError(f"{len(texts)} expressions in one call; at most {self.max_expressions} (max_expressions)")
         enc = self.encode_text(texts)
-        thr = self.threshold if threshold is None else float(threshold)
-        pixel, patch, times = self.decode(embedding, enc.words, enc.pad_mask)
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        if self._device is not None:
+            out, times = self._device.predict(embedding, enc.words, enc.pad_mask, thr, probs)
+        else:
+            out, times = self._predict_host(embedding, enc.words, enc.pad_mask, thr, probs)
         k = len(texts)
         shared = {**embedding.timings, **{name: ms / k for name, ms in times.items()}}
-        preds = []
-        for i, text in enumerate(texts):
-            t0 = time.perf_counter()
-            probs = embedding.letterbox.invert(pixel[i, 0])  # (H, W) on the original image
-            mask = probs > thr
-            area = int(mask.sum())
-            score = float(probs[mask].mean()) if area else 0.0
-            preds.append(
-                Prediction(
-                    text=text,
-                    mask=mask,
-                    probs=probs,
-                    score=score,
-                    area=area,
-                    patch_score=float(patch[i].max()),
-                    unknown_words=list(dict.fromkeys(enc.unknown[i])),  # each word once, in order
-                    truncated=bool(enc.truncated[i]),
-                    timings={**shared, "postprocess": _ms(t0)},
-                )
+        return [
+            Prediction(
+                text=text,
+                mask=out["mask"][i],
+                probs=out["probs"][i] if probs else None,
+                score=float(out["score"][i]),
+                area=int(out["area"][i]),
+                patch_score=float(out["patch_probs"][i].max()),
+                unknown_words=list(dict.fromkeys(enc.unknown[i])),  # each word once, in order
+                truncated=bool(enc.truncated[i]),
+                timings=shared,
             )
-        return preds
+            for i, text in enumerate(texts)
+        ]
+
+    def _predict_host(self, embedding, words, pad_mask, thr, probs) -> tuple[dict, dict]:
+        pixel, patch, times = self.decode(embedding, words, pad_mask)
+        t0 = time.perf_counter()
+        lb = embedding.letterbox
+        if POSTPROCESS in self.processing:
+            out = self.processing[POSTPROCESS].run(
+                {"pixel_probs": pixel, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": np.array([thr], np.float32)})
+        else:
+            p = np.stack([lb.invert(x[0]) for x in pixel])
+            mask = p > thr
+            area = mask.sum((1, 2))
+            out = {"probs": p, "mask": mask, "area": area,
+                   "score": np.array([p[i][mask[i]].mean() if area[i] else 0.0 for i in range(len(p))])}
+        times["postprocess"] = _ms(t0)
+        return {**out, "patch_probs": patch}, times
 
     def __repr__(self) -> str:
         runners = ", ".join(repr(r) for r in self.runners.values())
         return f"Predictor({self.artifacts.root}, model={self.artifacts.model_name}, mode={self.mode}, runners=[{runners}])"
+
+
+def check_threshold(threshold) -> float:
+    """A mask threshold: a number in [0, 1]; ValueError otherwise (NaN included)."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
+    if not (0.0 <= t <= 1.0):  # also false for NaN
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
+    return t
+
+
+def letterbox_of(letterbox: np.ndarray, size: int) -> Letterbox:
+    """The preprocess graph's letterbox output [H, W, h, w] as a `Letterbox`."""
+    h, w, nh, nw = (int(v) for v in np.asarray(letterbox).reshape(-1))
+    return Letterbox(size=size, src_hw=(h, w), new_hw=(nh, nw))
+
+
+class _DevicePath:
+    """The predictor's GPU path: every graph in ONNX Runtime's CUDA EP, data kept on the device.
+
+    The preprocess graph writes the image into the first model graph's bound input; the vision
+    graph writes the features into one device buffer (`slot`) that every fusion-decoder bucket
+    reads, and the language graph writes into the buffers the fusion-decoder bucket of the same
+    size reads. The model graphs' buckets replay as CUDA graphs. The slot holds one image's
+    features at a time: when another image takes it, the previous embedding (if still referenced)
+    gets a host copy, which is copied back when it is asked about again. A lock serialises calls:
+    the buffers are shared and the GPU runs one stream.
+    """
+
+    def __init__(self, predictor: "Predictor"):
+        self.p = predictor
+        self.lock = threading.Lock()
+        self.owner = None  # weakref to the ImageEmbedding whose data is in the slot
+        self.pre, self.post = predictor.processing[PREPROCESS], predictor.processing[POSTPROCESS]
+        r = predictor.runners
+        if predictor.mode == "split":
+            self.vision = r["vision"].binding(1)
+            self.slot = self.vision.outputs["visual_features"]  # (1, N_v, D)
+        else:
+            self.slot = r[END_TO_END].binding(1).inputs["image"]  # (1, 3, S, S), shared by every bucket
+        self.image_in = self.vision.inputs["image"] if predictor.mode == "split" else self.slot
+
+    @classmethod
+    def maybe(cls, predictor: "Predictor") -> "_DevicePath | None":
+        runners = [*predictor.runners.values(), *predictor.processing.values()]
+        ok = (all(isinstance(r, OrtRunner) for r in runners)
+              and all(r.bound for r in predictor.runners.values())
+              and all(r.on_cuda == predictor.runners[next(iter(predictor.runners))].on_cuda for r in runners)
+              and {PREPROCESS, POSTPROCESS} <= set(predictor.processing))
+        return cls(predictor) if ok else None
+
+    def _take_slot(self, emb: "ImageEmbedding | None") -> None:
+        """Before the slot changes hands: a host copy for the embedding that leaves it, if alive."""
+        old = self.owner() if self.owner is not None else None
+        if old is not None and old is not emb and old.features is None:
+            object.__setattr__(old, "features", host(self.slot))
+        self.owner = weakref.ref(emb) if emb is not None else None
+
+    def embed(self, key: str, rgb: np.ndarray, t0: float) -> ImageEmbedding:
+        with self.lock:
+            self._take_slot(None)
+            out = self.pre.run_device({"rgb": rgb}, {"image": self.image_in, "letterbox": "cpu"})  # the one H2D copy
+            lb = letterbox_of(out["letterbox"].numpy(), self.p.artifacts.image_size)
+            t1 = time.perf_counter()
+            timings = {"preprocess": _ms(t0, t1), "vision": 0.0}
+            if self.p.mode == "split":
+                self.vision.run()
+                timings["vision"] = _ms(t1)
+            emb = ImageEmbedding(key, lb, None, timings)
+            self.owner = weakref.ref(emb)
+            return emb
+
+    def _bring(self, emb: ImageEmbedding) -> None:
+        """Make the slot hold `emb`'s data (call under the lock)."""
+        if self.owner is not None and self.owner() is emb:
+            return
+        if emb.features is None:  # cannot happen: a live embedding gets its host copy when it leaves the slot
+            raise RuntimeError("this image embedding's features are no longer on the device; embed the image again")
+        self._take_slot(emb)
+        self.slot.update_inplace(np.ascontiguousarray(emb.features, dtype=np.float32))
+
+    def _model(self, words: np.ndarray, pad: np.ndarray):
+        """The bound model graphs for one chunk; returns the bucket binding whose outputs hold the probabilities."""
+        r, n = self.p.runners, len(words)
+        if self.p.mode == "split":
+            lang = r["language"].binding(n)
+            fd = r["fusion_decoder"].binding(n, inputs={"visual_features": self.slot, "pad_mask": lang.inputs["pad_mask"],
+                                                        "linguistic_features": lang.outputs["linguistic_features"]})
+            stages = [("language", lang), ("fusion_decoder", fd)]
+        else:
+            e2e = r[END_TO_END].binding(n, inputs={"image": self.slot} if n == 1 else {})
+            stages = [(END_TO_END, e2e)]
+        first = stages[0][1]
+        first.inputs["words"].update_inplace(pad_batch(words, first.batch))
+        first.inputs["pad_mask"].update_inplace(pad_batch(pad, first.batch))
+        return stages
+
+    def decode(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray):
+        """Predictor.decode on the device; the probabilities come back to the host."""
+        pixel, patch = [], []
+        with self.lock:
+            self._bring(emb)
+            for i in range(0, len(words), self.p.max_batch):
+                w, m = words[i : i + self.p.max_batch], pad[i : i + self.p.max_batch]
+                for chunk in self._chunks(w, m):
+                    *_, (_, last) = self._run(chunk)
+                    pixel.append(host(last.outputs["pixel_probs"])[: len(chunk[0])])
+                    patch.append(host(last.outputs["patch_probs"])[: len(chunk[0])])
+        return np.concatenate(pixel), np.concatenate(patch), {}
+
+    def _chunks(self, w, m):
+        # The end-to-end graph's image buffer holds one image: expressions go one at a time there.
+        if self.p.mode == "split":
+            return [(w, m)]
+        return [(w[j : j + 1], m[j : j + 1]) for j in range(len(w))]
+
+    def _run(self, chunk):
+        stages = self._model(*chunk)
+        for _, binding in stages:
+            binding.run()
+        return stages
+
+    def predict(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray, thr: float, probs: bool) -> tuple[dict, dict]:
+        parts, times = [], {}
+        letterbox = np.array([*emb.letterbox.src_hw, *emb.letterbox.new_hw], np.int64)
+        threshold = np.array([thr], np.float32)
+        with self.lock:
+            self._bring(emb)
+            for i in range(0, len(words), self.p.max_batch):
+                for w, m in self._chunks(words[i : i + self.p.max_batch], pad[i : i + self.p.max_batch]):
+                    n = len(w)
+                    t0 = time.perf_counter()
+                    stages = self._model(w, m)
+                    for name, binding in stages:
+                        binding.run()
+                        times[name] = times.get(name, 0.0) + _ms(t0)
+                        t0 = time.perf_counter()
+                    last = stages[-1][1]
+                    out = self.post.run_device(  # the masks' one device-to-host copy
+                        {"pixel_probs": last.outputs["pixel_probs"], "letterbox": letterbox, "threshold": threshold},
+                        {"mask": "cpu", "score": "cpu", "area": "cpu", "probs": "cpu" if probs else "cuda"})
+                    part = {k: v.numpy()[:n] for k, v in out.items() if k != "probs" or probs}
+                    part["patch_probs"] = host(last.outputs["patch_probs"])[:n]
+                    times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
+                    parts.append(part)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, times
 
 
 def _ms(t0: float, t1: float | None = None) -> float:

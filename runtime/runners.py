@@ -5,19 +5,24 @@
     runner = make_runner(artifacts, "vision", backend="ort")
     out = runner.run({"image": x})            # {"visual_features": (B, N_v, D) float32}
 
-`OrtRunner` uses ONNX Runtime (CPU; the CUDA and TensorRT execution providers when present and
-asked for); `TrtRunner` (trt_runner.py) runs native TensorRT engines. Both share `prepare_feeds`,
-which checks names, dtypes and the fixed dimensions against the manifest's specs, so a bad call
-fails the same way on every backend. `run` is thread-safe on both.
+Every runner keeps one protocol (`Runner`): `name`, `backend`, `device`, `input_specs`,
+`output_names`, `max_batch`, `run(feeds, timings=None)` and `close()`. `run` checks its inputs with
+`prepare_feeds` (names, dtypes, fixed dimensions, the batch) the same way on every backend, and when
+given a dict adds the milliseconds of its phases to it: "h2d", "compute", "d2h" on a GPU, "compute"
+on a CPU. `OrtRunner` uses ONNX Runtime (CPU, or the CUDA execution provider with IO binding and
+CUDA graphs); `TrtRunner` (trt_runner.py) runs native TensorRT engines. `run` is thread-safe on both.
 """
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec
+from restr.runtime.formats import BATCH, IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
 
 BACKENDS = ("ort", "tensorrt")
 PROVIDER_ALIASES = {
@@ -28,16 +33,28 @@ PROVIDER_ALIASES = {
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # preference order for "auto"
 
 
+class RunnerClosedError(RuntimeError):
+    """`run` on a runner after `close()`."""
+
+
 @runtime_checkable
 class Runner(Protocol):
-    """What the predictor needs from a backend."""
+    """What the predictor, the benchmarks and the export verification need from a backend."""
 
-    name: str
+    name: str  # the manifest key it runs, e.g. "vision_fp16"
+    backend: str  # "onnxruntime", "tensorrt" or "pytorch"
+    device: str  # "cpu" or "cuda:N"
     input_specs: tuple[TensorSpec, ...]
     output_names: tuple[str, ...]
+    max_batch: int | None  # the largest batch it takes; None: any
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Named inputs -> named outputs (numpy, host memory). Thread-safe."""
+    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
+        """Named inputs -> named outputs (numpy, host memory). Thread-safe. `timings`, when given,
+        gets the milliseconds of each phase added ("h2d", "compute", "d2h")."""
+        ...
+
+    def close(self) -> None:
+        """Release the session or engine and its memory; idempotent. `run` then raises RunnerClosedError."""
         ...
 
 
@@ -45,12 +62,13 @@ def prepare_feeds(specs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray], w
     """Check `feeds` against `specs` and return contiguous arrays of the spec's dtypes and the batch.
 
     Raises ValueError naming the input on a missing name, a wrong fixed dimension or a batch that
-    differs between inputs (all inputs of a restr graph share the batch axis).
+    differs between inputs (all inputs share the batch axis, but an `image_batch` axis may also
+    be 1: one image's features shared by the batch's expressions).
     """
     missing = [s.name for s in specs if s.name not in feeds]
     if missing:
         raise ValueError(f"{where}: missing inputs {missing} (expects {[s.name for s in specs]})")
-    out, batch = {}, None
+    out, batch, shared = {}, None, []
     for s in specs:
         x = np.ascontiguousarray(feeds[s.name], dtype=np.dtype(s.dtype))
         if x.ndim != len(s.shape):
@@ -58,11 +76,44 @@ def prepare_feeds(specs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray], w
         for got, want in zip(x.shape, s.shape):
             if not isinstance(want, str) and got != want:
                 raise ValueError(f"{where}: input {s.name!r} has shape {x.shape}, expected {list(s.shape)}")
+        out[s.name] = x
+        if s.shape and s.shape[0] == IMAGE_BATCH:
+            shared.append(s.name)
+            continue
+        if not s.shape or s.shape[0] != BATCH:  # no batch axis (the processing graphs' letterbox, rgb)
+            continue
         if batch is not None and x.shape[0] != batch:
             raise ValueError(f"{where}: inputs disagree on the batch size ({batch} vs {x.shape[0]} for {s.name!r})")
         batch = x.shape[0]
-        out[s.name] = x
+    for name in shared:
+        n = out[name].shape[0]
+        if batch is None:
+            batch = n
+        elif n not in (1, batch):
+            raise ValueError(f"{where}: input {name!r} has batch {n}: it must be 1 (shared) or the batch {batch}")
     return out, int(batch or 0)
+
+
+def bucket_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
+    """`spec`'s shape at `batch`, an image_batch axis at 1 (one image shared by the batch)."""
+    return tuple(1 if d == IMAGE_BATCH else batch if isinstance(d, str) else int(d) for d in spec.shape)
+
+
+def buckets(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes that get their own CUDA graph: powers of two up to max_batch, and max_batch."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return tuple(sizes + [max_batch])
+
+
+def pad_batch(x: np.ndarray, batch: int) -> np.ndarray:
+    """x with its first axis grown to `batch` by repeating its last row (rows of real data, so the
+    padding computes nothing undefined); the caller keeps the first len(x) results."""
+    if len(x) >= batch:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], batch - len(x), axis=0)])
 
 
 def available_providers() -> list[str]:
@@ -99,59 +150,213 @@ def choose_providers(requested=None, available: list[str] | None = None) -> list
 
 
 class OrtRunner:
-    """An ONNX graph in an `onnxruntime.InferenceSession`.
+    """An ONNX graph in an `onnxruntime.InferenceSession`, on the CPU or the CUDA execution provider.
 
     The file's sha256 is checked on the bytes the session is built from. `threads` sets ONNX
-    Runtime's intra-op threads (None: its default, one per core). `InferenceSession.run` is
-    thread-safe, so one runner serves many threads.
+    Runtime's intra-op threads (None: its default, one per core).
+
+    On CUDA the runner keeps, per batch bucket (`buckets(max_batch)`), device buffers for every input
+    and output bound once (`DeviceBinding`), so ONNX Runtime can capture each bucket's run as a
+    CUDA graph and replay it (`cuda_graph`); a batch runs in the smallest bucket that holds it,
+    padded. Graphs with dynamic shapes other than the batch (pre- and post-processing) run
+    without buckets (`run_device`). Sessions are thread-safe; a bucket's buffers are shared, so
+    runs on CUDA are serialised by a lock.
     """
 
-    def __init__(self, artifacts: Artifacts, info: GraphInfo, providers=None, threads: int | None = None):
+    backend = "onnxruntime"
+
+    def __init__(self, artifacts: Artifacts, info: GraphInfo, providers=None, threads: int | None = None,
+                 cuda_graph: bool = True, max_batch: int | None = None, device_id: int = 0, bind: bool | None = None):
         import onnxruntime as ort  # imported here: keeps `import restr.runtime` light
 
+        self._ort = ort
         self.name = info.key
         self.info = info
         self.input_specs = info.inputs
         self.output_names = tuple(s.name for s in info.outputs)
         self.providers = choose_providers(providers)
-        data = artifacts.read_verified(info)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # errors only: ORT's warnings are not for end users
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(data, sess_options=opts, providers=self.providers)
-        except Exception as e:  # ORT raises its own exception types for a bad model
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{info.path}: not a loadable ONNX graph ({first})") from None
+        self.on_cuda = self.providers[0] in _GPU_PROVIDERS
+        self.device = f"cuda:{device_id}" if self.on_cuda else "cpu"
+        self.device_id = device_id
+        # Bucketed device bindings: on CUDA by default; `bind=True` on a CPU runs the same code path
+        # with host buffers (how the tests exercise it without a GPU).
+        self.bound = bool(max_batch) and (self.on_cuda if bind is None else bind)
+        self.max_batch = max_batch if self.bound else None
+        self.cuda_graph = bool(cuda_graph and self.on_cuda and self.bound)
+        self._data = artifacts.read_verified(info)
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._bindings: dict[int, DeviceBinding] = {}
+        self.session = self._session(self.cuda_graph)
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(s.name for s in self.input_specs):
             raise ArtifactError(f"{info.path}: graph inputs {names} do not match the manifest's {[s.name for s in self.input_specs]}")
         if not self.output_names:
             self.output_names = tuple(o.name for o in self.session.get_outputs())
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds, _ = prepare_feeds(self.input_specs, feeds, self.name)
-        outs = self.session.run(list(self.output_names), feeds)
-        return dict(zip(self.output_names, outs))
+    def _session(self, cuda_graph: bool):
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only: ORT's warnings are not for end users
+        if self._threads:
+            opts.intra_op_num_threads = int(self._threads)
+            opts.inter_op_num_threads = 1
+        providers = [(p, {"device_id": str(self.device_id), "enable_cuda_graph": "1" if cuda_graph else "0"})
+                     if p == PROVIDER_ALIASES["cuda"] else p for p in self.providers]
+        try:
+            return ort.InferenceSession(self._data, sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for a bad model
+            raise ArtifactError(f"{self.info.path}: not a loadable ONNX graph ({_first_line(e)})") from None
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
+        feeds, batch = prepare_feeds(self.input_specs, feeds, self.name)
+        if self.session is None:
+            raise RunnerClosedError(f"{self.name}: the runner is closed")
+        if not self.max_batch:  # CPU, or a graph without batch buckets
+            t0 = time.perf_counter()
+            outs = self.session.run(list(self.output_names), feeds)
+            _add(timings, "compute", t0)
+            return dict(zip(self.output_names, outs))
+        if batch > self.max_batch:
+            raise ValueError(f"{self.name}: batch {batch} is above the runner's max_batch {self.max_batch}")
+        with self._lock:
+            binding = self.binding(batch)
+            t0 = time.perf_counter()
+            for name, x in feeds.items():
+                binding.inputs[name].update_inplace(x if x.shape[0] == 1 and name in binding.shared else pad_batch(x, binding.batch))
+            t1 = time.perf_counter()
+            self.replay(binding)
+            t2 = time.perf_counter()
+            outs = {name: host(binding.outputs[name])[:batch] for name in self.output_names}
+            _add(timings, "h2d", t0, t1)
+            _add(timings, "compute", t1, t2)
+            _add(timings, "d2h", t2)
+        return outs
+
+    def close(self) -> None:
+        with self._lock:
+            self._bindings.clear()
+            self.session = None
+
+    # -- the GPU side ----------------------------------------------------------------------------
+
+    def bucket(self, batch: int) -> int:
+        """The batch bucket a batch of `batch` runs in."""
+        return next(b for b in buckets(self.max_batch) if b >= batch)
+
+    def binding(self, batch: int, inputs: dict | None = None) -> "DeviceBinding":
+        """The device binding of `batch`'s bucket (made on first use; `inputs` then names device
+        buffers, another graph's outputs, to bind instead of new ones: they must be of the bucket's
+        shape). Callers hold the binding's buffers fixed: that is what CUDA graphs replay."""
+        b = self.bucket(batch)
+        if b not in self._bindings:
+            self._bindings[b] = DeviceBinding(self, b, len(self._bindings), inputs or {})
+        return self._bindings[b]
+
+    def replay(self, binding: "DeviceBinding") -> None:
+        """Run one bucket on its bound buffers (captured as a CUDA graph where allowed)."""
+        if self.session is None:
+            raise RunnerClosedError(f"{self.name}: the runner is closed")
+        try:
+            self.session.run_with_iobinding(binding.io, binding.run_options)
+        except Exception as e:
+            if not (self.cuda_graph and "graph capture" in str(e)):
+                raise
+            # A node ONNX Runtime placed on the CPU forbids capture: run this graph uncaptured.
+            warnings.warn(f"{self.name}: CUDA graph capture refused by ONNX Runtime ({_first_line(e)}); running without",
+                          RuntimeWarning, stacklevel=2)
+            self.cuda_graph = False
+            self.session = self._session(False)
+            for b in list(self._bindings.values()):
+                b.rebind()
+            self.session.run_with_iobinding(binding.io, binding.run_options)
+
+    def run_device(self, inputs: dict, outputs: dict) -> dict:
+        """One run with IO binding: `inputs` maps names to OrtValues (on any device) or numpy arrays
+        (copied to the session's device); `outputs` maps output names to an OrtValue to write into,
+        or to "cpu" / "cuda" (allocated by ONNX Runtime there). Returns the output OrtValues."""
+        if self.session is None:
+            raise RunnerClosedError(f"{self.name}: the runner is closed")
+        ort, io = self._ort, self.session.io_binding()
+        for name, x in inputs.items():
+            if isinstance(x, np.ndarray):
+                x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), *self._where(True))
+            io.bind_ortvalue_input(name, x)
+        for name, target in outputs.items():
+            if isinstance(target, str):
+                io.bind_output(name, *self._where(target != "cpu"))
+            else:
+                io.bind_ortvalue_output(name, target)
+        self.session.run_with_iobinding(io)
+        return dict(zip(outputs, io.get_outputs()))
+
+    def _where(self, device: bool) -> tuple[str, int]:
+        return ("cuda", self.device_id) if device and self.on_cuda else ("cpu", 0)
 
     def __repr__(self) -> str:
-        return f"OrtRunner({self.name!r}, providers={self.providers})"
+        return f"OrtRunner({self.name!r}, providers={self.providers}, cuda_graph={self.cuda_graph})"
 
 
-def graph_key(stage: str, precision: str) -> str:
-    """Manifest key of a stage at a precision: ("vision", "fp16") -> "vision_fp16"."""
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
-    return stage if precision == "fp32" else f"{stage}_fp16"
+class DeviceBinding:
+    """One batch bucket of an `OrtRunner` on the GPU: device buffers for every input and output, bound
+    once to an IO binding, and the run options that give the bucket its own CUDA graph."""
+
+    def __init__(self, runner: OrtRunner, batch: int, graph_id: int, inputs: dict):
+        ort = runner._ort
+        self.runner, self.batch = runner, batch
+        specs = {s.name: s for s in runner.input_specs}
+        self.shared = {n for n, s in specs.items() if s.shape and s.shape[0] == IMAGE_BATCH}
+
+        where = runner._where(True)
+
+        def buffer(spec):
+            return ort.OrtValue.ortvalue_from_shape_and_type(bucket_shape(spec, batch), np.dtype(spec.dtype).type, *where)
+
+        self.inputs = {n: inputs.get(n) or buffer(s) for n, s in specs.items()}
+        self.outputs = {s.name: buffer(s) for s in runner.info.outputs}
+        self.run_options = ort.RunOptions()
+        self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        self.rebind()
+
+    def rebind(self) -> None:
+        """(Re)bind the buffers to the runner's current session."""
+        self.io = self.runner.session.io_binding()
+        for name, value in self.inputs.items():
+            self.io.bind_ortvalue_input(name, value)
+        for name, value in self.outputs.items():
+            self.io.bind_ortvalue_output(name, value)
+
+    def run(self) -> None:
+        self.runner.replay(self)
 
 
-def make_runner(artifacts: Artifacts, key: str, backend: str = "ort", providers=None, threads: int | None = None) -> Runner:
-    """The runner for manifest graph `key` on `backend` ("ort" or "tensorrt")."""
+def host(value) -> np.ndarray:
+    """An OrtValue's data as a numpy array of its own (a device value is copied to the host; a host
+    value's array is a view of a buffer that the next run overwrites, so it is copied too)."""
+    a = value.numpy()
+    return a.copy() if value.device_name().lower() == "cpu" else a
+
+
+def _add(timings: dict | None, phase: str, t0: float, t1: float | None = None) -> None:
+    if timings is not None:
+        timings[phase] = timings.get(phase, 0.0) + ((time.perf_counter() if t1 is None else t1) - t0) * 1000.0
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else type(e).__name__
+
+
+def make_runner(artifacts: Artifacts, key: str, backend: str = "ort", providers=None, threads: int | None = None,
+                cuda_graph: bool = True) -> Runner:
+    """The runner for manifest graph `key` on `backend` ("ort" or "tensorrt"). On CUDA, ONNX
+    Runtime runners of the model graphs get batch buckets up to the manifest's max_batch."""
     if backend == "ort":
-        return OrtRunner(artifacts, artifacts.graph(key), providers=providers, threads=threads)
+        return OrtRunner(artifacts, artifacts.graph(key), providers=providers, threads=threads, cuda_graph=cuda_graph,
+                         max_batch=artifacts.max_batch if key not in PROCESSING_GRAPHS else None)
     if backend == "tensorrt":
         from restr.runtime.trt_runner import TrtRunner
 

@@ -183,7 +183,8 @@ class TrtRunner:
             (inputs if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
         if specs is not None and sorted(s.name for s in specs.inputs) != sorted(s.name for s in inputs):
             raise ArtifactError(f"{info.path}: engine inputs {[s.name for s in inputs]} do not match the manifest's {[s.name for s in specs.inputs]}")
-        self.input_specs = tuple(inputs)
+        # The manifest's specs name the dynamic axes (batch, image_batch); the engine only says -1.
+        self.input_specs = specs.inputs if specs is not None and specs.inputs else tuple(inputs)
         self.output_specs = tuple(outputs)
         self.output_names = tuple(s.name for s in outputs)
         self._local = threading.local()

@@ -1,8 +1,7 @@
 """The torch-free runtime (restr.runtime) against the PyTorch model, on a tiny export.
 
-The export is made here by `export_tiny` (torch.onnx, docs/artifacts.md) with restr-tiny and
-seeded random weights; once `restr.export` lands, the `tiny` fixture's one export line switches
-to it.
+The export is made by restr-export's pipeline (`make_tiny_export`) from restr-tiny with seeded
+random weights spread out so the masks are not all empty.
 """
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,105 +79,6 @@ def make_tiny_model(vocab: Vocabulary, seed: int = 0) -> ReSTR:
     return model
 
 
-class _Vision(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, image):
-        return self.m.encode_image(image)
-
-
-class _Language(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, words, pad_mask):
-        return self.m.encode_text(words, pad_mask)
-
-
-class _FusionDecoder(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, visual_features, linguistic_features, pad_mask):
-        g = self.m.cfg.grid
-        pixel, patch = self.m.decode(visual_features, linguistic_features, pad_mask, (g, g))
-        return torch.sigmoid(pixel), torch.sigmoid(patch)
-
-
-class _EndToEnd(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, image, words, pad_mask):
-        pixel, patch = self.m(image, words, pad_mask)
-        return torch.sigmoid(pixel), torch.sigmoid(patch)
-
-
-def export_tiny(model: ReSTR, vocab: Vocabulary, out: Path, max_batch: int = 4) -> Path:
-    """A test-only export folder following docs/artifacts.md (fp32 graphs only)."""
-    cfg = model.cfg
-    s, nl, nv, d = cfg.image_size, cfg.max_words, cfg.num_patches, cfg.fusion.width
-    specs = {
-        "image": ("float32", ["batch", 3, s, s]),
-        "words": ("int64", ["batch", nl]),
-        "pad_mask": ("bool", ["batch", nl]),
-        "visual_features": ("float32", ["batch", nv, d]),
-        "linguistic_features": ("float32", ["batch", nl, d]),
-        "pixel_probs": ("float32", ["batch", 1, s, s]),
-        "patch_probs": ("float32", ["batch", nv]),
-    }
-    b = 2
-    example = {
-        "image": torch.zeros(b, 3, s, s),
-        "words": torch.ones(b, nl, dtype=torch.int64),
-        "pad_mask": torch.arange(nl)[None].expand(b, nl) >= 3,
-        "visual_features": torch.zeros(b, nv, d),
-        "linguistic_features": torch.zeros(b, nl, d),
-    }
-    graphs = {
-        "end_to_end": (_EndToEnd(model), ["image", "words", "pad_mask"], ["pixel_probs", "patch_probs"]),
-        "vision": (_Vision(model), ["image"], ["visual_features"]),
-        "language": (_Language(model), ["words", "pad_mask"], ["linguistic_features"]),
-        "fusion_decoder": (_FusionDecoder(model), ["visual_features", "linguistic_features", "pad_mask"], ["pixel_probs", "patch_probs"]),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    vocab.save(out / "vocab.txt")
-    entries = {}
-    for name, (module, ins, outs) in graphs.items():
-        path = out / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(
-                module.eval(), tuple(example[i] for i in ins), str(path), input_names=ins, output_names=outs,
-                dynamic_axes={n: {0: "batch"} for n in ins + outs}, opset_version=17, dynamo=False,
-            )
-        entries[name] = {
-            "file": path.name, "sha256": _sha(path), "precision": "fp32", "opset": 17,
-            "inputs": [{"name": n, "dtype": specs[n][0], "shape": specs[n][1]} for n in ins],
-            "outputs": [{"name": n, "dtype": specs[n][0], "shape": specs[n][1]} for n in outs],
-        }
-    manifest = {
-        "format_version": 1,
-        "model": {"name": cfg.name, "config": cfg.to_dict()},
-        "image_size": s, "patch_size": cfg.patch_size, "max_words": nl, "num_patches": nv, "feature_width": d,
-        "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std)},
-        "letterbox": {"align": "top-left", "fill": "mean"},
-        "threshold": 0.5,
-        "vocab": {"file": "vocab.txt", "size": len(vocab), "sha256": _sha(out / "vocab.txt")},
-        "max_batch": max_batch,
-        "graphs": entries,
-        "engines": {},
-        "versions": {"torch": torch.__version__},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out
-
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -193,9 +94,11 @@ def make_tiny_export(out: Path) -> Tiny:
     torch.set_num_threads(1)
     vocab = Vocabulary(WORDS)
     model = make_tiny_model(vocab)
-    export_tiny(model, vocab, out)
-    # Once restr.export lands, this is the one line to change (checked against its work in progress):
-    # export_artifacts(Source(model, vocab, {}, None, True), out, ExportOptions(max_batch=4, precisions=("fp32",), engine=False))
+    from restr.export.pipeline import ExportOptions, Source, export_artifacts
+
+    export_artifacts(Source(model, vocab, {}, None, False), out,
+                     ExportOptions(max_batch=4, precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
+                     log=lambda _: None)
     return Tiny(model, vocab, out)
 
 
@@ -216,11 +119,16 @@ def photo(w: int = 80, h: int = 56, seed: int = 0) -> Image.Image:
     return Image.fromarray(small).resize((w, h), Image.BILINEAR)
 
 
-def torch_probs(model: ReSTR, vocab: Vocabulary, im: Image.Image, texts: list[str]):
-    """The PyTorch model on the same pre-processing: pixel probs (K, S, S), patch probs, letterbox."""
+def torch_probs(model: ReSTR, vocab: Vocabulary, im: Image.Image, texts: list[str], predictor: Predictor | None = None):
+    """The PyTorch model on the same pre-processing: pixel probs (K, S, S), patch probs, letterbox.
+    With a predictor, its input (the preprocess graph's); else the Pillow transform of training."""
     cfg = model.cfg
     lb = Letterbox.fit((im.height, im.width), cfg.image_size)
     x = normalize(lb.image(im.convert("RGB"), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
+    if predictor is not None:
+        x, lb2 = predictor.preprocess(np.asarray(im.convert("RGB")))
+        assert lb2 == lb
+        assert np.abs(x - normalize(lb.image(im.convert("RGB"), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]).max() <= 1.001 / 127.5
     enc = vocab.encode(texts, cfg.max_words)
     with torch.no_grad():
         pixel, patch = model(torch.from_numpy(x).expand(len(texts), -1, -1, -1), torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask))
@@ -236,7 +144,7 @@ TEXTS = ["the dog on the left", "red car", "the man in the blue shirt", "small t
 def test_matches_pytorch_on_non_square_image(tiny, predictor):
     im = photo(80, 56)
     preds = predictor.predict_image(im, TEXTS)
-    ref, ref_patch, lb = torch_probs(tiny.model, tiny.vocab, im, TEXTS)
+    ref, ref_patch, lb = torch_probs(tiny.model, tiny.vocab, im, TEXTS, predictor)
     emb = predictor.embed(im)
     enc = predictor.encode_text(TEXTS)
     pixel, patch, _ = predictor.decode(emb, enc.words, enc.pad_mask)
@@ -457,7 +365,7 @@ def test_fp16_precision_loads_the_fp16_graphs(tiny, tmp_path):
     pred = Predictor.from_artifacts(folder, precision="fp16", threads=1)
     assert sorted(r.name for r in pred.runners.values()) == ["fusion_decoder_fp16", "language_fp16", "vision_fp16"]
     assert pred.predict_image(photo(), "the dog")[0].mask.shape == (56, 80)
-    with pytest.raises(ValueError, match="precision must be fp32 or fp16"):
+    with pytest.raises(ValueError, match="precision must be"):
         Predictor.from_artifacts(folder, precision="int8")
 
 
@@ -659,7 +567,7 @@ def _fake_tensorrt():
             self.addresses[name] = ptr
 
         def get_tensor_shape(self, name):
-            batch = next(iter(self.shapes.values()))[0]
+            batch = max(s[0] for s in self.shapes.values())  # an image_batch input may be 1
             return tuple(batch if d < 0 else d for d in self.engine.get_tensor_shape(name))
 
         def execute_async_v3(self, stream):
@@ -814,3 +722,91 @@ def test_trt_runner_uses_only_names_in_the_tensorrt_bindings():
     # a C string ends in NUL; the linker may share it as the tail of a longer one ("CONDITIONAL_INPUT")
     missing = sorted(n for n in used if n.encode() not in table and n.encode() + b"\0" not in binary)
     assert not missing, f"not in TensorRT's bindings: {missing}"
+
+
+# -- the device path (bound buffers, buckets, one image slot), exercised on the CPU ------------------
+
+
+def _bound_predictor(folder, cache_size=8, mode="split"):
+    """A Predictor whose model runners use bucketed bound buffers: the GPU path's code, on the CPU."""
+    from restr.runtime.runners import OrtRunner
+
+    art = Artifacts.open(folder)
+    stages = ("vision", "language", "fusion_decoder") if mode == "split" else ("end_to_end",)
+    runners = {s: OrtRunner(art, art.graph(s), threads=1, max_batch=art.max_batch, bind=True) for s in stages}
+    processing = {k: OrtRunner(art, art.graph(k), threads=1) for k in ("preprocess", "postprocess")}
+    return Predictor(art, runners, art.vocabulary(), cache_size=cache_size, processing=processing)
+
+
+@pytest.mark.parametrize("mode", ["split", "end_to_end"])
+def test_device_path_equals_host_path(tiny, predictor, mode):
+    """Buckets padded past the batch (6 expressions: buckets 4 and 2), the image slot handed between
+    images with host copies, and results equal to the plain host path."""
+    bound = _bound_predictor(tiny.folder, mode=mode)
+    assert bound._device is not None and predictor._device is None
+    a, b = photo(80, 56, seed=1), photo(64, 96, seed=2)
+    emb_a = bound.embed(a)
+    emb_b = bound.embed(b)  # takes the slot: emb_a (alive) gets a host copy
+    assert emb_a.features is not None and emb_b.features is None
+    for emb, im in ((emb_a, a), (emb_b, b), (emb_a, a)):
+        got = bound.predict_embedding(emb, TEXTS)
+        want = predictor.predict_image(im, TEXTS)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.mask, w.mask)
+            np.testing.assert_allclose(g.probs, w.probs, atol=1e-5)
+            assert g.area == w.area and g.score == pytest.approx(w.score, abs=1e-5)
+    enc = bound.encode_text(TEXTS[:3])
+    pixel, _, _ = bound.decode(emb_b, enc.words, enc.pad_mask)
+    ref, _, _ = predictor.decode(predictor.embed(b), enc.words, enc.pad_mask)
+    np.testing.assert_allclose(pixel, ref, atol=1e-5)
+
+
+def test_device_path_keeps_no_host_copy_of_a_dropped_embedding(tiny):
+    bound = _bound_predictor(tiny.folder, cache_size=0)
+    first = bound.embed(photo(80, 56, seed=1))
+    ref = weakref.ref(first)
+    del first
+    bound.embed(photo(64, 96, seed=2))  # the slot changes hands; nobody holds the first embedding
+    assert ref() is None
+
+
+def test_runner_protocol_and_closing(tiny):
+    from restr.runtime.runners import OrtRunner, RunnerClosedError, Runner
+
+    art = Artifacts.open(tiny.folder)
+    runner = OrtRunner(art, art.graph("language"), threads=1)
+    assert isinstance(runner, Runner) and runner.backend == "onnxruntime" and runner.device == "cpu" and runner.max_batch is None
+    timings = {}
+    out = runner.run({"words": np.ones((2, 20), np.int64), "pad_mask": np.arange(20)[None].repeat(2, 0) >= 5}, timings)
+    assert out["linguistic_features"].shape[0] == 2 and timings["compute"] > 0
+    runner.close()
+    runner.close()  # idempotent
+    with pytest.raises(RunnerClosedError, match="language"):
+        runner.run({"words": np.ones((1, 20), np.int64), "pad_mask": np.zeros((1, 20), bool)})
+
+
+def test_bad_thresholds_and_too_many_expressions_are_refused(tiny, predictor):
+    im = photo()
+    for bad in (float("nan"), -0.1, 1.5, "x"):
+        with pytest.raises(ValueError, match="threshold"):
+            predictor.predict_image(im, "the dog", threshold=bad)
+    with pytest.raises(ValueError, match="threshold"):
+        Predictor.from_artifacts(tiny.folder, threshold=2.0)
+    capped = Predictor.from_artifacts(tiny.folder, threads=1)
+    capped.max_expressions = 3
+    with pytest.raises(TextError, match="at most 3"):
+        capped.predict_image(im, ["the dog"] * 4)
+    (p,) = predictor.predict_image(im, "the dog", probs=False)
+    assert p.probs is None and p.mask.shape == (im.height, im.width)
+
+
+def test_image_batch_may_be_one_or_the_batch():
+    from restr.runtime.artifacts import TensorSpec
+    from restr.runtime.runners import prepare_feeds
+
+    specs = (TensorSpec("visual_features", "float32", ("image_batch", 4, 2)), TensorSpec("words", "int64", ("batch", 3)))
+    for v in (1, 5):
+        _, batch = prepare_feeds(specs, {"visual_features": np.zeros((v, 4, 2)), "words": np.zeros((5, 3))}, "g")
+        assert batch == 5
+    with pytest.raises(ValueError, match="must be 1 \\(shared\\) or the batch 5"):
+        prepare_feeds(specs, {"visual_features": np.zeros((2, 4, 2)), "words": np.zeros((5, 3))}, "g")
