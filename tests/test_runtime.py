@@ -434,7 +434,7 @@ def test_manifest_errors(tiny, tmp_path):
         Artifacts.open(folder)
     del m["graphs"]
     (folder / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match="incomplete or malformed"):
+    with pytest.raises(ArtifactError, match="manifest is invalid: manifest: required field 'graphs' is missing"):
         Artifacts.open(folder)
 
 
