@@ -89,7 +89,7 @@ class EngineRun:
     queries: dict[str, list[float]] = field(default_factory=dict)
     split: object = None  # the split-graph Predictor for --queries
     feeds: dict = field(default_factory=dict)  # batch -> generated inputs
-    phase_timer: object = None  # GPU: TrtPhaseTimer
+    gpu_phases: bool = False  # GPU: the runner times h2d / compute / d2h with CUDA events
     op_profile: dict | None = None
 
 
@@ -115,12 +115,13 @@ class Bench:
 
     def model_once(self, e: EngineRun, batch: int = 1) -> float:
         feeds = self._feeds(e, batch)
-        if e.phase_timer is not None:  # GPU: compute alone between CUDA events, copies apart
-            t = e.phase_timer.time(feeds)
+        if e.gpu_phases:  # GPU: compute alone between CUDA events, copies apart
+            t: dict[str, float] = {}
+            e.target.runner.run(feeds, timings=t)
             if batch == 1:
-                e.h2d.append(t["h2d_ms"])
-                e.d2h.append(t["d2h_ms"])
-            return t["compute_ms"]
+                e.h2d.append(t["h2d"])
+                e.d2h.append(t["d2h"])
+            return t["compute"]
         return self.timer.time(lambda: e.target.runner.run(feeds))[0]
 
     def end_to_end_once(self, e: EngineRun, text: str = EXPRESSIONS[0]):
@@ -149,7 +150,7 @@ class Bench:
 
     def load(self, path: Path) -> EngineRun:
         """Phase 1 for one engine: cold start, warm-up, each batch size once; memory around it all."""
-        cudart = None
+        gpu_device = None
         reset_ok = reset_peak_rss()
         rss0 = rss_mb()
         t0 = time.perf_counter()
@@ -157,10 +158,7 @@ class Bench:
         load_ms = (time.perf_counter() - t0) * 1000.0
         e = EngineRun(target=target, load={})
         if type(target.runner).__name__ == "TrtRunner":  # a .trt file, or an export folder with --backend tensorrt
-            from restr.benchmarks.gpu import TrtPhaseTimer, device_memory_used_mb
-
-            e.phase_timer = TrtPhaseTimer(target.runner)
-            cudart = target.runner._cudart
+            e.gpu_phases, gpu_device = True, target.runner.device
         if target.predictor is not None:
             first_ms, _ = self.end_to_end_once(e)
             first = "end_to_end"
@@ -183,8 +181,10 @@ class Bench:
             "peak_memory_mb": peak_rss_mb() - rss0,
             "memory_method": "VmHWM reset before loading (RSS high-water mark growth)" if reset_ok else "ru_maxrss since process start minus RSS before loading",
         }
-        if cudart is not None:  # device-wide memory in use once the engine is loaded and has run
-            e.load["gpu_memory_used_mb"] = device_memory_used_mb(cudart)
+        if gpu_device is not None:  # device-wide memory in use once the engine is loaded and has run
+            from restr.benchmarks.gpu import device_memory_used_mb
+
+            e.load["gpu_memory_used_mb"] = device_memory_used_mb(gpu_device)
         if self.s.queries and target.split is not None:
             reset_peak_rss()
             rss1 = rss_mb()
@@ -312,7 +312,7 @@ class Bench:
             "precision": t.precision,
             "graph": t.graph,
             "device": t.device,
-            "timer": "cuda_events (compute only; copies in copies_ms)" if e.phase_timer else "perf_counter (wall clock)",
+            "timer": "cuda_events (compute only; copies in copies_ms)" if e.gpu_phases else "perf_counter (wall clock)",
             "image_size": t.image_size,
             "threads": s.threads,
             "model_ms": model,
@@ -342,7 +342,7 @@ class Bench:
         }
         if e.op_profile is not None:
             out["op_profile"] = e.op_profile
-        if e.phase_timer is not None:
+        if e.gpu_phases:
             out["copies_ms"] = {"h2d": summarize(e.h2d), "d2h": summarize(e.d2h)}
         if s.queries:
             out.update(query_result(e, s.queries))

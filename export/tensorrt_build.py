@@ -151,13 +151,17 @@ def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspac
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     cache = config.create_timing_cache(timing_cache)
-    if cache is None:  # a cache from another TensorRT build: start afresh
+    # a cache TensorRT cannot read, or one from another GPU or TensorRT build (set_timing_cache is
+    # False with ignore_mismatch=False): start afresh rather than fail after the build
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise EngineBuildError(f"{onnx_path}: TensorRT could not set up a timing cache (see TensorRT's messages above)")
     opt_profile = builder.create_optimization_profile()
     for name, shapes in profile.items():
         opt_profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(opt_profile)
+    if config.add_optimization_profile(opt_profile) < 0:  # -1: TensorRT found the profile invalid
+        raise EngineBuildError(f"{onnx_path}: TensorRT refused the optimisation profile {profile} (see TensorRT's messages above)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT failed to build the engine (see TensorRT's messages above)")

@@ -140,7 +140,13 @@ class Artifacts:
         return self.graphs[key]
 
     def engine(self, key: str) -> GraphInfo:
-        """The TensorRT engine named `key`; its file is checked when loaded (`read_verified`)."""
+        """The TensorRT engine named `key`; its file is checked when loaded (`read_verified`).
+
+        Engines are built from the FP16 graphs only, so `key` "vision" finds "vision_fp16": asking
+        the tensorrt backend for the default precision gets the engine that exists.
+        """
+        if key not in self.engines and f"{key}_fp16" in self.engines:
+            key = f"{key}_fp16"
         if key not in self.engines:
             raise ArtifactError(
                 f"{self.root}: the export has no {key!r} TensorRT engine "

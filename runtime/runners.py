@@ -30,14 +30,34 @@ _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # prefe
 
 @runtime_checkable
 class Runner(Protocol):
-    """What the predictor needs from a backend."""
+    """What every backend's runner offers (the predictor and the benchmark use nothing else).
+
+    name: the manifest key it runs ("vision", "vision_fp16"). backend: "onnxruntime", "tensorrt"
+    or "pytorch". device: "cpu" or "cuda:N". input_specs / output_names: what `run` takes and
+    gives. max_batch: the largest batch it accepts (an engine's profile), None for no limit.
+
+    run(feeds, timings=None): named inputs -> named outputs (numpy, host memory); thread-safe.
+    With a dict for `timings`, the runner ADDS the milliseconds of each phase to it: "h2d",
+    "compute", "d2h" (on a GPU measured with CUDA events on the runner's own stream; on a CPU
+    "compute" alone, as wall clock).
+
+    close(): frees what the runner holds; idempotent. `run` after it raises a RuntimeError
+    subclass naming the runner.
+    """
 
     name: str
+    backend: str
+    device: str
     input_specs: tuple[TensorSpec, ...]
     output_names: tuple[str, ...]
+    max_batch: int | None
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
         """Named inputs -> named outputs (numpy, host memory). Thread-safe."""
+        ...
+
+    def close(self) -> None:
+        """Free the runner's resources; idempotent."""
         ...
 
 

@@ -543,14 +543,16 @@ class _FakeConfig:
         _FakeTensorRT.calls.append(("cache in", bytes(blob)))
         return _FakeCache(blob)
 
-    def set_timing_cache(self, cache, ignore_mismatch):
+    def set_timing_cache(self, cache, ignore_mismatch):  # TensorRT: False when the cache does not fit
         self.cache = cache
+        return True
 
     def get_timing_cache(self):
         return self.cache
 
-    def add_optimization_profile(self, profile):
+    def add_optimization_profile(self, profile):  # TensorRT: the profile's index, -1 when invalid
         self.profile = profile
+        return 0
 
 
 def test_build_engines_glue_with_a_stand_in(exported, tmp_path):

@@ -709,18 +709,22 @@ def _fake_tensorrt():
     return trt
 
 
-@pytest.fixture()
-def fake_tensorrt(monkeypatch):
+def install_fake_tensorrt(monkeypatch, trt, cudart) -> None:
+    """Make `import tensorrt` and `from cuda.bindings import runtime` give the fakes (for one test)."""
     import types
 
-    cudart = _FakeCudart()
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = cudart
     cuda = types.ModuleType("cuda")
     cuda.bindings = bindings
-    trt = _fake_tensorrt()
     for name, module in {"tensorrt": trt, "cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": cudart}.items():
         monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.fixture()
+def fake_tensorrt(monkeypatch):
+    trt = _fake_tensorrt()
+    install_fake_tensorrt(monkeypatch, trt, _FakeCudart())
     return trt
 
 
@@ -753,7 +757,8 @@ def test_trt_runner_data_path_on_a_fake_tensorrt(tiny, tmp_path, fake_tensorrt):
     for i in range(8):
         for a, b in zip(serial[i], out[i]):
             np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
-    assert len(trt_pred.runners["vision"]._states) == 8  # one execution context per thread
+    runner = trt_pred.runners["vision"]
+    assert 1 <= runner.contexts <= runner.max_contexts == 4  # a bounded pool, not one context per thread
     with pytest.raises(ValueError, match="above the engine's profile maximum 4"):
         trt_pred.runners["language"].run({"words": np.ones((5, 20), np.int64), "pad_mask": np.zeros((5, 20), bool)})
     for runner in trt_pred.runners.values():
@@ -786,35 +791,3 @@ def test_trt_runner_uses_only_names_in_cuda_python():
         except AttributeError:
             missing.append(name)
     assert not missing, f"not in cuda.bindings.runtime: {missing}"
-
-
-def test_trt_runner_uses_only_names_in_the_tensorrt_bindings():
-    """Hold the TensorRT API names trt_runner.py uses against the installed binding's string table."""
-    import ast
-    import importlib.util
-    import re
-
-    spec = importlib.util.find_spec("tensorrt_bindings") or importlib.util.find_spec("tensorrt")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("tensorrt bindings not installed (pip install tensorrt-cu13-bindings gives the name table)")
-    so = next(Path(spec.submodule_search_locations[0]).glob("tensorrt*.so"), None)
-    if so is None:
-        pytest.skip("no compiled tensorrt module in the bindings package")
-    binary = so.read_bytes()
-    table = set(re.findall(rb"def ([A-Za-z_][A-Za-z0-9_]*)", (Path(spec.origin)).read_bytes()))  # Python-side helpers
-    runner_src = Path(__file__).resolve().parents[1] / "runtime" / "trt_runner.py"
-    trees = [ast.parse(runner_src.read_text())]
-    trees += [n for n in ast.parse(Path(__file__).read_text()).body if isinstance(n, ast.FunctionDef) and n.name == "build_test_engines"]
-    trt_objects = {"trt", "engine", "context", "_runtime", "builder", "network", "parser", "config", "profile"}
-    used = set()
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute):
-                base = node.value
-                base_name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
-                if base_name in trt_objects or (isinstance(base, ast.Attribute) and base.attr in ("Logger", "TensorIOMode", "NetworkDefinitionCreationFlag")):
-                    used.add(node.attr)
-    assert {"execute_async_v3", "set_tensor_address", "set_input_shape", "get_tensor_name", "STRONGLY_TYPED"} <= used
-    # a C string ends in NUL; the linker may share it as the tail of a longer one ("CONDITIONAL_INPUT")
-    missing = sorted(n for n in used if n.encode() not in table and n.encode() + b"\0" not in binary)
-    assert not missing, f"not in TensorRT's bindings: {missing}"
