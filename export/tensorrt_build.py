@@ -77,7 +77,7 @@ def timing_cache_path(tensorrt_version: str, gpu: dict, cache_dir: str | Path | 
 
 def engine_instructions(folder: str | Path, reason: str, exported: bool = True) -> str:
     """One line: why no engines were built and exactly what to install and run on a GPU machine."""
-    steps = f"pip install 'tensorrt>=10' cuda-python (or pip install 'restr[gpu]'), then run: restr-export --build-engines {folder}"
+    steps = f"pip install 'tensorrt>=10' 'cuda-python>=12.6' (or pip install 'restr[tensorrt]'), then run: restr-export --build-engines {folder}"
     if exported:
         return f"TensorRT engines not built ({reason}). On a machine with an NVIDIA GPU and driver: {steps}"
     return (f"cannot build TensorRT engines here ({reason}). Export without --engine here, then on a machine "

@@ -93,11 +93,11 @@ def import_backends():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise TensorRTUnavailable(f"the tensorrt backend needs TensorRT 10 or newer (pip install 'restr[gpu]'): {e}") from None
+        raise TensorRTUnavailable(f"the tensorrt backend needs TensorRT 10 or newer (pip install 'restr[tensorrt]'): {e}") from None
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as e:
-        raise TensorRTUnavailable(f"the tensorrt backend needs cuda-python (pip install 'restr[gpu]'): {e}") from None
+        raise TensorRTUnavailable(f"the tensorrt backend needs cuda-python (pip install 'restr[tensorrt]'): {e}") from None
     if int(trt.__version__.split(".")[0]) < 10:
         raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old: the tensorrt backend needs 10 or newer")
     return trt, cudart

@@ -415,7 +415,7 @@ def test_engine_required_without_tensorrt(ckpt, tmp_path):
     except EngineUnavailable:
         pass
     line = _one_line_error(_run(["--ckpt", ckpt, "--out", tmp_path / "out", "--engine"]))
-    assert "pip install 'tensorrt>=10' cuda-python" in line and "restr-export --build-engines" in line
+    assert "pip install 'tensorrt>=10' 'cuda-python>=12.6'" in line and "restr-export --build-engines" in line
     assert list(tmp_path.iterdir()) == []
     line = _one_line_error(_run(["--build-engines", tmp_path / "missing"]))
     assert "manifest.json" in line
