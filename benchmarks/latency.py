@@ -29,7 +29,7 @@ import numpy as np
 from restr.benchmarks.environment import environment, peak_rss_mb, reset_peak_rss, rss_mb
 from restr.benchmarks.flops import achieved_gflops, graph_macs
 from restr.benchmarks.loaders import LoadOptions, Target, load_target
-from restr.benchmarks.peak import GemmPeak
+from restr.benchmarks.peak import PEAK_NOT_REACHED, GemmPeak, load_warning, share
 from restr.benchmarks.timing import STAT_KEYS, CpuTimer, ratio, summarize
 
 EXPRESSIONS = (
@@ -242,6 +242,7 @@ class Bench:
             if s.op_profile:
                 self.profile_ops()
             env["loadavg_end"] = list(os.getloadavg())
+            env["load_warning"] = load_warning(loadavg_start[0], env["loadavg_end"][0], s.threads, env["available_cpus"])
             env["rss_end_mb"] = rss_mb()  # every engine still loaded
         finally:
             _set_torch_threads(previous_torch_threads)
@@ -285,9 +286,9 @@ class Bench:
         macs = graph_macs(t.config).get(t.graph)
         per_round = []
         for r, ms in enumerate(e.model):
-            peaks = [2.0 * self.gemm.n**3 / (g[r] / 1000.0) / 1e9 for g in self.gemm.samples.values() if r < len(g)]
-            if peaks and macs:
-                per_round.append(achieved_gflops(macs, ms) / max(peaks))
+            peak = self.gemm.round_peak(r)
+            if peak and macs:
+                per_round.append(achieved_gflops(macs, ms) / peak)
         return float(np.median(per_round)) if per_round else None
 
     def samples(self) -> dict[str, dict[str, list[float]]]:
@@ -431,7 +432,9 @@ def format_report(doc: dict) -> str:
     ]
     if gemm.get("peak_gflops"):
         parts = [f"{name} {_f(b['gflops'])}" for name, b in gemm["backends"].items()]
-        lines.append(f"matrix-product peak: {gemm['n']}x{gemm['n']} FP32 GEMM, GFLOP/s (median): {'; '.join(parts)} -> peak {gemm['peak_gflops']:.1f}")
+        lines.append(f"matrix-product peak: FP32 GEMM, best GFLOP/s per library and size: {'; '.join(parts)} -> peak {gemm['peak_gflops']:.1f}")
+    if env.get("load_warning"):
+        lines.append(env["load_warning"])
     for name, imp in doc.get("import_ms", {}).items():
         if "ms" in imp:
             lines.append(f"import {imp['modules']}: median {imp['ms']['median']:.0f} ms (fresh interpreter; torch imported: {imp['imports_torch']})")
@@ -442,14 +445,15 @@ def format_report(doc: dict) -> str:
             r["label"], r["precision"], _f(r["model_ms"]["median"]), _f(r["model_ms"]["p90"]), _f(r["model_ms"]["p99"]),
             _f(r["model_ms"]["std"]), _f(e2e.get("median")), _f(e2e.get("p90")),
             _f(r["prepost_fraction"], "{:.1%}"), _f(r["cold_start_ms"], "{:.0f}"), _f(r["peak_memory_mb"], "{:.0f}"),
-            _f(r["achieved_gflops"]), _f(r["peak_fraction"], "{:.0%}"), _f(r["peak_fraction_end_to_end"], "{:.0%}"),
-            _f(r["peak_fraction_paired"], "{:.0%}"),
+            _f(r["achieved_gflops"]), share(r["peak_fraction"]), share(r["peak_fraction_end_to_end"]), share(r["peak_fraction_paired"]),
         ])
     text = "\n".join(lines) + "\n\n" + format_table(
         ["engine", "precision", "model ms", "p90", "p99", "std", "e2e ms", "p90", "pre+post", "cold ms", "peak MiB", "GFLOP/s", "of peak", "e2e of peak", "paired"],
         rows, title="latency (batch 1; model alone vs end to end with pre- and post-processing; medians unless named; "
         "of peak = 2 x MACs / median time over the GEMM peak; paired = median over rounds of the same share within each round)",
     )
+    if any((r[k] or 0) > 1 for r in results for k in ("peak_fraction", "peak_fraction_end_to_end", "peak_fraction_paired")):
+        text += "\n" + PEAK_NOT_REACHED
     tp = [[r["label"], t["batch"], _f(t["ms"]["median"]), _f(t["items_per_s"], "{:.2f}"), _f(t["achieved_gflops"])]
           for r in results for t in r["throughput"]]
     if tp:
