@@ -535,68 +535,6 @@ def test_tensorrt_backend_needs_an_engine(tiny):
         Predictor.from_artifacts(tiny.folder, backend="tensorrt", precision="fp16", mode="split")
 
 
-def _trt_reason() -> str | None:
-    try:
-        from restr.runtime.trt_runner import describe_gpu, import_backends
-
-        _, cudart = import_backends()
-        describe_gpu(cudart)
-    except Exception as e:  # noqa: BLE001 - any failure means: no TensorRT here
-        return f"TensorRT engines need tensorrt>=10, cuda-python and a CUDA GPU ({str(e).splitlines()[0][:120]})"
-    return None
-
-
-def build_test_engines(folder: Path, keys=("vision", "language", "fusion_decoder"), max_batch: int = 4) -> None:
-    """Build strongly typed TensorRT engines from the tiny export's FP32 graphs, with sidecars (GPU only)."""
-    from restr.runtime.trt_runner import describe_gpu, import_backends
-
-    trt, cudart = import_backends()
-    logger = trt.Logger(trt.Logger.WARNING)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for key in keys:
-        builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-        parser = trt.OnnxParser(network, logger)
-        assert parser.parse((folder / f"{key}.onnx").read_bytes()), parser.get_error(0)
-        config = builder.create_builder_config()
-        profile = builder.create_optimization_profile()
-        profiles = {}
-        for spec in manifest["graphs"][key]["inputs"]:
-            shapes = {n: [b if isinstance(d, str) else d for d in spec["shape"]] for n, b in (("min", 1), ("opt", max_batch), ("max", max_batch))}
-            profile.set_shape(spec["name"], shapes["min"], shapes["opt"], shapes["max"])
-            profiles[spec["name"]] = shapes
-        config.add_optimization_profile(profile)
-        (folder / f"{key}.engine").write_bytes(bytes(builder.build_serialized_network(network, config)))
-        sidecar = {"tensorrt_version": trt.__version__, **describe_gpu(cudart), "profiles": profiles,
-                   "precision": "fp32-strongly-typed", "source": {"file": f"{key}.onnx", "sha256": manifest["graphs"][key]["sha256"]}}
-        (folder / f"{key}.engine.json").write_text(json.dumps(sidecar))
-        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": _sha(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json"}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(_trt_reason() is not None, reason=str(_trt_reason()))
-def test_trt_runner_matches_ort(tiny, tmp_path):  # pragma: no cover - needs a GPU
-    folder = _copy(tiny, tmp_path)
-    build_test_engines(folder)
-    trt_pred = Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")
-    ort_pred = Predictor.from_artifacts(folder, threads=1)
-    im = photo(80, 56)
-    for a, b in zip(trt_pred.predict_image(im, TEXTS), ort_pred.predict_image(im, TEXTS)):
-        np.testing.assert_allclose(a.probs, b.probs, atol=2e-3)
-    jobs = [(photo(60 + 8 * i, 50, seed=i), TEXTS[:3]) for i in range(8)]
-    serial = [trt_pred.predict_image(im, t) for im, t in jobs]
-    out: dict[int, list] = {}
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, trt_pred.predict_image(*jobs[i]))) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i in range(8):
-        for a, b in zip(serial[i], out[i]):
-            np.testing.assert_array_equal(a.mask, b.mask)
-
-
 class _FakeCudart:
     """cuda.bindings.runtime's calling convention ((error, *values)) over host memory, for TrtRunner's data path."""
 

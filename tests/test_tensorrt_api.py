@@ -14,7 +14,7 @@ keyword-argument name it defines, but not which class each belongs to, so:
   `context.set_shape(...)` fails although `set_shape` exists on another class.
 
 Scanned: runtime/trt_runner.py, export/tensorrt_build.py, benchmarks/*.py, and the GPU test code
-(tests/test_gpu.py, test_runtime.build_test_engines).
+(tests/test_gpu.py).
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ SOURCES = {
     "export/tensorrt_build.py": None,
     **{f"benchmarks/{p.name}": None for p in sorted((ROOT / "benchmarks").glob("*.py"))},
     "tests/test_gpu.py": None,
-    "tests/test_runtime.py": {"build_test_engines"},
 }
 # what a call returns, for the calls that make TensorRT objects
 RETURNS = {
