@@ -167,6 +167,22 @@ def test_impossible_values_name_the_field(export, tmp_path, field, value, messag
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("field, value", [("patch_size", 0), ("graphs", None), ("feature_width", -96), ("max_words", "20")])
+def test_invalid_manifest_cli_one_line_exit_2_nothing_written(export, tmp_path, image, field, value):
+    folder = tmp_path / "export"
+    shutil.copytree(export, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    if value is None:
+        del m[field]
+    else:
+        m[field] = value
+    (folder / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "pred"
+    r = CliRunner().invoke(predict_main, ["--artifacts", str(folder), "--image", str(image), "--text", "the dog", "--out", str(out)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
+    assert "manifest is invalid" in r.stderr and field in r.stderr and not out.exists()
+
+
 def test_nan_is_not_a_json_number(export, tmp_path):
     folder = tmp_path / "export"
     shutil.copytree(export, folder)
