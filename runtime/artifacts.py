@@ -219,7 +219,7 @@ def check_consistency(m: dict) -> str | None:
                     f"the runtime needs {sorted(io[0])} -> {sorted(io[1])}")
         for t in g["inputs"] + g["outputs"]:
             want = [sizes.get(d, d) for d in _TENSOR_DIMS[t["name"]]]
-            if not isinstance(t["shape"][0], str) or list(t["shape"][1:]) != want:
+            if not t["shape"] or not isinstance(t["shape"][0], str) or list(t["shape"][1:]) != want:
                 return f"graphs.{key}: tensor {t['name']!r} has shape {t['shape']}, the manifest's sizes give [batch, {', '.join(map(str, want))}]"
     return None
 
