@@ -35,6 +35,10 @@ class TensorRTUnavailable(RuntimeError):
     """tensorrt, cuda-python or a CUDA GPU is missing on this machine."""
 
 
+class DeviceError(RuntimeError):
+    """A CUDA call or a TensorRT execution failed at run time (one line, naming the call)."""
+
+
 def check_sidecar(sidecar: dict, *, tensorrt_version: str, gpu_name: str, compute_capability, engine: str = "engine") -> None:
     """Refuse an engine whose sidecar names another TensorRT version, GPU or compute capability.
 
@@ -108,7 +112,7 @@ def _check(cudart, result):
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
         _, msg = cudart.cudaGetErrorString(err)
-        raise RuntimeError(f"CUDA error {err}: {msg.decode() if isinstance(msg, bytes) else msg}")
+        raise DeviceError(f"CUDA error {err}: {msg.decode() if isinstance(msg, bytes) else msg}")
     return values[0] if len(values) == 1 else (values or None)
 
 
@@ -116,7 +120,7 @@ def describe_gpu(cudart, device: int = 0) -> dict:
     """{"gpu_name": ..., "compute_capability": "M.m"} of CUDA device `device`."""
     try:
         count = _check(cudart, cudart.cudaGetDeviceCount())
-    except RuntimeError as e:  # no driver, or a driver too old for this CUDA runtime
+    except DeviceError as e:  # no driver, or a driver too old for this CUDA runtime
         raise TensorRTUnavailable(f"no usable CUDA GPU: {e}") from None
     if not count:
         raise TensorRTUnavailable("no CUDA GPU is visible: the tensorrt backend needs one")
@@ -137,7 +141,7 @@ class _Slot:
         self.cudart = cudart
         self.context = engine.create_execution_context()
         if self.context is None:  # TensorRT logs why (usually: out of GPU memory)
-            raise RuntimeError(f"{name}: TensorRT could not create an execution context (see the TensorRT log above)")
+            raise DeviceError(f"{name}: TensorRT could not create an execution context (see the TensorRT log above)")
         self.stream = _check(cudart, cudart.cudaStreamCreate())
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.events: list = []
@@ -293,7 +297,7 @@ class TrtRunner:
         if events:
             _check(cudart, cudart.cudaEventRecord(events[1], stream))
         if not context.execute_async_v3(stream):
-            raise RuntimeError(f"{self.name}: TensorRT execution failed (see the TensorRT log above)")
+            raise DeviceError(f"{self.name}: TensorRT execution failed (see the TensorRT log above)")
         if events:
             _check(cudart, cudart.cudaEventRecord(events[2], stream))
         for name, host in outs.items():

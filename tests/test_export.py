@@ -26,6 +26,8 @@ from restr.export.verify import (
     Tolerances, VerificationError, compare_probs, format_table, generated_inputs, judge, mask_iou, ort_session, run_session,
 )
 from restr.modeling import ReSTR
+from restr.runtime.artifacts import check_consistency
+from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
 from restr.config import get_config as _get_config
@@ -116,6 +118,7 @@ def test_folder_and_manifest(exported, ckpt):
     assert {"torch", "onnx", "onnxruntime", "exporter", "restr"} <= set(m["versions"])
     assert m["engines"] == {} and m["tensorrt"]["status"] in ("not built", "built")
     assert check_checksums(out, m) == []
+    assert first_error(manifest_schema(), m) is None and check_consistency(m) is None  # what the runtime validates
     assert _no_leftovers(out.parent)
 
 
@@ -596,6 +599,7 @@ def test_build_engines_cli_with_a_stand_in(exported, tmp_path, monkeypatch):
     assert set(new["engines"]) == {"vision_fp16", "fusion_decoder_fp16"} and new["max_batch"] == 2
     assert new["tensorrt"] == {"status": "built", "tensorrt_version": "11.0.0-fake", **gpu}
     assert new["graphs"] == m["graphs"] and check_checksums(folder, new) == []
+    assert first_error(manifest_schema(), new) is None  # engine entries too
     assert _no_leftovers(tmp_path)
     side = json.loads((folder / "fusion_decoder_fp16.engine.json").read_text())
     assert side["profiles"]["pad_mask"] == {"min": [1, 20], "opt": [1, 20], "max": [2, 20]}

@@ -243,9 +243,21 @@ def test_no_execution_context_is_a_clear_error(tiny, tmp_path, fake):
     fp16_engines(folder)
     runner = language_runner(folder)
     runner.engine.create_execution_context = lambda: None  # what TensorRT returns when it cannot make one
-    with pytest.raises(RuntimeError, match="language_fp16: TensorRT could not create an execution context"):
+    with pytest.raises(trt_runner.DeviceError, match="language_fp16: TensorRT could not create an execution context"):
         runner.run(WORDS)
     assert runner.contexts == 0  # the failed slot is not counted: a later run may try again
+    runner.close()
+
+
+def test_cuda_error_during_a_run_is_a_device_error(tiny, tmp_path, fake):
+    cudart, _ = fake
+    folder = _copy(tiny, tmp_path)
+    fp16_engines(folder)
+    runner = language_runner(folder)
+    runner.run(WORDS)
+    cudart.memory.clear()  # every device buffer gone: the next copy fails as an illegal address would
+    with pytest.raises(trt_runner.DeviceError, match=f"CUDA error {ILLEGAL_ADDRESS}"):
+        runner.run(WORDS)
     runner.close()
 
 
