@@ -8,9 +8,12 @@ where the reference is at least `decisive_margin` away from 0.5 land on the same
 outputs (`compare_features`) get the max and mean absolute difference, and the max relative to the
 features' scale.
 
-Which figures gate the export depends on whether masks mean anything: for trained weights (a
-checkpoint that names its data set) mask IoU is required; for random weights, whose probabilities
-all sit near 0.5, only the differences and the same-side fraction are.
+Each check has explicit criteria, looked up by its exact name in `CHECK_CRITERIA`; a check with
+none (the FP16 features, whose effect is judged in the probabilities) is "not judged" (`passed`:
+None), never a vacuous pass. Which figures gate depends on whether masks mean anything: for trained
+weights (a checkpoint that names its data set) mask IoU is required, and so is a minimum share of
+decisive pixels for the same-side fraction; for random weights, whose probabilities mostly sit near
+0.5, the differences, and the same-side fraction where enough pixels are decisive.
 """
 from __future__ import annotations
 
