@@ -218,6 +218,7 @@ class TrtRunner:
         self.output_specs = tuple(outputs)
         self.output_names = tuple(s.name for s in outputs)
         self._cond = threading.Condition()
+        self._create_lock = threading.Lock()
         self._idle: list[_Slot] = []
         self._slots = 0  # contexts alive (idle or borrowed)
         self._busy = 0  # runs in flight
@@ -259,8 +260,9 @@ class TrtRunner:
             self._busy += 1
         if slot is None:
             try:
-                _check(self._cudart, self._cudart.cudaSetDevice(self._device_index))
-                slot = _Slot(self.engine, self._cudart, self.name)
+                with self._create_lock:  # TensorRT objects are not thread-safe: contexts are made one at a time
+                    _check(self._cudart, self._cudart.cudaSetDevice(self._device_index))
+                    slot = _Slot(self.engine, self._cudart, self.name)
             except BaseException:
                 with self._cond:
                     self._slots -= 1
