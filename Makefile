@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow clean-demo
 
+# `.[dev]` = torch tools + the CPU onnxruntime (`cpu` extra) + test tools. A GPU machine installs
+# ".[torch,gpu,test]" instead: onnxruntime and onnxruntime-gpu must not be installed together.
 install:
 	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(PIP) install -q -e ".[dev]"

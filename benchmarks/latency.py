@@ -29,7 +29,7 @@ import numpy as np
 from restr.benchmarks.environment import environment, peak_rss_mb, reset_peak_rss, rss_mb
 from restr.benchmarks.flops import achieved_gflops, graph_macs
 from restr.benchmarks.loaders import LoadOptions, Target, load_target
-from restr.benchmarks.peak import GemmPeak
+from restr.benchmarks.peak import PEAK_NOT_REACHED, GemmPeak, load_warning, share
 from restr.benchmarks.timing import STAT_KEYS, CpuTimer, ratio, summarize
 
 EXPRESSIONS = (
@@ -89,7 +89,7 @@ class EngineRun:
     queries: dict[str, list[float]] = field(default_factory=dict)
     split: object = None  # the split-graph Predictor for --queries
     feeds: dict = field(default_factory=dict)  # batch -> generated inputs
-    phase_timer: object = None  # GPU: TrtPhaseTimer
+    gpu_phases: bool = False  # GPU: the runner times h2d / compute / d2h with CUDA events
     op_profile: dict | None = None
 
 
@@ -115,12 +115,13 @@ class Bench:
 
     def model_once(self, e: EngineRun, batch: int = 1) -> float:
         feeds = self._feeds(e, batch)
-        if e.phase_timer is not None:  # GPU: compute alone between CUDA events, copies apart
-            t = e.phase_timer.time(feeds)
+        if e.gpu_phases:  # GPU: compute alone between CUDA events, copies apart
+            t: dict[str, float] = {}
+            e.target.runner.run(feeds, timings=t)
             if batch == 1:
-                e.h2d.append(t["h2d_ms"])
-                e.d2h.append(t["d2h_ms"])
-            return t["compute_ms"]
+                e.h2d.append(t["h2d"])
+                e.d2h.append(t["d2h"])
+            return t["compute"]
         return self.timer.time(lambda: e.target.runner.run(feeds))[0]
 
     def end_to_end_once(self, e: EngineRun, text: str = EXPRESSIONS[0]):
@@ -149,7 +150,7 @@ class Bench:
 
     def load(self, path: Path) -> EngineRun:
         """Phase 1 for one engine: cold start, warm-up, each batch size once; memory around it all."""
-        cudart = None
+        gpu_device = None
         reset_ok = reset_peak_rss()
         rss0 = rss_mb()
         t0 = time.perf_counter()
@@ -157,10 +158,7 @@ class Bench:
         load_ms = (time.perf_counter() - t0) * 1000.0
         e = EngineRun(target=target, load={})
         if type(target.runner).__name__ == "TrtRunner":  # a .trt file, or an export folder with --backend tensorrt
-            from restr.benchmarks.gpu import TrtPhaseTimer, device_memory_used_mb
-
-            e.phase_timer = TrtPhaseTimer(target.runner)
-            cudart = target.runner._cudart
+            e.gpu_phases, gpu_device = True, target.runner.device
         if target.predictor is not None:
             first_ms, _ = self.end_to_end_once(e)
             first = "end_to_end"
@@ -183,8 +181,10 @@ class Bench:
             "peak_memory_mb": peak_rss_mb() - rss0,
             "memory_method": "VmHWM reset before loading (RSS high-water mark growth)" if reset_ok else "ru_maxrss since process start minus RSS before loading",
         }
-        if cudart is not None:  # device-wide memory in use once the engine is loaded and has run
-            e.load["gpu_memory_used_mb"] = device_memory_used_mb(cudart)
+        if gpu_device is not None:  # device-wide memory in use once the engine is loaded and has run
+            from restr.benchmarks.gpu import device_memory_used_mb
+
+            e.load["gpu_memory_used_mb"] = device_memory_used_mb(gpu_device)
         if self.s.queries and target.split is not None:
             reset_peak_rss()
             rss1 = rss_mb()
@@ -242,6 +242,7 @@ class Bench:
             if s.op_profile:
                 self.profile_ops()
             env["loadavg_end"] = list(os.getloadavg())
+            env["load_warning"] = load_warning(loadavg_start[0], env["loadavg_end"][0], s.threads, env["available_cpus"])
             env["rss_end_mb"] = rss_mb()  # every engine still loaded
         finally:
             _set_torch_threads(previous_torch_threads)
@@ -285,9 +286,9 @@ class Bench:
         macs = graph_macs(t.config).get(t.graph)
         per_round = []
         for r, ms in enumerate(e.model):
-            peaks = [2.0 * self.gemm.n**3 / (g[r] / 1000.0) / 1e9 for g in self.gemm.samples.values() if r < len(g)]
-            if peaks and macs:
-                per_round.append(achieved_gflops(macs, ms) / max(peaks))
+            peak = self.gemm.round_peak(r)
+            if peak and macs:
+                per_round.append(achieved_gflops(macs, ms) / peak)
         return float(np.median(per_round)) if per_round else None
 
     def samples(self) -> dict[str, dict[str, list[float]]]:
@@ -312,7 +313,7 @@ class Bench:
             "precision": t.precision,
             "graph": t.graph,
             "device": t.device,
-            "timer": "cuda_events (compute only; copies in copies_ms)" if e.phase_timer else "perf_counter (wall clock)",
+            "timer": "cuda_events (compute only; copies in copies_ms)" if e.gpu_phases else "perf_counter (wall clock)",
             "image_size": t.image_size,
             "threads": s.threads,
             "model_ms": model,
@@ -342,7 +343,7 @@ class Bench:
         }
         if e.op_profile is not None:
             out["op_profile"] = e.op_profile
-        if e.phase_timer is not None:
+        if e.gpu_phases:
             out["copies_ms"] = {"h2d": summarize(e.h2d), "d2h": summarize(e.d2h)}
         if s.queries:
             out.update(query_result(e, s.queries))
@@ -431,7 +432,9 @@ def format_report(doc: dict) -> str:
     ]
     if gemm.get("peak_gflops"):
         parts = [f"{name} {_f(b['gflops'])}" for name, b in gemm["backends"].items()]
-        lines.append(f"matrix-product peak: {gemm['n']}x{gemm['n']} FP32 GEMM, GFLOP/s (median): {'; '.join(parts)} -> peak {gemm['peak_gflops']:.1f}")
+        lines.append(f"matrix-product peak: FP32 GEMM, best GFLOP/s per library and size: {'; '.join(parts)} -> peak {gemm['peak_gflops']:.1f}")
+    if env.get("load_warning"):
+        lines.append(env["load_warning"])
     for name, imp in doc.get("import_ms", {}).items():
         if "ms" in imp:
             lines.append(f"import {imp['modules']}: median {imp['ms']['median']:.0f} ms (fresh interpreter; torch imported: {imp['imports_torch']})")
@@ -442,14 +445,15 @@ def format_report(doc: dict) -> str:
             r["label"], r["precision"], _f(r["model_ms"]["median"]), _f(r["model_ms"]["p90"]), _f(r["model_ms"]["p99"]),
             _f(r["model_ms"]["std"]), _f(e2e.get("median")), _f(e2e.get("p90")),
             _f(r["prepost_fraction"], "{:.1%}"), _f(r["cold_start_ms"], "{:.0f}"), _f(r["peak_memory_mb"], "{:.0f}"),
-            _f(r["achieved_gflops"]), _f(r["peak_fraction"], "{:.0%}"), _f(r["peak_fraction_end_to_end"], "{:.0%}"),
-            _f(r["peak_fraction_paired"], "{:.0%}"),
+            _f(r["achieved_gflops"]), share(r["peak_fraction"]), share(r["peak_fraction_end_to_end"]), share(r["peak_fraction_paired"]),
         ])
     text = "\n".join(lines) + "\n\n" + format_table(
         ["engine", "precision", "model ms", "p90", "p99", "std", "e2e ms", "p90", "pre+post", "cold ms", "peak MiB", "GFLOP/s", "of peak", "e2e of peak", "paired"],
         rows, title="latency (batch 1; model alone vs end to end with pre- and post-processing; medians unless named; "
         "of peak = 2 x MACs / median time over the GEMM peak; paired = median over rounds of the same share within each round)",
     )
+    if any((r[k] or 0) > 1 for r in results for k in ("peak_fraction", "peak_fraction_end_to_end", "peak_fraction_paired")):
+        text += "\n" + PEAK_NOT_REACHED
     tp = [[r["label"], t["batch"], _f(t["ms"]["median"]), _f(t["items_per_s"], "{:.2f}"), _f(t["achieved_gflops"])]
           for r in results for t in r["throughput"]]
     if tp:

@@ -48,7 +48,7 @@ def versions() -> dict:
         "python": platform.python_version(),
         "torch": _version("torch"),
         "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),  # the `cpu` or the `gpu` extra
         "exporter": EXPORTER,
         "fp16_converter": FP16_CONVERTER,
     }

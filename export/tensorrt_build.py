@@ -83,7 +83,7 @@ def timing_cache_path(tensorrt_version: str, gpu: dict, cache_dir: str | Path | 
 
 def engine_instructions(folder: str | Path, reason: str, exported: bool = True) -> str:
     """One line: why no engines were built and exactly what to install and run on a GPU machine."""
-    steps = f"pip install 'tensorrt>=10' cuda-python (or pip install 'restr[gpu]'), then run: restr-export --build-engines {folder}"
+    steps = f"pip install 'tensorrt>=10' 'cuda-python>=12.6' (or pip install 'restr[tensorrt]'), then run: restr-export --build-engines {folder}"
     if exported:
         return f"TensorRT engines not built ({reason}). On a machine with an NVIDIA GPU and driver: {steps}"
     return (f"cannot build TensorRT engines here ({reason}). Export without --engine here, then on a machine "
@@ -157,13 +157,17 @@ def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspac
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     cache = config.create_timing_cache(timing_cache)
-    if cache is None:  # a cache from another TensorRT build: start afresh
+    # a cache TensorRT cannot read, or one from another GPU or TensorRT build (set_timing_cache is
+    # False with ignore_mismatch=False): start afresh rather than fail after the build
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise EngineBuildError(f"{onnx_path}: TensorRT could not set up a timing cache (see TensorRT's messages above)")
     opt_profile = builder.create_optimization_profile()
     for name, shapes in profile.items():
         opt_profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(opt_profile)
+    if config.add_optimization_profile(opt_profile) < 0:  # -1: TensorRT found the profile invalid
+        raise EngineBuildError(f"{onnx_path}: TensorRT refused the optimisation profile {profile} (see TensorRT's messages above)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT failed to build the engine (see TensorRT's messages above)")

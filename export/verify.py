@@ -8,9 +8,12 @@ where the reference is at least `decisive_margin` away from 0.5 land on the same
 outputs (`compare_features`) get the max and mean absolute difference, and the max relative to the
 features' scale.
 
-Which figures gate the export depends on whether masks mean anything: for trained weights (a
-checkpoint that names its data set) mask IoU is required; for random weights, whose probabilities
-all sit near 0.5, only the differences and the same-side fraction are.
+Each check has explicit criteria, looked up by its exact name in `CHECK_CRITERIA`; a check with
+none (the FP16 features, whose effect is judged in the probabilities) is "not judged" (`passed`:
+None), never a vacuous pass. Which figures gate depends on whether masks mean anything: for trained
+weights (a checkpoint that names its data set) mask IoU is required, and so is a minimum share of
+decisive pixels for the same-side fraction; for random weights, whose probabilities mostly sit near
+0.5, the differences, and the same-side fraction where enough pixels are decisive.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ class Tolerances:
     fp16_max_mean_abs_diff: float = 0.01
     fp16_min_same_side: float = 0.99
     fp16_min_mask_iou: float = 0.98  # trained weights only
+    # same_side means something only over enough decisive pixels (all near 0.5: nothing to compare)
+    fp16_min_decisive_share: float = 0.05
     decisive_margin: float = 0.1
     threshold: float = 0.5
 
@@ -66,8 +71,9 @@ def compare_probs(ref: np.ndarray, test: np.ndarray, threshold: float = 0.5, mar
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
         "mask_iou": mask_iou(ref > threshold, test > threshold),
-        "same_side": float(same[decisive].mean()) if decisive.any() else 1.0,
+        "same_side": float(same[decisive].mean()) if decisive.any() else None,  # None: no pixel to judge by
         "decisive_pixels": int(decisive.sum()),
+        "decisive_share": float(decisive.mean()),
         "pixels": int(ref.size),
     }
 
@@ -86,8 +92,10 @@ def _worst(results: list[dict]) -> dict:
     """Worst figures over several runs (batch sizes): max of differences, min of agreements."""
     out = {}
     for key in results[0]:
-        values = [r[key] for r in results]
-        if key in ("mask_iou", "same_side"):
+        values = [r[key] for r in results if r[key] is not None]
+        if not values:
+            out[key] = None
+        elif key in ("mask_iou", "same_side", "decisive_share"):
             out[key] = min(values)
         elif key in ("decisive_pixels", "pixels"):
             out[key] = sum(values)
@@ -283,31 +291,66 @@ def run_checks(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray]
     return {name: {"reference": refs[name], "batch_sizes": list(batch_sizes), **_worst(r)} for name, r in runs.items()}
 
 
+def _fp32_probs(tol: Tolerances, masks_meaningful: bool, c: dict) -> dict:
+    crit = {"max_abs_diff": ("<=", tol.fp32_max_abs_diff)}
+    if masks_meaningful:
+        crit["mask_iou"] = (">=", tol.fp32_min_mask_iou)
+    return crit
+
+
+def _fp16_probs(tol: Tolerances, masks_meaningful: bool, c: dict) -> dict:
+    crit = {"mean_abs_diff": ("<=", tol.fp16_max_mean_abs_diff)}
+    if masks_meaningful:  # trained weights: too few decisive pixels is itself a failure
+        crit["decisive_share"] = (">=", tol.fp16_min_decisive_share)
+        crit["same_side"] = (">=", tol.fp16_min_same_side)
+        crit["mask_iou"] = (">=", tol.fp16_min_mask_iou)
+    elif (c.get("decisive_share") or 0.0) >= tol.fp16_min_decisive_share:  # random weights: judged where it can be
+        crit["same_side"] = (">=", tol.fp16_min_same_side)
+    return crit
+
+
+# Every check the export runs, by exact name -> its criteria (op, bound) per figure. FP16 features
+# have none (their effect is judged in the probabilities); a name not listed is "not judged".
+CHECK_CRITERIA = {
+    "end_to_end": _fp32_probs,
+    "fusion_decoder": _fp32_probs,
+    "vision": lambda tol, m, c: {"max_rel_diff": ("<=", tol.fp32_max_abs_diff)},
+    "language": lambda tol, m, c: {"max_rel_diff": ("<=", tol.fp32_max_abs_diff)},
+    "split_vs_end_to_end": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
+    "split_vs_end_to_end_fp16": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
+    # fusion_decoder with one image's features broadcast vs the same features repeated per expression
+    "split_vs_repeated_image": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
+    "split_vs_repeated_image_fp16": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
+    "end_to_end_fp16": _fp16_probs,
+    "fusion_decoder_fp16": _fp16_probs,
+    "vision_fp16": lambda tol, m, c: {},
+    "language_fp16": lambda tol, m, c: {},
+}
+
+
+def _meets(value, op: str, bound: float) -> bool:
+    if value is None:  # a figure that could not be measured meets no bound
+        return False
+    return value <= bound if op == "<=" else value >= bound
+
+
 def judge(checks: dict[str, dict], tol: Tolerances, masks_meaningful: bool) -> tuple[dict[str, dict], list[str]]:
-    """Apply the tolerances: adds "criteria" and "passed" to every check; returns (checks, failures)."""
+    """Apply the tolerances: adds "criteria" and "passed" (True, False, or None: not judged) to
+    every check; returns (checks, failures)."""
     failures = []
     for name, c in checks.items():
-        fp16 = "fp16" in name
-        split = name.startswith("split_vs")
-        if "mask_iou" not in c:  # features: FP32 gated relative to scale; FP16 reported (its effect is in the probabilities)
-            crit = {} if fp16 else {"max_rel_diff": ("<=", tol.fp32_max_abs_diff)}
-        elif fp16:
-            crit = {"mean_abs_diff": ("<=", tol.fp16_max_mean_abs_diff), "same_side": (">=", tol.fp16_min_same_side)}
-            if masks_meaningful:
-                crit["mask_iou"] = (">=", tol.fp16_min_mask_iou)
-        elif split:
-            crit = {"max_abs_diff": ("<=", tol.split_max_abs_diff)}
-        else:
-            crit = {"max_abs_diff": ("<=", tol.fp32_max_abs_diff)}
-            if masks_meaningful:
-                crit["mask_iou"] = (">=", tol.fp32_min_mask_iou)
-        bad = [f"{k} {c[k]:.4g} (needs {op} {v:g})" for k, (op, v) in crit.items()
-               if not (c[k] <= v if op == "<=" else c[k] >= v)]
+        rule = CHECK_CRITERIA.get(name)
+        crit = rule(tol, masks_meaningful, c) if rule else {}
+        bad = [f"{k} {_fmt(c.get(k))} (needs {op} {v:g})" for k, (op, v) in crit.items() if not _meets(c.get(k), op, v)]
         c["criteria"] = {k: f"{op} {v:g}" for k, (op, v) in crit.items()}
-        c["passed"] = not bad
+        c["passed"] = None if not crit else not bad
         if bad:
             failures.append(f"{name} vs {c['reference']}: " + ", ".join(bad))
     return checks, failures
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def verify(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray], tol: Tolerances,
@@ -328,11 +371,9 @@ def format_table(verification: dict) -> str:
     rows = []
     for name, c in verification["checks"].items():
         iou = f"{c['mask_iou']:.4f}" if "mask_iou" in c else "-"
-        side = f"{c['same_side']:.4f}" if "same_side" in c else "-"
+        side = f"{c['same_side']:.4f}" if c.get("same_side") is not None else "-"
         diff = f"{c['max_abs_diff']:.2e}" + ("" if "mask_iou" in c else " (rel %.1e)" % c["max_rel_diff"])
-        result = "ok" if c["passed"] else "FAIL"
-        if not c["criteria"]:
-            result = "(info)"
+        result = {True: "ok", False: "FAIL", None: "not judged"}[c["passed"]]
         rows.append((name, c["reference"], ",".join(map(str, c["batch_sizes"])), diff, f"{c['mean_abs_diff']:.2e}", iou, side, result))
     lines = [format_text_table(["check", "reference", "batches", "max|dp|", "mean|dp|", "mask IoU", "same side", "result"], rows)]
     if not verification.get("masks_meaningful", True):

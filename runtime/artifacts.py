@@ -1,6 +1,7 @@
 """An export folder, read through its `manifest.json` (docs/artifacts.md, format_version 1).
 
-The manifest is validated when the folder is opened; a graph's or engine's sha256 is checked when
+The manifest is validated when the folder is opened (against `manifest.schema.json`, the schema
+the C++ host reads too, then across fields by `check_consistency`); a graph's or engine's sha256 is checked when
 that file is loaded (on the very bytes handed to the backend), so opening a folder stays cheap and
 only the files in use are read.
 Every failure is an `ArtifactError`: one line, naming the file, meant for users.
@@ -12,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
 FORMAT_VERSION = 1
@@ -85,8 +87,8 @@ class Artifacts:
         if not path.is_file():
             raise ArtifactError(f"{root}: no {MANIFEST} (not a restr export folder; make one with restr-export)")
         try:
-            m = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            m = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ArtifactError(f"{path}: not a readable JSON manifest ({_first_line(e)})") from None
         if not isinstance(m, dict):
             raise ArtifactError(f"{path}: not a restr manifest (a JSON object was expected)")
@@ -96,6 +98,9 @@ class Artifacts:
                 f"{path}: manifest format_version {version!r} is not supported by this runtime "
                 f"(it reads version {FORMAT_VERSION}); re-export with a matching restr version"
             )
+        problem = first_error(manifest_schema(), m) or check_consistency(m)
+        if problem:
+            raise ArtifactError(f"{path}: manifest is invalid: {problem}")
         try:
             norm = m.get("normalization", {})
             graphs = {k: _graph_info(root, k, g) for k, g in m["graphs"].items()}
@@ -119,10 +124,6 @@ class Artifacts:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(f"{path}: manifest is incomplete or malformed ({type(e).__name__}: {_first_line(e)})") from None
-        if len(art.mean) != 3 or len(art.std) != 3 or art.max_batch < 1 or art.image_size % art.patch_size:
-            raise ArtifactError(f"{path}: manifest has inconsistent normalization, max_batch or image/patch size")
-        if (m.get("letterbox") or {}).get("align", "top-left") != "top-left":
-            raise ArtifactError(f"{path}: letterbox alignment {m['letterbox']['align']!r} is not supported (top-left only)")
         return art
 
     @property
@@ -139,7 +140,13 @@ class Artifacts:
         return self.graphs[key]
 
     def engine(self, key: str) -> GraphInfo:
-        """The TensorRT engine named `key`; its file is checked when loaded (`read_verified`)."""
+        """The TensorRT engine named `key`; its file is checked when loaded (`read_verified`).
+
+        Engines are built from the FP16 graphs only, so `key` "vision" finds "vision_fp16": asking
+        the tensorrt backend for the default precision gets the engine that exists.
+        """
+        if key not in self.engines and f"{key}_fp16" in self.engines:
+            key = f"{key}_fp16"
         if key not in self.engines:
             raise ArtifactError(
                 f"{self.root}: the export has no {key!r} TensorRT engine "
@@ -171,6 +178,54 @@ class Artifacts:
         if size is not None and int(size) != len(vocab):
             raise ArtifactError(f"{self.vocab_path}: {len(vocab)} words, but the manifest says {size}")
         return vocab
+
+
+# The graphs the runtime chains: their input and output names, and each tensor's shape after the
+# first axis in the manifest's sizes (S = image_size, L = max_words, N = num_patches,
+# D = feature_width). The first axis must be dynamic; its name is free (batch, image_batch, ...).
+_GRAPH_IO = {
+    "vision": ({"image"}, {"visual_features"}),
+    "language": ({"words", "pad_mask"}, {"linguistic_features"}),
+    "fusion_decoder": ({"visual_features", "linguistic_features", "pad_mask"}, {"pixel_probs", "patch_probs"}),
+    END_TO_END: ({"image", "words", "pad_mask"}, {"pixel_probs", "patch_probs"}),
+}
+_TENSOR_DIMS = {
+    "image": (3, "S", "S"),
+    "words": ("L",),
+    "pad_mask": ("L",),
+    "visual_features": ("N", "D"),
+    "linguistic_features": ("L", "D"),
+    "pixel_probs": (1, "S", "S"),
+    "patch_probs": ("N",),
+}
+
+
+def check_consistency(m: dict) -> str | None:
+    """What a schema cannot say: the sizes agree with each other and with the graphs the runtime
+    chains (other graphs are left to their runners). `m` has passed the schema. None or one line."""
+    s, p = int(m["image_size"]), int(m["patch_size"])
+    if s % p:
+        return f"image_size {s} is not a multiple of patch_size {p}"
+    if int(m["num_patches"]) != (s // p) ** 2:
+        return f"num_patches {m['num_patches']} is not (image_size / patch_size)^2 = {(s // p) ** 2}"
+    sizes = {"S": s, "L": int(m["max_words"]), "N": int(m["num_patches"]), "D": int(m["feature_width"])}
+    for key, g in m["graphs"].items():
+        io = _GRAPH_IO.get(key.removesuffix("_fp16"))
+        if io is None:
+            continue
+        names = ({t["name"] for t in g["inputs"]}, {t["name"] for t in g["outputs"]})
+        if names != io:
+            return (f"graphs.{key}: inputs {sorted(names[0])} and outputs {sorted(names[1])}; "
+                    f"the runtime needs {sorted(io[0])} -> {sorted(io[1])}")
+        for t in g["inputs"] + g["outputs"]:
+            want = [sizes.get(d, d) for d in _TENSOR_DIMS[t["name"]]]
+            if not t["shape"] or not isinstance(t["shape"][0], str) or list(t["shape"][1:]) != want:
+                return f"graphs.{key}: tensor {t['name']!r} has shape {t['shape']}, the manifest's sizes give [batch, {', '.join(map(str, want))}]"
+    return None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

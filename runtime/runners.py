@@ -188,11 +188,23 @@ class OrtRunner:
         self._lock = threading.Lock()
         self._bindings: dict[int, DeviceBinding] = {}
         self.session = self._session(self.cuda_graph)
-        names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(s.name for s in self.input_specs):
-            raise ArtifactError(f"{info.path}: graph inputs {names} do not match the manifest's {[s.name for s in self.input_specs]}")
+        self._check_io()
         if not self.output_names:
             self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def _check_io(self) -> None:
+        """The graph's inputs and outputs are the manifest's: names, ranks, fixed dimensions."""
+        for kind, specs, values in (("inputs", self.input_specs, self.session.get_inputs()),
+                                    ("outputs", self.info.outputs, self.session.get_outputs())):
+            if not specs and kind == "outputs":
+                continue
+            graph = {v.name: v.shape for v in values}
+            manifest = {s.name: s.shape for s in specs}
+            ok = sorted(graph) == sorted(manifest) and all(
+                len(graph[n]) == len(shape) and all(isinstance(w, str) or g == w for g, w in zip(graph[n], shape))
+                for n, shape in manifest.items())
+            if not ok:
+                raise ArtifactError(f"{self.info.path}: graph {kind} {graph} do not match the manifest's {manifest}")
 
     def _session(self, cuda_graph: bool):
         ort = self._ort

@@ -4,8 +4,8 @@ Kept thin on purpose: names, dtypes, fixed dimensions and batch checks come from
 through `prepare_feeds` (the same code the ONNX Runtime path runs), and everything here is the
 TensorRT 10+ tensor-name API:
 
-    engine  = trt.Runtime(logger).deserialize_cuda_engine(bytes)
-    context = engine.create_execution_context()             # one per thread
+    cudaSetDevice(device); engine = trt.Runtime(logger).deserialize_cuda_engine(bytes)
+    context = engine.create_execution_context()             # a bounded pool, one per run in flight
     context.set_input_shape(name, shape); context.set_tensor_address(name, device_ptr)
     context.execute_async_v3(stream)
 
@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec
-from restr.runtime.runners import prepare_feeds
+from restr.runtime.runners import RunnerClosedError, prepare_feeds  # noqa: F401  (RunnerClosedError: re-exported)
 
 
 class EngineMismatchError(ArtifactError):
@@ -33,6 +33,10 @@ class EngineMismatchError(ArtifactError):
 
 class TensorRTUnavailable(RuntimeError):
     """tensorrt, cuda-python or a CUDA GPU is missing on this machine."""
+
+
+class DeviceError(RuntimeError):
+    """A CUDA call or a TensorRT execution failed at run time (one line, naming the call)."""
 
 
 def check_sidecar(sidecar: dict, *, tensorrt_version: str, gpu_name: str, compute_capability, engine: str = "engine") -> None:
@@ -93,11 +97,11 @@ def import_backends():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise TensorRTUnavailable(f"the tensorrt backend needs TensorRT 10 or newer (pip install 'restr[gpu]'): {e}") from None
+        raise TensorRTUnavailable(f"the tensorrt backend needs TensorRT 10 or newer (pip install 'restr[tensorrt]'): {e}") from None
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as e:
-        raise TensorRTUnavailable(f"the tensorrt backend needs cuda-python (pip install 'restr[gpu]'): {e}") from None
+        raise TensorRTUnavailable(f"the tensorrt backend needs cuda-python (pip install 'restr[tensorrt]'): {e}") from None
     if int(trt.__version__.split(".")[0]) < 10:
         raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old: the tensorrt backend needs 10 or newer")
     return trt, cudart
@@ -108,7 +112,7 @@ def _check(cudart, result):
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
         _, msg = cudart.cudaGetErrorString(err)
-        raise RuntimeError(f"CUDA error {err}: {msg.decode() if isinstance(msg, bytes) else msg}")
+        raise DeviceError(f"CUDA error {err}: {msg.decode() if isinstance(msg, bytes) else msg}")
     return values[0] if len(values) == 1 else (values or None)
 
 
@@ -116,7 +120,7 @@ def describe_gpu(cudart, device: int = 0) -> dict:
     """{"gpu_name": ..., "compute_capability": "M.m"} of CUDA device `device`."""
     try:
         count = _check(cudart, cudart.cudaGetDeviceCount())
-    except RuntimeError as e:  # no driver, or a driver too old for this CUDA runtime
+    except DeviceError as e:  # no driver, or a driver too old for this CUDA runtime
         raise TensorRTUnavailable(f"no usable CUDA GPU: {e}") from None
     if not count:
         raise TensorRTUnavailable("no CUDA GPU is visible: the tensorrt backend needs one")
@@ -125,15 +129,18 @@ def describe_gpu(cudart, device: int = 0) -> dict:
     return {"gpu_name": name, "compute_capability": f"{prop.major}.{prop.minor}"}
 
 
-class _ThreadState:
-    """What one thread needs to run the engine: its own execution context, stream and buffers."""
+class _Slot:
+    """One execution context with its CUDA stream, device buffers and timing events. A slot is used
+    by one `run` at a time; the runner keeps a bounded pool of them."""
 
-    def __init__(self, engine, cudart, device: int):
+    def __init__(self, engine, cudart, name: str):
         self.cudart = cudart
-        _check(cudart, cudart.cudaSetDevice(device))
         self.context = engine.create_execution_context()
+        if self.context is None:  # TensorRT logs why (usually: out of GPU memory)
+            raise DeviceError(f"{name}: TensorRT could not create an execution context (see the TensorRT log above)")
         self.stream = _check(cudart, cudart.cudaStreamCreate())
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.events: list = []
 
     def buffer(self, name: str, nbytes: int) -> int:
         """A device buffer of at least `nbytes` for tensor `name`, grown when needed."""
@@ -141,14 +148,24 @@ class _ThreadState:
         if size < nbytes:
             if ptr:
                 _check(self.cudart, self.cudart.cudaFree(ptr))
+                del self.buffers[name]
             ptr = int(_check(self.cudart, self.cudart.cudaMalloc(max(nbytes, 1))))
             self.buffers[name] = (ptr, nbytes)
         return ptr
+
+    def timing_events(self) -> list:
+        """Four CUDA events (before h2d, before compute, after compute, after d2h), made once."""
+        while len(self.events) < 4:
+            self.events.append(_check(self.cudart, self.cudart.cudaEventCreate()))
+        return self.events
 
     def close(self) -> None:
         for ptr, _ in self.buffers.values():
             self.cudart.cudaFree(ptr)
         self.buffers.clear()
+        for ev in self.events:
+            self.cudart.cudaEventDestroy(ev)
+        self.events.clear()
         self.cudart.cudaStreamDestroy(self.stream)
         self.context = None
 
@@ -157,18 +174,28 @@ class TrtRunner:
     """A TensorRT engine from an export folder, checked against its sidecar and sha256.
 
     `specs` is the manifest entry of the ONNX graph the engine was built from (same key): its input
-    specs are shared with `OrtRunner`. Each calling thread gets its own execution context and CUDA
-    stream, so `run` is thread-safe.
+    specs are shared with `OrtRunner`. `run` is thread-safe: each call borrows an execution context
+    (with its own CUDA stream and buffers) from a pool of at most `max_contexts`, made on demand and
+    kept for reuse, so GPU memory is bounded however many threads call it; a call that finds every
+    context busy waits for one. `close()` waits for the calls in flight, then frees everything.
     """
 
-    def __init__(self, artifacts: Artifacts, info: GraphInfo, specs: GraphInfo | None = None, device: int = 0):
+    backend = "tensorrt"
+
+    def __init__(self, artifacts: Artifacts, info: GraphInfo, specs: GraphInfo | None = None, device: int = 0,
+                 max_contexts: int = 4):
+        if max_contexts < 1:
+            raise ValueError(f"max_contexts must be at least 1, got {max_contexts}")
         trt, cudart = import_backends()
-        self._trt, self._cudart, self.device = trt, cudart, device
+        self._trt, self._cudart, self._device_index = trt, cudart, int(device)
+        self.device = f"cuda:{int(device)}"
         self.name = info.key
+        self.max_contexts = int(max_contexts)
         self.sidecar = read_sidecar(info)
         check_sidecar(self.sidecar, tensorrt_version=trt.__version__, engine=str(info.path), **describe_gpu(cudart, device))
         self.max_batch = profile_max_batch(self.sidecar)
         data = artifacts.read_verified(info)
+        _check(cudart, cudart.cudaSetDevice(self._device_index))  # the engine's memory goes to this device
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(data)
@@ -187,52 +214,120 @@ class TrtRunner:
         self.input_specs = specs.inputs if specs is not None and specs.inputs else tuple(inputs)
         self.output_specs = tuple(outputs)
         self.output_names = tuple(s.name for s in outputs)
-        self._local = threading.local()
-        self._states: list[_ThreadState] = []
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._create_lock = threading.Lock()
+        self._idle: list[_Slot] = []
+        self._slots = 0  # contexts alive (idle or borrowed)
+        self._busy = 0  # runs in flight
+        self._closed = False
 
-    def _state(self) -> _ThreadState:
-        state = getattr(self._local, "state", None)
-        if state is None:
-            with self._lock:  # context creation is serialised; running is not
-                state = _ThreadState(self.engine, self._cudart, self.device)
-                self._states.append(state)
-            self._local.state = state
-        return state
+    @property
+    def contexts(self) -> int:
+        """Execution contexts alive now (at most `max_contexts`)."""
+        return self._slots
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
+        """Named inputs -> named outputs (host numpy). With `timings`, adds the milliseconds of the
+        host-to-device copies, the engine and the device-to-host copies ("h2d", "compute", "d2h"),
+        measured with CUDA events on this call's stream."""
+        if self._closed:
+            raise RunnerClosedError(f"{self.name}: the TensorRT runner is closed")
         feeds, batch = prepare_feeds(self.input_specs, feeds, self.name)
         if self.max_batch is not None and batch > self.max_batch:
             raise ValueError(f"{self.name}: batch {batch} is above the engine's profile maximum {self.max_batch}")
-        cudart, st = self._cudart, self._state()
+        slot = self._acquire()
+        try:
+            return self._execute(slot, feeds, timings)
+        finally:
+            self._release(slot)
+
+    def _acquire(self) -> _Slot:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RunnerClosedError(f"{self.name}: the TensorRT runner is closed")
+                if self._idle:
+                    slot = self._idle.pop()
+                    break
+                if self._slots < self.max_contexts:
+                    self._slots += 1  # reserved here, made outside the lock
+                    slot = None
+                    break
+                self._cond.wait()
+            self._busy += 1
+        if slot is None:
+            try:
+                with self._create_lock:  # TensorRT objects are not thread-safe: contexts are made one at a time
+                    _check(self._cudart, self._cudart.cudaSetDevice(self._device_index))
+                    slot = _Slot(self.engine, self._cudart, self.name)
+            except BaseException:
+                with self._cond:
+                    self._slots -= 1
+                    self._busy -= 1
+                    self._cond.notify_all()
+                raise
+        return slot
+
+    def _release(self, slot: _Slot) -> None:
+        with self._cond:
+            self._busy -= 1
+            self._idle.append(slot)
+            self._cond.notify_all()
+
+    def _execute(self, slot: _Slot, feeds: dict[str, np.ndarray], timings: dict | None) -> dict[str, np.ndarray]:
+        """The TensorRT part of `run`: copies in, execute_async_v3, copies out, on the slot's stream."""
+        cudart, context, stream = self._cudart, slot.context, slot.stream
+        _check(cudart, cudart.cudaSetDevice(self._device_index))  # the current device is per thread
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        events = slot.timing_events() if timings is not None else None
+        if events:
+            _check(cudart, cudart.cudaEventRecord(events[0], stream))
         for name, x in feeds.items():
-            if not st.context.set_input_shape(name, x.shape):
+            if not context.set_input_shape(name, x.shape):
                 raise ValueError(f"{self.name}: TensorRT refused shape {x.shape} for {name!r} (outside the engine's profile)")
-            ptr = st.buffer(name, x.nbytes)
-            _check(cudart, cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, st.stream))
-            st.context.set_tensor_address(name, ptr)
+            ptr = slot.buffer(name, x.nbytes)
+            _check(cudart, cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, stream))
+            context.set_tensor_address(name, ptr)
         outs = {}
         for spec in self.output_specs:
-            host = np.empty(tuple(st.context.get_tensor_shape(spec.name)), dtype=spec.dtype)
-            st.context.set_tensor_address(spec.name, st.buffer(spec.name, host.nbytes))
+            host = np.empty(tuple(context.get_tensor_shape(spec.name)), dtype=spec.dtype)
+            context.set_tensor_address(spec.name, slot.buffer(spec.name, host.nbytes))
             outs[spec.name] = host
-        if not st.context.execute_async_v3(st.stream):
-            raise RuntimeError(f"{self.name}: TensorRT execution failed (see the TensorRT log above)")
+        if events:
+            _check(cudart, cudart.cudaEventRecord(events[1], stream))
+        if not context.execute_async_v3(stream):
+            raise DeviceError(f"{self.name}: TensorRT execution failed (see the TensorRT log above)")
+        if events:
+            _check(cudart, cudart.cudaEventRecord(events[2], stream))
         for name, host in outs.items():
-            _check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, st.buffers[name][0], host.nbytes, d2h, st.stream))
-        _check(cudart, cudart.cudaStreamSynchronize(st.stream))
+            _check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, slot.buffers[name][0], host.nbytes, d2h, stream))
+        if events:
+            _check(cudart, cudart.cudaEventRecord(events[3], stream))
+        _check(cudart, cudart.cudaStreamSynchronize(stream))
+        if events:
+            for phase, (a, b) in zip(("h2d", "compute", "d2h"), zip(events, events[1:])):
+                timings[phase] = timings.get(phase, 0.0) + float(_check(cudart, cudart.cudaEventElapsedTime(a, b)))
         return outs
 
     def close(self) -> None:
-        """Free every thread's buffers and streams (also done when the runner is collected)."""
-        with self._lock:
-            for state in self._states:
-                state.close()
-            self._states.clear()
+        """Refuse new runs, wait for those in flight, then free every context, stream and buffer.
+        Idempotent; also done when the runner is collected."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()  # runs waiting for a context: they now raise RunnerClosedError
+            while self._busy:
+                self._cond.wait()
+            idle, self._idle = self._idle, []
+            self._slots -= len(idle)
+        for slot in idle:
+            slot.close()
+
+    def __repr__(self) -> str:
+        return f"TrtRunner({self.name!r}, device={self.device!r}, contexts={self._slots}/{self.max_contexts})"
 
     def __del__(self):
         try:
-            self.close()
+            if hasattr(self, "_cond"):
+                self.close()
         except Exception:  # interpreter shutdown: CUDA may already be gone
             pass

@@ -26,8 +26,12 @@ from restr.export.pipeline import ExportOptions, export_artifacts, load_source
 from restr.export.tensorrt_build import (
     ENGINE_PRECISION, EngineUnavailable, build_engines, engine_instructions, engine_support, profiles, sidecar, timing_cache_path,
 )
-from restr.export.verify import Tolerances, VerificationError, compare_probs, generated_inputs, judge, mask_iou, ort_session, run_session
+from restr.export.verify import (
+    Tolerances, VerificationError, compare_probs, format_table, generated_inputs, judge, mask_iou, ort_session, run_session,
+)
 from restr.modeling import ReSTR
+from restr.runtime.artifacts import check_consistency
+from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
 from restr.config import get_config as _get_config
@@ -121,6 +125,7 @@ def test_folder_and_manifest(exported, ckpt):
     assert {"torch", "onnx", "onnxruntime", "exporter", "restr"} <= set(m["versions"])
     assert m["engines"] == {} and m["tensorrt"]["status"] in ("not built", "built")
     assert check_checksums(out, m) == []
+    assert first_error(manifest_schema(), m) is None and check_consistency(m) is None  # what the runtime validates
     assert _no_leftovers(out.parent)
 
 
@@ -145,14 +150,17 @@ def test_verification_in_manifest(exported):
     assert v["processing"]["passed"] and v["processing"]["geometry_equal"]
     assert set(v["graphs"]) == set(m["graphs"]) and v["graphs"]["end_to_end"]["Shape"] == 0
     for name, c in v["checks"].items():
-        assert c["batch_sizes"] == [3, 1] and c["passed"], name
+        assert c["batch_sizes"] == [3, 1], name
+        # FP16 features have no criteria of their own: "not judged" (None), never a vacuous True
+        assert c["passed"] is (None if name in ("vision_fp16", "language_fp16") else True), name
     tol = Tolerances()
     assert v["checks"]["end_to_end"]["max_abs_diff"] <= tol.fp32_max_abs_diff
     assert v["checks"]["split_vs_end_to_end"]["max_abs_diff"] <= tol.split_max_abs_diff
     fp16 = v["checks"]["end_to_end_fp16"]
     assert fp16["mask_iou"] >= tol.fp16_min_mask_iou and fp16["mean_abs_diff"] <= tol.fp16_max_mean_abs_diff
     assert fp16["decisive_pixels"] > 0 and fp16["same_side"] >= tol.fp16_min_same_side
-    assert set(fp16["criteria"]) == {"mean_abs_diff", "same_side", "mask_iou"}
+    assert set(fp16["criteria"]) == {"mean_abs_diff", "decisive_share", "same_side", "mask_iou"}
+    assert v["checks"]["split_vs_end_to_end_fp16"]["criteria"] == {"max_abs_diff": f"<= {tol.split_max_abs_diff:g}"}
 
 
 # ------------------------------------------------------------------------------------ the graphs
@@ -323,17 +331,53 @@ def test_figures():
 def test_judge_names_the_failing_figure():
     checks = {
         "end_to_end": {"reference": "pytorch", "max_abs_diff": 2e-3, "mean_abs_diff": 1e-4, "mask_iou": 1.0, "same_side": 1.0},
-        "end_to_end_fp16": {"reference": "end_to_end", "max_abs_diff": 0.2, "mean_abs_diff": 0.02, "mask_iou": 0.5, "same_side": 0.9},
+        "end_to_end_fp16": {"reference": "end_to_end", "max_abs_diff": 0.2, "mean_abs_diff": 0.02, "mask_iou": 0.5, "same_side": 0.9,
+                            "decisive_share": 0.5},
         "vision_fp16": {"reference": "vision", "max_abs_diff": 1.0, "mean_abs_diff": 0.1, "max_rel_diff": 0.5},
     }
     judged, failures = judge(checks, Tolerances(), masks_meaningful=False)
     assert not judged["end_to_end"]["passed"] and not judged["end_to_end_fp16"]["passed"]
-    assert judged["vision_fp16"]["passed"] and judged["vision_fp16"]["criteria"] == {}  # reported, not judged
+    assert judged["vision_fp16"]["passed"] is None and judged["vision_fp16"]["criteria"] == {}  # reported, not judged
     assert "mask_iou" not in judged["end_to_end_fp16"]["criteria"]  # random weights: masks not judged
     assert failures[0].startswith("end_to_end vs pytorch: max_abs_diff 0.002")
     assert "mean_abs_diff 0.02 (needs <= 0.01)" in failures[1] and "same_side 0.9" in failures[1]
     _, failures = judge(checks, Tolerances(), masks_meaningful=True)
     assert "mask_iou 0.5 (needs >= 0.98)" in failures[1]
+
+
+def test_split_fp16_gets_the_tight_split_tolerance():
+    """The FP16 split chain and the FP16 end-to-end graph compute the same thing: held to 1e-4 like
+    the FP32 pair, not to the loose FP16-vs-FP32 criteria (a name containing "fp16" once did that)."""
+    checks = {"split_vs_end_to_end_fp16": {"reference": "end_to_end_fp16 (onnxruntime)", "max_abs_diff": 5e-4,
+                                           "mean_abs_diff": 1e-5, "mask_iou": 1.0, "same_side": 1.0, "decisive_share": 0.9}}
+    judged, failures = judge(checks, Tolerances(), masks_meaningful=False)
+    assert judged["split_vs_end_to_end_fp16"]["passed"] is False
+    assert failures == ["split_vs_end_to_end_fp16 vs end_to_end_fp16 (onnxruntime): max_abs_diff 0.0005 (needs <= 0.0001)"]
+
+
+def test_fp16_gate_needs_decisive_pixels():
+    """Outputs all within the margin of 0.5 have no pixel to judge the same side by: that is not a pass."""
+    rng = np.random.default_rng(0)
+    ref = 0.5 + rng.uniform(-0.05, 0.05, (2, 1, 16, 16))
+    test = 1.0 - ref  # every pixel on the other side
+    r = compare_probs(ref, test)
+    assert r["same_side"] is None and r["decisive_pixels"] == 0 and r["decisive_share"] == 0.0
+    checks = {"end_to_end_fp16": {"reference": "end_to_end (fp32, onnxruntime)", **r}}
+    judged, failures = judge(checks, Tolerances(fp16_max_mean_abs_diff=0.1), masks_meaningful=True)
+    assert judged["end_to_end_fp16"]["passed"] is False
+    assert "decisive_share 0 (needs >= 0.05)" in failures[0] and "same_side n/a" in failures[0]
+    # random weights: same_side is left out where too few pixels are decisive, and shown as such
+    judged, failures = judge({"end_to_end_fp16": {"reference": "x", **r}}, Tolerances(fp16_max_mean_abs_diff=0.1), masks_meaningful=False)
+    assert set(judged["end_to_end_fp16"]["criteria"]) == {"mean_abs_diff"} and failures == []
+
+
+def test_unlisted_and_feature_fp16_checks_are_not_judged():
+    checks = {"vision_fp16": {"reference": "vision", "batch_sizes": [1], "max_abs_diff": 1.0, "mean_abs_diff": 0.1, "max_rel_diff": 0.5},
+              "something_new": {"reference": "x", "batch_sizes": [1], "max_abs_diff": 9.0, "mean_abs_diff": 9.0, "max_rel_diff": 9.0}}
+    judged, failures = judge(checks, Tolerances(), masks_meaningful=True)
+    assert failures == [] and all(c["passed"] is None for c in judged.values())
+    table = format_table({"checks": judged, "masks_meaningful": True})
+    assert table.count("not judged") == 2 and " ok" not in table
 
 
 def test_verification_inputs_from_the_checkpoints_data_set(tmp_path):
@@ -434,7 +478,7 @@ def test_engine_required_without_tensorrt(ckpt, tmp_path):
     except EngineUnavailable:
         pass
     line = _one_line_error(_run(["--ckpt", ckpt, "--out", tmp_path / "out", "--engine"]))
-    assert "pip install 'tensorrt>=10' cuda-python" in line and "restr-export --build-engines" in line
+    assert "pip install 'tensorrt>=10' 'cuda-python>=12.6'" in line and "restr-export --build-engines" in line
     assert list(tmp_path.iterdir()) == []
     line = _one_line_error(_run(["--build-engines", tmp_path / "missing"]))
     assert "manifest.json" in line
@@ -562,14 +606,16 @@ class _FakeConfig:
         _FakeTensorRT.calls.append(("cache in", bytes(blob)))
         return _FakeCache(blob)
 
-    def set_timing_cache(self, cache, ignore_mismatch):
+    def set_timing_cache(self, cache, ignore_mismatch):  # TensorRT: False when the cache does not fit
         self.cache = cache
+        return True
 
     def get_timing_cache(self):
         return self.cache
 
-    def add_optimization_profile(self, profile):
+    def add_optimization_profile(self, profile):  # TensorRT: the profile's index, -1 when invalid
         self.profile = profile
+        return 0
 
 
 def test_build_engines_glue_with_a_stand_in(exported, tmp_path):
@@ -613,6 +659,7 @@ def test_build_engines_cli_with_a_stand_in(exported, tmp_path, monkeypatch):
     assert set(new["engines"]) == {"vision_fp16", "fusion_decoder_fp16"} and new["max_batch"] == 2
     assert new["tensorrt"] == {"status": "built", "tensorrt_version": "11.0.0-fake", **gpu}
     assert new["graphs"] == m["graphs"] and check_checksums(folder, new) == []
+    assert first_error(manifest_schema(), new) is None  # engine entries too
     assert _no_leftovers(tmp_path)
     side = json.loads((folder / "fusion_decoder_fp16.engine.json").read_text())
     assert side["profiles"]["pad_mask"] == {"min": [1, 20], "opt": [1, 20], "max": [2, 20]}

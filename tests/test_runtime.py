@@ -196,8 +196,12 @@ def test_feature_cache_hits_by_content_and_is_bounded(tiny):
     assert pred.cache_info().currsize == 2 and pred.vision_runs == 3
     pred.set_image(a)
     assert pred.vision_runs == 4
+    assert pred.cache_info().misses == 4  # a, b, c, then a again after its eviction
     p1 = pred.predict(["the dog"])[0]
-    assert p1.timings["vision"] == 0.0 or pred.cache_info().misses >= 4
+    assert p1.timings["vision"] > 0.0  # this image's features were computed by the last set_image
+    pred.set_image(a)  # now a hit: the vision graph did not run for it
+    p2 = pred.predict(["the dog"])[0]
+    assert p2.timings["vision"] == 0.0 and pred.vision_runs == 4 and pred.cache_info().hits == 3
     off = Predictor.from_artifacts(tiny.folder, cache_size=0, threads=1)
     off.set_image(a)
     off.set_image(a)
@@ -338,7 +342,7 @@ def test_manifest_errors(tiny, tmp_path):
         Artifacts.open(folder)
     del m["graphs"]
     (folder / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match="incomplete or malformed"):
+    with pytest.raises(ArtifactError, match="manifest is invalid: manifest: required field 'graphs' is missing"):
         Artifacts.open(folder)
 
 
@@ -437,68 +441,6 @@ def test_sidecar_check_accepts_matching_and_refuses_others():
 def test_tensorrt_backend_needs_an_engine(tiny):
     with pytest.raises(ArtifactError, match="no 'vision_fp16' TensorRT engine"):
         Predictor.from_artifacts(tiny.folder, backend="tensorrt", precision="fp16", mode="split")
-
-
-def _trt_reason() -> str | None:
-    try:
-        from restr.runtime.trt_runner import describe_gpu, import_backends
-
-        _, cudart = import_backends()
-        describe_gpu(cudart)
-    except Exception as e:  # noqa: BLE001 - any failure means: no TensorRT here
-        return f"TensorRT engines need tensorrt>=10, cuda-python and a CUDA GPU ({str(e).splitlines()[0][:120]})"
-    return None
-
-
-def build_test_engines(folder: Path, keys=("vision", "language", "fusion_decoder"), max_batch: int = 4) -> None:
-    """Build strongly typed TensorRT engines from the tiny export's FP32 graphs, with sidecars (GPU only)."""
-    from restr.runtime.trt_runner import describe_gpu, import_backends
-
-    trt, cudart = import_backends()
-    logger = trt.Logger(trt.Logger.WARNING)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for key in keys:
-        builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-        parser = trt.OnnxParser(network, logger)
-        assert parser.parse((folder / f"{key}.onnx").read_bytes()), parser.get_error(0)
-        config = builder.create_builder_config()
-        profile = builder.create_optimization_profile()
-        profiles = {}
-        for spec in manifest["graphs"][key]["inputs"]:
-            shapes = {n: [b if isinstance(d, str) else d for d in spec["shape"]] for n, b in (("min", 1), ("opt", max_batch), ("max", max_batch))}
-            profile.set_shape(spec["name"], shapes["min"], shapes["opt"], shapes["max"])
-            profiles[spec["name"]] = shapes
-        config.add_optimization_profile(profile)
-        (folder / f"{key}.engine").write_bytes(bytes(builder.build_serialized_network(network, config)))
-        sidecar = {"tensorrt_version": trt.__version__, **describe_gpu(cudart), "profiles": profiles,
-                   "precision": "fp32-strongly-typed", "source": {"file": f"{key}.onnx", "sha256": manifest["graphs"][key]["sha256"]}}
-        (folder / f"{key}.engine.json").write_text(json.dumps(sidecar))
-        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": _sha(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json"}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(_trt_reason() is not None, reason=str(_trt_reason()))
-def test_trt_runner_matches_ort(tiny, tmp_path):  # pragma: no cover - needs a GPU
-    folder = _copy(tiny, tmp_path)
-    build_test_engines(folder)
-    trt_pred = Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")
-    ort_pred = Predictor.from_artifacts(folder, threads=1)
-    im = photo(80, 56)
-    for a, b in zip(trt_pred.predict_image(im, TEXTS), ort_pred.predict_image(im, TEXTS)):
-        np.testing.assert_allclose(a.probs, b.probs, atol=2e-3)
-    jobs = [(photo(60 + 8 * i, 50, seed=i), TEXTS[:3]) for i in range(8)]
-    serial = [trt_pred.predict_image(im, t) for im, t in jobs]
-    out: dict[int, list] = {}
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, trt_pred.predict_image(*jobs[i]))) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i in range(8):
-        for a, b in zip(serial[i], out[i]):
-            np.testing.assert_array_equal(a.mask, b.mask)
 
 
 class _FakeCudart:
@@ -613,18 +555,22 @@ def _fake_tensorrt():
     return trt
 
 
-@pytest.fixture()
-def fake_tensorrt(monkeypatch):
+def install_fake_tensorrt(monkeypatch, trt, cudart) -> None:
+    """Make `import tensorrt` and `from cuda.bindings import runtime` give the fakes (for one test)."""
     import types
 
-    cudart = _FakeCudart()
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = cudart
     cuda = types.ModuleType("cuda")
     cuda.bindings = bindings
-    trt = _fake_tensorrt()
     for name, module in {"tensorrt": trt, "cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": cudart}.items():
         monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.fixture()
+def fake_tensorrt(monkeypatch):
+    trt = _fake_tensorrt()
+    install_fake_tensorrt(monkeypatch, trt, _FakeCudart())
     return trt
 
 
@@ -657,7 +603,8 @@ def test_trt_runner_data_path_on_a_fake_tensorrt(tiny, tmp_path, fake_tensorrt):
     for i in range(8):
         for a, b in zip(serial[i], out[i]):
             np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
-    assert len(trt_pred.runners["vision"]._states) == 8  # one execution context per thread
+    runner = trt_pred.runners["vision"]
+    assert 1 <= runner.contexts <= runner.max_contexts == 4  # a bounded pool, not one context per thread
     with pytest.raises(ValueError, match="above the engine's profile maximum 4"):
         trt_pred.runners["language"].run({"words": np.ones((5, 20), np.int64), "pad_mask": np.zeros((5, 20), bool)})
     for runner in trt_pred.runners.values():
@@ -690,38 +637,6 @@ def test_trt_runner_uses_only_names_in_cuda_python():
         except AttributeError:
             missing.append(name)
     assert not missing, f"not in cuda.bindings.runtime: {missing}"
-
-
-def test_trt_runner_uses_only_names_in_the_tensorrt_bindings():
-    """Hold the TensorRT API names trt_runner.py uses against the installed binding's string table."""
-    import ast
-    import importlib.util
-    import re
-
-    spec = importlib.util.find_spec("tensorrt_bindings") or importlib.util.find_spec("tensorrt")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("tensorrt bindings not installed (pip install tensorrt-cu13-bindings gives the name table)")
-    so = next(Path(spec.submodule_search_locations[0]).glob("tensorrt*.so"), None)
-    if so is None:
-        pytest.skip("no compiled tensorrt module in the bindings package")
-    binary = so.read_bytes()
-    table = set(re.findall(rb"def ([A-Za-z_][A-Za-z0-9_]*)", (Path(spec.origin)).read_bytes()))  # Python-side helpers
-    runner_src = Path(__file__).resolve().parents[1] / "runtime" / "trt_runner.py"
-    trees = [ast.parse(runner_src.read_text())]
-    trees += [n for n in ast.parse(Path(__file__).read_text()).body if isinstance(n, ast.FunctionDef) and n.name == "build_test_engines"]
-    trt_objects = {"trt", "engine", "context", "_runtime", "builder", "network", "parser", "config", "profile"}
-    used = set()
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute):
-                base = node.value
-                base_name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
-                if base_name in trt_objects or (isinstance(base, ast.Attribute) and base.attr in ("Logger", "TensorIOMode", "NetworkDefinitionCreationFlag")):
-                    used.add(node.attr)
-    assert {"execute_async_v3", "set_tensor_address", "set_input_shape", "get_tensor_name", "STRONGLY_TYPED"} <= used
-    # a C string ends in NUL; the linker may share it as the tail of a longer one ("CONDITIONAL_INPUT")
-    missing = sorted(n for n in used if n.encode() not in table and n.encode() + b"\0" not in binary)
-    assert not missing, f"not in TensorRT's bindings: {missing}"
 
 
 # -- the device path (bound buffers, buckets, one image slot), exercised on the CPU ------------------

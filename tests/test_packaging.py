@@ -1,0 +1,53 @@
+"""pyproject.toml's dependencies: the CPU and GPU ONNX Runtime builds are never installed together
+(both own the `onnxruntime` module and overwrite each other), and the floors match what the code
+imports."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+ORT_BUILDS = {"onnxruntime", "onnxruntime-gpu"}
+
+
+def resolve(extras: tuple[str, ...]) -> dict[str, Requirement]:
+    """The requirements `pip install restr[extras]` asks for, with restr[...] self-references expanded."""
+    project = PYPROJECT["project"]
+    out, todo, seen = {}, list(extras), set()
+    for spec in project["dependencies"]:
+        out[Requirement(spec).name] = Requirement(spec)
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for spec in project["optional-dependencies"][extra]:
+            req = Requirement(spec)
+            if req.name == project["name"]:
+                todo.extend(req.extras)
+            else:
+                out[req.name] = req
+    return out
+
+
+def test_base_has_no_onnxruntime_and_each_install_has_one_build():
+    assert not ORT_BUILDS & set(resolve(()))  # the lean base depends on neither build
+    for extras, build in [(("cpu",), "onnxruntime"), (("gpu",), "onnxruntime-gpu"), (("dev",), "onnxruntime"),
+                          (("torch", "gpu", "test"), "onnxruntime-gpu"), (("torch", "cpu", "test"), "onnxruntime")]:
+        assert ORT_BUILDS & set(resolve(extras)) == {build}, extras
+    assert not ORT_BUILDS & set(resolve(("tensorrt",)))  # engines alone need no ONNX Runtime
+
+
+def test_make_install_gets_what_the_tests_need():
+    """`make install` installs `.[dev]`: torch's export tools, CPU ONNX Runtime, pytest, jsonschema."""
+    assert {"torch", "onnx", "onnxruntime", "pytest", "jsonschema", "numpy", "Pillow"} <= set(resolve(("dev",)))
+
+
+def test_cuda_python_floor_has_cuda_bindings():
+    """`from cuda.bindings import runtime` (the runtime's CUDA calls) exists from cuda-python 12.6."""
+    req = resolve(("gpu",))["cuda-python"]
+    floors = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
+    assert floors and min(floors) >= Version("12.6"), str(req)
