@@ -181,6 +181,14 @@ def as_rgb(image) -> Image.Image:
     raise ImageError(f"expected an image path, PIL image or numpy array, got {type(image).__name__}")
 
 
+def rgb_array(image) -> np.ndarray:
+    """`as_rgb` as a contiguous (H, W, 3) uint8 array; an RGB uint8 array is taken as it is."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        _check_size(image.shape[1], image.shape[0], "image array")
+        return np.ascontiguousarray(image)
+    return np.asarray(as_rgb(image))
+
+
 def _check_size(w: int, h: int, what: str) -> None:
     if w == 0 or h == 0:
         raise ImageError(f"{what} has zero size")
@@ -272,13 +280,15 @@ class Predictor:
         image: path, PIL image or numpy array (see `as_rgb`).
         """
         t0 = time.perf_counter()
-        rgb = np.asarray(as_rgb(image))  # (H, W, 3) uint8, EXIF orientation applied
-        h = hashlib.blake2b(rgb, digest_size=16)
-        h.update(repr((rgb.shape, self.artifacts.image_size, self.mode, self.fill)).encode())
-        key = h.hexdigest()
-        cached = self.cache.get(key)
-        if cached is not None:
-            return ImageEmbedding(cached.key, cached.letterbox, cached.features, {"preprocess": _ms(t0), "vision": 0.0})
+        rgb = rgb_array(image)  # (H, W, 3) uint8, EXIF orientation applied
+        key = ""
+        if self.cache.maxsize:  # hashing a photo costs ~1 ms: only for a cache that can use it
+            h = hashlib.blake2b(rgb, digest_size=16)
+            h.update(repr((rgb.shape, self.artifacts.image_size, self.mode, self.fill)).encode())
+            key = h.hexdigest()
+            cached = self.cache.get(key)
+            if cached is not None:
+                return ImageEmbedding(cached.key, cached.letterbox, cached.features, {"preprocess": _ms(t0), "vision": 0.0})
         if self._device is not None:
             emb = self._device.embed(key, rgb, t0)
         else:
