@@ -40,8 +40,10 @@ def _writable_file(path: str | None, option: str) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--macs", is_flag=True, help="Count params and MACs of restr-b16 and its variants and compare with the paper's Tables 3b and 5.")
 @click.option("--engine", "engines", multiple=True, metavar="PATH",
-              help="A .trt/.plan/.engine TensorRT engine, an .onnx graph, a .pt checkpoint (PyTorch eager) or an export folder to time; "
-                   "repeat to compare several in one process, interleaved (ratios are printed against the first).")
+              help="A .trt/.plan/.engine TensorRT engine, an .onnx graph, a .pt checkpoint (PyTorch) or an export folder to time; "
+                   "repeat to compare several in one process, interleaved (ratios are printed against the first). "
+                   "PATH#tag,tag sets options for that engine alone: fp32/fp16, cpu/cuda, ort/tensorrt, eager/compile "
+                   "(e.g. --engine runs/b16#fp16,cuda --engine b16.pt#fp16,cuda,compile).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Draw latency distributions, throughput against batch size and the multi-query cost (PNG).")

@@ -105,6 +105,7 @@ class Bench:
         self.timer = CpuTimer()
         self.engines: list[EngineRun] = []
         self.gemm: GemmPeak | None = None
+        self.gpu_gemm = None  # GpuGemmPeak where a target runs on CUDA and PyTorch sees the GPU
 
     # -- single runs -----------------------------------------------------------------------------
 
@@ -125,7 +126,8 @@ class Bench:
         return self.timer.time(lambda: e.target.runner.run(feeds))[0]
 
     def end_to_end_once(self, e: EngineRun, text: str = EXPRESSIONS[0]):
-        ms, preds = self.timer.time(lambda: e.target.predictor.predict_image(self.photo, [text]))
+        # a photo in, masks out (no probabilities: a deployment asks for masks)
+        ms, preds = self.timer.time(lambda: e.target.predictor.predict_image(self.photo, [text], probs=False))
         return ms, preds[0].timings
 
     def queries_once(self, e: EngineRun) -> dict[str, float]:
@@ -157,7 +159,7 @@ class Bench:
         target = load_target(path, self.load_options)
         load_ms = (time.perf_counter() - t0) * 1000.0
         e = EngineRun(target=target, load={})
-        if type(target.runner).__name__ == "TrtRunner":  # a .trt file, or an export folder with --backend tensorrt
+        if str(getattr(target.runner, "device", "cpu")).startswith("cuda"):  # the runner times its GPU phases
             e.gpu_phases, gpu_device = True, target.runner.device
         if target.predictor is not None:
             first_ms, _ = self.end_to_end_once(e)
@@ -205,6 +207,8 @@ class Bench:
                 step(self.engines[(r + i) % count])
             if gemm:
                 self.gemm.sample()
+            if self.gpu_gemm is not None:  # the GPU peak sampled between the same rounds
+                self.gpu_gemm.sample()
 
     def run(self) -> dict:
         s = self.s
@@ -223,6 +227,10 @@ class Bench:
             self.gemm = GemmPeak(s.gemm_size, s.threads) if cpu_targets else None
             if self.gemm:
                 self.gemm.warmup()
+            if any(e.target.device == "cuda" for e in self.engines):
+                from restr.benchmarks.gpu import GpuGemmPeak
+
+                self.gpu_gemm = GpuGemmPeak.maybe()
             env = environment(s.threads)
             env["loadavg_start"] = loadavg_start  # 1, 5 and 15 minute load averages, as `uptime` prints them
 
@@ -246,8 +254,11 @@ class Bench:
             env["rss_end_mb"] = rss_mb()  # every engine still loaded
         finally:
             _set_torch_threads(previous_torch_threads)
-        gemm = self.gemm.result() if self.gemm else {"peak_gflops": None, "note": "no CPU engine: the GPU matrix-product peak is not measured"}
-        results = [self.result(e, gemm["peak_gflops"], self.paired_peak_fraction(e)) for e in self.engines]
+        gemm = self.gemm.result() if self.gemm else {"peak_gflops": None, "note": "no CPU engine"}
+        gpu_gemm = self.gpu_gemm.result() if self.gpu_gemm else None
+        results = [self.result(e, (gpu_gemm or {}).get("peak_gflops") if e.target.device == "cuda" else gemm["peak_gflops"],
+                               self.paired_peak_fraction(e) if e.target.device == "cpu" else None)
+                   for e in self.engines]
         settings = asdict(s)
         settings["batch_sizes"] = list(s.batch_sizes)
         settings["photo"] = s.photo or f"synthetic {s.photo_size[0]}x{s.photo_size[1]} RGB array"
@@ -259,6 +270,7 @@ class Bench:
             "settings": settings,
             "import_ms": self.import_times,
             "gemm": gemm,
+            "gpu_gemm": gpu_gemm,
             "results": results,
             "ratios": ratios(results),
         }
@@ -433,6 +445,11 @@ def format_report(doc: dict) -> str:
     if gemm.get("peak_gflops"):
         parts = [f"{name} {_f(b['gflops'])}" for name, b in gemm["backends"].items()]
         lines.append(f"matrix-product peak: FP32 GEMM, best GFLOP/s per library and size: {'; '.join(parts)} -> peak {gemm['peak_gflops']:.1f}")
+    g = doc.get("gpu_gemm")
+    if g:
+        sizes = "; ".join(f"{n}^3 {v / 1000:.0f}" for n, v in g["gflops_by_size"].items())
+        lines.append(f"GPU matrix-product peak ({g['gpu']}): FP16 GEMM in {g['library']}, TFLOP/s: {sizes} -> peak {g['peak_gflops'] / 1000:.0f} "
+                     "(the 'of peak' share of GPU engines; an FP32 engine's share is of this FP16 peak too)")
     if env.get("load_warning"):
         lines.append(env["load_warning"])
     for name, imp in doc.get("import_ms", {}).items():

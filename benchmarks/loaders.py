@@ -52,6 +52,28 @@ class LoadOptions:
     providers: object = None  # ONNX Runtime execution providers (restr.runtime.choose_providers)
     image_size: int | None = None  # .pt only: rebuild for another input size; others must match
     config: str | None = None  # a named config for graphs without a manifest (for MACs)
+    compile: bool = False  # .pt only: torch.compile(mode="reduce-overhead")
+
+
+ENGINE_TAGS = {"fp32": ("precision", "fp32"), "fp16": ("precision", "fp16"), "cpu": ("providers", None),
+               "cuda": ("providers", "cuda"), "compile": ("compile", True), "eager": ("compile", False),
+               "ort": ("backend", "ort"), "tensorrt": ("backend", "tensorrt")}
+
+
+def split_engine(spec: str, options: "LoadOptions") -> tuple[Path, "LoadOptions"]:
+    """PATH or PATH#tag,tag: per-engine options over the run's, so one run compares several ways to
+    run a model (`runs/b16#fp16`, `model.pt#fp16,compile`). Tags: fp32, fp16, cpu, cuda, ort,
+    tensorrt, eager, compile. Raises LoadError for an unknown tag."""
+    import dataclasses
+
+    path, _, tags = str(spec).partition("#")
+    changes = {}
+    for tag in filter(None, (t.strip().lower() for t in tags.split(","))):
+        if tag not in ENGINE_TAGS:
+            raise LoadError(f"{spec}: unknown engine tag {tag!r} (known: {', '.join(ENGINE_TAGS)})")
+        key, value = ENGINE_TAGS[tag]
+        changes[key] = value
+    return Path(path), dataclasses.replace(options, **changes)
 
 
 @dataclass
@@ -104,8 +126,8 @@ def make_feeds(specs, batch: int, vocab_size: int = 2, seed: int = 0) -> dict[st
 
 
 def engine_kind(path) -> str:
-    """Which kind of PATH this is, with cheap checks only. Raises LoadError."""
-    p = Path(path)
+    """Which kind of PATH (PATH#tags) this is, with cheap checks only. Raises LoadError."""
+    p, _ = split_engine(path, LoadOptions())
     if not p.exists():
         raise LoadError(f"{p}: no such file or folder")
     if p.is_dir():
@@ -123,11 +145,14 @@ def engine_kind(path) -> str:
 
 
 def load_target(path, options: LoadOptions = LoadOptions()) -> Target:
-    """Load PATH for benchmarking. Raises LoadError (one line) for anything unusable."""
-    p = Path(path)
+    """Load PATH (or PATH#tags, see `split_engine`) for benchmarking. Raises LoadError (one line)
+    for anything unusable."""
+    p, options = split_engine(path, options)
     kind = engine_kind(p)
     try:
-        return {"folder": _load_folder, "onnx": _load_onnx, "pt": _load_pt, "tensorrt": _load_trt}[kind](p, options)
+        target = {"folder": _load_folder, "onnx": _load_onnx, "pt": _load_pt, "tensorrt": _load_trt}[kind](p, options)
+        target.label = Path(str(path)).name  # with its tags: two ways to run one model stay apart
+        return target
     except LoadError:
         raise
     except (ArtifactError, ValueError) as e:  # ArtifactError, CheckpointError, bad sizes: already one line
@@ -232,26 +257,59 @@ def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...],
 
 
 class TorchRunner:
-    """One of the exported graphs' modules (restr.export.onnx_export) run in PyTorch eager, behind
-    the runtime's Runner contract: numpy in, numpy out, inputs checked by `prepare_feeds`."""
+    """One of the exported graphs' modules (restr.export.onnx_export) run in PyTorch, behind the
+    runtime's Runner protocol: numpy in, numpy out, inputs checked by `prepare_feeds`.
 
-    def __init__(self, name: str, module, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+    device "cuda" moves the module there; precision "fp16" runs it in half precision (float inputs
+    cast); `compile` wraps it in `torch.compile(mode="reduce-overhead")` (CUDA graphs), the
+    strongest PyTorch peer. On CUDA, `timings` gets "h2d", "compute" (forward and synchronise) and
+    "d2h" milliseconds."""
+
+    backend = "pytorch"
+
+    def __init__(self, name: str, module, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+                 device: str = "cpu", precision: str = "fp32", compile: bool = False):
+        import torch
+
         self.name = name
-        self.module = module
         self.input_specs = inputs
         self.output_names = tuple(s.name for s in outputs)
+        self.device = "cuda:0" if device == "cuda" else device
+        self.max_batch = None
+        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        module = module.to(self.device, self._dtype).eval()
+        self.module = torch.compile(module, mode="reduce-overhead") if compile else module
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
+        import time
+
         import torch
 
         feeds, _ = prepare_feeds(self.input_specs, feeds, self.name)
+        cuda = self.device.startswith("cuda")
+        t0 = time.perf_counter()
         with torch.inference_mode():
-            outs = self.module(*(torch.from_numpy(feeds[s.name]) for s in self.input_specs))
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        return {n: t.numpy() for n, t in zip(self.output_names, outs)}
+            xs = [torch.from_numpy(feeds[s.name]).to(self.device) for s in self.input_specs]
+            xs = [x.to(self._dtype) if x.is_floating_point() else x for x in xs]
+            if cuda:
+                torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            outs = self.module(*xs)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            if cuda:
+                torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            result = {n: t.float().cpu().numpy() for n, t in zip(self.output_names, outs)}
+        if timings is not None:
+            for phase, a, b in (("h2d", t0, t1), ("compute", t1, t2), ("d2h", t2, time.perf_counter())):
+                timings[phase] = timings.get(phase, 0.0) + (b - a) * 1000.0
+        return result
+
+    def close(self) -> None:
+        self.module = None
 
     def __repr__(self) -> str:
-        return f"TorchRunner({self.name!r})"
+        return f"TorchRunner({self.name!r}, device={self.device!r})"
 
 
 def _load_pt(path: Path, o: LoadOptions) -> Target:
@@ -261,7 +319,14 @@ def _load_pt(path: Path, o: LoadOptions) -> Target:
     ck = load_checkpoint(path, image_size=o.image_size)  # CheckpointError / ValueError: one line
     cfg = ck.config
     io = graph_io(cfg)
-    runners = {g: TorchRunner(g, graph_module(ck.model, g), *io[g]) for g in GRAPHS}
+    device = "cuda" if _wants_cuda(o.providers) else "cpu"
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LoadError(f"{path}: --providers cuda, but this PyTorch sees no CUDA GPU")
+    runners = {g: TorchRunner(g, graph_module(ck.model, g), *io[g], device=device, precision=o.precision,
+                              compile=o.compile and g == END_TO_END) for g in GRAPHS}
     art = bare_artifacts(path.parent, *io[END_TO_END], cfg)
     predictor = Predictor(art, {END_TO_END: runners[END_TO_END]}, ck.vocab, cache_size=0)
 
@@ -270,11 +335,19 @@ def _load_pt(path: Path, o: LoadOptions) -> Target:
 
     import torch
 
+    mode = "torch.compile(mode='reduce-overhead')" if o.compile else "eager"
     return Target(
-        path=path, kind="pt", label=path.name, backend=f"pytorch {torch.__version__} eager", precision="fp32", graph=END_TO_END,
+        path=path, kind="pt", label=path.name, backend=f"pytorch {torch.__version__} {mode}", precision=o.precision, graph=END_TO_END,
         runner=runners[END_TO_END], predictor=predictor, split=split, config=cfg, image_size=cfg.image_size,
-        vocab_size=len(ck.vocab),
+        vocab_size=len(ck.vocab), device=device,
     )
+
+
+def _wants_cuda(providers) -> bool:
+    if providers is None:
+        return False
+    names = providers.split(",") if isinstance(providers, str) else list(providers)
+    return any(str(n).strip().lower() in ("cuda", "auto", "cudaexecutionprovider", "tensorrt") for n in names)
 
 
 # -- TensorRT engines ----------------------------------------------------------------------------
@@ -412,10 +485,7 @@ def _backend_name(runner) -> str:
 
 
 def _device(runner) -> str:
-    if type(runner).__name__ == "TrtRunner":
-        return "cuda"
-    providers = getattr(runner, "providers", None) or []
-    return "cuda" if providers and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+    return "cuda" if str(getattr(runner, "device", "cpu")).startswith("cuda") else "cpu"
 
 
 def _first_line(e: BaseException) -> str:

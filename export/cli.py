@@ -37,6 +37,9 @@ def _fail(message: str, code: int) -> None:
               help="TensorRT timing cache file reused across builds; default: one per TensorRT version and GPU in ~/.cache/restr/tensorrt.")
 @click.option("--workspace-gib", type=float, default=4.0, show_default=True, help="TensorRT builder workspace limit.")
 @click.option("--opset", type=int, default=MIN_OPSET, show_default=True, help=f"ONNX opset (>= {MIN_OPSET}).")
+@click.option("--attention", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="How attention is written: onnx = standard ONNX ops (TensorRT builds from them; any ONNX runtime); "
+                   "ort = ONNX Runtime's fused MultiHeadAttention (ONNX Runtime only, CPU or CUDA).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check every graph in ONNX Runtime against PyTorch.")
 @click.option("--samples", type=int, default=3, show_default=True, help="Verification batch (batch 1 is checked too).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated verification inputs and of random weights.")
@@ -50,7 +53,7 @@ def _fail(message: str, code: int) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, engine, engine_graphs, timing_cache, workspace_gib,
-        opset, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, force, no_progress):
+        opset, attention, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, force, no_progress):
     """Export a ReSTR checkpoint to ONNX (end-to-end and split graphs, FP32 and mixed FP16), verify it
     against PyTorch, build TensorRT engines where TensorRT and a GPU are present, and describe it all
     in DIR/manifest.json.
@@ -73,7 +76,7 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
     options = ExportOptions(
         max_batch=8 if max_batch is None else max_batch, precisions=tuple(dict.fromkeys(precisions)),
         engine=engine, engine_graphs=tuple(dict.fromkeys(engine_graphs)), timing_cache=timing_cache, workspace_gib=workspace_gib,
-        opset=opset, verify=verify, samples=samples, seed=seed, masks_meaningful=judge_masks, force=force, progress=not no_progress,
+        opset=opset, attention=attention, verify=verify, samples=samples, seed=seed, masks_meaningful=judge_masks, force=force, progress=not no_progress,
         threads=threads,
         tolerances=Tolerances(fp32_max_abs_diff=atol, fp16_max_mean_abs_diff=fp16_max_mean_diff, fp16_min_mask_iou=fp16_min_iou),
     )

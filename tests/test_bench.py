@@ -200,3 +200,16 @@ def test_generated_feeds_follow_the_specs():
     assert f["image"].shape == (3, 3, 8, 8) and f["image"].dtype == np.float32
     assert f["words"].dtype == np.int64 and f["pad_mask"].dtype == np.bool_
     assert ((f["words"] == 0) == f["pad_mask"]).all() and f["words"].max() < 50
+
+
+def test_engine_tags_give_each_engine_its_own_options(tiny, tmp_path):
+    """PATH#tags: one run compares the same checkpoint in FP32 and FP16 PyTorch, and labels them apart;
+    an unknown tag is one line and exit 2."""
+    out = tmp_path / "t.json"
+    res = bench("--engine", f"{tiny.pt}#fp32", "--engine", f"{tiny.pt}#fp16,eager", "--json", str(out))
+    assert res.exit_code == 0, res.output
+    results = json.loads(out.read_text())["results"]
+    assert [r["label"] for r in results] == ["model.pt#fp32", "model.pt#fp16,eager"]
+    assert [r["precision"] for r in results] == ["fp32", "fp16"]
+    res = bench("--engine", f"{tiny.pt}#fp8")
+    assert res.exit_code == 2 and "unknown engine tag 'fp8'" in res.output and "Traceback" not in res.output

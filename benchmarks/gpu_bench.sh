@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command on a GPU machine (restr installed with its GPU extra, PyTorch with CUDA):
+#     bash benchmarks/gpu_bench.sh [OUT_DIR]
+# restr-b16 at 320x320 with random weights, exported with each attention form, then timed in ONE
+# interleaved restr-bench run against PyTorch eager FP16 and torch.compile(mode="reduce-overhead")
+# FP16 on the same GPU, with the GPU's FP16 matrix-product peak measured in the same run; then the
+# FP16-on-GPU vs FP32-on-CPU mask agreement. Writes OUT_DIR/bench.json, bench.txt, agreement.json.
+# CONFIG, SIZE and DEVICE (cuda|cpu) override the defaults (the tests run it small on a CPU).
+set -euo pipefail
+OUT=${1:-runs/gpu-bench}
+CONFIG=${CONFIG:-restr-b16}
+SIZE=${SIZE:-320}
+DEVICE=${DEVICE:-cuda}
+RUNS=${RUNS:-30}
+mkdir -p "$OUT"
+python3 - "$OUT/model.pt" "$CONFIG" "$SIZE" <<'PY'
+import sys
+from restr.checkpoint import save_checkpoint
+from restr.export import load_source
+src = load_source(config=sys.argv[2], image_size=int(sys.argv[3]), seed=0)  # random weights, seeded
+save_checkpoint(sys.argv[1], src.model, src.vocab, meta={"note": "random weights for benchmarking"})
+PY
+for form in onnx ort; do  # both exports at once: each is single-threaded most of the time
+    restr-export --ckpt "$OUT/model.pt" --out "$OUT/export-$form" --attention "$form" --no-verify --no-engine --force --no-progress &
+done
+wait
+restr-bench --engine "$OUT/export-ort#fp16,$DEVICE" --engine "$OUT/export-onnx#fp16,$DEVICE" --engine "$OUT/export-ort#fp32,$DEVICE" \
+    --engine "$OUT/model.pt#fp16,$DEVICE,eager" --engine "$OUT/model.pt#fp16,$DEVICE,compile" \
+    --batch-sizes 1,8 --runs "$RUNS" --throughput-runs 10 --queries 8 --query-runs 5 --import-runs 0 --no-progress \
+    --json "$OUT/bench.json" | tee "$OUT/bench.txt"
+if [ "$DEVICE" = cuda ]; then
+    python3 -m restr.benchmarks.agreement "$OUT/export-ort" --json "$OUT/agreement.json"
+fi
