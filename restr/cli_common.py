@@ -21,9 +21,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is meant for users (printed as one line, exit code 2)."""
     from restr.checkpoint import CheckpointError
     from restr.data.refer import DataError
+    from restr.pretrained import PretrainedError
     from restr.runtime.transforms import ImageError
 
-    return (UsageError, CheckpointError, DataError, ImageError)
+    return (UsageError, CheckpointError, DataError, ImageError, PretrainedError)
 
 
 @contextlib.contextmanager
