@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN.md section 5) and the `restr-eval` command.
+"""Evaluation (docs/paper-to-code.md, evaluation protocol) and the `restr-eval` command.
 
 Predictions are made on the letterboxed square, mapped back onto each original image with the
 inverse letterbox, thresholded at 0.5 and compared with the ground truth at its own resolution.
