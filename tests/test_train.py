@@ -134,8 +134,12 @@ def test_torchrun_refuses_a_batch_that_does_not_split(tmp_path, data):
 
 
 def test_b16_without_pretrained_weights_is_refused(tmp_path):
-    r = run_cli("-m", "restr.train", "--config", "restr-b16", "--out", str(tmp_path / "run"))
-    assert r.returncode == 2 and "--from-scratch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    from click.testing import CliRunner
+
+    from restr.train import main
+
+    r = CliRunner().invoke(main, ["--config", "restr-b16", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "--from-scratch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
