@@ -81,6 +81,21 @@ def test_resume_continues_exactly(tmp_path, data):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
+def test_resume_accepts_a_run_json_written_before_new_fields(tmp_path, data):
+    """`make demo` resumes runs/demo: a run.json without fields added since must not read as another run."""
+    torch.set_num_threads(1)
+    out = tmp_path / "b"
+    train(small_cfg(), tc(), data, out, device="cpu", workers=0, progress=False, stop_after=3)
+    run = json.loads((out / "run.json").read_text())
+    for key in ("vision", "language", "fusion"):
+        del run["config"][key]["drop_path"]
+    del run["config"]["fusion_projection_std"], run["train"]["expects_pretrained"]
+    (out / "run.json").write_text(json.dumps(run))
+    assert train(small_cfg(), tc(), data, out, device="cpu", workers=0, progress=False, resume=True) == out / "model.pt"
+    with pytest.raises(Exception, match="different run"):
+        train(small_cfg(), tc(lr=2e-3), data, out, device="cpu", workers=0, progress=False, resume=True)
+
+
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
 
