@@ -304,14 +304,15 @@ def train(
             optimizer.step()
             step += 1
             if rank == 0:
+                shown = {}
                 if step % tc.log_every == 0 or step == tc.iterations:
                     rec = {"step": step, "lr": optimizer.param_groups[1]["lr"], "time": round(time.time() - t_start, 2),
                            **{k: round(v.item(), 5) for k, v in losses.items()}}
                     if grad_norm is not None:
                         rec["grad_norm"] = round(float(grad_norm), 4)
                     folder.log(rec)
-                    bar.postfix.update(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
-                bar.update(1)
+                    shown = {"loss": f"{rec['loss']:.4f}", "lr": f"{rec['lr']:.2e}"}
+                bar.update(1, **shown)
             if step % tc.val_every == 0 or step == tc.iterations:
                 last_val, result = _validate(model, val_ds, dev, proc_batch, tc, rank, world, folder, step)
                 if rank == 0:
