@@ -31,6 +31,7 @@ from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir
 from restr.runtime.atomic import write_json
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
+from restr.runtime.trt_runner import TensorRTUnavailable
 from restr.runtime.visualize import contact_sheet, save_atomic, save_mask, save_overlay
 
 PROG = "restr-predict"
@@ -103,9 +104,9 @@ def main(artifacts: Path, image: Path | None, texts: tuple[str, ...], out: Path 
         raise
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except (ValueError, UsageError) as e:  # ArtifactError, ImageError, TextError, bad providers, bad paths
+    except (ValueError, UsageError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers or paths, no TensorRT
         _fail(_first_line(e))
-    except (RuntimeError, OSError, MemoryError) as e:  # ONNX Runtime, CUDA, TensorRT (TensorRTUnavailable too), disk
+    except (RuntimeError, OSError, MemoryError) as e:  # ONNX Runtime, CUDA, TensorRT, disk
         _fail(f"{type(e).__name__}: {_first_line(e)}")
     except Exception as e:  # a bug: still one line, with the exception's name to report
         _fail(f"internal error ({type(e).__name__}: {_first_line(e)}); please report it", EXIT_INTERNAL)
