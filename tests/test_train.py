@@ -140,11 +140,17 @@ def test_torchrun_gloo_two_processes(tmp_path, data):
     assert val and all(r["n"] == 4 for r in val)  # both ranks' shares gathered
 
 
-def test_torchrun_refuses_a_batch_that_does_not_split(tmp_path, data):
-    r = run_cli("-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518", "-m", "restr.train",
-                "--data", data, "--out", str(tmp_path / "run"), "--batch-size", "3", "--iterations", "2")
-    assert r.returncode != 0
-    assert "restr-train: error: --batch-size 3 is the global batch and does not split evenly across 2 processes: use 2 or 4" in r.stderr
+def test_torchrun_refuses_a_batch_that_does_not_split(tmp_path, data, monkeypatch):
+    """Checked from torchrun's environment before the process group starts, so every rank fails alike."""
+    from click.testing import CliRunner
+
+    from restr.train import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(main, ["--data", data, "--out", str(tmp_path / "run"), "--batch-size", "3", "--iterations", "2"])
+    assert r.exit_code == 2
+    assert r.stderr == "restr-train: error: --batch-size 3 is the global batch and does not split evenly across 2 processes: use 2 or 4\n"
     assert not (tmp_path / "run").exists()
 
 
