@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_file
+
 
 def _fail(msg: str) -> None:
     click.echo(f"restr-bench: error: {msg}", err=True)
@@ -33,11 +35,15 @@ def _photo_size(text: str) -> tuple[int, int]:
 
 
 def _writable_file(path: str | None, option: str) -> None:
-    if path and Path(path).is_dir():
-        _fail(f"{option} {path}: is a folder, expected a file name")
+    """Checked before any timing: a run of minutes must not end in an unwritable file."""
+    if path:
+        try:
+            check_writable_file(path, option)
+        except UsageError as e:
+            _fail(str(e))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command("restr-bench", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--macs", is_flag=True, help="Count params and MACs of restr-b16 and its variants and compare with the paper's Tables 3b and 5.")
 @click.option("--engine", "engines", multiple=True, metavar="PATH",
               help="A .trt/.plan/.engine TensorRT engine, an .onnx graph, a .pt checkpoint (PyTorch) or an export folder to time; "
@@ -92,6 +98,7 @@ def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, through
         _fail("nothing to do: give --macs and/or --engine PATH (see --help)")
     if plot_path and not engines:
         _fail("--plot draws --engine results: give --engine PATH")
+    _writable_file(json_path, "--json")
     macs_rows = None
     if engines:
         settings, load_options = _engine_settings(

@@ -7,18 +7,21 @@ from pathlib import Path
 
 import click
 
+from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file
 from restr.export.onnx_export import GRAPHS, MIN_OPSET
+
+PROG = "restr-export"
 
 EXIT_BAD_INPUT = 2  # bad file, config, size or folder; engines required but impossible here
 EXIT_FAILED = 1  # verification tolerance exceeded, a graph broke its contract, or TensorRT failed to build
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"{PROG}: error: {message}", err=True)
     sys.exit(code)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(PROG, cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to export (from restr-train).")
 @click.option("--config", "config_name", metavar="NAME",
               help="Without --ckpt: export RANDOMLY INITIALISED weights of this config (restr-b16, restr-tiny, ...), for benchmarking before training.")
@@ -90,9 +93,12 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
             if out is None:
                 raise ExportError("missing --out DIR (the artifact folder to write)")
             check_out_dir(out, force)  # before loading a (possibly large) checkpoint
+            check_writable_dir(out.parent if force and out.exists() else out, "--out")
+            if json_out is not None:
+                check_writable_file(json_out, "--json")
             source = load_source(ckpt, config_name, image_size, seed)
             manifest = export_artifacts(source, out, options)
-    except (ExportError, EngineUnavailable) as e:
+    except (ExportError, EngineUnavailable, UsageError) as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except (VerificationError, EngineBuildError, ExportCheckError, FP16Error) as e:
         _fail(str(e), EXIT_FAILED)
@@ -103,7 +109,7 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
 
 def main(argv=None) -> None:
     """Console entry point (`restr-export`)."""
-    cli.main(args=argv, prog_name="restr-export")
+    cli.main(args=argv, prog_name=PROG)
 
 
 if __name__ == "__main__":

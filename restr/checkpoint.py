@@ -62,11 +62,17 @@ def read_checkpoint_dict(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with path.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..), older versions a pickle (0x80); anything else (an image,
+    # a text file) would only give the unpickler's cryptic complaint.
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise CheckpointError(f"{path}: not a readable checkpoint: not a PyTorch file (restr-train writes model.pt and last.pt)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a foreign file can fail in many ways (RuntimeError, EOFError, KeyError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: {first[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: a truncated or foreign PyTorch file ({first[:120]})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a restr checkpoint (no '{FORMAT}' format marker)")
     if obj.get("format_version") != FORMAT_VERSION:

@@ -20,6 +20,13 @@ class EncoderConfig:
     depth: int
     heads: int
     mlp_width: int
+    # Stochastic depth in training: the rate rises linearly from 0 to this over the stack's layers
+    # (timm's ViT schedule). The paper is silent; the authors' code uses 0.1 in the ViT and fusion layers.
+    drop_path: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,11 @@ class ReSTRConfig:
     # Fusion encoder (section 3.2): width D, 4 layers in total for every variant.
     fusion: EncoderConfig = EncoderConfig(width=768, depth=4, heads=12, mlp_width=3072)
     fusion_variant: str = "cme"
+    # Initial weights of the two fusion projections (section 3.2): N(0, std^2). Where the paper is
+    # silent the authors' code decides: truncated normal 0.02 (restr-b16). 1.0 was measured to help
+    # only the small from-scratch demo model (restr-tiny; see modeling/restr.py). The default keeps
+    # checkpoints written before this field existed as they were trained.
+    fusion_projection_std: float = 1.0
     decoder_activation_slope: float = 0.01  # LeakyReLU, as the authors' code
     # Each decoder block's linear layer before its x2 upsampling: the same function and weights at a
     # quarter of the decoder's MACs. False is the authors' order, which the paper's MACs count.
@@ -56,6 +68,8 @@ class ReSTRConfig:
             raise ValueError("CME and IME split the fusion layers into two halves: fusion.depth must be even")
         if self.patch_size & (self.patch_size - 1):
             raise ValueError("patch_size must be a power of two (the decoder doubles resolution K times)")
+        if not self.fusion_projection_std > 0:
+            raise ValueError(f"fusion_projection_std must be positive, got {self.fusion_projection_std}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
 
@@ -91,7 +105,14 @@ class ReSTRConfig:
         return cls(**d)
 
 
-_B16 = ReSTRConfig(name="restr-b16")
+# The authors' choices where the paper is silent: drop-path 0.1 in the ViT and fusion layers (not
+# the language encoder), fusion projections at std 0.02, and no gradient clipping (train.py).
+_B16 = ReSTRConfig(
+    name="restr-b16",
+    vision=EncoderConfig(width=768, depth=12, heads=12, mlp_width=3072, drop_path=0.1),
+    fusion=EncoderConfig(width=768, depth=4, heads=12, mlp_width=3072, drop_path=0.1),
+    fusion_projection_std=0.02,
+)
 # The demo's model. 80x80 input: with 8x8 patches a perfect patch-level mask, bilinearly upsampled,
 # scores overall IoU 0.76 on the synthetic val split at 64x64 and 0.80 at 80x80, and the decoder was
 # the bottleneck at 64 (mask IoU 0.67 on the right object, 0.78 at 80). The linear-first decoder is

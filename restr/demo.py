@@ -60,7 +60,7 @@ def main() -> None:
         args = [a for t in texts[:3] for a in ("--text", t)]
         out = RUN / "predict" / image.stem
         step(f"5/6 predict with the torch-free runtime (image {n} of 3)", "restr-predict", "--artifacts", str(RUN / "export"),
-             "--image", str(image), *args, "--out", str(out), "--overlay")
+             "--image", str(image), *args, "--out", str(out), "--overlay", "--force")
         if not (out / "summary.json").is_file():
             sys.exit(f"demo: restr-predict wrote no {out / 'summary.json'}")
     sheet = _contact_sheet(RUN / "predict", RUN / "predictions.png")

@@ -4,10 +4,13 @@
         --text "the dog on the left" --text "the red car" --out runs/demo/predict --overlay
 
 writes, per expression k (from 1), `<out>/<k>_<slug>.png` (the mask, 0/255 at the image's size),
-with --overlay `<out>/<k>_<slug>_overlay.png`, and `<out>/summary.json` (per expression: text,
-files, area, area_fraction, score, unknown words, truncation; timings). Everything is computed
-before anything is written, and files are written to a temporary folder and moved into place, so
-a failure leaves no partial output. Bad input: a one-line error on stderr and exit code 2.
+with --overlay `<out>/<k>_<slug>_overlay.png`, with --sheet `<out>/sheet.png` (every overlay,
+captioned), and `<out>/summary.json` (per expression: text, files, area, area_fraction, score,
+unknown words, no_known_words, truncation; timings). Everything is computed before anything is
+written, and files are written to a temporary folder and moved into place, so a failure leaves no
+partial output. A folder holding other files is refused unless --force (which replaces a previous
+run's outputs whole). Failures are one line on stderr: exit code 2 for bad input and for runtime
+failures (ONNX Runtime, CUDA, TensorRT, disk), 3 for an internal error (a bug: please report it).
 """
 from __future__ import annotations
 
@@ -24,34 +27,22 @@ from pathlib import Path
 import click
 from PIL import Image
 
+from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file
 from restr.runtime.atomic import write_json
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
 from restr.runtime.trt_runner import TensorRTUnavailable
-from restr.runtime.visualize import save_mask, save_overlay
+from restr.runtime.visualize import contact_sheet, save_atomic, save_mask, save_overlay
 
 PROG = "restr-predict"
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # bad input, or the runtime failed (ONNX Runtime, CUDA, TensorRT, disk)
+EXIT_INTERNAL = 3  # a bug in restr: the message names the exception
+SCORE_LEGEND = ("score: mean probability inside the mask, how sure the model is of the pixels it chose "
+                "(not whether it chose the right object)")
 
 
 class InputError(ValueError):
     """Any other bad command-line input (output path, options)."""
-
-
-class OneLineErrorCommand(click.Command):
-    """A click command whose usage errors are one line on stderr with exit code 2 (no usage block)."""
-
-    def main(self, args=None, prog_name=None, **extra):
-        extra.pop("standalone_mode", None)
-        try:
-            rv = super().main(args, prog_name, standalone_mode=False, **extra)
-        except click.ClickException as e:
-            click.echo(f"{PROG}: error: {e.format_message().rstrip('.')} (see --help)", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -61,62 +52,122 @@ def slugify(text: str, max_len: int = 40) -> str:
     return slug[:max_len].strip("-") or "expression"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     click.echo(f"{PROG}: error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(code)
 
 
-@click.command(cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@click.command(PROG, cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--artifacts", "artifacts", required=True, type=click.Path(path_type=Path), help="Export folder written by restr-export (holds manifest.json).")
-@click.option("--image", "image", required=True, type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
-@click.option("--text", "texts", required=True, multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding).")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json (created if missing).")
-@click.option("--overlay", is_flag=True, help="Also write <k>_<slug>_overlay.png: the image with the mask tinted.")
+@click.option("--image", "image", type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
+@click.option("--text", "texts", multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding).")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json (created if missing; must be empty unless --force).")
+@click.option("--overlay", is_flag=True, help="Also write <k>_<slug>_overlay.png: the image with the mask tinted in a colour that contrasts with it.")
+@click.option("--sheet", is_flag=True, help="Also write sheet.png: every expression's overlay side by side, captioned.")
+@click.option("--force", is_flag=True, help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them) are removed first.")
+@click.option("--list-words", is_flag=True, help="Print the words the model knows (its vocabulary), one a line, and exit.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True, help="ONNX Runtime graphs or native TensorRT engines.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="FP32 graphs or the mixed-precision FP16 ones (engines are fp16).")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None, help="Mask threshold on the probability. [default: the manifest's, 0.5]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the summary to FILE ('-' for stdout, which replaces the table).")
-def main(artifacts: Path, image: Path, texts: tuple[str, ...], out: Path, overlay: bool, backend: str, precision: str,
-         providers: str | None, threshold: float | None, json_path: Path | None) -> None:
-    """Segment the object each --text refers to in --image with a restr export."""
-    t_start = time.perf_counter()
+def main(artifacts: Path, image: Path | None, texts: tuple[str, ...], out: Path | None, overlay: bool, sheet: bool, force: bool, list_words: bool,
+         backend: str, precision: str, providers: str | None, threshold: float | None, json_path: Path | None) -> None:
+    """Segment the object each --text refers to in --image with a restr export.
+
+    \b
+    Examples:
+      restr-predict --artifacts runs/demo/export --image photo.jpg \\
+          --text "the small red circle" --text "the square left of the green triangle" --out pred --overlay --sheet
+      restr-predict --artifacts runs/demo/export --list-words      what the model can read
+
+    A model knows only the words of its training data: the demo model (runs/demo) knows about 20
+    words of synthetic shapes, colours and positions, and answers "the cat" on a photo with a guess.
+    An expression none of whose content words the model knows gets a warning (and
+    "no_known_words": true in summary.json). The table's score is the mean probability inside the
+    mask: how sure the model is of the pixels it chose, not whether it chose the right object.
+
+    Exit codes: 0 done; 2 bad input, or the runtime failed (ONNX Runtime, CUDA, TensorRT, disk);
+    3 internal error (a bug). Every failure is one line on stderr and writes nothing.
+    """
     try:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out}: exists and is not a folder")
-        for i, t in enumerate(texts):
-            if not split_words(t):
-                raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
-        t0 = time.perf_counter()
-        predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                             threshold=threshold, cache_size=1)
-        load_ms = (time.perf_counter() - t0) * 1000
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size guard reports it
-            rgb = as_rgb(image)  # decoded once: for the predictor and the overlay
-        decode_ms = (time.perf_counter() - t0) * 1000
-        emb = predictor.embed(rgb)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TextTruncatedWarning)  # reported below, one line each
-            preds = predictor.predict_embedding(emb, list(texts))
-    except (ValueError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if list_words:
+            _list_words(artifacts)
+            return
+        _predict(artifacts, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except (ValueError, UsageError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers or paths, no TensorRT
+        _fail(_first_line(e))
+    except (RuntimeError, OSError, MemoryError) as e:  # ONNX Runtime, CUDA, TensorRT, disk
+        _fail(f"{type(e).__name__}: {_first_line(e)}")
+    except Exception as e:  # a bug: still one line, with the exception's name to report
+        _fail(f"internal error ({type(e).__name__}: {_first_line(e)}); please report it", EXIT_INTERNAL)
+
+
+def _list_words(artifacts: Path) -> None:
+    from restr.runtime.artifacts import Artifacts
+
+    vocab = Artifacts.open(artifacts).vocabulary()
+    click.echo("\n".join(vocab.itos[2:]))
+
+
+def _check_outputs(out: Path, force: bool, json_path: Path | None) -> None:
+    """Before any work: the folder must be writable, and empty unless --force."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    check_writable_dir(out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out}: the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder")
+    if json_path is not None and str(json_path) != "-":
+        check_writable_file(json_path, "--json")
+
+
+def _predict(artifacts, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path) -> None:
+    t_start = time.perf_counter()
+    missing = [name for name, value in (("--image", image), ("--text", texts), ("--out", out)) if not value]
+    if missing:
+        raise InputError(f"Missing option{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} (or give --list-words)")
+    _check_outputs(out, force, json_path)
+    for i, t in enumerate(texts):
+        if not split_words(t):
+            raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
+    t0 = time.perf_counter()
+    predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
+                                         threshold=threshold, cache_size=1)
+    load_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size guard reports it
+        rgb = as_rgb(image)  # decoded once: for the predictor and the overlay
+    decode_ms = (time.perf_counter() - t0) * 1000
+    emb = predictor.embed(rgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TextTruncatedWarning)  # reported below, one line each
+        preds = predictor.predict_embedding(emb, list(texts))
 
     for i, p in enumerate(preds, 1):
         if p.truncated:
             click.echo(f"warning: expression {i} has {len(split_words(p.text))} words; only the first {predictor.artifacts.max_words} were used", err=True)
         if p.unknown_words:
             click.echo(f"warning: expression {i}: words not in the vocabulary (read as <unk>): {', '.join(p.unknown_words)}", err=True)
+        if p.no_known_words:
+            click.echo(f"warning: expression {i} ({p.text!r}): the model knows none of its content words, so its mask is a guess "
+                       f"(--list-words prints the words it knows)", err=True)
 
     names = [f"{i}_{slugify(p.text)}" for i, p in enumerate(preds, 1)]
     summary = _summary(predictor, artifacts, image, emb, preds, names, overlay, load_ms, decode_ms, t_start)
-    try:
-        _write_outputs(out, preds, names, rgb if overlay else None, summary)
-        if json_path is not None and str(json_path) != "-":
-            _write_json_atomic(json_path, summary)
-    except OSError as e:
-        _fail(f"cannot write the outputs: {e}")
+    summary["sheet"] = "sheet.png" if sheet else None
+    _write_outputs(out, preds, names, rgb if overlay or sheet else None, summary, overlay, sheet)
+    if json_path is not None and str(json_path) != "-":
+        _write_json_atomic(json_path, summary)
     if json_path is not None and str(json_path) == "-":
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -149,6 +200,7 @@ def _summary(predictor: Predictor, artifacts: Path, image: Path, emb, preds: lis
                 "score": round(p.score, 6),
                 "patch_score": round(p.patch_score, 6),
                 "unknown_words": p.unknown_words,
+                "no_known_words": p.no_known_words,
                 "truncated": p.truncated,
                 "timings_ms": {n: round(v, 3) for n, v in t.items()},
             }
@@ -165,8 +217,9 @@ def _summary(predictor: Predictor, artifacts: Path, image: Path, emb, preds: lis
     }
 
 
-def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, summary: dict) -> None:
-    """Write everything into a temporary folder inside `out`, then move each file into place."""
+def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, summary: dict, overlay: bool, sheet: bool) -> None:
+    """Write everything into a temporary folder inside `out`, remove a previous run's outputs (only
+    --force lets a non-empty folder through), then move each file into place."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{PROG}-", dir=out))
@@ -174,9 +227,13 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
         files = []
         for p, name in zip(preds, names):
             files.append(save_mask(tmp / f"{name}.png", p.mask).name)
-            if rgb is not None:
+            if overlay:
                 files.append(save_overlay(tmp / f"{name}_overlay.png", rgb, p.mask).name)
+        if sheet:
+            captions = [f"{i}. {p.text} (score {p.score:.2f}{', no known words' if p.no_known_words else ''})" for i, p in enumerate(preds, 1)]
+            files.append(save_atomic(contact_sheet(rgb, [p.mask for p in preds], captions), tmp / "sheet.png").name)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _remove_previous_outputs(out)
         files.append("summary.json")  # last: its presence means the rest is complete
         for f in files:
             os.replace(tmp / f, out / f)
@@ -186,6 +243,20 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
             shutil.rmtree(out, ignore_errors=True)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_previous_outputs(out: Path) -> None:
+    """The files an earlier restr-predict run listed in out/summary.json (and that summary): nothing else."""
+    old = out / "summary.json"
+    try:
+        summary = json.loads(old.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    names = [summary.get("sheet")] + [e.get(k) for e in summary.get("expressions", []) if isinstance(e, dict) for k in ("mask", "overlay")]
+    old.unlink()  # first: a folder with masks and no summary.json is visibly incomplete
+    for name in names:
+        if isinstance(name, str) and name and Path(name).name == name:  # a bare file name, nothing outside out/
+            (out / name).unlink(missing_ok=True)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -200,7 +271,9 @@ def _print_table(summary: dict, out: Path) -> None:
     click.echo(f"{'#':>3}  {'expression':<{width}}  {'area px':>10}  {'area':>6}  {'score':>5}  mask")
     for e in exprs:
         text = e["text"] if len(e["text"]) <= width else e["text"][: width - 3] + "..."
-        click.echo(f"{e['index']:>3}  {text:<{width}}  {e['area']:>10,}  {e['area_fraction']:>6.1%}  {e['score']:>5.2f}  {out / e['mask']}")
+        flag = "  (no known words: a guess)" if e.get("no_known_words") else ""
+        click.echo(f"{e['index']:>3}  {text:<{width}}  {e['area']:>10,}  {e['area_fraction']:>6.1%}  {e['score']:>5.2f}  {out / e['mask']}{flag}")
+    click.echo(SCORE_LEGEND)
     t = summary["timings_ms"]
     click.echo(
         f"timings (ms): load {t['load']:.1f}, preprocess {t['preprocess']:.1f}, vision {t['vision']:.1f}, "

@@ -47,7 +47,7 @@ from PIL import Image, ImageOps
 from restr.runtime.artifacts import END_TO_END, STAGES, Artifacts
 from restr.runtime.formats import POSTPROCESS, PREPROCESS
 from restr.runtime.runners import OrtRunner, Runner, graph_key, host, make_runner, pad_batch
-from restr.runtime.tokenizer import Encoded, Vocabulary, split_words
+from restr.runtime.tokenizer import FUNCTION_WORDS, Encoded, Vocabulary, split_words
 from restr.runtime.transforms import MAX_IMAGE_PIXELS, ImageError, Letterbox, load_image, mean_fill, normalize, to_rgb
 
 MODES = ("auto", "split", "end_to_end")
@@ -80,6 +80,9 @@ class Prediction:
     unknown_words: list[str] = field(default_factory=list)
     truncated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    # True when no content word of the expression (FUNCTION_WORDS aside) is in the model's vocabulary:
+    # the mask is then a guess, however high its score.
+    no_known_words: bool = False
 
     @property
     def area_fraction(self) -> float:
@@ -420,6 +423,7 @@ class Predictor:
                 unknown_words=list(dict.fromkeys(enc.unknown[i])),  # each word once, in order
                 truncated=bool(enc.truncated[i]),
                 timings=shared,
+                no_known_words=all(w in FUNCTION_WORDS or w in enc.unknown[i] for w in split_words(text)[: self.artifacts.max_words]),
             )
             for i, text in enumerate(texts)
         ]

@@ -15,6 +15,14 @@ PAD, UNK = "<pad>", "<unk>"
 _SPLIT = re.compile(r"[^\w]+")
 
 
+# Words that name nothing by themselves: an expression whose every other word is unknown to the
+# model gives it nothing to go on (Prediction.no_known_words).
+FUNCTION_WORDS = frozenset(
+    "a an the this that these those of to in on at by for with from and or but is are be it its one ones "
+    "which who whose what there here thing things object objects some any his her their my your our".split()
+)
+
+
 def split_words(text: str) -> list[str]:
     """'The dog, left of the bench.' -> ['the', 'dog', 'left', 'of', 'the', 'bench']."""
     text = text.strip().lower()

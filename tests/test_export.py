@@ -416,7 +416,7 @@ def _run(args):
 def _one_line_error(result, code=2):
     assert result.exit_code == code, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("restr-export: error: "), result.stderr
     assert "Traceback" not in result.output
     return lines[0]
 

@@ -221,3 +221,109 @@ def _assert_clean_failure(r, out: Path, message: str) -> None:
     assert re.search(message, lines[0]), lines[0]
     assert "Traceback" not in r.output
     assert not out.exists() or not any(out.iterdir())
+
+
+# -- issue 13 and 14: runtime failures, reused folders, known words, overlays --------------------------------
+
+
+@pytest.mark.parametrize(
+    "error,code,shown",
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported later"), 2,
+         "RuntimeError: CUDA error: an illegal memory access was encountered"),
+        (OSError(28, "No space left on device"), 2, "No space left on device"),
+        (MemoryError(), 2, "MemoryError"),
+        (AttributeError("'NoneType' object has no attribute 'execute_async_v3'"), 3, r"internal error \(AttributeError: .*please report it"),
+    ],
+)
+def test_every_runtime_failure_is_one_line(tiny, image, tmp_path, monkeypatch, error, code, shown):
+    """A CUDA/TensorRT/ONNX Runtime failure is exit 2, a bug exit 3: one line either way, nothing written."""
+    from restr.runtime.predictor import Predictor
+
+    def boom(self, *a, **k):
+        raise error
+
+    monkeypatch.setattr(Predictor, "predict_embedding", boom)
+    out = tmp_path / "out"
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--out", out)
+    assert r.exit_code == code and isinstance(r.exception, SystemExit), r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("restr-predict: error:"), r.stderr
+    import re
+
+    assert re.search(shown, lines[0]), lines[0]
+    assert not out.exists()
+
+
+def test_reused_out_is_refused_then_replaced_whole_with_force(tiny, image, tmp_path):
+    out = tmp_path / "pred"
+    assert run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "the red car", "--out", out, "--overlay").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the cat", "--out", out)
+    assert r.exit_code == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the cat", "--out", out, "--force")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["1_the-cat.png", "notes.txt", "summary.json"]  # the user's file stays
+    assert [e["text"] for e in json.loads((out / "summary.json").read_text())["expressions"]] == ["the cat"]
+
+
+def test_list_words_prints_the_vocabulary(tiny):
+    r = run("--artifacts", tiny.folder, "--list-words")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.split() == tiny.vocab.itos[2:]
+
+
+def test_no_known_word_is_flagged(tiny, image, tmp_path):
+    from restr.runtime.predictor import Predictor
+
+    assert "zebra" not in tiny.vocab.stoi and "dog" in tiny.vocab.stoi and "the" in tiny.vocab.stoi
+    preds = Predictor.from_artifacts(tiny.folder, threads=1).predict_image(str(image), ["the zebra", "the dog", "a zebra next to the dog", "The ZEBRA."])
+    assert [p.no_known_words for p in preds] == [True, False, False, True]
+    out = tmp_path / "o"
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the zebra", "--text", "the dog", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "expression 1 ('the zebra'): the model knows none of its content words" in r.stderr and "expression 2 (" not in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["no_known_words"] for e in summary["expressions"]] == [True, False]
+    assert "no known words" in r.stdout and "score: mean probability inside the mask" in r.stdout
+
+
+def test_sheet_has_a_tile_per_expression(tiny, image, tmp_path):
+    out = tmp_path / "o"
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "the red car", "--text", "a hat", "--out", out, "--sheet")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sheet"] == "sheet.png"
+    sheet = Image.open(out / "sheet.png")
+    assert sheet.width > 3 * 72 and sheet.height > 48  # three tiles side by side, with captions below
+    assert len(np.unique(np.asarray(sheet.convert("L"))[-45:-10])) > 1  # caption text under the tiles
+
+
+def test_overlay_contrasts_with_the_region():
+    """A red object under a red-orange tint barely changed; the tint now moves it visibly."""
+    from restr.runtime.visualize import overlay
+
+    for colour in [(255, 0, 0), (255, 120, 0), (0, 200, 255), (40, 200, 40)]:
+        rgb = np.zeros((20, 20, 3), np.uint8)
+        rgb[:] = colour
+        mask = np.zeros((20, 20), bool)
+        mask[5:15, 5:15] = True
+        out = np.asarray(overlay(rgb, mask), np.float32)
+        change = np.linalg.norm(out[8:12, 8:12] - np.asarray(colour, np.float32), axis=-1).min()
+        assert change > 80, (colour, change)
+
+
+def test_overlay_takes_a_path_with_exif_rotation(tmp_path):
+    from restr.runtime.visualize import save_overlay
+
+    im = photo(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display: 30 wide, 40 high
+    path = tmp_path / "phone.jpg"
+    im.save(path, exif=exif)
+    mask = np.zeros((40, 30), bool)
+    mask[10:20, 5:15] = True
+    with pytest.raises(ValueError, match="image is 40x30, mask is 30x40"):
+        save_overlay(tmp_path / "a.png", Image.open(path), mask)  # what users tried first
+    written = save_overlay(tmp_path / "b.png", str(path), mask)
+    assert Image.open(written).size == (30, 40)

@@ -81,6 +81,21 @@ def test_resume_continues_exactly(tmp_path, data):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
+def test_resume_accepts_a_run_json_written_before_new_fields(tmp_path, data):
+    """`make demo` resumes runs/demo: a run.json without fields added since must not read as another run."""
+    torch.set_num_threads(1)
+    out = tmp_path / "b"
+    train(small_cfg(), tc(), data, out, device="cpu", workers=0, progress=False, stop_after=3)
+    run = json.loads((out / "run.json").read_text())
+    for key in ("vision", "language", "fusion"):
+        del run["config"][key]["drop_path"]
+    del run["config"]["fusion_projection_std"], run["train"]["expects_pretrained"]
+    (out / "run.json").write_text(json.dumps(run))
+    assert train(small_cfg(), tc(), data, out, device="cpu", workers=0, progress=False, resume=True) == out / "model.pt"
+    with pytest.raises(Exception, match="different run"):
+        train(small_cfg(), tc(lr=2e-3), data, out, device="cpu", workers=0, progress=False, resume=True)
+
+
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
 
@@ -102,23 +117,70 @@ def test_cli_missing_data_folder(tmp_path):
 
 
 def test_torchrun_gloo_two_processes(tmp_path, data):
+    """--batch-size is the global batch: two processes take half each, and say so at the start."""
     out = tmp_path / "ddp"
     code = (
         "import torch; torch.set_num_threads(1);"
         "from restr.train import train, TrainConfig; from restr.config import get_config;"
-        f"train(get_config('restr-tiny').replace(image_size=32), TrainConfig(iterations=4, batch_size=2, lr=1e-3, val_every=2, val_limit=4, ckpt_every=2, log_every=1),"
+        f"train(get_config('restr-tiny').replace(image_size=32), TrainConfig(iterations=4, batch_size=4, lr=1e-3, val_every=2, val_limit=4, ckpt_every=2, log_every=1),"
         f" {data!r}, {str(out)!r}, device='cpu', workers=0, progress=False)"
     )
     script = tmp_path / "job.py"
     script.write_text(code)
     r = run_cli("-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", str(script))
     assert r.returncode == 0, r.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["batch_size"] == 4 and run["world_size"] == 2 and run["batch_per_process"] == 2
+    assert r.stderr.count("batch 4 (2 per process x 2 processes), LR 0.001") == 1  # rank 0 alone prints
     ck = load_checkpoint(out / "model.pt")
     assert ck.meta["step"] == 4
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes
     val = [r for r in records if r.get("split") == "val"]
     assert val and all(r["n"] == 4 for r in val)  # both ranks' shares gathered
+
+
+def test_torchrun_refuses_a_batch_that_does_not_split(tmp_path, data, monkeypatch):
+    """Checked from torchrun's environment before the process group starts, so every rank fails alike."""
+    from click.testing import CliRunner
+
+    from restr.train import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(main, ["--data", data, "--out", str(tmp_path / "run"), "--batch-size", "3", "--iterations", "2"])
+    assert r.exit_code == 2
+    assert r.stderr == "restr-train: error: --batch-size 3 is the global batch and does not split evenly across 2 processes: use 2 or 4\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_b16_without_pretrained_weights_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from restr.train import main
+
+    r = CliRunner().invoke(main, ["--config", "restr-b16", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "--from-scratch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_progress_written_to_a_file_is_plain_lines(tmp_path, data, capsys, monkeypatch):
+    """Not a terminal: a progress line per interval and a line per validation, never carriage returns."""
+    torch.set_num_threads(1)
+    monkeypatch.setenv("RESTR_PROGRESS_INTERVAL", "0")
+    path = train(small_cfg(), tc(), data, tmp_path / "run", device="cpu", workers=0, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and path.exists()
+    lines = err.splitlines()
+    progress = [l for l in lines if l.startswith("train ")]
+    assert [l.split()[1] for l in progress] == [f"{i}/6" for i in range(1, 7)]
+    assert "loss=" in progress[-1] and "it/s" in progress[-1]
+    val = [l for l in lines if l.startswith("val step ")]
+    assert [l.split(":")[0] for l in val] == ["val step 3", "val step 6"] and all("overall IoU" in l and "mean IoU" in l for l in val)
+    capsys.readouterr()
+    train(small_cfg(), tc(), data, tmp_path / "quiet", device="cpu", workers=0, progress=False)
+    err = capsys.readouterr().err
+    assert not [l for l in err.splitlines() if l.startswith("train ")] and err.count("val step") == 2
 
 
 def test_eval_cli_json_and_control(tmp_path, data):
@@ -142,6 +204,7 @@ def test_eval_cli_errors(tmp_path, data):
     r = run_cli("-m", "restr.evaluate", "--ckpt", str(bad), "--data", f"{data}:test", "--json", str(tmp_path / "e.json"))
     assert r.returncode == 2 and "not a readable checkpoint" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "e.json").exists()
+    assert "not a PyTorch file" in r.stderr
 
 
 def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):

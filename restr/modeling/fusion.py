@@ -21,6 +21,7 @@ from torch import nn
 
 from restr.config import EncoderConfig
 from restr.modeling.attention import key_mask, pad_keys
+from restr.modeling.drop_path import drop_path_rates
 from restr.modeling.ops import cat_broadcast
 from restr.modeling.transformer import Transformers
 
@@ -40,12 +41,13 @@ class FusionEncoder(nn.Module):
         self.class_seed = nn.Parameter(torch.zeros(1, 1, cfg.width))  # e_s
         nn.init.trunc_normal_(self.class_seed, std=0.02)
         half = cfg.depth // 2
+        rates = drop_path_rates(cfg.drop_path, cfg.depth)  # one ramp over the 4 fusion layers, as one stack
         if variant == "vme":
-            self.joint = Transformers(cfg)
+            self.joint = Transformers(cfg, drop_path=rates)
         else:
             shared = variant == "cme-shared"
-            self.visual_linguistic = Transformers(cfg, depth=half, share_weights=shared)
-            self.linguistic_seed = Transformers(cfg, depth=cfg.depth - half, share_weights=shared)
+            self.visual_linguistic = Transformers(cfg, depth=half, share_weights=shared, drop_path=rates[:half])
+            self.linguistic_seed = Transformers(cfg, depth=cfg.depth - half, share_weights=shared, drop_path=rates[half:])
 
     def project_visual(self, z_v: torch.Tensor) -> torch.Tensor:
         """z_v (B, N_v, D_v) -> v (B, N_v, D): per-token L2 normalisation, then a linear layer."""

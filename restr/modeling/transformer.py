@@ -3,6 +3,8 @@
     z = z + MSA(LN(z))      (eq. 1)
     z = z + MLP(LN(z))      (eq. 2)
 
+In training each residual branch may be dropped per sample (stochastic depth, `EncoderConfig.drop_path`).
+
 Parameter names follow timm's ViT (`qkv`, `proj`, `norm1`, `mlp.fc1`, ...) so ImageNet checkpoints
 load by name.
 """
@@ -14,6 +16,7 @@ from torch import nn
 
 from restr.config import EncoderConfig
 from restr.modeling.attention import attend, current_form, layer_mask
+from restr.modeling.drop_path import DropPath, drop_path_rates
 
 
 class Attention(nn.Module):
@@ -48,32 +51,40 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm transformer layer, eq. 1-2."""
+    """Pre-norm transformer layer, eq. 1-2, with stochastic depth `drop_path` on both branches."""
 
-    def __init__(self, width: int, heads: int, mlp_width: int):
+    def __init__(self, width: int, heads: int, mlp_width: int, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=1e-6)
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
         self.mlp = MLP(width, mlp_width)
+        # Identity at rate 0: the exported graphs and the RNG stream of models without it are unchanged.
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, N, D) -> (B, N, D); mask: a `key_mask` operand."""
-        z = z + self.attn(self.norm1(z), mask)  # eq. 1
-        return z + self.mlp(self.norm2(z))  # eq. 2
+        z = z + self.drop_path(self.attn(self.norm1(z), mask))  # eq. 1
+        return z + self.drop_path(self.mlp(self.norm2(z)))  # eq. 2
 
 
 class Transformers(nn.Module):
     """`Transformers(z; theta)` of the paper: a stack of layers and a final LN.
 
     With `share_weights` one layer is applied `depth` times (the paper's CME' variant).
+    `drop_path`: each layer's stochastic-depth rate (default: 0 rising to `cfg.drop_path` over the
+    stack); a shared layer takes their mean.
     """
 
-    def __init__(self, cfg: EncoderConfig, depth: int | None = None, share_weights: bool = False):
+    def __init__(self, cfg: EncoderConfig, depth: int | None = None, share_weights: bool = False, drop_path: list[float] | None = None):
         super().__init__()
         self.depth = cfg.depth if depth is None else depth
-        n_layers = 1 if share_weights else self.depth
-        self.blocks = nn.ModuleList(TransformerLayer(cfg.width, cfg.heads, cfg.mlp_width) for _ in range(n_layers))
+        rates = drop_path_rates(cfg.drop_path, self.depth) if drop_path is None else list(drop_path)
+        if len(rates) != self.depth:
+            raise ValueError(f"{len(rates)} drop-path rates for {self.depth} layers")
+        if share_weights:
+            rates = [sum(rates) / max(1, len(rates))]
+        self.blocks = nn.ModuleList(TransformerLayer(cfg.width, cfg.heads, cfg.mlp_width, rate) for rate in rates)
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
