@@ -67,7 +67,8 @@ def _fail(message: str) -> None:
 
 
 @click.command(cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--artifacts", "artifacts", required=True, type=click.Path(path_type=Path), help="Export folder written by restr-export (holds manifest.json).")
+@click.option("--artifacts", "artifacts", type=click.Path(path_type=Path), help="Export folder written by restr-export (holds manifest.json).")
+@click.option("--server", "server", default=None, metavar="URL", help="Instead of --artifacts: ask a restr Triton server (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.")
 @click.option("--image", "image", required=True, type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
 @click.option("--text", "texts", required=True, multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json (created if missing).")
@@ -77,8 +78,8 @@ def _fail(message: str) -> None:
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None, help="Mask threshold on the probability. [default: the manifest's, 0.5]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the summary to FILE ('-' for stdout, which replaces the table).")
-def main(artifacts: Path, image: Path, texts: tuple[str, ...], out: Path, overlay: bool, backend: str, precision: str,
-         providers: str | None, threshold: float | None, json_path: Path | None) -> None:
+def main(artifacts: Path, server: str | None, image: Path, texts: tuple[str, ...], out: Path, overlay: bool, backend: str,
+         precision: str, providers: str | None, threshold: float | None, json_path: Path | None) -> None:
     """Segment the object each --text refers to in --image with a restr export."""
     t_start = time.perf_counter()
     try:
@@ -88,8 +89,14 @@ def main(artifacts: Path, image: Path, texts: tuple[str, ...], out: Path, overla
             if not split_words(t):
                 raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
         t0 = time.perf_counter()
-        predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                             threshold=threshold, cache_size=1)
+        if (artifacts is None) == (server is None):
+            raise InputError("give one of --artifacts DIR and --server URL")
+        if server is not None:  # same outputs, computed by the server
+            from restr.runtime.client import RemotePredictor
+            predictor, artifacts = RemotePredictor(server, threshold=threshold), server
+        else:
+            predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
+                                                 threshold=threshold, cache_size=1)
         load_ms = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -100,7 +107,7 @@ def main(artifacts: Path, image: Path, texts: tuple[str, ...], out: Path, overla
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TextTruncatedWarning)  # reported below, one line each
             preds = predictor.predict_embedding(emb, list(texts))
-    except (ValueError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers
+    except (ValueError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers, ServerError
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
     for i, p in enumerate(preds, 1):
