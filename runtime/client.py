@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from restr.runtime.predictor import Prediction
-from restr.runtime.serve import INPUTS, MODEL, OUTPUTS
+from restr.runtime.protocol import INPUTS, MODEL, OUTPUTS
 
 # What predict() asks for by default: everything but the probability maps.
 DEFAULT_OUTPUTS = tuple(n for n in OUTPUTS if n != "probs")

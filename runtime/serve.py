@@ -5,8 +5,8 @@
 PyTriton starts a real `tritonserver` (HTTP and gRPC, /v2/health/live and /ready, Prometheus
 metrics on /metrics) whose Python backend hands each request to `RestrModel` in this process. One
 model, `restr`: an image (encoded file bytes as `image`, or uint8 HxWx3 pixels as `rgb`) and one or
-more expressions (`texts`) in; masks, scores, areas, patch scores, unknown words out (the
-`OUTPUTS` table). `--instances N` runs N requests at once on one shared `Predictor`, so an image
+more expressions (`texts`) in; masks, scores, areas, patch scores, unknown words out
+(runtime/protocol.py). `--instances N` runs N requests at once on one shared `Predictor`, so an image
 is encoded once for all its expressions and again only when it falls out of the features cache.
 SIGTERM (or Ctrl-C) drains: requests the model has not started get a one-line "shutting down"
 error (clients retry elsewhere), the running ones finish (`--drain-timeout`), then Triton stops.
@@ -16,8 +16,6 @@ nvidia-pytriton 0.7 requires numpy < 2: install this in its own torch-free envir
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import signal
@@ -33,32 +31,11 @@ import click
 import numpy as np
 
 from restr.runtime.predictor import Predictor, TextError, TextTruncatedWarning
-from restr.runtime.transforms import ImageError, load_image
+from restr.runtime.protocol import INPUTS, MODEL, OPTIONAL, OUTPUTS, RequestError, read_request, response
+from restr.runtime.transforms import ImageError
 
 PROG = "restr-serve"
-MODEL = "restr"
 EXIT_BAD_INPUT = 2
-
-# name -> (numpy dtype, shape without batch axis; -1 = any). The Triton model's whole contract;
-# the client (restr.runtime.client) and the generated GPU repository (restr.export.triton) use it too.
-INPUTS = {
-    "image": (np.bytes_, (1,)),  # an encoded image file (PNG, JPEG, ...); EXIF orientation applied
-    "rgb": (np.uint8, (-1, -1, 3)),  # or the decoded pixels
-    "texts": (np.bytes_, (-1,)),  # UTF-8 expressions about that image
-    "threshold": (np.float32, (1,)),  # optional; the manifest's by default
-}
-OPTIONAL = ("image", "rgb", "threshold")
-OUTPUTS = {
-    "masks": (np.bool_, (-1, -1, -1)),  # (K, H, W) at the image's resolution
-    "probs": (np.float32, (-1, -1, -1)),  # (K, H, W); ask for it only when needed (K*H*W*4 bytes)
-    "scores": (np.float32, (-1,)),
-    "areas": (np.int64, (-1,)),
-    "patch_scores": (np.float32, (-1,)),
-    "unknown_words": (np.bytes_, (-1,)),  # one JSON list per expression
-    "truncated": (np.bool_, (-1,)),
-    "used_threshold": (np.float32, (1,)),  # the request's threshold, or the manifest's
-}
-
 
 @dataclass
 class ServeConfig:
@@ -79,10 +56,6 @@ class ServeConfig:
     drain_timeout_s: int = 30
     log_verbose: int = 0
     extra: dict = field(default_factory=dict)  # more TritonConfig fields, for tests and experts
-
-
-class RequestError(ValueError):
-    """A request the model cannot answer: becomes a Triton error for that request only."""
 
 
 class RestrModel:
@@ -115,67 +88,23 @@ class RestrModel:
             return self._cv.wait_for(lambda: self._running == 0, timeout_s)
 
     def infer(self, data: dict, wanted=None) -> dict:
-        rgb = self._image(data)
-        texts = self._texts(data)
-        threshold = None
-        if data.get("threshold") is not None:
-            threshold = float(np.asarray(data["threshold"]).reshape(-1)[0])
-            if not 0.0 < threshold < 1.0:
-                raise RequestError(f"threshold must be in (0, 1), got {threshold}")
+        image, texts, threshold = read_request(data.get, self.max_batch)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", TextTruncatedWarning)  # reported in `truncated`
-                preds = self.predictor.predict_image(rgb, texts, threshold=threshold)
+                preds = self.predictor.predict_image(image, texts, threshold=threshold)
         except (TextError, ImageError) as e:
             raise RequestError(str(e)) from None
-        out = {
-            "masks": np.stack([p.mask for p in preds]),
-            "scores": np.array([p.score for p in preds], np.float32),
-            "areas": np.array([p.area for p in preds], np.int64),
-            "patch_scores": np.array([p.patch_score for p in preds], np.float32),
-            "unknown_words": np.array([json.dumps(p.unknown_words).encode() for p in preds], dtype=np.object_),
-            "truncated": np.array([p.truncated for p in preds], np.bool_),
-            "used_threshold": np.array([self.predictor.threshold if threshold is None else threshold], np.float32),
-        }
-        if not wanted or "probs" in wanted:
-            out["probs"] = np.stack([p.probs for p in preds]).astype(np.float32, copy=False)
+        # probs is K*H*W*4 bytes: stacked only when asked for (Triton passes which outputs are wanted)
+        with_probs = not wanted or "probs" in wanted
+        out = response(
+            masks=np.stack([p.mask for p in preds]),
+            probs=np.stack([p.probs for p in preds]) if with_probs else np.zeros((0, 0, 0), np.float32),
+            scores=[p.score for p in preds], areas=[p.area for p in preds], patch_scores=[p.patch_score for p in preds],
+            unknown_words=[p.unknown_words for p in preds], truncated=[p.truncated for p in preds],
+            threshold=self.predictor.threshold if threshold is None else threshold,
+        )
         return out if not wanted else {k: v for k, v in out.items() if k in wanted}
-
-    def _image(self, data: dict):
-        encoded, rgb = data.get("image"), data.get("rgb")
-        if (encoded is None) == (rgb is None):
-            raise RequestError("send exactly one of the inputs 'image' (encoded file bytes) and 'rgb' (uint8 HxWx3)")
-        if rgb is not None:
-            if rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
-                raise RequestError(f"'rgb' must be a non-empty uint8 HxWx3 array, got shape {tuple(rgb.shape)}")
-            return np.ascontiguousarray(rgb)
-        blob = np.asarray(encoded, dtype=np.object_).reshape(-1)
-        if blob.size != 1 or not isinstance(blob[0], (bytes, bytearray)) or not blob[0]:
-            raise RequestError("'image' must hold one encoded image file (bytes)")
-        try:
-            return load_image(_RequestBytes(blob[0]))
-        except ImageError as e:
-            raise RequestError(str(e)) from None
-
-    def _texts(self, data: dict) -> list[str]:
-        raw = np.asarray(data["texts"], dtype=np.object_).reshape(-1)
-        if raw.size == 0:
-            raise RequestError("'texts' holds no expression")
-        if raw.size > self.max_batch:
-            raise RequestError(f"{raw.size} expressions in one request; this server takes at most {self.max_batch} (--max-batch)")
-        try:
-            return [t.decode("utf-8") if isinstance(t, (bytes, bytearray)) else str(t) for t in raw]
-        except UnicodeDecodeError:
-            raise RequestError("'texts' must be UTF-8") from None
-
-
-class _RequestBytes(io.BytesIO):
-    """Image bytes that read as 'request image' in error messages (load_image names its source)."""
-
-    def __str__(self) -> str:
-        return "request image"
-
-    __repr__ = __str__  # Pillow's "cannot identify image file <...>" uses repr
 
 
 def bind(triton, predictor: Predictor, config: ServeConfig) -> RestrModel:
@@ -217,6 +146,42 @@ def prepare_environment() -> None:
     paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
     if libdir and (not paths or paths[0] != libdir):
         os.environ["LD_LIBRARY_PATH"] = ":".join([libdir] + paths)
+
+
+def serve_repository(repository: Path, config: ServeConfig) -> int:
+    """Run PyTriton's bundled tritonserver on a model repository (one `restr-export --triton
+    --triton-for pytriton` wrote: this build has only the Python backend) until it exits; returns
+    its exit code. SIGTERM is passed on: tritonserver stops and waits up to the drain timeout."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    try:
+        from pytriton.triton import TRITONSERVER_DIST_DIR
+        from pytriton.utils.distribution import get_libs_path, get_stub_path
+    except ImportError as e:
+        raise RuntimeError(f"PyTriton is not installed here ({e}); make serve-env (README 'Serving')") from None
+    if not (Path(repository) / MODEL / "config.pbtxt").is_file():
+        raise RuntimeError(f"{repository}: not a model repository written by restr-export --triton (no {MODEL}/config.pbtxt)")
+    # As PyTriton does: a copy of the server with the Python backend stub of this interpreter's version.
+    dist = Path(tempfile.mkdtemp(prefix="restr-tritonserver-")) / "tritonserver"
+    shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
+    shutil.copy(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"), dist / "backends" / "python" / "triton_python_backend_stub")
+    prepare_environment()
+    os.environ["LD_LIBRARY_PATH"] += f":{get_libs_path()}"
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the stub's Python: this environment
+    c = config
+    args = [f"--model-repository={Path(repository).resolve()}", f"--backend-directory={dist / 'backends'}",
+            f"--http-address={c.host}", f"--http-port={c.http_port}", f"--grpc-address={c.host}", f"--grpc-port={c.grpc_port}",
+            f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}", f"--exit-timeout-secs={c.drain_timeout_s}"]
+    click.echo(f"{PROG}: serving the repository {repository} on http://{c.host}:{c.http_port}, grpc {c.host}:{c.grpc_port}", err=True)
+    proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), *args])
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        shutil.rmtree(dist.parent, ignore_errors=True)
 
 
 def load_predictor(config: ServeConfig) -> Predictor:
@@ -262,7 +227,9 @@ def _interrupt(signum, frame):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--artifacts", required=True, type=click.Path(path_type=Path), help="Export folder written by restr-export.")
+@click.option("--artifacts", type=click.Path(path_type=Path), help="Export folder written by restr-export.")
+@click.option("--repository", type=click.Path(path_type=Path),
+              help="Instead: a model repository from restr-export --triton (made for CPU), served by the bundled tritonserver.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 to accept other machines).")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
@@ -275,25 +242,31 @@ def _interrupt(signum, frame):
 @click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads per graph. [default: cores / instances]")
 @click.option("--cache-size", type=click.IntRange(1), default=32, show_default=True, help="Images whose features are kept.")
 @click.option("--drain-timeout", type=click.IntRange(0), default=30, show_default=True, help="Seconds in-flight requests get on SIGTERM.")
-def cli(artifacts, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, precision, providers, threads,
+def cli(artifacts, repository, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, precision, providers, threads,
         cache_size, drain_timeout):
     """Serve a restr export on NVIDIA Triton Inference Server (through PyTriton).
 
     \b
       restr-serve --artifacts runs/demo/export
+      restr-serve --repository runs/demo/triton-cpu      (restr-export --triton ... --triton-device cpu)
       restr-predict --server http://127.0.0.1:8000 --image photo.jpg --text "the red circle" --out out/
 
     Health: /v2/health/ready; metrics: http://HOST:METRICS_PORT/metrics. SIGTERM drains and stops.
     """
     if providers and "," in providers:
         providers = [p.strip() for p in providers.split(",") if p.strip()]
+    if (artifacts is None) == (repository is None):
+        click.echo(f"{PROG}: error: give one of --artifacts DIR and --repository DIR (see --help)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     config = ServeConfig(artifacts=artifacts, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                          instances=instances, max_batch=max_batch, backend=backend, precision=precision, providers=providers,
                          threads=threads, cache_size=cache_size, drain_timeout_s=drain_timeout)
     logging.getLogger("pytriton").setLevel(logging.WARNING)
     try:
+        if repository is not None:
+            sys.exit(serve_repository(repository, config))
         predictor = load_predictor(config)
-    except ValueError as e:  # ArtifactError, bad providers
+    except (ValueError, RuntimeError) as e:  # ArtifactError, bad providers, not a repository
         click.echo(f"{PROG}: error: {str(e).splitlines()[0]}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     try:

@@ -62,11 +62,11 @@ def free_ports(n: int) -> list[int]:
 class Server:
     """A restr-serve subprocess; `stop()` is safe to call twice."""
 
-    def __init__(self, artifacts: Path, log: Path, *args: str):
+    def __init__(self, log: Path, *args: str):
         self.http, self.grpc, self.metrics = free_ports(3)
         self.log = log
-        cmd = [SERVE_PYTHON, "-m", "restr.runtime.serve", "--artifacts", str(artifacts), "--http-port", str(self.http),
-               "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *args]
+        cmd = [SERVE_PYTHON, "-m", "restr.runtime.serve", "--http-port", str(self.http), "--grpc-port", str(self.grpc),
+               "--metrics-port", str(self.metrics), *args]
         self._log_file = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -115,7 +115,7 @@ def predictor(tiny):
 
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
-    s = Server(tiny.folder, tmp_path_factory.mktemp("serve") / "server.log", "--instances", "2")
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--artifacts", str(tiny.folder), "--instances", "2")
     try:
         s.wait_ready()
         yield s
@@ -291,7 +291,7 @@ def test_load_16_clients_400_requests(server, predictor, images):
 
 
 def test_sigterm_during_load_loses_no_accepted_request(tiny, predictor, images, tmp_path):
-    s = Server(tiny.folder, tmp_path / "server.log", "--instances", "2", "--drain-timeout", "30")
+    s = Server(tmp_path / "server.log", "--artifacts", str(tiny.folder), "--instances", "2", "--drain-timeout", "30")
     try:
         s.wait_ready()
         texts = TEXTS * 8  # 24 expressions: requests long enough to be in flight at the signal
