@@ -7,15 +7,10 @@ Every server is started on free ports and stopped (SIGTERM, then SIGKILL) even w
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,81 +21,27 @@ pytest.importorskip("torch")
 pytest.importorskip("tritonclient.http")
 pytest.importorskip("tritonclient.grpc")
 
+from restr.benchmarks.serve_bench import ServerProcess, free_ports, run_load, serve_python  # noqa: E402
 from restr.runtime import Predictor  # noqa: E402
 from restr.runtime.client import RestrClient, ServerError, parse_url  # noqa: E402
 from test_runtime import make_tiny_export, photo  # noqa: E402  (tests/ is on sys.path under pytest)
 
-ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
 TEXTS = ["the red circle", "the small blue square left of it", "zzz unknown words"]
-
-
-def serve_python() -> str | None:
-    """The serving environment's interpreter, if it has PyTriton."""
-    candidates = [os.environ.get("RESTR_SERVE_PYTHON"), str(ROOT / ".venv-serve" / "bin" / "python")]
-    for py in filter(None, candidates):
-        if Path(py).exists() and subprocess.run([py, "-c", "import pytriton, restr.runtime.serve"], capture_output=True).returncode == 0:
-            return py
-    return None
-
-
 SERVE_PYTHON = serve_python()
 pytestmark = pytest.mark.skipif(SERVE_PYTHON is None, reason="no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)")
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Server:
-    """A restr-serve subprocess; `stop()` is safe to call twice."""
+class Server(ServerProcess):
+    """restr-serve from the serving environment; a test fails (with the server's log) if it does not start."""
 
     def __init__(self, log: Path, *args: str):
-        self.http, self.grpc, self.metrics = free_ports(3)
-        self.log = log
-        cmd = [SERVE_PYTHON, "-m", "restr.runtime.serve", "--http-port", str(self.http), "--grpc-port", str(self.grpc),
-               "--metrics-port", str(self.metrics), *args]
-        self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc}"
+        super().__init__(SERVE_PYTHON, log, *args)
 
     def wait_ready(self) -> None:
-        client = RestrClient(self.url)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not client.ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"restr-serve did not become ready (exit {self.proc.returncode}); log:\n{self.tail()}")
-            time.sleep(0.3)
-        client.close()
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
-
-    def stop(self, timeout_s: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: tritonserver and stubs go too
-                self.proc.wait(10)
-        self._log_file.close()
-        return self.proc.returncode
+        if not super().wait_ready(START_TIMEOUT_S):
+            self.stop()
+            pytest.fail(f"restr-serve did not become ready (exit {self.proc.returncode}); log:\n{self.tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -229,39 +170,6 @@ def test_predict_cli_against_the_server(server, tiny, image_file, tmp_path):
     assert r.exit_code == 2 and "no ready 'restr' model" in r.output and not (tmp_path / "none").exists()
 
 
-def load(url: str, image_files: list[Path], texts: list[str], clients: int, requests: int, stop: threading.Event | None = None):
-    """`requests` requests from `clients` threads (one client each): (latencies, results, errors, wall)."""
-    latencies, results, errors = [], [], []
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def worker():
-        with RestrClient(url) as client:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None or (stop is not None and stop.is_set()):
-                    return
-                img = image_files[i % len(image_files)]
-                t0 = time.perf_counter()
-                try:
-                    preds = client.predict(img, texts)
-                except ServerError as e:
-                    with lock:
-                        errors.append((t0, time.perf_counter(), str(e)))
-                    continue
-                t1 = time.perf_counter()
-                with lock:
-                    latencies.append(t1 - t0)
-                    results.append((i, t0, t1, preds))
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for f in [pool.submit(worker) for _ in range(clients)]:
-            f.result()
-    return latencies, results, errors, time.perf_counter() - t0
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("load")
@@ -280,7 +188,8 @@ def test_load_16_clients_400_requests(server, predictor, images):
             predictor.predict_image(Image.open(p), TEXTS)  # a new PIL object: hashed, found in the cache
     in_process = 3 * len(images) / (time.perf_counter() - t0)
 
-    latencies, results, errors, wall = load(server.url, images, TEXTS, clients=16, requests=400)
+    r = run_load(server.url, [(images[i % len(images)], TEXTS) for i in range(400)], clients=16)
+    latencies, results, errors, wall = r.latencies_s, r.results, r.errors, r.wall_s
     assert errors == [] and len(results) == 400
     for i, _, _, preds in results:
         assert_same(preds, expected[images[i % len(images)]])
@@ -298,7 +207,8 @@ def test_sigterm_during_load_loses_no_accepted_request(tiny, predictor, images, 
         expected = {p: predictor.predict_image(p, texts) for p in images}
         stop = threading.Event()
         box = {}
-        runner = threading.Thread(target=lambda: box.update(out=load(s.url, images, texts, clients=8, requests=400, stop=stop)))
+        requests = [(images[i % len(images)], texts) for i in range(400)]
+        runner = threading.Thread(target=lambda: box.update(out=run_load(s.url, requests, clients=8, stop=stop)))
         runner.start()
         time.sleep(2.0)
         t_signal = time.perf_counter()
@@ -307,7 +217,7 @@ def test_sigterm_during_load_loses_no_accepted_request(tiny, predictor, images, 
         t_exit = time.perf_counter()
         stop.set()  # the server is gone: stop the clients before they run through their 400 requests
         runner.join(60)
-        _, results, errors, _ = box["out"]
+        results, errors = box["out"].results, box["out"].errors
         for i, _, _, preds in results:
             assert_same(preds, expected[images[i % len(images)]])
         drained = [r for r in results if r[1] < t_signal < r[2]]  # sent before the signal, answered after it
