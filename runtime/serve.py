@@ -248,7 +248,7 @@ def cli(artifacts, repository, host, http_port, grpc_port, metrics_port, instanc
 
     \b
       restr-serve --artifacts runs/demo/export
-      restr-serve --repository runs/demo/triton-cpu      (restr-export --triton ... --triton-device cpu)
+      restr-serve --repository runs/demo/triton-cpu      (from restr-export --triton DIR --triton-for pytriton)
       restr-predict --server http://127.0.0.1:8000 --image photo.jpg --text "the red circle" --out out/
 
     Health: /v2/health/ready; metrics: http://HOST:METRICS_PORT/metrics. SIGTERM drains and stops.

@@ -231,3 +231,18 @@ def test_sigterm_during_load_loses_no_accepted_request(tiny, predictor, images, 
         assert not others, others[:3]
     finally:
         s.stop()
+
+
+@pytest.mark.slow
+def test_serve_benchmark_restr_b16(tmp_path):
+    """The restr-b16 benchmark, briefly: a 320x320 export served to 1 and 4 clients without errors, and
+    Triton's overhead small beside a ~3 s request (benchmarks/RESULTS.md has the full run)."""
+    from restr.benchmarks.serve_bench import benchmark
+    from restr.export.pipeline import ExportOptions, export_artifacts, load_source
+
+    export = tmp_path / "b16"
+    export_artifacts(load_source(config="restr-b16", image_size=320), export,
+                     ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False))
+    result = benchmark(export, requests=8, images=4, expressions=2, clients=[1, 4], instances=2, work=tmp_path / "work")
+    assert [r["errors"] for r in result["server_rows"]] == [0, 0] and [r["requests"] for r in result["server_rows"]] == [8, 8]
+    assert result["server_rows"][-1]["vs_in_process"] > 0.7  # loose: the shared machine's load swings
