@@ -8,8 +8,9 @@ model, `restr`: an image (encoded file bytes as `image`, or uint8 HxWx3 pixels a
 more expressions (`texts`) in; masks, scores, areas, patch scores, unknown words out
 (runtime/protocol.py). `--instances N` runs N requests at once on one shared `Predictor`, so an image
 is encoded once for all its expressions and again only when it falls out of the features cache.
-SIGTERM (or Ctrl-C) drains: requests the model has not started get a one-line "shutting down"
-error (clients retry elsewhere), the running ones finish (`--drain-timeout`), then Triton stops.
+SIGTERM (or Ctrl-C) drains: requests running or queued in Triton at the signal are answered
+(`--drain-timeout`), later ones get a one-line "shutting down" error (clients retry elsewhere),
+then Triton stops.
 
 nvidia-pytriton 0.7 requires numpy < 2: install this in its own torch-free environment
 (`make serve-env`, README "Serving"); clients need only `restr[client]`.
@@ -66,13 +67,17 @@ class RestrModel:
         self.max_batch = max_batch
         self.draining = False
         self._running = 0
+        self._admit = 0  # requests still to run while draining (Triton had queued them)
         self._cv = threading.Condition()
 
     def __call__(self, requests):
         with self._cv:
             if self.draining:
-                raise RequestError("the server is shutting down: send the request again (to another replica)")
+                if self._admit <= 0:
+                    raise RequestError("the server is shutting down: send the request again (to another replica)")
+                self._admit -= 1  # queued in Triton before the signal: accepted, so answered
             self._running += 1
+            self._cv.notify_all()
         try:
             return [self.infer(r.data, getattr(r, "requested_output_names", None)) for r in requests]
         finally:
@@ -80,12 +85,20 @@ class RestrModel:
                 self._running -= 1
                 self._cv.notify_all()
 
-    def drain(self, timeout_s: float) -> bool:
-        """Refuse new requests and wait for the running ones; False if some still run after timeout_s.
-        (Triton's own shutdown keeps taking requests until its exit timeout, then drops what runs.)"""
+    def drain(self, timeout_s: float, queued: int = 0) -> bool:
+        """Answer the running requests and the `queued` ones Triton holds, refuse the rest; False if
+        some still run after timeout_s. (Triton's own shutdown keeps taking new requests until its
+        exit timeout, then drops what runs: so the model draws the line itself.)"""
+        deadline = time.monotonic() + timeout_s
         with self._cv:
-            self.draining = True
-            return self._cv.wait_for(lambda: self._running == 0, timeout_s)
+            self.draining, self._admit = True, queued
+            while self._running or self._admit > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if not self._cv.wait(min(left, 1.0)) and not self._running:
+                    return True  # nothing ran or arrived for a second: the queued count was stale
+            return True
 
     def infer(self, data: dict, wanted=None) -> dict:
         image, texts, threshold = read_request(data.get, self.max_batch)
@@ -217,9 +230,23 @@ def serve(config: ServeConfig, predictor: Predictor | None = None) -> None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             click.echo(f"{PROG}: stopping: refusing new requests, finishing the running ones", err=True)
-            if not model.drain(config.drain_timeout_s):
+            if not model.drain(config.drain_timeout_s, queued=pending_requests(config)):
                 click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s are dropped", err=True)
     click.echo(f"{PROG}: stopped", err=True)
+
+
+def pending_requests(config: ServeConfig) -> int:
+    """Requests Triton has queued for the model but not started (its Prometheus gauge); 0 if unknown."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{config.host}:{config.metrics_port}/metrics", timeout=2) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(f'nv_inference_pending_request_count{{model="{MODEL}"'):
+                    return int(float(line.split()[-1]))
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _interrupt(signum, frame):
