@@ -134,8 +134,11 @@ def _input(request, name):
 
 def _call(model: str, inputs: dict, outputs: list) -> dict:
     """A BLS request to another model of the repository."""
+    kwargs = {}
+    if hasattr(pb_utils, "PreferredMemory"):  # a GPU model's outputs come back in host memory, for numpy
+        kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
     request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs,
-                                        inputs=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in inputs.items()])
+                                        inputs=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in inputs.items()], **kwargs)
     response = request.exec()
     if response.has_error():
         raise ValueError(f"{model}: {response.error().message()}")

@@ -44,7 +44,7 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 class RestrClient:
-    """One connection to a restr Triton server. Thread-safe for HTTP only when each thread has its own client."""
+    """One connection to a restr Triton server; give each thread its own (tritonclient's HTTP client is not thread-safe)."""
 
     def __init__(self, url: str, model: str = MODEL, timeout_s: float = 60.0):
         self.protocol, self.address = parse_url(url)
