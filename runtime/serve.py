@@ -56,7 +56,7 @@ class ServeConfig:
     cache_size: int = 32
     drain_timeout_s: int = 30
     log_verbose: int = 0
-    extra: dict = field(default_factory=dict)  # more TritonConfig fields, for tests and experts
+    extra: dict = field(default_factory=dict)  # more TritonConfig fields (pytriton.triton.TritonConfig)
 
 
 class RestrModel:
