@@ -53,10 +53,15 @@ def _fail(message: str, code: int) -> None:
               help="Gate on mask IoU. Default: for a checkpoint that names its data set (trained weights), not for random weights.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the manifest (and the folder) here, for machines.")
 @click.option("--threads", type=int, default=0, show_default=True, help="CPU threads for PyTorch and ONNX Runtime (0: their defaults).")
-@click.option("--force", is_flag=True, help="Replace an existing export folder.")
+@click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also write a Triton Inference Server model repository for the export (alone: from the existing export --out).")
+@click.option("--triton-for", type=click.Choice(["gpu", "cpu", "pytriton"]), default="gpu", show_default=True,
+              help="Repository for a GPU server, a CPU one, or the CPU server bundled with PyTriton (restr-serve --repository).")
+@click.option("--force", is_flag=True, help="Replace an existing export folder (and Triton repository).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, engine, engine_graphs, timing_cache, workspace_gib,
-        opset, attention, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, force, no_progress):
+        opset, attention, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, triton_repo,
+        triton_for, force, no_progress):
     """Export a ReSTR checkpoint to ONNX (end-to-end and split graphs, FP32 and mixed FP16), verify it
     against PyTorch, build TensorRT engines where TensorRT and a GPU are present, and describe it all
     in DIR/manifest.json.
@@ -65,6 +70,7 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
       restr-export --ckpt runs/demo/model.pt --out runs/demo/export
       restr-export --config restr-b16 --image-size 320 --out runs/b16-random   (random weights)
       restr-export --build-engines runs/demo/export                            (later, on a GPU machine)
+      restr-export --out runs/demo/export --triton runs/demo/triton            (a Triton model repository)
 
     Exit codes: 0 done, 1 verification or engine build failed, 2 bad input (nothing written).
     """
@@ -84,6 +90,11 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
         tolerances=Tolerances(fp32_max_abs_diff=atol, fp16_max_mean_abs_diff=fp16_max_mean_diff, fp16_min_mask_iou=fp16_min_iou),
     )
     try:
+        if triton_repo is not None and engines_for is None and not (ckpt or config_name):
+            if out is None:
+                raise ExportError("--triton DIR needs an export: --out EXPORT (an existing one), or --ckpt / --config to export first")
+            _write_triton(out, triton_repo, triton_for, force)
+            return
         if engines_for is not None:
             if ckpt or config_name or out:
                 raise ExportError("--build-engines DIR works on an existing export: give no --ckpt, --config or --out")
@@ -98,6 +109,8 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
                 check_writable_file(json_out, "--json")
             source = load_source(ckpt, config_name, image_size, seed)
             manifest = export_artifacts(source, out, options)
+        if triton_repo is not None:
+            _write_triton(out, triton_repo, triton_for, force)
     except (ExportError, EngineUnavailable, UsageError) as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except (VerificationError, EngineBuildError, ExportCheckError, FP16Error) as e:
@@ -105,6 +118,14 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"out": str(out), "manifest": manifest}, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_triton(export_dir: Path, repo: Path, target: str, force: bool) -> None:
+    from restr.export.triton import TritonOptions, write_repository
+
+    options = TritonOptions(device="gpu" if target == "gpu" else "cpu", python_graphs=target == "pytriton", force=force)
+    models = write_repository(export_dir, repo, options)
+    click.echo(f"wrote Triton model repository {repo}: " + ", ".join(f"{m} ({b})" for m, b in models.items()), err=True)
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from restr.export.manifest import (
     FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_json,
 )
-from restr.export.onnx_export import GRAPHS, MIN_OPSET, graph_io, graph_summary
+from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
 from restr.runtime.formats import ATTENTION_FORMS, PROCESSING_GRAPHS, graph_file, graph_key
 from restr.export.tensorrt_build import EngineUnavailable, build_engines, engine_instructions, engine_support
 from restr.export.verify import (
@@ -224,6 +224,10 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         graphs, files = {}, {}
 
         def add(key, proto, precision, **extra):
+            try:  # the standard's full check (sorted nodes, types, shapes) on every graph written
+                onnx.checker.check_model(proto, full_check=True)
+            except onnx.checker.ValidationError as e:
+                raise ExportCheckError(f"{graph_file(key)}: not valid ONNX ({str(e).splitlines()[0]})") from None
             onnx.save(proto, str(tmp / graph_file(key)))
             files[key] = tmp / graph_file(key)
             inputs, outputs = io[key.removesuffix("_fp16")] if key not in proc_io else proc_io[key]

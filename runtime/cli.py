@@ -63,7 +63,8 @@ def _first_line(e: BaseException) -> str:
 
 
 @click.command(PROG, cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--artifacts", "artifacts", required=True, type=click.Path(path_type=Path), help="Export folder written by restr-export (holds manifest.json).")
+@click.option("--artifacts", "artifacts", type=click.Path(path_type=Path), help="Export folder written by restr-export (holds manifest.json).")
+@click.option("--server", "server", default=None, metavar="URL", help="Instead of --artifacts: ask a restr Triton server (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.")
 @click.option("--image", "image", type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
 @click.option("--text", "texts", multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding).")
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json (created if missing; must be empty unless --force).")
@@ -76,7 +77,7 @@ def _first_line(e: BaseException) -> str:
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None, help="Mask threshold on the probability. [default: the manifest's, 0.5]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the summary to FILE ('-' for stdout, which replaces the table).")
-def main(artifacts: Path, image: Path | None, texts: tuple[str, ...], out: Path | None, overlay: bool, sheet: bool, force: bool, list_words: bool,
+def main(artifacts: Path | None, server: str | None, image: Path | None, texts: tuple[str, ...], out: Path | None, overlay: bool, sheet: bool, force: bool, list_words: bool,
          backend: str, precision: str, providers: str | None, threshold: float | None, json_path: Path | None) -> None:
     """Segment the object each --text refers to in --image with a restr export.
 
@@ -96,10 +97,14 @@ def main(artifacts: Path, image: Path | None, texts: tuple[str, ...], out: Path 
     3 internal error (a bug). Every failure is one line on stderr and writes nothing.
     """
     try:
+        if (artifacts is None) == (server is None):
+            raise InputError("give one of --artifacts DIR and --server URL")
         if list_words:
+            if server is not None:
+                raise InputError("--list-words reads an export folder: give --artifacts DIR")
             _list_words(artifacts)
             return
-        _predict(artifacts, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path)
+        _predict(artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path)
     except SystemExit:
         raise
     except KeyboardInterrupt:
@@ -130,7 +135,7 @@ def _check_outputs(out: Path, force: bool, json_path: Path | None) -> None:
         check_writable_file(json_path, "--json")
 
 
-def _predict(artifacts, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path) -> None:
+def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path) -> None:
     t_start = time.perf_counter()
     missing = [name for name, value in (("--image", image), ("--text", texts), ("--out", out)) if not value]
     if missing:
@@ -140,8 +145,13 @@ def _predict(artifacts, image, texts, out, overlay, sheet, force, backend, preci
         if not split_words(t):
             raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
     t0 = time.perf_counter()
-    predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                         threshold=threshold, cache_size=1)
+    if server is not None:  # same outputs, computed by the server
+        from restr.runtime.client import RemotePredictor
+
+        predictor, artifacts = RemotePredictor(server, threshold=threshold), server
+    else:
+        predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
+                                             threshold=threshold, cache_size=1)
     load_ms = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -47,10 +47,33 @@ def test_every_python_snippet_runs(doc, demo_folder, monkeypatch):
     monkeypatch.chdir(demo_folder)
     for i, code in enumerate(snippets):
         before = set(demo_folder.iterdir())
-        exec(compile(code, f"{doc} snippet {i + 1}", "exec"), {"__name__": "__doc_snippet__"})
+        code, server = _with_server(code, demo_folder)
+        try:
+            exec(compile(code, f"{doc} snippet {i + 1}", "exec"), {"__name__": "__doc_snippet__"})
+        finally:
+            if server is not None:
+                server.stop()
         for written in set(demo_folder.iterdir()) - before:
             if written.suffix == ".png":  # masks and overlays: at the photo's displayed size
                 assert Image.open(written).size == (48, 64), written
+
+
+def _with_server(code: str, folder: Path):
+    """A snippet that asks a restr server gets a real one (restr-serve on the demo export, free
+    ports written into the snippet's URLs); without the serving environment it is not run."""
+    if "RestrClient" not in code:
+        return code, None
+    pytest.importorskip("tritonclient.grpc")
+    from restr.benchmarks.serve_bench import ServerProcess, serve_python
+
+    python = serve_python()
+    if python is None:
+        return "", None  # no serving environment (make serve-env): the client snippet cannot run here
+    server = ServerProcess(python, folder / "server.log", "--artifacts", str(folder / "runs" / "demo" / "export"))
+    if not server.wait_ready():
+        server.stop()
+        raise AssertionError(f"restr-serve did not start: {server.tail()}")
+    return code.replace("127.0.0.1:8001", f"127.0.0.1:{server.grpc}").replace("127.0.0.1:8000", f"127.0.0.1:{server.http}"), server
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

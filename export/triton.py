@@ -1,0 +1,247 @@
+"""`restr-export --triton DIR`: a Triton Inference Server model repository from an export folder.
+
+    DIR/restr_vision, restr_language, restr_fusion_decoder   the graphs: onnxruntime backend, or
+                                        tensorrt_plan where the export has engines; dynamic batching
+                                        up to the manifest's max_batch where every axis 0 is "batch"
+    DIR/restr_preprocess, restr_postprocess                  the export's graphs of those names, or
+                                        Python models doing the same (export/triton_python.py)
+    DIR/restr                                                a Python BLS model chaining them, with the
+                                        inputs and outputs of restr-serve's model (runtime/protocol.py),
+                                        so restr.runtime.client and restr-predict --server work on both
+
+Everything comes from the manifest (graph files, names, dtypes, shapes, max_batch); the graph files
+are copied after their sha256 is checked. The folder is written beside DIR and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from restr.export.pipeline import ExportError, _publish, _staging
+from restr.runtime import protocol, tokenizer, transforms
+from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
+from restr.runtime.transforms import mean_fill
+
+PREFIX = "restr"
+GRAPH_STEPS = ("vision", "language", "fusion_decoder")  # required
+OPTIONAL_STEPS = ("preprocess", "postprocess")  # a Python model when the export lacks the graph
+PYTHON_SOURCES = {"restr_transforms.py": transforms, "restr_tokenizer.py": tokenizer, "restr_protocol.py": protocol}
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+                 "bool": "TYPE_BOOL", "bool_": "TYPE_BOOL", "uint8": "TYPE_UINT8", "bytes": "TYPE_STRING", "bytes_": "TYPE_STRING", "object": "TYPE_STRING"}
+
+# The fallback Python steps' contract: the lead's preprocess / postprocess graphs use the same
+# names, dtypes and shapes, so the BLS model calls either without knowing which it got.
+FALLBACK_IO = {
+    "preprocess": (
+        [("rgb", "uint8", ["height", "width", 3])],
+        [("image", "float32", [1, 3, "S", "S"]), ("letterbox", "int64", [4])],
+    ),
+    "postprocess": (
+        [("pixel_probs", "float32", ["batch", 1, "S", "S"]), ("letterbox", "int64", [4]), ("threshold", "float32", [1])],
+        [("mask", "bool", ["batch", "height", "width"]), ("probs", "float32", ["batch", "height", "width"]),
+         ("score", "float32", ["batch"]), ("area", "int64", ["batch"])],
+    ),
+}
+
+
+@dataclass
+class TritonOptions:
+    """How the repository is laid out; the defaults suit one GPU server."""
+
+    precision: str = "fp32"  # which ONNX graphs: fp32 or fp16 (the mixed-precision twins)
+    engines: bool = True  # tensorrt_plan models where the export has engines
+    device: str = "gpu"  # instance kind of the graph models: gpu or cpu
+    instances: int = 1  # instances of each graph model
+    bls_instances: int = 2  # instances of the Python models (requests in flight at once)
+    max_queue_delay_us: int = 500  # the dynamic batcher's wait for more requests
+    max_texts: int = 64  # most expressions in one request
+    cache_size: int = 32  # images whose features the BLS model keeps
+    python_graphs: bool = False  # run the ONNX graphs with onnxruntime in the Python backend (no onnxruntime backend)
+    force: bool = False  # replace an existing repository
+
+
+def write_repository(export_dir, out, options: TritonOptions | None = None) -> dict:
+    """Write the model repository `out` for the export folder `export_dir`; returns {model: backend}."""
+    o = options or TritonOptions()
+    if o.precision not in ("fp32", "fp16") or o.device not in ("gpu", "cpu"):
+        raise ExportError(f"precision must be fp32 or fp16 and device gpu or cpu, got {o.precision!r}, {o.device!r}")
+    out = Path(out)
+    _check_out(out, o.force)
+    try:
+        art = Artifacts.open(export_dir)
+    except ArtifactError as e:
+        raise ExportError(str(e)) from None
+    tmp = _staging(out)
+    try:
+        models = {}
+        broadcast = False
+        for step in GRAPH_STEPS + OPTIONAL_STEPS:
+            info = _graph(art, step, o.precision)
+            if info is None and step in OPTIONAL_STEPS:
+                models[f"{PREFIX}_{step}"] = _python_step(tmp, art, step, o)
+                continue
+            if info is None:
+                raise ExportError(f"{art.root}: the export has no {step!r} graph; the repository needs the split graphs")
+            models[f"{PREFIX}_{step}"] = _graph_model(tmp, art, step, info, o)
+            if step == "fusion_decoder":
+                broadcast = _first_axis(info, "visual_features") == "image_batch"
+        models[PREFIX] = _bls_model(tmp, art, o, broadcast)
+        _publish(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ArtifactError):  # a graph or vocabulary that fails its checksum
+            raise ExportError(str(e)) from None
+        raise
+    return models
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not force:
+        raise ExportError(f"{out} already exists; use --force to replace it")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / PREFIX / "config.pbtxt").is_file()):
+        raise ExportError(f"{out} exists and is not a restr Triton repository; refusing to replace it")
+
+
+def _graph(art: Artifacts, step: str, precision: str) -> GraphInfo | None:
+    key = step if precision == "fp32" else f"{step}_fp16"
+    return art.graphs.get(key) or art.graphs.get(step)  # pre/post-processing may exist in fp32 only
+
+
+def _first_axis(info: GraphInfo, name: str):
+    return next((t.shape[0] for t in info.inputs if t.name == name and t.shape), None)
+
+
+def _graph_model(root: Path, art: Artifacts, step: str, info: GraphInfo, o: TritonOptions) -> str:
+    """One graph as an onnxruntime (or tensorrt_plan) model."""
+    name = f"{PREFIX}_{step}"
+    engine_key = f"{step}_fp16"
+    engine = art.engines.get(engine_key) if o.engines and not o.python_graphs else None
+    if engine is not None:  # the engine was built from the fp16 graph: same inputs and outputs
+        info = art.graphs.get((art.manifest["engines"][engine_key].get("source") or "").removesuffix(".onnx")) or info
+        max_batch = int(art.manifest["engines"][engine_key].get("max_batch", art.max_batch))
+        backend, file, data = "tensorrt_plan", "model.plan", art.read_verified(engine)
+    else:
+        max_batch = art.max_batch
+        backend, file, data = ("python" if o.python_graphs else "onnxruntime"), "model.onnx", art.read_verified(info)
+    batching = all(t.shape and t.shape[0] == "batch" for t in info.inputs + info.outputs)
+    config = {"name": name}
+    config.update({"platform": backend} if backend == "tensorrt_plan" else {"backend": backend})
+    config["max_batch_size"] = max_batch if batching else 0
+    config["input"] = [_tensor(t, batching) for t in info.inputs]
+    config["output"] = [_tensor(t, batching) for t in info.outputs]
+    if batching:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": o.max_queue_delay_us}
+    kind = "KIND_CPU" if o.device == "cpu" or backend == "python" else "KIND_GPU"
+    config["instance_group"] = [{"count": o.instances, "kind": _Enum(kind)}]
+    if backend == "python":
+        config["parameters"] = [_param("restr_step", "onnx")]
+    version = _model_dir(root, name, config)
+    (version / file).write_bytes(data)
+    if backend == "python":
+        _python_files(version, art, {})
+    return backend
+
+
+def _python_step(root: Path, art: Artifacts, step: str, o: TritonOptions) -> str:
+    """The Python stand-in for a preprocess / postprocess graph the export does not have."""
+    name = f"{PREFIX}_{step}"
+    inputs, outputs = FALLBACK_IO[step]
+    size = art.image_size
+    spec = lambda n, d, s: _tensor(TensorSpec(n, d, tuple(size if x == "S" else x for x in s)), False)  # noqa: E731
+    config = {
+        "name": name, "backend": "python", "max_batch_size": 0,
+        "input": [spec(*t) for t in inputs], "output": [spec(*t) for t in outputs],
+        "instance_group": [{"count": o.bls_instances, "kind": _Enum("KIND_CPU")}],
+        "parameters": [_param("restr_step", step)],
+    }
+    _python_files(_model_dir(root, name, config), art, {})
+    return "python"
+
+
+def _bls_model(root: Path, art: Artifacts, o: TritonOptions, broadcast: bool) -> str:
+    config = {
+        "name": PREFIX, "backend": "python", "max_batch_size": 0,
+        "input": [{**_io(n, d, s), **({"optional": True} if n in protocol.OPTIONAL else {})} for n, (d, s) in protocol.INPUTS.items()],
+        "output": [_io(n, d, s) for n, (d, s) in protocol.OUTPUTS.items()],
+        "instance_group": [{"count": o.bls_instances, "kind": _Enum("KIND_CPU")}],
+        "parameters": [_param("restr_step", "bls")],
+    }
+    version = _model_dir(root, PREFIX, config)
+    extra = {
+        "models": {s: f"{PREFIX}_{s}" for s in GRAPH_STEPS + OPTIONAL_STEPS},
+        "threshold": art.threshold, "max_words": art.max_words, "max_batch": art.max_batch, "max_texts": o.max_texts,
+        "cache_size": o.cache_size, "broadcast_image": broadcast, "model": art.model_name,
+    }
+    _python_files(version, art, extra)
+    (version / "vocab.txt").write_bytes(art.vocab_path.read_bytes())
+    art.vocabulary()  # checks vocab.txt against the manifest's sha256
+    return "python"
+
+
+def _python_files(version: Path, art: Artifacts, extra: dict) -> None:
+    """model.py, the runtime files it imports and restr.json (the export's numbers it needs)."""
+    shutil.copyfile(Path(__file__).with_name("triton_python.py"), version / "model.py")
+    for target, module in PYTHON_SOURCES.items():
+        shutil.copyfile(module.__file__, version / target)
+    fill = (art.manifest.get("letterbox") or {}).get("fill", "mean")
+    cfg = {"image_size": art.image_size, "mean": list(art.mean), "std": list(art.std),
+           "fill": list(mean_fill(art.mean) if fill == "mean" else fill), **extra}
+    (version / "restr.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def _model_dir(root: Path, name: str, config: dict) -> Path:
+    version = root / name / "1"
+    version.mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(pbtxt(config), encoding="utf-8")
+    return version
+
+
+def _tensor(t: TensorSpec, batching: bool) -> dict:
+    shape = list(t.shape[1:] if batching else t.shape)
+    return _io(t.name, t.dtype, shape)
+
+
+def _io(name: str, dtype, shape) -> dict:
+    dtype = getattr(dtype, "__name__", str(dtype))
+    if dtype not in TRITON_DTYPES:
+        raise ExportError(f"tensor {name!r}: dtype {dtype} has no Triton type here")
+    return {"name": name, "data_type": _Enum(TRITON_DTYPES[dtype]), "dims": [-1 if isinstance(s, str) or s < 0 else int(s) for s in shape]}
+
+
+def _param(key: str, value: str) -> dict:
+    return {"key": key, "value": {"string_value": value}}
+
+
+class _Enum(str):
+    """A protobuf enum value: written unquoted."""
+
+
+def pbtxt(message: dict, indent: int = 0) -> str:
+    """A dict as protobuf text format: lists of dicts are repeated messages, lists of scalars `[a, b]`."""
+    pad = "  " * indent
+    lines = []
+    for key, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", pbtxt(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for v in value:
+                lines += [f"{pad}{key} {{", pbtxt(v, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in value)}]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return "\n".join(lines) + ("\n" if indent == 0 else "")
+
+
+def _scalar(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, _Enum):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
