@@ -1,4 +1,4 @@
-"""restr.export: checkpoint -> ONNX graphs (FP32 and mixed FP16) -> TensorRT engines, with a manifest.
+"""restr.export: checkpoint -> ONNX graphs (FP32 and FP16, pre- and post-processing) -> TensorRT engines, with a manifest.
 
     from restr.export import load_source, export_artifacts, ExportOptions
     manifest = export_artifacts(load_source(ckpt="model.pt"), "runs/demo/export")

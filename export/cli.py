@@ -31,7 +31,7 @@ def _fail(message: str, code: int) -> None:
 @click.option("--image-size", type=int, help="Square input side (a multiple of the patch size); default: the checkpoint's.")
 @click.option("--max-batch", type=int, help="Largest batch of the TensorRT profiles (min 1, opt 1, max N); default 8. ONNX graphs take any batch.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16"]), default=("fp32", "fp16"),
-              show_default=True, help="Graph precisions to write (repeat the option); fp16 = mixed precision for TensorRT.")
+              show_default=True, help="Graph precisions to write (repeat the option); fp16 = FP16 through with FP32 inputs and outputs (GPUs, TensorRT).")
 @click.option("--engine/--no-engine", default=None,
               help="Build TensorRT engines from the FP16 graphs. Default: when TensorRT and a GPU are present. --engine fails (exit 2) where they are not.")
 @click.option("--engine-graph", "engine_graphs", multiple=True, type=click.Choice(GRAPHS), default=GRAPHS, show_default=True,
@@ -62,7 +62,7 @@ def _fail(message: str, code: int) -> None:
 def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, engine, engine_graphs, timing_cache, workspace_gib,
         opset, attention, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, triton_repo,
         triton_for, force, no_progress):
-    """Export a ReSTR checkpoint to ONNX (end-to-end and split graphs, FP32 and mixed FP16), verify it
+    """Export a ReSTR checkpoint to ONNX (end-to-end and split graphs, FP32 and FP16, pre- and post-processing), verify it
     against PyTorch, build TensorRT engines where TensorRT and a GPU are present, and describe it all
     in DIR/manifest.json.
 

@@ -1,4 +1,4 @@
-"""The export, start to end: checkpoint -> ONNX graphs (FP32 and mixed FP16) -> verification ->
+"""The export, start to end: checkpoint -> ONNX graphs (FP32 and FP16, pre/post-processing) -> verification ->
 TensorRT engines where possible -> `manifest.json`; all in a temporary sibling folder that is
 renamed into place only when complete, so a half-written artifact folder never exists.
 """

@@ -50,7 +50,7 @@ FALLBACK_IO = {
 class TritonOptions:
     """How the repository is laid out; the defaults suit one GPU server."""
 
-    precision: str = "fp32"  # which ONNX graphs: fp32 or fp16 (the mixed-precision twins)
+    precision: str = "fp32"  # which ONNX graphs: fp32 or fp16 (the FP16 twins)
     engines: bool = True  # tensorrt_plan models where the export has engines
     device: str = "gpu"  # instance kind of the graph models: gpu or cpu
     instances: int = 1  # instances of each graph model
