@@ -249,29 +249,6 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         add("preprocess", preprocess_graph(cfg.image_size, cfg.image_mean, cfg.image_std), "fp32")
         add("postprocess", postprocess_graph(cfg.image_size), "fp32")
 
-        verification: dict = {"enabled": False}
-        if options.verify:
-            t0 = time.perf_counter()
-            feeds, inputs = verification_inputs(cfg, source.vocab, source.meta, options.samples, options.seed)
-            meaningful = options.masks_meaningful
-            if meaningful is None:
-                meaningful = not source.random_weights and bool(source.meta.get("data"))
-            verification = {"enabled": True, "inputs": inputs,
-                            **verify(source.model, {k: f for k, f in files.items() if k not in PROCESSING_GRAPHS},
-                                     feeds, options.tolerances, meaningful, tuple(dict.fromkeys((options.samples, 1))),
-                                     options.threads)}
-            processing = check_processing(files["preprocess"], files["postprocess"], cfg, options.seed)
-            verification["processing"] = processing
-            verification["graphs"] = {k: g["op_counts"] for k, g in graphs.items()}
-            if not processing["passed"]:
-                verification["passed"] = False
-                verification["failures"].append("processing graphs vs restr.runtime.transforms: " + "; ".join(processing["failures"]))
-            steps("verified")
-            log(f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
-                + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification) + "\n" + format_graphs(verification))
-            if not verification["passed"]:
-                raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
-
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": {
@@ -295,10 +272,34 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             "graphs": graphs,
             "engines": {},
             "tensorrt": {"status": "not requested"},
-            "verification": verification,
+            "verification": {"enabled": False},
             "versions": versions(),
             "created": utc_now(),
         }
+        if options.verify:
+            # Verified through the runtime itself: the manifest as it will ship, read by
+            # restr.runtime, its runners and the predictor's split chain (export.verify).
+            write_json(tmp / MANIFEST, json_safe(manifest))
+            t0 = time.perf_counter()
+            feeds, inputs = verification_inputs(cfg, source.vocab, source.meta, options.samples, options.seed)
+            meaningful = options.masks_meaningful
+            if meaningful is None:
+                meaningful = not source.random_weights and bool(source.meta.get("data"))
+            verification = {"enabled": True, "inputs": inputs,
+                            **verify(source.model, tmp, feeds, options.tolerances, meaningful,
+                                     tuple(dict.fromkeys((options.samples, 1))), options.threads)}
+            processing = check_processing(files["preprocess"], files["postprocess"], cfg, options.seed)
+            verification["processing"] = processing
+            verification["graphs"] = {k: g["op_counts"] for k, g in graphs.items()}
+            if not processing["passed"]:
+                verification["passed"] = False
+                verification["failures"].append("processing graphs vs restr.runtime.transforms: " + "; ".join(processing["failures"]))
+            steps("verified")
+            log(f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
+                + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification) + "\n" + format_graphs(verification))
+            if not verification["passed"]:
+                raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
+            manifest["verification"] = verification
         if options.engine is not False and fp16:
             _engines_into(tmp, manifest, options, out, log, backends)
         manifest = json_safe(manifest)  # what is returned is exactly what the file holds

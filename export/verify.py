@@ -212,12 +212,13 @@ def torch_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return {"visual_features": v.numpy(), "linguistic_features": l.numpy(), "pixel_probs": pixel.numpy(), "patch_probs": patch.numpy()}
 
 
-def check_shapes(key: str, session, outputs: dict[str, np.ndarray], batch: int) -> None:
-    """The outputs have the shapes the graph declares, with `batch` for the dynamic axis."""
-    for o in session.get_outputs():
-        want = tuple(batch if isinstance(d, str) or d is None else int(d) for d in o.shape)
+def check_shapes(key: str, runner, outputs: dict[str, np.ndarray], batch: int) -> None:
+    """The outputs have the shapes the manifest declares (the runner checked the graph against it),
+    with `batch` for the dynamic axis."""
+    for o in runner.info.outputs:
+        want = o.concrete(batch)
         if outputs[o.name].shape != want:
-            raise VerificationError(f"{key}: output {o.name} has shape {outputs[o.name].shape} at batch {batch}, the graph declares {want}")
+            raise VerificationError(f"{key}: output {o.name} has shape {outputs[o.name].shape} at batch {batch}, the manifest declares {want}")
 
 
 def _slice(d: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
@@ -230,21 +231,38 @@ def _probs(ref: dict, test: dict, tol: Tolerances) -> dict:
     return r
 
 
-def _chain(sessions: dict, suffix: str, feeds: dict) -> dict[str, np.ndarray]:
-    """The split graphs chained: vision -> language -> fusion_decoder."""
-    v = run_session(sessions["vision" + suffix], feeds)["visual_features"]
-    l = run_session(sessions["language" + suffix], feeds)["linguistic_features"]
-    return run_session(sessions["fusion_decoder" + suffix], {"visual_features": v, "linguistic_features": l, "pad_mask": feeds["pad_mask"]})
+def _split_chain(art, runners: dict, suffix: str, feeds: dict) -> dict[str, np.ndarray]:
+    """The split graphs chained the way the runtime ships them (`Predictor.decode`), image by image:
+    vision at batch 1, then that image's features shared with its expressions."""
+    from restr.runtime.artifacts import STAGES
+    from restr.runtime.predictor import ImageEmbedding, Predictor
+
+    predictor = Predictor(art, {s: runners[s + suffix] for s in STAGES}, art.vocabulary(), cache_size=0)
+    pixel, patch = [], []
+    for i in range(len(feeds["image"])):
+        v = predictor.runners["vision"].run({"image": feeds["image"][i : i + 1]})["visual_features"]
+        p, q, _ = predictor.decode(ImageEmbedding("", None, v, {}), feeds["words"][i : i + 1], feeds["pad_mask"][i : i + 1])
+        pixel.append(p)
+        patch.append(q)
+    return {"pixel_probs": np.concatenate(pixel), "patch_probs": np.concatenate(patch)}
 
 
-def run_checks(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray], batch_sizes=(3, 1),
+def run_checks(model, folder: Path, feeds: dict[str, np.ndarray], batch_sizes=(3, 1),
                tol: Tolerances = Tolerances(), threads: int = 0) -> dict[str, dict]:
     """Raw figures of every check, worst over `batch_sizes` (each a prefix of `feeds`).
 
-    `graph_files` maps manifest keys ("end_to_end", "vision_fp16", ...) to ONNX files; checks whose
-    graphs are missing are left out. Returns {check name: {"reference", "batch_sizes", figures...}}.
+    `folder` is the export as it ships (its manifest included): the graphs run through the runtime's
+    own reading of it (`Artifacts`), its runners (`make_runner`, ONNX Runtime on the CPU) and its
+    split chain (`Predictor.decode`). Checks whose graphs are missing are left out. Returns
+    {check name: {"reference", "batch_sizes", figures...}}.
     """
-    sessions = {k: ort_session(p, threads) for k, p in graph_files.items()}
+    from restr.runtime.artifacts import Artifacts
+    from restr.runtime.formats import MODEL_GRAPHS, PRECISIONS, graph_key
+    from restr.runtime.runners import make_runner
+
+    art = Artifacts.open(folder)
+    keys = [graph_key(g, p) for p in PRECISIONS for g in MODEL_GRAPHS if graph_key(g, p) in art.graphs]
+    sessions = {k: make_runner(art, k, "ort", threads=threads or None) for k in keys}
     batch_sizes = [b for b in batch_sizes if b <= len(feeds["image"])]
     runs: dict[str, list[dict]] = {}
     refs: dict[str, str] = {}
@@ -256,8 +274,8 @@ def run_checks(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray]
     torch_out = torch_reference(model, feeds)
     for b in batch_sizes:
         f, t = _slice(feeds, b), _slice(torch_out, b)
-        ort_out = {k: run_session(s, f if not k.startswith("fusion_decoder") else
-                                  {"visual_features": t["visual_features"], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]})
+        ort_out = {k: s.run(f if not k.startswith("fusion_decoder") else
+                            {"visual_features": t["visual_features"], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]})
                    for k, s in sessions.items()}
         for k, o in ort_out.items():
             check_shapes(k, sessions[k], o, b)
@@ -284,10 +302,10 @@ def run_checks(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray]
                 shared = {"visual_features": t["visual_features"][:1], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]}
                 repeated = dict(shared, visual_features=np.repeat(shared["visual_features"], b, 0))
                 add(f"split_vs_repeated_image{suffix}", f"{fd} (features repeated)",
-                    _probs(run_session(sessions[fd], repeated), run_session(sessions[fd], shared), tol))
+                    _probs(sessions[fd].run(repeated), sessions[fd].run(shared), tol))
             if all(s + suffix in sessions for s in ("end_to_end", "vision", "language", "fusion_decoder")):
                 add(f"split_vs_end_to_end{suffix}", f"end_to_end{suffix} (onnxruntime)",
-                    _probs(ort_out["end_to_end" + suffix], _chain(sessions, suffix, f), tol))
+                    _probs(ort_out["end_to_end" + suffix], _split_chain(art, sessions, suffix, f), tol))
     return {name: {"reference": refs[name], "batch_sizes": list(batch_sizes), **_worst(r)} for name, r in runs.items()}
 
 
@@ -353,10 +371,11 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def verify(model, graph_files: dict[str, Path], feeds: dict[str, np.ndarray], tol: Tolerances,
+def verify(model, folder: Path, feeds: dict[str, np.ndarray], tol: Tolerances,
            masks_meaningful: bool, batch_sizes=(3, 1), threads: int = 0) -> dict:
-    """All checks, judged. Returns the manifest's `verification` body (without the inputs)."""
-    checks, failures = judge(run_checks(model, graph_files, feeds, batch_sizes, tol, threads), tol, masks_meaningful)
+    """All checks on the export in `folder`, judged. Returns the manifest's `verification` body
+    (without the inputs)."""
+    checks, failures = judge(run_checks(model, folder, feeds, batch_sizes, tol, threads), tol, masks_meaningful)
     return {
         "passed": not failures,
         "failures": failures,
