@@ -466,6 +466,9 @@ def letterbox_of(letterbox: np.ndarray, size: int) -> Letterbox:
     return Letterbox(size=size, src_hw=(h, w), new_hw=(nh, nw))
 
 
+OWNER = "predictor"  # the GPU path's own device bindings, apart from the runners' `run`
+
+
 class _DevicePath:
     """The predictor's GPU path: every graph in ONNX Runtime's CUDA EP, data kept on the device.
 
@@ -485,10 +488,10 @@ class _DevicePath:
         self.pre, self.post = predictor.processing[PREPROCESS], predictor.processing[POSTPROCESS]
         r = predictor.runners
         if predictor.mode == "split":
-            self.vision = r["vision"].binding(1)
+            self.vision = r["vision"].binding(1, owner=OWNER)
             self.slot = self.vision.outputs["visual_features"]  # (1, N_v, D)
         else:
-            self.slot = r[END_TO_END].binding(1).inputs["image"]  # (1, 3, S, S), shared by every bucket
+            self.slot = r[END_TO_END].binding(1, owner=OWNER).inputs["image"]  # (1, 3, S, S)
         self.image_in = self.vision.inputs["image"] if predictor.mode == "split" else self.slot
 
     @classmethod
@@ -534,12 +537,12 @@ class _DevicePath:
         """The bound model graphs for one chunk; returns the bucket binding whose outputs hold the probabilities."""
         r, n = self.p.runners, len(words)
         if self.p.mode == "split":
-            lang = r["language"].binding(n)
-            fd = r["fusion_decoder"].binding(n, inputs={"visual_features": self.slot, "pad_mask": lang.inputs["pad_mask"],
-                                                        "linguistic_features": lang.outputs["linguistic_features"]})
+            lang = r["language"].binding(n, owner=OWNER)
+            fd = r["fusion_decoder"].binding(n, owner=OWNER, inputs={"visual_features": self.slot, "pad_mask": lang.inputs["pad_mask"],
+                                                                     "linguistic_features": lang.outputs["linguistic_features"]})
             stages = [("language", lang), ("fusion_decoder", fd)]
         else:
-            e2e = r[END_TO_END].binding(n, inputs={"image": self.slot} if n == 1 else {})
+            e2e = r[END_TO_END].binding(n, owner=OWNER)  # n is 1: one expression at a time (`_chunks`)
             stages = [(END_TO_END, e2e)]
         first = stages[0][1]
         first.inputs["words"].update_inplace(pad_batch(words, first.batch))

@@ -183,10 +183,10 @@ class OrtRunner:
         self.bound = bool(max_batch) and (self.on_cuda if bind is None else bind)
         self.max_batch = max_batch if self.bound else None
         self.cuda_graph = bool(cuda_graph and self.on_cuda and self.bound)
-        self._data = artifacts.read_verified(info)
+        self._artifacts = artifacts  # to rebuild the session without CUDA graphs, should capture be refused
         self._threads = threads
         self._lock = threading.Lock()
-        self._bindings: dict[int, DeviceBinding] = {}
+        self._bindings: dict[tuple[str, int], DeviceBinding] = {}
         self.session = self._session(self.cuda_graph)
         self._check_io()
         if not self.output_names:
@@ -216,8 +216,9 @@ class OrtRunner:
             opts.inter_op_num_threads = 1
         providers = [(p, {"device_id": str(self.device_id), "enable_cuda_graph": "1" if cuda_graph else "0"})
                      if p == PROVIDER_ALIASES["cuda"] else p for p in self.providers]
+        data = self._artifacts.read_verified(self.info)  # checked on the very bytes handed to ONNX Runtime
         try:
-            return ort.InferenceSession(self._data, sess_options=opts, providers=providers)
+            return ort.InferenceSession(data, sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types for a bad model
             raise ArtifactError(f"{self.info.path}: not a loadable ONNX graph ({_first_line(e)})") from None
 
@@ -238,7 +239,9 @@ class OrtRunner:
             binding = self.binding(batch)
             t0 = time.perf_counter()
             for name, x in feeds.items():
-                binding.inputs[name].update_inplace(x if x.shape[0] == 1 and name in binding.shared else pad_batch(x, binding.batch))
+                if name in binding.shared and len(x) != 1:
+                    raise ValueError(f"{self.name}: on {self.device} {name!r} takes one image's features (batch 1), got {len(x)}")
+                binding.inputs[name].update_inplace(x if name in binding.shared else pad_batch(x, binding.batch))
             t1 = time.perf_counter()
             self.replay(binding)
             t2 = time.perf_counter()
@@ -259,14 +262,15 @@ class OrtRunner:
         """The batch bucket a batch of `batch` runs in."""
         return next(b for b in buckets(self.max_batch) if b >= batch)
 
-    def binding(self, batch: int, inputs: dict | None = None) -> "DeviceBinding":
-        """The device binding of `batch`'s bucket (made on first use; `inputs` then names device
-        buffers, another graph's outputs, to bind instead of new ones: they must be of the bucket's
-        shape). Callers hold the binding's buffers fixed: that is what CUDA graphs replay."""
-        b = self.bucket(batch)
-        if b not in self._bindings:
-            self._bindings[b] = DeviceBinding(self, b, len(self._bindings), inputs or {})
-        return self._bindings[b]
+    def binding(self, batch: int, inputs: dict | None = None, owner: str = "run") -> "DeviceBinding":
+        """The device binding of `batch`'s bucket for `owner` (made on first use; `inputs` then names
+        device buffers, another graph's outputs, to bind instead of new ones: they must be of the
+        bucket's shape). Each owner has its own buffers ("run": this runner's `run`; the predictor's
+        GPU path: its own), and each binding its own CUDA graph, replayed on those fixed buffers."""
+        key = (owner, self.bucket(batch))
+        if key not in self._bindings:
+            self._bindings[key] = DeviceBinding(self, key[1], len(self._bindings), inputs or {})
+        return self._bindings[key]
 
     def replay(self, binding: "DeviceBinding") -> None:
         """Run one bucket on its bound buffers (captured as a CUDA graph where allowed)."""

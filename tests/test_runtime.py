@@ -663,6 +663,8 @@ def test_device_path_equals_host_path(tiny, predictor, mode):
     emb_a = bound.embed(a)
     emb_b = bound.embed(b)  # takes the slot: emb_a (alive) gets a host copy
     assert emb_a.features is not None and emb_b.features is None
+    first = next(iter(bound.runners.values()))  # its own run() must not touch the predictor's buffers
+    first.run({s.name: np.zeros(s.concrete(1), s.dtype) for s in first.input_specs})
     for emb, im in ((emb_a, a), (emb_b, b), (emb_a, a)):
         got = bound.predict_embedding(emb, TEXTS)
         want = predictor.predict_image(im, TEXTS)
