@@ -202,13 +202,16 @@ class Bench:
         from tqdm import tqdm
 
         count = len(self.engines)
-        for r in tqdm(range(n), desc=desc, unit="round", disable=not self.s.progress, leave=False):
+        bar = tqdm(total=n * count, desc=desc, unit="run", disable=not self.s.progress, leave=False)  # moves every run
+        for r in range(n):
             for i in range(count):  # rotate the order every round
                 step(self.engines[(r + i) % count])
+                bar.update(1)
             if gemm:
                 self.gemm.sample()
             if self.gpu_gemm is not None:  # the GPU peak sampled between the same rounds
                 self.gpu_gemm.sample()
+        bar.close()
 
     def run(self) -> dict:
         s = self.s
@@ -431,6 +434,19 @@ def _f(x, fmt="{:.1f}"):
     return None if x is None else fmt.format(x)
 
 
+LATENCY_LEGEND = """legend: model ms = the graph alone on prepared inputs (on a GPU: its compute on bound device buffers);
+  e2e ms = a photo in, masks out (decode-free RGB array, pre-processing, model, post-processing);
+  pre+post = pre- plus post-processing time as a share of the model time;
+  of peak = 2 x MACs / median model time over the matrix-product peak (CPU: FP32 GEMM; GPU: FP16 GEMM);
+  e2e of peak = the same with the end-to-end time (what a user gets of the hardware);
+  paired = the share computed within each round (model run and peak sample seconds apart) and then the median:
+  steadier than the ratio of medians on a shared machine"""
+THROUGHPUT_LEGEND = """note: the batch-1 row here and "model ms" above time the same call in different company: above,
+  every round also runs each engine's end-to-end path and the matrix-product peak samples (which fill
+  the caches and load the cores) between the model runs; here only the engines' model runs alternate.
+  The gap between the two is what that company costs a model run."""
+
+
 def format_report(doc: dict) -> str:
     """Tables for people: environment, latency, throughput, queries, ratios."""
     from restr.benchmarks.report import format_table
@@ -469,12 +485,14 @@ def format_report(doc: dict) -> str:
         rows, title="latency (batch 1; model alone vs end to end with pre- and post-processing; medians unless named; "
         "of peak = 2 x MACs / median time over the GEMM peak; paired = median over rounds of the same share within each round)",
     )
+    text += "\n" + LATENCY_LEGEND
     if any((r[k] or 0) > 1 for r in results for k in ("peak_fraction", "peak_fraction_end_to_end", "peak_fraction_paired")):
         text += "\n" + PEAK_NOT_REACHED
     tp = [[r["label"], t["batch"], _f(t["ms"]["median"]), _f(t["items_per_s"], "{:.2f}"), _f(t["achieved_gflops"])]
           for r in results for t in r["throughput"]]
     if tp:
         text += "\n\n" + format_table(["engine", "batch", "ms", "items/s", "GFLOP/s"], tp, title="throughput (model alone)")
+        text += "\n" + THROUGHPUT_LEGEND
     qs = [r for r in results if "queries" in r]
     if qs:
         qrows = []

@@ -79,6 +79,8 @@ def test_folder_onnx_and_checkpoint_in_one_run(tiny, tmp_path):
     assert [x["engine"] for x in doc["ratios"]] == [str(tiny.onnx), str(tiny.pt)]
     assert all(x["model_ms"] > 0 and x["relative_to"] == str(tiny.export) for x in doc["ratios"])
     assert "relative to export" in res.output and "K expressions on one image" in res.output
+    assert "pre+post = pre- plus post-processing time as a share of the model time" in res.output  # the legend
+    assert "paired = the share computed within each round" in res.output
     with Image.open(plot) as im:
         assert im.format == "PNG" and im.width > 300
 
