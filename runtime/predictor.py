@@ -534,7 +534,8 @@ class _DevicePath:
         self.slot.update_inplace(np.ascontiguousarray(emb.features, dtype=np.float32))
 
     def _model(self, words: np.ndarray, pad: np.ndarray):
-        """The bound model graphs for one chunk; returns the bucket binding whose outputs hold the probabilities."""
+        """The bound model graphs for one chunk, its words and mask copied in: [(stage, binding)], the
+        last binding's outputs holding the probabilities."""
         r, n = self.p.runners, len(words)
         if self.p.mode == "split":
             lang = r["language"].binding(n, owner=OWNER)
@@ -542,63 +543,51 @@ class _DevicePath:
                                                                      "linguistic_features": lang.outputs["linguistic_features"]})
             stages = [("language", lang), ("fusion_decoder", fd)]
         else:
-            e2e = r[END_TO_END].binding(n, owner=OWNER)  # n is 1: one expression at a time (`_chunks`)
-            stages = [(END_TO_END, e2e)]
+            stages = [(END_TO_END, r[END_TO_END].binding(n, owner=OWNER))]  # n is 1 (`_run_chunks`)
         first = stages[0][1]
         first.inputs["words"].update_inplace(pad_batch(words, first.batch))
         first.inputs["pad_mask"].update_inplace(pad_batch(pad, first.batch))
         return stages
 
+    def _run_chunks(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray, times: dict):
+        """Run the model graphs over the expressions in chunks (call under the lock); yields each
+        chunk's size and the binding holding its probabilities. The split graphs take max_batch
+        expressions at a time; the end-to-end graph's image buffer holds one image, so one at a time."""
+        self._bring(emb)
+        step = self.p.max_batch if self.p.mode == "split" else 1
+        for i in range(0, len(words), step):
+            t0 = time.perf_counter()
+            stages = self._model(words[i : i + step], pad[i : i + step])
+            for name, binding in stages:
+                binding.run()
+                times[name] = times.get(name, 0.0) + _ms(t0)
+                t0 = time.perf_counter()
+            yield len(words[i : i + step]), stages[-1][1]
+
     def decode(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray):
         """Predictor.decode on the device; the probabilities come back to the host."""
-        pixel, patch = [], []
+        pixel, patch, times = [], [], {}
         with self.lock:
-            self._bring(emb)
-            for i in range(0, len(words), self.p.max_batch):
-                w, m = words[i : i + self.p.max_batch], pad[i : i + self.p.max_batch]
-                for chunk in self._chunks(w, m):
-                    *_, (_, last) = self._run(chunk)
-                    pixel.append(host(last.outputs["pixel_probs"])[: len(chunk[0])])
-                    patch.append(host(last.outputs["patch_probs"])[: len(chunk[0])])
-        return np.concatenate(pixel), np.concatenate(patch), {}
-
-    def _chunks(self, w, m):
-        # The end-to-end graph's image buffer holds one image: expressions go one at a time there.
-        if self.p.mode == "split":
-            return [(w, m)]
-        return [(w[j : j + 1], m[j : j + 1]) for j in range(len(w))]
-
-    def _run(self, chunk):
-        stages = self._model(*chunk)
-        for _, binding in stages:
-            binding.run()
-        return stages
+            for n, last in self._run_chunks(emb, words, pad, times):
+                pixel.append(host(last.outputs["pixel_probs"])[:n])
+                patch.append(host(last.outputs["patch_probs"])[:n])
+        return np.concatenate(pixel), np.concatenate(patch), times
 
     def predict(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray, thr: float, probs: bool) -> tuple[dict, dict]:
         parts, times = [], {}
         letterbox = np.array([*emb.letterbox.src_hw, *emb.letterbox.new_hw], np.int64)
         threshold = np.array([thr], np.float32)
         with self.lock:
-            self._bring(emb)
-            for i in range(0, len(words), self.p.max_batch):
-                for w, m in self._chunks(words[i : i + self.p.max_batch], pad[i : i + self.p.max_batch]):
-                    n = len(w)
-                    t0 = time.perf_counter()
-                    stages = self._model(w, m)
-                    for name, binding in stages:
-                        binding.run()
-                        times[name] = times.get(name, 0.0) + _ms(t0)
-                        t0 = time.perf_counter()
-                    last = stages[-1][1]
-                    out = self.post.run_device(  # the masks' one device-to-host copy
-                        {"pixel_probs": last.outputs["pixel_probs"], "letterbox": letterbox, "threshold": threshold},
-                        {"mask": "cpu", "score": "cpu", "area": "cpu", "probs": "cpu" if probs else "cuda"})
-                    part = {k: v.numpy()[:n] for k, v in out.items() if k != "probs" or probs}
-                    part["patch_probs"] = host(last.outputs["patch_probs"])[:n]
-                    times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
-                    parts.append(part)
+            for n, last in self._run_chunks(emb, words, pad, times):
+                t0 = time.perf_counter()
+                out = self.post.run_device(  # the masks' one device-to-host copy
+                    {"pixel_probs": last.outputs["pixel_probs"], "letterbox": letterbox, "threshold": threshold},
+                    {"mask": "cpu", "score": "cpu", "area": "cpu", "probs": "cpu" if probs else "cuda"})
+                part = {k: v.numpy()[:n] for k, v in out.items() if k != "probs" or probs}
+                part["patch_probs"] = host(last.outputs["patch_probs"])[:n]
+                times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
+                parts.append(part)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, times
-
 
 def _ms(t0: float, t1: float | None = None) -> float:
     return ((time.perf_counter() if t1 is None else t1) - t0) * 1000.0
