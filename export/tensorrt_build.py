@@ -20,7 +20,7 @@ from pathlib import Path
 from restr.export.manifest import sha256_file, utc_now, write_json
 from restr.runtime.artifacts import TensorSpec
 from restr.runtime.atomic import atomic_write
-from restr.runtime.formats import IMAGE_BATCH
+from restr.runtime.formats import IMAGE_BATCH, engine_file
 
 ENGINE_PRECISION = "fp16-strongly-typed"
 GIB = 1 << 30
@@ -124,13 +124,13 @@ def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timi
         log(f"building TensorRT engine {key}.engine (TensorRT {trt.__version__}, {gpu['gpu_name']}, batch 1..{max_batch})")
         plan, cache = trt_build(trt, folder / source["file"], profile, cache, int(workspace_gib * GIB))
         _write_bytes_atomic(cache_path, cache)
-        engine_file = f"{key}.engine"
-        _write_bytes_atomic(folder / engine_file, plan)
-        write_json(folder / f"{engine_file}.json", sidecar(key, source, profile, trt.__version__, gpu))
+        name = engine_file(key)
+        _write_bytes_atomic(folder / name, plan)
+        write_json(folder / f"{name}.json", sidecar(key, source, profile, trt.__version__, gpu))
         entries[key] = {
-            "file": engine_file,
-            "sha256": sha256_file(folder / engine_file),
-            "sidecar": f"{engine_file}.json",
+            "file": name,
+            "sha256": sha256_file(folder / name),
+            "sidecar": f"{name}.json",
             "precision": ENGINE_PRECISION,
             "source": source["file"],
             "tensorrt_version": str(trt.__version__),

@@ -13,13 +13,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from restr.runtime.formats import END_TO_END, STAGES, graph_key  # noqa: F401  (re-exported: the contract's one table)
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-STAGES = ("vision", "language", "fusion_decoder")  # the split graphs: encode once, ask many
-END_TO_END = "end_to_end"
 
 
 class ArtifactError(ValueError):
@@ -145,8 +144,8 @@ class Artifacts:
         Engines are built from the FP16 graphs only, so `key` "vision" finds "vision_fp16": asking
         the tensorrt backend for the default precision gets the engine that exists.
         """
-        if key not in self.engines and f"{key}_fp16" in self.engines:
-            key = f"{key}_fp16"
+        if key not in self.engines and graph_key(key, "fp16") in self.engines:
+            key = graph_key(key, "fp16")
         if key not in self.engines:
             raise ArtifactError(
                 f"{self.root}: the export has no {key!r} TensorRT engine "
