@@ -13,6 +13,8 @@ SIZE=${SIZE:-320}
 DEVICE=${DEVICE:-cuda}
 RUNS=${RUNS:-30}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(mktemp -d)"  # Python puts the working folder first on its path: a checkout's restr/ must not shadow the installed one
 python3 - "$OUT/model.pt" "$CONFIG" "$SIZE" <<'PY'
 import sys
 from restr.checkpoint import save_checkpoint
