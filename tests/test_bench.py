@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -215,3 +216,33 @@ def test_engine_tags_give_each_engine_its_own_options(tiny, tmp_path):
     assert [r["precision"] for r in results] == ["fp32", "fp16"]
     res = bench("--engine", f"{tiny.pt}#fp8")
     assert res.exit_code == 2 and "unknown engine tag 'fp8'" in res.output and "Traceback" not in res.output
+
+
+def test_agreement_compares_fp16_with_fp32_through_the_predictor(tmp_path):
+    """benchmarks/agreement.py (the GPU script's second step), run here with FP16 on the CPU."""
+    import torch
+
+    from restr.benchmarks.agreement import agreement
+    from restr.export import ExportOptions, export_artifacts, load_source
+
+    torch.set_num_threads(1)
+    export_artifacts(load_source(config="restr-tiny", seed=0), tmp_path / "e",
+                     ExportOptions(engine=False, verify=False, progress=False), log=lambda m: None)
+    r = agreement(tmp_path / "e", photos=2, texts=3, providers=None)
+    assert r["pixels"] > 0 and 0.99 <= r["same_side"] <= 1.0 and 0.0 <= r["decisive_share"] <= 1.0
+    assert r["photos"] == 2 and r["expressions_per_photo"] == 3
+
+
+@pytest.mark.slow
+def test_gpu_bench_script_runs_small_on_a_cpu(tmp_path):
+    """benchmarks/gpu_bench.sh as documented, at restr-tiny size on the CPU (torch.compile included)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CONFIG": "restr-tiny", "SIZE": "80", "DEVICE": "cpu", "RUNS": "2"}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_bench.sh"), str(tmp_path / "gb")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = [r["label"] for r in json.loads((tmp_path / "gb" / "bench.json").read_text())["results"]]
+    assert labels == ["export-ort#fp16,cpu", "export-onnx#fp16,cpu", "export-ort#fp32,cpu", "model.pt#fp16,cpu,eager", "model.pt#fp16,cpu,compile"]
