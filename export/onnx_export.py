@@ -176,7 +176,6 @@ def export_graph(model: ReSTR, graph: str, path: str | Path, opset: int = MIN_OP
     module = graph_module(model, graph)
     inputs_spec, outputs_spec = graph_io(model.cfg)[graph]
     feeds = example_inputs(model, graph)
-    names = [t.name for t in inputs_spec + outputs_spec]
     with warnings.catch_warnings():
         # The tracer warns where the model turns the (fixed) image size or width into Python numbers:
         # constants by design, since an export has one image size. The batch stays symbolic.

@@ -17,13 +17,11 @@ from restr.export.manifest import (
     FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_json,
 )
 from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
-from restr.runtime.formats import ATTENTION_FORMS, PROCESSING_GRAPHS, graph_file, graph_key
+from restr.runtime.formats import ATTENTION_FORMS, PRECISIONS, PROCESSING_GRAPHS, graph_file, graph_key  # PRECISIONS: re-exported
 from restr.export.tensorrt_build import EngineUnavailable, build_engines, engine_instructions, engine_support
 from restr.export.verify import (
     Tolerances, VerificationError, check_processing, format_graphs, format_table, verification_inputs, verify,
 )
-
-from restr.runtime.formats import PRECISIONS  # noqa: E402  (re-exported: callers import it from here)
 
 PLACEHOLDER_VOCAB_SIZE = 1000  # random-weight exports: any word maps to <unk> or a placeholder id
 

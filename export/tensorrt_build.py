@@ -20,7 +20,7 @@ from pathlib import Path
 from restr.export.manifest import sha256_file, utc_now, write_json
 from restr.runtime.artifacts import TensorSpec
 from restr.runtime.atomic import atomic_write
-from restr.runtime.formats import IMAGE_BATCH, engine_file
+from restr.runtime.formats import engine_file
 
 ENGINE_PRECISION = "fp16-strongly-typed"
 GIB = 1 << 30
@@ -45,12 +45,10 @@ def profiles(inputs, max_batch: int) -> dict[str, dict[str, list[int]]]:
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    from restr.runtime.runners import bucket_shape  # the runtime's buffers and the engine's profile agree
+
     specs = [t if isinstance(t, TensorSpec) else TensorSpec.from_dict(t) for t in inputs]
-
-    def shape(t, batch):
-        return [1 if d == IMAGE_BATCH else n for d, n in zip(t.shape, t.concrete(batch))]
-
-    return {t.name: {"min": shape(t, 1), "opt": shape(t, 1), "max": shape(t, max_batch)} for t in specs}
+    return {t.name: {k: list(bucket_shape(t, b)) for k, b in (("min", 1), ("opt", 1), ("max", max_batch))} for t in specs}
 
 
 def sidecar(graph_key: str, source: dict, profile: dict, tensorrt_version: str, gpu: dict) -> dict:

@@ -31,7 +31,6 @@ bucket, and one device-to-host copy of the masks (and of the probabilities when 
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 import time
 import warnings

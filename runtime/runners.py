@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec
+from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec, _first_line
 from restr.runtime.formats import BATCH, IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
 
 BACKENDS = ("ort", "tensorrt")
@@ -360,10 +360,6 @@ def _add(timings: dict | None, phase: str, t0: float, t1: float | None = None) -
     if timings is not None:
         timings[phase] = timings.get(phase, 0.0) + ((time.perf_counter() if t1 is None else t1) - t0) * 1000.0
 
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__
 
 
 def make_runner(artifacts: Artifacts, key: str, backend: str = "ort", providers=None, threads: int | None = None,

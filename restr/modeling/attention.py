@@ -83,8 +83,8 @@ def pad_keys(mask: torch.Tensor | None, before: int = 0, after: int = 0) -> torc
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, heads: int,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head SA of eq. 3-5. q, k, v: (B, N, D) before the head split; `bias` (3D,) is added to
-    them first (the qkv projection's bias, kept apart in the "ort" form so ONNX Runtime fuses it); mask from `key_mask`.
-    Returns (B, N, D), heads concatenated."""
+    them first (the qkv projection's bias, kept apart in the "ort" form only, so ONNX Runtime fuses it);
+    mask from `key_mask`. Returns (B, N, D), heads concatenated."""
     if _form == "torch":
         if bias is not None:
             q, k, v = (x + b for x, b in zip((q, k, v), bias.chunk(3)))
@@ -121,10 +121,9 @@ class _GraphAttention(torch.autograd.Function):
             inputs = (q, k, v, bias) + (() if _is_none(mask) else (mask,))
             return g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=dh**-0.5,
                         mask_filter_value_f=MASKED)
+        if not _is_none(bias):  # the "onnx" form keeps the bias in the projection (Attention.forward)
+            raise ValueError("the onnx attention form takes q, k, v with the projection's bias already added")
         const = lambda x: g.op("Constant", value_t=torch.tensor(x, dtype=torch.int64))  # noqa: E731
-        if not _is_none(bias):
-            q, k, v = (g.op("Add", x, g.op("Slice", bias, const([i * d]), const([(i + 1) * d]), const([0])))
-                       for i, x in enumerate((q, k, v)))
         heads_shape = const([0, -1, heads, dh])
 
         def split(x, perm):  # (B, N, D) -> (B, H, N, D_h), or (B, H, D_h, N) for keys

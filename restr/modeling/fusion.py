@@ -16,7 +16,6 @@ IME:             z_v' as eq. 7; e_s' = Transformers([z_l, e_s]) from the project
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from restr.config import EncoderConfig
