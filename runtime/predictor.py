@@ -31,6 +31,7 @@ bucket, and one device-to-host copy of the masks (and of the probabilities when 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 import warnings
@@ -466,12 +467,20 @@ def letterbox_of(letterbox: np.ndarray, size: int) -> Letterbox:
 
 
 OWNER = "predictor"  # the GPU path's own device bindings, apart from the runners' `run`
+# Photo sizes whose processing graphs get bindings of their own, replayed as CUDA graphs (a camera
+# or a service sees few sizes); further sizes run the same graphs unbound. A binding lives as long
+# as the predictor: its CUDA graph was captured on its buffers.
+PHOTO_SIZES = 4
+_PATHS = itertools.count()
 
 
 class _DevicePath:
     """The predictor's GPU path: every graph in ONNX Runtime's CUDA EP, data kept on the device.
 
-    The preprocess graph writes the image into the first model graph's bound input; the vision
+    The preprocess graph reads the photo from a device buffer of its size and writes the image into
+    the first model graph's bound input; the postprocess graph reads the last model graph's
+    outputs and writes into buffers of the photo's size; both are replayed as CUDA graphs for up
+    to PHOTO_SIZES photo sizes (further sizes run them unbound). The vision
     graph writes the features into one device buffer (`slot`) that every fusion-decoder bucket
     reads, and the language graph writes into the buffers the fusion-decoder bucket of the same
     size reads. The model graphs' buckets replay as CUDA graphs. The slot holds one image's
@@ -485,6 +494,11 @@ class _DevicePath:
         self.lock = threading.Lock()
         self.owner = None  # weakref to the ImageEmbedding whose data is in the slot
         self.pre, self.post = predictor.processing[PREPROCESS], predictor.processing[POSTPROCESS]
+        self.photos: dict[tuple[int, int], tuple] = {}  # (H, W) -> (preprocess binding, Letterbox)
+        # The processing bindings take this path's buffers (its image input, its threshold): keyed apart
+        # from another predictor's on the same runners.
+        self.key = (OWNER, next(_PATHS))
+        self.threshold = self.post.value(np.zeros(1, np.float32))  # read by every postprocess binding
         r = predictor.runners
         if predictor.mode == "split":
             self.vision = r["vision"].binding(1, owner=OWNER)
@@ -497,7 +511,7 @@ class _DevicePath:
     def maybe(cls, predictor: "Predictor") -> "_DevicePath | None":
         runners = [*predictor.runners.values(), *predictor.processing.values()]
         ok = (all(isinstance(r, OrtRunner) for r in runners)
-              and all(r.bound for r in predictor.runners.values())
+              and all(r.bound and r.max_batch for r in predictor.runners.values())
               and all(r.on_cuda == predictor.runners[next(iter(predictor.runners))].on_cuda for r in runners)
               and {PREPROCESS, POSTPROCESS} <= set(predictor.processing))
         return cls(predictor) if ok else None
@@ -509,11 +523,50 @@ class _DevicePath:
             object.__setattr__(old, "features", host(self.slot))
         self.owner = weakref.ref(emb) if emb is not None else None
 
+    def _photo(self, rgb: np.ndarray) -> Letterbox:
+        """Preprocess `rgb` into the first model graph's input (call under the lock): the photo's one
+        host-to-device copy. Its size's own binding (and CUDA graph) when it has or can get one."""
+        h, w = rgb.shape[:2]
+        if (h, w) not in self.photos and self.pre.bound and len(self.photos) < PHOTO_SIZES:
+            binding = self.pre.fixed_binding((*self.key, h, w), {"rgb": (h, w, 3), "letterbox": (4,)},
+                                             {"image": self.image_in}, on_host=("letterbox",))
+            binding.inputs["rgb"].update_inplace(rgb)
+            binding.run()  # the letterbox is the same for every photo of this size: read it once
+            self.photos[(h, w)] = (binding, letterbox_of(host(binding.outputs["letterbox"]), self.p.artifacts.image_size))
+            return self.photos[(h, w)][1]
+        if (h, w) in self.photos:
+            binding, lb = self.photos[(h, w)]
+            binding.inputs["rgb"].update_inplace(rgb)
+            binding.run()
+            return lb
+        out = self.pre.run_device({"rgb": rgb}, {"image": self.image_in, "letterbox": "cpu"})
+        return letterbox_of(out["letterbox"].numpy(), self.p.artifacts.image_size)
+
+    def _postprocess(self, emb: ImageEmbedding, last, n: int, probs: bool) -> dict:
+        """Postprocess the first n results in `last`'s outputs (call under the lock): masks, scores and
+        areas (and the probabilities when asked for) in one device-to-host copy each."""
+        lb = emb.letterbox
+        h, w = lb.src_hw
+        letterbox = np.array([h, w, *lb.new_hw], np.int64)
+        # The letterbox goes in on the host, where the graph's shape arithmetic reads it (ONNX Runtime
+        # copies a bound input it wants elsewhere when binding: a photo size's binding is made with
+        # its letterbox in place, and it never changes).
+        given = {"pixel_probs": last.outputs["pixel_probs"], "threshold": self.threshold}
+        if (h, w) in self.photos:
+            b = last.batch
+            shapes = {"probs": (b, h, w), "mask": (b, h, w), "score": (b,), "area": (b,)}
+            binding = self.post.fixed_binding((*self.key, h, w, b), shapes, {**given, "letterbox": self.post.value(letterbox, on_host=True)})
+            binding.run()
+            out = binding.outputs
+        else:
+            out = self.post.run_device({**given, "letterbox": self.post.value(letterbox, on_host=True)},
+                                       {"mask": "cpu", "score": "cpu", "area": "cpu", "probs": "cpu" if probs else "cuda"})
+        return {k: host(v)[:n] for k, v in out.items() if k != "probs" or probs}
+
     def embed(self, key: str, rgb: np.ndarray, t0: float) -> ImageEmbedding:
         with self.lock:
             self._take_slot(None)
-            out = self.pre.run_device({"rgb": rgb}, {"image": self.image_in, "letterbox": "cpu"})  # the one H2D copy
-            lb = letterbox_of(out["letterbox"].numpy(), self.p.artifacts.image_size)
+            lb = self._photo(rgb)
             t1 = time.perf_counter()
             timings = {"preprocess": _ms(t0, t1), "vision": 0.0}
             if self.p.mode == "split":
@@ -574,15 +627,11 @@ class _DevicePath:
 
     def predict(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray, thr: float, probs: bool) -> tuple[dict, dict]:
         parts, times = [], {}
-        letterbox = np.array([*emb.letterbox.src_hw, *emb.letterbox.new_hw], np.int64)
-        threshold = np.array([thr], np.float32)
         with self.lock:
+            self.threshold.update_inplace(np.array([thr], np.float32))
             for n, last in self._run_chunks(emb, words, pad, times):
                 t0 = time.perf_counter()
-                out = self.post.run_device(  # the masks' one device-to-host copy
-                    {"pixel_probs": last.outputs["pixel_probs"], "letterbox": letterbox, "threshold": threshold},
-                    {"mask": "cpu", "score": "cpu", "area": "cpu", "probs": "cpu" if probs else "cuda"})
-                part = {k: v.numpy()[:n] for k, v in out.items() if k != "probs" or probs}
+                part = self._postprocess(emb, last, n, probs)
                 part["patch_probs"] = host(last.outputs["patch_probs"])[:n]
                 times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
                 parts.append(part)

@@ -158,9 +158,10 @@ class OrtRunner:
     On CUDA the runner keeps, per batch bucket (`buckets(max_batch)`), device buffers for every input
     and output bound once (`DeviceBinding`), so ONNX Runtime can capture each bucket's run as a
     CUDA graph and replay it (`cuda_graph`); a batch runs in the smallest bucket that holds it,
-    padded. Graphs with dynamic shapes other than the batch (pre- and post-processing) run
-    without buckets (`run_device`). Sessions are thread-safe; a bucket's buffers are shared, so
-    runs on CUDA are serialised by a lock.
+    padded. Graphs with dynamic shapes other than the batch (pre- and post-processing) get
+    bindings per set of shapes from their caller (`fixed_binding`: the predictor's, per photo
+    size), or run once on given values (`run_device`). Sessions are thread-safe; a bucket's
+    buffers are shared, so runs on CUDA are serialised by a lock.
     """
 
     backend = "onnxruntime"
@@ -178,16 +179,24 @@ class OrtRunner:
         self.on_cuda = self.providers[0] in _GPU_PROVIDERS
         self.device = f"cuda:{device_id}" if self.on_cuda else "cpu"
         self.device_id = device_id
-        # Bucketed device bindings: on CUDA by default; `bind=True` on a CPU runs the same code path
-        # with host buffers (how the tests exercise it without a GPU).
-        self.bound = bool(max_batch) and (self.on_cuda if bind is None else bind)
-        self.max_batch = max_batch if self.bound else None
+        # Device bindings: on CUDA by default; `bind=True` on a CPU runs the same code path with host
+        # buffers (how the tests exercise it without a GPU). Batch buckets where max_batch is given.
+        self.bound = self.on_cuda if bind is None else bool(bind)
+        self.max_batch = max_batch if self.bound and max_batch else None
         self.cuda_graph = bool(cuda_graph and self.on_cuda and self.bound)
         self._artifacts = artifacts  # to rebuild the session without CUDA graphs, should capture be refused
         self._threads = threads
         self._lock = threading.Lock()
-        self._bindings: dict[tuple[str, int], DeviceBinding] = {}
-        self.session = self._session(self.cuda_graph)
+        self._bindings: dict[tuple, DeviceBinding] = {}
+        self._unbound_options = None  # run options of runs outside the bindings (no capture)
+        try:
+            self.session = self._session(self.cuda_graph)
+        except ArtifactError as e:
+            if not (self.cuda_graph and any(w in str(e).lower() for w in ("cuda graph", "graph capture"))):
+                raise
+            # ONNX Runtime refuses capture for a graph with a Memcpy node: run it uncaptured.
+            self.cuda_graph = False
+            self.session = self._session(False)
         self._check_io()
         if not self.output_names:
             self.output_names = tuple(o.name for o in self.session.get_outputs())
@@ -230,7 +239,7 @@ class OrtRunner:
             raise RunnerClosedError(f"{self.name}: the runner is closed")
         if not self.max_batch:  # CPU, or a graph without batch buckets
             t0 = time.perf_counter()
-            outs = self.session.run(list(self.output_names), feeds)
+            outs = self.session.run(list(self.output_names), feeds, self._no_capture())
             _add(timings, "compute", t0)
             return dict(zip(self.output_names, outs))
         if batch > self.max_batch:
@@ -267,9 +276,19 @@ class OrtRunner:
         device buffers, another graph's outputs, to bind instead of new ones: they must be of the
         bucket's shape). Each owner has its own buffers ("run": this runner's `run`; the predictor's
         GPU path: its own), and each binding its own CUDA graph, replayed on those fixed buffers."""
-        key = (owner, self.bucket(batch))
+        b = self.bucket(batch)
+        shapes = {s.name: bucket_shape(s, b) for s in (*self.input_specs, *self.info.outputs)}
+        return self.fixed_binding((owner, b), shapes, inputs, batch=b)
+
+    def fixed_binding(self, key: tuple, shapes: dict, given: dict | None = None, on_host: tuple = (),
+                      batch: int | None = None) -> "DeviceBinding":
+        """The binding named `key` (made on first use): a buffer of `shapes[name]` for every input and
+        output, except those `given` (OrtValues of other bindings, bound as they are); names in
+        `on_host` get host buffers (values that ONNX Runtime's shape arithmetic reads on the CPU).
+        For graphs whose shapes are fixed by more than the batch, e.g. the processing graphs at one
+        photo size. A binding's CUDA graph is captured on its buffers, so it lives as long as the runner."""
         if key not in self._bindings:
-            self._bindings[key] = DeviceBinding(self, key[1], len(self._bindings), inputs or {})
+            self._bindings[key] = DeviceBinding(self, shapes, len(self._bindings), given or {}, on_host, batch)
         return self._bindings[key]
 
     def replay(self, binding: "DeviceBinding") -> None:
@@ -296,18 +315,33 @@ class OrtRunner:
         or to "cpu" / "cuda" (allocated by ONNX Runtime there). Returns the output OrtValues."""
         if self.session is None:
             raise RunnerClosedError(f"{self.name}: the runner is closed")
-        ort, io = self._ort, self.session.io_binding()
+        io = self.session.io_binding()
         for name, x in inputs.items():
             if isinstance(x, np.ndarray):
-                x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), *self._where(True))
+                x = self.value(x)
             io.bind_ortvalue_input(name, x)
         for name, target in outputs.items():
             if isinstance(target, str):
                 io.bind_output(name, *self._where(target != "cpu"))
             else:
                 io.bind_ortvalue_output(name, target)
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, self._no_capture())
         return dict(zip(outputs, io.get_outputs()))
+
+    def _no_capture(self):
+        """Run options for a run outside the bindings: with CUDA graphs on, gpu_graph_id -1 (neither
+        capture nor replay); a run without an id would capture graph 0 on one-off buffers, or replay
+        graph 0 on another binding's."""
+        if not self.cuda_graph:
+            return None
+        if self._unbound_options is None:
+            self._unbound_options = self._ort.RunOptions()
+            self._unbound_options.add_run_config_entry("gpu_graph_id", "-1")
+        return self._unbound_options
+
+    def value(self, x: np.ndarray, on_host: bool = False):
+        """A numpy array as an OrtValue on this runner's device (or on the host)."""
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), *self._where(not on_host))
 
     def _where(self, device: bool) -> tuple[str, int]:
         return ("cuda", self.device_id) if device and self.on_cuda else ("cpu", 0)
@@ -317,22 +351,23 @@ class OrtRunner:
 
 
 class DeviceBinding:
-    """One batch bucket of an `OrtRunner` on the GPU: device buffers for every input and output, bound
-    once to an IO binding, and the run options that give the bucket its own CUDA graph."""
+    """One set of fixed shapes of an `OrtRunner` on the GPU (a batch bucket, or a photo size): buffers
+    for every input and output, bound once to an IO binding, and the run options that give it its
+    own CUDA graph."""
 
-    def __init__(self, runner: OrtRunner, batch: int, graph_id: int, inputs: dict):
+    def __init__(self, runner: OrtRunner, shapes: dict, graph_id: int, given: dict, on_host: tuple = (),
+                 batch: int | None = None):
         ort = runner._ort
         self.runner, self.batch = runner, batch
-        specs = {s.name: s for s in runner.input_specs}
-        self.shared = {n for n, s in specs.items() if s.shape and s.shape[0] == IMAGE_BATCH}
+        specs = {s.name: s for s in (*runner.input_specs, *runner.info.outputs)}
+        self.shared = {n for n in (s.name for s in runner.input_specs) if specs[n].shape and specs[n].shape[0] == IMAGE_BATCH}
 
-        where = runner._where(True)
+        def buffer(name):
+            where = runner._where(name not in on_host)
+            return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shapes[name]), np.dtype(specs[name].dtype).type, *where)
 
-        def buffer(spec):
-            return ort.OrtValue.ortvalue_from_shape_and_type(bucket_shape(spec, batch), np.dtype(spec.dtype).type, *where)
-
-        self.inputs = {n: inputs.get(n) or buffer(s) for n, s in specs.items()}
-        self.outputs = {s.name: buffer(s) for s in runner.info.outputs}
+        self.inputs = {s.name: given.get(s.name) or buffer(s.name) for s in runner.input_specs}
+        self.outputs = {s.name: given.get(s.name) or buffer(s.name) for s in runner.info.outputs}
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
         self.rebind()

@@ -649,7 +649,7 @@ def _bound_predictor(folder, cache_size=8, mode="split"):
     art = Artifacts.open(folder)
     stages = ("vision", "language", "fusion_decoder") if mode == "split" else ("end_to_end",)
     runners = {s: OrtRunner(art, art.graph(s), threads=1, max_batch=art.max_batch, bind=True) for s in stages}
-    processing = {k: OrtRunner(art, art.graph(k), threads=1) for k in ("preprocess", "postprocess")}
+    processing = {k: OrtRunner(art, art.graph(k), threads=1, bind=True) for k in ("preprocess", "postprocess")}
     return Predictor(art, runners, art.vocabulary(), cache_size=cache_size, processing=processing)
 
 
@@ -676,6 +676,27 @@ def test_device_path_equals_host_path(tiny, predictor, mode):
     pixel, _, _ = bound.decode(emb_b, enc.words, enc.pad_mask)
     ref, _, _ = predictor.decode(predictor.embed(b), enc.words, enc.pad_mask)
     np.testing.assert_allclose(pixel, ref, atol=1e-5)
+
+
+def test_device_path_photo_sizes_bound_and_unbound_agree_with_the_host_path(tiny, predictor, monkeypatch):
+    """The processing graphs' per-size bindings (one size here) and the unbound runs of further sizes
+    give the host path's results, for thresholds that change between calls on the same binding, and
+    two predictors on the same runners keep their bindings apart."""
+    import restr.runtime.predictor as pred
+
+    monkeypatch.setattr(pred, "PHOTO_SIZES", 1)
+    bound = _bound_predictor(tiny.folder, cache_size=0)
+    other = Predictor(bound.artifacts, bound.runners, bound.vocab, cache_size=0, processing=bound.processing)
+    a, b, a2 = photo(80, 56, seed=1), photo(64, 96, seed=2), photo(80, 56, seed=3)
+    for im, thr in ((a, 0.5), (b, 0.3), (a2, 0.2), (a, 0.7), (b, 0.5)):
+        for p in (bound, other):
+            got = p.predict_image(im, TEXTS[:3], threshold=thr)
+            want = predictor.predict_image(im, TEXTS[:3], threshold=thr)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g.mask, w.mask)
+                np.testing.assert_allclose(g.probs, w.probs, atol=1e-5)
+                assert g.area == w.area and g.score == pytest.approx(w.score, abs=1e-5)
+    assert list(bound._device.photos) == [(56, 80)] and list(other._device.photos) == [(56, 80)]
 
 
 def test_device_path_keeps_no_host_copy_of_a_dropped_embedding(tiny):
