@@ -104,15 +104,25 @@ def preprocess_graph(image_size: int, mean, std) -> onnx.ModelProto:
 def postprocess_graph(image_size: int) -> onnx.ModelProto:
     """The postprocess graph for an export of side `image_size` (see the module docstring)."""
     b = _Builder("restr_postprocess")
-    src_hw = b.op("Slice", "letterbox", b.const([0], np.int64), b.const([2], np.int64))
-    new_hw = b.op("Slice", "letterbox", b.const([2], np.int64), b.const([4], np.int64))
-    crop = b.op("Slice", "pixel_probs", b.const([0, 0], np.int64), new_hw, b.const([2, 3], np.int64))
-    sizes = b.op("Concat", b.op("Slice", b.op("Shape", "pixel_probs"), b.const([0], np.int64), b.const([2], np.int64)), src_hw, axis=0)
+    # The geometry [B, 1, S, S, H, W, h, w] as one vector that starts at a Shape node: ONNX Runtime's
+    # CUDA EP then computes all of it on the CPU (a shape subgraph) and reads the letterbox there,
+    # with no copy between devices (which would forbid CUDA graph capture).
+    geometry = b.op("Concat", b.op("Shape", "pixel_probs"), "letterbox", axis=0)
+
+    def part(start, stop):
+        return b.op("Slice", geometry, b.const([start], np.int64), b.const([stop], np.int64))
+
+    crop = b.op("Slice", "pixel_probs", b.const([0, 0], np.int64), part(6, 8), b.const([2, 3], np.int64))
+    sizes = b.op("Concat", part(0, 2), part(4, 6), axis=0)
     probs = b.op("Squeeze", _resize(b, crop, sizes), b.const([1], np.int64), out="probs")
     mask = b.op("Greater", probs, "threshold", out="mask")
-    axes = b.const([1, 2], np.int64)
-    area = b.op("ReduceSum", b.op("Cast", mask, to=TensorProto.INT64), axes, keepdims=0, out="area")
-    inside = b.op("ReduceSum", b.op("Mul", probs, b.op("Cast", mask, to=TensorProto.FLOAT)), axes, keepdims=0)
+    ones = b.op("Cast", mask, to=TensorProto.FLOAT)
+    # The area counts in FP32 per row (exact below 2^24 pixels a row), then adds the rows in int64: an
+    # int64 sum over every pixel ran 26x slower than FP32 on the CUDA EP (0.33 ms at 640x480, H200)
+    # and 17x on the CPU EP.
+    rows = b.op("ReduceSum", ones, b.const([2], np.int64), keepdims=0)
+    area = b.op("ReduceSum", b.op("Cast", rows, to=TensorProto.INT64), b.const([1], np.int64), keepdims=0, out="area")
+    inside = b.op("ReduceSum", b.op("Mul", probs, ones), b.const([1, 2], np.int64), keepdims=0)
     denom = b.op("Max", b.op("Cast", area, to=TensorProto.FLOAT), b.const(1.0, np.float32))
     b.op("Div", inside, denom, out="score")
     return b.model(processing_io(image_size)["postprocess"])

@@ -777,6 +777,23 @@ def test_postprocess_graph_matches_letterbox_invert():
         np.testing.assert_allclose(got["score"], [want[i][got["mask"][i]].mean() for i in range(3)], rtol=1e-4)
 
 
+def test_processing_graphs_read_geometry_only_in_shape_arithmetic():
+    """ONNX Runtime's CUDA EP runs a graph's shape arithmetic on the CPU: the subgraph that starts at a
+    Shape node. The letterbox input must enter only there (a Concat with a Shape output), or the EP
+    copies it between devices and refuses CUDA graph capture (seen on an H200: postprocess ran
+    uncaptured at 0.35 ms a call)."""
+    from restr.export.processing import postprocess_graph, preprocess_graph
+
+    post = postprocess_graph(80).graph
+    made_by = {o: n for n in post.node for o in n.output}
+    readers = [n for n in post.node if "letterbox" in n.input]
+    assert readers and all(n.op_type == "Concat" and any(made_by.get(i) is not None and made_by[i].op_type == "Shape"
+                                                          for i in n.input) for n in readers)
+    pre = preprocess_graph(80, (0.5,) * 3, (0.5,) * 3).graph
+    assert [n.op_type for n in pre.node if "rgb" in n.input] and all(
+        n.op_type in ("Shape", "Cast") for n in pre.node if "rgb" in n.input)
+
+
 def ort_session_from_proto(proto):
     import onnxruntime as ort
 
