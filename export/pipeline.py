@@ -20,7 +20,7 @@ from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_
 from restr.runtime.formats import ATTENTION_FORMS, PRECISIONS, PROCESSING_GRAPHS, graph_file, graph_key  # PRECISIONS: re-exported
 from restr.export.tensorrt_build import EngineUnavailable, build_engines, engine_instructions, engine_support
 from restr.export.verify import (
-    Tolerances, VerificationError, check_processing, format_graphs, format_table, verification_inputs, verify,
+    Tolerances, VerificationError, check_processing, cuda_placement, format_graphs, format_table, verification_inputs, verify,
 )
 
 PLACEHOLDER_VOCAB_SIZE = 1000  # random-weight exports: any word maps to <unk> or a placeholder id
@@ -288,7 +288,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
                                      tuple(dict.fromkeys((options.samples, 1))), options.threads)}
             processing = check_processing(files["preprocess"], files["postprocess"], cfg, options.seed)
             verification["processing"] = processing
-            verification["graphs"] = {k: g["op_counts"] for k, g in graphs.items()}
+            verification["graphs"] = {k: {**g["op_counts"], **(cuda_placement(files[k]) or {})} for k, g in graphs.items()}
             if not processing["passed"]:
                 verification["passed"] = False
                 verification["failures"].append("processing graphs vs restr.runtime.transforms: " + "; ".join(processing["failures"]))

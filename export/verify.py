@@ -446,13 +446,47 @@ def check_processing(pre_path, post_path, cfg, seed: int = 0, threads: int = 0) 
             "passed": not failures, "failures": failures}
 
 
+def cuda_placement(path) -> dict | None:
+    """Where ONNX Runtime's CUDA EP puts graph `path`, on a machine that has it (None elsewhere):
+    the Memcpy nodes it inserts (copies between host and device, each a synchronisation) and
+    whether it accepts the graph for CUDA graph capture (no Memcpy; shape arithmetic on the CPU
+    is allowed)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return None
+
+    def session(cuda_graph: bool, saved: Path | None = None):
+        so = ort.SessionOptions()
+        so.log_severity_level = 4  # a refused capture is an answer here, not an error to print
+        if saved is not None:
+            so.optimized_model_filepath = str(saved)
+        return ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", {"enable_cuda_graph": str(int(cuda_graph))}),
+                                                              "CPUExecutionProvider"])
+
+    with tempfile.TemporaryDirectory() as d:
+        saved = Path(d) / "optimized.onnx"
+        session(False, saved)  # the graph after ONNX Runtime's partitioning, Memcpy nodes included
+        memcpy = sum(n.op_type.startswith("Memcpy") for n in onnx.load(str(saved), load_external_data=False).graph.node)
+    try:
+        session(True)
+        capturable = "yes"
+    except Exception:  # ORT refuses capture at session creation
+        capturable = "no"
+    return {"Memcpy (CUDA)": memcpy, "CUDA graph": capturable}
+
+
 def format_graphs(verification: dict) -> str:
-    """Per-graph op counts (what a GPU engine pays for beyond the math) and the processing check."""
+    """Per-graph op counts (what a GPU engine pays for beyond the math; on a machine with the CUDA
+    EP also its Memcpy nodes and CUDA graph capture) and the processing check."""
     graphs = verification.get("graphs") or {}
     lines = []
     if graphs:
-        cols = list(next(iter(graphs.values())))
-        lines.append(format_text_table(["graph", *cols], [[k, *(g.get(c, 0) for c in cols)] for k, g in graphs.items()]))
+        cols = list(dict.fromkeys(c for g in graphs.values() for c in g))
+        lines.append(format_text_table(["graph", *cols], [[k, *(g.get(c, "-") for c in cols)] for k, g in graphs.items()]))
     p = verification.get("processing")
     if p:
         lines.append(f"preprocess/postprocess vs Pillow on {len(p['sizes'])} photo sizes: geometry "
