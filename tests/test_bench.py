@@ -230,7 +230,7 @@ def test_agreement_compares_fp16_with_fp32_through_the_predictor(tmp_path):
                      ExportOptions(engine=False, verify=False, progress=False), log=lambda m: None)
     r = agreement(tmp_path / "e", photos=2, texts=3, providers=None)
     assert r["pixels"] > 0 and 0.99 <= r["same_side"] <= 1.0 and 0.0 <= r["decisive_share"] <= 1.0
-    assert r["photos"] == 2 and r["expressions_per_photo"] == 3
+    assert r["photos"] == 2 and r["expressions"] == 6 and r["data"].startswith("generated")
 
 
 @pytest.mark.slow
