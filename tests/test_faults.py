@@ -364,7 +364,9 @@ def test_kill_9_during_predict_leaves_only_whole_files(export, tmp_path):
     assert len(expected) == 2 * len(texts) + 1
     shutil.rmtree(out)
     killed = 0
-    for share in (0.7, 0.85, 0.95):
+    # Shares of one timed run: a run that happens to go faster finishes before its kill (a loaded
+    # machine varies by tens of percent), so more points than the two kills asked for.
+    for share in (0.5, 0.7, 0.85, 0.95):
         killed += _kill_after("restr.runtime.cli", args, full * share)
         if out.exists():
             names = _whole(out)
