@@ -1,0 +1,23 @@
+// Image files for restr-predict-cpp, through stb_image (Debian's libstb): decode to RGB, write PNGs.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace restr_cli {
+
+struct Image {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3
+};
+
+// Decode PNG, JPEG, BMP, GIF, TGA, PNM; transparent pixels composed over black (as restr.runtime's
+// to_rgb). Throws std::runtime_error with a one-line reason.
+Image load_image(const std::string& path);
+// Write a PNG of 1 (grey) or 3 (RGB) channels; throws std::runtime_error.
+void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels);
+// The image with the mask tinted in the palette colour farthest from the region's mean and its
+// outline drawn solid (restr.runtime.visualize.overlay).
+std::vector<uint8_t> overlay(const Image& image, const uint8_t* mask);
+
+}  // namespace restr_cli
