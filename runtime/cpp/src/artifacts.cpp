@@ -12,7 +12,7 @@
 #include "error.hpp"
 #include "json_schema.hpp"
 
-namespace restr {
+namespace restr_impl {
 
 using json = nlohmann::ordered_json;
 
@@ -188,4 +188,4 @@ std::string Artifacts::read_verified(const std::string& path, const std::string&
   return data;
 }
 
-}  // namespace restr
+}  // namespace restr_impl

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace restr {
+namespace restr_impl {
 
 struct GraphInfo {
   std::string key;   // manifest key, e.g. "vision" or "vision_fp16"
@@ -41,4 +41,4 @@ std::string sha256_hex(const std::string& data);
 // What a schema cannot say (restr.runtime.artifacts.check_consistency), or "".
 std::string check_consistency(const nlohmann::ordered_json& m);
 
-}  // namespace restr
+}  // namespace restr_impl

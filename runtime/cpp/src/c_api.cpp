@@ -1,4 +1,5 @@
 // The C boundary: every exception becomes a restr_status and a one-line, per-thread message.
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -7,13 +8,13 @@
 #include "restr/restr_runtime.h"
 
 struct restr_predictor {
-  restr::Predictor impl;
+  restr_impl::Predictor impl;
 };
 struct restr_embedding {
-  std::unique_ptr<restr::Embedding> impl;
+  std::unique_ptr<restr_impl::Embedding> impl;
 };
 struct restr_result {
-  std::unique_ptr<restr::Result> impl;
+  std::unique_ptr<restr_impl::Result> impl;
 };
 
 namespace {
@@ -32,7 +33,7 @@ restr_status guarded(F&& body) {
   try {
     body();
     return RESTR_OK;
-  } catch (const restr::Error& e) {
+  } catch (const restr_impl::Error& e) {
     return set_error(e.code(), e.what());
   } catch (const Ort::Exception& e) {
     return set_error(RESTR_RUNTIME_ERROR, std::string("ONNX Runtime: ") + e.what());
@@ -46,7 +47,7 @@ restr_status guarded(F&& body) {
 }
 
 void need(const void* p, const char* what) {
-  if (!p) restr::fail(RESTR_INVALID_ARGUMENT, std::string(what) + " is NULL");
+  if (!p) restr_impl::fail(RESTR_INVALID_ARGUMENT, std::string(what) + " is NULL");
 }
 
 }  // namespace
@@ -73,14 +74,14 @@ restr_status restr_predictor_open(const char* folder, const restr_options* optio
     restr_options defaults;
     restr_options_init(&defaults);
     const restr_options& o = options ? *options : defaults;
-    restr::Options opts;
+    restr_impl::Options opts;
     opts.session.provider = o.provider ? o.provider : "cpu";
     opts.session.device_id = o.device_id;
-    if (o.threads < 0) restr::fail(RESTR_INVALID_ARGUMENT, "threads must be >= 0");
+    if (o.threads < 0) restr_impl::fail(RESTR_INVALID_ARGUMENT, "threads must be >= 0");
     opts.session.threads = o.threads;
     opts.precision = o.precision ? o.precision : "fp32";
     opts.threshold = o.threshold;
-    *out = new restr_predictor{restr::Predictor(folder, opts)};
+    *out = new restr_predictor{restr_impl::Predictor(folder, opts)};
   });
 }
 
@@ -131,6 +132,14 @@ restr_status restr_embedding_size(const restr_embedding* e, int64_t* height, int
   });
 }
 
+restr_status restr_embedding_letterbox(const restr_embedding* e, int64_t out[4]) {
+  return guarded([&] {
+    need(e, "embedding");
+    need(out, "out");
+    std::copy(e->impl->letterbox.begin(), e->impl->letterbox.end(), out);
+  });
+}
+
 restr_status restr_predict(restr_predictor* p, const restr_embedding* e, const char* const* texts, size_t n, float threshold, int want_probs,
                            restr_result** out) {
   return guarded([&] {
@@ -141,7 +150,7 @@ restr_status restr_predict(restr_predictor* p, const restr_embedding* e, const c
     if (n) need(texts, "texts");
     std::vector<std::string> t;
     for (size_t i = 0; i < n; ++i) {
-      if (!texts[i]) restr::fail(RESTR_INVALID_ARGUMENT, "texts[" + std::to_string(i) + "] is NULL");
+      if (!texts[i]) restr_impl::fail(RESTR_INVALID_ARGUMENT, "texts[" + std::to_string(i) + "] is NULL");
       t.emplace_back(texts[i]);
     }
     *out = new restr_result{p->impl.predict(*e->impl, t, threshold, want_probs != 0)};
@@ -154,8 +163,8 @@ restr_status restr_result_get(const restr_result* r, size_t i, restr_prediction*
   return guarded([&] {
     need(r, "result");
     need(out, "out");
-    const restr::Result& x = *r->impl;
-    if (i >= x.texts.size()) restr::fail(RESTR_INVALID_ARGUMENT, "index " + std::to_string(i) + " is out of range (" + std::to_string(x.texts.size()) + " predictions)");
+    const restr_impl::Result& x = *r->impl;
+    if (i >= x.texts.size()) restr_impl::fail(RESTR_INVALID_ARGUMENT, "index " + std::to_string(i) + " is out of range (" + std::to_string(x.texts.size()) + " predictions)");
     const size_t hw = size_t(x.height * x.width);
     out->text = x.texts[i].c_str();
     out->probs = x.want_probs ? x.post[0].GetTensorData<float>() + i * hw : nullptr;

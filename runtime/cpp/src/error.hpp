@@ -6,7 +6,7 @@
 
 #include "restr/restr_runtime.h"
 
-namespace restr {
+namespace restr_impl {
 
 class Error : public std::runtime_error {
  public:
@@ -19,4 +19,4 @@ class Error : public std::runtime_error {
 
 [[noreturn]] inline void fail(restr_status code, const std::string& message) { throw Error(code, message); }
 
-}  // namespace restr
+}  // namespace restr_impl

@@ -5,7 +5,7 @@
 #include <set>
 #include <stdexcept>
 
-namespace restr {
+namespace restr_impl {
 
 using json = nlohmann::ordered_json;
 
@@ -165,4 +165,4 @@ std::optional<std::string> check(const json& schema, const json& value, const js
 
 std::optional<std::string> first_schema_error(const json& schema, const json& value) { return check(schema, value, schema, ""); }
 
-}  // namespace restr
+}  // namespace restr_impl

@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-namespace restr {
+namespace restr_impl {
 
 // The first way `value` breaks `schema` as "field.path: what is wrong", or nothing when valid.
 // Throws std::invalid_argument for a schema keyword it does not implement (never silently skipped).
@@ -14,4 +14,4 @@ std::optional<std::string> first_schema_error(const nlohmann::ordered_json& sche
 // manifest.schema.json, embedded at build time from the one file in runtime/.
 const nlohmann::ordered_json& manifest_schema();
 
-}  // namespace restr
+}  // namespace restr_impl

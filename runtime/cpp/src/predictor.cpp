@@ -6,7 +6,7 @@
 
 #include "error.hpp"
 
-namespace restr {
+namespace restr_impl {
 
 namespace {
 
@@ -194,4 +194,4 @@ std::unique_ptr<Result> Predictor::predict(const Embedding& emb, const std::vect
   return r;
 }
 
-}  // namespace restr
+}  // namespace restr_impl

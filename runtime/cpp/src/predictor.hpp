@@ -13,7 +13,7 @@
 #include "session.hpp"
 #include "tokenizer.hpp"
 
-namespace restr {
+namespace restr_impl {
 
 struct Options {
   SessionConfig session;
@@ -69,4 +69,4 @@ class Predictor {
 
 float check_threshold(float t);
 
-}  // namespace restr
+}  // namespace restr_impl

@@ -5,7 +5,7 @@
 
 #include "error.hpp"
 
-namespace restr {
+namespace restr_impl {
 
 namespace {
 
@@ -80,4 +80,4 @@ std::vector<Ort::Value> Graph::run(const std::vector<Ort::Value>& inputs, double
   }
 }
 
-}  // namespace restr
+}  // namespace restr_impl

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace restr {
+namespace restr_impl {
 
 struct SessionConfig {
   std::string provider = "cpu";  // "cpu" or "cuda"
@@ -29,4 +29,4 @@ class Graph {
   std::vector<const char*> input_names_, output_names_;
 };
 
-}  // namespace restr
+}  // namespace restr_impl

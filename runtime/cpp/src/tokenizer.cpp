@@ -8,7 +8,7 @@
 
 #include "error.hpp"
 
-namespace restr {
+namespace restr_impl {
 
 namespace {
 
@@ -159,4 +159,4 @@ Encoded Vocabulary::encode(const std::vector<std::string>& texts, int64_t max_wo
   return e;
 }
 
-}  // namespace restr
+}  // namespace restr_impl

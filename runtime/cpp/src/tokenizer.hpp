@@ -7,7 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace restr {
+namespace restr_impl {
 
 // 'The dog, left of the bench.' -> {"the", "dog", "left", "of", "the", "bench"}. UTF-8 in and out;
 // throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.
@@ -38,4 +38,4 @@ class Vocabulary {
   std::unordered_map<std::string, int64_t> stoi_;
 };
 
-}  // namespace restr
+}  // namespace restr_impl

@@ -99,6 +99,8 @@ RESTR_API restr_status restr_embed(restr_predictor *predictor, const uint8_t *rg
                                    int64_t stride, restr_embedding **out);
 RESTR_API void restr_embedding_free(restr_embedding *embedding);
 RESTR_API restr_status restr_embedding_size(const restr_embedding *embedding, int64_t *height, int64_t *width);
+/* The letterbox the preprocess graph chose: out[4] = {H, W, h, w} (photo size, resized size). */
+RESTR_API restr_status restr_embedding_letterbox(const restr_embedding *embedding, int64_t out[4]);
 
 /* Ask n expressions (UTF-8) about an embedded image; threshold < 0: the predictor's.
  * want_probs != 0 keeps the probabilities. Free *out with restr_result_free. */
