@@ -3,6 +3,7 @@
 #   cli.sh RESTR_PREDICT_CPP EXPORT_DIR GOLDEN_DIR SCRATCH
 set -u
 CLI=$1 EXPORT=$2 GOLDEN=$3 S=$4
+[ -x "$CLI" ] || { echo "cli: $CLI is not built" >&2; exit 1; }
 rm -rf "$S" && mkdir -p "$S"
 fails=0
 no() { echo "cli: FAILED: $*" >&2; fails=$((fails + 1)); }

@@ -6,11 +6,15 @@
 #include <cmath>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 namespace restr_cli {
 
 Image load_image(const std::string& path) {
   int w = 0, h = 0, channels = 0;
+  // restr.runtime.transforms.MAX_IMAGE_PIXELS, checked on the header before any pixel is decoded
+  if (stbi_info(path.c_str(), &w, &h, &channels) && int64_t(w) * h > 64000000)
+    throw std::runtime_error(path + ": image of " + std::to_string(w) + "x" + std::to_string(h) + " pixels is larger than the 64,000,000 allowed");
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load(path.c_str(), &w, &h, &channels, 4), stbi_image_free);
   if (!data) {
     FILE* f = std::fopen(path.c_str(), "rb");
