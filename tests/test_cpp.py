@@ -1,0 +1,225 @@
+"""The C++ host (runtime/cpp) against the Python runtime on the same export: identical masks,
+probabilities and scores within 1e-5 (one ONNX Runtime thread each), restr-predict-cpp's outputs
+and summary.json against restr-predict's, and the same one-line errors for bad input.
+
+The build is `make cpp-build`'s (RESTR_CPP_BUILD names another); without it the fixture runs that
+target once per session, and the tests are skipped only where cmake or g++ is absent.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("torch")  # the export is made by restr-export's pipeline
+
+from test_runtime import make_tiny_export, photo  # noqa: E402
+
+from restr.runtime import Predictor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ATOL = 1e-5
+TEXTS = ["the red dog", "Zebra, qux.", "the man on the left", "a", "the " * 25 + "big tree", "Blue CAR!", "the small ball on the right"]
+
+
+@pytest.fixture(scope="session")
+def build() -> Path:
+    if os.environ.get("RESTR_CPP_BUILD"):
+        return Path(os.environ["RESTR_CPP_BUILD"])
+    if not (shutil.which("cmake") and shutil.which("g++")):
+        pytest.skip("cmake and g++ are needed to build the C++ host (runtime/cpp)")
+    subprocess.run(["make", "-s", "cpp-build", f"PYTHON={sys.executable}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return ROOT / "build" / "cpp"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_export(tmp_path_factory.mktemp("cpp") / "export").folder
+
+
+class Prediction(ctypes.Structure):
+    _fields_ = [("text", ctypes.c_char_p), ("mask", ctypes.POINTER(ctypes.c_uint8)), ("probs", ctypes.POINTER(ctypes.c_float)),
+                ("height", ctypes.c_int64), ("width", ctypes.c_int64), ("area", ctypes.c_int64), ("score", ctypes.c_float),
+                ("patch_score", ctypes.c_float), ("truncated", ctypes.c_int), ("no_known_words", ctypes.c_int),
+                ("n_unknown", ctypes.c_size_t), ("unknown_words", ctypes.POINTER(ctypes.c_char_p))]
+
+
+class Options(ctypes.Structure):
+    _fields_ = [("provider", ctypes.c_char_p), ("device_id", ctypes.c_int), ("threads", ctypes.c_int),
+                ("precision", ctypes.c_char_p), ("threshold", ctypes.c_float)]
+
+
+class CHost:
+    """restr_runtime.h through ctypes: the library itself, not the CLI."""
+
+    def __init__(self, build: Path, folder: Path):
+        lib = self.lib = ctypes.CDLL(str(build / "librestr_runtime.so"))
+        lib.restr_last_error.restype = ctypes.c_char_p
+        lib.restr_result_count.restype = ctypes.c_size_t
+        opts = Options()
+        lib.restr_options_init(ctypes.byref(opts))
+        opts.threads = 1
+        self.p = ctypes.c_void_p()
+        self._ok(lib.restr_predictor_open(str(folder).encode(), ctypes.byref(opts), ctypes.byref(self.p)))
+
+    def _ok(self, status: int) -> None:
+        if status:
+            raise RuntimeError(f"status {status}: {self.lib.restr_last_error().decode()}")
+
+    def predict(self, rgb: np.ndarray, texts: list[str]) -> list[dict]:
+        rgb = np.ascontiguousarray(rgb)
+        h, w = rgb.shape[:2]
+        emb, res = ctypes.c_void_p(), ctypes.c_void_p()
+        self._ok(self.lib.restr_embed(self.p, rgb.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(h), ctypes.c_int64(w),
+                                      ctypes.c_int64(3 * w), ctypes.byref(emb)))
+        arr = (ctypes.c_char_p * len(texts))(*[t.encode() for t in texts])
+        try:
+            self._ok(self.lib.restr_predict(self.p, emb, arr, ctypes.c_size_t(len(texts)), ctypes.c_float(-1), 1, ctypes.byref(res)))
+            out = []
+            for i in range(self.lib.restr_result_count(res)):
+                x = Prediction()
+                self._ok(self.lib.restr_result_get(res, ctypes.c_size_t(i), ctypes.byref(x)))
+                out.append({"mask": np.ctypeslib.as_array(x.mask, (h, w)).astype(bool), "probs": np.ctypeslib.as_array(x.probs, (h, w)).copy(),
+                            "area": x.area, "score": x.score, "patch_score": x.patch_score, "truncated": bool(x.truncated),
+                            "no_known_words": bool(x.no_known_words), "unknown_words": [x.unknown_words[j].decode() for j in range(x.n_unknown)]})
+            return out
+        finally:
+            self.lib.restr_result_free(res)
+            self.lib.restr_embedding_free(emb)
+
+    def close(self) -> None:
+        self.lib.restr_predictor_free(self.p)
+
+
+@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
+@pytest.mark.parametrize("size", [(80, 56), (640, 480), (1, 1), (37, 300), (300, 37)])
+def test_library_matches_the_python_predictor(build, tiny, size):
+    rgb = np.asarray(photo(*size, seed=sum(size)))
+    want = Predictor.from_artifacts(tiny, threads=1, cache_size=0).predict_image(rgb, TEXTS)
+    host = CHost(build, tiny)
+    got = host.predict(rgb, TEXTS)  # 7 expressions: two chunks of the export's max_batch 4
+    host.close()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert np.array_equal(g["mask"], w.mask), w.text
+        assert np.abs(g["probs"] - w.probs).max() <= ATOL
+        assert g["area"] == w.area
+        assert abs(g["score"] - w.score) <= ATOL and abs(g["patch_score"] - w.patch_score) <= ATOL
+        assert (g["unknown_words"], g["no_known_words"], g["truncated"]) == (w.unknown_words, w.no_known_words, w.truncated)
+    assert got[4]["truncated"] and got[1]["no_known_words"] and got[1]["unknown_words"] == ["zebra", "qux"]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _keys(obj):
+    """The shape of a summary: its keys, recursively (values differ: timings, paths)."""
+    if isinstance(obj, dict):
+        return {k: _keys(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_keys(v) for v in obj]
+    return None
+
+
+def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
+    image = tmp_path / "photo.png"
+    photo(120, 90, seed=5).save(image)
+    args = ["--artifacts", str(tiny), "--image", str(image), *[a for t in TEXTS for a in ("--text", t)], "--overlay"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpp", "py"))
+    assert _keys(a) == _keys(b)
+    assert sorted(p.name for p in (tmp_path / "cpp").iterdir()) == sorted(p.name for p in (tmp_path / "py").iterdir())
+    for x, y in zip(a["expressions"], b["expressions"]):
+        for key in ("text", "mask", "overlay", "area", "area_fraction", "unknown_words", "no_known_words", "truncated"):
+            assert x[key] == y[key], key
+        assert abs(x["score"] - y["score"]) <= ATOL
+        for f in (x["mask"], x["overlay"]):
+            assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+    assert (a["model"], a["mode"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["image"]["width"], b["threshold"])
+    # the same warnings (unknown words, no known words); the truncation one words its count differently
+    assert [w for w in cpp.stderr.splitlines() if "only the first" not in w] == [w for w in py.stderr.splitlines() if "only the first" not in w]
+    assert sum("only the first" in w for w in cpp.stderr.splitlines()) == 1
+
+
+def _huge_png(path: Path, w: int, h: int) -> None:
+    """A PNG whose header claims w x h pixels (the pixels are never read)."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", w, h) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", w, h)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+
+
+def _tampered(tiny: Path, tmp: Path) -> Path:
+    d = tmp / "tampered"
+    shutil.copytree(tiny, d)
+    with open(d / "vision.onnx", "ab") as f:
+        f.write(b"x")
+    return d
+
+
+def _invalid(tiny: Path, tmp: Path) -> Path:
+    d = tmp / "invalid"
+    shutil.copytree(tiny, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["num_patches"] = 99
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+def _corrupt(tiny: Path, tmp: Path) -> Path:
+    d = tmp / "corrupt"
+    shutil.copytree(tiny, d)
+    (d / "language.onnx").write_bytes(b"not a graph")
+    m = json.loads((d / "manifest.json").read_text())
+    import hashlib
+
+    m["graphs"]["language"]["sha256"] = hashlib.sha256(b"not a graph").hexdigest()
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing folder", "tampered graph", "corrupt graph", "invalid manifest", "empty text", "huge image", "missing image"])
+def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, case):
+    image = tmp_path / "photo.png"
+    photo(64, 48).save(image)
+    folder, text = tiny, "the dog"
+    if case == "missing folder":
+        folder = tmp_path / "nowhere"
+    elif case == "tampered graph":
+        folder = _tampered(tiny, tmp_path)
+    elif case == "corrupt graph":
+        folder = _corrupt(tiny, tmp_path)
+    elif case == "invalid manifest":
+        folder = _invalid(tiny, tmp_path)
+    elif case == "empty text":
+        text = " ?! "
+    elif case == "huge image":
+        _huge_png(image, 9000, 9000)
+    else:
+        image = tmp_path / "nothing.png"
+    args = ["--artifacts", str(folder), "--image", str(image), "--text", text]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp")])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert (cpp.returncode, py.returncode) == (2, 2)
+    assert len(cpp.stderr.splitlines()) == 1, cpp.stderr
+    cpp_msg = cpp.stderr.strip().removeprefix("restr-predict-cpp: error: ")
+    py_msg = py.stderr.strip().removeprefix("restr-predict: error: ")
+    if case == "corrupt graph":  # ONNX Runtime's own words follow; the sentence before them is the same
+        cpp_msg, py_msg = cpp_msg.split(" (")[0], py_msg.split(" (")[0]
+    assert cpp_msg == py_msg
+    assert not (tmp_path / "cpp").exists()
