@@ -7,7 +7,6 @@ target once per session, and the tests are skipped only where cmake or g++ is ab
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ pytest.importorskip("torch")  # the export is made by restr-export's pipeline
 
 from test_runtime import make_tiny_export, photo  # noqa: E402
 
+from restr.benchmarks.cpp_host import CppHost  # noqa: E402
 from restr.runtime import Predictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,67 +47,13 @@ def tiny(tmp_path_factory) -> Path:
     return make_tiny_export(tmp_path_factory.mktemp("cpp") / "export").folder
 
 
-class Prediction(ctypes.Structure):
-    _fields_ = [("text", ctypes.c_char_p), ("mask", ctypes.POINTER(ctypes.c_uint8)), ("probs", ctypes.POINTER(ctypes.c_float)),
-                ("height", ctypes.c_int64), ("width", ctypes.c_int64), ("area", ctypes.c_int64), ("score", ctypes.c_float),
-                ("patch_score", ctypes.c_float), ("truncated", ctypes.c_int), ("no_known_words", ctypes.c_int),
-                ("n_unknown", ctypes.c_size_t), ("unknown_words", ctypes.POINTER(ctypes.c_char_p))]
-
-
-class Options(ctypes.Structure):
-    _fields_ = [("provider", ctypes.c_char_p), ("device_id", ctypes.c_int), ("threads", ctypes.c_int),
-                ("precision", ctypes.c_char_p), ("threshold", ctypes.c_float)]
-
-
-class CHost:
-    """restr_runtime.h through ctypes: the library itself, not the CLI."""
-
-    def __init__(self, build: Path, folder: Path):
-        lib = self.lib = ctypes.CDLL(str(build / "librestr_runtime.so"))
-        lib.restr_last_error.restype = ctypes.c_char_p
-        lib.restr_result_count.restype = ctypes.c_size_t
-        opts = Options()
-        lib.restr_options_init(ctypes.byref(opts))
-        opts.threads = 1
-        self.p = ctypes.c_void_p()
-        self._ok(lib.restr_predictor_open(str(folder).encode(), ctypes.byref(opts), ctypes.byref(self.p)))
-
-    def _ok(self, status: int) -> None:
-        if status:
-            raise RuntimeError(f"status {status}: {self.lib.restr_last_error().decode()}")
-
-    def predict(self, rgb: np.ndarray, texts: list[str]) -> list[dict]:
-        rgb = np.ascontiguousarray(rgb)
-        h, w = rgb.shape[:2]
-        emb, res = ctypes.c_void_p(), ctypes.c_void_p()
-        self._ok(self.lib.restr_embed(self.p, rgb.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(h), ctypes.c_int64(w),
-                                      ctypes.c_int64(3 * w), ctypes.byref(emb)))
-        arr = (ctypes.c_char_p * len(texts))(*[t.encode() for t in texts])
-        try:
-            self._ok(self.lib.restr_predict(self.p, emb, arr, ctypes.c_size_t(len(texts)), ctypes.c_float(-1), 1, ctypes.byref(res)))
-            out = []
-            for i in range(self.lib.restr_result_count(res)):
-                x = Prediction()
-                self._ok(self.lib.restr_result_get(res, ctypes.c_size_t(i), ctypes.byref(x)))
-                out.append({"mask": np.ctypeslib.as_array(x.mask, (h, w)).astype(bool), "probs": np.ctypeslib.as_array(x.probs, (h, w)).copy(),
-                            "area": x.area, "score": x.score, "patch_score": x.patch_score, "truncated": bool(x.truncated),
-                            "no_known_words": bool(x.no_known_words), "unknown_words": [x.unknown_words[j].decode() for j in range(x.n_unknown)]})
-            return out
-        finally:
-            self.lib.restr_result_free(res)
-            self.lib.restr_embedding_free(emb)
-
-    def close(self) -> None:
-        self.lib.restr_predictor_free(self.p)
-
-
 @pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
 @pytest.mark.parametrize("size", [(80, 56), (640, 480), (1, 1), (37, 300), (300, 37)])
 def test_library_matches_the_python_predictor(build, tiny, size):
     rgb = np.asarray(photo(*size, seed=sum(size)))
     want = Predictor.from_artifacts(tiny, threads=1, cache_size=0).predict_image(rgb, TEXTS)
-    host = CHost(build, tiny)
-    got = host.predict(rgb, TEXTS)  # 7 expressions: two chunks of the export's max_batch 4
+    host = CppHost(build / "librestr_runtime.so", tiny, threads=1)
+    got, _ = host.predict(rgb, TEXTS)  # 7 expressions: two chunks of the export's max_batch 4
     host.close()
     assert len(got) == len(want)
     for g, w in zip(got, want):
