@@ -65,6 +65,28 @@ def test_library_matches_the_python_predictor(build, tiny, size):
     assert got[4]["truncated"] and got[1]["no_known_words"] and got[1]["unknown_words"] == ["zebra", "qux"]
 
 
+@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
+def test_end_to_end_export_matches_the_python_predictor(build, tiny, tmp_path):
+    """An export without the split graphs runs its end-to-end graph, in both hosts alike."""
+    folder = tmp_path / "e2e"
+    shutil.copytree(tiny, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    for stage in ("vision", "language", "fusion_decoder"):
+        del m["graphs"][stage]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    rgb = np.asarray(photo(90, 70, seed=9))
+    predictor = Predictor.from_artifacts(folder, threads=1, cache_size=0)
+    assert predictor.mode == "end_to_end"
+    want = predictor.predict_image(rgb, TEXTS)
+    host = CppHost(build / "librestr_runtime.so", folder, threads=1)
+    got, timings = host.predict(rgb, TEXTS)
+    host.close()
+    assert timings["vision"] == 0 and timings["language"] == 0
+    for g, w in zip(got, want):
+        assert np.array_equal(g["mask"], w.mask) and np.abs(g["probs"] - w.probs).max() <= ATOL
+        assert abs(g["score"] - w.score) <= ATOL and g["area"] == w.area
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
@@ -81,7 +103,7 @@ def _keys(obj):
 def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     image = tmp_path / "photo.png"
     photo(120, 90, seed=5).save(image)
-    args = ["--artifacts", str(tiny), "--image", str(image), *[a for t in TEXTS for a in ("--text", t)], "--overlay"]
+    args = ["--artifacts", str(tiny), "--image", str(image), *[a for t in TEXTS for a in ("--text", t)], "--overlay", "--threshold", "0.53"]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
     py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)

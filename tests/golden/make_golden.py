@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -194,9 +195,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", type=Path, help="only write the deterministic export to this folder")
     args = ap.parse_args()
-    if args.export:
-        if not (args.export / "manifest.json").is_file():
-            make_export(args.export)
+    if args.export:  # made afresh each time: a stale one would test old graphs against new golden files
+        shutil.rmtree(args.export, ignore_errors=True)
+        make_export(args.export)
         return
     import tempfile
 

@@ -69,6 +69,9 @@ static void bad_folders() {
   d = copy_export("novocab");
   fs::remove(fs::path(d) / "vocab.txt");
   EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "file named by the manifest is missing");
+  d = copy_export("badvocab");
+  write(fs::path(d) / "vocab.txt", check::read(d + "/vocab.txt") + "zebra\n");
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "vocab.txt: sha256");
   d = copy_export("nopre");
   m = json::parse(check::read(d + "/manifest.json"));
   m["graphs"].erase("preprocess");

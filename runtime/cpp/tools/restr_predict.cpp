@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -56,6 +57,7 @@ struct Args {
   bool overlay = false, force = false, list_words = false, has_json = false;
   int threads = 0;
   float threshold = -1.0f;
+  double threshold_text = -1.0;  // --threshold as given (the summary states it)
 };
 
 double number(const std::string& opt, const std::string& v) {
@@ -107,6 +109,7 @@ Args parse(int argc, char** argv) {
       double t = number(arg, value);
       if (!(t > 0 && t < 1)) throw UsageError("Invalid value for '--threshold': " + value + " is not in the range 0<x<1");
       a.threshold = float(t);
+      a.threshold_text = t;
     }
   }
   if (a.precision != "fp32" && a.precision != "fp16") throw UsageError("Invalid value for '--precision': '" + a.precision + "' is not one of 'fp32', 'fp16'");
@@ -132,6 +135,16 @@ std::string slugify(const std::string& text) {
   return slug.empty() ? "expression" : slug;
 }
 
+// The shortest decimal that reads back as `f` (0.5, not 0.5000000xx): the value Python shows.
+double shortest(float f) {
+  for (int digits = 6; digits < 9; ++digits) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.*g", digits, double(f));
+    if (std::strtof(buf, nullptr) == f) return std::strtod(buf, nullptr);
+  }
+  return double(f);
+}
+
 double round6(double x) { return std::nearbyint(x * 1e6) / 1e6; }
 double round3(double x) { return std::nearbyint(x * 1e3) / 1e3; }
 
@@ -143,6 +156,10 @@ void check_outputs(const Args& a) {
   if (access(probe.c_str(), W_OK) != 0) throw UsageError("--out: " + probe.string() + " is not writable");
   if (fs::is_directory(out) && !fs::is_empty(out) && !a.force)
     throw UsageError("--out " + a.out + ": the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder");
+  if (a.has_json && a.json_path != "-") {
+    fs::path parent = fs::absolute(a.json_path).parent_path();
+    if (!fs::is_directory(parent) || access(parent.c_str(), W_OK) != 0) throw UsageError("--json: " + parent.string() + " is not a writable folder");
+  }
 }
 
 // The files a previous run listed in out/summary.json (and that summary): nothing else.
@@ -248,7 +265,7 @@ int run(const Args& a) {
                                   {"language_fusion_per_expression", round3((t.language + t.fusion_decoder) / k)},
                                   {"postprocess_per_expression", round3(t.postprocess / k)}, {"total", round3(ms(t_start))}}},
                   {"sheet", nullptr}};
-  summary["threshold"] = std::stod(std::to_string(predictor.threshold()));  // the float as Python shows it (0.5, not 0.5000000xx)
+  summary["threshold"] = a.threshold > 0 ? a.threshold_text : shortest(predictor.threshold());
 
   fs::path out(a.out);
   const bool created = !fs::exists(out);
