@@ -87,6 +87,32 @@ def test_end_to_end_export_matches_the_python_predictor(build, tiny, tmp_path):
         assert abs(g["score"] - w.score) <= ATOL and g["area"] == w.area
 
 
+@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
+def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
+    import torch
+
+    from restr.export.pipeline import ExportOptions, Source, export_artifacts
+    from restr.runtime import Vocabulary
+    from test_runtime import WORDS, make_tiny_model
+
+    torch.set_num_threads(1)
+    vocab = Vocabulary(WORDS)
+    folder = tmp_path / "fp16"
+    export_artifacts(Source(make_tiny_model(vocab), vocab, {}, None, False), folder,
+                     ExportOptions(max_batch=4, precisions=("fp32", "fp16"), engine=False, verify=False, progress=False, threads=1),
+                     log=lambda _: None)
+    rgb = np.asarray(photo(100, 60, seed=4))
+    want = Predictor.from_artifacts(folder, precision="fp16", threads=1, cache_size=0).predict_image(rgb, TEXTS)
+    fp32 = Predictor.from_artifacts(folder, threads=1, cache_size=0).predict_image(rgb, TEXTS)
+    assert any(np.abs(w.probs - f.probs).max() > 1e-6 for w, f in zip(want, fp32))  # the FP16 graphs did run
+    host = CppHost(build / "librestr_runtime.so", folder, threads=1, precision="fp16")
+    got, _ = host.predict(rgb, TEXTS)
+    host.close()
+    for g, w in zip(got, want):
+        assert np.array_equal(g["mask"], w.mask) and np.abs(g["probs"] - w.probs).max() <= ATOL
+        assert abs(g["score"] - w.score) <= ATOL
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 

@@ -10,9 +10,10 @@ namespace restr_impl {
 namespace {
 
 // One ONNX Runtime environment per process, made on first use (thread-safe static), errors only.
+// Never destroyed: it must outlive every session, including a predictor still open at exit.
 Ort::Env& env() {
-  static Ort::Env e(ORT_LOGGING_LEVEL_ERROR, "restr");
-  return e;
+  static Ort::Env* e = new Ort::Env(ORT_LOGGING_LEVEL_ERROR, "restr");
+  return *e;
 }
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
