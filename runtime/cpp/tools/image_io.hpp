@@ -1,4 +1,5 @@
-// Image files for restr-predict-cpp, through stb_image (Debian's libstb): decode to RGB, write PNGs.
+// Image files for restr-predict-cpp: JPEG through libjpeg-turbo (as Pillow) with the EXIF orientation
+// applied (libexif), other formats through stb_image (Debian's libstb); PNGs written by stb_image_write.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,8 +12,8 @@ struct Image {
   std::vector<uint8_t> rgb;  // height * width * 3
 };
 
-// Decode PNG, JPEG, BMP, GIF, TGA, PNM; transparent pixels composed over black (as restr.runtime's
-// to_rgb). Throws std::runtime_error with a one-line reason.
+// Decode JPEG, PNG, BMP, GIF, TGA, PNM to RGB as restr.runtime's load_image: EXIF orientation applied
+// (JPEG), transparent pixels composed over black. Throws std::runtime_error with a one-line reason.
 Image load_image(const std::string& path);
 // Write a PNG of 1 (grey) or 3 (RGB) channels; throws std::runtime_error.
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels);
