@@ -88,3 +88,17 @@ def test_predictions_golden_on_the_python_runtime(golden_export):
             assert p.area == e["area"]
             assert abs(p.score - e["score"]) <= g["score_atol"] and abs(p.patch_score - e["patch_score"]) <= g["score_atol"]
             assert (p.unknown_words, p.no_known_words, p.truncated) == (e["unknown_words"], e["no_known_words"], e["truncated"])
+
+
+def test_the_writer_checks_the_manifest_as_readers_do(tmp_path):
+    """restr-export writes manifest.json through write_manifest: what the schema refuses is never written."""
+    from restr.export.manifest import write_manifest
+
+    g = _load("manifest_cases.json")
+    write_manifest(tmp_path, g["manifest"])
+    assert json.loads((tmp_path / "manifest.json").read_text()) == g["manifest"]
+    bad = copy.deepcopy(g["manifest"])
+    bad["patch_size"] = 0
+    with pytest.raises(ValueError, match="the manifest to be written is invalid: patch_size: 0 is below the minimum 1"):
+        write_manifest(tmp_path / "other", bad)
+    assert not (tmp_path / "other").exists()
