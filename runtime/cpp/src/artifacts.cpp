@@ -69,12 +69,6 @@ bool exists(const std::string& path) {
 
 std::string first_line(const std::string& s) { return s.substr(0, std::min(s.find('\n'), size_t(200))); }
 
-std::vector<std::string> names_of(const json& tensors) {
-  std::vector<std::string> out;
-  for (const auto& t : tensors) out.push_back(t["name"].get<std::string>());
-  return out;
-}
-
 }  // namespace
 
 std::string sha256_hex(const std::string& data) {
@@ -150,22 +144,18 @@ Artifacts Artifacts::open(const std::string& folder) {
   Artifacts a;
   a.root = folder;
   a.image_size = m["image_size"].get<int64_t>();
-  a.patch_size = m["patch_size"].get<int64_t>();
   a.max_words = m["max_words"].get<int64_t>();
   a.num_patches = m["num_patches"].get<int64_t>();
-  a.feature_width = m["feature_width"].get<int64_t>();
   a.max_batch = m.value("max_batch", int64_t(8));
   a.threshold = m.value("threshold", 0.5f);
   if (m.contains("model") && m["model"].is_object() && m["model"].contains("name")) a.model_name = m["model"]["name"].get<std::string>();
   for (auto it = m["graphs"].begin(); it != m["graphs"].end(); ++it) {
     const json& g = it.value();
-    a.graphs[it.key()] = {it.key(), folder + "/" + g["file"].get<std::string>(), g["sha256"].get<std::string>(), names_of(g["inputs"]),
-                          names_of(g["outputs"])};
+    a.graphs[it.key()] = {it.key(), folder + "/" + g["file"].get<std::string>(), g["sha256"].get<std::string>()};
   }
   a.vocab_path = folder + "/" + m["vocab"]["file"].get<std::string>();
   a.vocab_sha256 = m["vocab"].value("sha256", "");
   a.vocab_size = m["vocab"].value("size", int64_t(-1));
-  a.manifest = std::move(m);
   return a;
 }
 

@@ -15,13 +15,11 @@ struct GraphInfo {
   std::string key;   // manifest key, e.g. "vision" or "vision_fp16"
   std::string path;  // folder + file
   std::string sha256;
-  std::vector<std::string> inputs, outputs;  // tensor names
 };
 
 struct Artifacts {
   std::string root;
-  nlohmann::ordered_json manifest;
-  int64_t image_size = 0, patch_size = 0, max_words = 0, num_patches = 0, feature_width = 0, max_batch = 8;
+  int64_t image_size = 0, max_words = 0, num_patches = 0, max_batch = 8;
   float threshold = 0.5f;
   std::string model_name = "unknown";
   std::map<std::string, GraphInfo> graphs;

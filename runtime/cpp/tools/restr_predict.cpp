@@ -17,6 +17,7 @@
 #include <restr/restr_runtime.hpp>
 
 #include "image_io.hpp"
+#include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
 
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
@@ -117,22 +118,15 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// 'The dog, left!' -> 'the-dog-left' (restr.runtime.cli.slugify on ASCII text; other letters dropped).
+// 'The dog, left!' -> 'the-dog-left' (restr.runtime.cli.slugify): the words, ASCII letters, digits, _ and - kept.
 std::string slugify(const std::string& text) {
-  std::string slug, word;
-  auto flush = [&] {
-    if (!word.empty()) slug += (slug.empty() ? "" : "-") + word;
-    word.clear();
-  };
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '_') word += char(std::tolower(c));
-    else if (c < 0x80) flush();
-  }
-  flush();
+  std::string joined, slug;
+  for (const auto& w : restr_impl::split_words(text)) joined += (joined.empty() ? "" : "-") + w;
+  for (unsigned char c : joined)
+    if (c < 0x80 && (std::isalnum(c) || c == '_' || c == '-')) slug += char(std::tolower(c));
   slug = slug.substr(0, 40);
-  while (!slug.empty() && slug.back() == '-') slug.pop_back();
-  while (!slug.empty() && slug.front() == '-') slug.erase(0, 1);
-  return slug.empty() ? "expression" : slug;
+  size_t first = slug.find_first_not_of('-'), last = slug.find_last_not_of('-');
+  return first == std::string::npos ? "expression" : slug.substr(first, last - first + 1);
 }
 
 // The shortest decimal that reads back as `f` (0.5, not 0.5000000xx): the value Python shows.
@@ -211,6 +205,9 @@ int run(const Args& a) {
     throw UsageError("Missing option" + std::string(missing.size() > 1 ? "s " : " ") + m + " (or give --list-words)");
   }
   check_outputs(a);
+  for (size_t i = 0; i < a.texts.size(); ++i)  // before any work, as restr-predict
+    if (restr_impl::split_words(a.texts[i]).empty())
+      throw UsageError("expression " + std::to_string(i + 1) + " ('" + a.texts[i] + "') is empty: it has no words");
   auto t0 = std::chrono::steady_clock::now();
   restr::Predictor predictor = open(a);
   const double load_ms = ms(t0);
@@ -230,7 +227,9 @@ int run(const Args& a) {
   for (size_t i = 0; i < k; ++i) {
     restr::Prediction p = res[i];
     names.push_back(std::to_string(i + 1) + "_" + slugify(p.text));
-    if (p.truncated) std::cerr << "warning: expression " << i + 1 << " has more than " << max_words << " words; only the first " << max_words << " were used\n";
+    if (p.truncated)
+      std::cerr << "warning: expression " << i + 1 << " has " << restr_impl::split_words(p.text).size() << " words; only the first " << max_words
+                << " were used\n";
     if (p.n_unknown) {
       std::cerr << "warning: expression " << i + 1 << ": words not in the vocabulary (read as <unk>): ";
       for (size_t j = 0; j < p.n_unknown; ++j) std::cerr << (j ? ", " : "") << p.unknown_words[j];
