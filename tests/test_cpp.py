@@ -130,7 +130,7 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     image = tmp_path / "photo.png"
     photo(120, 90, seed=5).save(image)
     texts = [*TEXTS, "a—b İstanbul naïve x²"]  # slugs from the tokenizer's words: a-b-i-stanbul-nave-x
-    args = ["--artifacts", str(tiny), "--image", str(image), *[a for t in texts for a in ("--text", t)], "--overlay", "--threshold", "0.53"]
+    args = ["--artifacts", str(tiny), "--image", str(image), *[a for t in texts for a in ("--text", t)], "--overlay", "--sheet", "--threshold", "0.53"]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
     py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
@@ -146,6 +146,8 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     assert (a["model"], a["mode"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["image"]["width"], b["threshold"])
     assert cpp.stderr == py.stderr  # the same warnings: truncation, unknown words, no known words
     assert a["expressions"][-1]["mask"] == "8_a-b-i-stanbul-nave-x.png"
+    assert a["sheet"] == b["sheet"] == "sheet.png"  # its layout is restr-predict's; the caption font is not
+    assert Image.open(tmp_path / "cpp" / "sheet.png").size == Image.open(tmp_path / "py" / "sheet.png").size
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

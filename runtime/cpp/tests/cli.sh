@@ -24,11 +24,11 @@ IMG="$GOLDEN/images/photo1.png"
 expect 0 "" --help
 expect 0 "" --artifacts "$EXPORT" --list-words
 grep -qx "dog" "$S/stdout" || no "--list-words does not list 'dog'"
-expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "the red dog" --text "the man on the left" --out "$S/out" --overlay --threads 1
-for f in 1_the-red-dog.png 1_the-red-dog_overlay.png 2_the-man-on-the-left.png summary.json; do [ -s "$S/out/$f" ] || no "missing output $f"; done
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "the red dog" --text "the man on the left" --out "$S/out" --overlay --sheet --threads 1
+for f in 1_the-red-dog.png 1_the-red-dog_overlay.png 2_the-man-on-the-left.png sheet.png summary.json; do [ -s "$S/out/$f" ] || no "missing output $f"; done
 expect 2 "the folder holds files" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out"
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out" --force
-[ ! -e "$S/out/2_the-man-on-the-left.png" ] || no "--force left the previous run's outputs"
+for f in 2_the-man-on-the-left.png 1_the-red-dog_overlay.png sheet.png; do [ ! -e "$S/out/$f" ] || no "--force left the previous run's $f"; done
 expect 2 "no such folder" --artifacts "$S/missing" --image "$IMG" --text "dog" --out "$S/o2"
 expect 2 "no such file" --artifacts "$EXPORT" --image "$S/missing.png" --text "dog" --out "$S/o2"
 printf 'not an image' > "$S/bad.png"

@@ -17,6 +17,7 @@
 #include <restr/restr_runtime.hpp>
 
 #include "image_io.hpp"
+#include "sheet.hpp"
 #include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
 
 namespace fs = std::filesystem;
@@ -40,6 +41,7 @@ Segment the object each --text refers to in --image with a restr export (the C++
   --text TEXT         referring expression; repeat for several (batched against one image encoding)
   --out DIR           output folder for the mask PNGs and summary.json (must be empty unless --force)
   --overlay           also write <k>_<slug>_overlay.png
+  --sheet             also write sheet.png: every expression's overlay side by side, captioned
   --force             write into a folder holding a previous run's outputs (they are replaced)
   --list-words        print the words the model knows, one a line, and exit
   --backend ort       ONNX Runtime (the only backend of the C++ host)
@@ -55,7 +57,7 @@ Exit codes: 0 done; 2 bad input, or the runtime failed; 3 internal error (a bug)
 struct Args {
   std::string artifacts, image, out, precision = "fp32", providers = "cpu", backend = "ort", json_path;
   std::vector<std::string> texts;
-  bool overlay = false, force = false, list_words = false, has_json = false;
+  bool overlay = false, sheet = false, force = false, list_words = false, has_json = false;
   int threads = 0;
   float threshold = -1.0f;
   double threshold_text = -1.0;  // --threshold as given (the summary states it)
@@ -75,7 +77,7 @@ Args parse(int argc, char** argv) {
   Args a;
   const std::map<std::string, std::string*> strings = {{"--artifacts", &a.artifacts}, {"--image", &a.image},         {"--out", &a.out},
                                                        {"--precision", &a.precision}, {"--providers", &a.providers}, {"--backend", &a.backend}};
-  const std::map<std::string, bool*> flags = {{"--overlay", &a.overlay}, {"--force", &a.force}, {"--list-words", &a.list_words}};
+  const std::map<std::string, bool*> flags = {{"--overlay", &a.overlay}, {"--sheet", &a.sheet}, {"--force", &a.force}, {"--list-words", &a.list_words}};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i], value;
     bool inline_value = false;
@@ -263,7 +265,7 @@ int run(const Args& a) {
                   {"timings_ms", {{"load", round3(load_ms)}, {"preprocess", round3(decode_ms + t.preprocess)}, {"vision", round3(t.vision)},
                                   {"language_fusion_per_expression", round3((t.language + t.fusion_decoder) / k)},
                                   {"postprocess_per_expression", round3(t.postprocess / k)}, {"total", round3(ms(t_start))}}},
-                  {"sheet", nullptr}};
+                  {"sheet", a.sheet ? json("sheet.png") : json()}};
   summary["threshold"] = a.threshold > 0 ? a.threshold_text : shortest(predictor.threshold());
 
   fs::path out(a.out);
@@ -285,6 +287,20 @@ int run(const Args& a) {
         restr_cli::write_png(tmp / (names[i] + "_overlay.png"), restr_cli::overlay(image, p.mask).data(), image.width, image.height, 3);
         files.push_back(names[i] + "_overlay.png");
       }
+    }
+    if (a.sheet) {
+      std::vector<const uint8_t*> masks;
+      std::vector<std::string> captions;
+      char score[32];
+      for (size_t i = 0; i < k; ++i) {
+        restr::Prediction p = res[i];
+        masks.push_back(p.mask);
+        std::snprintf(score, sizeof score, "%.2f", p.score);
+        captions.push_back(std::to_string(i + 1) + ". " + p.text + " (score " + score + (p.no_known_words ? ", no known words" : "") + ")");
+      }
+      restr_cli::Image s = restr_cli::contact_sheet(image, masks, captions);
+      restr_cli::write_png(tmp / "sheet.png", s.rgb.data(), s.width, s.height, 3);
+      files.push_back("sheet.png");
     }
     std::ofstream(tmp / "summary.json") << summary.dump(2) << "\n";
     remove_previous(out);
