@@ -86,6 +86,9 @@ MANIFEST_CHANGES = [
     (["graphs", "vision", "sha256"], "xyz"),
     (["graphs", "vision", "file"], "../vision.onnx"),
     (["graphs", "vision", "file"], ".."),
+    (["graphs", "vision", "file"], "models/vision.onnx"),
+    (["graphs", "vision", "file"], "vïsion.onnx"),  # any name without a folder part, non-ASCII too
+    (["vocab", "sha256"], "0" * 64 + "\n"),  # Python's $ also matches before a final newline
     (["letterbox", "fill"], [1, 2]),
     (["letterbox", "fill"], "median"),
     (["normalization", "std"], [0.5, 0, 0.5]),

@@ -1,7 +1,10 @@
 #include "json_schema.hpp"
 
+#include <unicode/regex.h>
+#include <unicode/unistr.h>
+
 #include <cmath>
-#include <regex>
+#include <memory>
 #include <set>
 #include <stdexcept>
 
@@ -75,6 +78,17 @@ size_t code_points(const std::string& s) {
   return n;
 }
 
+// re.search(pattern, text) through ICU's regular expressions: code points, not bytes, as in Python.
+bool search(const std::string& pattern, const std::string& text) {
+  UErrorCode err = U_ZERO_ERROR;
+  const icu::UnicodeString re = icu::UnicodeString::fromUTF8(pattern), input = icu::UnicodeString::fromUTF8(text);  // the matcher keeps a reference
+  icu::RegexMatcher m(re, input, 0, err);
+  if (U_FAILURE(err)) throw std::invalid_argument("schema pattern '" + pattern + "' is not a valid regular expression");
+  const bool found = m.find(err);
+  if (U_FAILURE(err)) throw std::invalid_argument("schema pattern '" + pattern + "' failed to run");
+  return found;
+}
+
 const json& resolve(const json& root, const std::string& ref) {
   if (ref.rfind("#/", 0) != 0) throw std::invalid_argument("schema $ref '" + ref + "' is not a local #/ reference");
   const json* node = &root;
@@ -130,7 +144,7 @@ std::optional<std::string> check(const json& schema, const json& value, const js
   if (value.is_string()) {
     const auto& s = value.get_ref<const std::string&>();
     if (schema.contains("minLength") && code_points(s) < schema["minLength"].get<size_t>()) return at + ": " + show(value) + " is too short";
-    if (schema.contains("pattern") && !std::regex_search(s, std::regex(schema["pattern"].get<std::string>(), std::regex::ECMAScript))) {
+    if (schema.contains("pattern") && !search(schema["pattern"].get<std::string>(), s)) {
       std::string why = schema.contains("description") ? schema["description"].get<std::string>() : schema["pattern"].get<std::string>();
       return at + ": " + show(value) + " is not of the expected form (" + why + ")";
     }
