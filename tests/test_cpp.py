@@ -237,3 +237,13 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
         cpp_msg, py_msg = cpp_msg.split(" (")[0], py_msg.split(" (")[0]
     assert cpp_msg == py_msg
     assert not (tmp_path / "cpp").exists()
+
+
+def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny):
+    from restr.benchmarks.cpp_overhead import run
+
+    res = run(str(tiny), str(build / "librestr_runtime.so"), threads=1, rounds=2, queries=5)
+    assert res["cpp_total_ms"]["n"] == res["python_total_ms"]["n"] == 2
+    # the Run calls are inside the host's total, and the host's own share is positive and small
+    assert 0 < res["cpp_overhead_ms"]["min"] and res["cpp_ort_ms"]["max"] < res["cpp_total_ms"]["max"]
+    assert res["cpp_overhead_share"]["median"] < 0.5
