@@ -22,14 +22,14 @@ namespace {
 constexpr int64_t kMaxPixels = 64000000;  // restr.runtime.transforms.MAX_IMAGE_PIXELS
 
 void check_size(const std::string& path, int64_t w, int64_t h) {
-  if (w == 0 || h == 0) throw std::runtime_error(path + ": image has zero size");
+  if (w == 0 || h == 0) throw FileError(path + ": image has zero size");
   if (w * h > kMaxPixels)
-    throw std::runtime_error(path + ": image of " + std::to_string(w) + "x" + std::to_string(h) + " pixels is larger than the 64,000,000 allowed");
+    throw FileError(path + ": image of " + std::to_string(w) + "x" + std::to_string(h) + " pixels is larger than the 64,000,000 allowed");
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error(path + ": no such file");
+  if (!f) throw FileError(path + ": no such file");
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
@@ -64,7 +64,7 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
     char msg[JMSG_LENGTH_MAX];
     err.mgr.format_message(reinterpret_cast<j_common_ptr>(&cinfo), msg);
     jpeg_destroy_decompress(&cinfo);
-    throw std::runtime_error(path + ": not a readable image (" + msg + ")");
+    throw FileError(path + ": not a readable image (" + msg + ")");
   }
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
@@ -78,7 +78,7 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
   }
   if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
     jpeg_destroy_decompress(&cinfo);
-    throw std::runtime_error(path + ": CMYK JPEG images are not supported by restr-predict-cpp (convert it to RGB)");
+    throw FileError(path + ": CMYK JPEG images are not supported by restr-predict-cpp (convert it to RGB)");
   }
   orientation = exif_orientation(cinfo);
   cinfo.out_color_space = JCS_RGB;
@@ -133,7 +133,7 @@ Image load_image(const std::string& path) {
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
-  if (!data) throw std::runtime_error(path + ": not a readable image (" + stbi_failure_reason() + ")");
+  if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
   Image im;  // transparent pixels composed over black, as restr.runtime.transforms.to_rgb
   im.width = w;
   im.height = h;
@@ -145,7 +145,7 @@ Image load_image(const std::string& path) {
 }
 
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels) {
-  if (!stbi_write_png(path.c_str(), width, height, channels, pixels, width * channels)) throw std::runtime_error(path + ": cannot be written");
+  if (!stbi_write_png(path.c_str(), width, height, channels, pixels, width * channels)) throw FileError(path + ": cannot be written");
 }
 
 std::vector<uint8_t> overlay(const Image& im, const uint8_t* mask) {

@@ -2,10 +2,16 @@
 // applied (libexif), other formats through stb_image (Debian's libstb); PNGs written by stb_image_write.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace restr_cli {
+
+// An image that cannot be read or a file that cannot be written: bad input or a disk failure (exit 2).
+struct FileError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 struct Image {
   int width = 0, height = 0;
@@ -13,9 +19,9 @@ struct Image {
 };
 
 // Decode JPEG, PNG, BMP, GIF, TGA, PNM to RGB as restr.runtime's load_image: EXIF orientation applied
-// (JPEG), transparent pixels composed over black. Throws std::runtime_error with a one-line reason.
+// (JPEG), transparent pixels composed over black. Throws FileError with a one-line reason.
 Image load_image(const std::string& path);
-// Write a PNG of 1 (grey) or 3 (RGB) channels; throws std::runtime_error.
+// Write a PNG of 1 (grey) or 3 (RGB) channels; throws FileError.
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels);
 // The image with the mask tinted in the palette colour farthest from the region's mean and its
 // outline drawn solid (restr.runtime.visualize.overlay).

@@ -18,6 +18,7 @@
 
 #include "image_io.hpp"
 #include "sheet.hpp"
+#include "error.hpp"
 #include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
 
 namespace fs = std::filesystem;
@@ -214,12 +215,7 @@ int run(const Args& a) {
   restr::Predictor predictor = open(a);
   const double load_ms = ms(t0);
   t0 = std::chrono::steady_clock::now();
-  restr_cli::Image image;
-  try {
-    image = restr_cli::load_image(a.image);
-  } catch (const std::runtime_error& e) {
-    throw UsageError(e.what());
-  }
+  restr_cli::Image image = restr_cli::load_image(a.image);
   const double decode_ms = ms(t0);
   restr::Embedding emb = predictor.embed(image.rgb.data(), image.height, image.width);
   restr::Result res = predictor.predict(emb, a.texts);
@@ -273,7 +269,7 @@ int run(const Args& a) {
   fs::create_directories(out);
   char tmpl[4096];
   std::snprintf(tmpl, sizeof tmpl, "%s/.%s-XXXXXX", out.c_str(), kProg);
-  if (!mkdtemp(tmpl)) throw std::runtime_error(out.string() + ": cannot create a temporary folder");
+  if (!mkdtemp(tmpl)) throw restr_cli::FileError(out.string() + ": cannot create a temporary folder");
   fs::path tmp(tmpl);
   try {
     std::vector<std::string> files;
@@ -335,10 +331,16 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
     return kBadInput;
+  } catch (const restr_impl::Error& e) {  // the tokenizer, called directly: bad text
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return e.code() == RESTR_INTERNAL_ERROR ? kInternal : kBadInput;
   } catch (const restr::Error& e) {
     const bool bug = e.status() == RESTR_INTERNAL_ERROR;
     std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
     return bug ? kInternal : kBadInput;
+  } catch (const restr_cli::FileError& e) {
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return kBadInput;
   } catch (const fs::filesystem_error& e) {
     std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
     return kBadInput;
