@@ -26,6 +26,16 @@ expect 0 "" --artifacts "$EXPORT" --list-words
 grep -qx "dog" "$S/stdout" || no "--list-words does not list 'dog'"
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "the red dog" --text "the man on the left" --out "$S/out" --overlay --sheet --threads 1
 for f in 1_the-red-dog.png 1_the-red-dog_overlay.png 2_the-man-on-the-left.png sheet.png summary.json; do [ -s "$S/out/$f" ] || no "missing output $f"; done
+# CUDA through ONNX Runtime's CUDA_V2 API: a one-line error with the CPU wheel's library; with a GPU
+# build (and a GPU) it runs. --providers auto takes whichever this library has and says so.
+if "$CLI" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/cuda" --providers cuda > /dev/null 2> "$S/stderr"; then
+  want=CUDAExecutionProvider
+else
+  want=CPUExecutionProvider
+  expect 2 "CUDA execution provider unavailable" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/cuda" --providers cuda
+fi
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/auto" --providers auto --threads 1
+grep -q "\"$want\"" "$S/auto/summary.json" || no "--providers auto: the summary does not name $want"
 expect 2 "the folder holds files" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out"
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out" --force
 for f in 2_the-man-on-the-left.png 1_the-red-dog_overlay.png sheet.png; do [ ! -e "$S/out/$f" ] || no "--force left the previous run's $f"; done

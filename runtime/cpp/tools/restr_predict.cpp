@@ -174,18 +174,21 @@ void remove_previous(const fs::path& out) {
       fs::remove(out / n.get<std::string>());
 }
 
-restr::Predictor open(const Args& a) {
+// The predictor and the provider it got ("auto": CUDA where this ONNX Runtime has it, else the CPU).
+restr::Predictor open(const Args& a, std::string* provider = nullptr) {
   restr::Options o;
   o.precision = a.precision;
   o.threads = a.threads;
   o.threshold = a.threshold;
   o.provider = a.providers == "auto" ? "cuda" : a.providers;
   if (o.provider != "cpu" && o.provider != "cuda") throw UsageError("--providers " + a.providers + ": the C++ host takes cpu, cuda or auto");
+  if (provider) *provider = o.provider;
   try {
     return restr::Predictor(a.artifacts, o);
   } catch (const restr::Error& e) {
     if (a.providers != "auto" || e.status() != RESTR_RUNTIME_ERROR) throw;
-    o.provider = "cpu";  // auto: CUDA where this ONNX Runtime has it
+    if (provider) *provider = "cpu";
+    o.provider = "cpu";
     return restr::Predictor(a.artifacts, o);
   }
 }
@@ -212,7 +215,8 @@ int run(const Args& a) {
     if (restr_impl::split_words(a.texts[i]).empty())
       throw UsageError("expression " + std::to_string(i + 1) + " ('" + a.texts[i] + "') is empty: it has no words");
   auto t0 = std::chrono::steady_clock::now();
-  restr::Predictor predictor = open(a);
+  std::string provider;
+  restr::Predictor predictor = open(a, &provider);
   const double load_ms = ms(t0);
   t0 = std::chrono::steady_clock::now();
   restr_cli::Image image = restr_cli::load_image(a.image);
@@ -240,7 +244,7 @@ int run(const Args& a) {
   const std::string mode = predictor.mode();
   json runners = json::object();
   for (const char* g : mode == "split" ? std::vector<const char*>{"vision", "language", "fusion_decoder"} : std::vector<const char*>{"end_to_end"})
-    runners[g] = json::array({a.providers == "cpu" ? "CPUExecutionProvider" : "CUDAExecutionProvider"});
+    runners[g] = json::array({provider == "cpu" ? "CPUExecutionProvider" : "CUDAExecutionProvider"});
   json exprs = json::array();
   for (size_t i = 0; i < k; ++i) {
     restr::Prediction p = res[i];
