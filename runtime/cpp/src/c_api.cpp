@@ -1,5 +1,6 @@
 // The C boundary: every exception becomes a restr_status and a one-line, per-thread message.
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <new>
 
@@ -21,8 +22,15 @@ namespace {
 
 thread_local std::string last_error;
 
-restr_status set_error(restr_status code, const std::string& message) {
-  last_error = message.substr(0, message.find('\n'));
+// Formats into a fixed buffer (at most 1023 characters kept) and survives a failed copy: never throws.
+restr_status set_error(restr_status code, const char* message, const char* format = "%s") noexcept {
+  char line[1024];
+  std::snprintf(line, sizeof line, format, message);
+  try {
+    last_error.assign(line, std::strcspn(line, "\n"));
+  } catch (...) {  // no memory even for the message: the status still says what happened
+    last_error.clear();
+  }
   return code;
 }
 
@@ -36,11 +44,11 @@ restr_status guarded(F&& body) {
   } catch (const restr_impl::Error& e) {
     return set_error(e.code(), e.what());
   } catch (const Ort::Exception& e) {
-    return set_error(RESTR_RUNTIME_ERROR, std::string("ONNX Runtime: ") + e.what());
+    return set_error(RESTR_RUNTIME_ERROR, e.what(), "ONNX Runtime: %s");
   } catch (const std::bad_alloc&) {
     return set_error(RESTR_OUT_OF_MEMORY, "out of memory");
   } catch (const std::exception& e) {
-    return set_error(RESTR_INTERNAL_ERROR, std::string("internal error (") + e.what() + "); please report it");
+    return set_error(RESTR_INTERNAL_ERROR, e.what(), "internal error (%s); please report it");
   } catch (...) {
     return set_error(RESTR_INTERNAL_ERROR, "internal error (unknown exception); please report it");
   }
