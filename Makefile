@@ -10,7 +10,17 @@ PYTEST_ARGS ?=
 # (no torch there: the server runs the torch-free runtime). tests/test_serve.py starts servers from it.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install serve-env demo test test-slow clean-demo
+# The C++ host (runtime/cpp): Debian packages it builds with, ONNX Runtime's headers and the wheel's
+# library in CPP_DEPS, a release build and a sanitizer build, the export its tests read.
+CPP_APT := cmake g++ pkg-config nlohmann-json3-dev libicu-dev libssl-dev libstb-dev libjpeg-dev libexif-dev
+CPP_DEPS ?= build/cpp-deps
+CPP_BUILD ?= build/cpp
+CPP_ASAN_BUILD ?= build/cpp-asan
+CPP_EXPORT ?= build/cpp-golden/export
+CPP_CMAKE_ARGS = -DRESTR_ORT_INCLUDE_DIR=$(abspath $(CPP_DEPS))/root/usr/include/onnxruntime \
+	-DRESTR_ORT_LIB_DIR=$(abspath $(CPP_DEPS))/lib -DRESTR_TEST_EXPORT=$(abspath $(CPP_EXPORT))
+
+.PHONY: install serve-env demo test test-slow clean-demo cpp-apt cpp-deps cpp-build cpp-export cpp-test clean-cpp
 
 # `.[dev]` = torch tools + the CPU onnxruntime (`cpu` extra) + test tools. A GPU machine installs
 # ".[torch,gpu,test,client]" instead: onnxruntime and onnxruntime-gpu must not be installed together.
@@ -25,11 +35,37 @@ serve-env:
 demo: install
 	$(PYTHON) -m restr.demo
 
-test: install serve-env
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+test: install serve-env cpp-test
+	$(PYTHON) -m pytest --ignore=tests/test_cpp.py $(PYTEST_ARGS)
 
 test-slow: install serve-env
 	$(PYTHON) -m pytest -m slow $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf runs/demo
+
+# Installs only the packages that are missing (apt lists are refreshed only if that fails).
+cpp-apt:
+	@missing=$$(for p in $(CPP_APT); do dpkg -s $$p > /dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get install -y -q $$missing || { apt-get update -q && apt-get install -y -q $$missing; }; fi
+
+cpp-deps: cpp-apt
+	@runtime/cpp/scripts/fetch-deps.sh $(CPP_DEPS) $(PYTHON) > /dev/null
+
+cpp-build: cpp-deps
+	@cmake -S runtime/cpp -B $(CPP_BUILD) $(CPP_CMAKE_ARGS) > /dev/null
+	cmake --build $(CPP_BUILD) -j2
+
+cpp-export:
+	$(PYTHON) tests/golden/make_golden.py --export $(CPP_EXPORT)
+
+# CTest on the release and the -fsanitize=address,undefined builds, then the parity tests with Python.
+cpp-test: cpp-build cpp-export
+	cd $(CPP_BUILD) && ctest --output-on-failure
+	@cmake -S runtime/cpp -B $(CPP_ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRESTR_SANITIZE=ON $(CPP_CMAKE_ARGS) > /dev/null
+	cmake --build $(CPP_ASAN_BUILD) -j2
+	cd $(CPP_ASAN_BUILD) && ctest --output-on-failure
+	RESTR_CPP_BUILD=$(abspath $(CPP_BUILD)) $(PYTHON) -m pytest tests/test_cpp.py $(PYTEST_ARGS)
+
+clean-cpp:
+	rm -rf $(CPP_DEPS) $(CPP_BUILD) $(CPP_ASAN_BUILD) $(dir $(CPP_EXPORT))

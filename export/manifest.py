@@ -8,9 +8,11 @@ from importlib import metadata
 from pathlib import Path
 
 from restr.runtime import atomic
-from restr.runtime.artifacts import FORMAT_VERSION, MANIFEST, sha256_file
+from restr.runtime.artifacts import FORMAT_VERSION, MANIFEST, check_consistency, sha256_file
+from restr.runtime.schema import first_error, manifest_schema
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "graph_entry", "versions", "write_json", "read_manifest", "check_checksums"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "graph_entry", "versions", "write_json", "write_manifest", "read_manifest",
+           "check_checksums"]
 
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
 FP16_CONVERTER = "onnxruntime.transformers (OnnxModel.convert_float_to_float16: float16.convert_float_to_float16, then cascaded Cast removal)"
@@ -66,6 +68,15 @@ def json_safe(obj):
 def write_json(path: Path, obj) -> None:
     """Write JSON through a temporary file and a rename: a reader never sees half a file."""
     atomic.write_json(path, obj)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write `folder/manifest.json` after the checks every reader makes (manifest.schema.json, then
+    check_consistency): an exporter bug stops here, not in a runtime. ValueError with one line."""
+    problem = first_error(manifest_schema(), manifest) or check_consistency(manifest)
+    if problem:
+        raise ValueError(f"the manifest to be written is invalid: {problem} (a bug in restr-export: please report it)")
+    write_json(Path(folder) / MANIFEST, manifest)
 
 
 def read_manifest(folder: Path) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from restr.export.manifest import (
-    FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_json,
+    FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_manifest,
 )
 from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
 from restr.runtime.formats import ATTENTION_FORMS, PRECISIONS, PROCESSING_GRAPHS, graph_file, graph_key  # PRECISIONS: re-exported
@@ -277,7 +277,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         if options.verify:
             # Verified through the runtime itself: the manifest as it will ship, read by
             # restr.runtime, its runners and the predictor's split chain (export.verify).
-            write_json(tmp / MANIFEST, json_safe(manifest))
+            write_manifest(tmp, json_safe(manifest))
             t0 = time.perf_counter()
             feeds, inputs = verification_inputs(cfg, source.vocab, source.meta, options.samples, options.seed)
             meaningful = options.masks_meaningful
@@ -301,7 +301,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         if options.engine is not False and fp16:
             _engines_into(tmp, manifest, options, out, log, backends)
         manifest = json_safe(manifest)  # what is returned is exactly what the file holds
-        write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp, manifest)
         steps("manifest written")
         _publish(tmp, out)
     except BaseException:
@@ -387,7 +387,7 @@ def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engin
         manifest["engines"] = {}
         _engines_into(tmp, manifest, options, folder, log, backends)
         manifest = json_safe(manifest)
-        write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp, manifest)
         _publish(tmp, folder)  # the old folder is replaced as a whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,42 @@
+// An export folder read through manifest.json (docs/artifacts.md), as restr.runtime.artifacts:
+// the manifest validated against manifest.schema.json and across fields when opened, each file's
+// sha256 checked on the very bytes that are then used.
+#pragma once
+#include <array>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace restr_impl {
+
+struct GraphInfo {
+  std::string key;   // manifest key, e.g. "vision" or "vision_fp16"
+  std::string path;  // folder + file
+  std::string sha256;
+};
+
+struct Artifacts {
+  std::string root;
+  int64_t image_size = 0, max_words = 0, num_patches = 0, max_batch = 8;
+  float threshold = 0.5f;
+  std::string model_name = "unknown";
+  std::map<std::string, GraphInfo> graphs;
+  std::string vocab_path, vocab_sha256;
+  int64_t vocab_size = -1;  // -1: not stated
+
+  // Read and validate folder/manifest.json. Throws Error(RESTR_ARTIFACT_ERROR).
+  static Artifacts open(const std::string& folder);
+  bool has(const std::string& key) const { return graphs.count(key) > 0; }
+  const GraphInfo& graph(const std::string& key) const;
+  // The file's bytes, checked against `sha256` (hex; "" = none stated) as read.
+  std::string read_verified(const std::string& path, const std::string& sha256) const;
+};
+
+// Hex SHA-256 (OpenSSL's EVP).
+std::string sha256_hex(const std::string& data);
+// What a schema cannot say (restr.runtime.artifacts.check_consistency), or "".
+std::string check_consistency(const nlohmann::ordered_json& m);
+
+}  // namespace restr_impl

@@ -1,0 +1,84 @@
+#include "session.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "error.hpp"
+
+namespace restr_impl {
+
+namespace {
+
+// One ONNX Runtime environment per process, made on first use (thread-safe static), errors only.
+// Never destroyed: it must outlive every session, including a predictor still open at exit.
+Ort::Env& env() {
+  static Ort::Env* e = new Ort::Env(ORT_LOGGING_LEVEL_ERROR, "restr");
+  return *e;
+}
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+void append_cuda(Ort::SessionOptions& opts, int device_id) {
+  const OrtApi& api = Ort::GetApi();
+  OrtCUDAProviderOptionsV2* cuda = nullptr;
+  Ort::ThrowOnError(api.CreateCUDAProviderOptions(&cuda));
+  std::unique_ptr<OrtCUDAProviderOptionsV2, void (*)(OrtCUDAProviderOptionsV2*)> guard(cuda, api.ReleaseCUDAProviderOptions);
+  const std::string device = std::to_string(device_id);
+  const char* keys[] = {"device_id"};
+  const char* values[] = {device.c_str()};
+  Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, keys, values, 1));
+  Ort::ThrowOnError(api.SessionOptionsAppendExecutionProvider_CUDA_V2(opts, cuda));
+}
+
+}  // namespace
+
+Graph::Graph(const std::string& name, const std::string& path, const std::string& bytes, const SessionConfig& config,
+             const std::vector<std::string>& inputs, const std::vector<std::string>& outputs)
+    : name_(name), inputs_(inputs), outputs_(outputs) {
+  Ort::SessionOptions opts;
+  opts.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+  opts.SetLogSeverityLevel(3);
+  if (config.threads > 0) {  // as restr.runtime.runners: intra-op threads, one inter-op thread
+    opts.SetIntraOpNumThreads(config.threads);
+    opts.SetInterOpNumThreads(1);
+  }
+  if (config.provider == "cuda") {
+    try {
+      append_cuda(opts, config.device_id);
+    } catch (const Ort::Exception& e) {
+      fail(RESTR_RUNTIME_ERROR, "CUDA execution provider unavailable: " + first_line(e.what()) +
+                                    " (install the onnxruntime-gpu wheel and use its library, or use provider cpu)");
+    }
+  } else if (config.provider != "cpu") {
+    fail(RESTR_INVALID_ARGUMENT, "provider must be cpu or cuda, got '" + config.provider + "'");
+  }
+  try {
+    session_ = std::make_unique<Ort::Session>(env(), bytes.data(), bytes.size(), opts);
+  } catch (const Ort::Exception& e) {
+    fail(RESTR_ARTIFACT_ERROR, path + ": not a loadable ONNX graph (" + first_line(e.what()) + ")");
+  }
+  Ort::AllocatorWithDefaultOptions alloc;
+  std::vector<std::string> have_in, have_out;
+  for (size_t i = 0; i < session_->GetInputCount(); ++i) have_in.push_back(session_->GetInputNameAllocated(i, alloc).get());
+  for (size_t i = 0; i < session_->GetOutputCount(); ++i) have_out.push_back(session_->GetOutputNameAllocated(i, alloc).get());
+  for (const auto& n : inputs_)
+    if (std::find(have_in.begin(), have_in.end(), n) == have_in.end()) fail(RESTR_ARTIFACT_ERROR, path + ": graph has no input '" + n + "'");
+  for (const auto& n : outputs_)
+    if (std::find(have_out.begin(), have_out.end(), n) == have_out.end()) fail(RESTR_ARTIFACT_ERROR, path + ": graph has no output '" + n + "'");
+  for (const auto& n : inputs_) input_names_.push_back(n.c_str());
+  for (const auto& n : outputs_) output_names_.push_back(n.c_str());
+}
+
+std::vector<Ort::Value> Graph::run(const std::vector<Ort::Value>& inputs, double* ort_ms) const {
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    auto out = session_->Run(Ort::RunOptions{nullptr}, input_names_.data(), inputs.data(), inputs.size(), output_names_.data(),
+                             output_names_.size());
+    *ort_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+  } catch (const Ort::Exception& e) {
+    fail(RESTR_RUNTIME_ERROR, name_ + ": ONNX Runtime failed: " + first_line(e.what()));
+  }
+}
+
+}  // namespace restr_impl

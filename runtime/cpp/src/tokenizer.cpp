@@ -1,0 +1,162 @@
+#include "tokenizer.hpp"
+
+#include <unicode/uchar.h>
+#include <unicode/ustring.h>
+#include <unicode/utf16.h>
+
+#include <unordered_set>
+
+#include "error.hpp"
+
+namespace restr_impl {
+
+namespace {
+
+const char* const kPad = "<pad>";
+const char* const kUnk = "<unk>";
+
+// Python's str.isspace (what str.strip() removes): bidirectional class WS, B or S, or category Zs.
+bool py_isspace(UChar32 c) {
+  UCharDirection d = u_charDirection(c);
+  return d == U_WHITE_SPACE_NEUTRAL || d == U_BLOCK_SEPARATOR || d == U_SEGMENT_SEPARATOR || u_charType(c) == U_SPACE_SEPARATOR;
+}
+
+// Python re's \w on str: str.isalnum() (a letter: Lu Ll Lt Lm Lo; or any Numeric_Type) or '_'.
+bool py_isword(UChar32 c) {
+  switch (u_charType(c)) {
+    case U_UPPERCASE_LETTER: case U_LOWERCASE_LETTER: case U_TITLECASE_LETTER: case U_MODIFIER_LETTER: case U_OTHER_LETTER:
+      return true;
+    default:
+      return c == '_' || u_getIntPropertyValue(c, UCHAR_NUMERIC_TYPE) != U_NT_NONE;
+  }
+}
+
+std::u16string to_utf16(const std::string& s) {
+  UErrorCode err = U_ZERO_ERROR;
+  int32_t n = 0;
+  u_strFromUTF8(nullptr, 0, &n, s.data(), int32_t(s.size()), &err);
+  if (err != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(err)) fail(RESTR_TEXT_ERROR, "expression is not valid UTF-8");
+  std::u16string out(size_t(n), u'\0');
+  err = U_ZERO_ERROR;
+  u_strFromUTF8(reinterpret_cast<UChar*>(out.data()), n, nullptr, s.data(), int32_t(s.size()), &err);
+  if (U_FAILURE(err)) fail(RESTR_TEXT_ERROR, "expression is not valid UTF-8");
+  return out;
+}
+
+std::string to_utf8(const char16_t* s, int32_t len) {
+  UErrorCode err = U_ZERO_ERROR;
+  int32_t n = 0;
+  u_strToUTF8(nullptr, 0, &n, reinterpret_cast<const UChar*>(s), len, &err);
+  std::string out(size_t(n), '\0');
+  err = U_ZERO_ERROR;
+  u_strToUTF8(out.data(), n, nullptr, reinterpret_cast<const UChar*>(s), len, &err);
+  if (U_FAILURE(err)) fail(RESTR_TEXT_ERROR, "expression is not valid Unicode");
+  return out;
+}
+
+std::u16string lower(const std::u16string& s) {
+  UErrorCode err = U_ZERO_ERROR;
+  auto src = reinterpret_cast<const UChar*>(s.data());
+  int32_t n = u_strToLower(nullptr, 0, src, int32_t(s.size()), "", &err);  // root locale: Python's mapping
+  std::u16string out(size_t(n), u'\0');
+  err = U_ZERO_ERROR;
+  u_strToLower(reinterpret_cast<UChar*>(out.data()), n, src, int32_t(s.size()), "", &err);
+  if (U_FAILURE(err)) fail(RESTR_TEXT_ERROR, "expression cannot be lower-cased");
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> split_words(const std::string& text) {
+  if (text.size() > size_t(INT32_MAX / 4)) fail(RESTR_TEXT_ERROR, "expression is too long");
+  std::u16string s = to_utf16(text);
+  // strip
+  int32_t begin = 0, end = int32_t(s.size());
+  while (begin < end) {
+    UChar32 c;
+    int32_t i = begin;
+    U16_NEXT(s.data(), i, end, c);
+    if (!py_isspace(c)) break;
+    begin = i;
+  }
+  while (end > begin) {
+    UChar32 c;
+    int32_t i = end;
+    U16_PREV(s.data(), begin, i, c);
+    if (!py_isspace(c)) break;
+    end = i;
+  }
+  std::u16string t = lower(s.substr(size_t(begin), size_t(end - begin)));
+  if (!t.empty() && t.back() == u'.') t.pop_back();
+  std::vector<std::string> words;
+  int32_t i = 0, start = -1, n = int32_t(t.size());
+  while (i < n) {
+    int32_t here = i;
+    UChar32 c;
+    U16_NEXT(t.data(), i, n, c);
+    bool w = py_isword(c);
+    if (w && start < 0) start = here;
+    if (!w && start >= 0) {
+      words.push_back(to_utf8(t.data() + start, here - start));
+      start = -1;
+    }
+  }
+  if (start >= 0) words.push_back(to_utf8(t.data() + start, n - start));
+  return words;
+}
+
+bool is_function_word(const std::string& word) {
+  static const std::unordered_set<std::string> words = {
+      "a", "an", "the", "this", "that", "these", "those", "of", "to", "in", "on", "at", "by", "for", "with", "from",
+      "and", "or", "but", "is", "are", "be", "it", "its", "one", "ones", "which", "who", "whose", "what", "there",
+      "here", "thing", "things", "object", "objects", "some", "any", "his", "her", "their", "my", "your", "our"};
+  return words.count(word) > 0;
+}
+
+Vocabulary Vocabulary::parse(const std::string& text, const std::string& where) {
+  // Python's splitlines for the line ends a vocabulary can hold (\n, \r\n, \r)
+  std::vector<std::string> lines;
+  std::string line;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '\n' || c == '\r') {
+      lines.push_back(line);
+      line.clear();
+      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
+    } else {
+      line += c;
+    }
+  }
+  if (!line.empty()) lines.push_back(line);
+  if (lines.size() < 2 || lines[0] != kPad || lines[1] != kUnk)
+    fail(RESTR_ARTIFACT_ERROR, where + ": not a restr vocabulary (must start with <pad> and <unk>)");
+  Vocabulary v;
+  for (const auto& w : lines) {
+    if (v.itos_.size() >= 2 && (w == kPad || w == kUnk)) continue;
+    if (v.stoi_.emplace(w, int64_t(v.itos_.size())).second) v.itos_.push_back(w);
+  }
+  return v;
+}
+
+Encoded Vocabulary::encode(const std::vector<std::string>& texts, int64_t max_words) const {
+  Encoded e;
+  const size_t L = size_t(max_words);
+  e.words.assign(texts.size() * L, 0);
+  e.pad_mask.assign(texts.size() * L, 1);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    std::vector<std::string> words = split_words(texts[i]);
+    e.truncated.push_back(words.size() > L);
+    std::vector<std::string> unknown;
+    for (size_t j = 0; j < words.size() && j < L; ++j) {
+      auto it = stoi_.find(words[j]);
+      e.words[i * L + j] = it == stoi_.end() ? 1 : it->second;
+      e.pad_mask[i * L + j] = 0;
+      if (it == stoi_.end()) unknown.push_back(words[j]);
+    }
+    e.unknown.push_back(std::move(unknown));
+    e.split.push_back(std::move(words));
+  }
+  return e;
+}
+
+}  // namespace restr_impl

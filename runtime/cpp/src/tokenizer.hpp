@@ -1,0 +1,41 @@
+// The tokenizer of restr.runtime.tokenizer, ported: lower-case (Python's str.lower, full Unicode
+// case mapping, through ICU), split on runs of non-word characters (Python re's \w: str.isalnum()
+// or '_'), drop empty tokens and one trailing period, truncate to max_words, unknown -> <unk>.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace restr_impl {
+
+// 'The dog, left of the bench.' -> {"the", "dog", "left", "of", "the", "bench"}. UTF-8 in and out;
+// throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.
+std::vector<std::string> split_words(const std::string& text);
+
+// Words that name nothing by themselves (tokenizer.FUNCTION_WORDS): for the no-known-words flag.
+bool is_function_word(const std::string& word);
+
+struct Encoded {
+  std::vector<int64_t> words;    // K x max_words ids
+  std::vector<uint8_t> pad_mask; // K x max_words, 1 = padding
+  std::vector<std::vector<std::string>> unknown;  // per expression, words read as <unk> (repeats kept)
+  std::vector<std::vector<std::string>> split;    // per expression, all its words (before truncation)
+  std::vector<bool> truncated;
+};
+
+class Vocabulary {
+ public:
+  // vocab.txt's text: one word a line, "<pad>" and "<unk>" first. Throws Error(RESTR_ARTIFACT_ERROR).
+  static Vocabulary parse(const std::string& text, const std::string& where);
+  size_t size() const { return itos_.size(); }
+  const std::string& word(size_t i) const { return itos_.at(i); }
+  bool contains(const std::string& w) const { return stoi_.count(w) > 0; }
+  Encoded encode(const std::vector<std::string>& texts, int64_t max_words) const;
+
+ private:
+  std::vector<std::string> itos_;
+  std::unordered_map<std::string, int64_t> stoi_;
+};
+
+}  // namespace restr_impl

@@ -1,0 +1,53 @@
+#!/bin/sh
+# restr-predict-cpp as a user runs it: outputs written, bad input one line on stderr with exit code 2.
+#   cli.sh RESTR_PREDICT_CPP EXPORT_DIR GOLDEN_DIR SCRATCH
+set -u
+CLI=$1 EXPORT=$2 GOLDEN=$3 S=$4
+[ -x "$CLI" ] || { echo "cli: $CLI is not built" >&2; exit 1; }
+rm -rf "$S" && mkdir -p "$S"
+fails=0
+no() { echo "cli: FAILED: $*" >&2; fails=$((fails + 1)); }
+
+# expect CODE "stderr text" ARGS...: exit code CODE, stderr one line holding the text
+expect() {
+  code=$1 text=$2
+  shift 2
+  "$CLI" "$@" > "$S/stdout" 2> "$S/stderr"
+  got=$?
+  [ "$got" = "$code" ] || no "$* -> exit $got, want $code: $(cat "$S/stderr")"
+  [ "$code" = 0 ] && return
+  [ "$(wc -l < "$S/stderr")" = 1 ] || no "$* -> stderr is not one line: $(cat "$S/stderr")"
+  grep -q -- "$text" "$S/stderr" || no "$* -> stderr lacks '$text': $(cat "$S/stderr")"
+}
+
+IMG="$GOLDEN/images/photo1.png"
+expect 0 "" --help
+expect 0 "" --artifacts "$EXPORT" --list-words
+grep -qx "dog" "$S/stdout" || no "--list-words does not list 'dog'"
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "the red dog" --text "the man on the left" --out "$S/out" --overlay --sheet --threads 1
+for f in 1_the-red-dog.png 1_the-red-dog_overlay.png 2_the-man-on-the-left.png sheet.png summary.json; do [ -s "$S/out/$f" ] || no "missing output $f"; done
+# CUDA through ONNX Runtime's CUDA_V2 API: a one-line error with the CPU wheel's library; with a GPU
+# build (and a GPU) it runs. --providers auto takes whichever this library has and says so.
+if "$CLI" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/cuda" --providers cuda > /dev/null 2> "$S/stderr"; then
+  want=CUDAExecutionProvider
+else
+  want=CPUExecutionProvider
+  expect 2 "CUDA execution provider unavailable" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/cuda" --providers cuda
+fi
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/auto" --providers auto --threads 1
+grep -q "\"$want\"" "$S/auto/summary.json" || no "--providers auto: the summary does not name $want"
+expect 2 "the folder holds files" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out"
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out" --force
+for f in 2_the-man-on-the-left.png 1_the-red-dog_overlay.png sheet.png; do [ ! -e "$S/out/$f" ] || no "--force left the previous run's $f"; done
+expect 2 "no such folder" --artifacts "$S/missing" --image "$IMG" --text "dog" --out "$S/o2"
+expect 2 "no such file" --artifacts "$EXPORT" --image "$S/missing.png" --text "dog" --out "$S/o2"
+printf 'not an image' > "$S/bad.png"
+expect 2 "not a readable image" --artifacts "$EXPORT" --image "$S/bad.png" --text "dog" --out "$S/o2"
+expect 2 "is empty: it has no words" --artifacts "$EXPORT" --image "$IMG" --text "  ?! " --out "$S/o2"
+expect 2 "not valid UTF-8" --artifacts "$EXPORT" --image "$IMG" --text "$(printf 'the \377 dog')" --out "$S/o2"
+expect 2 "No such option: --txt" --artifacts "$EXPORT" --image "$IMG" --txt "dog" --out "$S/o2"
+expect 2 "Missing option '--text'" --artifacts "$EXPORT" --image "$IMG" --out "$S/o2"
+expect 2 "not in the range" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --threshold 2
+expect 2 "runs ONNX Runtime only" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --backend tensorrt
+[ ! -e "$S/o2" ] || no "a failed run left $S/o2 behind"
+[ "$fails" = 0 ] && echo "cli: ok" || exit 1

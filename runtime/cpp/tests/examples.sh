@@ -1,0 +1,20 @@
+#!/bin/sh
+# The examples built against the *installed* package: `cmake --install` into a scratch prefix, then
+# embed.cpp through find_package(restr_runtime) (shared) and embed.c through it (static) and through
+# pkg-config (shared); each runs on the test export when one is given.
+#   examples.sh BUILD_DIR EXAMPLES_DIR SCRATCH [EXPORT_DIR]
+set -eu
+BUILD=$1 EXAMPLES=$2 SCRATCH=$3 EXPORT=${4:-}
+rm -rf "$SCRATCH" && mkdir -p "$SCRATCH"
+cmake --install "$BUILD" --prefix "$SCRATCH/prefix" > /dev/null
+cmake -S "$EXAMPLES" -B "$SCRATCH/build" -DCMAKE_PREFIX_PATH="$SCRATCH/prefix" > /dev/null
+cmake --build "$SCRATCH/build" -j2 > /dev/null
+export PKG_CONFIG_PATH="$SCRATCH/prefix/lib/pkgconfig"
+# shellcheck disable=SC2046
+cc -std=c99 -Wall -Werror -o "$SCRATCH/embed_c" "$EXAMPLES/embed.c" $(pkg-config --cflags --libs restr_runtime)
+[ -n "$EXPORT" ] || { echo "examples: built (no export given: not run)"; exit 0; }
+for exe in "$SCRATCH/build/embed_cpp" "$SCRATCH/build/embed_c_static" "$SCRATCH/embed_c"; do
+  out=$("$exe" "$EXPORT")
+  echo "$out" | grep -q "^the red car: area [0-9]*, score " || { echo "examples: $exe printed: $out" >&2; exit 1; }
+done
+echo "examples: ok"

@@ -1,0 +1,236 @@
+// The C API's contract: bad input of every kind is a status and a one-line message (never a crash),
+// and one predictor shared by 8 threads gives the serial results.
+//   test_api EXPORT_DIR SCRATCH_DIR
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "artifacts.hpp"
+#include "check.hpp"
+#include "restr/restr_runtime.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+static std::string export_dir, scratch;
+
+// `status` is `want` and the message is one non-empty line containing `part`.
+static void expect(restr_status status, restr_status want, const std::string& part, int line) {
+  const std::string msg = restr_last_error();
+  if (status != want || msg.empty() || msg.find('\n') != std::string::npos || msg.find(part) == std::string::npos)
+    check::fail(__FILE__, line, "status " + std::to_string(status) + " (want " + std::to_string(want) + "), message '" + msg + "' (want '" + part + "')");
+}
+#define EXPECT(call, want, part) expect((call), (want), (part), __LINE__)
+
+static std::string copy_export(const std::string& name) {
+  fs::path dst = fs::path(scratch) / name;
+  fs::remove_all(dst);
+  fs::copy(export_dir, dst);
+  return dst;
+}
+
+static void write(const fs::path& p, const std::string& data) { std::ofstream(p, std::ios::binary) << data; }
+
+static restr_status open(const std::string& folder, restr_predictor** p, const restr_options* o = nullptr) {
+  return restr_predictor_open(folder.c_str(), o, p);
+}
+
+static void bad_folders() {
+  restr_predictor* p = reinterpret_cast<restr_predictor*>(1);
+  EXPECT(restr_predictor_open(nullptr, nullptr, &p), RESTR_INVALID_ARGUMENT, "folder is NULL");
+  CHECK(p == nullptr);
+  EXPECT(restr_predictor_open(export_dir.c_str(), nullptr, nullptr), RESTR_INVALID_ARGUMENT, "out is NULL");
+  EXPECT(open(scratch + "/missing", &p), RESTR_ARTIFACT_ERROR, "no such folder");
+  write(fs::path(scratch) / "file", "x");
+  EXPECT(open(scratch + "/file", &p), RESTR_ARTIFACT_ERROR, "not a folder");
+  EXPECT(open(scratch, &p), RESTR_ARTIFACT_ERROR, "no manifest.json");
+
+  std::string d = copy_export("tampered");
+  write(fs::path(d) / "vision.onnx", check::read(d + "/vision.onnx") + "x");
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "does not match the manifest");
+
+  d = copy_export("corrupt");  // garbage whose checksum the manifest states: ONNX Runtime refuses it
+  json m = json::parse(check::read(d + "/manifest.json"));
+  write(fs::path(d) / "vision.onnx", "not an onnx graph");
+  m["graphs"]["vision"]["sha256"] = restr_impl::sha256_hex(check::read(d + "/vision.onnx"));
+  write(fs::path(d) / "manifest.json", m.dump());
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "not a loadable ONNX graph");
+
+  d = copy_export("badjson");
+  write(fs::path(d) / "manifest.json", "{\"format_version\": 1,");
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "not a readable JSON manifest");
+  d = copy_export("invalid");
+  m = json::parse(check::read(d + "/manifest.json"));
+  m["patch_size"] = 0;
+  write(fs::path(d) / "manifest.json", m.dump());
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "manifest is invalid: patch_size: 0 is below the minimum 1");
+  d = copy_export("novocab");
+  fs::remove(fs::path(d) / "vocab.txt");
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "file named by the manifest is missing");
+  d = copy_export("badvocab");
+  write(fs::path(d) / "vocab.txt", check::read(d + "/vocab.txt") + "zebra\n");
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "vocab.txt: sha256");
+  d = copy_export("nopre");
+  m = json::parse(check::read(d + "/manifest.json"));
+  m["graphs"].erase("preprocess");
+  write(fs::path(d) / "manifest.json", m.dump());
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "no 'preprocess' graph");
+  CHECK(p == nullptr);
+}
+
+static void bad_options() {
+  restr_predictor* p = nullptr;
+  restr_options o;
+  restr_options_init(&o);
+  o.provider = "tpu";
+  EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "provider must be cpu or cuda");
+  restr_options_init(&o);
+  o.precision = "int8";
+  EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "precision must be fp32 or fp16");
+  restr_options_init(&o);
+  o.threshold = 1.5f;
+  EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1");
+  restr_options_init(&o);
+  o.threads = -1;
+  EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "threads must be >= 0");
+  restr_options_init(&o);
+  o.precision = "fp16";  // the test export has FP32 graphs only
+  EXPECT(open(export_dir, &p, &o), RESTR_ARTIFACT_ERROR, "no 'vision_fp16' graph");
+  // CUDA through the C API's CUDA_V2 call: with the CPU wheel's library, a clear runtime error.
+  restr_options_init(&o);
+  o.provider = "cuda";
+  restr_status s = open(export_dir, &p, &o);
+  if (s == RESTR_OK) restr_predictor_free(p);  // a GPU build of ONNX Runtime with a GPU
+  else EXPECT(s, RESTR_RUNTIME_ERROR, "CUDA execution provider unavailable");
+}
+
+static void bad_calls(restr_predictor* p) {
+  std::vector<uint8_t> rgb(64 * 48 * 3, 100);
+  restr_embedding* e = nullptr;
+  EXPECT(restr_embed(nullptr, rgb.data(), 48, 64, 192, &e), RESTR_INVALID_ARGUMENT, "predictor is NULL");
+  EXPECT(restr_embed(p, nullptr, 48, 64, 192, &e), RESTR_INVALID_ARGUMENT, "rgb is NULL");
+  EXPECT(restr_embed(p, rgb.data(), 48, 64, 192, nullptr), RESTR_INVALID_ARGUMENT, "out is NULL");
+  EXPECT(restr_embed(p, rgb.data(), 0, 64, 192, &e), RESTR_IMAGE_ERROR, "zero size");
+  EXPECT(restr_embed(p, rgb.data(), 48, -1, 192, &e), RESTR_IMAGE_ERROR, "zero size");
+  EXPECT(restr_embed(p, rgb.data(), 100000, 100000, 300000, &e), RESTR_IMAGE_ERROR, "larger than the 64,000,000 allowed");
+  EXPECT(restr_embed(p, rgb.data(), INT64_MAX, INT64_MAX, INT64_MAX, &e), RESTR_IMAGE_ERROR, "larger than");
+  EXPECT(restr_embed(p, rgb.data(), 48, 64, 100, &e), RESTR_IMAGE_ERROR, "row stride 100 is below");
+  CHECK(e == nullptr);
+
+  CHECK(restr_embed(p, rgb.data(), 48, 64, 192, &e) == RESTR_OK);
+  const char* ok[] = {"the dog"};
+  restr_result* r = nullptr;
+  EXPECT(restr_predict(nullptr, e, ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "predictor is NULL");
+  EXPECT(restr_predict(p, nullptr, ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "embedding is NULL");
+  EXPECT(restr_predict(p, e, nullptr, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "texts is NULL");
+  EXPECT(restr_predict(p, e, ok, 0, -1, 0, &r), RESTR_TEXT_ERROR, "no expression given");
+  const char* with_null[] = {"the dog", nullptr};
+  EXPECT(restr_predict(p, e, with_null, 2, -1, 0, &r), RESTR_INVALID_ARGUMENT, "texts[1] is NULL");
+  const char* empty[] = {"the dog", ""};
+  EXPECT(restr_predict(p, e, empty, 2, -1, 0, &r), RESTR_TEXT_ERROR, "expression 2 ('') is empty");
+  const char* dots[] = {" .. !? "};
+  EXPECT(restr_predict(p, e, dots, 1, -1, 0, &r), RESTR_TEXT_ERROR, "is empty: it has no words");
+  const char* utf8[] = {"the \xff dog"};
+  EXPECT(restr_predict(p, e, utf8, 1, -1, 0, &r), RESTR_TEXT_ERROR, "not valid UTF-8");
+  std::vector<const char*> many(257, "the dog");
+  EXPECT(restr_predict(p, e, many.data(), many.size(), -1, 0, &r), RESTR_TEXT_ERROR, "257 expressions in one call; at most 256");
+  EXPECT(restr_predict(p, e, ok, 1, 1.5f, 0, &r), RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1");
+  EXPECT(restr_predict(p, e, ok, 1, std::nanf(""), 0, &r), RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1");
+  CHECK(r == nullptr);
+
+  std::string longest;
+  for (int i = 0; i < 5000; ++i) longest += "dog ";
+  const char* overlong[] = {longest.c_str()};
+  CHECK(restr_predict(p, e, overlong, 1, -1, 1, &r) == RESTR_OK);
+  restr_prediction pr;
+  CHECK(restr_result_get(r, 0, &pr) == RESTR_OK);
+  CHECK(pr.truncated == 1 && pr.probs != nullptr && pr.height == 48 && pr.width == 64);
+  EXPECT(restr_result_get(r, 1, &pr), RESTR_INVALID_ARGUMENT, "out of range");
+  EXPECT(restr_result_get(nullptr, 0, &pr), RESTR_INVALID_ARGUMENT, "result is NULL");
+  EXPECT(restr_result_get(r, 0, nullptr), RESTR_INVALID_ARGUMENT, "out is NULL");
+  CHECK(restr_result_count(nullptr) == 0);
+  CHECK(restr_predictor_word(p, 100000) == nullptr);
+  restr_result_free(r);
+  restr_embedding_free(e);
+  restr_result_free(nullptr);
+  restr_embedding_free(nullptr);
+  restr_predictor_free(nullptr);
+  CHECK(restr_predict(p, e = nullptr, ok, 1, -1, 0, &r) == RESTR_INVALID_ARGUMENT);
+  CHECK(std::string(restr_version()) == RESTR_TEST_VERSION);
+
+  try {  // the C++ wrapper: the same status and message as an exception
+    restr::Predictor missing(scratch + "/missing");
+    CHECK(false);
+  } catch (const restr::Error& err) {
+    CHECK(err.status() == RESTR_ARTIFACT_ERROR && std::string(err.what()).find("no such folder") != std::string::npos);
+  }
+}
+
+// A row stride with padding gives what the packed rows give.
+static void stride(const restr::Predictor& p) {
+  const int h = 37, w = 51, pad = 13;
+  std::vector<uint8_t> packed(size_t(h * w * 3)), padded(size_t(h * (w * 3 + pad)), 7);
+  for (size_t i = 0; i < packed.size(); ++i) packed[i] = uint8_t(i * 31 % 251);
+  for (int y = 0; y < h; ++y) std::copy_n(packed.data() + y * w * 3, w * 3, padded.data() + y * (w * 3 + pad));
+  restr::Result a = p.predict(p.embed(packed.data(), h, w), {"the red car"}, -1, true);
+  restr::Result b = p.predict(p.embed(padded.data(), h, w, w * 3 + pad), {"the red car"}, -1, true);
+  CHECK(std::memcmp(a[0].probs, b[0].probs, sizeof(float) * h * w) == 0);
+}
+
+struct Answer {
+  std::vector<uint8_t> masks;
+  std::vector<float> probs, scores;
+};
+
+static Answer ask(const restr::Predictor& p, int job) {
+  const int h = 20 + job * 7, w = 90 - job * 5;
+  std::vector<uint8_t> rgb(size_t(h * w * 3));
+  for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = uint8_t((i * (job + 3)) % 256);
+  std::vector<std::string> texts = {"the dog", "the red car on the left", "big tree", "the man in the blue shirt", "ball", "small cat"};
+  restr::Result r = p.predict(p.embed(rgb.data(), h, w), texts, -1, true);
+  Answer a;
+  for (size_t i = 0; i < r.size(); ++i) {
+    restr::Prediction x = r[i];
+    a.masks.insert(a.masks.end(), x.mask, x.mask + h * w);
+    a.probs.insert(a.probs.end(), x.probs, x.probs + h * w);
+    a.scores.push_back(x.score);
+  }
+  return a;
+}
+
+// One predictor shared by 8 threads, each asking about its own image several times.
+static void threads(const restr::Predictor& p) {
+  const int jobs = 8, rounds = 4;
+  std::vector<Answer> serial;
+  for (int j = 0; j < jobs; ++j) serial.push_back(ask(p, j));
+  std::vector<int> mismatches(jobs, 0);
+  std::vector<std::thread> pool;
+  for (int j = 0; j < jobs; ++j)
+    pool.emplace_back([&, j] {
+      for (int r = 0; r < rounds; ++r) {
+        Answer a = ask(p, j);
+        mismatches[j] += a.masks != serial[j].masks || a.probs != serial[j].probs || a.scores != serial[j].scores;
+      }
+    });
+  for (auto& t : pool) t.join();
+  for (int j = 0; j < jobs; ++j) CHECK_EQ(mismatches[j], 0);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 3) return std::fprintf(stderr, "usage: test_api EXPORT_DIR SCRATCH_DIR\n"), 2;
+  export_dir = argv[1];
+  scratch = argv[2];
+  fs::remove_all(scratch);
+  fs::create_directories(scratch);
+  bad_folders();
+  bad_options();
+  restr::Options o;
+  o.threads = 1;
+  restr::Predictor p(export_dir, o);
+  bad_calls(p.get());
+  stride(p);
+  threads(p);
+  return check::finish("test_api");
+}

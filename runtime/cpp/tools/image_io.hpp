@@ -1,0 +1,30 @@
+// Image files for restr-predict-cpp: JPEG through libjpeg-turbo (as Pillow) with the EXIF orientation
+// applied (libexif), other formats through stb_image (Debian's libstb); PNGs written by stb_image_write.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace restr_cli {
+
+// An image that cannot be read or a file that cannot be written: bad input or a disk failure (exit 2).
+struct FileError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Image {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3
+};
+
+// Decode JPEG, PNG, BMP, GIF, TGA, PNM to RGB as restr.runtime's load_image: EXIF orientation applied
+// (JPEG), transparent pixels composed over black. Throws FileError with a one-line reason.
+Image load_image(const std::string& path);
+// Write a PNG of 1 (grey) or 3 (RGB) channels; throws FileError.
+void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels);
+// The image with the mask tinted in the palette colour farthest from the region's mean and its
+// outline drawn solid (restr.runtime.visualize.overlay).
+std::vector<uint8_t> overlay(const Image& image, const uint8_t* mask);
+
+}  // namespace restr_cli

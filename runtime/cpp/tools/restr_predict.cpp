@@ -1,0 +1,355 @@
+// restr-predict-cpp: restr-predict's arguments and outputs (mask PNGs, overlays, summary.json with
+// the same keys) from the C++ host. Everything is computed before anything is written; files go
+// to a temporary folder inside --out and are moved into place. Failures are one line on stderr:
+// exit code 2 for bad input and runtime failures, 3 for an internal error.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <restr/restr_runtime.hpp>
+
+#include "image_io.hpp"
+#include "sheet.hpp"
+#include "error.hpp"
+#include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+const char* const kProg = "restr-predict-cpp";
+constexpr int kBadInput = 2, kInternal = 3;
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* const kHelp = R"(usage: restr-predict-cpp --artifacts DIR --image PATH --text "..." [--text ...] --out DIR [options]
+
+Segment the object each --text refers to in --image with a restr export (the C++ host of restr-predict).
+
+  --artifacts DIR     export folder written by restr-export (holds manifest.json)
+  --image PATH        image file (PNG, JPEG, BMP, GIF, TGA, PNM)
+  --text TEXT         referring expression; repeat for several (batched against one image encoding)
+  --out DIR           output folder for the mask PNGs and summary.json (must be empty unless --force)
+  --overlay           also write <k>_<slug>_overlay.png
+  --sheet             also write sheet.png: every expression's overlay side by side, captioned
+  --force             write into a folder holding a previous run's outputs (they are replaced)
+  --list-words        print the words the model knows, one a line, and exit
+  --backend ort       ONNX Runtime (the only backend of the C++ host)
+  --precision P       fp32 (default) or fp16
+  --providers LIST    cpu (default), cuda, or auto (cuda when this ONNX Runtime has it)
+  --threads N         ONNX Runtime intra-op threads (default: one per core)
+  --threshold X       mask threshold in (0, 1) (default: the manifest's)
+  --json FILE         also write the summary to FILE ('-' for stdout, which replaces the table)
+
+Exit codes: 0 done; 2 bad input, or the runtime failed; 3 internal error (a bug).
+)";
+
+struct Args {
+  std::string artifacts, image, out, precision = "fp32", providers = "cpu", backend = "ort", json_path;
+  std::vector<std::string> texts;
+  bool overlay = false, sheet = false, force = false, list_words = false, has_json = false;
+  int threads = 0;
+  float threshold = -1.0f;
+  double threshold_text = -1.0;  // --threshold as given (the summary states it)
+};
+
+double number(const std::string& opt, const std::string& v) {
+  try {
+    size_t used = 0;
+    double d = std::stod(v, &used);
+    if (used == v.size()) return d;
+  } catch (const std::exception&) {
+  }
+  throw UsageError("Invalid value for '" + opt + "': '" + v + "' is not a number");
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  const std::map<std::string, std::string*> strings = {{"--artifacts", &a.artifacts}, {"--image", &a.image},         {"--out", &a.out},
+                                                       {"--precision", &a.precision}, {"--providers", &a.providers}, {"--backend", &a.backend}};
+  const std::map<std::string, bool*> flags = {{"--overlay", &a.overlay}, {"--sheet", &a.sheet}, {"--force", &a.force}, {"--list-words", &a.list_words}};
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i], value;
+    bool inline_value = false;
+    if (auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      inline_value = true;
+    }
+    if (arg == "-h" || arg == "--help") {
+      std::cout << kHelp;
+      std::exit(0);
+    }
+    if (flags.count(arg)) {
+      if (inline_value) throw UsageError("Option '" + arg + "' does not take a value");
+      *flags.at(arg) = true;
+      continue;
+    }
+    const bool known = strings.count(arg) || arg == "--text" || arg == "--threads" || arg == "--threshold" || arg == "--json";
+    if (!known) throw UsageError("No such option: " + arg);
+    if (!inline_value) {
+      if (i + 1 >= argc) throw UsageError("Option '" + arg + "' requires an argument");
+      value = argv[++i];
+    }
+    if (strings.count(arg)) *strings.at(arg) = value;
+    else if (arg == "--text") a.texts.push_back(value);
+    else if (arg == "--json") a.json_path = value, a.has_json = true;
+    else if (arg == "--threads") {
+      double t = number(arg, value);
+      if (t < 0 || t != std::floor(t)) throw UsageError("Invalid value for '--threads': " + value + " is not a whole number >= 0");
+      a.threads = int(t);
+    } else {
+      double t = number(arg, value);
+      if (!(t > 0 && t < 1)) throw UsageError("Invalid value for '--threshold': " + value + " is not in the range 0<x<1");
+      a.threshold = float(t);
+      a.threshold_text = t;
+    }
+  }
+  if (a.precision != "fp32" && a.precision != "fp16") throw UsageError("Invalid value for '--precision': '" + a.precision + "' is not one of 'fp32', 'fp16'");
+  if (a.backend != "ort") throw UsageError("--backend " + a.backend + ": the C++ host runs ONNX Runtime only (use restr-predict for TensorRT engines)");
+  return a;
+}
+
+// 'The dog, left!' -> 'the-dog-left' (restr.runtime.cli.slugify): the words, ASCII letters, digits, _ and - kept.
+std::string slugify(const std::string& text) {
+  std::string joined, slug;
+  for (const auto& w : restr_impl::split_words(text)) joined += (joined.empty() ? "" : "-") + w;
+  for (unsigned char c : joined)
+    if (c < 0x80 && (std::isalnum(c) || c == '_' || c == '-')) slug += char(std::tolower(c));
+  slug = slug.substr(0, 40);
+  size_t first = slug.find_first_not_of('-'), last = slug.find_last_not_of('-');
+  return first == std::string::npos ? "expression" : slug.substr(first, last - first + 1);
+}
+
+// The shortest decimal that reads back as `f` (0.5, not 0.5000000xx): the value Python shows.
+double shortest(float f) {
+  for (int digits = 6; digits < 9; ++digits) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.*g", digits, double(f));
+    if (std::strtof(buf, nullptr) == f) return std::strtod(buf, nullptr);
+  }
+  return double(f);
+}
+
+double round6(double x) { return std::nearbyint(x * 1e6) / 1e6; }
+double round3(double x) { return std::nearbyint(x * 1e3) / 1e3; }
+
+void check_outputs(const Args& a) {
+  fs::path out(a.out);
+  if (fs::exists(out) && !fs::is_directory(out)) throw UsageError(a.out + ": exists and is not a folder");
+  fs::path probe = fs::absolute(out);
+  while (!fs::exists(probe) && probe != probe.parent_path()) probe = probe.parent_path();
+  if (access(probe.c_str(), W_OK) != 0) throw UsageError("--out: " + probe.string() + " is not writable");
+  if (fs::is_directory(out) && !fs::is_empty(out) && !a.force)
+    throw UsageError("--out " + a.out + ": the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder");
+  if (a.has_json && a.json_path != "-") {
+    fs::path parent = fs::absolute(a.json_path).parent_path();
+    if (!fs::is_directory(parent) || access(parent.c_str(), W_OK) != 0) throw UsageError("--json: " + parent.string() + " is not a writable folder");
+  }
+}
+
+// The files a previous run listed in out/summary.json (and that summary): nothing else.
+void remove_previous(const fs::path& out) {
+  std::ifstream f(out / "summary.json");
+  if (!f) return;
+  json s = json::parse(f, nullptr, false);
+  if (s.is_discarded() || !s.is_object()) return;
+  fs::remove(out / "summary.json");
+  std::vector<json> names = {s.value("sheet", json())};
+  for (const auto& e : s.value("expressions", json::array()))
+    if (e.is_object()) names.push_back(e.value("mask", json())), names.push_back(e.value("overlay", json()));
+  for (const auto& n : names)
+    if (n.is_string() && !n.get<std::string>().empty() && fs::path(n.get<std::string>()).filename() == n.get<std::string>())
+      fs::remove(out / n.get<std::string>());
+}
+
+// The predictor and the provider it got ("auto": CUDA where this ONNX Runtime has it, else the CPU).
+restr::Predictor open(const Args& a, std::string* provider = nullptr) {
+  restr::Options o;
+  o.precision = a.precision;
+  o.threads = a.threads;
+  o.threshold = a.threshold;
+  o.provider = a.providers == "auto" ? "cuda" : a.providers;
+  if (o.provider != "cpu" && o.provider != "cuda") throw UsageError("--providers " + a.providers + ": the C++ host takes cpu, cuda or auto");
+  if (provider) *provider = o.provider;
+  try {
+    return restr::Predictor(a.artifacts, o);
+  } catch (const restr::Error& e) {
+    if (a.providers != "auto" || e.status() != RESTR_RUNTIME_ERROR) throw;
+    if (provider) *provider = "cpu";
+    o.provider = "cpu";
+    return restr::Predictor(a.artifacts, o);
+  }
+}
+
+int run(const Args& a) {
+  auto t_start = std::chrono::steady_clock::now();
+  auto ms = [](auto t0) { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); };
+  if (a.artifacts.empty()) throw UsageError("give --artifacts DIR");
+  if (a.list_words) {
+    for (const auto& w : open(a).words()) std::cout << w << "\n";
+    return 0;
+  }
+  std::vector<std::string> missing;
+  if (a.image.empty()) missing.push_back("'--image'");
+  if (a.texts.empty()) missing.push_back("'--text'");
+  if (a.out.empty()) missing.push_back("'--out'");
+  if (!missing.empty()) {
+    std::string m;
+    for (const auto& x : missing) m += (m.empty() ? "" : ", ") + x;
+    throw UsageError("Missing option" + std::string(missing.size() > 1 ? "s " : " ") + m + " (or give --list-words)");
+  }
+  check_outputs(a);
+  for (size_t i = 0; i < a.texts.size(); ++i)  // before any work, as restr-predict
+    if (restr_impl::split_words(a.texts[i]).empty())
+      throw UsageError("expression " + std::to_string(i + 1) + " ('" + a.texts[i] + "') is empty: it has no words");
+  auto t0 = std::chrono::steady_clock::now();
+  std::string provider;
+  restr::Predictor predictor = open(a, &provider);
+  const double load_ms = ms(t0);
+  t0 = std::chrono::steady_clock::now();
+  restr_cli::Image image = restr_cli::load_image(a.image);
+  const double decode_ms = ms(t0);
+  restr::Embedding emb = predictor.embed(image.rgb.data(), image.height, image.width);
+  restr::Result res = predictor.predict(emb, a.texts);
+  const int64_t max_words = predictor.max_words();
+  const size_t k = res.size();
+  std::vector<std::string> names;
+  for (size_t i = 0; i < k; ++i) {
+    restr::Prediction p = res[i];
+    names.push_back(std::to_string(i + 1) + "_" + slugify(p.text));
+    if (p.truncated)
+      std::cerr << "warning: expression " << i + 1 << " has " << restr_impl::split_words(p.text).size() << " words; only the first " << max_words
+                << " were used\n";
+    if (p.n_unknown) {
+      std::cerr << "warning: expression " << i + 1 << ": words not in the vocabulary (read as <unk>): ";
+      for (size_t j = 0; j < p.n_unknown; ++j) std::cerr << (j ? ", " : "") << p.unknown_words[j];
+      std::cerr << "\n";
+    }
+    if (p.no_known_words)
+      std::cerr << "warning: expression " << i + 1 << " ('" << p.text << "'): the model knows none of its content words, so its mask is a guess (--list-words prints the words it knows)\n";
+  }
+  const restr::Timings t = res.timings();
+  const std::string mode = predictor.mode();
+  json runners = json::object();
+  for (const char* g : mode == "split" ? std::vector<const char*>{"vision", "language", "fusion_decoder"} : std::vector<const char*>{"end_to_end"})
+    runners[g] = json::array({provider == "cpu" ? "CPUExecutionProvider" : "CUDAExecutionProvider"});
+  json exprs = json::array();
+  for (size_t i = 0; i < k; ++i) {
+    restr::Prediction p = res[i];
+    json unknown = json::array();
+    for (size_t j = 0; j < p.n_unknown; ++j) unknown.push_back(p.unknown_words[j]);
+    json timings = mode == "split" ? json{{"language", round3(t.language / k)}, {"fusion_decoder", round3(t.fusion_decoder / k)}}
+                                   : json{{"end_to_end", round3(t.fusion_decoder / k)}};
+    timings["postprocess"] = round3(t.postprocess / k);
+    exprs.push_back({{"index", i + 1}, {"text", p.text}, {"mask", names[i] + ".png"},
+                     {"overlay", a.overlay ? json(names[i] + "_overlay.png") : json()}, {"area", p.area},
+                     {"area_fraction", round6(double(p.area) / double(std::max<int64_t>(1, p.height * p.width)))},
+                     {"score", round6(p.score)}, {"patch_score", round6(p.patch_score)}, {"unknown_words", unknown},
+                     {"no_known_words", bool(p.no_known_words)}, {"truncated", bool(p.truncated)}, {"timings_ms", timings}});
+  }
+  json summary = {{"artifacts", a.artifacts}, {"model", predictor.model_name()}, {"backend", "ort"}, {"runners", runners}, {"mode", mode},
+                  {"image", {{"path", a.image}, {"width", image.width}, {"height", image.height}}}, {"threshold", predictor.threshold()},
+                  {"expressions", exprs},
+                  {"timings_ms", {{"load", round3(load_ms)}, {"preprocess", round3(decode_ms + t.preprocess)}, {"vision", round3(t.vision)},
+                                  {"language_fusion_per_expression", round3((t.language + t.fusion_decoder) / k)},
+                                  {"postprocess_per_expression", round3(t.postprocess / k)}, {"total", round3(ms(t_start))}}},
+                  {"sheet", a.sheet ? json("sheet.png") : json()}};
+  summary["threshold"] = a.threshold > 0 ? a.threshold_text : shortest(predictor.threshold());
+
+  fs::path out(a.out);
+  const bool created = !fs::exists(out);
+  fs::create_directories(out);
+  char tmpl[4096];
+  std::snprintf(tmpl, sizeof tmpl, "%s/.%s-XXXXXX", out.c_str(), kProg);
+  if (!mkdtemp(tmpl)) throw restr_cli::FileError(out.string() + ": cannot create a temporary folder");
+  fs::path tmp(tmpl);
+  try {
+    std::vector<std::string> files;
+    for (size_t i = 0; i < k; ++i) {
+      restr::Prediction p = res[i];
+      std::vector<uint8_t> grey(size_t(p.height * p.width));
+      for (size_t j = 0; j < grey.size(); ++j) grey[j] = p.mask[j] ? 255 : 0;
+      restr_cli::write_png(tmp / (names[i] + ".png"), grey.data(), int(p.width), int(p.height), 1);
+      files.push_back(names[i] + ".png");
+      if (a.overlay) {
+        restr_cli::write_png(tmp / (names[i] + "_overlay.png"), restr_cli::overlay(image, p.mask).data(), image.width, image.height, 3);
+        files.push_back(names[i] + "_overlay.png");
+      }
+    }
+    if (a.sheet) {
+      std::vector<const uint8_t*> masks;
+      std::vector<std::string> captions;
+      char score[32];
+      for (size_t i = 0; i < k; ++i) {
+        restr::Prediction p = res[i];
+        masks.push_back(p.mask);
+        std::snprintf(score, sizeof score, "%.2f", p.score);
+        captions.push_back(std::to_string(i + 1) + ". " + p.text + " (score " + score + (p.no_known_words ? ", no known words" : "") + ")");
+      }
+      restr_cli::Image s = restr_cli::contact_sheet(image, masks, captions);
+      restr_cli::write_png(tmp / "sheet.png", s.rgb.data(), s.width, s.height, 3);
+      files.push_back("sheet.png");
+    }
+    std::ofstream(tmp / "summary.json") << summary.dump(2) << "\n";
+    remove_previous(out);
+    files.push_back("summary.json");  // last: its presence means the rest is complete
+    for (const auto& f : files) fs::rename(tmp / f, out / f);
+  } catch (...) {
+    fs::remove_all(tmp);
+    if (created) fs::remove_all(out);
+    throw;
+  }
+  fs::remove_all(tmp);
+  if (a.has_json && a.json_path != "-") std::ofstream(a.json_path) << summary.dump(2) << "\n";
+  if (a.has_json && a.json_path == "-") {
+    std::cout << summary.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("%s (ort, %s) on %s (%dx%d), threshold %g\n", predictor.model_name().c_str(), mode.c_str(), a.image.c_str(), image.width,
+              image.height, predictor.threshold());
+  for (const auto& e : summary["expressions"])
+    std::printf("%3d  %-40s  %10lld  %5.1f%%  %5.2f  %s%s\n", e["index"].get<int>(), e["text"].get<std::string>().c_str(),
+                (long long)e["area"].get<int64_t>(), 100 * e["area_fraction"].get<double>(), e["score"].get<double>(),
+                (out / e["mask"].get<std::string>()).c_str(), e["no_known_words"].get<bool>() ? "  (no known words: a guess)" : "");
+  std::printf("wrote %s\n", (out / "summary.json").c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return kBadInput;
+  } catch (const restr_impl::Error& e) {  // the tokenizer, called directly: bad text
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return e.code() == RESTR_INTERNAL_ERROR ? kInternal : kBadInput;
+  } catch (const restr::Error& e) {
+    const bool bug = e.status() == RESTR_INTERNAL_ERROR;
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return bug ? kInternal : kBadInput;
+  } catch (const restr_cli::FileError& e) {
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return kBadInput;
+  } catch (const fs::filesystem_error& e) {
+    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
+    return kBadInput;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: internal error (%s); please report it\n", kProg, e.what());
+    return kInternal;
+  }
+}

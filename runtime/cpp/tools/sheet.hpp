@@ -1,0 +1,14 @@
+// restr-predict-cpp --sheet: every expression's overlay side by side (wrapping after 4), captioned,
+// in restr.runtime.visualize.contact_sheet's layout. Captions use stb_easy_font (a built-in ASCII
+// bitmap font: no font file to find), tiles are scaled by stb_image_resize.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "image_io.hpp"
+
+namespace restr_cli {
+
+Image contact_sheet(const Image& image, const std::vector<const uint8_t*>& masks, const std::vector<std::string>& captions, int tile = 320);
+
+}  // namespace restr_cli

@@ -1,0 +1,249 @@
+"""The C++ host (runtime/cpp) against the Python runtime on the same export: identical masks,
+probabilities and scores within 1e-5 (one ONNX Runtime thread each), restr-predict-cpp's outputs
+and summary.json against restr-predict's, and the same one-line errors for bad input.
+
+The build is `make cpp-build`'s (RESTR_CPP_BUILD names another); without it the fixture runs that
+target once per session, and the tests are skipped only where cmake or g++ is absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("torch")  # the export is made by restr-export's pipeline
+
+from test_runtime import make_tiny_export, photo  # noqa: E402
+
+from restr.benchmarks.cpp_host import CppHost  # noqa: E402
+from restr.runtime import Predictor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ATOL = 1e-5
+TEXTS = ["the red dog", "Zebra, qux.", "the man on the left", "a", "the " * 25 + "big tree", "Blue CAR!", "the small ball on the right"]
+
+
+@pytest.fixture(scope="session")
+def build() -> Path:
+    if os.environ.get("RESTR_CPP_BUILD"):
+        return Path(os.environ["RESTR_CPP_BUILD"])
+    if not (shutil.which("cmake") and shutil.which("g++")):
+        pytest.skip("cmake and g++ are needed to build the C++ host (runtime/cpp)")
+    subprocess.run(["make", "-s", "cpp-build", f"PYTHON={sys.executable}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return ROOT / "build" / "cpp"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_export(tmp_path_factory.mktemp("cpp") / "export").folder
+
+
+@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
+@pytest.mark.parametrize("size", [(80, 56), (640, 480), (1, 1), (37, 300), (300, 37)])
+def test_library_matches_the_python_predictor(build, tiny, size):
+    rgb = np.asarray(photo(*size, seed=sum(size)))
+    want = Predictor.from_artifacts(tiny, threads=1, cache_size=0).predict_image(rgb, TEXTS)
+    host = CppHost(build / "librestr_runtime.so", tiny, threads=1)
+    got, _ = host.predict(rgb, TEXTS)  # 7 expressions: two chunks of the export's max_batch 4
+    host.close()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert np.array_equal(g["mask"], w.mask), w.text
+        assert np.abs(g["probs"] - w.probs).max() <= ATOL
+        assert g["area"] == w.area
+        assert abs(g["score"] - w.score) <= ATOL and abs(g["patch_score"] - w.patch_score) <= ATOL
+        assert (g["unknown_words"], g["no_known_words"], g["truncated"]) == (w.unknown_words, w.no_known_words, w.truncated)
+    assert got[4]["truncated"] and got[1]["no_known_words"] and got[1]["unknown_words"] == ["zebra", "qux"]
+
+
+@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
+def test_end_to_end_export_matches_the_python_predictor(build, tiny, tmp_path):
+    """An export without the split graphs runs its end-to-end graph, in both hosts alike."""
+    folder = tmp_path / "e2e"
+    shutil.copytree(tiny, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    for stage in ("vision", "language", "fusion_decoder"):
+        del m["graphs"][stage]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    rgb = np.asarray(photo(90, 70, seed=9))
+    predictor = Predictor.from_artifacts(folder, threads=1, cache_size=0)
+    assert predictor.mode == "end_to_end"
+    want = predictor.predict_image(rgb, TEXTS)
+    host = CppHost(build / "librestr_runtime.so", folder, threads=1)
+    got, timings = host.predict(rgb, TEXTS)
+    host.close()
+    assert timings["vision"] == 0 and timings["language"] == 0
+    for g, w in zip(got, want):
+        assert np.array_equal(g["mask"], w.mask) and np.abs(g["probs"] - w.probs).max() <= ATOL
+        assert abs(g["score"] - w.score) <= ATOL and g["area"] == w.area
+
+
+@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
+def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
+    import torch
+
+    from restr.export.pipeline import ExportOptions, Source, export_artifacts
+    from restr.runtime import Vocabulary
+    from test_runtime import WORDS, make_tiny_model
+
+    torch.set_num_threads(1)
+    vocab = Vocabulary(WORDS)
+    folder = tmp_path / "fp16"
+    export_artifacts(Source(make_tiny_model(vocab), vocab, {}, None, False), folder,
+                     ExportOptions(max_batch=4, precisions=("fp32", "fp16"), engine=False, verify=False, progress=False, threads=1),
+                     log=lambda _: None)
+    rgb = np.asarray(photo(100, 60, seed=4))
+    want = Predictor.from_artifacts(folder, precision="fp16", threads=1, cache_size=0).predict_image(rgb, TEXTS)
+    fp32 = Predictor.from_artifacts(folder, threads=1, cache_size=0).predict_image(rgb, TEXTS)
+    assert any(np.abs(w.probs - f.probs).max() > 1e-6 for w, f in zip(want, fp32))  # the FP16 graphs did run
+    host = CppHost(build / "librestr_runtime.so", folder, threads=1, precision="fp16")
+    got, _ = host.predict(rgb, TEXTS)
+    host.close()
+    for g, w in zip(got, want):
+        assert np.array_equal(g["mask"], w.mask) and np.abs(g["probs"] - w.probs).max() <= ATOL
+        assert abs(g["score"] - w.score) <= ATOL
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _keys(obj):
+    """The shape of a summary: its keys, recursively (values differ: timings, paths)."""
+    if isinstance(obj, dict):
+        return {k: _keys(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_keys(v) for v in obj]
+    return None
+
+
+def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
+    image = tmp_path / "photo.png"
+    photo(120, 90, seed=5).save(image)
+    texts = [*TEXTS, "a—b İstanbul naïve x²"]  # slugs from the tokenizer's words: a-b-i-stanbul-nave-x
+    args = ["--artifacts", str(tiny), "--image", str(image), *[a for t in texts for a in ("--text", t)], "--overlay", "--sheet", "--threshold", "0.53"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpp", "py"))
+    assert _keys(a) == _keys(b)
+    assert sorted(p.name for p in (tmp_path / "cpp").iterdir()) == sorted(p.name for p in (tmp_path / "py").iterdir())
+    for x, y in zip(a["expressions"], b["expressions"]):
+        for key in ("text", "mask", "overlay", "area", "area_fraction", "unknown_words", "no_known_words", "truncated"):
+            assert x[key] == y[key], key
+        assert abs(x["score"] - y["score"]) <= ATOL
+        for f in (x["mask"], x["overlay"]):
+            assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+    assert (a["model"], a["mode"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["image"]["width"], b["threshold"])
+    assert cpp.stderr == py.stderr  # the same warnings: truncation, unknown words, no known words
+    assert a["expressions"][-1]["mask"] == "8_a-b-i-stanbul-nave-x.png"
+    assert a["sheet"] == b["sheet"] == "sheet.png"  # its layout is restr-predict's; the caption font is not
+    assert Image.open(tmp_path / "cpp" / "sheet.png").size == Image.open(tmp_path / "py" / "sheet.png").size
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_with_exif_orientation_decodes_as_pillow_does(build, tiny, tmp_path, orientation):
+    """libjpeg-turbo's decoding and the EXIF orientation: the overlays (the photo's own pixels outside
+    the mask) come out identical to restr-predict's."""
+    image = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photo(70, 50, seed=orientation).save(image, quality=90, exif=exif)
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    size = json.loads((tmp_path / "cpp" / "summary.json").read_text())["image"]
+    assert (size["width"], size["height"]) == ((50, 70) if orientation >= 5 else (70, 50))
+    for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+
+
+def _huge_png(path: Path, w: int, h: int) -> None:
+    """A PNG whose header claims w x h pixels (the pixels are never read)."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", w, h) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", w, h)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+
+
+def _tampered(tiny: Path, tmp: Path) -> Path:
+    d = tmp / "tampered"
+    shutil.copytree(tiny, d)
+    with open(d / "vision.onnx", "ab") as f:
+        f.write(b"x")
+    return d
+
+
+def _invalid(tiny: Path, tmp: Path) -> Path:
+    d = tmp / "invalid"
+    shutil.copytree(tiny, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["num_patches"] = 99
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+def _corrupt(tiny: Path, tmp: Path) -> Path:
+    d = tmp / "corrupt"
+    shutil.copytree(tiny, d)
+    (d / "language.onnx").write_bytes(b"not a graph")
+    m = json.loads((d / "manifest.json").read_text())
+    import hashlib
+
+    m["graphs"]["language"]["sha256"] = hashlib.sha256(b"not a graph").hexdigest()
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing folder", "tampered graph", "corrupt graph", "invalid manifest", "empty text", "huge image", "missing image"])
+def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, case):
+    image = tmp_path / "photo.png"
+    photo(64, 48).save(image)
+    folder, text = tiny, "the dog"
+    if case == "missing folder":
+        folder = tmp_path / "nowhere"
+    elif case == "tampered graph":
+        folder = _tampered(tiny, tmp_path)
+    elif case == "corrupt graph":
+        folder = _corrupt(tiny, tmp_path)
+    elif case == "invalid manifest":
+        folder = _invalid(tiny, tmp_path)
+    elif case == "empty text":
+        text = " ?! "
+    elif case == "huge image":
+        _huge_png(image, 9000, 9000)
+    else:
+        image = tmp_path / "nothing.png"
+    args = ["--artifacts", str(folder), "--image", str(image), "--text", text]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp")])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert (cpp.returncode, py.returncode) == (2, 2)
+    assert len(cpp.stderr.splitlines()) == 1, cpp.stderr
+    cpp_msg = cpp.stderr.strip().removeprefix("restr-predict-cpp: error: ")
+    py_msg = py.stderr.strip().removeprefix("restr-predict: error: ")
+    if case == "corrupt graph":  # ONNX Runtime's own words follow; the sentence before them is the same
+        cpp_msg, py_msg = cpp_msg.split(" (")[0], py_msg.split(" (")[0]
+    assert cpp_msg == py_msg
+    assert not (tmp_path / "cpp").exists()
+
+
+def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny):
+    from restr.benchmarks.cpp_overhead import run
+
+    res = run(str(tiny), str(build / "librestr_runtime.so"), threads=1, rounds=2, queries=5)
+    assert res["cpp_total_ms"]["n"] == res["python_total_ms"]["n"] == 2
+    # the Run calls are inside the host's total, and the host's own share is positive and small
+    assert 0 < res["cpp_overhead_ms"]["min"] and res["cpp_ort_ms"]["max"] < res["cpp_total_ms"]["max"]
+    assert res["cpp_overhead_share"]["median"] < 0.5
