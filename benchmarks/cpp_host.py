@@ -35,7 +35,7 @@ class CppHostError(RuntimeError):
 class CppHost:
     """A restr_predictor: `predict(rgb, texts)` -> (per expression dicts, restr_timings as a dict)."""
 
-    def __init__(self, library: str | Path, folder: str | Path, threads: int = 0, precision: str = "fp32"):
+    def __init__(self, library: str | Path, folder: str | Path, threads: int = 0, precision: str = "fp32", provider: str = "cpu"):
         lib = self.lib = ctypes.CDLL(str(library))
         lib.restr_last_error.restype = ctypes.c_char_p
         lib.restr_result_count.restype = ctypes.c_size_t
@@ -43,6 +43,7 @@ class CppHost:
         lib.restr_options_init(ctypes.byref(opts))
         opts.threads = threads
         opts.precision = precision.encode()
+        opts.provider = provider.encode()
         self.p = ctypes.c_void_p()
         self._ok(lib.restr_predictor_open(str(folder).encode(), ctypes.byref(opts), ctypes.byref(self.p)))
 
