@@ -247,3 +247,14 @@ def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny):
     # the Run calls are inside the host's total, and the host's own share is positive and small
     assert 0 < res["cpp_overhead_ms"]["min"] and res["cpp_ort_ms"]["max"] < res["cpp_total_ms"]["max"]
     assert res["cpp_overhead_share"]["median"] < 0.5
+
+
+def test_library_takes_any_onnx_runtime_release_at_run_time(build):
+    """The shared library refers to OrtGetApiBase without the symbol version of the wheel it was built
+    beside (VERS_1.32.0): linked to the wheel itself, it would not load with onnxruntime-gpu 1.31.1
+    (seen on an H200). It still asks for the library by its soname."""
+    lib = next(build.glob("librestr_runtime.so.*"))
+    undefined = _run(["nm", "-D", "--undefined-only", str(lib)]).stdout.split()
+    assert "OrtGetApiBase" in undefined, [s for s in undefined if "Ort" in s]
+    needed = _run(["readelf", "-d", str(lib)]).stdout
+    assert "[libonnxruntime.so.1]" in needed
