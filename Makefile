@@ -38,7 +38,7 @@ demo: install
 test: install serve-env cpp-test
 	$(PYTHON) -m pytest --ignore=tests/test_cpp.py $(PYTEST_ARGS)
 
-test-slow: install serve-env
+test-slow: install serve-env cpp-build
 	$(PYTHON) -m pytest -m slow $(PYTEST_ARGS)
 
 clean-demo:

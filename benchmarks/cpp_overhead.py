@@ -1,5 +1,6 @@
 """The C++ host's own overhead against ONNX Runtime, and the C++ host against the Python runtime,
-on one export in one process, rounds interleaved (a noisy shared machine loads both alike).
+on one export: on the CPU in one process, rounds interleaved (a noisy shared machine loads both
+alike); on CUDA the C++ host's rounds first, in a process of its own (see `run`).
 
     python -m restr.benchmarks.cpp_overhead --export DIR --library build/cpp/librestr_runtime.so \\
         [--threads 2] [--rounds 10] [--queries 8] [--provider cpu|cuda] [--precision fp32|fp16] [--json FILE]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import time
@@ -31,37 +33,65 @@ def _stats(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "iqr": q[2] - q[0], "n": len(xs)}
 
 
-def run(export: str, library: str, threads: int, rounds: int, queries: int, provider: str = "cpu", precision: str = "fp32") -> dict:
+def _cpp_rounds(library: str, export: str, threads: int, precision: str, provider: str, rgb, texts, rounds: int):
+    """The C++ host alone: round 0's results and every later round's restr_timings."""
+    cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider)
+    try:
+        first, _ = cpp.predict(rgb, texts)
+        return first, [cpp.predict(rgb, texts)[1] for _ in range(rounds)]
+    finally:
+        cpp.close()
+
+
+def run(export: str, library: str, threads: int, rounds: int, queries: int, provider: str = "cpu", precision: str = "fp32",
+        apart: bool | None = None) -> dict:
+    """`apart` (the default on CUDA): the C++ host runs its rounds in a process of its own, before the
+    Python runtime's, instead of interleaved in this one. The library's ONNX Runtime and the Python
+    module's are two copies of ONNX Runtime, and on CUDA both would load the one CUDA provider
+    library of the wheel: not tried in one process."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     texts = [TEXTS[i % len(TEXTS)] for i in range(queries)]
-    cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider)
+    apart = provider != "cpu" if apart is None else apart
+    args = (library, export, threads, precision, provider, rgb, texts, rounds)
+    if apart:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            got, timings = pool.apply(_cpp_rounds, args)
     py = Predictor.from_artifacts(export, threads=threads, cache_size=0, precision=precision,
                                   providers=None if provider == "cpu" else provider)
-    rows = {"cpp_total_ms": [], "cpp_ort_ms": [], "cpp_overhead_ms": [], "cpp_overhead_share": [], "python_total_ms": []}
-    parity = {}
+    cpp = None if apart else CppHost(library, export, threads=threads, precision=precision, provider=provider)
+    py_ms, want = [], None
+    if cpp is not None:
+        timings = []
     for r in range(rounds + 1):  # round 0 warms both up
-        got, t = cpp.predict(rgb, texts)
+        if cpp is not None:
+            out, t = cpp.predict(rgb, texts)
+            if r == 0:
+                got = out
+            else:
+                timings.append(t)
         t0 = time.perf_counter()
-        want = py.predict_embedding(py.embed(rgb), texts, probs=True)
-        py_ms = (time.perf_counter() - t0) * 1000
-        if r == 0:  # the two hosts' results on the same photo and expressions
-            parity = {"masks_identical": all(np.array_equal(g["mask"], w.mask) for g, w in zip(got, want)),
-                      "mask_pixels_equal": float(np.mean([(g["mask"] == w.mask).mean() for g, w in zip(got, want)])),
-                      "score_max_abs_diff": max(abs(g["score"] - w.score) for g, w in zip(got, want)),
-                      "probs_max_abs_diff": max(float(np.abs(g["probs"] - w.probs).max()) for g, w in zip(got, want))}
-            continue
+        res = py.predict_embedding(py.embed(rgb), texts, probs=True)
+        if r == 0:
+            want = res
+        else:
+            py_ms.append((time.perf_counter() - t0) * 1000)
+    if cpp is not None:
+        cpp.close()
+    rows = {"cpp_total_ms": [], "cpp_ort_ms": [], "cpp_overhead_ms": [], "cpp_overhead_share": [], "python_total_ms": py_ms}
+    for t in timings:
         total, ort = t["embed_total"] + t["predict_total"], t["embed_ort"] + t["predict_ort"]
-        model = ort - t["preprocess"] - t["postprocess"]
         rows["cpp_total_ms"].append(total)
         rows["cpp_ort_ms"].append(ort)
         rows["cpp_overhead_ms"].append(total - ort)
-        rows["cpp_overhead_share"].append((total - ort) / model)
-        rows["python_total_ms"].append(py_ms)
-    cpp.close()
+        rows["cpp_overhead_share"].append((total - ort) / (ort - t["preprocess"] - t["postprocess"]))
+    parity = {"masks_identical": all(np.array_equal(g["mask"], w.mask) for g, w in zip(got, want)),  # round 0's results
+              "mask_pixels_equal": float(np.mean([(g["mask"] == w.mask).mean() for g, w in zip(got, want)])),
+              "score_max_abs_diff": max(abs(g["score"] - w.score) for g, w in zip(got, want)),
+              "probs_max_abs_diff": max(float(np.abs(g["probs"] - w.probs).max()) for g, w in zip(got, want))}
     return {"export": export, "threads": threads, "rounds": rounds, "queries": queries, "image": [480, 640],
-            "provider": provider, "precision": precision, "python_runner": repr(py.runners), "parity": parity,
-            "load_average": os.getloadavg(), **{k: _stats(v) for k, v in rows.items()}}
+            "provider": provider, "precision": precision, "interleaved": not apart, "python_runner": repr(py.runners),
+            "parity": parity, "load_average": os.getloadavg(), **{k: _stats(v) for k, v in rows.items()}}
 
 
 def main() -> None:

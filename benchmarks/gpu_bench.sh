@@ -5,7 +5,8 @@
 # interleaved restr-bench run against PyTorch eager FP16 and torch.compile(mode="reduce-overhead")
 # FP16 on the same GPU, with the GPU's FP16 matrix-product peak measured in the same run; then the
 # FP16-on-GPU vs FP32-on-CPU mask agreement. Writes OUT_DIR/bench.json, bench.txt, agreement.json.
-# CONFIG, SIZE and DEVICE (cuda|cpu) override the defaults (the tests run it small on a CPU).
+# CONFIG, SIZE and DEVICE (cuda|cpu) override the defaults (the tests run it small on a CPU); CPP_LIB
+# adds the C++ host's parity and overhead (OUT_DIR/cpp.json).
 set -euo pipefail
 OUT=${1:-runs/gpu-bench}
 CONFIG=${CONFIG:-restr-b16}
@@ -32,4 +33,10 @@ restr-bench --engine "$OUT/export-ort#fp16,$DEVICE" --engine "$OUT/export-onnx#f
     --json "$OUT/bench.json" | tee "$OUT/bench.txt"
 if [ "$DEVICE" = cuda ]; then
     python3 -m restr.benchmarks.agreement "$OUT/export-ort" --json "$OUT/agreement.json"
+fi
+# The C++ host against the Python runtime on the same export and device (make cpp-build first, with
+# this machine's onnxruntime(-gpu) wheel): CPP_LIB=build/cpp/librestr_runtime.so
+if [ -n "${CPP_LIB:-}" ]; then
+    python3 -m restr.benchmarks.cpp_overhead --export "$OUT/export-ort" --library "$CPP_LIB" --provider "$DEVICE" \
+        --precision fp16 --rounds 20 --json "$OUT/cpp.json"
 fi

@@ -241,8 +241,14 @@ def test_gpu_bench_script_runs_small_on_a_cpu(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "CONFIG": "restr-tiny", "SIZE": "80", "DEVICE": "cpu", "RUNS": "2"}
+    lib = root / "build" / "cpp" / "librestr_runtime.so"  # make cpp-build's (make test-slow builds it)
+    if lib.exists():
+        env["CPP_LIB"] = str(lib)
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_bench.sh"), str(tmp_path / "gb")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     labels = [r["label"] for r in json.loads((tmp_path / "gb" / "bench.json").read_text())["results"]]
     assert labels == ["export-ort#fp16,cpu", "export-onnx#fp16,cpu", "export-ort#fp32,cpu", "model.pt#fp16,cpu,eager", "model.pt#fp16,cpu,compile"]
+    if lib.exists():
+        cpp = json.loads((tmp_path / "gb" / "cpp.json").read_text())
+        assert cpp["parity"]["masks_identical"] and cpp["precision"] == "fp16" and cpp["cpp_total_ms"]["n"] == 20

@@ -239,11 +239,14 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
     assert not (tmp_path / "cpp").exists()
 
 
-def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny):
+@pytest.mark.parametrize("apart", [False, True])
+def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny, apart):
+    """Interleaved in one process (the CPU's way) and with the C++ host in a process of its own (CUDA's)."""
     from restr.benchmarks.cpp_overhead import run
 
-    res = run(str(tiny), str(build / "librestr_runtime.so"), threads=1, rounds=2, queries=5)
-    assert res["cpp_total_ms"]["n"] == res["python_total_ms"]["n"] == 2
+    res = run(str(tiny), str(build / "librestr_runtime.so"), threads=1, rounds=2, queries=5, apart=apart)
+    assert res["cpp_total_ms"]["n"] == res["python_total_ms"]["n"] == 2 and res["interleaved"] is not apart
+    assert res["parity"]["masks_identical"] and res["parity"]["score_max_abs_diff"] < 1e-5
     # the Run calls are inside the host's total, and the host's own share is positive and small
     assert 0 < res["cpp_overhead_ms"]["min"] and res["cpp_ort_ms"]["max"] < res["cpp_total_ms"]["max"]
     assert res["cpp_overhead_share"]["median"] < 0.5
