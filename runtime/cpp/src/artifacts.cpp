@@ -151,7 +151,14 @@ Artifacts Artifacts::open(const std::string& folder) {
   if (m.contains("model") && m["model"].is_object() && m["model"].contains("name")) a.model_name = m["model"]["name"].get<std::string>();
   for (auto it = m["graphs"].begin(); it != m["graphs"].end(); ++it) {
     const json& g = it.value();
-    a.graphs[it.key()] = {it.key(), folder + "/" + g["file"].get<std::string>(), g["sha256"].get<std::string>()};
+    GraphInfo info{it.key(), folder + "/" + g["file"].get<std::string>(), g["sha256"].get<std::string>(), {}, {}};
+    for (auto [list, specs] : {std::pair{&g["inputs"], &info.inputs}, std::pair{&g["outputs"], &info.outputs}})
+      for (const auto& t : *list) {
+        TensorSpec spec{t["name"].get<std::string>(), {}, pyrepr(t["shape"])};
+        for (const auto& d : t["shape"]) spec.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
+        specs->push_back(std::move(spec));
+      }
+    a.graphs[it.key()] = std::move(info);
   }
   a.vocab_path = folder + "/" + m["vocab"]["file"].get<std::string>();
   a.vocab_sha256 = m["vocab"].value("sha256", "");

@@ -11,10 +11,18 @@
 
 namespace restr_impl {
 
+// A tensor as the manifest states it: a dimension is a size, or -1 where the manifest names it (dynamic).
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string shape_text;  // as the manifest writes it: ['batch', 3, 80, 80]
+};
+
 struct GraphInfo {
   std::string key;   // manifest key, e.g. "vision" or "vision_fp16"
   std::string path;  // folder + file
   std::string sha256;
+  std::vector<TensorSpec> inputs, outputs;
 };
 
 struct Artifacts {

@@ -156,6 +156,9 @@ restr_status restr_predict(restr_predictor* p, const restr_embedding* e, const c
     need(p, "predictor");
     need(e, "embedding");
     if (n) need(texts, "texts");
+    if (n > restr_impl::Predictor::kMaxExpressions)  // before reading texts[]: a huge n is a caller's size bug
+      restr_impl::fail(RESTR_TEXT_ERROR, std::to_string(n) + " expressions in one call; at most " +
+                                             std::to_string(restr_impl::Predictor::kMaxExpressions) + " (max_expressions)");
     std::vector<std::string> t;
     for (size_t i = 0; i < n; ++i) {
       if (!texts[i]) restr_impl::fail(RESTR_INVALID_ARGUMENT, "texts[" + std::to_string(i) + "] is NULL");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 
 #include "error.hpp"
 
@@ -32,6 +33,8 @@ std::string graph_key(const std::string& graph, const std::string& precision) {
 std::string quoted(const std::string& s) { return "'" + (s.size() > 60 ? s.substr(0, 60) + "..." : s) + "'"; }
 
 }  // namespace
+
+void check_io(const GraphInfo& info, const Graph& graph);
 
 float check_threshold(float t) {
   if (!(t >= 0.0f && t <= 1.0f)) fail(RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1, got " + std::to_string(t));
@@ -66,7 +69,32 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
 std::unique_ptr<Graph> Predictor::load(const std::string& key, const std::vector<std::string>& inputs, const std::vector<std::string>& outputs,
                                        const SessionConfig& config) const {
   const GraphInfo& g = art_.graph(key);
-  return std::make_unique<Graph>(key, g.path, art_.read_verified(g.path, g.sha256), config, inputs, outputs);
+  auto graph = std::make_unique<Graph>(key, g.path, art_.read_verified(g.path, g.sha256), config, inputs, outputs);
+  check_io(g, *graph);
+  return graph;
+}
+
+// The graph's inputs and outputs are the manifest's: names, ranks, fixed dimensions (as
+// restr.runtime.runners.OrtRunner._check_io). The host sizes its buffers by the manifest, so a graph
+// that disagrees is refused here rather than misread later.
+void check_io(const GraphInfo& info, const Graph& graph) {
+  for (bool inputs : {true, false}) {
+    const std::vector<TensorSpec>& specs = inputs ? info.inputs : info.outputs;
+    if (specs.empty() && !inputs) continue;
+    std::vector<Graph::Tensor> have = graph.tensors(inputs);
+    bool ok = have.size() == specs.size();
+    for (const TensorSpec& s : specs) {
+      auto t = std::find_if(have.begin(), have.end(), [&](const Graph::Tensor& x) { return x.name == s.name; });
+      ok = ok && t != have.end() && t->shape.size() == s.shape.size();
+      for (size_t d = 0; ok && d < s.shape.size(); ++d) ok = s.shape[d] < 0 || t->shape[d] == s.shape[d];
+    }
+    if (!ok) {
+      std::string got, want;
+      for (const auto& t : have) got += (got.empty() ? "" : ", ") + ("'" + t.name + "': ") + t.shape_text;
+      for (const auto& s : specs) want += (want.empty() ? "" : ", ") + ("'" + s.name + "': ") + s.shape_text;
+      fail(RESTR_ARTIFACT_ERROR, info.path + ": graph " + (inputs ? "inputs" : "outputs") + " {" + got + "} do not match the manifest's {" + want + "}");
+    }
+  }
 }
 
 std::unique_ptr<Embedding> Predictor::embed(const uint8_t* rgb, int64_t height, int64_t width, int64_t stride) const {
@@ -75,6 +103,8 @@ std::unique_ptr<Embedding> Predictor::embed(const uint8_t* rgb, int64_t height, 
   if (width > kMaxImagePixels / height)
     fail(RESTR_IMAGE_ERROR, "image of " + std::to_string(width) + "x" + std::to_string(height) + " pixels is larger than the 64,000,000 allowed");
   if (stride < 3 * width) fail(RESTR_IMAGE_ERROR, "row stride " + std::to_string(stride) + " is below 3 * width = " + std::to_string(3 * width));
+  if (stride > PTRDIFF_MAX / height)  // the rows would span more than an address space: a wrong stride
+    fail(RESTR_IMAGE_ERROR, "row stride " + std::to_string(stride) + " is too large for " + std::to_string(height) + " rows");
   auto e = std::make_unique<Embedding>();
   e->height = height;
   e->width = width;

@@ -69,6 +69,32 @@ Graph::Graph(const std::string& name, const std::string& path, const std::string
   for (const auto& n : outputs_) output_names_.push_back(n.c_str());
 }
 
+std::vector<Graph::Tensor> Graph::tensors(bool inputs) const {
+  Ort::AllocatorWithDefaultOptions alloc;
+  std::vector<Tensor> out;
+  const size_t n = inputs ? session_->GetInputCount() : session_->GetOutputCount();
+  for (size_t i = 0; i < n; ++i) {
+    Tensor t;
+    t.name = (inputs ? session_->GetInputNameAllocated(i, alloc) : session_->GetOutputNameAllocated(i, alloc)).get();
+    Ort::TypeInfo type = inputs ? session_->GetInputTypeInfo(i) : session_->GetOutputTypeInfo(i);
+    if (type.GetONNXType() == ONNX_TYPE_TENSOR) {
+      auto info = type.GetTensorTypeAndShapeInfo();
+      t.shape = info.GetShape();
+      std::vector<const char*> symbols(t.shape.size(), nullptr);
+      info.GetSymbolicDimensions(symbols.data(), symbols.size());
+      for (size_t d = 0; d < t.shape.size(); ++d) {
+        std::string dim = t.shape[d] >= 0                      ? std::to_string(t.shape[d])
+                          : symbols[d] && *symbols[d] != '\0' ? "'" + std::string(symbols[d]) + "'"
+                                                                : "None";
+        t.shape_text += (d ? ", " : "") + dim;
+      }
+    }
+    t.shape_text = "[" + t.shape_text + "]";
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 std::vector<Ort::Value> Graph::run(const std::vector<Ort::Value>& inputs, double* ort_ms) const {
   auto t0 = std::chrono::steady_clock::now();
   try {

@@ -21,6 +21,14 @@ class Graph {
   // Run with inputs in the order given at construction; returns outputs in that order.
   // Adds the time inside Session::Run to *ort_ms.
   std::vector<Ort::Value> run(const std::vector<Ort::Value>& inputs, double* ort_ms) const;
+  // The graph's own inputs or outputs: name -> shape (-1 for a dynamic dimension), and that
+  // shape as Python's onnxruntime shows it (['batch', 3, 80, 80]).
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::string shape_text;
+  };
+  std::vector<Tensor> tensors(bool inputs) const;
 
  private:
   std::string name_;

@@ -77,6 +77,21 @@ static void bad_folders() {
   m["graphs"].erase("preprocess");
   write(fs::path(d) / "manifest.json", m.dump());
   EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "no 'preprocess' graph");
+  // a manifest edited to other sizes (consistent with itself, the graphs' checksums intact): the
+  // graphs' own shapes disagree, refused when opened (as restr.runtime's OrtRunner), not misread later
+  d = copy_export("resized");
+  m = json::parse(check::read(d + "/manifest.json"));
+  const int64_t s0 = m["image_size"], n0 = m["num_patches"], s1 = s0 + m["patch_size"].get<int64_t>(), n1 = (s1 / m["patch_size"].get<int64_t>()) * (s1 / m["patch_size"].get<int64_t>());
+  m["image_size"] = s1;
+  m["num_patches"] = n1;
+  for (auto& g : m["graphs"])
+    for (auto* list : {&g["inputs"], &g["outputs"]})
+      for (auto& t : *list)
+        for (auto& dim : t["shape"])
+          if (dim == s0) dim = s1;
+          else if (dim == n0) dim = n1;
+  write(fs::path(d) / "manifest.json", m.dump());
+  EXPECT(open(d, &p), RESTR_ARTIFACT_ERROR, "do not match the manifest");
   CHECK(p == nullptr);
 }
 
@@ -117,6 +132,8 @@ static void bad_calls(restr_predictor* p) {
   EXPECT(restr_embed(p, rgb.data(), 100000, 100000, 300000, &e), RESTR_IMAGE_ERROR, "larger than the 64,000,000 allowed");
   EXPECT(restr_embed(p, rgb.data(), INT64_MAX, INT64_MAX, INT64_MAX, &e), RESTR_IMAGE_ERROR, "larger than");
   EXPECT(restr_embed(p, rgb.data(), 48, 64, 100, &e), RESTR_IMAGE_ERROR, "row stride 100 is below");
+  // a stride whose rows cannot all be addressed (height * stride overflows): refused, not read
+  EXPECT(restr_embed(p, rgb.data(), 48, 64, INT64_MAX / 2, &e), RESTR_IMAGE_ERROR, "row stride");
   CHECK(e == nullptr);
 
   CHECK(restr_embed(p, rgb.data(), 48, 64, 192, &e) == RESTR_OK);
@@ -136,6 +153,8 @@ static void bad_calls(restr_predictor* p) {
   EXPECT(restr_predict(p, e, utf8, 1, -1, 0, &r), RESTR_TEXT_ERROR, "not valid UTF-8");
   std::vector<const char*> many(257, "the dog");
   EXPECT(restr_predict(p, e, many.data(), many.size(), -1, 0, &r), RESTR_TEXT_ERROR, "257 expressions in one call; at most 256");
+  // a huge n (a caller's size bug) is refused before texts[1..] are read
+  EXPECT(restr_predict(p, e, ok, size_t(1) << 40, -1, 0, &r), RESTR_TEXT_ERROR, "1099511627776 expressions in one call");
   EXPECT(restr_predict(p, e, ok, 1, 1.5f, 0, &r), RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1");
   EXPECT(restr_predict(p, e, ok, 1, std::nanf(""), 0, &r), RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1");
   CHECK(r == nullptr);
