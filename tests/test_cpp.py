@@ -207,7 +207,25 @@ def _corrupt(tiny: Path, tmp: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case", ["missing folder", "tampered graph", "corrupt graph", "invalid manifest", "empty text", "huge image", "missing image"])
+def _resized(tiny: Path, tmp: Path) -> Path:
+    """The manifest edited to another image size, consistent with itself; the graphs (and their
+    checksums) untouched, so their own shapes disagree with it."""
+    d = tmp / "resized"
+    shutil.copytree(tiny, d)
+    m = json.loads((d / "manifest.json").read_text())
+    s0, n0, p = m["image_size"], m["num_patches"], m["patch_size"]
+    s1 = s0 + p
+    n1 = (s1 // p) ** 2
+    m["image_size"], m["num_patches"] = s1, n1
+    for g in m["graphs"].values():
+        for t in g["inputs"] + g["outputs"]:
+            t["shape"] = [s1 if x == s0 else n1 if x == n0 else x for x in t["shape"]]
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing folder", "tampered graph", "corrupt graph", "invalid manifest", "resized manifest", "empty text",
+                                  "quoted empty text", "huge image", "missing image"])
 def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, case):
     image = tmp_path / "photo.png"
     photo(64, 48).save(image)
@@ -220,8 +238,12 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
         folder = _corrupt(tiny, tmp_path)
     elif case == "invalid manifest":
         folder = _invalid(tiny, tmp_path)
+    elif case == "resized manifest":
+        folder = _resized(tiny, tmp_path)
     elif case == "empty text":
         text = " ?! "
+    elif case == "quoted empty text":  # repr's quotes and escapes, as Python writes them
+        text = " '?'\t! "
     elif case == "huge image":
         _huge_png(image, 9000, 9000)
     else:
@@ -237,6 +259,19 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
         cpp_msg, py_msg = cpp_msg.split(" (")[0], py_msg.split(" (")[0]
     assert cpp_msg == py_msg
     assert not (tmp_path / "cpp").exists()
+
+
+def test_warnings_quote_expressions_as_restr_predict_does(build, tiny, tmp_path):
+    """The no-known-words warning quotes the expression as Python's repr: double quotes around one
+    holding an apostrophe, escapes for a tab."""
+    image = tmp_path / "photo.png"
+    photo(64, 48).save(image)
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "qux's zebra", "--text", 'a "blorp"\tthing', "--text", "the dog"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    assert "(\"qux's zebra\")" in py.stderr
+    assert cpp.stderr == py.stderr
 
 
 @pytest.mark.parametrize("apart", [False, True])

@@ -154,8 +154,12 @@ Artifacts Artifacts::open(const std::string& folder) {
     GraphInfo info{it.key(), folder + "/" + g["file"].get<std::string>(), g["sha256"].get<std::string>(), {}, {}};
     for (auto [list, specs] : {std::pair{&g["inputs"], &info.inputs}, std::pair{&g["outputs"], &info.outputs}})
       for (const auto& t : *list) {
-        TensorSpec spec{t["name"].get<std::string>(), {}, pyrepr(t["shape"])};
-        for (const auto& d : t["shape"]) spec.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
+        TensorSpec spec{t["name"].get<std::string>(), {}, ""};
+        for (const auto& d : t["shape"]) {
+          spec.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
+          spec.shape_text += (spec.shape.size() > 1 ? ", " : "") + pyrepr(d);
+        }
+        spec.shape_text = "(" + spec.shape_text + (spec.shape.size() == 1 ? ",)" : ")");  // a Python tuple, as TensorSpec.shape
         specs->push_back(std::move(spec));
       }
     a.graphs[it.key()] = std::move(info);

@@ -15,7 +15,7 @@ namespace restr_impl {
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
-  std::string shape_text;  // as the manifest writes it: ['batch', 3, 80, 80]
+  std::string shape_text;  // as Python's TensorSpec.shape shows it: ('batch', 3, 80, 80)
 };
 
 struct GraphInfo {

@@ -30,8 +30,6 @@ std::string graph_key(const std::string& graph, const std::string& precision) {
   return precision == "fp32" ? graph : graph + "_" + precision;
 }
 
-std::string quoted(const std::string& s) { return "'" + (s.size() > 60 ? s.substr(0, 60) + "..." : s) + "'"; }
-
 }  // namespace
 
 void check_io(const GraphInfo& info, const Graph& graph);
@@ -55,15 +53,15 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
   bool split = art_.has(graph_key("vision", p)) && art_.has(graph_key("language", p)) && art_.has(graph_key("fusion_decoder", p));
   mode_ = !split && art_.has(graph_key("end_to_end", p)) ? "end_to_end" : "split";
   const SessionConfig& c = options.session;
-  pre_ = load("preprocess", {"rgb"}, {"image", "letterbox"}, c);
-  post_ = load("postprocess", {"pixel_probs", "letterbox", "threshold"}, {"probs", "mask", "score", "area"}, c);
-  if (mode_ == "split") {
+  if (mode_ == "split") {  // the model graphs first, then the processing graphs: restr.runtime's order (its errors name the same graph)
     vision_ = load(graph_key("vision", p), {"image"}, {"visual_features"}, c);
     language_ = load(graph_key("language", p), {"words", "pad_mask"}, {"linguistic_features"}, c);
     fusion_ = load(graph_key("fusion_decoder", p), {"visual_features", "linguistic_features", "pad_mask"}, {"pixel_probs", "patch_probs"}, c);
   } else {
     end_to_end_ = load(graph_key("end_to_end", p), {"image", "words", "pad_mask"}, {"pixel_probs", "patch_probs"}, c);
   }
+  pre_ = load("preprocess", {"rgb"}, {"image", "letterbox"}, c);
+  post_ = load("postprocess", {"pixel_probs", "letterbox", "threshold"}, {"probs", "mask", "score", "area"}, c);
 }
 
 std::unique_ptr<Graph> Predictor::load(const std::string& key, const std::vector<std::string>& inputs, const std::vector<std::string>& outputs,
@@ -152,7 +150,7 @@ std::unique_ptr<Result> Predictor::predict(const Embedding& emb, const std::vect
   const float thr = threshold < 0 ? threshold_ : check_threshold(threshold);
   Encoded enc = vocab_.encode(texts, art_.max_words);
   for (size_t i = 0; i < texts.size(); ++i)
-    if (enc.split[i].empty()) fail(RESTR_TEXT_ERROR, "expression " + std::to_string(i + 1) + " (" + quoted(texts[i]) + ") is empty: it has no words");
+    if (enc.split[i].empty()) fail(RESTR_TEXT_ERROR, "expression " + std::to_string(i + 1) + " (" + py_repr(texts[i]) + ") is empty: it has no words");
   const int64_t K = int64_t(texts.size()), L = art_.max_words, S = art_.image_size, N = art_.num_patches;
   auto r = std::make_unique<Result>();
   r->timings = emb.timings;

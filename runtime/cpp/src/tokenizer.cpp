@@ -4,6 +4,7 @@
 #include <unicode/ustring.h>
 #include <unicode/utf16.h>
 
+#include <cstdio>
 #include <unordered_set>
 
 #include "error.hpp"
@@ -103,6 +104,43 @@ std::vector<std::string> split_words(const std::string& text) {
   }
   if (start >= 0) words.push_back(to_utf8(t.data() + start, n - start));
   return words;
+}
+
+std::string py_repr(const std::string& text) {
+  std::u16string s = to_utf16(text);
+  const bool has_single = s.find(u'\'') != std::u16string::npos, has_double = s.find(u'"') != std::u16string::npos;
+  const char quote = has_single && !has_double ? '"' : '\'';
+  std::string out(1, quote);
+  int32_t i = 0, n = int32_t(s.size());
+  while (i < n) {
+    const int32_t here = i;
+    UChar32 c;
+    U16_NEXT(s.data(), i, n, c);
+    char buf[16];
+    if (c == quote || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c == '\t' || c == '\n' || c == '\r') {
+      out += c == '\t' ? "\\t" : c == '\n' ? "\\n" : "\\r";
+    } else if (c < 0x20 || c == 0x7f) {
+      std::snprintf(buf, sizeof buf, "\\x%02x", unsigned(c));
+      out += buf;
+    } else if (c < 0x7f) {
+      out += char(c);
+    } else {
+      // Python's str.isprintable: not Cc, Cf, Cs, Co, Cn, Zl, Zp, nor Zs (other than ' ')
+      switch (u_charType(c)) {
+        case U_CONTROL_CHAR: case U_FORMAT_CHAR: case U_SURROGATE: case U_PRIVATE_USE_CHAR: case U_UNASSIGNED:
+        case U_LINE_SEPARATOR: case U_PARAGRAPH_SEPARATOR: case U_SPACE_SEPARATOR:
+          std::snprintf(buf, sizeof buf, c <= 0xff ? "\\x%02x" : c <= 0xffff ? "\\u%04x" : "\\U%08x", unsigned(c));
+          out += buf;
+          break;
+        default:
+          out += to_utf8(s.data() + here, i - here);
+      }
+    }
+  }
+  return out + quote;
 }
 
 bool is_function_word(const std::string& word) {

@@ -213,7 +213,7 @@ int run(const Args& a) {
   check_outputs(a);
   for (size_t i = 0; i < a.texts.size(); ++i)  // before any work, as restr-predict
     if (restr_impl::split_words(a.texts[i]).empty())
-      throw UsageError("expression " + std::to_string(i + 1) + " ('" + a.texts[i] + "') is empty: it has no words");
+      throw UsageError("expression " + std::to_string(i + 1) + " (" + restr_impl::py_repr(a.texts[i]) + ") is empty: it has no words");
   auto t0 = std::chrono::steady_clock::now();
   std::string provider;
   restr::Predictor predictor = open(a, &provider);
@@ -238,7 +238,7 @@ int run(const Args& a) {
       std::cerr << "\n";
     }
     if (p.no_known_words)
-      std::cerr << "warning: expression " << i + 1 << " ('" << p.text << "'): the model knows none of its content words, so its mask is a guess (--list-words prints the words it knows)\n";
+      std::cerr << "warning: expression " << i + 1 << " (" << restr_impl::py_repr(p.text) << "): the model knows none of its content words, so its mask is a guess (--list-words prints the words it knows)\n";
   }
   const restr::Timings t = res.timings();
   const std::string mode = predictor.mode();
