@@ -36,6 +36,10 @@ else
 fi
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/auto" --providers auto --threads 1
 grep -q "\"$want\"" "$S/auto/summary.json" || no "--providers auto: the summary does not name $want"
+# a file name that is not UTF-8 (Linux paths are bytes): the summary still gets written
+cp "$IMG" "$S/caf$(printf '\377').png"
+expect 0 "" --artifacts "$EXPORT" --image "$S/caf$(printf '\377').png" --text "dog" --out "$S/latin1" --threads 1
+grep -q '"path": ".*caf' "$S/latin1/summary.json" 2> /dev/null || no "non-UTF-8 image path: no summary.json naming it"
 expect 2 "the folder holds files" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out"
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out" --force
 for f in 2_the-man-on-the-left.png 1_the-red-dog_overlay.png sheet.png; do [ ! -e "$S/out/$f" ] || no "--force left the previous run's $f"; done

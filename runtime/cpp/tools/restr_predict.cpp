@@ -142,6 +142,10 @@ double shortest(float f) {
   return double(f);
 }
 
+// summary.json's text. A path is bytes on Linux and need not be UTF-8 (restr-predict writes such
+// bytes as \udcXX escapes): invalid UTF-8 becomes U+FFFD instead of an exception (exit 3).
+std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace); }
+
 double round6(double x) { return std::nearbyint(x * 1e6) / 1e6; }
 double round3(double x) { return std::nearbyint(x * 1e3) / 1e3; }
 
@@ -302,7 +306,7 @@ int run(const Args& a) {
       restr_cli::write_png(tmp / "sheet.png", s.rgb.data(), s.width, s.height, 3);
       files.push_back("sheet.png");
     }
-    std::ofstream(tmp / "summary.json") << summary.dump(2) << "\n";
+    std::ofstream(tmp / "summary.json") << dump(summary) << "\n";
     remove_previous(out);
     files.push_back("summary.json");  // last: its presence means the rest is complete
     for (const auto& f : files) fs::rename(tmp / f, out / f);
@@ -312,9 +316,9 @@ int run(const Args& a) {
     throw;
   }
   fs::remove_all(tmp);
-  if (a.has_json && a.json_path != "-") std::ofstream(a.json_path) << summary.dump(2) << "\n";
+  if (a.has_json && a.json_path != "-") std::ofstream(a.json_path) << dump(summary) << "\n";
   if (a.has_json && a.json_path == "-") {
-    std::cout << summary.dump(2) << "\n";
+    std::cout << dump(summary) << "\n";
     return 0;
   }
   std::printf("%s (ort, %s) on %s (%dx%d), threshold %g\n", predictor.model_name().c_str(), mode.c_str(), a.image.c_str(), image.width,
