@@ -296,3 +296,29 @@ def test_library_takes_any_onnx_runtime_release_at_run_time(build):
     assert "OrtGetApiBase" in undefined, [s for s in undefined if "Ort" in s]
     needed = _run(["readelf", "-d", str(lib)]).stdout
     assert "[libonnxruntime.so.1]" in needed
+
+
+def test_an_onnx_runtime_older_than_the_headers_is_a_status_not_a_crash(build, tiny, tmp_path):
+    """A libonnxruntime.so.1 whose GetApi refuses the headers' API version (an older release) leaves the
+    C++ API's table null: restr_predictor_open says so (RESTR_RUNTIME_ERROR) instead of crashing."""
+    src = tmp_path / "old_ort.c"
+    src.write_text(
+        "#include <stddef.h>\n"
+        "typedef struct { const void *(*GetApi)(unsigned); const char *(*GetVersionString)(void); } Base;\n"
+        "static const void *get_api(unsigned v) { (void)v; return NULL; }\n"
+        "static const char *version(void) { return \"1.16.3\"; }\n"
+        "static const Base base = {get_api, version};\n"
+        "const Base *OrtGetApiBase(void) { return &base; }\n")
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "libonnxruntime.so.1"), str(src)], check=True)
+    code = (
+        "import ctypes\n"
+        f"lib = ctypes.CDLL({str(build / 'librestr_runtime.so')!r})\n"
+        "lib.restr_last_error.restype = ctypes.c_char_p\n"
+        "p = ctypes.c_void_p()\n"
+        f"s = lib.restr_predictor_open({str(tiny)!r}.encode(), None, ctypes.byref(p))\n"
+        "print(s, lib.restr_last_error().decode())\n")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout.startswith("5 ") and "1.16.3" in r.stdout and "too old" in r.stdout, r.stdout

@@ -16,6 +16,16 @@ Ort::Env& env() {
   return *e;
 }
 
+// The C++ API's table of functions, taken when the library loads (GetApi(ORT_API_VERSION)): null
+// when the libonnxruntime.so.1 found at run time is older than the headers this was built with.
+// Every Ort:: call would then dereference it; a status instead.
+void check_api() {
+  if (Ort::Global<void>::api_) return;
+  const char* version = OrtGetApiBase()->GetVersionString();
+  fail(RESTR_RUNTIME_ERROR, std::string("the ONNX Runtime library loaded (") + (version ? version : "unknown version") +
+                                ") is too old: restr_runtime needs ONNX Runtime 1." + std::to_string(ORT_API_VERSION) + " or newer");
+}
+
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 void append_cuda(Ort::SessionOptions& opts, int device_id) {
@@ -35,6 +45,7 @@ void append_cuda(Ort::SessionOptions& opts, int device_id) {
 Graph::Graph(const std::string& name, const std::string& path, const std::string& bytes, const SessionConfig& config,
              const std::vector<std::string>& inputs, const std::vector<std::string>& outputs)
     : name_(name), inputs_(inputs), outputs_(outputs) {
+  check_api();
   Ort::SessionOptions opts;
   opts.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
   opts.SetLogSeverityLevel(3);

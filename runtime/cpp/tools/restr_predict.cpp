@@ -248,7 +248,8 @@ int run(const Args& a) {
   const std::string mode = predictor.mode();
   json runners = json::object();
   for (const char* g : mode == "split" ? std::vector<const char*>{"vision", "language", "fusion_decoder"} : std::vector<const char*>{"end_to_end"})
-    runners[g] = json::array({provider == "cpu" ? "CPUExecutionProvider" : "CUDAExecutionProvider"});
+    runners[g] = provider == "cpu" ? json::array({"CPUExecutionProvider"})  // restr-predict's lists: CPU always last
+                                   : json::array({"CUDAExecutionProvider", "CPUExecutionProvider"});
   json exprs = json::array();
   for (size_t i = 0; i < k; ++i) {
     restr::Prediction p = res[i];
