@@ -40,6 +40,10 @@ grep -q "\"$want\"" "$S/auto/summary.json" || no "--providers auto: the summary 
 cp "$IMG" "$S/caf$(printf '\377').png"
 expect 0 "" --artifacts "$EXPORT" --image "$S/caf$(printf '\377').png" --text "dog" --out "$S/latin1" --threads 1
 grep -q '"path": ".*caf' "$S/latin1/summary.json" 2> /dev/null || no "non-UTF-8 image path: no summary.json naming it"
+# --json FILE: its folder is made (as restr-predict); a folder given as FILE is refused before any work
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/j1" --json "$S/new/deeper/s.json" --threads 1
+[ -s "$S/new/deeper/s.json" ] || no "--json into a folder still to be made: not written"
+expect 2 "is a folder, expected a file name" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --json "$S"
 expect 2 "the folder holds files" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out"
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out" --force
 for f in 2_the-man-on-the-left.png 1_the-red-dog_overlay.png sheet.png; do [ ! -e "$S/out/$f" ] || no "--force left the previous run's $f"; done

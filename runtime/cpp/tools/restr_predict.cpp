@@ -157,9 +157,35 @@ void check_outputs(const Args& a) {
   if (access(probe.c_str(), W_OK) != 0) throw UsageError("--out: " + probe.string() + " is not writable");
   if (fs::is_directory(out) && !fs::is_empty(out) && !a.force)
     throw UsageError("--out " + a.out + ": the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder");
-  if (a.has_json && a.json_path != "-") {
+  if (a.has_json && a.json_path != "-") {  // as restr-predict: not a folder; its folder may be made later
+    if (fs::is_directory(a.json_path)) throw UsageError("--json " + a.json_path + ": is a folder, expected a file name");
     fs::path parent = fs::absolute(a.json_path).parent_path();
-    if (!fs::is_directory(parent) || access(parent.c_str(), W_OK) != 0) throw UsageError("--json: " + parent.string() + " is not a writable folder");
+    while (!fs::exists(parent) && parent != parent.parent_path()) parent = parent.parent_path();
+    if (!fs::is_directory(parent) || access(parent.c_str(), W_OK) != 0) throw UsageError("--json " + a.json_path + ": cannot write in " + parent.string());
+  }
+}
+
+// `text` into `path`, checked: a full disk or an unwritable path is an error (exit 2), not a silent
+// exit 0 with a missing or truncated file.
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+  f.close();
+  if (!f) throw restr_cli::FileError(path.string() + ": cannot be written");
+}
+
+// --json FILE as restr-predict writes it: its folder created, the file replaced whole (a temporary beside it, renamed).
+void write_json_file(const fs::path& path, const std::string& text) {
+  if (path.has_parent_path()) fs::create_directories(path.parent_path());
+  fs::path tmp = path;
+  tmp += ".tmp-" + std::to_string(getpid());
+  try {
+    write_text(tmp, text);
+    fs::rename(tmp, path);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw;
   }
 }
 
@@ -307,7 +333,7 @@ int run(const Args& a) {
       restr_cli::write_png(tmp / "sheet.png", s.rgb.data(), s.width, s.height, 3);
       files.push_back("sheet.png");
     }
-    std::ofstream(tmp / "summary.json") << dump(summary) << "\n";
+    write_text(tmp / "summary.json", dump(summary) + "\n");
     remove_previous(out);
     files.push_back("summary.json");  // last: its presence means the rest is complete
     for (const auto& f : files) fs::rename(tmp / f, out / f);
@@ -317,7 +343,7 @@ int run(const Args& a) {
     throw;
   }
   fs::remove_all(tmp);
-  if (a.has_json && a.json_path != "-") std::ofstream(a.json_path) << dump(summary) << "\n";
+  if (a.has_json && a.json_path != "-") write_json_file(a.json_path, dump(summary) + "\n");
   if (a.has_json && a.json_path == "-") {
     std::cout << dump(summary) << "\n";
     return 0;
