@@ -24,6 +24,11 @@ IMG="$GOLDEN/images/photo1.png"
 expect 0 "" --help
 expect 0 "" --artifacts "$EXPORT" --list-words
 grep -qx "dog" "$S/stdout" || no "--list-words does not list 'dog'"
+# --list-words reads the vocabulary only (restr-predict loads no graph): a broken graph, or graphs of
+# another precision, do not stop it
+cp -r "$EXPORT" "$S/broken" && printf 'x' >> "$S/broken/vision.onnx"
+expect 0 "" --artifacts "$S/broken" --list-words --precision fp16
+grep -qx "dog" "$S/stdout" || no "--list-words on an export with a broken graph does not list 'dog'"
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "the red dog" --text "the man on the left" --out "$S/out" --overlay --sheet --threads 1
 for f in 1_the-red-dog.png 1_the-red-dog_overlay.png 2_the-man-on-the-left.png sheet.png summary.json; do [ -s "$S/out/$f" ] || no "missing output $f"; done
 # CUDA through ONNX Runtime's CUDA_V2 API: a one-line error with the CPU wheel's library; with a GPU

@@ -16,9 +16,10 @@
 #include <nlohmann/json.hpp>
 #include <restr/restr_runtime.hpp>
 
+#include "artifacts.hpp"  // --list-words reads the manifest and vocabulary only, as restr-predict
+#include "error.hpp"
 #include "image_io.hpp"
 #include "sheet.hpp"
-#include "error.hpp"
 #include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
 
 namespace fs = std::filesystem;
@@ -227,8 +228,11 @@ int run(const Args& a) {
   auto t_start = std::chrono::steady_clock::now();
   auto ms = [](auto t0) { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); };
   if (a.artifacts.empty()) throw UsageError("give --artifacts DIR");
-  if (a.list_words) {
-    for (const auto& w : open(a).words()) std::cout << w << "\n";
+  if (a.list_words) {  // the manifest and the vocabulary (checked), no graph loaded: as restr-predict
+    const restr_impl::Artifacts art = restr_impl::Artifacts::open(a.artifacts);
+    const restr_impl::Vocabulary vocab =
+        restr_impl::Vocabulary::parse(art.read_verified(art.vocab_path, art.vocab_sha256), art.vocab_path);
+    for (size_t i = 2; i < vocab.size(); ++i) std::cout << vocab.word(i) << "\n";
     return 0;
   }
   std::vector<std::string> missing;
