@@ -84,6 +84,7 @@ restr_status restr_predictor_open(const char* folder, const restr_options* optio
     const restr_options& o = options ? *options : defaults;
     restr_impl::Options opts;
     opts.session.provider = o.provider ? o.provider : "cpu";
+    if (o.device_id < 0) restr_impl::fail(RESTR_INVALID_ARGUMENT, "device_id must be >= 0, got " + std::to_string(o.device_id));
     opts.session.device_id = o.device_id;
     if (o.threads < 0) restr_impl::fail(RESTR_INVALID_ARGUMENT, "threads must be >= 0");
     opts.session.threads = o.threads;

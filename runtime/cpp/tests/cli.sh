@@ -60,6 +60,7 @@ expect 2 "is empty: it has no words" --artifacts "$EXPORT" --image "$IMG" --text
 expect 2 "not valid UTF-8" --artifacts "$EXPORT" --image "$IMG" --text "$(printf 'the \377 dog')" --out "$S/o2"
 expect 2 "No such option: --txt" --artifacts "$EXPORT" --image "$IMG" --txt "dog" --out "$S/o2"
 expect 2 "Missing option '--text'" --artifacts "$EXPORT" --image "$IMG" --out "$S/o2"
+expect 2 "Invalid value for '--threads'" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --threads 1e20
 expect 2 "not in the range" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --threshold 2
 expect 2 "runs ONNX Runtime only" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --backend tensorrt
 [ ! -e "$S/o2" ] || no "a failed run left $S/o2 behind"

@@ -111,6 +111,10 @@ static void bad_options() {
   o.threads = -1;
   EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "threads must be >= 0");
   restr_options_init(&o);
+  o.provider = "cuda";
+  o.device_id = -1;  // a bad option, not "CUDA unavailable" (nor ONNX Runtime's own words)
+  EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "device_id must be >= 0");
+  restr_options_init(&o);
   o.precision = "fp16";  // the test export has FP32 graphs only
   EXPECT(open(export_dir, &p, &o), RESTR_ARTIFACT_ERROR, "no 'vision_fp16' graph");
   // CUDA through the C API's CUDA_V2 call: with the CPU wheel's library, a clear runtime error.

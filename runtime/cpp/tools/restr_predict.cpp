@@ -108,7 +108,7 @@ Args parse(int argc, char** argv) {
     else if (arg == "--json") a.json_path = value, a.has_json = true;
     else if (arg == "--threads") {
       double t = number(arg, value);
-      if (t < 0 || t != std::floor(t)) throw UsageError("Invalid value for '--threads': " + value + " is not a whole number >= 0");
+      if (!(t >= 0 && t <= 1024) || t != std::floor(t)) throw UsageError("Invalid value for '--threads': " + value + " is not a whole number from 0 to 1024");
       a.threads = int(t);
     } else {
       double t = number(arg, value);
