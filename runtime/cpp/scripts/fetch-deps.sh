@@ -26,4 +26,9 @@ LIB=$(ls "$LIBDIR"/libonnxruntime.so.* 2>/dev/null | head -n 1)
 mkdir -p "$D/lib"
 ln -sf "$LIB" "$D/lib/libonnxruntime.so"
 ln -sf "$LIB" "$D/lib/$(basename "$LIB" | sed 's/\(\.so\.[0-9]*\).*/\1/')"
+# the execution-provider libraries (CUDA, TensorRT and the shared bridge): ONNX Runtime looks for them
+# beside the libonnxruntime.so.1 it was loaded as, which is this link
+for p in "$LIBDIR"/libonnxruntime_providers_*.so; do
+  if [ -e "$p" ]; then ln -sf "$p" "$D/lib/$(basename "$p")"; fi
+done
 echo "$D/root/usr/include/onnxruntime"

@@ -2,11 +2,19 @@
 # The examples built against the *installed* package: `cmake --install` into a scratch prefix, then
 # embed.cpp through find_package(restr_runtime) (shared) and embed.c through it (static) and through
 # pkg-config (shared); each runs on the test export when one is given.
-#   examples.sh BUILD_DIR EXAMPLES_DIR SCRATCH [EXPORT_DIR]
+#   examples.sh BUILD_DIR EXAMPLES_DIR SCRATCH [EXPORT_DIR [GOLDEN_DIR [ORT_LIBRARY]]]
 set -eu
-BUILD=$1 EXAMPLES=$2 SCRATCH=$3 EXPORT=${4:-}
+BUILD=$1 EXAMPLES=$2 SCRATCH=$3 EXPORT=${4:-} ORT=${6:-}
 rm -rf "$SCRATCH" && mkdir -p "$SCRATCH"
 cmake --install "$BUILD" --prefix "$SCRATCH/prefix" > /dev/null
+# ONNX Runtime loads its provider libraries (CUDA, TensorRT, through libonnxruntime_providers_shared.so)
+# from the folder of the libonnxruntime.so.1 it was loaded as: they must be installed beside it
+if [ -n "$ORT" ]; then
+  for p in "$(dirname "$(readlink -f "$ORT")")"/libonnxruntime_providers_*.so; do
+    [ -e "$p" ] || continue
+    [ -e "$SCRATCH/prefix/lib/$(basename "$p")" ] || { echo "examples: $(basename "$p") is not installed beside libonnxruntime.so.1" >&2; exit 1; }
+  done
+fi
 cmake -S "$EXAMPLES" -B "$SCRATCH/build" -DCMAKE_PREFIX_PATH="$SCRATCH/prefix" > /dev/null
 cmake --build "$SCRATCH/build" -j2 > /dev/null
 export PKG_CONFIG_PATH="$SCRATCH/prefix/lib/pkgconfig"
