@@ -130,7 +130,9 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     image = tmp_path / "photo.png"
     photo(120, 90, seed=5).save(image)
     texts = [*TEXTS, "a—b İstanbul naïve x²"]  # slugs from the tokenizer's words: a-b-i-stanbul-nave-x
-    args = ["--artifacts", str(tiny), "--image", str(image), *[a for t in texts for a in ("--text", t)], "--overlay", "--sheet", "--threshold", "0.53"]
+    # paths as users type them (a trailing slash, a '.'): both summaries name them as pathlib does
+    args = ["--artifacts", f"{tiny}/", "--image", f"{image.parent}/./{image.name}", *[a for t in texts for a in ("--text", t)], "--overlay", "--sheet",
+            "--threshold", "0.53"]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
     py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
@@ -144,6 +146,7 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
         for f in (x["mask"], x["overlay"]):
             assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
     assert (a["model"], a["mode"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["image"]["width"], b["threshold"])
+    assert (a["artifacts"], a["image"]["path"]) == (b["artifacts"], b["image"]["path"]) == (str(tiny), str(image))
     assert cpp.stderr == py.stderr  # the same warnings: truncation, unknown words, no known words
     assert a["expressions"][-1]["mask"] == "8_a-b-i-stanbul-nave-x.png"
     assert a["sheet"] == b["sheet"] == "sheet.png"  # its layout is restr-predict's; the caption font is not
@@ -224,7 +227,7 @@ def _resized(tiny: Path, tmp: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case", ["missing folder", "tampered graph", "corrupt graph", "invalid manifest", "resized manifest", "empty text",
+@pytest.mark.parametrize("case", ["missing folder", "missing folder, trailing slash", "tampered graph", "corrupt graph", "invalid manifest", "resized manifest", "empty text",
                                   "quoted empty text", "huge image", "missing image"])
 def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, case):
     image = tmp_path / "photo.png"
@@ -232,6 +235,8 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
     folder, text = tiny, "the dog"
     if case == "missing folder":
         folder = tmp_path / "nowhere"
+    elif case == "missing folder, trailing slash":
+        folder = f"{tmp_path}/nowhere/"
     elif case == "tampered graph":
         folder = _tampered(tiny, tmp_path)
     elif case == "corrupt graph":

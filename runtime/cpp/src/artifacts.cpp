@@ -71,6 +71,20 @@ std::string first_line(const std::string& s) { return s.substr(0, std::min(s.fin
 
 }  // namespace
 
+std::string py_path(const std::string& path) {
+  std::string out = path.rfind("//", 0) == 0 && path.rfind("///", 0) != 0 ? "//" : path.rfind("/", 0) == 0 ? "/" : "";
+  const size_t root = out.size();
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    const std::string part = path.substr(i, j - i);
+    if (!part.empty() && part != ".") out += (out.size() > root ? "/" : "") + part;
+    i = j + 1;
+  }
+  return out.empty() ? "." : out;
+}
+
 std::string sha256_hex(const std::string& data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
@@ -121,10 +135,11 @@ std::string check_consistency(const json& m) {
   return "";
 }
 
-Artifacts Artifacts::open(const std::string& folder) {
+Artifacts Artifacts::open(const std::string& given) {
+  const std::string folder = py_path(given);  // as Python's Path(folder): "export/" and "export" read alike
   if (!is_dir(folder))
     fail(RESTR_ARTIFACT_ERROR, folder + ": " + (exists(folder) ? "not a folder" : "no such folder") + " (expected a restr export folder)");
-  const std::string path = folder + "/manifest.json";
+  const std::string path = py_path(folder + "/manifest.json");
   if (!exists(path)) fail(RESTR_ARTIFACT_ERROR, folder + ": no manifest.json (not a restr export folder; make one with restr-export)");
   json m;
   try {
@@ -151,7 +166,7 @@ Artifacts Artifacts::open(const std::string& folder) {
   if (m.contains("model") && m["model"].is_object() && m["model"].contains("name")) a.model_name = m["model"]["name"].get<std::string>();
   for (auto it = m["graphs"].begin(); it != m["graphs"].end(); ++it) {
     const json& g = it.value();
-    GraphInfo info{it.key(), folder + "/" + g["file"].get<std::string>(), g["sha256"].get<std::string>(), {}, {}};
+    GraphInfo info{it.key(), py_path(folder + "/" + g["file"].get<std::string>()), g["sha256"].get<std::string>(), {}, {}};
     for (auto [list, specs] : {std::pair{&g["inputs"], &info.inputs}, std::pair{&g["outputs"], &info.outputs}})
       for (const auto& t : *list) {
         TensorSpec spec{t["name"].get<std::string>(), {}, ""};
@@ -164,7 +179,7 @@ Artifacts Artifacts::open(const std::string& folder) {
       }
     a.graphs[it.key()] = std::move(info);
   }
-  a.vocab_path = folder + "/" + m["vocab"]["file"].get<std::string>();
+  a.vocab_path = py_path(folder + "/" + m["vocab"]["file"].get<std::string>());
   a.vocab_sha256 = m["vocab"].value("sha256", "");
   a.vocab_size = m["vocab"].value("size", int64_t(-1));
   return a;

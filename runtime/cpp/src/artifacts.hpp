@@ -42,6 +42,10 @@ struct Artifacts {
   std::string read_verified(const std::string& path, const std::string& sha256) const;
 };
 
+// A path as Python's str(pathlib.Path(path)) writes it ("export/" -> "export", "./a//b" -> "a/b",
+// "" -> "."): paths in messages and summaries read as restr.runtime's.
+std::string py_path(const std::string& path);
+
 // Hex SHA-256 (OpenSSL's EVP).
 std::string sha256_hex(const std::string& data);
 // What a schema cannot say (restr.runtime.artifacts.check_consistency), or "".

@@ -48,7 +48,7 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
     fail(RESTR_ARTIFACT_ERROR, art_.vocab_path + ": " + std::to_string(vocab_.size()) + " words, but the manifest says " +
                                    std::to_string(art_.vocab_size));
   for (const char* g : {"preprocess", "postprocess"})
-    if (!art_.has(g)) fail(RESTR_ARTIFACT_ERROR, folder + ": the export has no '" + std::string(g) + "' graph (re-export with a current restr-export)");
+    if (!art_.has(g)) fail(RESTR_ARTIFACT_ERROR, art_.root + ": the export has no '" + std::string(g) + "' graph (re-export with a current restr-export)");
   const std::string p = options.precision;
   bool split = art_.has(graph_key("vision", p)) && art_.has(graph_key("language", p)) && art_.has(graph_key("fusion_decoder", p));
   mode_ = !split && art_.has(graph_key("end_to_end", p)) ? "end_to_end" : "split";

@@ -294,8 +294,8 @@ int run(const Args& a) {
                      {"score", round6(p.score)}, {"patch_score", round6(p.patch_score)}, {"unknown_words", unknown},
                      {"no_known_words", bool(p.no_known_words)}, {"truncated", bool(p.truncated)}, {"timings_ms", timings}});
   }
-  json summary = {{"artifacts", a.artifacts}, {"model", predictor.model_name()}, {"backend", "ort"}, {"runners", runners}, {"mode", mode},
-                  {"image", {{"path", a.image}, {"width", image.width}, {"height", image.height}}}, {"threshold", predictor.threshold()},
+  json summary = {{"artifacts", restr_impl::py_path(a.artifacts)}, {"model", predictor.model_name()}, {"backend", "ort"}, {"runners", runners}, {"mode", mode},
+                  {"image", {{"path", restr_impl::py_path(a.image)}, {"width", image.width}, {"height", image.height}}}, {"threshold", predictor.threshold()},
                   {"expressions", exprs},
                   {"timings_ms", {{"load", round3(load_ms)}, {"preprocess", round3(decode_ms + t.preprocess)}, {"vision", round3(t.vision)},
                                   {"language_fusion_per_expression", round3((t.language + t.fusion_decoder) / k)},
