@@ -227,7 +227,7 @@ def _resized(tiny: Path, tmp: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case", ["missing folder", "missing folder, trailing slash", "tampered graph", "corrupt graph", "invalid manifest", "resized manifest", "empty text",
+@pytest.mark.parametrize("case", ["missing folder", "missing folder, trailing slash", "tampered graph", "tampered vocabulary", "corrupt graph", "invalid manifest", "resized manifest", "empty text",
                                   "quoted empty text", "huge image", "missing image"])
 def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, case):
     image = tmp_path / "photo.png"
@@ -239,6 +239,11 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
         folder = f"{tmp_path}/nowhere/"
     elif case == "tampered graph":
         folder = _tampered(tiny, tmp_path)
+    elif case == "tampered vocabulary":
+        folder = tmp_path / "vocab"
+        shutil.copytree(tiny, folder)
+        with open(folder / "vocab.txt", "a") as f:
+            f.write("zebra\n")
     elif case == "corrupt graph":
         folder = _corrupt(tiny, tmp_path)
     elif case == "invalid manifest":

@@ -195,6 +195,13 @@ const GraphInfo& Artifacts::graph(const std::string& key) const {
   return it->second;
 }
 
+std::string Artifacts::read_vocab() const {
+  std::string data = read_file(vocab_path);
+  if (!vocab_sha256.empty() && sha256_hex(data) != vocab_sha256)
+    fail(RESTR_ARTIFACT_ERROR, vocab_path + ": sha256 does not match the manifest (the file is corrupt or was changed after export)");
+  return data;
+}
+
 std::string Artifacts::read_verified(const std::string& path, const std::string& sha256) const {
   std::string data = read_file(path);
   std::string digest = sha256_hex(data);

@@ -40,6 +40,8 @@ struct Artifacts {
   const GraphInfo& graph(const std::string& key) const;
   // The file's bytes, checked against `sha256` (hex; "" = none stated) as read.
   std::string read_verified(const std::string& path, const std::string& sha256) const;
+  // vocab.txt's bytes, checked against the manifest's sha256 (if stated), with restr.runtime's message.
+  std::string read_vocab() const;
 };
 
 // A path as Python's str(pathlib.Path(path)) writes it ("export/" -> "export", "./a//b" -> "a/b",
