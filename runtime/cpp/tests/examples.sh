@@ -17,11 +17,27 @@ if [ -n "$ORT" ]; then
 fi
 cmake -S "$EXAMPLES" -B "$SCRATCH/build" -DCMAKE_PREFIX_PATH="$SCRATCH/prefix" > /dev/null
 cmake --build "$SCRATCH/build" -j2 > /dev/null
+# A program on the shared library needs no ICU or OpenSSL development files (they are the static
+# library's link interface only): find_package without them (as on a machine lacking libicu-dev and
+# libssl-dev) still gives restr_runtime::restr_runtime.
+mkdir -p "$SCRATCH/shared_only"
+cat > "$SCRATCH/shared_only/CMakeLists.txt" << EOF
+cmake_minimum_required(VERSION 3.25)
+project(shared_only LANGUAGES CXX)
+find_package(restr_runtime 0.1 REQUIRED)
+add_executable(embed_shared_only "$EXAMPLES/embed.cpp")
+target_compile_features(embed_shared_only PRIVATE cxx_std_17)
+target_link_libraries(embed_shared_only PRIVATE restr_runtime::restr_runtime)
+EOF
+cmake -S "$SCRATCH/shared_only" -B "$SCRATCH/shared_only/build" -DCMAKE_PREFIX_PATH="$SCRATCH/prefix" \
+  -DCMAKE_DISABLE_FIND_PACKAGE_ICU=TRUE -DCMAKE_DISABLE_FIND_PACKAGE_OpenSSL=TRUE > "$SCRATCH/shared_only.log" 2>&1 ||
+  { echo "examples: find_package(restr_runtime) without ICU/OpenSSL development files failed:" >&2; cat "$SCRATCH/shared_only.log" >&2; exit 1; }
+cmake --build "$SCRATCH/shared_only/build" > /dev/null
 export PKG_CONFIG_PATH="$SCRATCH/prefix/lib/pkgconfig"
 # shellcheck disable=SC2046
 cc -std=c99 -Wall -Werror -o "$SCRATCH/embed_c" "$EXAMPLES/embed.c" $(pkg-config --cflags --libs restr_runtime)
 [ -n "$EXPORT" ] || { echo "examples: built (no export given: not run)"; exit 0; }
-for exe in "$SCRATCH/build/embed_cpp" "$SCRATCH/build/embed_c_static" "$SCRATCH/embed_c"; do
+for exe in "$SCRATCH/build/embed_cpp" "$SCRATCH/build/embed_c_static" "$SCRATCH/embed_c" "$SCRATCH/shared_only/build/embed_shared_only"; do
   out=$("$exe" "$EXPORT")
   echo "$out" | grep -q "^the red car: area [0-9]*, score " || { echo "examples: $exe printed: $out" >&2; exit 1; }
 done
