@@ -60,6 +60,11 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
   } else {
     end_to_end_ = load(graph_key("end_to_end", p), {"image", "words", "pad_mask"}, {"pixel_probs", "patch_probs"}, c);
   }
+  const int64_t S = art_.image_size;
+  features_shape_ = {1, 3, S, S};
+  if (mode_ == "split")  // the vision graph's visual_features at batch 1 (its other dimensions are fixed: check_io)
+    for (const TensorSpec& t : art_.graph(graph_key("vision", p)).outputs)
+      if (t.name == "visual_features") features_shape_ = t.shape, features_shape_[0] = 1;
   pre_ = load("preprocess", {"rgb"}, {"image", "letterbox"}, c);
   post_ = load("postprocess", {"pixel_probs", "letterbox", "threshold"}, {"probs", "mask", "score", "area"}, c);
 }
@@ -148,6 +153,15 @@ std::unique_ptr<Result> Predictor::predict(const Embedding& emb, const std::vect
   auto t0 = Clock::now();
   check_texts(texts);
   const float thr = threshold < 0 ? threshold_ : check_threshold(threshold);
+  if (emb.shape != features_shape_) {  // another export's or mode's: its data would be read as something else
+    auto text = [](const std::vector<int64_t>& v) {
+      std::string s;
+      for (int64_t d : v) s += (s.empty() ? "" : ", ") + std::to_string(d);
+      return "[" + s + "]";
+    };
+    fail(RESTR_INVALID_ARGUMENT, "the embedding was made by another predictor (it holds " + text(emb.shape) + ", this " + mode_ +
+                                     " predictor takes " + text(features_shape_) + "): embed the image with this predictor");
+  }
   Encoded enc = vocab_.encode(texts, art_.max_words);
   for (size_t i = 0; i < texts.size(); ++i)
     if (enc.split[i].empty()) fail(RESTR_TEXT_ERROR, "expression " + std::to_string(i + 1) + " (" + py_repr(texts[i]) + ") is empty: it has no words");

@@ -63,6 +63,7 @@ class Predictor {
   Artifacts art_;
   Vocabulary vocab_;
   std::string mode_;  // "split" or "end_to_end"
+  std::vector<int64_t> features_shape_;  // what embed() keeps: (1, N_v, D) features or the (1, 3, S, S) image
   float threshold_;
   std::unique_ptr<Graph> pre_, post_, vision_, language_, fusion_, end_to_end_;
 };

@@ -191,6 +191,24 @@ static void bad_calls(restr_predictor* p) {
   }
 }
 
+// An embedding is its predictor's kind: one from a split-graph predictor given to an end-to-end one
+// (the image it holds is visual features) is refused as such, not run as an image.
+static void foreign_embedding(const restr::Predictor& split) {
+  std::string d = copy_export("e2e");
+  json m = json::parse(check::read(d + "/manifest.json"));
+  for (const char* g : {"vision", "language", "fusion_decoder"}) m["graphs"].erase(g);
+  write(fs::path(d) / "manifest.json", m.dump());
+  restr::Predictor e2e(d);
+  CHECK(e2e.mode() == "end_to_end");
+  std::vector<uint8_t> rgb(30 * 40 * 3, 120);
+  restr::Embedding features = split.embed(rgb.data(), 30, 40), image = e2e.embed(rgb.data(), 30, 40);
+  const char* ok[] = {"the dog"};
+  restr_result* r = nullptr;
+  EXPECT(restr_predict(e2e.get(), features.get(), ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "made by another predictor");
+  EXPECT(restr_predict(split.get(), image.get(), ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "made by another predictor");
+  CHECK(r == nullptr);
+}
+
 // A row stride with padding gives what the packed rows give.
 static void stride(const restr::Predictor& p) {
   const int h = 37, w = 51, pad = 13;
@@ -254,6 +272,7 @@ int main(int argc, char** argv) {
   restr::Predictor p(export_dir, o);
   bad_calls(p.get());
   stride(p);
+  foreign_embedding(p);
   threads(p);
   return check::finish("test_api");
 }
