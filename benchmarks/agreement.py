@@ -35,13 +35,7 @@ def from_data(spec: str, vocab, photos: int, texts: int):
     from restr.data import build_dataset
 
     data = build_dataset(spec, None, 64, vocab, (0.5,) * 3, (0.5,) * 3)  # only paths and texts are used
-    by_image: dict = {}
-    for i in range(len(data)):
-        path = data.image_path(i)
-        if path not in by_image and len(by_image) == photos:
-            break
-        by_image.setdefault(path, []).append(data.text(i))
-    for path, asked in by_image.items():
+    for path, asked in data.expressions_by_image(photos).items():
         yield str(path), asked[:texts]
 
 

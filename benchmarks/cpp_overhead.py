@@ -33,12 +33,18 @@ def _stats(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "iqr": q[2] - q[0], "n": len(xs)}
 
 
+def _repeat(step, rounds: int):
+    """Round 0 (a warm-up, whose results are compared) and `rounds` timed rounds of `step`."""
+    first = step()
+    return first, [step() for _ in range(rounds)]
+
+
 def _cpp_rounds(library: str, export: str, threads: int, precision: str, provider: str, rgb, texts, rounds: int):
     """The C++ host alone: round 0's results and every later round's restr_timings."""
     cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider)
     try:
-        first, _ = cpp.predict(rgb, texts)
-        return first, [cpp.predict(rgb, texts)[1] for _ in range(rounds)]
+        (got, _), rest = _repeat(lambda: cpp.predict(rgb, texts), rounds)
+        return got, [t for _, t in rest]
     finally:
         cpp.close()
 
@@ -59,25 +65,22 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
             got, timings = pool.apply(_cpp_rounds, args)
     py = Predictor.from_artifacts(export, threads=threads, cache_size=0, precision=precision,
                                   providers=None if provider == "cpu" else provider)
-    cpp = None if apart else CppHost(library, export, threads=threads, precision=precision, provider=provider)
-    py_ms, want = [], None
-    if cpp is not None:
-        timings = []
-    for r in range(rounds + 1):  # round 0 warms both up
-        if cpp is not None:
-            out, t = cpp.predict(rgb, texts)
-            if r == 0:
-                got = out
-            else:
-                timings.append(t)
+
+    def py_step():
         t0 = time.perf_counter()
         res = py.predict_embedding(py.embed(rgb), texts, probs=True)
-        if r == 0:
-            want = res
-        else:
-            py_ms.append((time.perf_counter() - t0) * 1000)
-    if cpp is not None:
-        cpp.close()
+        return res, (time.perf_counter() - t0) * 1000
+
+    if apart:
+        (want, _), rest = _repeat(py_step, rounds)
+        py_ms = [ms for _, ms in rest]
+    else:
+        cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider)
+        try:
+            ((got, _), (want, _)), rest = _repeat(lambda: (cpp.predict(rgb, texts), py_step()), rounds)
+        finally:
+            cpp.close()
+        timings, py_ms = [c[1] for c, _ in rest], [p[1] for _, p in rest]
     rows = {"cpp_total_ms": [], "cpp_ort_ms": [], "cpp_overhead_ms": [], "cpp_overhead_share": [], "python_total_ms": py_ms}
     for t in timings:
         total, ort = t["embed_total"] + t["predict_total"], t["embed_ort"] + t["predict_ort"]

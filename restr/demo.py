@@ -51,12 +51,7 @@ def main() -> None:
 
     vocab = Vocabulary.load(RUN / "export" / "vocab.txt")
     test = build_dataset("synthetic:test", None, 64, vocab, (0.5,) * 3, (0.5,) * 3)  # only paths and texts are used
-    by_image: dict[Path, list[str]] = {}
-    for i in range(len(test)):
-        by_image.setdefault(test.image_path(i), []).append(test.text(i))
-        if len(by_image) > 3:
-            break
-    for n, (image, texts) in enumerate(list(by_image.items())[:3], 1):
+    for n, (image, texts) in enumerate(test.expressions_by_image(3).items(), 1):
         args = [a for t in texts[:3] for a in ("--text", t)]
         out = RUN / "predict" / image.stem
         step(f"5/6 predict with the torch-free runtime (image {n} of 3)", "restr-predict", "--artifacts", str(RUN / "export"),

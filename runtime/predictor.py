@@ -474,6 +474,16 @@ PHOTO_SIZES = 4
 _PATHS = itertools.count()
 
 
+@dataclass
+class _Photo:
+    """One photo size on the GPU path: its preprocess binding and, after the first run, its letterbox
+    (as a `Letterbox`, and as the host value the postprocess bindings of this size read)."""
+
+    pre: object  # DeviceBinding
+    letterbox: Letterbox | None = None
+    letterbox_value: object = None  # OrtValue
+
+
 class _DevicePath:
     """The predictor's GPU path: every graph in ONNX Runtime's CUDA EP, data kept on the device.
 
@@ -494,7 +504,7 @@ class _DevicePath:
         self.lock = threading.Lock()
         self.owner = None  # weakref to the ImageEmbedding whose data is in the slot
         self.pre, self.post = predictor.processing[PREPROCESS], predictor.processing[POSTPROCESS]
-        self.photos: dict[tuple[int, int], tuple] = {}  # (H, W) -> (preprocess binding, Letterbox)
+        self.photos: dict[tuple[int, int], _Photo] = {}
         # The processing bindings take this path's buffers (its image input, its threshold): keyed apart
         # from another predictor's on the same runners.
         self.key = (OWNER, next(_PATHS))
@@ -530,35 +540,35 @@ class _DevicePath:
         if (h, w) not in self.photos and self.pre.bound and len(self.photos) < PHOTO_SIZES:
             binding = self.pre.fixed_binding((*self.key, h, w), {"rgb": (h, w, 3), "letterbox": (4,)},
                                              {"image": self.image_in}, on_host=("letterbox",))
-            binding.inputs["rgb"].update_inplace(rgb)
-            binding.run()  # the letterbox is the same for every photo of this size: read it once
-            self.photos[(h, w)] = (binding, letterbox_of(host(binding.outputs["letterbox"]), self.p.artifacts.image_size))
-            return self.photos[(h, w)][1]
-        if (h, w) in self.photos:
-            binding, lb = self.photos[(h, w)]
-            binding.inputs["rgb"].update_inplace(rgb)
-            binding.run()
-            return lb
-        out = self.pre.run_device({"rgb": rgb}, {"image": self.image_in, "letterbox": "cpu"})
-        return letterbox_of(out["letterbox"].numpy(), self.p.artifacts.image_size)
+            self.photos[(h, w)] = _Photo(binding)
+        if (h, w) not in self.photos:
+            out = self.pre.run_device({"rgb": rgb}, {"image": self.image_in, "letterbox": "cpu"})
+            return letterbox_of(out["letterbox"].numpy(), self.p.artifacts.image_size)
+        photo = self.photos[(h, w)]
+        photo.pre.inputs["rgb"].update_inplace(rgb)
+        photo.pre.run()
+        if photo.letterbox is None:  # the same for every photo of this size: read once
+            lb = host(photo.pre.outputs["letterbox"])
+            photo.letterbox = letterbox_of(lb, self.p.artifacts.image_size)
+            # on the host, where the postprocess graph's shape arithmetic reads it (ONNX Runtime
+            # copies a bound input it wants elsewhere when binding, so it must be in place by then)
+            photo.letterbox_value = self.post.value(lb, on_host=True)
+        return photo.letterbox
 
     def _postprocess(self, emb: ImageEmbedding, last, n: int, probs: bool) -> dict:
         """Postprocess the first n results in `last`'s outputs (call under the lock): masks, scores and
         areas (and the probabilities when asked for) in one device-to-host copy each."""
-        lb = emb.letterbox
-        h, w = lb.src_hw
-        letterbox = np.array([h, w, *lb.new_hw], np.int64)
-        # The letterbox goes in on the host, where the graph's shape arithmetic reads it (ONNX Runtime
-        # copies a bound input it wants elsewhere when binding: a photo size's binding is made with
-        # its letterbox in place, and it never changes).
+        h, w = emb.letterbox.src_hw
         given = {"pixel_probs": last.outputs["pixel_probs"], "threshold": self.threshold}
-        if (h, w) in self.photos:
+        photo = self.photos.get((h, w))
+        if photo is not None:
             b = last.batch
             shapes = {"probs": (b, h, w), "mask": (b, h, w), "score": (b,), "area": (b,)}
-            binding = self.post.fixed_binding((*self.key, h, w, b), shapes, {**given, "letterbox": self.post.value(letterbox, on_host=True)})
+            binding = self.post.fixed_binding((*self.key, h, w, b), shapes, {**given, "letterbox": photo.letterbox_value})
             binding.run()
             out = binding.outputs
         else:
+            letterbox = np.array([h, w, *emb.letterbox.new_hw], np.int64)
             out = self.post.run_device({**given, "letterbox": self.post.value(letterbox, on_host=True)},
                                        {"mask": "cpu", "score": "cpu", "area": "cpu", "probs": "cpu" if probs else "cuda"})
         return {k: host(v)[:n] for k, v in out.items() if k != "probs" or probs}

@@ -188,7 +188,11 @@ class OrtRunner:
         self._threads = threads
         self._lock = threading.Lock()
         self._bindings: dict[tuple, DeviceBinding] = {}
-        self._unbound_options = None  # run options of runs outside the bindings (no capture)
+        # Runs outside the bindings, with CUDA graphs on: gpu_graph_id -1, neither capture nor replay (a
+        # run without an id would capture graph 0 on one-off buffers, or replay graph 0 on another
+        # binding's).
+        self._uncaptured = ort.RunOptions()
+        self._uncaptured.add_run_config_entry("gpu_graph_id", "-1")
         try:
             self.session = self._session(self.cuda_graph)
         except ArtifactError as e:
@@ -329,15 +333,8 @@ class OrtRunner:
         return dict(zip(outputs, io.get_outputs()))
 
     def _no_capture(self):
-        """Run options for a run outside the bindings: with CUDA graphs on, gpu_graph_id -1 (neither
-        capture nor replay); a run without an id would capture graph 0 on one-off buffers, or replay
-        graph 0 on another binding's."""
-        if not self.cuda_graph:
-            return None
-        if self._unbound_options is None:
-            self._unbound_options = self._ort.RunOptions()
-            self._unbound_options.add_run_config_entry("gpu_graph_id", "-1")
-        return self._unbound_options
+        """Run options for a run outside the bindings."""
+        return self._uncaptured if self.cuda_graph else None
 
     def value(self, x: np.ndarray, on_host: bool = False):
         """A numpy array as an OrtValue on this runner's device (or on the host)."""
@@ -360,7 +357,7 @@ class DeviceBinding:
         ort = runner._ort
         self.runner, self.batch = runner, batch
         specs = {s.name: s for s in (*runner.input_specs, *runner.info.outputs)}
-        self.shared = {n for n in (s.name for s in runner.input_specs) if specs[n].shape and specs[n].shape[0] == IMAGE_BATCH}
+        self.shared = {s.name for s in runner.input_specs if s.shape and s.shape[0] == IMAGE_BATCH}
 
         def buffer(name):
             where = runner._where(name not in on_host)

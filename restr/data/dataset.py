@@ -70,6 +70,16 @@ class ReferDataset(Dataset):
     def image_path(self, i: int) -> Path:
         return self.samples[i].image_path
 
+    def expressions_by_image(self, images: int) -> dict[Path, list[str]]:
+        """The first `images` images (in sample order) with the expressions read about them."""
+        out: dict[Path, list[str]] = {}
+        for i in range(len(self)):
+            path = self.image_path(i)
+            if path not in out and len(out) == images:
+                break
+            out.setdefault(path, []).append(self.text(i))
+        return out
+
     def letterbox(self, i: int) -> Letterbox:
         s = self.samples[i]
         return Letterbox.fit((s.height, s.width), self.image_size)
