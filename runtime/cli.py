@@ -150,8 +150,15 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
 
         predictor, artifacts = RemotePredictor(server, threshold=threshold), server
     else:
-        predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                             threshold=threshold, cache_size=1)
+        with warnings.catch_warnings(record=True) as caught:  # a provider this build lacks: one line, as the others
+            warnings.simplefilter("always", RuntimeWarning)
+            predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
+                                                 threshold=threshold, cache_size=1)
+        for w in caught:
+            if not issubclass(w.category, RuntimeWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)):  # once per runner
+            click.echo(f"warning: {message}", err=True)
     load_ms = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -297,31 +297,56 @@ def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny, apa
     assert res["cpp_overhead_share"]["median"] < 0.5
 
 
-def test_library_takes_any_onnx_runtime_release_at_run_time(build):
-    """The shared library refers to OrtGetApiBase without the symbol version of the wheel it was built
-    beside (VERS_1.32.0): linked to the wheel itself, it would not load with onnxruntime-gpu 1.31.1
-    (seen on an H200). It still asks for the library by its soname."""
-    lib = next(build.glob("librestr_runtime.so.*"))
-    undefined = _run(["nm", "-D", "--undefined-only", str(lib)]).stdout.split()
-    assert "OrtGetApiBase" in undefined, [s for s in undefined if "Ort" in s]
-    needed = _run(["readelf", "-d", str(lib)]).stdout
-    assert "[libonnxruntime.so.1]" in needed
+def test_cli_without_cuda_warns_and_runs_on_the_cpu_as_restr_predict_does(build, tiny, tmp_path):
+    """`--providers cuda` on an ONNX Runtime without CUDA: one warning line, the CPU, exit 0 (the C++
+    CLI used to stop with exit 2). The same line from both CLIs, and the same masks."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: no fallback to see")
+    image = tmp_path / "photo.png"
+    photo(64, 48, seed=2).save(image)
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red dog", "--providers", "cuda"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    assert cpp.stderr == py.stderr
+    assert cpp.stderr.startswith("warning: CUDAExecutionProvider is not available in this onnxruntime build (has: ") and cpp.stderr.count("\n") == 1
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpp", "py"))
+    assert a["runners"] == b["runners"] and set(a["runners"]["vision"]) == {"CPUExecutionProvider"}
+    mask = a["expressions"][0]["mask"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / mask)), np.asarray(Image.open(tmp_path / "py" / mask)))
 
 
-def test_an_onnx_runtime_older_than_the_headers_is_a_status_not_a_crash(build, tiny, tmp_path):
-    """A libonnxruntime.so.1 whose GetApi refuses the headers' API version (an older release) leaves the
-    C++ API's table null: restr_predictor_open says so (RESTR_RUNTIME_ERROR) instead of crashing."""
-    src = tmp_path / "old_ort.c"
+def _other_release(tmp_path: Path, get_api_returns: str) -> Path:
+    """A folder with a libonnxruntime.so.1 of another release: OrtGetApiBase carries that release's
+    symbol version (VERS_1.16.3), as the wheels' libraries do, and its GetApi returns `get_api_returns`."""
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler")
+    src, script = tmp_path / "old_ort.c", tmp_path / "old_ort.map"
     src.write_text(
         "#include <stddef.h>\n"
         "typedef struct { const void *(*GetApi)(unsigned); const char *(*GetVersionString)(void); } Base;\n"
-        "static const void *get_api(unsigned v) { (void)v; return NULL; }\n"
+        f"static const void *get_api(unsigned v) {{ (void)v; return {get_api_returns}; }}\n"
         "static const char *version(void) { return \"1.16.3\"; }\n"
         "static const Base base = {get_api, version};\n"
         "const Base *OrtGetApiBase(void) { return &base; }\n")
-    if not shutil.which("cc"):
-        pytest.skip("no C compiler")
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "libonnxruntime.so.1"), str(src)], check=True)
+    script.write_text("VERS_1.16.3 { global: OrtGetApiBase; local: *; };\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libonnxruntime.so.1", f"-Wl,--version-script={script}",
+                    "-o", str(tmp_path / "libonnxruntime.so.1"), str(src)], check=True)
+    return tmp_path
+
+
+def test_any_onnx_runtime_release_loads_and_an_old_one_is_a_status_not_a_crash(build, tiny, tmp_path):
+    """The library, the CLI and a program on the installed static library all refer to OrtGetApiBase
+    without the symbol version of the wheel they were built beside (VERS_1.32.0): linked to the
+    wheel itself, the CLI would not even start with onnxruntime-gpu 1.31.1 ("version VERS_1.32.0 not
+    found", seen on an H200). Here they load a libonnxruntime.so.1 of another release, and since that
+    one's GetApi refuses the headers' API version (it is older), each says so in one line."""
+    lib = next(build.glob("librestr_runtime.so.*"))
+    assert "[libonnxruntime.so.1]" in _run(["readelf", "-d", str(lib)]).stdout
+    old = _other_release(tmp_path, "NULL")
+    env = {**os.environ, "LD_LIBRARY_PATH": str(old)}
     code = (
         "import ctypes\n"
         f"lib = ctypes.CDLL({str(build / 'librestr_runtime.so')!r})\n"
@@ -329,6 +354,15 @@ def test_an_onnx_runtime_older_than_the_headers_is_a_status_not_a_crash(build, t
         "p = ctypes.c_void_p()\n"
         f"s = lib.restr_predictor_open({str(tiny)!r}.encode(), None, ctypes.byref(p))\n"
         "print(s, lib.restr_last_error().decode())\n")
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert r.stdout.startswith("5 ") and "1.16.3" in r.stdout and "too old" in r.stdout, r.stdout
+    image = tmp_path / "photo.png"
+    photo(32, 24, seed=1).save(image)
+    r = subprocess.run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", "a dog",
+                        "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "(1.16.3) is too old" in r.stderr, (r.returncode, r.stderr)
+    static_example = build / "tests" / "examples-scratch" / "build" / "embed_c_static"  # CTest's "examples" builds it
+    if static_example.exists():
+        r = subprocess.run([str(static_example), str(tiny)], env=env, capture_output=True, text=True, timeout=60)
+        assert "version" not in r.stderr and "too old" in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)

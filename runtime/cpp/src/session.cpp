@@ -46,6 +46,7 @@ Graph::Graph(const std::string& name, const std::string& path, const std::string
              const std::vector<std::string>& inputs, const std::vector<std::string>& outputs)
     : name_(name), inputs_(inputs), outputs_(outputs) {
   check_api();
+  Ort::Env& ort = env();  // before the CUDA provider: loading it logs through the environment's logger
   Ort::SessionOptions opts;
   opts.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
   opts.SetLogSeverityLevel(3);
@@ -54,17 +55,25 @@ Graph::Graph(const std::string& name, const std::string& path, const std::string
     opts.SetInterOpNumThreads(1);
   }
   if (config.provider == "cuda") {
+    // the words of restr.runtime.runners.choose_providers, for a build without CUDA
+    const std::vector<std::string> have = Ort::GetAvailableProviders();
+    if (std::find(have.begin(), have.end(), "CUDAExecutionProvider") == have.end()) {
+      std::string list;
+      for (const auto& p : have) list += (list.empty() ? "" : ", ") + p;
+      fail(RESTR_RUNTIME_ERROR, "CUDAExecutionProvider is not available in this onnxruntime build (has: " + list + ")");
+    }
     try {
       append_cuda(opts, config.device_id);
-    } catch (const Ort::Exception& e) {
+    } catch (const Ort::Exception& e) {  // a CUDA build whose CUDA, cuDNN or GPU is missing
       fail(RESTR_RUNTIME_ERROR, "CUDA execution provider unavailable: " + first_line(e.what()) +
-                                    " (install the onnxruntime-gpu wheel and use its library, or use provider cpu)");
+                                    " (it needs the CUDA and cuDNN libraries of the onnxruntime-gpu wheel's release on the "
+                                    "library path, and a GPU; or use provider cpu)");
     }
   } else if (config.provider != "cpu") {
     fail(RESTR_INVALID_ARGUMENT, "provider must be cpu or cuda, got '" + config.provider + "'");
   }
   try {
-    session_ = std::make_unique<Ort::Session>(env(), bytes.data(), bytes.size(), opts);
+    session_ = std::make_unique<Ort::Session>(ort, bytes.data(), bytes.size(), opts);
   } catch (const Ort::Exception& e) {
     fail(RESTR_ARTIFACT_ERROR, path + ": not a loadable ONNX graph (" + first_line(e.what()) + ")");
   }

@@ -36,6 +36,12 @@ cmake --build "$SCRATCH/shared_only/build" > /dev/null
 export PKG_CONFIG_PATH="$SCRATCH/prefix/lib/pkgconfig"
 # shellcheck disable=SC2046
 cc -std=c99 -Wall -Werror -o "$SCRATCH/embed_c" "$EXAMPLES/embed.c" $(pkg-config --cflags --libs restr_runtime)
+# linked through the installed stub: no program asks for the symbol version of the wheel it was built beside
+for exe in "$SCRATCH/build/embed_cpp" "$SCRATCH/build/embed_c_static" "$SCRATCH/embed_c"; do
+  if nm -D --undefined-only "$exe" | grep -q 'OrtGetApiBase@'; then
+    echo "examples: $exe is bound to one ONNX Runtime release: $(nm -D --undefined-only "$exe" | grep OrtGetApiBase)" >&2; exit 1
+  fi
+done
 [ -n "$EXPORT" ] || { echo "examples: built (no export given: not run)"; exit 0; }
 for exe in "$SCRATCH/build/embed_cpp" "$SCRATCH/build/embed_c_static" "$SCRATCH/embed_c" "$SCRATCH/shared_only/build/embed_shared_only"; do
   out=$("$exe" "$EXPORT")

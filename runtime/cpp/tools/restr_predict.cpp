@@ -48,7 +48,8 @@ Segment the object each --text refers to in --image with a restr export (the C++
   --list-words        print the words the model knows, one a line, and exit
   --backend ort       ONNX Runtime (the only backend of the C++ host)
   --precision P       fp32 (default) or fp16
-  --providers LIST    cpu (default), cuda, or auto (cuda when this ONNX Runtime has it)
+  --providers LIST    cpu (default), cuda, or auto (cuda when this ONNX Runtime has it); without
+                      CUDA, cuda warns and runs on the CPU, as restr-predict does
   --threads N         ONNX Runtime intra-op threads (default: one per core)
   --threshold X       mask threshold in (0, 1) (default: the manifest's)
   --json FILE         also write the summary to FILE ('-' for stdout, which replaces the table)
@@ -217,10 +218,13 @@ restr::Predictor open(const Args& a, std::string* provider = nullptr) {
   try {
     return restr::Predictor(a.artifacts, o);
   } catch (const restr::Error& e) {
-    if (a.providers != "auto" || e.status() != RESTR_RUNTIME_ERROR) throw;
+    // as restr-predict: without CUDA, the CPU (a warning when CUDA was asked for by name)
+    if (o.provider != "cuda" || e.status() != RESTR_RUNTIME_ERROR) throw;
     if (provider) *provider = "cpu";
     o.provider = "cpu";
-    return restr::Predictor(a.artifacts, o);
+    restr::Predictor cpu(a.artifacts, o);  // its own error if the CPU fails too (an ONNX Runtime too old)
+    if (a.providers == "cuda") std::cerr << "warning: " << e.what() << "; skipped\n";
+    return cpu;
   }
 }
 
