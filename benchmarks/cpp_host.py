@@ -32,10 +32,30 @@ class CppHostError(RuntimeError):
     """A restr_status other than RESTR_OK, with the library's one-line message."""
 
 
-class CppHost:
-    """A restr_predictor: `predict(rgb, texts)` -> (per expression dicts, restr_timings as a dict)."""
+def onnxruntime_library() -> Path:
+    """The libonnxruntime.so.* of the onnxruntime (or onnxruntime-gpu) wheel this Python imports: the
+    ONNX Runtime build the Python runtime runs."""
+    import onnxruntime
 
-    def __init__(self, library: str | Path, folder: str | Path, threads: int = 0, precision: str = "fp32", provider: str = "cpu"):
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    found = sorted(capi.glob("libonnxruntime.so.*"))
+    if not found:
+        raise FileNotFoundError(f"no libonnxruntime.so.* in {capi}: this onnxruntime wheel ships no C library")
+    return found[0]
+
+
+class CppHost:
+    """A restr_predictor: `predict(rgb, texts)` -> (per expression dicts, restr_timings as a dict).
+
+    `onnxruntime`: a libonnxruntime.so.* to run on, loaded before the library so that its
+    libonnxruntime.so.1 resolves to it (by soname) whatever the library's RUNPATH holds: e.g.
+    `onnxruntime_library()`, the Python runtime's own build. It must be the first libonnxruntime.so.1
+    this process loads."""
+
+    def __init__(self, library: str | Path, folder: str | Path, threads: int = 0, precision: str = "fp32", provider: str = "cpu",
+                 onnxruntime: str | Path | None = None):
+        if onnxruntime is not None:
+            ctypes.CDLL(str(onnxruntime), mode=ctypes.RTLD_GLOBAL)
         lib = self.lib = ctypes.CDLL(str(library))
         lib.restr_last_error.restype = ctypes.c_char_p
         lib.restr_result_count.restype = ctypes.c_size_t

@@ -9,6 +9,9 @@ Per round: one photo (640x480) embedded and asked `--queries` expressions, with 
 each host. The C++ host's overhead is its embed + predict time minus the time inside ONNX Runtime's
 Run calls (restr_timings); it is given as a share of the model time, bounded from below by the Run
 time less the preprocess and postprocess stages (so the share is, if anything, overstated).
+
+Both hosts run the same ONNX Runtime build: the library is given the libonnxruntime.so.* of the
+onnxruntime(-gpu) wheel Python imports, wherever the library was built (`CppHost(onnxruntime=...)`).
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ import statistics
 import time
 
 import numpy as np
+import onnxruntime
 
-from restr.benchmarks.cpp_host import CppHost
+from restr.benchmarks.cpp_host import CppHost, onnxruntime_library
 from restr.runtime import Predictor
 
 TEXTS = ["the man on the left", "the red car", "the small dog next to the bench", "a tree", "the woman in the blue shirt",
@@ -41,7 +45,7 @@ def _repeat(step, rounds: int):
 
 def _cpp_rounds(library: str, export: str, threads: int, precision: str, provider: str, rgb, texts, rounds: int):
     """The C++ host alone: round 0's results and every later round's restr_timings."""
-    cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider)
+    cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider, onnxruntime=onnxruntime_library())
     try:
         (got, _), rest = _repeat(lambda: cpp.predict(rgb, texts), rounds)
         return got, [t for _, t in rest]
@@ -75,7 +79,7 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
         (want, _), rest = _repeat(py_step, rounds)
         py_ms = [ms for _, ms in rest]
     else:
-        cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider)
+        cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider, onnxruntime=onnxruntime_library())
         try:
             ((got, _), (want, _)), rest = _repeat(lambda: (cpp.predict(rgb, texts), py_step()), rounds)
         finally:
@@ -92,7 +96,8 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
               "mask_pixels_equal": float(np.mean([(g["mask"] == w.mask).mean() for g, w in zip(got, want)])),
               "score_max_abs_diff": max(abs(g["score"] - w.score) for g, w in zip(got, want)),
               "probs_max_abs_diff": max(float(np.abs(g["probs"] - w.probs).max()) for g, w in zip(got, want))}
-    return {"export": export, "threads": threads, "rounds": rounds, "queries": queries, "image": [480, 640],
+    ort = {"version": onnxruntime.__version__, "library": str(onnxruntime_library())}  # the one both hosts ran
+    return {"export": export, "onnxruntime": ort, "threads": threads, "rounds": rounds, "queries": queries, "image": [480, 640],
             "provider": provider, "precision": precision, "interleaved": not apart, "python_runner": repr(py.runners),
             "parity": parity, "load_average": os.getloadavg(), **{k: _stats(v) for k, v in rows.items()}}
 

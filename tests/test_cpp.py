@@ -287,10 +287,13 @@ def test_warnings_quote_expressions_as_restr_predict_does(build, tiny, tmp_path)
 @pytest.mark.parametrize("apart", [False, True])
 def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny, apart):
     """Interleaved in one process (the CPU's way) and with the C++ host in a process of its own (CUDA's)."""
+    import onnxruntime
+
     from restr.benchmarks.cpp_overhead import run
 
     res = run(str(tiny), str(build / "librestr_runtime.so"), threads=1, rounds=2, queries=5, apart=apart)
     assert res["cpp_total_ms"]["n"] == res["python_total_ms"]["n"] == 2 and res["interleaved"] is not apart
+    assert Path(res["onnxruntime"]["library"]).parent == Path(onnxruntime.__file__).parent / "capi"  # the Python runtime's build
     assert res["parity"]["masks_identical"] and res["parity"]["score_max_abs_diff"] < 1e-5
     # the Run calls are inside the host's total, and the host's own share is positive and small
     assert 0 < res["cpp_overhead_ms"]["min"] and res["cpp_ort_ms"]["max"] < res["cpp_total_ms"]["max"]
@@ -362,6 +365,12 @@ def test_any_onnx_runtime_release_loads_and_an_old_one_is_a_status_not_a_crash(b
     r = subprocess.run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", "a dog",
                         "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "(1.16.3) is too old" in r.stderr, (r.returncode, r.stderr)
+    # the benchmarks' way to run the library on a given build (the Python runtime's), RUNPATH notwithstanding
+    code = ("from restr.benchmarks.cpp_host import CppHost, CppHostError\n"
+            f"try: CppHost({str(lib)!r}, {str(tiny)!r}, onnxruntime={str(old / 'libonnxruntime.so.1')!r})\n"
+            "except CppHostError as e: print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith("status 5: ") and "(1.16.3) is too old" in r.stdout, (r.stdout, r.stderr)
     static_example = build / "tests" / "examples-scratch" / "build" / "embed_c_static"  # CTest's "examples" builds it
     if static_example.exists():
         r = subprocess.run([str(static_example), str(tiny)], env=env, capture_output=True, text=True, timeout=60)
