@@ -12,15 +12,16 @@ SERVE_VENV ?= .venv-serve
 
 # The C++ host (runtime/cpp): Debian packages it builds with, ONNX Runtime's headers and the wheel's
 # library in CPP_DEPS, a release build and a sanitizer build, the export its tests read.
-CPP_APT := cmake g++ pkg-config nlohmann-json3-dev libicu-dev libssl-dev libstb-dev libjpeg-dev libexif-dev
+CPP_APT := cmake g++ pkg-config nlohmann-json3-dev libicu-dev libssl-dev libstb-dev libjpeg-dev libexif-dev patchelf
 CPP_DEPS ?= build/cpp-deps
 CPP_BUILD ?= build/cpp
 CPP_ASAN_BUILD ?= build/cpp-asan
 CPP_EXPORT ?= build/cpp-golden/export
+CPP_DIST ?= build/dist
 CPP_CMAKE_ARGS = -DRESTR_ORT_INCLUDE_DIR=$(abspath $(CPP_DEPS))/root/usr/include/onnxruntime \
 	-DRESTR_ORT_LIB_DIR=$(abspath $(CPP_DEPS))/lib -DRESTR_TEST_EXPORT=$(abspath $(CPP_EXPORT))
 
-.PHONY: install serve-env demo test test-slow clean-demo cpp-apt cpp-deps cpp-build cpp-export cpp-test clean-cpp
+.PHONY: install serve-env demo test test-slow clean-demo cpp-apt cpp-deps cpp-build cpp-dist cpp-export cpp-test clean-cpp
 
 # `.[dev]` = torch tools + the CPU onnxruntime (`cpu` extra) + test tools. A GPU machine installs
 # ".[torch,gpu,test,client]" instead: onnxruntime and onnxruntime-gpu must not be installed together.
@@ -56,6 +57,10 @@ cpp-build: cpp-deps
 	@cmake -S runtime/cpp -B $(CPP_BUILD) $(CPP_CMAKE_ARGS) > /dev/null
 	cmake --build $(CPP_BUILD) -j2
 
+# A binary package for machines without the build's Debian packages (runtime/cpp/README.md).
+cpp-dist: cpp-build
+	@runtime/cpp/scripts/make-dist.sh $(CPP_BUILD) $(CPP_DIST)
+
 cpp-export:
 	$(PYTHON) tests/golden/make_golden.py --export $(CPP_EXPORT)
 
@@ -68,4 +73,4 @@ cpp-test: cpp-build cpp-export
 	RESTR_CPP_BUILD=$(abspath $(CPP_BUILD)) $(PYTHON) -m pytest tests/test_cpp.py $(PYTEST_ARGS)
 
 clean-cpp:
-	rm -rf $(CPP_DEPS) $(CPP_BUILD) $(CPP_ASAN_BUILD) $(dir $(CPP_EXPORT))
+	rm -rf $(CPP_DEPS) $(CPP_BUILD) $(CPP_ASAN_BUILD) $(CPP_DIST) $(dir $(CPP_EXPORT))

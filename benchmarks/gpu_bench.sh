@@ -34,8 +34,10 @@ restr-bench --engine "$OUT/export-ort#fp16,$DEVICE" --engine "$OUT/export-onnx#f
 if [ "$DEVICE" = cuda ]; then
     python3 -m restr.benchmarks.agreement "$OUT/export-ort" --json "$OUT/agreement.json"
 fi
-# The C++ host against the Python runtime on the same export and device (make cpp-build first, with
-# this machine's onnxruntime(-gpu) wheel): CPP_LIB=build/cpp/librestr_runtime.so
+# The C++ host against the Python runtime on the same export and device, both on the ONNX Runtime
+# build Python imports (onnxruntime-gpu here): CPP_LIB=build/cpp/librestr_runtime.so after make
+# cpp-build, or, on a machine without the build's Debian packages, the lib/librestr_runtime.so of a
+# `make cpp-dist` package unpacked there.
 if [ -n "${CPP_LIB:-}" ]; then
     python3 -m restr.benchmarks.cpp_overhead --export "$OUT/export-ort" --library "$CPP_LIB" --provider "$DEVICE" \
         --precision fp16 --rounds 20 --json "$OUT/cpp.json"

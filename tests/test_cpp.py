@@ -375,3 +375,31 @@ def test_any_onnx_runtime_release_loads_and_an_old_one_is_a_status_not_a_crash(b
     if static_example.exists():
         r = subprocess.run([str(static_example), str(tiny)], env=env, capture_output=True, text=True, timeout=60)
         assert "version" not in r.stderr and "too old" in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+def test_binary_package_runs_on_its_own_libraries(build, tiny, tmp_path):
+    """make cpp-dist's tarball: every library the CLI and the shared library load, beyond glibc and
+    libstdc++, comes from the package itself (ICU through its own $ORIGIN), and the unpacked CLI
+    writes the build tree CLI's masks."""
+    if not shutil.which("patchelf"):
+        pytest.skip("patchelf is needed (make cpp-apt installs it)")
+    r = _run(["sh", str(ROOT / "runtime" / "cpp" / "scripts" / "make-dist.sh"), str(build), str(tmp_path / "dist")])
+    assert r.returncode == 0, r.stderr
+    tarball = Path(r.stdout.strip())
+    assert tarball.name.startswith("restr_runtime-") and tarball.name.endswith(".tar.gz")
+    subprocess.run(["tar", "-C", str(tmp_path), "-xzf", str(tarball)], check=True)
+    root = tmp_path / tarball.name[: -len(".tar.gz")]
+    base = ("linux-vdso", "ld-linux", "libc.", "libm.", "libdl.", "librt.", "libpthread.", "libstdc++", "libgcc_s")
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    for exe in (root / "bin" / "restr-predict-cpp", next((root / "lib").glob("librestr_runtime.so.*.*.*"))):
+        ldd = subprocess.run(["ldd", str(exe)], capture_output=True, text=True, env=env, check=True).stdout
+        rows = [line.split() for line in ldd.splitlines() if "=>" in line]
+        outside = [r[0] for r in rows if not r[0].startswith(base) and not Path(r[2]).resolve().is_relative_to(root.resolve())]
+        assert not outside and any(r[0].startswith("libicudata") for r in rows), (exe.name, outside)
+    image = tmp_path / "photo.png"
+    photo(72, 40, seed=4).save(image)
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red dog", "--threads", "1"]
+    for name, cli in (("from_dist", root / "bin" / "restr-predict-cpp"), ("from_build", build / "tools" / "restr-predict-cpp")):
+        r = subprocess.run([str(cli), *args, "--out", str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, (name, r.stderr)
+    assert (tmp_path / "from_dist" / "1_the-red-dog.png").read_bytes() == (tmp_path / "from_build" / "1_the-red-dog.png").read_bytes()
