@@ -148,6 +148,10 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     assert (a["model"], a["mode"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["image"]["width"], b["threshold"])
     assert (a["artifacts"], a["image"]["path"]) == (b["artifacts"], b["image"]["path"]) == (str(tiny), str(image))
     assert cpp.stderr == py.stderr  # the same warnings: truncation, unknown words, no known words
+    # the same table, line for line (widths in code points, a long expression cut, 1,234 areas); not the timings
+    table = {d: [line.replace(str(tmp_path / d), "OUT") for line in r.stdout.splitlines() if not line.startswith("timings (ms): load ")]
+             for d, r in (("cpp", cpp), ("py", py))}
+    assert table["cpp"] == table["py"] and len(table["py"]) == len(texts) + 4, (cpp.stdout, py.stdout)
     assert a["expressions"][-1]["mask"] == "8_a-b-i-stanbul-nave-x.png"
     assert a["sheet"] == b["sheet"] == "sheet.png"  # its layout is restr-predict's; the caption font is not
     assert Image.open(tmp_path / "cpp" / "sheet.png").size == Image.open(tmp_path / "py" / "sheet.png").size

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -206,6 +207,61 @@ void remove_previous(const fs::path& out) {
       fs::remove(out / n.get<std::string>());
 }
 
+// Code points of UTF-8 text: Python's len(), for the table's widths.
+size_t code_points(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// The first n code points of UTF-8 text.
+std::string first_code_points(const std::string& s, size_t n) {
+  size_t i = 0;
+  for (size_t seen = 0; i < s.size(); ++i)
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80 && seen++ == n) break;
+  return s.substr(0, i);
+}
+
+// 1234567 -> "1,234,567" (Python's format spec ",").
+std::string thousands(long long v) {
+  std::string digits = std::to_string(v < 0 ? -v : v), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return (v < 0 ? "-" : "") + out;
+}
+
+// restr-predict's table (runtime/cli.py, _print_table), line for line.
+void print_table(const json& summary, const std::string& out_arg) {
+  const std::string out = restr_impl::py_path(out_arg);
+  auto in_out = [&](const std::string& name) { return out == "." ? name : out.back() == '/' ? out + name : out + "/" + name; };
+  const json& img = summary["image"];
+  const json& exprs = summary["expressions"];
+  std::printf("%s (%s, %s) on %s (%lldx%lld), threshold %g\n", summary["model"].get<std::string>().c_str(),
+              summary["backend"].get<std::string>().c_str(), summary["mode"].get<std::string>().c_str(),
+              img["path"].get<std::string>().c_str(), (long long)img["width"].get<int64_t>(), (long long)img["height"].get<int64_t>(),
+              summary["threshold"].get<double>());
+  size_t width = 10;
+  for (const auto& e : exprs) width = std::max(width, code_points(e["text"].get<std::string>()));
+  width = std::min<size_t>(48, width);
+  auto pad = [](const std::string& s, size_t w) { return s + std::string(w > code_points(s) ? w - code_points(s) : 0, ' '); };
+  std::printf("%3s  %s  %10s  %6s  %5s  mask\n", "#", pad("expression", width).c_str(), "area px", "area", "score");
+  for (const auto& e : exprs) {
+    std::string text = e["text"].get<std::string>();
+    if (code_points(text) > width) text = first_code_points(text, width - 3) + "...";
+    std::printf("%3d  %s  %10s  %5.1f%%  %5.2f  %s%s\n", e["index"].get<int>(), pad(text, width).c_str(),
+                thousands(e["area"].get<int64_t>()).c_str(), 100 * e["area_fraction"].get<double>(), e["score"].get<double>(),
+                in_out(e["mask"].get<std::string>()).c_str(), e["no_known_words"].get<bool>() ? "  (no known words: a guess)" : "");
+  }
+  std::printf("score: mean probability inside the mask, how sure the model is of the pixels it chose (not whether it chose the right object)\n");
+  const json& t = summary["timings_ms"];
+  std::printf("timings (ms): load %.1f, preprocess %.1f, vision %.1f, language+fusion %.1f per expression, postprocess %.1f per expression\n",
+              t["load"].get<double>(), t["preprocess"].get<double>(), t["vision"].get<double>(),
+              t["language_fusion_per_expression"].get<double>(), t["postprocess_per_expression"].get<double>());
+  std::printf("wrote %s\n", in_out("summary.json").c_str());
+}
+
 // The predictor and the provider it got ("auto": CUDA where this ONNX Runtime has it, else the CPU).
 restr::Predictor open(const Args& a, std::string* provider = nullptr) {
   restr::Options o;
@@ -356,13 +412,7 @@ int run(const Args& a) {
     std::cout << dump(summary) << "\n";
     return 0;
   }
-  std::printf("%s (ort, %s) on %s (%dx%d), threshold %g\n", predictor.model_name().c_str(), mode.c_str(), a.image.c_str(), image.width,
-              image.height, predictor.threshold());
-  for (const auto& e : summary["expressions"])
-    std::printf("%3d  %-40s  %10lld  %5.1f%%  %5.2f  %s%s\n", e["index"].get<int>(), e["text"].get<std::string>().c_str(),
-                (long long)e["area"].get<int64_t>(), 100 * e["area_fraction"].get<double>(), e["score"].get<double>(),
-                (out / e["mask"].get<std::string>()).c_str(), e["no_known_words"].get<bool>() ? "  (no known words: a guess)" : "");
-  std::printf("wrote %s\n", (out / "summary.json").c_str());
+  print_table(summary, a.out);
   return 0;
 }
 
