@@ -175,6 +175,24 @@ def test_jpeg_with_exif_orientation_decodes_as_pillow_does(build, tiny, tmp_path
         assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
 
 
+@pytest.mark.parametrize("kind", ["png", "flat png"])
+def test_16_bit_greyscale_decodes_as_restr_predict_does(build, tiny, tmp_path, kind):
+    """16-bit greyscale is stretched onto 0..255 from its darkest to its brightest pixel, as
+    restr.runtime.transforms.to_rgb does (stb alone keeps the high byte: a dark medical or depth image
+    came out black)."""
+    rng = np.random.default_rng(3)
+    grey = np.full((40, 60), 1234, np.uint16) if kind == "flat png" else rng.integers(300, 2900, (40, 60)).astype(np.uint16)
+    image = tmp_path / "scan.png"
+    Image.fromarray(grey).save(image)
+    assert Image.open(image).mode.startswith("I")  # really 16 bits a pixel
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+
+
 def _huge_png(path: Path, w: int, h: int) -> None:
     """A PNG whose header claims w x h pixels (the pixels are never read)."""
     Image.new("RGB", (1, 1)).save(path)

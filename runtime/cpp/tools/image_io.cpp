@@ -121,6 +121,27 @@ Image orient(const Image& src, int orientation) {
   return out;
 }
 
+// 16-bit greyscale: stretched from its darkest to its brightest pixel onto 0..255, as
+// restr.runtime.transforms.to_rgb does (stb would keep the high byte, Pillow's own convert clips).
+Image load_grey16(const std::string& path, const std::vector<uint8_t>& bytes) {
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<uint16_t, void (*)(void*)> data(stbi_load_16_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 1),
+                                                  stbi_image_free);
+  if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
+  const size_t n = size_t(w) * size_t(h);
+  const auto [lo, hi] = std::minmax_element(data.get(), data.get() + n);
+  const double l = *lo, scale = *hi > *lo ? 255.0 / (double(*hi) - l) : 0.0;
+  Image im;
+  im.width = w;
+  im.height = h;
+  im.rgb.resize(n * 3);
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t v = uint8_t((data.get()[i] - l) * scale);  // truncated, as numpy's astype(uint8)
+    im.rgb[i * 3] = im.rgb[i * 3 + 1] = im.rgb[i * 3 + 2] = v;
+  }
+  return im;
+}
+
 }  // namespace
 
 Image load_image(const std::string& path) {
@@ -132,6 +153,7 @@ Image load_image(const std::string& path) {
   }
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
+  if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return load_grey16(path, bytes);
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
   if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
   Image im;  // transparent pixels composed over black, as restr.runtime.transforms.to_rgb
