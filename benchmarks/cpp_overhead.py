@@ -43,9 +43,9 @@ def _repeat(step, rounds: int):
     return first, [step() for _ in range(rounds)]
 
 
-def _cpp_rounds(library: str, export: str, threads: int, precision: str, provider: str, rgb, texts, rounds: int):
+def _cpp_rounds(library: str, export: str, threads: int, precision: str, provider: str, ort_library: str, rgb, texts, rounds: int):
     """The C++ host alone: round 0's results and every later round's restr_timings."""
-    cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider, onnxruntime=onnxruntime_library())
+    cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider, onnxruntime=ort_library)
     try:
         (got, _), rest = _repeat(lambda: cpp.predict(rgb, texts), rounds)
         return got, [t for _, t in rest]
@@ -63,7 +63,8 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
     rgb = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     texts = [TEXTS[i % len(TEXTS)] for i in range(queries)]
     apart = provider != "cpu" if apart is None else apart
-    args = (library, export, threads, precision, provider, rgb, texts, rounds)
+    ort_library = str(onnxruntime_library())  # the Python runtime's build, for both hosts
+    args = (library, export, threads, precision, provider, ort_library, rgb, texts, rounds)
     if apart:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             got, timings = pool.apply(_cpp_rounds, args)
@@ -79,7 +80,7 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
         (want, _), rest = _repeat(py_step, rounds)
         py_ms = [ms for _, ms in rest]
     else:
-        cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider, onnxruntime=onnxruntime_library())
+        cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider, onnxruntime=ort_library)
         try:
             ((got, _), (want, _)), rest = _repeat(lambda: (cpp.predict(rgb, texts), py_step()), rounds)
         finally:
@@ -96,8 +97,7 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
               "mask_pixels_equal": float(np.mean([(g["mask"] == w.mask).mean() for g, w in zip(got, want)])),
               "score_max_abs_diff": max(abs(g["score"] - w.score) for g, w in zip(got, want)),
               "probs_max_abs_diff": max(float(np.abs(g["probs"] - w.probs).max()) for g, w in zip(got, want))}
-    ort = {"version": onnxruntime.__version__, "library": str(onnxruntime_library())}  # the one both hosts ran
-    return {"export": export, "onnxruntime": ort, "threads": threads, "rounds": rounds, "queries": queries, "image": [480, 640],
+    return {"export": export, "onnxruntime": {"version": onnxruntime.__version__, "library": ort_library}, "threads": threads, "rounds": rounds, "queries": queries, "image": [480, 640],
             "provider": provider, "precision": precision, "interleaved": not apart, "python_runner": repr(py.runners),
             "parity": parity, "load_average": os.getloadavg(), **{k: _stats(v) for k, v in rows.items()}}
 

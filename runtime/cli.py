@@ -154,11 +154,13 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
             warnings.simplefilter("always", RuntimeWarning)
             predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
                                                  threshold=threshold, cache_size=1)
+        said = set()
         for w in caught:
             if not issubclass(w.category, RuntimeWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)):  # once per runner
-            click.echo(f"warning: {message}", err=True)
+            elif str(w.message) not in said:  # once, not once per runner
+                said.add(str(w.message))
+                click.echo(f"warning: {w.message}", err=True)
     load_ms = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -234,8 +234,7 @@ std::string thousands(long long v) {
 
 // restr-predict's table (runtime/cli.py, _print_table), line for line.
 void print_table(const json& summary, const std::string& out_arg) {
-  const std::string out = restr_impl::py_path(out_arg);
-  auto in_out = [&](const std::string& name) { return out == "." ? name : out.back() == '/' ? out + name : out + "/" + name; };
+  auto in_out = [&](const std::string& name) { return restr_impl::py_path(out_arg + "/" + name); };  // str(out / name)
   const json& img = summary["image"];
   const json& exprs = summary["expressions"];
   std::printf("%s (%s, %s) on %s (%lldx%lld), threshold %g\n", summary["model"].get<std::string>().c_str(),
