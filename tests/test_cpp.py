@@ -322,16 +322,18 @@ def test_overhead_benchmark_runs_and_accounts_every_millisecond(build, tiny, apa
     assert res["cpp_overhead_share"]["median"] < 0.5
 
 
-def test_cli_without_cuda_warns_and_runs_on_the_cpu_as_restr_predict_does(build, tiny, tmp_path):
-    """`--providers cuda` on an ONNX Runtime without CUDA: one warning line, the CPU, exit 0 (the C++
-    CLI used to stop with exit 2). The same line from both CLIs, and the same masks."""
+@pytest.mark.parametrize("providers", ["cuda", " CPU,cuda "])
+def test_cli_without_cuda_warns_and_runs_on_the_cpu_as_restr_predict_does(build, tiny, tmp_path, providers):
+    """`--providers cuda` (alone or in restr-predict's comma list) on an ONNX Runtime without CUDA: one
+    warning line, the CPU, exit 0 (the C++ CLI used to stop with exit 2, and took no list). The same
+    line from both CLIs, and the same masks."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: no fallback to see")
     image = tmp_path / "photo.png"
     photo(64, 48, seed=2).save(image)
-    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red dog", "--providers", "cuda"]
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red dog", "--providers", providers]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
     py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
@@ -341,6 +343,25 @@ def test_cli_without_cuda_warns_and_runs_on_the_cpu_as_restr_predict_does(build,
     assert a["runners"] == b["runners"] and set(a["runners"]["vision"]) == {"CPUExecutionProvider"}
     mask = a["expressions"][0]["mask"]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / mask)), np.asarray(Image.open(tmp_path / "py" / mask)))
+
+
+def test_cli_providers_list_as_restr_predict(build, tiny, tmp_path):
+    """restr-predict's --providers forms: an unknown name is the same one-line error (exit 2, nothing
+    written); tensorrt, which this host never runs, is a warning and the run goes on."""
+    image = tmp_path / "photo.png"
+    photo(64, 48, seed=2).save(image)
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red dog"]
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for bad in ("cpu,foo", "cudaa"):
+        cpp = _run([cli, *args, "--out", str(tmp_path / "cpp"), "--providers", bad])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py"), "--providers", bad])
+        assert (cpp.returncode, py.returncode) == (2, 2) and not (tmp_path / "cpp").exists()
+        assert cpp.stderr.replace("restr-predict-cpp", "restr-predict") == py.stderr and py.stderr.count("\n") == 1, (cpp.stderr, py.stderr)
+    cpp = _run([cli, *args, "--out", str(tmp_path / "cpp"), "--providers", "tensorrt,cpu", "--threads", "1"])
+    assert cpp.returncode == 0 and cpp.stderr == (
+        "warning: TensorrtExecutionProvider is not run by the C++ host (it runs CUDAExecutionProvider and "
+        "CPUExecutionProvider); skipped\n"), cpp.stderr
+    assert json.loads((tmp_path / "cpp" / "summary.json").read_text())["runners"]["vision"] == ["CPUExecutionProvider"]
 
 
 def _other_release(tmp_path: Path, get_api_returns: str) -> Path:

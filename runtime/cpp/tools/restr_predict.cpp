@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <restr/restr_runtime.hpp>
 
@@ -49,8 +51,9 @@ Segment the object each --text refers to in --image with a restr export (the C++
   --list-words        print the words the model knows, one a line, and exit
   --backend ort       ONNX Runtime (the only backend of the C++ host)
   --precision P       fp32 (default) or fp16
-  --providers LIST    cpu (default), cuda, or auto (cuda when this ONNX Runtime has it); without
-                      CUDA, cuda warns and runs on the CPU, as restr-predict does
+  --providers LIST    ONNX Runtime providers, comma-separated: cuda, cpu, or auto (cuda when this
+                      ONNX Runtime has it) (default: cpu); without CUDA, cuda warns and runs on the
+                      CPU, as restr-predict does; tensorrt is skipped with a warning (use restr-predict)
   --threads N         ONNX Runtime intra-op threads (default: one per core)
   --threshold X       mask threshold in (0, 1) (default: the manifest's)
   --json FILE         also write the summary to FILE ('-' for stdout, which replaces the table)
@@ -261,14 +264,59 @@ void print_table(const json& summary, const std::string& out_arg) {
   std::printf("wrote %s\n", in_out("summary.json").c_str());
 }
 
+// restr-predict's --providers (restr.runtime.runners.choose_providers): "auto", or names and aliases
+// separated by commas, where any GPU provider named goes before the CPU. The C++ host runs CUDA or the CPU.
+struct Providers {
+  std::string provider = "cpu";  // what the predictor is opened with
+  bool cuda_named = false;       // warn when CUDA is missing (not for auto)
+  std::vector<std::string> skipped;  // named, but never run by this host
+};
+
+Providers parse_providers(const std::string& arg) {
+  static const std::vector<std::pair<std::string, std::string>> aliases = {
+      {"tensorrt", "TensorrtExecutionProvider"}, {"cuda", "CUDAExecutionProvider"}, {"cpu", "CPUExecutionProvider"}};
+  auto trim = [](const std::string& s) {
+    const size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+  };
+  auto lower = [](std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  Providers p;
+  if (lower(trim(arg)) == "auto") {
+    p.provider = "cuda";
+    return p;
+  }
+  std::stringstream items(arg);
+  for (std::string item; std::getline(items, item, ',');) {
+    const std::string r = trim(item);
+    if (r.empty()) continue;
+    std::string name = r;
+    for (const auto& [alias, full] : aliases)
+      if (lower(r) == alias) name = full;
+    if (name == "CUDAExecutionProvider") {
+      p.provider = "cuda";
+      p.cuda_named = true;
+    } else if (name == "TensorrtExecutionProvider") {
+      if (std::find(p.skipped.begin(), p.skipped.end(), name) == p.skipped.end()) p.skipped.push_back(name);
+    } else if (name != "CPUExecutionProvider") {
+      throw UsageError("unknown ONNX Runtime provider " + restr_impl::py_repr(r) + " (use tensorrt, cuda, cpu or auto)");
+    }
+  }
+  return p;
+}
+
 // The predictor and the provider it got ("auto": CUDA where this ONNX Runtime has it, else the CPU).
 restr::Predictor open(const Args& a, std::string* provider = nullptr) {
+  const Providers asked = parse_providers(a.providers);
+  for (const auto& name : asked.skipped)
+    std::cerr << "warning: " << name << " is not run by the C++ host (it runs CUDAExecutionProvider and CPUExecutionProvider); skipped\n";
   restr::Options o;
   o.precision = a.precision;
   o.threads = a.threads;
   o.threshold = a.threshold;
-  o.provider = a.providers == "auto" ? "cuda" : a.providers;
-  if (o.provider != "cpu" && o.provider != "cuda") throw UsageError("--providers " + a.providers + ": the C++ host takes cpu, cuda or auto");
+  o.provider = asked.provider;
   if (provider) *provider = o.provider;
   try {
     return restr::Predictor(a.artifacts, o);
@@ -278,7 +326,7 @@ restr::Predictor open(const Args& a, std::string* provider = nullptr) {
     if (provider) *provider = "cpu";
     o.provider = "cpu";
     restr::Predictor cpu(a.artifacts, o);  // its own error if the CPU fails too (an ONNX Runtime too old)
-    if (a.providers == "cuda") std::cerr << "warning: " << e.what() << "; skipped\n";
+    if (asked.cuda_named) std::cerr << "warning: " << e.what() << "; skipped\n";
     return cpu;
   }
 }
