@@ -193,6 +193,50 @@ def test_16_bit_greyscale_decodes_as_restr_predict_does(build, tiny, tmp_path, k
         assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
 
 
+def _pnm(magic: str, maxval: int | None, samples: np.ndarray) -> bytes:
+    """A PBM/PGM/PPM file: header with a comment, then plain (ASCII) or raw samples."""
+    h, w = samples.shape[:2]
+    head = f"{magic}\n# made by the tests\n{w} {h}\n" + ("" if maxval is None else f"{maxval}\n")
+    if magic in ("P1", "P2", "P3"):
+        return head.encode() + " ".join(map(str, samples.ravel())).encode() + b"\n"
+    if magic == "P4":
+        return head.encode() + np.packbits(samples.astype(np.uint8), axis=1).tobytes()
+    return head.encode() + samples.astype(">u2" if maxval > 255 else "u1").tobytes()
+
+
+# Pillow's cases: bitmaps; maxval 255 as is; other maxvals up to 255 scaled (6: halves, rounded to even);
+# greyscale above 255 Pillow's mode I (65535 read raw), stretched by to_rgb; colour above 255 scaled to 255.
+PNM_CASES = [("P1", None), ("P4", None), ("P2", 6), ("P5", 6), ("P5", 100), ("P5", 1000), ("P5", 65535), ("P2", 1000),
+             ("P3", 100), ("P6", 255), ("P6", 1000)]
+
+
+def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
+    """PBM, PGM and PPM, plain and raw, every maxval Pillow treats in its own way (libnetpbm reads them,
+    the CLI scales them as Pillow): the C++ CLI's overlay is the Python overlay of restr-predict's
+    decoding of the file (stb read 16-bit PGM in the wrong byte order, scaled no maxval, refused ASCII).
+    A sample above its maxval, or a truncated file: one line, exit 2."""
+    from restr.runtime.visualize import overlay
+
+    rng = np.random.default_rng(5)
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for magic, maxval in PNM_CASES:
+        top = 1 if maxval is None else maxval
+        shape = (30, 40, 3) if magic in ("P3", "P6") else (30, 40)
+        image = tmp_path / f"{magic}_{maxval}.pnm"
+        image.write_bytes(_pnm(magic, maxval, rng.integers(0, top + 1, shape)))
+        out = tmp_path / image.stem
+        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
+        assert r.returncode == 0, (image.name, r.stderr)
+        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
+        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
+    bad = {"over.pgm": _pnm("P5", 100, np.full((4, 6), 200)), "short.pgm": _pnm("P5", 255, np.zeros((4, 6)))[:-5]}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        r = _run([cli, "--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car", "--out", str(tmp_path / "bad")])
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"{name}: not a readable image (" in r.stderr, r.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def _huge_png(path: Path, w: int, h: int) -> None:
     """A PNG whose header claims w x h pixels (the pixels are never read)."""
     Image.new("RGB", (1, 1)).save(path)

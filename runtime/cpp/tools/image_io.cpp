@@ -2,6 +2,7 @@
 
 #include <jpeglib.h>
 #include <libexif/exif-data.h>
+#include <netpbm/pam.h>
 #include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
 
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -121,24 +123,113 @@ Image orient(const Image& src, int orientation) {
   return out;
 }
 
-// 16-bit greyscale: stretched from its darkest to its brightest pixel onto 0..255, as
-// restr.runtime.transforms.to_rgb does (stb would keep the high byte, Pillow's own convert clips).
-Image load_grey16(const std::string& path, const std::vector<uint8_t>& bytes) {
-  int w = 0, h = 0, channels = 0;
-  std::unique_ptr<uint16_t, void (*)(void*)> data(stbi_load_16_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 1),
-                                                  stbi_image_free);
-  if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
+// High-bit-depth greyscale (Pillow's mode I): stretched from its darkest to its brightest pixel onto
+// 0..255, as restr.runtime.transforms.to_rgb does (stb would keep the high byte, Pillow's own convert clips).
+template <typename T>
+Image stretch_grey(const T* data, int w, int h) {
   const size_t n = size_t(w) * size_t(h);
-  const auto [lo, hi] = std::minmax_element(data.get(), data.get() + n);
+  const auto [lo, hi] = std::minmax_element(data, data + n);
   const double l = *lo, scale = *hi > *lo ? 255.0 / (double(*hi) - l) : 0.0;
   Image im;
   im.width = w;
   im.height = h;
   im.rgb.resize(n * 3);
   for (size_t i = 0; i < n; ++i) {
-    const uint8_t v = uint8_t((data.get()[i] - l) * scale);  // truncated, as numpy's astype(uint8)
+    const uint8_t v = uint8_t((data[i] - l) * scale);  // truncated, as numpy's astype(uint8)
     im.rgb[i * 3] = im.rgb[i * 3 + 1] = im.rgb[i * 3 + 2] = v;
   }
+  return im;
+}
+
+Image load_grey16(const std::string& path, const std::vector<uint8_t>& bytes) {
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<uint16_t, void (*)(void*)> data(stbi_load_16_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 1),
+                                                  stbi_image_free);
+  if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
+  return stretch_grey(data.get(), w, h);
+}
+
+// PBM, PGM and PPM (P1-P6, plain and raw) through libnetpbm. Its errors longjmp out of the library
+// (pm_setjmpbuf), so each call into it sits in a function with only trivially destructible locals.
+char g_netpbm_error[512];
+
+void netpbm_init() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    pm_init("restr-predict-cpp", 0);
+    pm_setusererrormsgfn([](const char* msg) { std::snprintf(g_netpbm_error, sizeof g_netpbm_error, "%s", msg); });
+    pm_setusermessagefn([](const char*) {});  // no chatter on stderr
+  });
+}
+
+// The header; false (and g_netpbm_error) when libnetpbm refuses it.
+bool pnm_header(FILE* file, struct pam* pam) {
+  jmp_buf jump;
+  jmp_buf* saved = nullptr;
+  if (setjmp(jump)) {
+    pm_setjmpbuf(saved);
+    return false;
+  }
+  pm_setjmpbufsave(&jump, &saved);
+  pnm_readpaminit(file, pam, PAM_STRUCT_SIZE(tuple_type));
+  pm_setjmpbuf(saved);
+  return true;
+}
+
+// Every sample, row by row, into `out` (height * width * depth); false when the raster is bad.
+bool pnm_samples(struct pam* pam, uint16_t* out) {
+  jmp_buf jump;
+  jmp_buf* saved = nullptr;
+  tuple* volatile row = nullptr;
+  if (setjmp(jump)) {
+    pm_setjmpbuf(saved);
+    if (row) pnm_freepamrow(row);
+    return false;
+  }
+  pm_setjmpbufsave(&jump, &saved);
+  row = pnm_allocpamrow(pam);
+  for (int y = 0; y < pam->height; ++y) {
+    pnm_readpamrow(pam, row);
+    for (int x = 0; x < pam->width; ++x)
+      for (unsigned d = 0; d < pam->depth; ++d) out[(size_t(y) * pam->width + x) * pam->depth + d] = uint16_t(row[x][d]);
+  }
+  pnm_freepamrow(row);
+  pm_setjmpbuf(saved);
+  return true;
+}
+
+// As Pillow's PpmImagePlugin, then restr.runtime.transforms.to_rgb: bitmaps black and white; maxval up
+// to 255 scaled to 255, greyscale above it scaled to 65535 (mode I) then stretched, colour above it
+// scaled to 255; each scaling round(v / maxval * top), half to even as Python's round.
+Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
+  netpbm_init();
+  std::unique_ptr<FILE, int (*)(FILE*)> file(fmemopen(bytes.data(), bytes.size(), "rb"), std::fclose);
+  if (!file) throw FileError(path + ": cannot be read");
+  struct pam pam;
+  auto refused = [&] { return FileError(path + ": not a readable image (" + g_netpbm_error + ")"); };
+  if (!pnm_header(file.get(), &pam)) throw refused();
+  check_size(path, pam.width, pam.height);
+  if (pam.depth != 1 && pam.depth != 3) throw FileError(path + ": not a readable image (a PNM of depth " + std::to_string(pam.depth) + ")");
+  const size_t n = size_t(pam.width) * size_t(pam.height);
+  std::vector<uint16_t> samples(n * pam.depth);
+  if (!pnm_samples(&pam, samples.data())) throw refused();
+  const double maxval = double(pam.maxval);
+  const bool grey = pam.depth == 1;
+  if (grey && pam.maxval > 255) {
+    std::vector<uint32_t> wide(n);
+    for (size_t i = 0; i < n; ++i)
+      wide[i] = pam.maxval == 65535 ? samples[i] : uint32_t(std::nearbyint(samples[i] / maxval * 65535.0));
+    return stretch_grey(wide.data(), pam.width, pam.height);
+  }
+  Image im;
+  im.width = pam.width;
+  im.height = pam.height;
+  im.rgb.resize(n * 3);
+  for (size_t i = 0; i < n; ++i)
+    for (int c = 0; c < 3; ++c) {
+      const uint16_t v = samples[i * pam.depth + (grey ? 0 : c)];
+      im.rgb[i * 3 + c] = pam.maxval == 255 ? uint8_t(v) : uint8_t(std::min(255.0, std::nearbyint(v / maxval * 255.0)));
+    }
   return im;
 }
 
@@ -151,6 +242,7 @@ Image load_image(const std::string& path) {
     Image im = decode_jpeg(path, bytes, orientation);
     return orient(im, orientation);
   }
+  if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] >= '1' && bytes[1] <= '6') return load_pnm(path, bytes);
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
   if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return load_grey16(path, bytes);

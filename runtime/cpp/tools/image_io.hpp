@@ -1,5 +1,6 @@
 // Image files for restr-predict-cpp: JPEG through libjpeg-turbo (as Pillow) with the EXIF orientation
-// applied (libexif), other formats through stb_image (Debian's libstb); PNGs written by stb_image_write.
+// applied (libexif), PBM/PGM/PPM through libnetpbm (scaled as Pillow scales them), other formats through
+// stb_image (Debian's libstb); PNGs written by stb_image_write.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
