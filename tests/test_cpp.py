@@ -175,6 +175,24 @@ def test_jpeg_with_exif_orientation_decodes_as_pillow_does(build, tiny, tmp_path
         assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_cmyk_jpeg_decodes_as_pillow_does(build, tiny, tmp_path, orientation):
+    """A CMYK JPEG (print workflows, stock photos): Pillow reads it in Adobe's inverted polarity and
+    converts with its own rounding; the C++ CLI used to refuse it. Overlays identical to restr-predict's."""
+    image = tmp_path / "print.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    ink = np.random.default_rng(orientation).integers(0, 256, (50, 70, 4), dtype=np.uint8)
+    Image.fromarray(ink, "CMYK").save(image, quality=90, exif=exif)
+    assert Image.open(image).mode == "CMYK"
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+
+
 @pytest.mark.parametrize("kind", ["png", "flat png"])
 def test_16_bit_greyscale_decodes_as_restr_predict_does(build, tiny, tmp_path, kind):
     """16-bit greyscale is stretched onto 0..255 from its darkest to its brightest pixel, as

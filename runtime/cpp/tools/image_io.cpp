@@ -55,6 +55,18 @@ int exif_orientation(jpeg_decompress_struct& cinfo) {
   return 1;
 }
 
+// A CMYK (or YCCK) JPEG's row as Pillow reads it: samples inverted ("CMYK;I", Adobe's polarity, which
+// Pillow always assumes), then Pillow's CMYK to RGB convert: (255 - K) - C * (255 - K) / 255, its rounding.
+void cmyk_to_rgb(const uint8_t* ink, uint8_t* rgb, int width) {
+  for (int x = 0; x < width; ++x, ink += 4, rgb += 3) {
+    const int nk = ink[3];  // 255 - (255 - raw K)
+    for (int c = 0; c < 3; ++c) {
+      const int t = (255 - ink[c]) * nk + 128;
+      rgb[c] = uint8_t(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
+    }
+  }
+}
+
 // libjpeg(-turbo) with its default (ISLOW, fancy upsampling) decoding, as Pillow decodes JPEG.
 Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, int& orientation) {
   jpeg_decompress_struct cinfo;
@@ -78,19 +90,19 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
     jpeg_destroy_decompress(&cinfo);
     throw;
   }
-  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
-    jpeg_destroy_decompress(&cinfo);
-    throw FileError(path + ": CMYK JPEG images are not supported by restr-predict-cpp (convert it to RGB)");
-  }
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
   orientation = exif_orientation(cinfo);
-  cinfo.out_color_space = JCS_RGB;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   im.width = int(cinfo.output_width);
   im.height = int(cinfo.output_height);
   im.rgb.resize(size_t(im.width) * im.height * 3);
+  std::vector<uint8_t> ink(cmyk ? size_t(im.width) * 4 : 0);
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = im.rgb.data() + size_t(cinfo.output_scanline) * im.width * 3;
+    uint8_t* rgb = im.rgb.data() + size_t(cinfo.output_scanline) * im.width * 3;
+    JSAMPROW row = cmyk ? ink.data() : rgb;
     jpeg_read_scanlines(&cinfo, &row, 1);
+    if (cmyk) cmyk_to_rgb(ink.data(), rgb, im.width);
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
