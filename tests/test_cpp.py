@@ -255,6 +255,84 @@ def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+def test_webp_decodes_as_restr_predict_does(build, tiny, tmp_path):
+    """WebP (lossy, lossless, with alpha, an EXIF orientation, an animation's first frame), read as
+    Pillow reads it (libwebp's animation decoder): the C++ CLI's overlay is the Python overlay of
+    restr-predict's decoding of the file. The C++ CLI used to refuse WebP. A damaged file: one line, exit 2."""
+    from restr.runtime.visualize import overlay
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
+    rgba = np.dstack([rgb, (yy * 5).astype(np.uint8)])
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    cases = {"lossy.webp": (rgb, {"quality": 60}), "lossless.webp": (rgb, {"lossless": True}), "alpha.webp": (rgba, {}),
+             "turned.webp": (rgb, {"exif": turned}),
+             "animated.webp": (rgba, {"save_all": True, "append_images": [Image.fromarray(255 - rgb)]})}
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for name, (pixels, options) in cases.items():
+        image = tmp_path / name
+        Image.fromarray(pixels).save(image, **options)
+        out = tmp_path / image.stem
+        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
+        assert r.returncode == 0, (name, r.stderr)
+        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
+        assert mask.shape == ((64, 48) if name == "turned.webp" else (48, 64)), name
+        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), name
+    damaged = tmp_path / "damaged.webp"
+    damaged.write_bytes((tmp_path / "lossy.webp").read_bytes()[:40])
+    r = _run([cli, "--artifacts", str(tiny), "--image", str(damaged), "--text", "the red car", "--out", str(tmp_path / "bad")])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "damaged.webp: not a readable image (" in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def _bmp(rgba: np.ndarray, bits: int, compression: int, masks: tuple[int, ...] = (), header: int = 40) -> bytes:
+    """A bottom-up BMP written field by field (Pillow writes neither 16-bit nor bit-field files)."""
+    h, w = rgba.shape[:2]
+    if bits == 32:
+        pixels = rgba[::-1][..., [2, 1, 0, 3]].tobytes()
+    else:  # 16: each channel's high bits into the mask's place (5-5-5 without masks)
+        place = masks or (0x7C00, 0x3E0, 0x1F)
+        v = sum((rgba[..., c].astype(np.uint32) >> (8 - bin(m).count("1"))) << (m & -m).bit_length() - 1 for c, m in enumerate(place))
+        pixels = v[::-1].astype("<u2").tobytes()
+    info = struct.pack("<IiiHHIIiiII", header, w, h, 1, bits, compression, len(pixels), 2835, 2835, 0, 0)
+    info += struct.pack(f"<{len(masks)}I", *masks) + bytes(max(0, header - 40 - 4 * len(masks)))
+    offset = 14 + len(info)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + pixels
+
+
+def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp_path):
+    """stb_image's formats in the modes where it could part from Pillow: a 32-bit BMP's reserved byte
+    (Pillow ignores it, stb took it for alpha), 16-bit BMPs (Pillow truncates v * 255 / 31, stb repeats
+    bits), bit fields with alpha, palettes with transparency, RLE TGA, PNG grey+alpha and 1-bit. The C++
+    CLI's overlay is the Python overlay of restr-predict's decoding of each file."""
+    from restr.runtime.visualize import overlay
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgba = np.dstack([xx * 4, yy * 5, (xx + yy) * 2, yy * 5]).astype(np.uint8)
+    im = Image.fromarray(rgba[..., :3])
+    files = {"reserved.bmp": _bmp(rgba, 32, 0), "reserved_v5.bmp": _bmp(rgba, 32, 0, header=124),
+             "alpha.bmp": _bmp(rgba, 32, 3, (0xFF0000, 0xFF00, 0xFF, 0xFF000000), header=108),
+             "555.bmp": _bmp(rgba, 16, 0), "565.bmp": _bmp(rgba, 16, 3, (0xF800, 0x7E0, 0x1F))}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    im.convert("P").save(tmp_path / "palette.bmp")
+    im.convert("P").save(tmp_path / "clear.gif", transparency=3)
+    im.save(tmp_path / "rle.tga", compression="tga_rle")
+    Image.fromarray(rgba).save(tmp_path / "alpha.tga")
+    im.convert("LA").save(tmp_path / "grey_alpha.png")
+    im.convert("P").save(tmp_path / "clear.png", transparency=5)
+    im.convert("1").save(tmp_path / "bits.png")
+    assert Image.open(tmp_path / "reserved.bmp").mode == "RGB" and Image.open(tmp_path / "alpha.bmp").mode == "RGBA"
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for image in sorted(p for p in tmp_path.iterdir() if p.is_file()):
+        out = tmp_path / f"out_{image.name}"
+        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
+        assert r.returncode == 0, (image.name, r.stderr)
+        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
+        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
+
+
 def _huge_png(path: Path, w: int, h: int) -> None:
     """A PNG whose header claims w x h pixels (the pixels are never read)."""
     Image.new("RGB", (1, 1)).save(path)

@@ -3,6 +3,7 @@
 #include <jpeglib.h>
 #include <libexif/exif-data.h>
 #include <netpbm/pam.h>
+#include <webp/demux.h>
 #include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
 
@@ -10,6 +11,7 @@
 #include <csetjmp>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -40,17 +42,31 @@ struct JpegError {
   jmp_buf jump;
 };
 
-// The EXIF orientation (1-8) in a JPEG's APP1 markers, through libexif; 1 when there is none.
+// The orientation (1-8) in an EXIF block ("Exif\0\0" and a TIFF header, or the TIFF header alone, as
+// WebP stores it), through libexif; 1 when there is none.
+int exif_orientation(const uint8_t* data, size_t size) {
+  std::vector<uint8_t> block;
+  if (size < 6 || std::memcmp(data, "Exif\0\0", 6) != 0) {  // libexif looks for the APP1 header
+    block.assign({'E', 'x', 'i', 'f', 0, 0});
+    block.insert(block.end(), data, data + size);
+    data = block.data();
+    size = block.size();
+  }
+  std::unique_ptr<ExifData, void (*)(ExifData*)> exif(exif_data_new_from_data(data, unsigned(size)), exif_data_unref);
+  if (!exif) return 1;
+  if (ExifEntry* e = exif_data_get_entry(exif.get(), EXIF_TAG_ORIENTATION))
+    if (e->format == EXIF_FORMAT_SHORT && e->components >= 1) {
+      int o = exif_get_short(e->data, exif_data_get_byte_order(exif.get()));
+      return o >= 1 && o <= 8 ? o : 1;
+    }
+  return 1;
+}
+
+// The EXIF orientation in a JPEG's first EXIF APP1 marker; 1 when there is none.
 int exif_orientation(jpeg_decompress_struct& cinfo) {
   for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
-    if (m->marker != JPEG_APP0 + 1) continue;
-    std::unique_ptr<ExifData, void (*)(ExifData*)> exif(exif_data_new_from_data(m->data, m->data_length), exif_data_unref);
-    if (!exif) continue;
-    if (ExifEntry* e = exif_data_get_entry(exif.get(), EXIF_TAG_ORIENTATION))
-      if (e->format == EXIF_FORMAT_SHORT && e->components >= 1) {
-        int o = exif_get_short(e->data, exif_data_get_byte_order(exif.get()));
-        return o >= 1 && o <= 8 ? o : 1;
-      }
+    if (m->marker != JPEG_APP0 + 1 || m->data_length < 6 || std::memcmp(m->data, "Exif\0\0", 6) != 0) continue;
+    return exif_orientation(m->data, m->data_length);  // the first EXIF block, as Pillow
   }
   return 1;
 }
@@ -245,6 +261,66 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   return im;
 }
 
+// RGBA with transparent pixels composed over black, as restr.runtime.transforms.to_rgb.
+Image over_black(const uint8_t* rgba, int w, int h) {
+  Image im;
+  im.width = w;
+  im.height = h;
+  im.rgb.resize(size_t(w) * size_t(h) * 3);
+  for (size_t i = 0; i < size_t(w) * size_t(h); ++i)
+    for (int c = 0; c < 3; ++c) im.rgb[i * 3 + c] = uint8_t((rgba[i * 4 + c] * rgba[i * 4 + 3] + 127) / 255);
+  return im;
+}
+
+// Where stb reads a BMP otherwise than Pillow: a 32-bit uncompressed BMP's fourth byte is reserved to
+// Pillow ("BGRX"), where stb takes it for alpha; 16-bit channels are scaled by v * 255 / (2^n - 1),
+// truncated, where stb repeats the high bits. Fixed up on stb's RGBA output.
+void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int h) {
+  auto u16 = [&](size_t at) { return at + 2 <= bytes.size() ? unsigned(bytes[at] | bytes[at + 1] << 8) : 0u; };
+  auto u32 = [&](size_t at) { return at + 4 <= bytes.size() ? uint32_t(u16(at) | uint32_t(u16(at + 2)) << 16) : 0u; };
+  if (bytes.size() < 34 || bytes[0] != 'B' || bytes[1] != 'M' || u32(14) < 40) return;  // not a Windows BMP
+  const unsigned bits = u16(28);
+  const uint32_t compression = u32(30);
+  const size_t n = size_t(w) * size_t(h);
+  if (bits == 32 && compression == 0)
+    for (size_t i = 0; i < n; ++i) rgba[i * 4 + 3] = 255;
+  if (bits == 16 && (compression == 0 || compression == 3)) {
+    int depth[3] = {5, 5, 5};  // BI_RGB: 5-5-5; bit fields: the masks' widths (Pillow reads 5-6-5 and 5-5-5)
+    if (compression == 3)
+      for (int c = 0; c < 3; ++c) depth[c] = __builtin_popcount(u32(54 + 4 * c));
+    for (size_t i = 0; i < n; ++i)
+      for (int c = 0; c < 3; ++c)
+        if (depth[c] > 0 && depth[c] < 8) {
+          const int v = rgba[i * 4 + c] >> (8 - depth[c]);
+          rgba[i * 4 + c] = uint8_t(v * 255 / ((1 << depth[c]) - 1));
+        }
+  }
+}
+
+// WebP through libwebp's animation decoder, as Pillow reads every WebP file (a still image is one
+// frame; of an animation, the first frame on a transparent canvas), and the orientation in its EXIF
+// chunk, which Pillow's exif_transpose also applies.
+Image decode_webp(const std::string& path, const std::vector<uint8_t>& bytes, int& orientation) {
+  const WebPData data = {bytes.data(), bytes.size()};
+  WebPAnimDecoderOptions options;
+  WebPAnimDecoderOptionsInit(&options);
+  options.color_mode = MODE_RGBA;
+  std::unique_ptr<WebPAnimDecoder, void (*)(WebPAnimDecoder*)> decoder(WebPAnimDecoderNew(&data, &options), WebPAnimDecoderDelete);
+  WebPAnimInfo info;
+  if (!decoder || !WebPAnimDecoderGetInfo(decoder.get(), &info)) throw FileError(path + ": not a readable image (a damaged WebP file)");
+  check_size(path, info.canvas_width, info.canvas_height);
+  uint8_t* rgba = nullptr;  // owned by the decoder
+  int timestamp = 0;
+  if (!WebPAnimDecoderGetNext(decoder.get(), &rgba, &timestamp)) throw FileError(path + ": not a readable image (a damaged WebP file)");
+  const WebPDemuxer* demux = WebPAnimDecoderGetDemuxer(decoder.get());
+  WebPChunkIterator chunk;
+  if (WebPDemuxGetChunk(demux, "EXIF", 1, &chunk)) {
+    orientation = exif_orientation(chunk.chunk.bytes, chunk.chunk.size);
+    WebPDemuxReleaseChunkIterator(&chunk);
+  }
+  return over_black(rgba, int(info.canvas_width), int(info.canvas_height));
+}
+
 }  // namespace
 
 Image load_image(const std::string& path) {
@@ -255,19 +331,18 @@ Image load_image(const std::string& path) {
     return orient(im, orientation);
   }
   if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] >= '1' && bytes[1] <= '6') return load_pnm(path, bytes);
+  if (bytes.size() >= 12 && std::memcmp(bytes.data(), "RIFF", 4) == 0 && std::memcmp(bytes.data() + 8, "WEBP", 4) == 0) {
+    int orientation = 1;
+    Image im = decode_webp(path, bytes, orientation);
+    return orient(im, orientation);
+  }
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
   if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return load_grey16(path, bytes);
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
   if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
-  Image im;  // transparent pixels composed over black, as restr.runtime.transforms.to_rgb
-  im.width = w;
-  im.height = h;
-  im.rgb.resize(size_t(w) * size_t(h) * 3);
-  const uint8_t* src = data.get();
-  for (size_t i = 0; i < size_t(w) * size_t(h); ++i)
-    for (int c = 0; c < 3; ++c) im.rgb[i * 3 + c] = uint8_t((src[i * 4 + c] * src[i * 4 + 3] + 127) / 255);
-  return im;
+  bmp_as_pillow(bytes, data.get(), w, h);
+  return over_black(data.get(), w, h);
 }
 
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels) {
