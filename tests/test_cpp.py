@@ -333,6 +333,41 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
         assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
 
 
+def _chunk_after_image_data(png: bytes, kind: bytes) -> bytes:
+    """The PNG with its `kind` chunk moved after the image data (just before IEND)."""
+    chunks, at = [], 8
+    while at < len(png):
+        n = struct.unpack(">I", png[at:at + 4])[0]
+        chunks.append(png[at:at + 12 + n])
+        at += 12 + n
+    moved = [c for c in chunks if c[4:8] == kind]
+    rest = [c for c in chunks if c[4:8] != kind]
+    return png[:8] + b"".join(rest[:-1] + moved + rest[-1:])
+
+
+def test_png_exif_orientation_applied_as_restr_predict_does(build, tiny, tmp_path):
+    """A PNG's eXIf chunk turns the image as Pillow's exif_transpose does, before or after the image
+    data and on the 16-bit path too (the C++ CLI read EXIF from JPEG only)."""
+    from restr.runtime.visualize import overlay
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "turned.png", exif=exif)
+    (tmp_path / "late.png").write_bytes(_chunk_after_image_data((tmp_path / "turned.png").read_bytes(), b"eXIf"))
+    exif[0x0112] = 8
+    Image.fromarray((xx * 700 + yy * 90).astype(np.uint16)).save(tmp_path / "deep.png", exif=exif)
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for name in ("turned.png", "late.png", "deep.png"):
+        image, out = tmp_path / name, tmp_path / f"out_{name}"
+        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
+        assert r.returncode == 0, (name, r.stderr)
+        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
+        assert mask.shape == (64, 48), name
+        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), name
+
+
 def _huge_png(path: Path, w: int, h: int) -> None:
     """A PNG whose header claims w x h pixels (the pixels are never read)."""
     Image.new("RGB", (1, 1)).save(path)

@@ -272,6 +272,21 @@ Image over_black(const uint8_t* rgba, int w, int h) {
   return im;
 }
 
+// The orientation in a PNG's eXIf chunk (before or after the image data: Pillow's exif_transpose loads
+// the whole file), walking the chunks' length and type fields; 1 when there is none.
+int png_orientation(const std::vector<uint8_t>& bytes) {
+  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (bytes.size() < 8 || std::memcmp(bytes.data(), signature, 8) != 0) return 1;
+  for (size_t at = 8; at + 12 <= bytes.size();) {
+    const size_t length = size_t(bytes[at]) << 24 | size_t(bytes[at + 1]) << 16 | size_t(bytes[at + 2]) << 8 | bytes[at + 3];
+    if (length > bytes.size() - at - 12) return 1;  // a damaged chunk: stb has read what it could
+    if (std::memcmp(&bytes[at + 4], "eXIf", 4) == 0) return exif_orientation(&bytes[at + 8], length);
+    if (std::memcmp(&bytes[at + 4], "IEND", 4) == 0) return 1;
+    at += length + 12;
+  }
+  return 1;
+}
+
 // Where stb reads a BMP otherwise than Pillow: a 32-bit uncompressed BMP's fourth byte is reserved to
 // Pillow ("BGRX"), where stb takes it for alpha; 16-bit channels are scaled by v * 255 / (2^n - 1),
 // truncated, where stb repeats the high bits. Fixed up on stb's RGBA output.
@@ -338,11 +353,12 @@ Image load_image(const std::string& path) {
   }
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
-  if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return load_grey16(path, bytes);
+  if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size())))
+    return orient(load_grey16(path, bytes), png_orientation(bytes));
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
   if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
   bmp_as_pillow(bytes, data.get(), w, h);
-  return over_black(data.get(), w, h);
+  return orient(over_black(data.get(), w, h), png_orientation(bytes));
 }
 
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels) {
