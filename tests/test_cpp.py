@@ -425,7 +425,7 @@ def _resized(tiny: Path, tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing folder", "missing folder, trailing slash", "tampered graph", "tampered vocabulary", "corrupt graph", "invalid manifest", "resized manifest", "empty text",
-                                  "quoted empty text", "huge image", "missing image"])
+                                  "quoted empty text", "huge image", "huge webp", "huge pgm", "missing image"])
 def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, case):
     image = tmp_path / "photo.png"
     photo(64, 48).save(image)
@@ -453,6 +453,16 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
         text = " '?'\t! "
     elif case == "huge image":
         _huge_png(image, 9000, 9000)
+    elif case == "huge webp":  # an animation's canvas, larger than its frames (the C++ CLI checks it before allocating it)
+        image = tmp_path / "photo.webp"
+        photo(64, 48).save(image, save_all=True, append_images=[photo(64, 48, seed=1)])
+        data = bytearray(image.read_bytes())
+        assert data[12:16] == b"VP8X"
+        data[24:30] = (8100 - 1).to_bytes(3, "little") + (8000 - 1).to_bytes(3, "little")
+        image.write_bytes(bytes(data))
+    elif case == "huge pgm":
+        image = tmp_path / "photo.pgm"
+        image.write_bytes(b"P5\n9000 9000\n255\n" + bytes(64))
     else:
         image = tmp_path / "nothing.png"
     args = ["--artifacts", str(folder), "--image", str(image), "--text", text]

@@ -316,6 +316,9 @@ void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int 
 // frame; of an animation, the first frame on a transparent canvas), and the orientation in its EXIF
 // chunk, which Pillow's exif_transpose also applies.
 Image decode_webp(const std::string& path, const std::vector<uint8_t>& bytes, int& orientation) {
+  WebPBitstreamFeatures features;  // the canvas size before the decoder allocates the canvas
+  if (WebPGetFeatures(bytes.data(), bytes.size(), &features) != VP8_STATUS_OK) throw FileError(path + ": not a readable image (a damaged WebP file)");
+  check_size(path, features.width, features.height);
   const WebPData data = {bytes.data(), bytes.size()};
   WebPAnimDecoderOptions options;
   WebPAnimDecoderOptionsInit(&options);
