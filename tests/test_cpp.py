@@ -175,6 +175,31 @@ def test_jpeg_with_exif_orientation_decodes_as_pillow_does(build, tiny, tmp_path
         assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
 
 
+def test_damaged_jpeg_refused_or_read_as_pillow_does(build, tiny, tmp_path):
+    """A JPEG cut short (half of it, or only its end marker) is refused as Pillow refuses it, in one line;
+    libjpeg alone pads it with grey and went on. Stray bytes before a marker, which libjpeg and Pillow
+    pass over, give restr-predict's pixels and no warning line."""
+    image = tmp_path / "photo.jpg"
+    photo(120, 90, seed=4).save(image, quality=90)
+    data = image.read_bytes()
+    cli = str(build / "tools" / "restr-predict-cpp")
+    cut = data.index(b"\xff\xda")  # start of scan
+    cases = {"half.jpg": data[: len(data) // 2], "no_end.jpg": data[:-2], "stray.jpg": data[:cut] + b"\x12\x34" + data[cut:]}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car", "--overlay"]
+        cpp = _run([cli, *args, "--out", str(tmp_path / f"cpp_{name}"), "--threads", "1"])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / f"py_{name}")])
+        assert cpp.returncode == py.returncode == (0 if name == "stray.jpg" else 2), (name, cpp.stderr, py.stderr)
+        if name == "stray.jpg":
+            assert cpp.stderr == "" and py.stderr == ""
+            f = "1_the-red-car_overlay.png"
+            assert np.array_equal(np.asarray(Image.open(tmp_path / f"cpp_{name}" / f)), np.asarray(Image.open(tmp_path / f"py_{name}" / f)))
+        else:
+            assert cpp.stderr == f"restr-predict-cpp: error: {tmp_path / name}: not a readable image (image file is truncated)\n", cpp.stderr
+            assert "(image file is truncated (" in py.stderr
+
+
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_cmyk_jpeg_decodes_as_pillow_does(build, tiny, tmp_path, orientation):
     """A CMYK JPEG (print workflows, stock photos): Pillow reads it in Adobe's inverted polarity and

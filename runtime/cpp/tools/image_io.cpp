@@ -1,6 +1,7 @@
 #include "image_io.hpp"
 
 #include <jpeglib.h>
+#include <jerror.h>
 #include <libexif/exif-data.h>
 #include <netpbm/pam.h>
 #include <webp/demux.h>
@@ -89,10 +90,16 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = [](j_common_ptr c) { longjmp(reinterpret_cast<JpegError*>(c->err)->jump, 1); };
+  // Warnings ("Corrupt JPEG data: ...") are silent, as in Pillow; but the data running out, which
+  // libjpeg pads with grey, is an error there ("image file is truncated"), as it is here.
+  err.mgr.emit_message = [](j_common_ptr c, int level) {
+    if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) longjmp(reinterpret_cast<JpegError*>(c->err)->jump, 1);
+  };
   Image im;
+  std::vector<uint8_t> ink;  // a CMYK row; here, before setjmp, so that an error's longjmp frees it too
   if (setjmp(err.jump)) {
-    char msg[JMSG_LENGTH_MAX];
-    err.mgr.format_message(reinterpret_cast<j_common_ptr>(&cinfo), msg);
+    char msg[JMSG_LENGTH_MAX] = "image file is truncated";  // Pillow's words
+    if (err.mgr.msg_code != JWRN_JPEG_EOF) err.mgr.format_message(reinterpret_cast<j_common_ptr>(&cinfo), msg);
     jpeg_destroy_decompress(&cinfo);
     throw FileError(path + ": not a readable image (" + msg + ")");
   }
@@ -113,7 +120,7 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
   im.width = int(cinfo.output_width);
   im.height = int(cinfo.output_height);
   im.rgb.resize(size_t(im.width) * im.height * 3);
-  std::vector<uint8_t> ink(cmyk ? size_t(im.width) * 4 : 0);
+  ink.resize(cmyk ? size_t(im.width) * 4 : 0);
   while (cinfo.output_scanline < cinfo.output_height) {
     uint8_t* rgb = im.rgb.data() + size_t(cinfo.output_scanline) * im.width * 3;
     JSAMPROW row = cmyk ? ink.data() : rgb;
