@@ -256,27 +256,33 @@ PNM_CASES = [("P1", None), ("P4", None), ("P2", 6), ("P5", 6), ("P5", 100), ("P5
 def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
     """PBM, PGM and PPM, plain and raw, every maxval Pillow treats in its own way (libnetpbm reads them,
     the CLI scales them as Pillow): the C++ CLI's overlay is the Python overlay of restr-predict's
-    decoding of the file (stb read 16-bit PGM in the wrong byte order, scaled no maxval, refused ASCII).
-    A sample above its maxval, or a truncated file: one line, exit 2."""
+    decoding of the file (stb read 16-bit PGM in the wrong byte order, scaled no maxval, refused ASCII);
+    a raw sample above its maxval clamped, as Pillow does (libnetpbm refuses it). A truncated raw
+    raster, or a plain one holding more than numbers: one line, exit 2, as restr-predict."""
     from restr.runtime.visualize import overlay
 
     rng = np.random.default_rng(5)
     cli = str(build / "tools" / "restr-predict-cpp")
-    for magic, maxval in PNM_CASES:
-        top = 1 if maxval is None else maxval
+    for magic, maxval in PNM_CASES + [("P5", "over")]:
+        top = 1 if maxval is None else 100 if maxval == "over" else maxval
         shape = (30, 40, 3) if magic in ("P3", "P6") else (30, 40)
         image = tmp_path / f"{magic}_{maxval}.pnm"
-        image.write_bytes(_pnm(magic, maxval, rng.integers(0, top + 1, shape)))
+        samples = rng.integers(0, top + 1, shape)
+        if maxval == "over":
+            samples[::3] = 200
+        image.write_bytes(_pnm(magic, top if maxval == "over" else maxval, samples))
         out = tmp_path / image.stem
         r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
         assert r.returncode == 0, (image.name, r.stderr)
         mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
         assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
-    bad = {"over.pgm": _pnm("P5", 100, np.full((4, 6), 200)), "short.pgm": _pnm("P5", 255, np.zeros((4, 6)))[:-5]}
+    bad = {"short.pgm": _pnm("P5", 255, np.zeros((4, 6)))[:-5], "junk.ppm": _pnm("P3", 255, np.zeros((4, 6, 3))).replace(b"0 0 0", b"0 0\x7f0", 1)}
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
-        r = _run([cli, "--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car", "--out", str(tmp_path / "bad")])
-        assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"{name}: not a readable image (" in r.stderr, r.stderr
+        args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car"]
+        r = _run([cli, *args, "--out", str(tmp_path / "bad")])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "bad")])
+        assert r.returncode == py.returncode == 2 and r.stderr.count("\n") == 1 and f"{name}: not a readable image (" in r.stderr, (r.stderr, py.stderr)
         assert not (tmp_path / "bad").exists()
 
 
@@ -356,6 +362,35 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
         assert r.returncode == 0, (image.name, r.stderr)
         mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
         assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
+
+
+def test_truncated_bmp_tga_gif_refused_as_restr_predict_does(build, tiny, tmp_path):
+    """stb_image reads past the end of a BMP, TGA or GIF as zeros; Pillow refuses the file as truncated,
+    and so does the C++ CLI now, in one line; and BMP bit fields outside Pillow's layouts are refused
+    with its words (stb read any). A file cut anywhere in its header or data: exit 2 from both CLIs."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgba = np.dstack([xx * 4, yy * 5, (xx + yy) * 2, yy * 5]).astype(np.uint8)
+    im = Image.fromarray(rgba[..., :3])
+    whole = {"rgb.bmp": None, "555.bmp": _bmp(rgba, 16, 0), "rgb.tga": None, "rle.tga": None, "clear.gif": None}
+    im.save(tmp_path / "rgb.bmp")
+    im.save(tmp_path / "rgb.tga")
+    im.save(tmp_path / "rle.tga", compression="tga_rle")
+    im.convert("P").save(tmp_path / "clear.gif", transparency=3)
+    files = {"odd_fields.bmp": _bmp(rgba, 32, 3, (0x3FF00000, 0xFFC00, 0x3FF, 0), header=108)}
+    for name, data in whole.items():
+        data = data or (tmp_path / name).read_bytes()
+        for share in (0.5, 0.97):
+            files[f"cut{int(share * 100)}_{name}"] = data[: int(len(data) * share)]
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car"]
+        cpp = _run([cli, *args, "--out", str(tmp_path / "cpp")])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+        assert cpp.returncode == py.returncode == 2, (name, cpp.stderr, py.stderr)
+        assert cpp.stderr.count("\n") == 1 and not (tmp_path / "cpp").exists(), cpp.stderr
+        words = "Unsupported BMP bitfields layout" if name == "odd_fields.bmp" else "image file is truncated"
+        assert f"{name}: not a readable image ({words}" in cpp.stderr and f"({words}" in py.stderr, (name, cpp.stderr, py.stderr)
 
 
 def _chunk_after_image_data(png: bytes, kind: bytes) -> bytes:

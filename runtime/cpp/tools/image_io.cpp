@@ -9,6 +9,7 @@
 #include <stb/stb_image_write.h>
 
 #include <algorithm>
+#include <array>
 #include <csetjmp>
 #include <cmath>
 #include <cstdio>
@@ -36,6 +37,12 @@ std::vector<uint8_t> read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw FileError(path + ": no such file");
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// stb_image's reason for a refusal, never empty (a PNG cut after its last image data has none).
+std::string stb_reason() {
+  const char* reason = stbi_failure_reason();
+  return reason && *reason ? reason : "damaged or truncated data";
 }
 
 struct JpegError {
@@ -180,7 +187,7 @@ Image load_grey16(const std::string& path, const std::vector<uint8_t>& bytes) {
   int w = 0, h = 0, channels = 0;
   std::unique_ptr<uint16_t, void (*)(void*)> data(stbi_load_16_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 1),
                                                   stbi_image_free);
-  if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
+  if (!data) throw FileError(path + ": not a readable image (" + stb_reason() + ")");
   return stretch_grey(data.get(), w, h);
 }
 
@@ -233,9 +240,25 @@ bool pnm_samples(struct pam* pam, uint16_t* out) {
   return true;
 }
 
+// A plain PNM's raster as Pillow's parser takes it: decimal numbers, whitespace and # comments only
+// (libnetpbm ends a number at any other byte and reads on, where Python's int() refuses the token).
+bool plain_raster_ok(const std::vector<uint8_t>& bytes, size_t from) {
+  for (size_t i = from; i < bytes.size(); ++i) {
+    const uint8_t c = bytes[i];
+    if (c == '#') {
+      while (i < bytes.size() && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+    } else if (!(c >= '0' && c <= '9') && !std::strchr(" \t\n\r\v\f", c)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // As Pillow's PpmImagePlugin, then restr.runtime.transforms.to_rgb: bitmaps black and white; maxval up
 // to 255 scaled to 255, greyscale above it scaled to 65535 (mode I) then stretched, colour above it
-// scaled to 255; each scaling round(v / maxval * top), half to even as Python's round.
+// scaled to 255; each scaling min(top, round(v / maxval * top)), half to even as Python's round.
+// libnetpbm reads the header, the bitmaps and the plain (ASCII) rasters; a raw PGM or PPM raster is
+// read here, as Pillow does, so that a sample above the maxval is clamped (libnetpbm refuses it).
 Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   netpbm_init();
   std::unique_ptr<FILE, int (*)(FILE*)> file(fmemopen(bytes.data(), bytes.size(), "rb"), std::fclose);
@@ -245,15 +268,26 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   if (!pnm_header(file.get(), &pam)) throw refused();
   check_size(path, pam.width, pam.height);
   if (pam.depth != 1 && pam.depth != 3) throw FileError(path + ": not a readable image (a PNM of depth " + std::to_string(pam.depth) + ")");
-  const size_t n = size_t(pam.width) * size_t(pam.height);
-  std::vector<uint16_t> samples(n * pam.depth);
-  if (!pnm_samples(&pam, samples.data())) throw refused();
+  const size_t n = size_t(pam.width) * size_t(pam.height), count = n * pam.depth;
+  const size_t raster = size_t(std::ftell(file.get()));
+  std::vector<uint16_t> samples(count);
+  const bool raw = pam.format == RPGM_FORMAT || pam.format == RPPM_FORMAT;
+  if (raw) {
+    const size_t width = pam.maxval > 255 ? 2 : 1;  // bytes a sample, big-endian
+    if (bytes.size() - raster < count * width) throw FileError(path + ": not a readable image (image file is truncated)");
+    for (size_t i = 0; i < count; ++i)
+      samples[i] = width == 1 ? bytes[raster + i] : uint16_t(bytes[raster + 2 * i] << 8 | bytes[raster + 2 * i + 1]);
+  } else {
+    if (pam.format != RPBM_FORMAT && !plain_raster_ok(bytes, raster))
+      throw FileError(path + ": not a readable image (a plain PNM raster holds something other than decimal numbers)");
+    if (!pnm_samples(&pam, samples.data())) throw refused();
+  }
   const double maxval = double(pam.maxval);
+  auto scaled = [&](uint16_t v, double top) { return std::min(top, std::nearbyint(v / maxval * top)); };
   const bool grey = pam.depth == 1;
   if (grey && pam.maxval > 255) {
     std::vector<uint32_t> wide(n);
-    for (size_t i = 0; i < n; ++i)
-      wide[i] = pam.maxval == 65535 ? samples[i] : uint32_t(std::nearbyint(samples[i] / maxval * 65535.0));
+    for (size_t i = 0; i < n; ++i) wide[i] = pam.maxval == 65535 ? samples[i] : uint32_t(scaled(samples[i], 65535.0));
     return stretch_grey(wide.data(), pam.width, pam.height);
   }
   Image im;
@@ -263,7 +297,7 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   for (size_t i = 0; i < n; ++i)
     for (int c = 0; c < 3; ++c) {
       const uint16_t v = samples[i * pam.depth + (grey ? 0 : c)];
-      im.rgb[i * 3 + c] = pam.maxval == 255 ? uint8_t(v) : uint8_t(std::min(255.0, std::nearbyint(v / maxval * 255.0)));
+      im.rgb[i * 3 + c] = pam.maxval == 255 ? uint8_t(v) : uint8_t(scaled(v, 255.0));
     }
   return im;
 }
@@ -292,6 +326,97 @@ int png_orientation(const std::vector<uint8_t>& bytes) {
     at += length + 12;
   }
   return 1;
+}
+
+// Little-endian fields of a file's header (0 past the end).
+struct Fields {
+  const std::vector<uint8_t>& b;
+  unsigned u8(size_t at) const { return at < b.size() ? b[at] : 0u; }
+  unsigned u16(size_t at) const { return u8(at) | u8(at + 1) << 8; }
+  uint32_t u32(size_t at) const { return u16(at) | uint32_t(u16(at + 2)) << 16; }
+};
+
+// What Pillow refuses in a file stb_image would read: stb reads past the end of a BMP, TGA or GIF as
+// zeros, where Pillow says "image file is truncated"; and Pillow reads BMP bit fields of its own
+// layouts only. Empty when the file is fine by Pillow (as far as stb's formats go).
+std::string pillow_refusal(const std::vector<uint8_t>& b) {
+  const Fields f{b};
+  const std::string truncated = "image file is truncated";
+  if (b.size() >= 2 && b[0] == 'B' && b[1] == 'M') {
+    const uint32_t header = f.u32(14);
+    const bool os2 = header == 12;
+    const int64_t w = os2 ? f.u16(18) : int32_t(f.u32(18)), h = os2 ? f.u16(20) : int32_t(f.u32(22));
+    const unsigned bits = os2 ? f.u16(24) : f.u16(28);
+    const uint32_t compression = os2 ? 0 : f.u32(30);
+    if (compression == 3) {  // Pillow's BmpImagePlugin SUPPORTED layouts
+      const uint32_t r = f.u32(54), g = f.u32(58), bl = f.u32(62), a = header >= 56 ? f.u32(66) : 0;
+      const std::vector<std::array<uint32_t, 4>> layouts =
+          bits == 32 ? std::vector<std::array<uint32_t, 4>>{{0xFF0000, 0xFF00, 0xFF, 0}, {0xFF000000, 0xFF0000, 0xFF00, 0},
+                                                            {0xFF000000, 0xFF00, 0xFF, 0}, {0xFF000000, 0xFF0000, 0xFF00, 0xFF},
+                                                            {0xFF, 0xFF00, 0xFF0000, 0xFF000000}, {0xFF0000, 0xFF00, 0xFF, 0xFF000000},
+                                                            {0xFF000000, 0xFF00, 0xFF, 0xFF0000}, {0, 0, 0, 0}}
+          : bits == 24 ? std::vector<std::array<uint32_t, 4>>{{0xFF0000, 0xFF00, 0xFF, a}}
+          : bits == 16 ? std::vector<std::array<uint32_t, 4>>{{0xF800, 0x7E0, 0x1F, a}, {0x7C00, 0x3E0, 0x1F, a}}
+                       : std::vector<std::array<uint32_t, 4>>{};
+      if (std::find(layouts.begin(), layouts.end(), std::array<uint32_t, 4>{r, g, bl, a}) == layouts.end())
+        return "Unsupported BMP bitfields layout";
+    }
+    if ((compression == 0 || compression == 3) && w > 0 && bits > 0) {  // rows padded to 4 bytes
+      const uint64_t row = (uint64_t(w) * bits + 31) / 32 * 4;
+      if (uint64_t(f.u32(10)) + row * uint64_t(h < 0 ? -h : h) > b.size()) return truncated;
+    }
+    return "";
+  }
+  if (b.size() >= 6 && (std::memcmp(b.data(), "GIF87a", 6) == 0 || std::memcmp(b.data(), "GIF89a", 6) == 0)) {
+    // the blocks up to the end of the first image's data (the frame Pillow and stb read)
+    size_t at = 13 + (f.u8(10) & 0x80 ? 3u * (2u << (f.u8(10) & 7)) : 0u);
+    auto sub_blocks = [&] {
+      while (at < b.size() && b[at] != 0) at += 1 + b[at];
+      return at++ < b.size();
+    };
+    while (at < b.size()) {
+      if (b[at] == 0x21) {  // extension: label, then sub-blocks
+        at += 2;
+        if (!sub_blocks()) return truncated;
+      } else if (b[at] == 0x2C) {  // image: descriptor, local colour table, code size, sub-blocks
+        const unsigned flags = f.u8(at + 9);
+        at += 10 + (flags & 0x80 ? 3u * (2u << (flags & 7)) : 0u) + 1;
+        return sub_blocks() ? "" : truncated;
+      } else {
+        return "";  // the trailer, or something stb judges itself
+      }
+    }
+    return truncated;
+  }
+  return "";
+}
+
+// stb tries TGA last, having no signature to test: a file with none of the others' signatures.
+bool is_tga(const std::vector<uint8_t>& b) {
+  auto starts = [&](const char* magic, size_t n) { return b.size() >= n && std::memcmp(b.data(), magic, n) == 0; };
+  return !(starts("\x89PNG", 4) || starts("BM", 2) || starts("GIF8", 4) || starts("8BPS", 4) || starts("\x53\x80\xF6\x34", 4) ||
+           starts("#?", 2) || starts("\xFF\xD8", 2) || (b.size() >= 2 && b[0] == 'P'));
+}
+
+// TGA has no signature: when stb reads a file as TGA, the pixels its header promises, stored or in
+// run-length packets, must be there.
+std::string tga_refusal(const std::vector<uint8_t>& b) {
+  const Fields f{b};
+  const unsigned type = f.u8(2), bpp = (f.u8(16) + 7) / 8;
+  const uint64_t pixels = uint64_t(f.u16(12)) * f.u16(14);
+  uint64_t at = 18 + f.u8(0) + (f.u8(1) ? uint64_t(f.u16(5)) * ((f.u8(7) + 7) / 8) : 0);
+  if (type >= 1 && type <= 3) return at + pixels * bpp <= b.size() ? "" : "image file is truncated";
+  if (type >= 9 && type <= 11) {
+    for (uint64_t done = 0; done < pixels;) {
+      if (at >= b.size()) return "image file is truncated";
+      const unsigned packet = b[at++];
+      const unsigned n = (packet & 0x7F) + 1;
+      at += packet & 0x80 ? bpp : uint64_t(n) * bpp;
+      done += n;
+    }
+    if (at > b.size()) return "image file is truncated";
+  }
+  return "";
 }
 
 // Where stb reads a BMP otherwise than Pillow: a 32-bit uncompressed BMP's fourth byte is reserved to
@@ -363,10 +488,13 @@ Image load_image(const std::string& path) {
   }
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
+  std::string refusal = pillow_refusal(bytes);
+  if (refusal.empty() && is_tga(bytes)) refusal = tga_refusal(bytes);
+  if (!refusal.empty()) throw FileError(path + ": not a readable image (" + refusal + ")");
   if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size())))
     return orient(load_grey16(path, bytes), png_orientation(bytes));
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
-  if (!data) throw FileError(path + ": not a readable image (" + stbi_failure_reason() + ")");
+  if (!data) throw FileError(path + ": not a readable image (" + stb_reason() + ")");
   bmp_as_pillow(bytes, data.get(), w, h);
   return orient(over_black(data.get(), w, h), png_orientation(bytes));
 }
