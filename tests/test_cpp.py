@@ -364,10 +364,11 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
         assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
 
 
-def test_truncated_bmp_tga_gif_refused_as_restr_predict_does(build, tiny, tmp_path):
-    """stb_image reads past the end of a BMP, TGA or GIF as zeros; Pillow refuses the file as truncated,
-    and so does the C++ CLI now, in one line; and BMP bit fields outside Pillow's layouts are refused
-    with its words (stb read any). A file cut anywhere in its header or data: exit 2 from both CLIs."""
+def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
+    """Damaged files that stb_image or libnetpbm read and Pillow refuses, refused by the C++ CLI too, in
+    one line with Pillow's words: BMP, TGA and GIF cut short (stb read zeros past the end), BMP bit
+    fields outside Pillow's layouts, a PNG chunk with a wrong CRC or a broken zlib stream (stb checks
+    neither), junk in a PNM header. Found by running both CLIs on randomly damaged files."""
     yy, xx = np.mgrid[0:48, 0:64]
     rgba = np.dstack([xx * 4, yy * 5, (xx + yy) * 2, yy * 5]).astype(np.uint8)
     im = Image.fromarray(rgba[..., :3])
@@ -376,7 +377,13 @@ def test_truncated_bmp_tga_gif_refused_as_restr_predict_does(build, tiny, tmp_pa
     im.save(tmp_path / "rgb.tga")
     im.save(tmp_path / "rle.tga", compression="tga_rle")
     im.convert("P").save(tmp_path / "clear.gif", transparency=3)
-    files = {"odd_fields.bmp": _bmp(rgba, 32, 3, (0x3FF00000, 0xFFC00, 0x3FF, 0), header=108)}
+    im.save(tmp_path / "rgb.png")
+    png = (tmp_path / "rgb.png").read_bytes()
+    idat = png.index(b"IDAT") + 4
+    files = {"odd_fields.bmp": _bmp(rgba, 32, 3, (0x3FF00000, 0xFFC00, 0x3FF, 0), header=108),
+             "bad_crc.png": png[:20] + bytes([png[20] ^ 1]) + png[21:],  # IHDR's width, its CRC unchanged
+             "bad_data.png": png[:idat + 40] + bytes([png[idat + 40] ^ 0x55]) + png[idat + 41:],  # stb checks no zlib stream
+             "junk_header.ppm": b"P6\n64 4\x8a8\n255\n" + bytes(64 * 48 * 3)}
     for name, data in whole.items():
         data = data or (tmp_path / name).read_bytes()
         for share in (0.5, 0.97):
@@ -389,8 +396,14 @@ def test_truncated_bmp_tga_gif_refused_as_restr_predict_does(build, tiny, tmp_pa
         py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
         assert cpp.returncode == py.returncode == 2, (name, cpp.stderr, py.stderr)
         assert cpp.stderr.count("\n") == 1 and not (tmp_path / "cpp").exists(), cpp.stderr
-        words = "Unsupported BMP bitfields layout" if name == "odd_fields.bmp" else "image file is truncated"
-        assert f"{name}: not a readable image ({words}" in cpp.stderr and f"({words}" in py.stderr, (name, cpp.stderr, py.stderr)
+        words = {"odd_fields.bmp": "Unsupported BMP bitfields layout", "bad_crc.png": "broken PNG file (bad header checksum in b'IHDR')",
+                 "bad_data.png": "broken data stream when reading image file"}.get(name, "image file is truncated")
+        if name == "junk_header.ppm":  # Python's int() refuses the token; libnetpbm read "4" and went on
+            assert "(a PNM header holds something other than decimal numbers)" in cpp.stderr and "invalid literal for int()" in py.stderr
+        elif name == "bad_crc.png":  # Pillow's checksum error becomes "cannot identify image file" in Image.open
+            assert f"({words})" in cpp.stderr and "(cannot identify image file " in py.stderr
+        else:
+            assert f"{name}: not a readable image ({words}" in cpp.stderr and f"({words}" in py.stderr, (name, cpp.stderr, py.stderr)
 
 
 def _chunk_after_image_data(png: bytes, kind: bytes) -> bytes:

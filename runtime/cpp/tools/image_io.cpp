@@ -5,6 +5,7 @@
 #include <libexif/exif-data.h>
 #include <netpbm/pam.h>
 #include <webp/demux.h>
+#include <zlib.h>
 #include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
 
@@ -240,13 +241,14 @@ bool pnm_samples(struct pam* pam, uint16_t* out) {
   return true;
 }
 
-// A plain PNM's raster as Pillow's parser takes it: decimal numbers, whitespace and # comments only
-// (libnetpbm ends a number at any other byte and reads on, where Python's int() refuses the token).
-bool plain_raster_ok(const std::vector<uint8_t>& bytes, size_t from) {
-  for (size_t i = from; i < bytes.size(); ++i) {
+// Bytes [from, to) as Pillow's PNM parser takes a header or a plain (ASCII) raster: decimal numbers,
+// whitespace and # comments only (libnetpbm ends a number at any other byte and reads on, where
+// Python's int() refuses the token).
+bool pnm_text_ok(const std::vector<uint8_t>& bytes, size_t from, size_t to) {
+  for (size_t i = from; i < to; ++i) {
     const uint8_t c = bytes[i];
     if (c == '#') {
-      while (i < bytes.size() && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+      while (i < to && bytes[i] != '\n' && bytes[i] != '\r') ++i;
     } else if (!(c >= '0' && c <= '9') && !std::strchr(" \t\n\r\v\f", c)) {
       return false;
     }
@@ -270,6 +272,7 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   if (pam.depth != 1 && pam.depth != 3) throw FileError(path + ": not a readable image (a PNM of depth " + std::to_string(pam.depth) + ")");
   const size_t n = size_t(pam.width) * size_t(pam.height), count = n * pam.depth;
   const size_t raster = size_t(std::ftell(file.get()));
+  if (!pnm_text_ok(bytes, 2, raster)) throw FileError(path + ": not a readable image (a PNM header holds something other than decimal numbers)");
   std::vector<uint16_t> samples(count);
   const bool raw = pam.format == RPGM_FORMAT || pam.format == RPPM_FORMAT;
   if (raw) {
@@ -278,7 +281,7 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
     for (size_t i = 0; i < count; ++i)
       samples[i] = width == 1 ? bytes[raster + i] : uint16_t(bytes[raster + 2 * i] << 8 | bytes[raster + 2 * i + 1]);
   } else {
-    if (pam.format != RPBM_FORMAT && !plain_raster_ok(bytes, raster))
+    if (pam.format != RPBM_FORMAT && !pnm_text_ok(bytes, raster, bytes.size()))
       throw FileError(path + ": not a readable image (a plain PNM raster holds something other than decimal numbers)");
     if (!pnm_samples(&pam, samples.data())) throw refused();
   }
@@ -391,6 +394,52 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
   return "";
 }
 
+// What Pillow refuses in a PNG that stb_image reads (stb checks no checksum): a chunk before the image
+// data whose CRC is wrong, and image data that zlib cannot inflate or whose Adler-32 is wrong. As
+// Pillow, no CRC check on the image data and the chunks after it.
+std::string png_refusal(const std::vector<uint8_t>& b) {
+  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (b.size() < 8 || std::memcmp(b.data(), signature, 8) != 0) return "";
+  z_stream z{};
+  if (inflateInit(&z) != Z_OK) return "";
+  std::unique_ptr<z_stream, int (*)(z_stream*)> done(&z, inflateEnd);
+  std::vector<uint8_t> scratch(1 << 16);
+  bool image_data = false, ended = false;
+  for (size_t at = 8; at + 8 <= b.size();) {
+    const size_t length = size_t(b[at]) << 24 | size_t(b[at + 1]) << 16 | size_t(b[at + 2]) << 8 | b[at + 3];
+    const uint8_t* type = &b[at + 4];
+    const bool idat = std::memcmp(type, "IDAT", 4) == 0;
+    const size_t have = std::min(length, b.size() - at - 8);  // a cut chunk: stb and Pillow judge that
+    if (idat && !ended) {
+      image_data = true;
+      z.next_in = const_cast<uint8_t*>(&b[at + 8]);
+      z.avail_in = unsigned(have);
+      while (z.avail_in > 0 && !ended) {
+        z.next_out = scratch.data();
+        z.avail_out = unsigned(scratch.size());
+        const int rc = inflate(&z, Z_NO_FLUSH);
+        if (rc == Z_STREAM_END) ended = true;
+        else if (rc != Z_OK && rc != Z_BUF_ERROR) return "broken data stream when reading image file";
+      }
+    } else if (!image_data && at + 12 + length <= b.size()) {
+      const uint32_t crc = uint32_t(crc32(crc32(0, type, 4), &b[at + 8], unsigned(length)));
+      const size_t c = at + 8 + length;
+      if (crc != (uint32_t(b[c]) << 24 | uint32_t(b[c + 1]) << 16 | uint32_t(b[c + 2]) << 8 | b[c + 3])) {
+        std::string name;  // as Python's repr of the chunk type
+        for (int i = 0; i < 4; ++i) {
+          char hex[5];
+          std::snprintf(hex, sizeof hex, "\\x%02x", type[i]);
+          name += type[i] >= 0x20 && type[i] < 0x7F && type[i] != '\'' && type[i] != '\\' ? std::string(1, char(type[i])) : std::string(hex);
+        }
+        return "broken PNG file (bad header checksum in b'" + name + "')";
+      }
+    }
+    if (std::memcmp(type, "IEND", 4) == 0 || length > b.size()) break;
+    at += 12 + length;
+  }
+  return "";
+}
+
 // stb tries TGA last, having no signature to test: a file with none of the others' signatures.
 bool is_tga(const std::vector<uint8_t>& b) {
   auto starts = [&](const char* magic, size_t n) { return b.size() >= n && std::memcmp(b.data(), magic, n) == 0; };
@@ -489,6 +538,7 @@ Image load_image(const std::string& path) {
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
   std::string refusal = pillow_refusal(bytes);
+  if (refusal.empty()) refusal = png_refusal(bytes);
   if (refusal.empty() && is_tga(bytes)) refusal = tga_refusal(bytes);
   if (!refusal.empty()) throw FileError(path + ": not a readable image (" + refusal + ")");
   if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size())))
