@@ -332,10 +332,24 @@ def _bmp(rgba: np.ndarray, bits: int, compression: int, masks: tuple[int, ...] =
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + pixels
 
 
+def _interlaced_png(rgb: np.ndarray) -> bytes:
+    """An Adam7-interlaced 8-bit RGB PNG (Pillow writes none): each pass's rows, filter 0."""
+    h, w = rgb.shape[:2]
+    raw = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)):
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\0" + row.tobytes() for row in sub)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
 def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp_path):
     """stb_image's formats in the modes where it could part from Pillow: a 32-bit BMP's reserved byte
     (Pillow ignores it, stb took it for alpha), 16-bit BMPs (Pillow truncates v * 255 / 31, stb repeats
-    bits), bit fields with alpha, palettes with transparency, RLE TGA, PNG grey+alpha and 1-bit. The C++
+    bits), bit fields with alpha, palettes with transparency, RLE TGA, PNG grey+alpha, 1-bit and
+    Adam7-interlaced (its zlib stream checked to its last row, as Pillow reads it). The C++
     CLI's overlay is the Python overlay of restr-predict's decoding of each file."""
     from restr.runtime.visualize import overlay
 
@@ -344,7 +358,8 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
     im = Image.fromarray(rgba[..., :3])
     files = {"reserved.bmp": _bmp(rgba, 32, 0), "reserved_v5.bmp": _bmp(rgba, 32, 0, header=124),
              "alpha.bmp": _bmp(rgba, 32, 3, (0xFF0000, 0xFF00, 0xFF, 0xFF000000), header=108),
-             "555.bmp": _bmp(rgba, 16, 0), "565.bmp": _bmp(rgba, 16, 3, (0xF800, 0x7E0, 0x1F))}
+             "555.bmp": _bmp(rgba, 16, 0), "565.bmp": _bmp(rgba, 16, 3, (0xF800, 0x7E0, 0x1F)),
+             "interlaced.png": _interlaced_png(rgba[:45, :61, :3].copy())}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     im.convert("P").save(tmp_path / "palette.bmp")

@@ -10,7 +10,6 @@
 #include <stb/stb_image_write.h>
 
 #include <algorithm>
-#include <array>
 #include <csetjmp>
 #include <cmath>
 #include <cstdio>
@@ -249,7 +248,7 @@ bool pnm_text_ok(const std::vector<uint8_t>& bytes, size_t from, size_t to) {
     const uint8_t c = bytes[i];
     if (c == '#') {
       while (i < to && bytes[i] != '\n' && bytes[i] != '\r') ++i;
-    } else if (!(c >= '0' && c <= '9') && !std::strchr(" \t\n\r\v\f", c)) {
+    } else if (!(c >= '0' && c <= '9') && !std::memchr(" \t\n\r\v\f", c, 6)) {  // not strchr: it finds NUL
       return false;
     }
   }
@@ -316,13 +315,19 @@ Image over_black(const uint8_t* rgba, int w, int h) {
   return im;
 }
 
+bool is_png(const std::vector<uint8_t>& b) {
+  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  return b.size() >= 8 && std::memcmp(b.data(), signature, 8) == 0;
+}
+
+uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
+
 // The orientation in a PNG's eXIf chunk (before or after the image data: Pillow's exif_transpose loads
 // the whole file), walking the chunks' length and type fields; 1 when there is none.
 int png_orientation(const std::vector<uint8_t>& bytes) {
-  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  if (bytes.size() < 8 || std::memcmp(bytes.data(), signature, 8) != 0) return 1;
+  if (!is_png(bytes)) return 1;
   for (size_t at = 8; at + 12 <= bytes.size();) {
-    const size_t length = size_t(bytes[at]) << 24 | size_t(bytes[at + 1]) << 16 | size_t(bytes[at + 2]) << 8 | bytes[at + 3];
+    const size_t length = be32(&bytes[at]);
     if (length > bytes.size() - at - 12) return 1;  // a damaged chunk: stb has read what it could
     if (std::memcmp(&bytes[at + 4], "eXIf", 4) == 0) return exif_orientation(&bytes[at + 8], length);
     if (std::memcmp(&bytes[at + 4], "IEND", 4) == 0) return 1;
@@ -351,18 +356,17 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
     const int64_t w = os2 ? f.u16(18) : int32_t(f.u32(18)), h = os2 ? f.u16(20) : int32_t(f.u32(22));
     const unsigned bits = os2 ? f.u16(24) : f.u16(28);
     const uint32_t compression = os2 ? 0 : f.u32(30);
-    if (compression == 3) {  // Pillow's BmpImagePlugin SUPPORTED layouts
-      const uint32_t r = f.u32(54), g = f.u32(58), bl = f.u32(62), a = header >= 56 ? f.u32(66) : 0;
-      const std::vector<std::array<uint32_t, 4>> layouts =
-          bits == 32 ? std::vector<std::array<uint32_t, 4>>{{0xFF0000, 0xFF00, 0xFF, 0}, {0xFF000000, 0xFF0000, 0xFF00, 0},
-                                                            {0xFF000000, 0xFF00, 0xFF, 0}, {0xFF000000, 0xFF0000, 0xFF00, 0xFF},
-                                                            {0xFF, 0xFF00, 0xFF0000, 0xFF000000}, {0xFF0000, 0xFF00, 0xFF, 0xFF000000},
-                                                            {0xFF000000, 0xFF00, 0xFF, 0xFF0000}, {0, 0, 0, 0}}
-          : bits == 24 ? std::vector<std::array<uint32_t, 4>>{{0xFF0000, 0xFF00, 0xFF, a}}
-          : bits == 16 ? std::vector<std::array<uint32_t, 4>>{{0xF800, 0x7E0, 0x1F, a}, {0x7C00, 0x3E0, 0x1F, a}}
-                       : std::vector<std::array<uint32_t, 4>>{};
-      if (std::find(layouts.begin(), layouts.end(), std::array<uint32_t, 4>{r, g, bl, a}) == layouts.end())
-        return "Unsupported BMP bitfields layout";
+    if (compression == 3) {  // Pillow's BmpImagePlugin SUPPORTED layouts: red, green, blue (and alpha at 32 bits)
+      static const uint32_t layouts[][5] = {
+          {32, 0xFF0000, 0xFF00, 0xFF, 0},          {32, 0xFF000000, 0xFF0000, 0xFF00, 0},  {32, 0xFF000000, 0xFF00, 0xFF, 0},
+          {32, 0xFF000000, 0xFF0000, 0xFF00, 0xFF}, {32, 0xFF, 0xFF00, 0xFF0000, 0xFF000000}, {32, 0xFF0000, 0xFF00, 0xFF, 0xFF000000},
+          {32, 0xFF000000, 0xFF00, 0xFF, 0xFF0000}, {32, 0, 0, 0, 0},                     {24, 0xFF0000, 0xFF00, 0xFF, 0},
+          {16, 0xF800, 0x7E0, 0x1F, 0},             {16, 0x7C00, 0x3E0, 0x1F, 0}};
+      const uint32_t alpha = bits == 32 && header >= 56 ? f.u32(66) : 0;  // Pillow reads alpha masks at 32 bits only
+      const bool known = std::any_of(std::begin(layouts), std::end(layouts), [&](const uint32_t* l) {
+        return l[0] == bits && l[1] == f.u32(54) && l[2] == f.u32(58) && l[3] == f.u32(62) && l[4] == alpha;
+      });
+      if (!known) return "Unsupported BMP bitfields layout";
     }
     if ((compression == 0 || compression == 3) && w > 0 && bits > 0) {  // rows padded to 4 bytes
       const uint64_t row = (uint64_t(w) * bits + 31) / 32 * 4;
@@ -394,19 +398,34 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
   return "";
 }
 
+// The bytes a PNG's zlib stream inflates to: each (Adam7: each pass's) row of filtered samples with
+// its filter byte; 0 when the header is not one.
+uint64_t png_raw_size(const std::vector<uint8_t>& b) {
+  if (b.size() < 33 || std::memcmp(&b[12], "IHDR", 4) != 0) return 0;
+  const uint64_t w = be32(&b[16]), h = be32(&b[20]);
+  const unsigned depth = b[24], type = b[25], interlaced = b[28];
+  const unsigned channels = type == 0 ? 1 : type == 2 ? 3 : type == 3 ? 1 : type == 4 ? 2 : type == 6 ? 4 : 0;
+  auto rows = [&](uint64_t pw, uint64_t ph) { return pw && ph ? ph * (1 + (pw * channels * depth + 7) / 8) : 0; };
+  if (!interlaced) return rows(w, h);
+  static const unsigned adam7[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4}, {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+  uint64_t total = 0;  // pass p holds the pixels at x0 + k * dx, y0 + k * dy
+  for (const auto& p : adam7) total += rows((w + p[2] - 1 - p[0]) / p[2], (h + p[3] - 1 - p[1]) / p[3]);
+  return total;
+}
+
 // What Pillow refuses in a PNG that stb_image reads (stb checks no checksum): a chunk before the image
-// data whose CRC is wrong, and image data that zlib cannot inflate or whose Adler-32 is wrong. As
-// Pillow, no CRC check on the image data and the chunks after it.
+// data whose CRC is wrong, and image data that zlib cannot inflate (or whose Adler-32 is wrong) up to
+// its last row. As Pillow: no CRC check on the image data and after it, no look past the last row.
 std::string png_refusal(const std::vector<uint8_t>& b) {
-  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  if (b.size() < 8 || std::memcmp(b.data(), signature, 8) != 0) return "";
+  if (!is_png(b)) return "";
   z_stream z{};
   if (inflateInit(&z) != Z_OK) return "";
   std::unique_ptr<z_stream, int (*)(z_stream*)> done(&z, inflateEnd);
   std::vector<uint8_t> scratch(1 << 16);
-  bool image_data = false, ended = false;
+  uint64_t wanted = png_raw_size(b);  // inflated bytes still to come
+  bool image_data = false, ended = wanted == 0;
   for (size_t at = 8; at + 8 <= b.size();) {
-    const size_t length = size_t(b[at]) << 24 | size_t(b[at + 1]) << 16 | size_t(b[at + 2]) << 8 | b[at + 3];
+    const size_t length = be32(&b[at]);
     const uint8_t* type = &b[at + 4];
     const bool idat = std::memcmp(type, "IDAT", 4) == 0;
     const size_t have = std::min(length, b.size() - at - 8);  // a cut chunk: stb and Pillow judge that
@@ -416,15 +435,15 @@ std::string png_refusal(const std::vector<uint8_t>& b) {
       z.avail_in = unsigned(have);
       while (z.avail_in > 0 && !ended) {
         z.next_out = scratch.data();
-        z.avail_out = unsigned(scratch.size());
+        z.avail_out = unsigned(std::min<uint64_t>(scratch.size(), wanted));
         const int rc = inflate(&z, Z_NO_FLUSH);
-        if (rc == Z_STREAM_END) ended = true;
-        else if (rc != Z_OK && rc != Z_BUF_ERROR) return "broken data stream when reading image file";
+        wanted -= std::min<uint64_t>(scratch.size(), wanted) - z.avail_out;
+        if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) return "broken data stream when reading image file";
+        ended = rc == Z_STREAM_END || wanted == 0 || (rc == Z_BUF_ERROR && z.avail_in > 0);
       }
     } else if (!image_data && at + 12 + length <= b.size()) {
       const uint32_t crc = uint32_t(crc32(crc32(0, type, 4), &b[at + 8], unsigned(length)));
-      const size_t c = at + 8 + length;
-      if (crc != (uint32_t(b[c]) << 24 | uint32_t(b[c + 1]) << 16 | uint32_t(b[c + 2]) << 8 | b[c + 3])) {
+      if (crc != be32(&b[at + 8 + length])) {
         std::string name;  // as Python's repr of the chunk type
         for (int i = 0; i < 4; ++i) {
           char hex[5];
