@@ -332,6 +332,16 @@ def _bmp(rgba: np.ndarray, bits: int, compression: int, masks: tuple[int, ...] =
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + pixels
 
 
+def _short_palette_bmp() -> bytes:
+    """An 8-bit BMP with a 4-colour palette whose pixels also use indices 4..9 (past its end)."""
+    h, w = 20, 32
+    indices = (np.arange(h * w).reshape(h, w) % 10).astype(np.uint8)
+    palette = bytes([0, 0, 255, 0, 0, 255, 0, 0, 255, 0, 0, 0, 90, 90, 90, 0])
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 8, 0, h * w, 2835, 2835, 4, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + h * w, 0, 0, offset) + info + palette + indices[::-1].tobytes()
+
+
 def _interlaced_png(rgb: np.ndarray) -> bytes:
     """An Adam7-interlaced 8-bit RGB PNG (Pillow writes none): each pass's rows, filter 0."""
     h, w = rgb.shape[:2]
@@ -349,7 +359,8 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
     """stb_image's formats in the modes where it could part from Pillow: a 32-bit BMP's reserved byte
     (Pillow ignores it, stb took it for alpha), 16-bit BMPs (Pillow truncates v * 255 / 31, stb repeats
     bits), bit fields with alpha, palettes with transparency, RLE TGA, PNG grey+alpha, 1-bit and
-    Adam7-interlaced (its zlib stream checked to its last row, as Pillow reads it). The C++
+    Adam7-interlaced (its zlib stream checked to its last row, as Pillow reads it), a BMP palette
+    shorter than its indices (black past its end to Pillow; stb read entries it never wrote). The C++
     CLI's overlay is the Python overlay of restr-predict's decoding of each file."""
     from restr.runtime.visualize import overlay
 
@@ -359,7 +370,7 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
     files = {"reserved.bmp": _bmp(rgba, 32, 0), "reserved_v5.bmp": _bmp(rgba, 32, 0, header=124),
              "alpha.bmp": _bmp(rgba, 32, 3, (0xFF0000, 0xFF00, 0xFF, 0xFF000000), header=108),
              "555.bmp": _bmp(rgba, 16, 0), "565.bmp": _bmp(rgba, 16, 3, (0xF800, 0x7E0, 0x1F)),
-             "interlaced.png": _interlaced_png(rgba[:45, :61, :3].copy())}
+             "interlaced.png": _interlaced_png(rgba[:45, :61, :3].copy()), "short_palette.bmp": _short_palette_bmp()}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     im.convert("P").save(tmp_path / "palette.bmp")

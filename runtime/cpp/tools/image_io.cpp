@@ -487,28 +487,47 @@ std::string tga_refusal(const std::vector<uint8_t>& b) {
   return "";
 }
 
-// Where stb reads a BMP otherwise than Pillow: a 32-bit uncompressed BMP's fourth byte is reserved to
-// Pillow ("BGRX"), where stb takes it for alpha; 16-bit channels are scaled by v * 255 / (2^n - 1),
-// truncated, where stb repeats the high bits. Fixed up on stb's RGBA output.
+// Where stb reads a BMP otherwise than Pillow, fixed up on stb's RGBA output: a 32-bit uncompressed
+// BMP's fourth byte is reserved to Pillow ("BGRX"), where stb takes it for alpha; 16-bit channels are
+// scaled by v * 255 / (2^n - 1), truncated, where stb repeats the high bits; and a palette index past
+// the palette's end is black to Pillow, where stb reads an entry it never wrote.
 void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int h) {
-  auto u16 = [&](size_t at) { return at + 2 <= bytes.size() ? unsigned(bytes[at] | bytes[at + 1] << 8) : 0u; };
-  auto u32 = [&](size_t at) { return at + 4 <= bytes.size() ? uint32_t(u16(at) | uint32_t(u16(at + 2)) << 16) : 0u; };
-  if (bytes.size() < 34 || bytes[0] != 'B' || bytes[1] != 'M' || u32(14) < 40) return;  // not a Windows BMP
-  const unsigned bits = u16(28);
-  const uint32_t compression = u32(30);
+  const Fields f{bytes};
+  const uint32_t header = f.u32(14);
+  if (bytes.size() < 34 || bytes[0] != 'B' || bytes[1] != 'M' || (header != 12 && header < 40)) return;
+  const bool os2 = header == 12;
+  const unsigned bits = os2 ? f.u16(24) : f.u16(28);
+  const uint32_t compression = os2 ? 0 : f.u32(30);
   const size_t n = size_t(w) * size_t(h);
   if (bits == 32 && compression == 0)
     for (size_t i = 0; i < n; ++i) rgba[i * 4 + 3] = 255;
   if (bits == 16 && (compression == 0 || compression == 3)) {
     int depth[3] = {5, 5, 5};  // BI_RGB: 5-5-5; bit fields: the masks' widths (Pillow reads 5-6-5 and 5-5-5)
     if (compression == 3)
-      for (int c = 0; c < 3; ++c) depth[c] = __builtin_popcount(u32(54 + 4 * c));
+      for (int c = 0; c < 3; ++c) depth[c] = __builtin_popcount(f.u32(54 + 4 * c));
     for (size_t i = 0; i < n; ++i)
       for (int c = 0; c < 3; ++c)
         if (depth[c] > 0 && depth[c] < 8) {
           const int v = rgba[i * 4 + c] >> (8 - depth[c]);
           rgba[i * 4 + c] = uint8_t(v * 255 / ((1 << depth[c]) - 1));
         }
+  }
+  if ((bits == 1 || bits == 4 || bits == 8) && compression == 0) {
+    // entries stb read: those between the header and the pixels; Pillow's: biClrUsed, or 2^bits
+    const uint32_t entry = os2 ? 3 : 4, offset = f.u32(10), colours = os2 ? 0 : f.u32(46);
+    const uint64_t present = offset > 14 + header ? (offset - 14 - header) / entry : 0;
+    const uint64_t palette = std::min<uint64_t>(present, colours ? colours : 1u << bits);
+    if (palette >= (1u << bits)) return;
+    const size_t stride = (size_t(w) * bits + 31) / 32 * 4;
+    const bool bottom_up = int32_t(os2 ? f.u16(20) : f.u32(22)) > 0;
+    for (int y = 0; y < h; ++y) {
+      const size_t row = offset + stride * size_t(bottom_up ? h - 1 - y : y);
+      for (int x = 0; x < w; ++x) {
+        const size_t bit = size_t(x) * bits;
+        const unsigned index = (f.u8(row + bit / 8) >> (8 - bits - bit % 8)) & ((1u << bits) - 1);
+        if (index >= palette) std::fill_n(rgba + (size_t(y) * w + x) * 4, 3, uint8_t(0));
+      }
+    }
   }
 }
 
