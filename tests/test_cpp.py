@@ -444,6 +444,38 @@ def _chunk_after_image_data(png: bytes, kind: bytes) -> bytes:
     return png[:8] + b"".join(rest[:-1] + moved + rest[-1:])
 
 
+def test_png_read_as_far_as_pillow_reads(build, tiny, tmp_path):
+    """Pillow reads a PNG up to its image data's last row: a file cut right after the image data (no
+    checksum, no IEND) or with a damaged chunk after it is read, by both CLIs (stb refused both); a
+    zlib stream with garbage where Pillow still reads is refused by both, in Pillow's words (stb
+    checked no stream). Found by the differential fuzz (runtime/cpp/scripts/fuzz-decoders.py)."""
+    from restr.runtime.visualize import overlay
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "whole.png")
+    png = (tmp_path / "whole.png").read_bytes()
+    iend = png.rindex(b"IEND")
+    raw = b"".join(b"\0" + row.tobytes() for row in rgb)
+    z = zlib.compressobj()
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    garbage = png[:33] + chunk(b"IDAT", z.compress(raw) + z.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 6) + chunk(b"IEND", b"")
+    cases = {"cut.png": (png[: iend - 8], 0), "odd_end.png": (png[:iend] + b"IEN\x8d" + png[iend + 4:], 0), "garbage.png": (garbage, 2)}
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for name, (data, code) in cases.items():
+        image, out = tmp_path / name, tmp_path / f"out_{name}"
+        image.write_bytes(data)
+        args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car"]
+        r = _run([cli, *args, "--overlay", "--out", str(out), "--threads", "1"])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / f"py_{name}")])
+        assert r.returncode == py.returncode == code, (name, r.stderr, py.stderr)
+        if code == 0:
+            mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
+            assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), name
+        else:
+            assert r.stderr.endswith("(broken data stream when reading image file)\n") and "(broken data stream" in py.stderr, r.stderr
+
+
 def test_png_exif_orientation_applied_as_restr_predict_does(build, tiny, tmp_path):
     """A PNG's eXIf chunk turns the image as Pillow's exif_transpose does, before or after the image
     data and on the 16-bit path too (the C++ CLI read EXIF from JPEG only)."""

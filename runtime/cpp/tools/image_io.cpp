@@ -42,7 +42,10 @@ std::vector<uint8_t> read_file(const std::string& path) {
 // stb_image's reason for a refusal, never empty (a PNG cut after its last image data has none).
 std::string stb_reason() {
   const char* reason = stbi_failure_reason();
-  return reason && *reason ? reason : "damaged or truncated data";
+  std::string text = reason && *reason ? reason : "damaged or truncated data";
+  for (char& c : text)  // some quote the file's own bytes (a chunk type): keep the line printable
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7F) c = '?';
+  return text;
 }
 
 struct JpegError {
@@ -413,50 +416,70 @@ uint64_t png_raw_size(const std::vector<uint8_t>& b) {
   return total;
 }
 
-// What Pillow refuses in a PNG that stb_image reads (stb checks no checksum): a chunk before the image
-// data whose CRC is wrong, and image data that zlib cannot inflate (or whose Adler-32 is wrong) up to
-// its last row. As Pillow: no CRC check on the image data and after it, no look past the last row.
-std::string png_refusal(const std::vector<uint8_t>& b) {
-  if (!is_png(b)) return "";
+// A PNG as Pillow decodes it, for stb_image: the chunks before the image data as they are (each CRC
+// checked, as Pillow checks them), the image data inflated by zlib up to its last row and stored again
+// in one IDAT, then IEND. Pillow reads no further than the last row; stb checks no CRC nor the zlib
+// stream, and judges what follows (a damaged block past the last row, an unknown chunk, no IEND).
+// Sets `refusal` (Pillow's words) for a PNG Pillow refuses; returns the file itself where stb judges.
+std::vector<uint8_t> png_as_pillow_reads(const std::vector<uint8_t>& b, std::string& refusal) {
+  const uint64_t wanted = png_raw_size(b);
+  if (!is_png(b) || wanted == 0 || wanted > (uint64_t(1) << 32)) return b;
+  std::vector<uint8_t> head(b.begin(), b.begin() + 8), raw;
   z_stream z{};
-  if (inflateInit(&z) != Z_OK) return "";
+  if (inflateInit(&z) != Z_OK) return b;
   std::unique_ptr<z_stream, int (*)(z_stream*)> done(&z, inflateEnd);
-  std::vector<uint8_t> scratch(1 << 16);
-  uint64_t wanted = png_raw_size(b);  // inflated bytes still to come
-  bool image_data = false, ended = wanted == 0;
-  for (size_t at = 8; at + 8 <= b.size();) {
+  raw.resize(wanted);
+  z.next_out = raw.data();
+  z.avail_out = unsigned(wanted);
+  bool image_data = false, ended = false;
+  for (size_t at = 8; at + 8 <= b.size() && !ended;) {
     const size_t length = be32(&b[at]);
     const uint8_t* type = &b[at + 4];
     const bool idat = std::memcmp(type, "IDAT", 4) == 0;
-    const size_t have = std::min(length, b.size() - at - 8);  // a cut chunk: stb and Pillow judge that
-    if (idat && !ended) {
+    if (image_data && !idat) break;
+    const size_t have = std::min(length, b.size() - at - 8);
+    if (idat) {
       image_data = true;
       z.next_in = const_cast<uint8_t*>(&b[at + 8]);
       z.avail_in = unsigned(have);
-      while (z.avail_in > 0 && !ended) {
-        z.next_out = scratch.data();
-        z.avail_out = unsigned(std::min<uint64_t>(scratch.size(), wanted));
+      while (z.avail_in > 0 && z.avail_out > 0) {
         const int rc = inflate(&z, Z_NO_FLUSH);
-        wanted -= std::min<uint64_t>(scratch.size(), wanted) - z.avail_out;
-        if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) return "broken data stream when reading image file";
-        ended = rc == Z_STREAM_END || wanted == 0 || (rc == Z_BUF_ERROR && z.avail_in > 0);
+        if (rc == Z_STREAM_END) break;
+        if (rc != Z_OK) return refusal = "broken data stream when reading image file", b;
       }
-    } else if (!image_data && at + 12 + length <= b.size()) {
-      const uint32_t crc = uint32_t(crc32(crc32(0, type, 4), &b[at + 8], unsigned(length)));
-      if (crc != be32(&b[at + 8 + length])) {
+      ended = z.avail_out == 0;
+    } else {
+      if (at + 12 + length > b.size()) return b;  // a header chunk cut short: stb says so, as Pillow
+      if (uint32_t(crc32(crc32(0, type, 4), &b[at + 8], unsigned(length))) != be32(&b[at + 8 + length])) {
         std::string name;  // as Python's repr of the chunk type
         for (int i = 0; i < 4; ++i) {
           char hex[5];
           std::snprintf(hex, sizeof hex, "\\x%02x", type[i]);
           name += type[i] >= 0x20 && type[i] < 0x7F && type[i] != '\'' && type[i] != '\\' ? std::string(1, char(type[i])) : std::string(hex);
         }
-        return "broken PNG file (bad header checksum in b'" + name + "')";
+        return refusal = "broken PNG file (bad header checksum in b'" + name + "')", b;
       }
+      head.insert(head.end(), b.begin() + at, b.begin() + at + 12 + length);
     }
-    if (std::memcmp(type, "IEND", 4) == 0 || length > b.size()) break;
     at += 12 + length;
   }
-  return "";
+  if (!image_data) return b;
+  if (z.avail_out > 0) return refusal = "image file is truncated", b;
+  std::vector<uint8_t> stored(compressBound(uLong(wanted)));
+  uLongf size = uLongf(stored.size());
+  if (compress2(stored.data(), &size, raw.data(), uLong(wanted), 0) != Z_OK) return b;  // level 0: stored, no work
+  auto chunk = [&](const char* kind, const uint8_t* data, size_t n) {
+    const uint8_t len[4] = {uint8_t(n >> 24), uint8_t(n >> 16), uint8_t(n >> 8), uint8_t(n)};
+    head.insert(head.end(), len, len + 4);
+    head.insert(head.end(), kind, kind + 4);
+    head.insert(head.end(), data, data + n);
+    const uint32_t crc = uint32_t(crc32(crc32(0, reinterpret_cast<const uint8_t*>(kind), 4), data, unsigned(n)));
+    const uint8_t c[4] = {uint8_t(crc >> 24), uint8_t(crc >> 16), uint8_t(crc >> 8), uint8_t(crc)};
+    head.insert(head.end(), c, c + 4);
+  };
+  chunk("IDAT", stored.data(), size);
+  chunk("IEND", nullptr, 0);
+  return head;
 }
 
 // stb tries TGA last, having no signature to test: a file with none of the others' signatures.
@@ -575,16 +598,16 @@ Image load_image(const std::string& path) {
   }
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
+  const int orientation = png_orientation(bytes);  // an eXIf chunk may follow the image data
   std::string refusal = pillow_refusal(bytes);
-  if (refusal.empty()) refusal = png_refusal(bytes);
+  if (refusal.empty()) bytes = png_as_pillow_reads(bytes, refusal);
   if (refusal.empty() && is_tga(bytes)) refusal = tga_refusal(bytes);
   if (!refusal.empty()) throw FileError(path + ": not a readable image (" + refusal + ")");
-  if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size())))
-    return orient(load_grey16(path, bytes), png_orientation(bytes));
+  if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return orient(load_grey16(path, bytes), orientation);
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
   if (!data) throw FileError(path + ": not a readable image (" + stb_reason() + ")");
   bmp_as_pillow(bytes, data.get(), w, h);
-  return orient(over_black(data.get(), w, h), png_orientation(bytes));
+  return orient(over_black(data.get(), w, h), orientation);
 }
 
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels) {
