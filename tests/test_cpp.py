@@ -393,7 +393,7 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
 def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
     """Damaged files that stb_image or libnetpbm read and Pillow refuses, refused by the C++ CLI too, in
     one line with Pillow's words: BMP, TGA and GIF cut short (stb read zeros past the end), BMP bit
-    fields outside Pillow's layouts, a PNG chunk with a wrong CRC or a broken zlib stream (stb checks
+    fields outside Pillow's layouts or a palette of over 256 colours, a PNG chunk with a wrong CRC or a broken zlib stream (stb checks
     neither), junk in a PNM header. Found by running both CLIs on randomly damaged files."""
     yy, xx = np.mgrid[0:48, 0:64]
     rgba = np.dstack([xx * 4, yy * 5, (xx + yy) * 2, yy * 5]).astype(np.uint8)
@@ -406,7 +406,10 @@ def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
     im.save(tmp_path / "rgb.png")
     png = (tmp_path / "rgb.png").read_bytes()
     idat = png.index(b"IDAT") + 4
+    im.convert("P").save(tmp_path / "palette.bmp")
+    palette_bmp = (tmp_path / "palette.bmp").read_bytes()
     files = {"odd_fields.bmp": _bmp(rgba, 32, 3, (0x3FF00000, 0xFFC00, 0x3FF, 0), header=108),
+             "many_colours.bmp": palette_bmp[:46] + struct.pack("<I", 300) + palette_bmp[50:],
              "bad_crc.png": png[:20] + bytes([png[20] ^ 1]) + png[21:],  # IHDR's width, its CRC unchanged
              "bad_data.png": png[:idat + 40] + bytes([png[idat + 40] ^ 0x55]) + png[idat + 41:],  # stb checks no zlib stream
              "junk_header.ppm": b"P6\n64 4\x8a8\n255\n" + bytes(64 * 48 * 3)}
@@ -422,7 +425,8 @@ def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
         py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
         assert cpp.returncode == py.returncode == 2, (name, cpp.stderr, py.stderr)
         assert cpp.stderr.count("\n") == 1 and not (tmp_path / "cpp").exists(), cpp.stderr
-        words = {"odd_fields.bmp": "Unsupported BMP bitfields layout", "bad_crc.png": "broken PNG file (bad header checksum in b'IHDR')",
+        words = {"odd_fields.bmp": "Unsupported BMP bitfields layout", "many_colours.bmp": "invalid palette size",
+                 "bad_crc.png": "broken PNG file (bad header checksum in b'IHDR')",
                  "bad_data.png": "broken data stream when reading image file"}.get(name, "image file is truncated")
         if name == "junk_header.ppm":  # Python's int() refuses the token; libnetpbm read "4" and went on
             assert "(a PNM header holds something other than decimal numbers)" in cpp.stderr and "invalid literal for int()" in py.stderr

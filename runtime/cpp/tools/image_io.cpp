@@ -349,7 +349,8 @@ struct Fields {
 
 // What Pillow refuses in a file stb_image would read: stb reads past the end of a BMP, TGA or GIF as
 // zeros, where Pillow says "image file is truncated"; and Pillow reads BMP bit fields of its own
-// layouts only. Empty when the file is fine by Pillow (as far as stb's formats go).
+// layouts only, and palettes of up to 256 colours. Empty when the file is fine by Pillow (as far as
+// stb's formats go).
 std::string pillow_refusal(const std::vector<uint8_t>& b) {
   const Fields f{b};
   const std::string truncated = "image file is truncated";
@@ -371,6 +372,7 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
       });
       if (!known) return "Unsupported BMP bitfields layout";
     }
+    if (bits <= 8 && !os2 && f.u32(46) > 256) return "invalid palette size";  // Pillow's P images hold 256 colours
     if ((compression == 0 || compression == 3) && w > 0 && bits > 0) {  // rows padded to 4 bytes
       const uint64_t row = (uint64_t(w) * bits + 31) / 32 * 4;
       if (uint64_t(f.u32(10)) + row * uint64_t(h < 0 ? -h : h) > b.size()) return truncated;
