@@ -157,6 +157,32 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     assert Image.open(tmp_path / "cpp" / "sheet.png").size == Image.open(tmp_path / "py" / "sheet.png").size
 
 
+def _both_clis_same_pixels(build: Path, tiny: Path, image: Path, tmp_path: Path) -> dict:
+    """Both CLIs on `image` with --overlay: exit 0 and identical mask and overlay PNGs (the overlay shows
+    the decoded photo's own pixels outside the mask); the C++ summary."""
+    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
+    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
+    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
+    for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+    return json.loads((tmp_path / "cpp" / "summary.json").read_text())
+
+
+def _decodes_as_pillow(build: Path, tiny: Path, image: Path, out: Path) -> np.ndarray:
+    """restr-predict-cpp on `image` with --overlay: its overlay equals restr-predict's overlay function
+    on restr-predict's decoding of the file (Pillow, EXIF orientation applied) and the C++ mask. Faster
+    than a second CLI run, for tests of many files. Returns the mask."""
+    from restr.runtime.visualize import overlay
+
+    r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", "the red car",
+              "--overlay", "--out", str(out), "--threads", "1"])
+    assert r.returncode == 0, (image.name, r.stderr)
+    mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
+    assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
+    return mask
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_jpeg_with_exif_orientation_decodes_as_pillow_does(build, tiny, tmp_path, orientation):
     """libjpeg-turbo's decoding and the EXIF orientation: the overlays (the photo's own pixels outside
@@ -165,14 +191,8 @@ def test_jpeg_with_exif_orientation_decodes_as_pillow_does(build, tiny, tmp_path
     exif = Image.Exif()
     exif[0x0112] = orientation
     photo(70, 50, seed=orientation).save(image, quality=90, exif=exif)
-    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
-    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
-    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
-    size = json.loads((tmp_path / "cpp" / "summary.json").read_text())["image"]
+    size = _both_clis_same_pixels(build, tiny, image, tmp_path)["image"]
     assert (size["width"], size["height"]) == ((50, 70) if orientation >= 5 else (70, 50))
-    for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
 
 
 def test_damaged_jpeg_refused_or_read_as_pillow_does(build, tiny, tmp_path):
@@ -210,12 +230,7 @@ def test_cmyk_jpeg_decodes_as_pillow_does(build, tiny, tmp_path, orientation):
     ink = np.random.default_rng(orientation).integers(0, 256, (50, 70, 4), dtype=np.uint8)
     Image.fromarray(ink, "CMYK").save(image, quality=90, exif=exif)
     assert Image.open(image).mode == "CMYK"
-    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
-    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
-    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
-    for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+    _both_clis_same_pixels(build, tiny, image, tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["png", "flat png"])
@@ -228,12 +243,7 @@ def test_16_bit_greyscale_decodes_as_restr_predict_does(build, tiny, tmp_path, k
     image = tmp_path / "scan.png"
     Image.fromarray(grey).save(image)
     assert Image.open(image).mode.startswith("I")  # really 16 bits a pixel
-    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
-    cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
-    assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
-    for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
+    _both_clis_same_pixels(build, tiny, image, tmp_path)
 
 
 def _pnm(magic: str, maxval: int | None, samples: np.ndarray) -> bytes:
@@ -259,8 +269,6 @@ def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
     decoding of the file (stb read 16-bit PGM in the wrong byte order, scaled no maxval, refused ASCII);
     a raw sample above its maxval clamped, as Pillow does (libnetpbm refuses it). A truncated raw
     raster, or a plain one holding more than numbers: one line, exit 2, as restr-predict."""
-    from restr.runtime.visualize import overlay
-
     rng = np.random.default_rng(5)
     cli = str(build / "tools" / "restr-predict-cpp")
     for magic, maxval in PNM_CASES + [("P5", "over")]:
@@ -271,11 +279,7 @@ def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
         if maxval == "over":
             samples[::3] = 200
         image.write_bytes(_pnm(magic, top if maxval == "over" else maxval, samples))
-        out = tmp_path / image.stem
-        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
-        assert r.returncode == 0, (image.name, r.stderr)
-        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
-        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
+        _decodes_as_pillow(build, tiny, image, tmp_path / image.stem)
     bad = {"short.pgm": _pnm("P5", 255, np.zeros((4, 6)))[:-5], "junk.ppm": _pnm("P3", 255, np.zeros((4, 6, 3))).replace(b"0 0 0", b"0 0\x7f0", 1)}
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
@@ -290,8 +294,6 @@ def test_webp_decodes_as_restr_predict_does(build, tiny, tmp_path):
     """WebP (lossy, lossless, with alpha, an EXIF orientation, an animation's first frame), read as
     Pillow reads it (libwebp's animation decoder): the C++ CLI's overlay is the Python overlay of
     restr-predict's decoding of the file. The C++ CLI used to refuse WebP. A damaged file: one line, exit 2."""
-    from restr.runtime.visualize import overlay
-
     yy, xx = np.mgrid[0:48, 0:64]
     rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
     rgba = np.dstack([rgb, (yy * 5).astype(np.uint8)])
@@ -304,12 +306,8 @@ def test_webp_decodes_as_restr_predict_does(build, tiny, tmp_path):
     for name, (pixels, options) in cases.items():
         image = tmp_path / name
         Image.fromarray(pixels).save(image, **options)
-        out = tmp_path / image.stem
-        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
-        assert r.returncode == 0, (name, r.stderr)
-        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
+        mask = _decodes_as_pillow(build, tiny, image, tmp_path / image.stem)
         assert mask.shape == ((64, 48) if name == "turned.webp" else (48, 64)), name
-        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), name
     damaged = tmp_path / "damaged.webp"
     damaged.write_bytes((tmp_path / "lossy.webp").read_bytes()[:40])
     r = _run([cli, "--artifacts", str(tiny), "--image", str(damaged), "--text", "the red car", "--out", str(tmp_path / "bad")])
@@ -362,8 +360,6 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
     Adam7-interlaced (its zlib stream checked to its last row, as Pillow reads it), a BMP palette
     shorter than its indices (black past its end to Pillow; stb read entries it never wrote). The C++
     CLI's overlay is the Python overlay of restr-predict's decoding of each file."""
-    from restr.runtime.visualize import overlay
-
     yy, xx = np.mgrid[0:48, 0:64]
     rgba = np.dstack([xx * 4, yy * 5, (xx + yy) * 2, yy * 5]).astype(np.uint8)
     im = Image.fromarray(rgba[..., :3])
@@ -381,13 +377,8 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
     im.convert("P").save(tmp_path / "clear.png", transparency=5)
     im.convert("1").save(tmp_path / "bits.png")
     assert Image.open(tmp_path / "reserved.bmp").mode == "RGB" and Image.open(tmp_path / "alpha.bmp").mode == "RGBA"
-    cli = str(build / "tools" / "restr-predict-cpp")
     for image in sorted(p for p in tmp_path.iterdir() if p.is_file()):
-        out = tmp_path / f"out_{image.name}"
-        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
-        assert r.returncode == 0, (image.name, r.stderr)
-        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
-        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
+        _decodes_as_pillow(build, tiny, image, tmp_path / f"out_{image.name}")
 
 
 def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
@@ -474,8 +465,7 @@ def test_png_read_as_far_as_pillow_reads(build, tiny, tmp_path):
         py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / f"py_{name}")])
         assert r.returncode == py.returncode == code, (name, r.stderr, py.stderr)
         if code == 0:
-            mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
-            assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), name
+            assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, np.asarray(Image.open(out / "1_the-red-car.png")) > 0))), name
         else:
             assert r.stderr.endswith("(broken data stream when reading image file)\n") and "(broken data stream" in py.stderr, r.stderr
 
@@ -483,8 +473,6 @@ def test_png_read_as_far_as_pillow_reads(build, tiny, tmp_path):
 def test_png_exif_orientation_applied_as_restr_predict_does(build, tiny, tmp_path):
     """A PNG's eXIf chunk turns the image as Pillow's exif_transpose does, before or after the image
     data and on the 16-bit path too (the C++ CLI read EXIF from JPEG only)."""
-    from restr.runtime.visualize import overlay
-
     yy, xx = np.mgrid[0:48, 0:64]
     rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
     exif = Image.Exif()
@@ -493,14 +481,8 @@ def test_png_exif_orientation_applied_as_restr_predict_does(build, tiny, tmp_pat
     (tmp_path / "late.png").write_bytes(_chunk_after_image_data((tmp_path / "turned.png").read_bytes(), b"eXIf"))
     exif[0x0112] = 8
     Image.fromarray((xx * 700 + yy * 90).astype(np.uint16)).save(tmp_path / "deep.png", exif=exif)
-    cli = str(build / "tools" / "restr-predict-cpp")
     for name in ("turned.png", "late.png", "deep.png"):
-        image, out = tmp_path / name, tmp_path / f"out_{name}"
-        r = _run([cli, "--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay", "--out", str(out), "--threads", "1"])
-        assert r.returncode == 0, (name, r.stderr)
-        mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
-        assert mask.shape == (64, 48), name
-        assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), name
+        assert _decodes_as_pillow(build, tiny, tmp_path / name, tmp_path / f"out_{name}").shape == (64, 48), name
 
 
 def _huge_png(path: Path, w: int, h: int) -> None:
