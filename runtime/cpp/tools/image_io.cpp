@@ -53,8 +53,8 @@ struct JpegError {
   jmp_buf jump;
 };
 
-// The orientation (1-8) in an EXIF block ("Exif\0\0" and a TIFF header, or the TIFF header alone, as
-// WebP stores it), through libexif; 1 when there is none.
+// The orientation tag in an EXIF block ("Exif\0\0" and a TIFF header, or the TIFF header alone, as
+// WebP stores it), through libexif: 1-8, 1 for a value exif_transpose ignores, 0 when there is none.
 int exif_orientation(const uint8_t* data, size_t size) {
   std::vector<uint8_t> block;
   if (size < 6 || std::memcmp(data, "Exif\0\0", 6) != 0) {  // libexif looks for the APP1 header
@@ -64,22 +64,44 @@ int exif_orientation(const uint8_t* data, size_t size) {
     size = block.size();
   }
   std::unique_ptr<ExifData, void (*)(ExifData*)> exif(exif_data_new_from_data(data, unsigned(size)), exif_data_unref);
-  if (!exif) return 1;
+  if (!exif) return 0;
   if (ExifEntry* e = exif_data_get_entry(exif.get(), EXIF_TAG_ORIENTATION))
     if (e->format == EXIF_FORMAT_SHORT && e->components >= 1) {
       int o = exif_get_short(e->data, exif_data_get_byte_order(exif.get()));
       return o >= 1 && o <= 8 ? o : 1;
     }
-  return 1;
+  return 0;
 }
 
-// The EXIF orientation in a JPEG's first EXIF APP1 marker; 1 when there is none.
-int exif_orientation(jpeg_decompress_struct& cinfo) {
-  for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
-    if (m->marker != JPEG_APP0 + 1 || m->data_length < 6 || std::memcmp(m->data, "Exif\0\0", 6) != 0) continue;
-    return exif_orientation(m->data, m->data_length);  // the first EXIF block, as Pillow
+// Pillow's getexif falls back on XMP when EXIF has no orientation: the digit after
+// `tiff:Orientation="` or `tiff:Orientation>` (1-8; 1 for another digit), 0 when there is none.
+int xmp_orientation(const uint8_t* data, size_t size) {
+  static const char key[] = "tiff:Orientation";
+  const uint8_t* end = data + size;
+  for (const uint8_t* p = data; (p = static_cast<const uint8_t*>(std::memchr(p, 't', size_t(end - p)))) != nullptr; ++p) {
+    if (size_t(end - p) < sizeof key + 1 || std::memcmp(p, key, sizeof key - 1) != 0) continue;
+    const uint8_t* q = p + sizeof key - 1;
+    if (*q == '>' || (*q == '=' && q + 2 < end && q[1] == '"' && ++q)) {
+      const uint8_t digit = q[1];
+      if (digit >= '0' && digit <= '9') return digit >= '1' && digit <= '8' ? digit - '0' : 1;
+    }
   }
-  return 1;
+  return 0;
+}
+
+// The orientation exif_transpose applies: EXIF's, else XMP's, else 1.
+int orientation_of(int exif, int xmp) { return exif ? exif : xmp ? xmp : 1; }
+
+// A JPEG's orientation: its first EXIF APP1 marker's (as Pillow), else its XMP APP1 marker's.
+int jpeg_orientation(jpeg_decompress_struct& cinfo) {
+  static const char xmp[] = "http://ns.adobe.com/xap/1.0/";  // with its NUL: the XMP marker's header
+  int exif = -1, from_xmp = 0;
+  for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
+    if (m->marker != JPEG_APP0 + 1) continue;
+    if (exif < 0 && m->data_length >= 6 && std::memcmp(m->data, "Exif\0\0", 6) == 0) exif = exif_orientation(m->data, m->data_length);
+    if (m->data_length >= sizeof xmp && std::memcmp(m->data, xmp, sizeof xmp) == 0) from_xmp = xmp_orientation(m->data, m->data_length);
+  }
+  return orientation_of(std::max(exif, 0), from_xmp);
 }
 
 // A CMYK (or YCCK) JPEG's row as Pillow reads it: samples inverted ("CMYK;I", Adobe's polarity, which
@@ -100,10 +122,13 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = [](j_common_ptr c) { longjmp(reinterpret_cast<JpegError*>(c->err)->jump, 1); };
-  // Warnings ("Corrupt JPEG data: ...") are silent, as in Pillow; but the data running out, which
-  // libjpeg pads with grey, is an error there ("image file is truncated"), as it is here.
+  // Warnings ("Corrupt JPEG data: ...") are silent, as in Pillow; but the data running out before the
+  // last row, which libjpeg pads with grey, is an error there ("image file is truncated"), as it is
+  // here. After the last row Pillow reads no further (a missing end marker is no matter), nor do we.
   err.mgr.emit_message = [](j_common_ptr c, int level) {
-    if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) longjmp(reinterpret_cast<JpegError*>(c->err)->jump, 1);
+    const auto d = reinterpret_cast<j_decompress_ptr>(c);
+    if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF && (d->output_height == 0 || d->output_scanline < d->output_height))
+      longjmp(reinterpret_cast<JpegError*>(c->err)->jump, 1);
   };
   Image im;
   std::vector<uint8_t> ink;  // a CMYK row; here, before setjmp, so that an error's longjmp frees it too
@@ -124,7 +149,7 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
     throw;
   }
   const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
-  orientation = exif_orientation(cinfo);
+  orientation = jpeg_orientation(cinfo);
   cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   im.width = int(cinfo.output_width);
@@ -137,8 +162,7 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
     jpeg_read_scanlines(&cinfo, &row, 1);
     if (cmyk) cmyk_to_rgb(ink.data(), rgb, im.width);
   }
-  jpeg_finish_decompress(&cinfo);
-  jpeg_destroy_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);  // not jpeg_finish_decompress: it reads on to the end marker
   return im;
 }
 
@@ -196,7 +220,9 @@ Image load_grey16(const std::string& path, const std::vector<uint8_t>& bytes) {
 
 // PBM, PGM and PPM (P1-P6, plain and raw) through libnetpbm. Its errors longjmp out of the library
 // (pm_setjmpbuf), so each call into it sits in a function with only trivially destructible locals.
+// libnetpbm's jump target and message are process-wide: the CLI decodes one image at a time.
 char g_netpbm_error[512];
+jmp_buf* g_netpbm_saved = nullptr;  // the jump target before ours (static: set after setjmp, read after longjmp)
 
 void netpbm_init() {
   static std::once_flag once;
@@ -210,28 +236,26 @@ void netpbm_init() {
 // The header; false (and g_netpbm_error) when libnetpbm refuses it.
 bool pnm_header(FILE* file, struct pam* pam) {
   jmp_buf jump;
-  jmp_buf* saved = nullptr;
   if (setjmp(jump)) {
-    pm_setjmpbuf(saved);
+    pm_setjmpbuf(g_netpbm_saved);
     return false;
   }
-  pm_setjmpbufsave(&jump, &saved);
+  pm_setjmpbufsave(&jump, &g_netpbm_saved);
   pnm_readpaminit(file, pam, PAM_STRUCT_SIZE(tuple_type));
-  pm_setjmpbuf(saved);
+  pm_setjmpbuf(g_netpbm_saved);
   return true;
 }
 
 // Every sample, row by row, into `out` (height * width * depth); false when the raster is bad.
 bool pnm_samples(struct pam* pam, uint16_t* out) {
   jmp_buf jump;
-  jmp_buf* saved = nullptr;
   tuple* volatile row = nullptr;
   if (setjmp(jump)) {
-    pm_setjmpbuf(saved);
+    pm_setjmpbuf(g_netpbm_saved);
     if (row) pnm_freepamrow(row);
     return false;
   }
-  pm_setjmpbufsave(&jump, &saved);
+  pm_setjmpbufsave(&jump, &g_netpbm_saved);
   row = pnm_allocpamrow(pam);
   for (int y = 0; y < pam->height; ++y) {
     pnm_readpamrow(pam, row);
@@ -239,7 +263,7 @@ bool pnm_samples(struct pam* pam, uint16_t* out) {
       for (unsigned d = 0; d < pam->depth; ++d) out[(size_t(y) * pam->width + x) * pam->depth + d] = uint16_t(row[x][d]);
   }
   pnm_freepamrow(row);
-  pm_setjmpbuf(saved);
+  pm_setjmpbuf(g_netpbm_saved);
   return true;
 }
 
@@ -258,6 +282,25 @@ bool pnm_text_ok(const std::vector<uint8_t>& bytes, size_t from, size_t to) {
   return true;
 }
 
+// A plain (ASCII) PGM or PPM raster as Pillow's parser takes it: its first `count` numbers must be
+// decimal digits only; what follows them Pillow never reads.
+bool plain_samples_ok(const std::vector<uint8_t>& bytes, size_t from, size_t count) {
+  auto space = [](uint8_t c) { return std::memchr(" \t\n\r\v\f", c, 6) != nullptr; };
+  size_t i = from, seen = 0;
+  while (i < bytes.size() && seen < count) {
+    if (space(bytes[i])) {
+      ++i;
+    } else if (bytes[i] == '#') {
+      while (i < bytes.size() && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+    } else {
+      for (; i < bytes.size() && !space(bytes[i]) && bytes[i] != '#'; ++i)
+        if (bytes[i] < '0' || bytes[i] > '9') return false;
+      ++seen;
+    }
+  }
+  return true;
+}
+
 // As Pillow's PpmImagePlugin, then restr.runtime.transforms.to_rgb: bitmaps black and white; maxval up
 // to 255 scaled to 255, greyscale above it scaled to 65535 (mode I) then stretched, colour above it
 // scaled to 255; each scaling min(top, round(v / maxval * top)), half to even as Python's round.
@@ -265,6 +308,7 @@ bool pnm_text_ok(const std::vector<uint8_t>& bytes, size_t from, size_t to) {
 // read here, as Pillow does, so that a sample above the maxval is clamped (libnetpbm refuses it).
 Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   netpbm_init();
+  if (bytes[1] <= '3') bytes.push_back('\n');  // libnetpbm needs a byte after a plain file's last number; Pillow does not
   std::unique_ptr<FILE, int (*)(FILE*)> file(fmemopen(bytes.data(), bytes.size(), "rb"), std::fclose);
   if (!file) throw FileError(path + ": cannot be read");
   struct pam pam;
@@ -283,7 +327,7 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
     for (size_t i = 0; i < count; ++i)
       samples[i] = width == 1 ? bytes[raster + i] : uint16_t(bytes[raster + 2 * i] << 8 | bytes[raster + 2 * i + 1]);
   } else {
-    if (pam.format != RPBM_FORMAT && !pnm_text_ok(bytes, raster, bytes.size()))
+    if ((pam.format == PGM_FORMAT || pam.format == PPM_FORMAT) && !plain_samples_ok(bytes, raster, count))
       throw FileError(path + ": not a readable image (a plain PNM raster holds something other than decimal numbers)");
     if (!pnm_samples(&pam, samples.data())) throw refused();
   }
@@ -307,14 +351,15 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   return im;
 }
 
-// RGBA with transparent pixels composed over black, as restr.runtime.transforms.to_rgb.
-Image over_black(const uint8_t* rgba, int w, int h) {
+// RGBA with transparent pixels composed over black, as restr.runtime.transforms.to_rgb; `alpha`
+// false: the fourth byte is no alpha (Pillow's RGBX), the pixels are taken as they are.
+Image over_black(const uint8_t* rgba, int w, int h, bool alpha = true) {
   Image im;
   im.width = w;
   im.height = h;
   im.rgb.resize(size_t(w) * size_t(h) * 3);
   for (size_t i = 0; i < size_t(w) * size_t(h); ++i)
-    for (int c = 0; c < 3; ++c) im.rgb[i * 3 + c] = uint8_t((rgba[i * 4 + c] * rgba[i * 4 + 3] + 127) / 255);
+    for (int c = 0; c < 3; ++c) im.rgb[i * 3 + c] = alpha ? uint8_t((rgba[i * 4 + c] * rgba[i * 4 + 3] + 127) / 255) : rgba[i * 4 + c];
   return im;
 }
 
@@ -325,18 +370,23 @@ bool is_png(const std::vector<uint8_t>& b) {
 
 uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
 
-// The orientation in a PNG's eXIf chunk (before or after the image data: Pillow's exif_transpose loads
-// the whole file), walking the chunks' length and type fields; 1 when there is none.
+// A PNG's orientation: its eXIf chunk's (before or after the image data: Pillow's exif_transpose loads
+// the whole file), else that of its XMP (an iTXt chunk "XML:com.adobe.xmp"); 1 when there is none.
 int png_orientation(const std::vector<uint8_t>& bytes) {
+  static const char xmp[] = "XML:com.adobe.xmp";  // with its NUL: the iTXt keyword
   if (!is_png(bytes)) return 1;
+  int exif = 0, from_xmp = 0;
   for (size_t at = 8; at + 12 <= bytes.size();) {
     const size_t length = be32(&bytes[at]);
-    if (length > bytes.size() - at - 12) return 1;  // a damaged chunk: stb has read what it could
-    if (std::memcmp(&bytes[at + 4], "eXIf", 4) == 0) return exif_orientation(&bytes[at + 8], length);
-    if (std::memcmp(&bytes[at + 4], "IEND", 4) == 0) return 1;
+    if (length > bytes.size() - at - 12) break;  // a damaged chunk: stb has read what it could
+    const uint8_t* data = &bytes[at + 8];
+    if (std::memcmp(&bytes[at + 4], "eXIf", 4) == 0 && !exif) exif = exif_orientation(data, length);
+    if (std::memcmp(&bytes[at + 4], "iTXt", 4) == 0 && length >= sizeof xmp && std::memcmp(data, xmp, sizeof xmp) == 0)
+      from_xmp = xmp_orientation(data, length);
+    if (std::memcmp(&bytes[at + 4], "IEND", 4) == 0) break;
     at += length + 12;
   }
-  return 1;
+  return orientation_of(exif, from_xmp);
 }
 
 // Little-endian fields of a file's header (0 past the end).
@@ -374,17 +424,17 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
     }
     if (bits <= 8 && !os2 && f.u32(46) > 256) return "invalid palette size";  // Pillow's P images hold 256 colours
     if ((compression == 0 || compression == 3) && w > 0 && bits > 0) {  // rows padded to 4 bytes
-      const uint64_t row = (uint64_t(w) * bits + 31) / 32 * 4;
-      if (uint64_t(f.u32(10)) + row * uint64_t(h < 0 ? -h : h) > b.size()) return truncated;
+      const uint64_t row = (uint64_t(w) * bits + 31) / 32 * 4, rows = uint64_t(h < 0 ? -h : h);
+      if (rows && uint64_t(f.u32(10)) + row * (rows - 1) + (uint64_t(w) * bits + 7) / 8 > b.size()) return truncated;  // the last row's padding may be missing
     }
     return "";
   }
   if (b.size() >= 6 && (std::memcmp(b.data(), "GIF87a", 6) == 0 || std::memcmp(b.data(), "GIF89a", 6) == 0)) {
     // the blocks up to the end of the first image's data (the frame Pillow and stb read)
     size_t at = 13 + (f.u8(10) & 0x80 ? 3u * (2u << (f.u8(10) & 7)) : 0u);
-    auto sub_blocks = [&] {
+    auto sub_blocks = [&] {  // false when a sub-block runs past the end (one ending at the end is stb's call)
       while (at < b.size() && b[at] != 0) at += 1 + b[at];
-      return at++ < b.size();
+      return at++ <= b.size();
     };
     while (at < b.size()) {
       if (b[at] == 0x21) {  // extension: label, then sub-blocks
@@ -423,16 +473,12 @@ uint64_t png_raw_size(const std::vector<uint8_t>& b) {
 // in one IDAT, then IEND. Pillow reads no further than the last row; stb checks no CRC nor the zlib
 // stream, and judges what follows (a damaged block past the last row, an unknown chunk, no IEND).
 // Sets `refusal` (Pillow's words) for a PNG Pillow refuses; returns the file itself where stb judges.
-std::vector<uint8_t> png_as_pillow_reads(const std::vector<uint8_t>& b, std::string& refusal) {
-  const uint64_t wanted = png_raw_size(b);
-  if (!is_png(b) || wanted == 0 || wanted > (uint64_t(1) << 32)) return b;
+std::vector<uint8_t> png_as_pillow_reads(const std::string& path, const std::vector<uint8_t>& b, std::string& refusal) {
+  if (!is_png(b) || png_raw_size(b) == 0) return b;
   std::vector<uint8_t> head(b.begin(), b.begin() + 8), raw;
   z_stream z{};
   if (inflateInit(&z) != Z_OK) return b;
   std::unique_ptr<z_stream, int (*)(z_stream*)> done(&z, inflateEnd);
-  raw.resize(wanted);
-  z.next_out = raw.data();
-  z.avail_out = unsigned(wanted);
   bool image_data = false, ended = false;
   for (size_t at = 8; at + 8 <= b.size() && !ended;) {
     const size_t length = be32(&b[at]);
@@ -440,6 +486,12 @@ std::vector<uint8_t> png_as_pillow_reads(const std::vector<uint8_t>& b, std::str
     const bool idat = std::memcmp(type, "IDAT", 4) == 0;
     if (image_data && !idat) break;
     const size_t have = std::min(length, b.size() - at - 8);
+    if (idat && !image_data) {  // the header chunks passed (as in Pillow, checksums first): the size, then memory
+      check_size(path, be32(&b[16]), be32(&b[20]));  // stb_info may not have: it refuses some sizes itself
+      raw.resize(png_raw_size(b));
+      z.next_out = raw.data();
+      z.avail_out = unsigned(raw.size());
+    }
     if (idat) {
       image_data = true;
       z.next_in = const_cast<uint8_t*>(&b[at + 8]);
@@ -467,9 +519,9 @@ std::vector<uint8_t> png_as_pillow_reads(const std::vector<uint8_t>& b, std::str
   }
   if (!image_data) return b;
   if (z.avail_out > 0) return refusal = "image file is truncated", b;
-  std::vector<uint8_t> stored(compressBound(uLong(wanted)));
+  std::vector<uint8_t> stored(compressBound(uLong(raw.size())));
   uLongf size = uLongf(stored.size());
-  if (compress2(stored.data(), &size, raw.data(), uLong(wanted), 0) != Z_OK) return b;  // level 0: stored, no work
+  if (compress2(stored.data(), &size, raw.data(), uLong(raw.size()), 0) != Z_OK) return b;  // level 0: stored, no work
   auto chunk = [&](const char* kind, const uint8_t* data, size_t n) {
     const uint8_t len[4] = {uint8_t(n >> 24), uint8_t(n >> 16), uint8_t(n >> 8), uint8_t(n)};
     head.insert(head.end(), len, len + 4);
@@ -500,7 +552,8 @@ std::string tga_refusal(const std::vector<uint8_t>& b) {
   uint64_t at = 18 + f.u8(0) + (f.u8(1) ? uint64_t(f.u16(5)) * ((f.u8(7) + 7) / 8) : 0);
   if (type >= 1 && type <= 3) return at + pixels * bpp <= b.size() ? "" : "image file is truncated";
   if (type >= 9 && type <= 11) {
-    for (uint64_t done = 0; done < pixels;) {
+    uint64_t done = 0;
+    while (done < pixels) {
       if (at >= b.size()) return "image file is truncated";
       const unsigned packet = b[at++];
       const unsigned n = (packet & 0x7F) + 1;
@@ -508,14 +561,14 @@ std::string tga_refusal(const std::vector<uint8_t>& b) {
       done += n;
     }
     if (at > b.size()) return "image file is truncated";
+    if (done > pixels) return "buffer overrun when reading image file";  // a packet past the last pixel
   }
   return "";
 }
 
 // Where stb reads a BMP otherwise than Pillow, fixed up on stb's RGBA output: a 32-bit uncompressed
 // BMP's fourth byte is reserved to Pillow ("BGRX"), where stb takes it for alpha; 16-bit channels are
-// scaled by v * 255 / (2^n - 1), truncated, where stb repeats the high bits; and a palette index past
-// the palette's end is black to Pillow, where stb reads an entry it never wrote.
+// scaled by v * 255 / (2^n - 1), truncated, where stb repeats the high bits.
 void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int h) {
   const Fields f{bytes};
   const uint32_t header = f.u32(14);
@@ -537,23 +590,50 @@ void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int 
           rgba[i * 4 + c] = uint8_t(v * 255 / ((1 << depth[c]) - 1));
         }
   }
-  if ((bits == 1 || bits == 4 || bits == 8) && compression == 0) {
-    // entries stb read: those between the header and the pixels; Pillow's: biClrUsed, or 2^bits
-    const uint32_t entry = os2 ? 3 : 4, offset = f.u32(10), colours = os2 ? 0 : f.u32(46);
-    const uint64_t present = offset > 14 + header ? (offset - 14 - header) / entry : 0;
-    const uint64_t palette = std::min<uint64_t>(present, colours ? colours : 1u << bits);
-    if (palette >= (1u << bits)) return;
-    const size_t stride = (size_t(w) * bits + 31) / 32 * 4;
-    const bool bottom_up = int32_t(os2 ? f.u16(20) : f.u32(22)) > 0;
-    for (int y = 0; y < h; ++y) {
-      const size_t row = offset + stride * size_t(bottom_up ? h - 1 - y : y);
-      for (int x = 0; x < w; ++x) {
-        const size_t bit = size_t(x) * bits;
-        const unsigned index = (f.u8(row + bit / 8) >> (8 - bits - bit % 8)) & ((1u << bits) - 1);
-        if (index >= palette) std::fill_n(rgba + (size_t(y) * w + x) * 4, 3, uint8_t(0));
+}
+
+// An uncompressed 1-, 4- or 8-bit BMP as Pillow's BmpImagePlugin reads it (stb reads palette entries it
+// never wrote when the palette is shorter than the indices, and miscounts an OS/2 palette): the palette
+// is biClrUsed entries (or 2^bits) right after the header; one that is a grey ramp (0, 1, 2, ...; or
+// black and white at 1 bit) makes a greyscale image whose value is the index itself; otherwise an
+// index past the entries present is black.
+Image decode_bmp_palette(const std::string& path, const std::vector<uint8_t>& b) {
+  const Fields f{b};
+  const uint32_t header = f.u32(14);
+  const bool os2 = header == 12;
+  const int64_t w = os2 ? f.u16(18) : int32_t(f.u32(18)), h = os2 ? f.u16(20) : int32_t(f.u32(22));
+  const unsigned bits = os2 ? f.u16(24) : f.u16(28);
+  if (w <= 0 || h == 0) throw FileError(path + ": not a readable image (a BMP of " + std::to_string(w) + "x" + std::to_string(h) + " pixels)");
+  check_size(path, w, h < 0 ? -h : h);
+  const size_t entry = os2 ? 3 : 4, at = 14 + header;
+  const uint64_t colours = !os2 && f.u32(46) ? f.u32(46) : 1u << bits;
+  const uint64_t present = b.size() > at ? std::min<uint64_t>(colours, (b.size() - at) / entry) : 0;
+  bool grey = present == colours;
+  for (uint64_t i = 0; grey && i < (bits == 1 ? 2 : colours); ++i) {
+    const unsigned v = bits == 1 ? (i ? 255 : 0) : unsigned(i);
+    grey = i < present && f.u8(at + i * entry) == v && f.u8(at + i * entry + 1) == v && f.u8(at + i * entry + 2) == v;
+  }
+  Image im;
+  im.width = int(w);
+  im.height = int(h < 0 ? -h : h);
+  im.rgb.resize(size_t(im.width) * im.height * 3);
+  const size_t stride = (size_t(w) * bits + 31) / 32 * 4, offset = f.u32(10);
+  for (int y = 0; y < im.height; ++y) {
+    const size_t row = offset + stride * size_t(h > 0 ? im.height - 1 - y : y);
+    for (int x = 0; x < im.width; ++x) {
+      const size_t bit = size_t(x) * bits;
+      const unsigned index = (f.u8(row + bit / 8) >> (8 - bits - bit % 8)) & ((1u << bits) - 1);
+      uint8_t* out = &im.rgb[(size_t(y) * im.width + x) * 3];
+      if (grey) {
+        std::fill_n(out, 3, uint8_t(colours == 2 ? (index ? 255 : 0) : index));  // Pillow's mode 1 (two colours) or L
+      } else if (index < present) {
+        for (int c = 0; c < 3; ++c) out[c] = f.u8(at + index * entry + 2 - c);  // stored as B, G, R
+      } else {
+        std::fill_n(out, 3, uint8_t(0));
       }
     }
   }
+  return im;
 }
 
 // WebP through libwebp's animation decoder, as Pillow reads every WebP file (a still image is one
@@ -575,12 +655,18 @@ Image decode_webp(const std::string& path, const std::vector<uint8_t>& bytes, in
   int timestamp = 0;
   if (!WebPAnimDecoderGetNext(decoder.get(), &rgba, &timestamp)) throw FileError(path + ": not a readable image (a damaged WebP file)");
   const WebPDemuxer* demux = WebPAnimDecoderGetDemuxer(decoder.get());
+  int exif = 0, from_xmp = 0;
   WebPChunkIterator chunk;
   if (WebPDemuxGetChunk(demux, "EXIF", 1, &chunk)) {
-    orientation = exif_orientation(chunk.chunk.bytes, chunk.chunk.size);
+    exif = exif_orientation(chunk.chunk.bytes, chunk.chunk.size);
     WebPDemuxReleaseChunkIterator(&chunk);
   }
-  return over_black(rgba, int(info.canvas_width), int(info.canvas_height));
+  if (WebPDemuxGetChunk(demux, "XMP ", 1, &chunk)) {
+    from_xmp = xmp_orientation(chunk.chunk.bytes, chunk.chunk.size);
+    WebPDemuxReleaseChunkIterator(&chunk);
+  }
+  orientation = orientation_of(exif, from_xmp);
+  return over_black(rgba, int(info.canvas_width), int(info.canvas_height), features.has_alpha);  // Pillow: RGBX without it
 }
 
 }  // namespace
@@ -602,13 +688,23 @@ Image load_image(const std::string& path) {
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
   const int orientation = png_orientation(bytes);  // an eXIf chunk may follow the image data
   std::string refusal = pillow_refusal(bytes);
-  if (refusal.empty()) bytes = png_as_pillow_reads(bytes, refusal);
+  if (refusal.empty()) bytes = png_as_pillow_reads(path, bytes, refusal);
   if (refusal.empty() && is_tga(bytes)) refusal = tga_refusal(bytes);
   if (!refusal.empty()) throw FileError(path + ": not a readable image (" + refusal + ")");
+  if (bytes.size() >= 34 && bytes[0] == 'B' && bytes[1] == 'M') {
+    const Fields f{bytes};
+    const bool os2 = f.u32(14) == 12;
+    const unsigned bits = os2 ? f.u16(24) : f.u16(28);
+    if ((bits == 1 || bits == 4 || bits == 8) && (os2 || f.u32(30) == 0)) return decode_bmp_palette(path, bytes);
+  }
   if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return orient(load_grey16(path, bytes), orientation);
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
   if (!data) throw FileError(path + ": not a readable image (" + stb_reason() + ")");
   bmp_as_pillow(bytes, data.get(), w, h);
+  if (is_tga(bytes) && bytes.size() > 17 && (bytes[17] & 0x10))  // stored right to left: Pillow turns it, stb does not
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w / 2; ++x)
+        std::swap_ranges(data.get() + (size_t(y) * w + x) * 4, data.get() + (size_t(y) * w + x) * 4 + 4, data.get() + (size_t(y) * w + w - 1 - x) * 4);
   return orient(over_black(data.get(), w, h), orientation);
 }
 
