@@ -427,6 +427,79 @@ def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
             assert f"{name}: not a readable image ({words}" in cpp.stderr and f"({words}" in py.stderr, (name, cpp.stderr, py.stderr)
 
 
+def _os2_bmp(indices: np.ndarray, bits: int, palette: list[tuple[int, int, int]]) -> bytes:
+    """An OS/2 (12-byte header) palette BMP: 3-byte BGR entries, rows bottom-up, padded to 4 bytes."""
+    h, w = indices.shape
+    rows = np.packbits(indices.astype(np.uint8)[::-1], axis=1) if bits == 1 else indices.astype(np.uint8)[::-1]
+    stride = (w * bits + 31) // 32 * 4
+    pixels = b"".join(r.tobytes().ljust(stride, b"\0") for r in rows)
+    pal = b"".join(bytes([b, g, r]) for r, g, b in palette)
+    offset = 14 + 12 + len(pal)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + struct.pack("<IHHHH", 12, w, h, 1, bits) + pal + pixels
+
+
+def test_edge_files_read_or_refused_as_restr_predict_does(build, tiny, tmp_path):
+    """Files at the edges a review and the differential fuzz found, each read (same pixels) or refused
+    (exit 2) by both CLIs: a JPEG without its end marker (Pillow stops at the last row), plain PNM
+    without a final newline or with junk after its last number, OS/2 and grey-ramp BMP palettes
+    (stb read entries it never wrote), a BMP without its last row's padding, a GIF without its data
+    terminator, a right-to-left TGA, a TGA run past the last pixel, XMP orientation in JPEG, PNG and
+    WebP, and a 68-byte PNG claiming 2^31 rows (refused before anything is allocated)."""
+    from PIL import PngImagePlugin
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
+    im = Image.fromarray(rgb)
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    files = {}
+    im.save(tmp_path / "g.jpg", quality=90)
+    files["no_end.jpg"] = (tmp_path / "g.jpg").read_bytes()[:-2], 0
+    files["no_newline.pgm"] = b"P2\n4 2\n255\n1 2 3 4 5 6 7 8", 0
+    files["junk_after.ppm"] = b"P3\n2 1\n255\n10 20 30 40 50 60\nJUNK\n", 0
+    indices = (np.arange(48 * 64).reshape(48, 64) % 7).astype(np.uint8)
+    files["os2_8.bmp"] = _os2_bmp(indices, 8, [(40 * i, 255 - 30 * i, 90) for i in range(7)]), 0
+    files["os2_1.bmp"] = _os2_bmp(indices % 2, 1, [(10, 20, 30), (200, 210, 220)]), 0
+    grey = _short_palette_bmp()
+    files["grey_ramp.bmp"] = grey[:54] + bytes(v for i in range(4) for v in (i, i, i, 0)) + grey[70:], 0
+    im.crop((0, 0, 63, 48)).save(tmp_path / "w63.bmp")
+    files["no_padding.bmp"] = (tmp_path / "w63.bmp").read_bytes()[:-3], 0
+    im.convert("P").save(tmp_path / "g.gif")
+    files["no_terminator.gif"] = (tmp_path / "g.gif").read_bytes()[:-2], 0
+    im.save(tmp_path / "g.tga")
+    tga = bytearray((tmp_path / "g.tga").read_bytes())
+    tga[17] |= 0x10
+    files["right_to_left.tga"] = bytes(tga), 0
+    files["overrun.tga"] = bytes([0, 0, 10]) + bytes(9) + struct.pack("<HHBB", 2, 1, 24, 0) + bytes([0x82, 9, 8, 7]), 2
+    im.save(tmp_path / "x.jpg", xmp=xmp)
+    files["xmp.jpg"] = (tmp_path / "x.jpg").read_bytes(), 0
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    im.save(tmp_path / "x.png", pnginfo=info)
+    files["xmp.png"] = (tmp_path / "x.png").read_bytes(), 0
+    im.save(tmp_path / "x.webp", xmp=xmp)
+    files["xmp.webp"] = (tmp_path / "x.webp").read_bytes(), 0
+    ihdr = struct.pack(">IIBBBBB", 1, 2**31, 1, 0, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    files["huge.png"] = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0" * 4)) + chunk(b"IEND", b""), 2
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for name, (data, code) in files.items():
+        image = tmp_path / name
+        image.write_bytes(data)
+        args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
+        cpp = _run(["prlimit", "--as=3000000000", cli, *args, "--out", str(tmp_path / f"cpp_{name}"), "--threads", "1"])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / f"py_{name}")])
+        assert cpp.returncode == py.returncode == code, (name, cpp.stderr, py.stderr)
+        if code == 0:
+            f = "1_the-red-car_overlay.png"
+            a, b = (np.asarray(Image.open(tmp_path / f"{d}_{name}" / f)) for d in ("cpp", "py"))
+            assert a.shape == b.shape and np.array_equal(a, b), name
+            if name.startswith("xmp"):
+                assert a.shape[:2] == (64, 48), name  # turned by the XMP orientation
+        else:
+            assert cpp.stderr.count("\n") == 1, cpp.stderr
+
+
 def _chunk_after_image_data(png: bytes, kind: bytes) -> bytes:
     """The PNG with its `kind` chunk moved after the image data (just before IEND)."""
     chunks, at = [], 8
