@@ -406,6 +406,10 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
   const std::string truncated = "image file is truncated";
   if (b.size() >= 2 && b[0] == 'B' && b[1] == 'M') {
     const uint32_t header = f.u32(14);
+    if (b.size() < 18 || header > b.size() - 18) return "Truncated File Read";  // Pillow reads the header whole
+    static const uint32_t headers[] = {12, 40, 52, 56, 64, 108, 124};
+    if (std::find(std::begin(headers), std::end(headers), header) == std::end(headers))
+      return "Unsupported BMP header type (" + std::to_string(header) + ")";
     const bool os2 = header == 12;
     const int64_t w = os2 ? f.u16(18) : int32_t(f.u32(18)), h = os2 ? f.u16(20) : int32_t(f.u32(22));
     const unsigned bits = os2 ? f.u16(24) : f.u16(28);
