@@ -26,6 +26,7 @@ namespace restr_cli {
 namespace {
 
 constexpr int64_t kMaxPixels = 64000000;  // restr.runtime.transforms.MAX_IMAGE_PIXELS
+constexpr const char* kTruncated = "image file is truncated";  // Pillow's words for data that runs out
 
 void check_size(const std::string& path, int64_t w, int64_t h) {
   if (w == 0 || h == 0) throw FileError(path + ": image has zero size");
@@ -95,13 +96,17 @@ int orientation_of(int exif, int xmp) { return exif ? exif : xmp ? xmp : 1; }
 // A JPEG's orientation: its first EXIF APP1 marker's (as Pillow), else its XMP APP1 marker's.
 int jpeg_orientation(jpeg_decompress_struct& cinfo) {
   static const char xmp[] = "http://ns.adobe.com/xap/1.0/";  // with its NUL: the XMP marker's header
-  int exif = -1, from_xmp = 0;
+  int exif = 0, from_xmp = 0;
+  bool exif_seen = false;
   for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
     if (m->marker != JPEG_APP0 + 1) continue;
-    if (exif < 0 && m->data_length >= 6 && std::memcmp(m->data, "Exif\0\0", 6) == 0) exif = exif_orientation(m->data, m->data_length);
+    if (!exif_seen && m->data_length >= 6 && std::memcmp(m->data, "Exif\0\0", 6) == 0) {
+      exif_seen = true;
+      exif = exif_orientation(m->data, m->data_length);
+    }
     if (m->data_length >= sizeof xmp && std::memcmp(m->data, xmp, sizeof xmp) == 0) from_xmp = xmp_orientation(m->data, m->data_length);
   }
-  return orientation_of(std::max(exif, 0), from_xmp);
+  return orientation_of(exif, from_xmp);
 }
 
 // A CMYK (or YCCK) JPEG's row as Pillow reads it: samples inverted ("CMYK;I", Adobe's polarity, which
@@ -133,10 +138,10 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
   Image im;
   std::vector<uint8_t> ink;  // a CMYK row; here, before setjmp, so that an error's longjmp frees it too
   if (setjmp(err.jump)) {
-    char msg[JMSG_LENGTH_MAX] = "image file is truncated";  // Pillow's words
+    char msg[JMSG_LENGTH_MAX];
     if (err.mgr.msg_code != JWRN_JPEG_EOF) err.mgr.format_message(reinterpret_cast<j_common_ptr>(&cinfo), msg);
     jpeg_destroy_decompress(&cinfo);
-    throw FileError(path + ": not a readable image (" + msg + ")");
+    throw FileError(path + ": not a readable image (" + (err.mgr.msg_code == JWRN_JPEG_EOF ? kTruncated : msg) + ")");
   }
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
@@ -267,33 +272,19 @@ bool pnm_samples(struct pam* pam, uint16_t* out) {
   return true;
 }
 
-// Bytes [from, to) as Pillow's PNM parser takes a header or a plain (ASCII) raster: decimal numbers,
-// whitespace and # comments only (libnetpbm ends a number at any other byte and reads on, where
-// Python's int() refuses the token).
-bool pnm_text_ok(const std::vector<uint8_t>& bytes, size_t from, size_t to) {
-  for (size_t i = from; i < to; ++i) {
-    const uint8_t c = bytes[i];
-    if (c == '#') {
-      while (i < to && bytes[i] != '\n' && bytes[i] != '\r') ++i;
-    } else if (!(c >= '0' && c <= '9') && !std::memchr(" \t\n\r\v\f", c, 6)) {  // not strchr: it finds NUL
-      return false;
-    }
-  }
-  return true;
-}
-
-// A plain (ASCII) PGM or PPM raster as Pillow's parser takes it: its first `count` numbers must be
-// decimal digits only; what follows them Pillow never reads.
-bool plain_samples_ok(const std::vector<uint8_t>& bytes, size_t from, size_t count) {
-  auto space = [](uint8_t c) { return std::memchr(" \t\n\r\v\f", c, 6) != nullptr; };
+// Bytes [from, to) as Pillow's PNM parser takes a header or a plain (ASCII) raster, up to its first
+// `count` numbers (Pillow never reads past a raster's last): decimal numbers, whitespace and # comments
+// only. libnetpbm ends a number at any other byte and reads on, where Python's int() refuses the token.
+bool decimal_tokens_ok(const std::vector<uint8_t>& bytes, size_t from, size_t to, size_t count) {
+  auto space = [](uint8_t c) { return std::memchr(" \t\n\r\v\f", c, 6) != nullptr; };  // not strchr: it finds NUL
   size_t i = from, seen = 0;
-  while (i < bytes.size() && seen < count) {
+  while (i < to && seen < count) {
     if (space(bytes[i])) {
       ++i;
     } else if (bytes[i] == '#') {
-      while (i < bytes.size() && bytes[i] != '\n' && bytes[i] != '\r') ++i;
+      while (i < to && bytes[i] != '\n' && bytes[i] != '\r') ++i;
     } else {
-      for (; i < bytes.size() && !space(bytes[i]) && bytes[i] != '#'; ++i)
+      for (; i < to && !space(bytes[i]) && bytes[i] != '#'; ++i)
         if (bytes[i] < '0' || bytes[i] > '9') return false;
       ++seen;
     }
@@ -318,16 +309,16 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
   if (pam.depth != 1 && pam.depth != 3) throw FileError(path + ": not a readable image (a PNM of depth " + std::to_string(pam.depth) + ")");
   const size_t n = size_t(pam.width) * size_t(pam.height), count = n * pam.depth;
   const size_t raster = size_t(std::ftell(file.get()));
-  if (!pnm_text_ok(bytes, 2, raster)) throw FileError(path + ": not a readable image (a PNM header holds something other than decimal numbers)");
+  if (!decimal_tokens_ok(bytes, 2, raster, SIZE_MAX)) throw FileError(path + ": not a readable image (a PNM header holds something other than decimal numbers)");
   std::vector<uint16_t> samples(count);
   const bool raw = pam.format == RPGM_FORMAT || pam.format == RPPM_FORMAT;
   if (raw) {
     const size_t width = pam.maxval > 255 ? 2 : 1;  // bytes a sample, big-endian
-    if (bytes.size() - raster < count * width) throw FileError(path + ": not a readable image (image file is truncated)");
+    if (bytes.size() - raster < count * width) throw FileError(path + ": not a readable image (" + kTruncated + ")");
     for (size_t i = 0; i < count; ++i)
       samples[i] = width == 1 ? bytes[raster + i] : uint16_t(bytes[raster + 2 * i] << 8 | bytes[raster + 2 * i + 1]);
   } else {
-    if ((pam.format == PGM_FORMAT || pam.format == PPM_FORMAT) && !plain_samples_ok(bytes, raster, count))
+    if ((pam.format == PGM_FORMAT || pam.format == PPM_FORMAT) && !decimal_tokens_ok(bytes, raster, bytes.size(), count))
       throw FileError(path + ": not a readable image (a plain PNM raster holds something other than decimal numbers)");
     if (!pnm_samples(&pam, samples.data())) throw refused();
   }
@@ -397,23 +388,44 @@ struct Fields {
   uint32_t u32(size_t at) const { return u16(at) | uint32_t(u16(at + 2)) << 16; }
 };
 
+// A BMP's file and info headers (OS/2's 12-byte one or Windows' 40 bytes and more), read once.
+struct BmpHeader {
+  bool bmp = false;                 // starts with "BM"
+  uint32_t size = 0, offset = 0;    // the info header's size; where the pixels start
+  bool os2 = false;
+  int64_t width = 0, height = 0;    // height < 0: rows top-down
+  unsigned bits = 0;
+  uint32_t compression = 0;         // 0 none, 3 bit fields (OS/2: none)
+  uint32_t colours = 0;             // biClrUsed (0: 2^bits)
+  explicit BmpHeader(const std::vector<uint8_t>& b) {
+    const Fields f{b};
+    bmp = b.size() >= 2 && b[0] == 'B' && b[1] == 'M';
+    size = f.u32(14);
+    offset = f.u32(10);
+    os2 = size == 12;
+    width = os2 ? f.u16(18) : int32_t(f.u32(18));
+    height = os2 ? f.u16(20) : int32_t(f.u32(22));
+    bits = os2 ? f.u16(24) : f.u16(28);
+    compression = os2 ? 0 : f.u32(30);
+    colours = os2 ? 0 : f.u32(46);
+  }
+};
+
 // What Pillow refuses in a file stb_image would read: stb reads past the end of a BMP, TGA or GIF as
 // zeros, where Pillow says "image file is truncated"; and Pillow reads BMP bit fields of its own
 // layouts only, and palettes of up to 256 colours. Empty when the file is fine by Pillow (as far as
 // stb's formats go).
 std::string pillow_refusal(const std::vector<uint8_t>& b) {
   const Fields f{b};
-  const std::string truncated = "image file is truncated";
-  if (b.size() >= 2 && b[0] == 'B' && b[1] == 'M') {
-    const uint32_t header = f.u32(14);
+  if (const BmpHeader bmp(b); bmp.bmp) {
+    const uint32_t header = bmp.size;
     if (b.size() < 18 || header > b.size() - 18) return "Truncated File Read";  // Pillow reads the header whole
     static const uint32_t headers[] = {12, 40, 52, 56, 64, 108, 124};
     if (std::find(std::begin(headers), std::end(headers), header) == std::end(headers))
       return "Unsupported BMP header type (" + std::to_string(header) + ")";
-    const bool os2 = header == 12;
-    const int64_t w = os2 ? f.u16(18) : int32_t(f.u32(18)), h = os2 ? f.u16(20) : int32_t(f.u32(22));
-    const unsigned bits = os2 ? f.u16(24) : f.u16(28);
-    const uint32_t compression = os2 ? 0 : f.u32(30);
+    const int64_t w = bmp.width, h = bmp.height;
+    const unsigned bits = bmp.bits;
+    const uint32_t compression = bmp.compression;
     if (compression == 3) {  // Pillow's BmpImagePlugin SUPPORTED layouts: red, green, blue (and alpha at 32 bits)
       static const uint32_t layouts[][5] = {
           {32, 0xFF0000, 0xFF00, 0xFF, 0},          {32, 0xFF000000, 0xFF0000, 0xFF00, 0},  {32, 0xFF000000, 0xFF00, 0xFF, 0},
@@ -426,10 +438,10 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
       });
       if (!known) return "Unsupported BMP bitfields layout";
     }
-    if (bits <= 8 && !os2 && f.u32(46) > 256) return "invalid palette size";  // Pillow's P images hold 256 colours
+    if (bits <= 8 && bmp.colours > 256) return "invalid palette size";  // Pillow's P images hold 256 colours
     if ((compression == 0 || compression == 3) && w > 0 && bits > 0) {  // rows padded to 4 bytes
       const uint64_t row = (uint64_t(w) * bits + 31) / 32 * 4, rows = uint64_t(h < 0 ? -h : h);
-      if (rows && uint64_t(f.u32(10)) + row * (rows - 1) + (uint64_t(w) * bits + 7) / 8 > b.size()) return truncated;  // the last row's padding may be missing
+      if (rows && uint64_t(bmp.offset) + row * (rows - 1) + (uint64_t(w) * bits + 7) / 8 > b.size()) return kTruncated;  // the last row's padding may be missing
     }
     return "";
   }
@@ -443,16 +455,16 @@ std::string pillow_refusal(const std::vector<uint8_t>& b) {
     while (at < b.size()) {
       if (b[at] == 0x21) {  // extension: label, then sub-blocks
         at += 2;
-        if (!sub_blocks()) return truncated;
+        if (!sub_blocks()) return kTruncated;
       } else if (b[at] == 0x2C) {  // image: descriptor, local colour table, code size, sub-blocks
         const unsigned flags = f.u8(at + 9);
         at += 10 + (flags & 0x80 ? 3u * (2u << (flags & 7)) : 0u) + 1;
-        return sub_blocks() ? "" : truncated;
+        return sub_blocks() ? "" : kTruncated;
       } else {
         return "";  // the trailer, or something stb judges itself
       }
     }
-    return truncated;
+    return kTruncated;
   }
   return "";
 }
@@ -483,8 +495,8 @@ std::vector<uint8_t> png_as_pillow_reads(const std::string& path, const std::vec
   z_stream z{};
   if (inflateInit(&z) != Z_OK) return b;
   std::unique_ptr<z_stream, int (*)(z_stream*)> done(&z, inflateEnd);
-  bool image_data = false, ended = false;
-  for (size_t at = 8; at + 8 <= b.size() && !ended;) {
+  bool image_data = false;
+  for (size_t at = 8; at + 8 <= b.size() && !(image_data && z.avail_out == 0);) {  // to the last row
     const size_t length = be32(&b[at]);
     const uint8_t* type = &b[at + 4];
     const bool idat = std::memcmp(type, "IDAT", 4) == 0;
@@ -505,7 +517,6 @@ std::vector<uint8_t> png_as_pillow_reads(const std::string& path, const std::vec
         if (rc == Z_STREAM_END) break;
         if (rc != Z_OK) return refusal = "broken data stream when reading image file", b;
       }
-      ended = z.avail_out == 0;
     } else {
       if (at + 12 + length > b.size()) return b;  // a header chunk cut short: stb says so, as Pillow
       if (uint32_t(crc32(crc32(0, type, 4), &b[at + 8], unsigned(length))) != be32(&b[at + 8 + length])) {
@@ -522,7 +533,7 @@ std::vector<uint8_t> png_as_pillow_reads(const std::string& path, const std::vec
     at += 12 + length;
   }
   if (!image_data) return b;
-  if (z.avail_out > 0) return refusal = "image file is truncated", b;
+  if (z.avail_out > 0) return refusal = kTruncated, b;
   std::vector<uint8_t> stored(compressBound(uLong(raw.size())));
   uLongf size = uLongf(stored.size());
   if (compress2(stored.data(), &size, raw.data(), uLong(raw.size()), 0) != Z_OK) return b;  // level 0: stored, no work
@@ -554,17 +565,17 @@ std::string tga_refusal(const std::vector<uint8_t>& b) {
   const unsigned type = f.u8(2), bpp = (f.u8(16) + 7) / 8;
   const uint64_t pixels = uint64_t(f.u16(12)) * f.u16(14);
   uint64_t at = 18 + f.u8(0) + (f.u8(1) ? uint64_t(f.u16(5)) * ((f.u8(7) + 7) / 8) : 0);
-  if (type >= 1 && type <= 3) return at + pixels * bpp <= b.size() ? "" : "image file is truncated";
+  if (type >= 1 && type <= 3) return at + pixels * bpp <= b.size() ? "" : kTruncated;
   if (type >= 9 && type <= 11) {
     uint64_t done = 0;
     while (done < pixels) {
-      if (at >= b.size()) return "image file is truncated";
+      if (at >= b.size()) return kTruncated;
       const unsigned packet = b[at++];
       const unsigned n = (packet & 0x7F) + 1;
       at += packet & 0x80 ? bpp : uint64_t(n) * bpp;
       done += n;
     }
-    if (at > b.size()) return "image file is truncated";
+    if (at > b.size()) return kTruncated;
     if (done > pixels) return "buffer overrun when reading image file";  // a packet past the last pixel
   }
   return "";
@@ -574,12 +585,11 @@ std::string tga_refusal(const std::vector<uint8_t>& b) {
 // BMP's fourth byte is reserved to Pillow ("BGRX"), where stb takes it for alpha; 16-bit channels are
 // scaled by v * 255 / (2^n - 1), truncated, where stb repeats the high bits.
 void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int h) {
+  const BmpHeader bmp(bytes);
+  if (!bmp.bmp) return;
   const Fields f{bytes};
-  const uint32_t header = f.u32(14);
-  if (bytes.size() < 34 || bytes[0] != 'B' || bytes[1] != 'M' || (header != 12 && header < 40)) return;
-  const bool os2 = header == 12;
-  const unsigned bits = os2 ? f.u16(24) : f.u16(28);
-  const uint32_t compression = os2 ? 0 : f.u32(30);
+  const unsigned bits = bmp.bits;
+  const uint32_t compression = bmp.compression;
   const size_t n = size_t(w) * size_t(h);
   if (bits == 32 && compression == 0)
     for (size_t i = 0; i < n; ++i) rgba[i * 4 + 3] = 255;
@@ -596,21 +606,27 @@ void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int 
   }
 }
 
+// A TGA stored right to left (descriptor bit 4): Pillow turns it, stb does not. Fixed up on stb's RGBA.
+void tga_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int h) {
+  if (bytes.size() <= 17 || !(bytes[17] & 0x10)) return;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w / 2; ++x)
+      std::swap_ranges(rgba + (size_t(y) * w + x) * 4, rgba + (size_t(y) * w + x) * 4 + 4, rgba + (size_t(y) * w + w - 1 - x) * 4);
+}
+
 // An uncompressed 1-, 4- or 8-bit BMP as Pillow's BmpImagePlugin reads it (stb reads palette entries it
 // never wrote when the palette is shorter than the indices, and miscounts an OS/2 palette): the palette
 // is biClrUsed entries (or 2^bits) right after the header; one that is a grey ramp (0, 1, 2, ...; or
 // black and white at 1 bit) makes a greyscale image whose value is the index itself; otherwise an
 // index past the entries present is black.
-Image decode_bmp_palette(const std::string& path, const std::vector<uint8_t>& b) {
+Image decode_bmp_palette(const std::string& path, const std::vector<uint8_t>& b, const BmpHeader& bmp) {
   const Fields f{b};
-  const uint32_t header = f.u32(14);
-  const bool os2 = header == 12;
-  const int64_t w = os2 ? f.u16(18) : int32_t(f.u32(18)), h = os2 ? f.u16(20) : int32_t(f.u32(22));
-  const unsigned bits = os2 ? f.u16(24) : f.u16(28);
+  const int64_t w = bmp.width, h = bmp.height;
+  const unsigned bits = bmp.bits;
   if (w <= 0 || h == 0) throw FileError(path + ": not a readable image (a BMP of " + std::to_string(w) + "x" + std::to_string(h) + " pixels)");
   check_size(path, w, h < 0 ? -h : h);
-  const size_t entry = os2 ? 3 : 4, at = 14 + header;
-  const uint64_t colours = !os2 && f.u32(46) ? f.u32(46) : 1u << bits;
+  const size_t entry = bmp.os2 ? 3 : 4, at = 14 + bmp.size;
+  const uint64_t colours = bmp.colours ? bmp.colours : 1u << bits;
   const uint64_t present = b.size() > at ? std::min<uint64_t>(colours, (b.size() - at) / entry) : 0;
   bool grey = present == colours;
   for (uint64_t i = 0; grey && i < (bits == 1 ? 2 : colours); ++i) {
@@ -621,7 +637,7 @@ Image decode_bmp_palette(const std::string& path, const std::vector<uint8_t>& b)
   im.width = int(w);
   im.height = int(h < 0 ? -h : h);
   im.rgb.resize(size_t(im.width) * im.height * 3);
-  const size_t stride = (size_t(w) * bits + 31) / 32 * 4, offset = f.u32(10);
+  const size_t stride = (size_t(w) * bits + 31) / 32 * 4, offset = bmp.offset;
   for (int y = 0; y < im.height; ++y) {
     const size_t row = offset + stride * size_t(h > 0 ? im.height - 1 - y : y);
     for (int x = 0; x < im.width; ++x) {
@@ -691,24 +707,18 @@ Image load_image(const std::string& path) {
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
   const int orientation = png_orientation(bytes);  // an eXIf chunk may follow the image data
+  const bool tga = is_tga(bytes);
   std::string refusal = pillow_refusal(bytes);
   if (refusal.empty()) bytes = png_as_pillow_reads(path, bytes, refusal);
-  if (refusal.empty() && is_tga(bytes)) refusal = tga_refusal(bytes);
+  if (refusal.empty() && tga) refusal = tga_refusal(bytes);
   if (!refusal.empty()) throw FileError(path + ": not a readable image (" + refusal + ")");
-  if (bytes.size() >= 34 && bytes[0] == 'B' && bytes[1] == 'M') {
-    const Fields f{bytes};
-    const bool os2 = f.u32(14) == 12;
-    const unsigned bits = os2 ? f.u16(24) : f.u16(28);
-    if ((bits == 1 || bits == 4 || bits == 8) && (os2 || f.u32(30) == 0)) return decode_bmp_palette(path, bytes);
-  }
+  if (const BmpHeader bmp(bytes); bmp.bmp && (bmp.bits == 1 || bmp.bits == 4 || bmp.bits == 8) && bmp.compression == 0)
+    return decode_bmp_palette(path, bytes, bmp);
   if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return orient(load_grey16(path, bytes), orientation);
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
   if (!data) throw FileError(path + ": not a readable image (" + stb_reason() + ")");
   bmp_as_pillow(bytes, data.get(), w, h);
-  if (is_tga(bytes) && bytes.size() > 17 && (bytes[17] & 0x10))  // stored right to left: Pillow turns it, stb does not
-    for (int y = 0; y < h; ++y)
-      for (int x = 0; x < w / 2; ++x)
-        std::swap_ranges(data.get() + (size_t(y) * w + x) * 4, data.get() + (size_t(y) * w + x) * 4 + 4, data.get() + (size_t(y) * w + w - 1 - x) * 4);
+  if (tga) tga_as_pillow(bytes, data.get(), w, h);
   return orient(over_black(data.get(), w, h), orientation);
 }
 
