@@ -62,9 +62,10 @@ class ServeConfig:
 class RestrModel:
     """The Triton model's inference callable: one `Predictor`, shared by every instance (thread)."""
 
-    def __init__(self, predictor: Predictor, max_batch: int = 64):
+    def __init__(self, predictor: Predictor, max_batch: int = 64, instances: int = 1):
         self.predictor = predictor
         self.max_batch = max_batch
+        self.instances = instances
         self.draining = False
         self._running = 0
         self._admit = 0  # requests still to run while draining (Triton had queued them)
@@ -88,10 +89,15 @@ class RestrModel:
     def drain(self, timeout_s: float, queued: int = 0) -> bool:
         """Answer the running requests and the `queued` ones Triton holds, refuse the rest; False if
         some still run after timeout_s. (Triton's own shutdown keeps taking new requests until its
-        exit timeout, then drops what runs: so the model draws the line itself.)"""
+        exit timeout, then drops what runs: so the model draws the line itself.)
+
+        An instance that is not running a request here may be passing one on: Triton has taken it
+        from its queue (so `queued` does not count it) and it has not reached `__call__` yet. Each
+        such instance gets one more admission; one that was idle costs at most the quiet second below.
+        """
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            self.draining, self._admit = True, queued
+            self.draining, self._admit = True, queued + max(0, self.instances - self._running)
             while self._running or self._admit > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -124,7 +130,7 @@ def bind(triton, predictor: Predictor, config: ServeConfig) -> RestrModel:
     """Bind the `restr` model (one callable per instance, one shared Predictor) to a PyTriton server."""
     from pytriton.model_config import ModelConfig, Tensor
 
-    model = RestrModel(predictor, config.max_batch)
+    model = RestrModel(predictor, config.max_batch, config.instances)
     triton.bind(
         model_name=MODEL,
         infer_func=[model] * config.instances,  # N instances: N requests in flight on one Predictor
@@ -216,9 +222,8 @@ def serve(config: ServeConfig, predictor: Predictor | None = None) -> None:
     prepare_environment()
     # SIGTERM is how Kubernetes and systemd stop a server: treat it as Ctrl-C (drain, then stop Triton).
     signal.signal(signal.SIGTERM, _interrupt)
-    with Triton(config=triton_config(config)) as triton:
-        model = bind(triton, predictor, config)
-        triton.run()
+    triton, model = start(Triton, predictor, config)
+    try:
         click.echo(
             f"{PROG}: serving model '{MODEL}' ({predictor.artifacts.model_name}, {predictor.mode}, {config.instances} instances) "
             f"on http://{config.host}:{config.http_port}, grpc {config.host}:{config.grpc_port}, "
@@ -232,7 +237,41 @@ def serve(config: ServeConfig, predictor: Predictor | None = None) -> None:
             click.echo(f"{PROG}: stopping: refusing new requests, finishing the running ones", err=True)
             if not model.drain(config.drain_timeout_s, queued=pending_requests(config)):
                 click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s are dropped", err=True)
+    finally:
+        triton.stop()
     click.echo(f"{PROG}: stopped", err=True)
+
+
+LOAD_ATTEMPTS = 3
+
+
+def missed_handshake(error: BaseException) -> bool:
+    """Whether a model load failed because an instance missed PyTriton's start-up handshake.
+
+    Each instance after the first fetches its set-up from the first over a Unix socket, polling 1 s
+    for the socket's file. On a busy machine it can connect between the first's bind and listen
+    (connection refused) or give up before the first starts (timeout): a race, not a broken model.
+    """
+    return "get_config_from_handshake_server" in str(error)
+
+
+def start(triton_cls, predictor: Predictor, config: ServeConfig):
+    """Start Triton (a `pytriton.triton.Triton` class) with the `restr` model loaded; returns
+    (triton, model). A load lost to PyTriton's handshake race is retried on a fresh server."""
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        triton = triton_cls(config=triton_config(config))
+        try:
+            triton.run()  # tritonserver, no model yet
+            return triton, bind(triton, predictor, config)  # loads it
+        except BaseException as e:  # SIGTERM (KeyboardInterrupt) too: never leave a tritonserver behind
+            triton.stop()
+            if not isinstance(e, Exception) or not missed_handshake(e):
+                raise
+            if attempt == LOAD_ATTEMPTS:
+                raise RuntimeError(f"the model did not load: {LOAD_ATTEMPTS} tries missed PyTriton's start-up handshake "
+                                   f"(is the machine overloaded? try fewer --instances)") from e
+            click.echo(f"{PROG}: a model instance missed PyTriton's start-up handshake (a race on busy machines); "
+                       f"starting again ({attempt + 1}/{LOAD_ATTEMPTS})", err=True)
 
 
 def pending_requests(config: ServeConfig) -> int:
