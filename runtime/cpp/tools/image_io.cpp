@@ -1,4 +1,5 @@
 #include "image_io.hpp"
+#include "pixels.hpp"
 
 #include <jpeglib.h>
 #include <jerror.h>
@@ -24,15 +25,6 @@
 namespace restr_cli {
 
 namespace {
-
-constexpr int64_t kMaxPixels = 64000000;  // restr.runtime.transforms.MAX_IMAGE_PIXELS
-constexpr const char* kTruncated = "image file is truncated";  // Pillow's words for data that runs out
-
-void check_size(const std::string& path, int64_t w, int64_t h) {
-  if (w == 0 || h == 0) throw FileError(path + ": image has zero size");
-  if (w * h > kMaxPixels)
-    throw FileError(path + ": image of " + std::to_string(w) + "x" + std::to_string(h) + " pixels is larger than the 64,000,000 allowed");
-}
 
 std::vector<uint8_t> read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -74,25 +66,6 @@ int exif_orientation(const uint8_t* data, size_t size) {
   return 0;
 }
 
-// Pillow's getexif falls back on XMP when EXIF has no orientation: the digit after
-// `tiff:Orientation="` or `tiff:Orientation>` (1-8; 1 for another digit), 0 when there is none.
-int xmp_orientation(const uint8_t* data, size_t size) {
-  static const char key[] = "tiff:Orientation";
-  const uint8_t* end = data + size;
-  for (const uint8_t* p = data; (p = static_cast<const uint8_t*>(std::memchr(p, 't', size_t(end - p)))) != nullptr; ++p) {
-    if (size_t(end - p) < sizeof key + 1 || std::memcmp(p, key, sizeof key - 1) != 0) continue;
-    const uint8_t* q = p + sizeof key - 1;
-    if (*q == '>' || (*q == '=' && q + 2 < end && q[1] == '"' && ++q)) {
-      const uint8_t digit = q[1];
-      if (digit >= '0' && digit <= '9') return digit >= '1' && digit <= '8' ? digit - '0' : 1;
-    }
-  }
-  return 0;
-}
-
-// The orientation exif_transpose applies: EXIF's, else XMP's, else 1.
-int orientation_of(int exif, int xmp) { return exif ? exif : xmp ? xmp : 1; }
-
 // A JPEG's orientation: its first EXIF APP1 marker's (as Pillow), else its XMP APP1 marker's.
 int jpeg_orientation(jpeg_decompress_struct& cinfo) {
   static const char xmp[] = "http://ns.adobe.com/xap/1.0/";  // with its NUL: the XMP marker's header
@@ -107,18 +80,6 @@ int jpeg_orientation(jpeg_decompress_struct& cinfo) {
     if (m->data_length >= sizeof xmp && std::memcmp(m->data, xmp, sizeof xmp) == 0) from_xmp = xmp_orientation(m->data, m->data_length);
   }
   return orientation_of(exif, from_xmp);
-}
-
-// A CMYK (or YCCK) JPEG's row as Pillow reads it: samples inverted ("CMYK;I", Adobe's polarity, which
-// Pillow always assumes), then Pillow's CMYK to RGB convert: (255 - K) - C * (255 - K) / 255, its rounding.
-void cmyk_to_rgb(const uint8_t* ink, uint8_t* rgb, int width) {
-  for (int x = 0; x < width; ++x, ink += 4, rgb += 3) {
-    const int nk = ink[3];  // 255 - (255 - raw K)
-    for (int c = 0; c < 3; ++c) {
-      const int t = (255 - ink[c]) * nk + 128;
-      rgb[c] = uint8_t(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
-    }
-  }
 }
 
 // libjpeg(-turbo) with its default (ISLOW, fancy upsampling) decoding, as Pillow decodes JPEG.
@@ -168,50 +129,6 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
     if (cmyk) cmyk_to_rgb(ink.data(), rgb, im.width);
   }
   jpeg_destroy_decompress(&cinfo);  // not jpeg_finish_decompress: it reads on to the end marker
-  return im;
-}
-
-// Pillow's ImageOps.exif_transpose: output pixel (y, x) from the source pixel the orientation names.
-Image orient(const Image& src, int orientation) {
-  if (orientation == 1) return src;
-  const int h = src.height, w = src.width;
-  const bool swap = orientation >= 5;
-  Image out;
-  out.width = swap ? h : w;
-  out.height = swap ? w : h;
-  out.rgb.resize(src.rgb.size());
-  for (int y = 0; y < out.height; ++y)
-    for (int x = 0; x < out.width; ++x) {
-      int sy = y, sx = x;
-      switch (orientation) {
-        case 2: sx = w - 1 - x; break;                  // flip left-right
-        case 3: sy = h - 1 - y; sx = w - 1 - x; break;  // rotate 180
-        case 4: sy = h - 1 - y; break;                  // flip top-bottom
-        case 5: sy = x; sx = y; break;                  // transpose
-        case 6: sy = h - 1 - x; sx = y; break;          // rotate 90 clockwise
-        case 7: sy = h - 1 - x; sx = w - 1 - y; break;  // transverse
-        case 8: sy = x; sx = w - 1 - y; break;          // rotate 90 counter-clockwise
-      }
-      std::copy_n(&src.rgb[(size_t(sy) * w + sx) * 3], 3, &out.rgb[(size_t(y) * out.width + x) * 3]);
-    }
-  return out;
-}
-
-// High-bit-depth greyscale (Pillow's mode I): stretched from its darkest to its brightest pixel onto
-// 0..255, as restr.runtime.transforms.to_rgb does (stb would keep the high byte, Pillow's own convert clips).
-template <typename T>
-Image stretch_grey(const T* data, int w, int h) {
-  const size_t n = size_t(w) * size_t(h);
-  const auto [lo, hi] = std::minmax_element(data, data + n);
-  const double l = *lo, scale = *hi > *lo ? 255.0 / (double(*hi) - l) : 0.0;
-  Image im;
-  im.width = w;
-  im.height = h;
-  im.rgb.resize(n * 3);
-  for (size_t i = 0; i < n; ++i) {
-    const uint8_t v = uint8_t((data[i] - l) * scale);  // truncated, as numpy's astype(uint8)
-    im.rgb[i * 3] = im.rgb[i * 3 + 1] = im.rgb[i * 3 + 2] = v;
-  }
   return im;
 }
 
@@ -339,18 +256,6 @@ Image load_pnm(const std::string& path, std::vector<uint8_t>& bytes) {
       const uint16_t v = samples[i * pam.depth + (grey ? 0 : c)];
       im.rgb[i * 3 + c] = pam.maxval == 255 ? uint8_t(v) : uint8_t(scaled(v, 255.0));
     }
-  return im;
-}
-
-// RGBA with transparent pixels composed over black, as restr.runtime.transforms.to_rgb; `alpha`
-// false: the fourth byte is no alpha (Pillow's RGBX), the pixels are taken as they are.
-Image over_black(const uint8_t* rgba, int w, int h, bool alpha = true) {
-  Image im;
-  im.width = w;
-  im.height = h;
-  im.rgb.resize(size_t(w) * size_t(h) * 3);
-  for (size_t i = 0; i < size_t(w) * size_t(h); ++i)
-    for (int c = 0; c < 3; ++c) im.rgb[i * 3 + c] = alpha ? uint8_t((rgba[i * 4 + c] * rgba[i * 4 + 3] + 127) / 255) : rgba[i * 4 + c];
   return im;
 }
 
