@@ -12,7 +12,7 @@ SERVE_VENV ?= .venv-serve
 
 # The C++ host (runtime/cpp): Debian packages it builds with, ONNX Runtime's headers and the wheel's
 # library in CPP_DEPS, a release build and a sanitizer build, the export its tests read.
-CPP_APT := cmake g++ pkg-config nlohmann-json3-dev libicu-dev libssl-dev libstb-dev libjpeg-dev libexif-dev libnetpbm-dev libwebp-dev zlib1g-dev patchelf
+CPP_APT := cmake g++ pkg-config nlohmann-json3-dev libicu-dev libssl-dev libstb-dev libjpeg-dev libexif-dev libnetpbm-dev libwebp-dev libtiff-dev zlib1g-dev patchelf
 CPP_DEPS ?= build/cpp-deps
 CPP_BUILD ?= build/cpp
 CPP_ASAN_BUILD ?= build/cpp-asan

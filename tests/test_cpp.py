@@ -315,6 +315,88 @@ def test_webp_decodes_as_restr_predict_does(build, tiny, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def _tiff_cases(folder: Path) -> dict[str, tuple[int, int]]:
+    """TIFFs in the layouts Pillow reads its own way -> their (height, width) once turned: Pillow's
+    compressions and modes, and (tifffile) what Pillow does not write: alpha stored premultiplied or
+    unspecified, 16-bit RGB and CMYK, MinIsWhite, signed and float samples in either byte order,
+    separate planes, tiles, short strips, a 16-bit colour map, a second page, BigTIFF."""
+    import tifffile
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
+    alpha = ((xx * 7 + yy * 3) % 256).astype(np.uint8)
+    rgba = np.dstack([rgb, alpha])
+    grey = rgb[..., 1]
+    im = Image.fromarray(rgb)
+    for compression in ("raw", "tiff_lzw", "tiff_adobe_deflate", "packbits", "jpeg"):  # jpeg: YCbCr, libtiff's RGB
+        im.save(folder / f"rgb_{compression}.tif", compression=compression)
+    im.convert("1").save(folder / "bits_group4.tif", compression="group4")
+    for mode, pixels in {"L": grey, "LA": np.dstack([grey, alpha]), "RGBA": rgba, "P": None, "CMYK": None,
+                         "I;16": grey.astype(np.uint16) * 250 + 9, "I": None, "F": None}.items():
+        (im.convert(mode) if pixels is None else Image.fromarray(pixels, mode if mode != "I;16" else None)).save(
+            folder / f"pil_{mode.replace(';', '')}.tif", compression="tiff_lzw")
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    im.save(folder / "turned_tag.tif", exif=turned)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>'
+    premultiplied = np.dstack([(rgb.astype(np.uint32) * alpha[..., None] // 255).astype(np.uint8), alpha])
+    write = {
+        "rgba_straight": (rgba, {"extrasamples": ["unassalpha"]}),
+        "rgba_premultiplied": (premultiplied, {"extrasamples": ["assocalpha"]}),
+        "rgbx": (rgba, {"extrasamples": ["unspecified"]}),
+        "rgb16": (rgb.astype(np.uint16) * 257 + yy[..., None].astype(np.uint16), {}),
+        "rgb16_big": (rgb.astype(np.uint16) * 257 + xx[..., None].astype(np.uint16), {"byteorder": ">"}),
+        "rgba16_premultiplied": (premultiplied.astype(np.uint16) * 257, {"extrasamples": ["assocalpha"]}),
+        "planes": (np.moveaxis(rgba, 2, 0).copy(), {"planarconfig": "separate", "extrasamples": ["unassalpha"]}),
+        "tiles": (rgb, {"tile": (16, 32), "compression": "zlib"}),
+        "tiled_planes": (np.moveaxis(rgb, 2, 0).copy(), {"planarconfig": "separate", "tile": (32, 16)}),
+        "strips_of_5": (rgb, {"rowsperstrip": 5}),
+        "white": (grey, {"photometric": "miniswhite"}),
+        "white_bits": (grey > 100, {"photometric": "miniswhite"}),
+        "white16": (grey.astype(np.uint16) * 200, {"photometric": "miniswhite"}),
+        "signed8": (grey.astype(np.int8), {"photometric": "minisblack"}),
+        "signed16_big": (grey.astype(np.int16) * 100 - 9000, {"photometric": "minisblack", "byteorder": ">"}),
+        "unsigned32": (grey.astype(np.uint32) * 16_000_000, {"photometric": "minisblack"}),
+        "float_big": (grey.astype(np.float32) / 7, {"photometric": "minisblack", "byteorder": ">"}),
+        "grey_x": (np.dstack([grey, alpha]), {"photometric": "minisblack", "extrasamples": ["unspecified"]}),
+        "cmyk16": (np.dstack([rgb, alpha]).astype(np.uint16) * 257, {"photometric": "separated"}),
+        "cmyk_x": (np.dstack([rgba, grey]), {"photometric": "separated", "extrasamples": ["unspecified"]}),
+        "colour_map": (grey, {"photometric": "palette", "colormap": (np.arange(768).reshape(3, 256) * 85 % 65536).astype(np.uint16)}),
+        "turned_xmp": (rgb, {"extratags": [(700, 1, len(xmp), xmp, False)]}),
+        "turned_big": (rgb, {"extratags": [(274, 3, 1, 3, False)], "byteorder": ">"}),
+        "two_pages": (np.stack([rgb, 255 - rgb]), {}),
+        "big_tiff": (rgb, {"bigtiff": True}),
+    }
+    for name, (pixels, options) in write.items():
+        options.setdefault("photometric", "rgb")
+        tifffile.imwrite(folder / f"{name}.tif", pixels, **options)
+    return {f.name: ((64, 48) if f.stem in ("turned_tag", "turned_xmp") else (48, 64)) for f in folder.glob("*.tif")}
+
+
+def test_tiff_decodes_as_restr_predict_does(build, tiny, tmp_path):
+    """TIFF through libtiff, in every layout of _tiff_cases: the C++ CLI's overlay is the Python overlay
+    of restr-predict's decoding of the file (the C++ CLI used to refuse TIFF). A layout Pillow cannot
+    convert (grey with premultiplied alpha) and a file cut short: refused by both in one line."""
+    import tifffile
+
+    (tmp_path / "tiff").mkdir()
+    cases = _tiff_cases(tmp_path / "tiff")
+    assert len(cases) >= 35
+    for name, shape in sorted(cases.items()):
+        assert _decodes_as_pillow(build, tiny, tmp_path / "tiff" / name, tmp_path / name).shape == shape, name
+    yy, xx = np.mgrid[0:48, 0:64]
+    tifffile.imwrite(tmp_path / "grey_premultiplied.tif", np.dstack([xx, yy]).astype(np.uint8), photometric="minisblack",
+                     extrasamples=["assocalpha"])
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "tiff" / "rgb_raw.tif").read_bytes()[:4000])
+    cli = str(build / "tools" / "restr-predict-cpp")
+    for name in ("grey_premultiplied.tif", "cut.tif"):
+        args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car"]
+        cpp = _run([cli, *args, "--out", str(tmp_path / "cpp")])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+        assert cpp.returncode == py.returncode == 2, (name, cpp.stderr, py.stderr)
+        assert cpp.stderr.count("\n") == 1 and f"{name}: not a readable image (" in cpp.stderr, cpp.stderr
+
+
 def _bmp(rgba: np.ndarray, bits: int, compression: int, masks: tuple[int, ...] = (), header: int = 40) -> bytes:
     """A bottom-up BMP written field by field (Pillow writes neither 16-bit nor bit-field files)."""
     h, w = rgba.shape[:2]

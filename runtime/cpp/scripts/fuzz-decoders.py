@@ -4,7 +4,7 @@
         --artifacts EXPORT [--seconds 300] [--seed 0] [--keep DIR]
 
 Writes one small image per format and mode Pillow reads differently (JPEG, CMYK JPEG, WebP, PNG
-modes, BMP, GIF, TGA, PBM/PGM/PPM plain and raw), then over and over damages one (bytes changed,
+modes, BMP, GIF, TGA, TIFF, PBM/PGM/PPM plain and raw), then over and over damages one (bytes changed,
 the file cut, header bytes set to edge values) and runs both CLIs on it. A difference is a different
 exit code, different overlay pixels, or an error of more than one line; each is printed and the file
 kept in --keep. With the ASan build as --cli, it also reports sanitizer errors. Known differences
@@ -46,6 +46,13 @@ def seeds(folder: Path) -> list[Path]:
     im.convert("P").save(folder / "clear.gif", transparency=3)
     im.save(folder / "rgb.tga")
     im.save(folder / "rle.tga", compression="tga_rle")
+    for compression in ("raw", "tiff_lzw", "tiff_adobe_deflate", "packbits", "jpeg"):
+        im.save(folder / f"rgb_{compression}.tif", compression=compression)
+    Image.fromarray(rgba).save(folder / "alpha.tif", compression="tiff_lzw")
+    Image.fromarray(rgba, "CMYK").save(folder / "cmyk.tif")
+    im.convert("P").save(folder / "palette.tif")
+    im.convert("1").save(folder / "bits.tif", compression="group4")
+    Image.fromarray((xx * 700 + yy * 90).astype(np.uint16)).save(folder / "deep.tif")
     for magic, maxval in (("P5", 255), ("P5", 100), ("P5", 1000), ("P6", 255), ("P6", 1000), ("P2", 100), ("P3", 1000)):
         top = np.round(rgb.astype(float) * maxval / 255).astype(int)
         samples = top[..., 0] if magic in ("P2", "P5") else top
@@ -79,11 +86,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=Path("fuzz-differences"), help="where files that differ are kept")
+    ap.add_argument("--formats", default="", help="only these file suffixes, comma-separated (e.g. tif,png); default: all")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     work = Path(tempfile.mkdtemp(prefix="restr-fuzz-"))
     (work / "seeds").mkdir()
     files = seeds(work / "seeds")
+    if a.formats:
+        files = [f for f in files if f.suffix.lstrip(".") in a.formats.split(",")]
     try:
         found, runs = fuzz(a, rng, work, files)
     finally:

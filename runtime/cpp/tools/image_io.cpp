@@ -1,5 +1,6 @@
 #include "image_io.hpp"
 #include "pixels.hpp"
+#include "tiff.hpp"
 
 #include <jpeglib.h>
 #include <jerror.h>
@@ -604,6 +605,11 @@ Image load_image(const std::string& path) {
     return orient(im, orientation);
   }
   if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] >= '1' && bytes[1] <= '6') return load_pnm(path, bytes);
+  if (is_tiff(bytes)) {
+    int orientation = 1;
+    Image im = decode_tiff(path, bytes, orientation);
+    return orient(im, orientation);
+  }
   if (bytes.size() >= 12 && std::memcmp(bytes.data(), "RIFF", 4) == 0 && std::memcmp(bytes.data() + 8, "WEBP", 4) == 0) {
     int orientation = 1;
     Image im = decode_webp(path, bytes, orientation);
