@@ -222,7 +222,11 @@ def serve(config: ServeConfig, predictor: Predictor | None = None) -> None:
     prepare_environment()
     # SIGTERM is how Kubernetes and systemd stop a server: treat it as Ctrl-C (drain, then stop Triton).
     signal.signal(signal.SIGTERM, _interrupt)
-    triton, model = start(Triton, predictor, config)
+    try:
+        triton, model = start(Triton, predictor, config)
+    except KeyboardInterrupt:  # stopped before it served: start() has stopped Triton
+        click.echo(f"{PROG}: stopped while starting", err=True)
+        return
     try:
         click.echo(
             f"{PROG}: serving model '{MODEL}' ({predictor.artifacts.model_name}, {predictor.mode}, {config.instances} instances) "
@@ -234,12 +238,26 @@ def serve(config: ServeConfig, predictor: Predictor | None = None) -> None:
             while triton.is_alive():
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            click.echo(f"{PROG}: stopping: refusing new requests, finishing the running ones", err=True)
-            if not model.drain(config.drain_timeout_s, queued=pending_requests(config)):
-                click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s are dropped", err=True)
+            try:
+                click.echo(f"{PROG}: stopping: refusing new requests, finishing the running ones", err=True)
+                if not model.drain(config.drain_timeout_s, queued=pending_requests(config)):
+                    click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s are dropped", err=True)
+            except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: no more waiting
+                click.echo(f"{PROG}: second signal: stopping now, requests still running are dropped", err=True)
     finally:
-        triton.stop()
+        stop(triton)
     click.echo(f"{PROG}: stopped", err=True)
+
+
+def stop(triton) -> None:
+    """Stop Triton, deaf to further SIGINT/SIGTERM until it has: one arriving inside PyTriton's stop
+    would abandon a running tritonserver (and its ports) as an orphan."""
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        triton.stop()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 LOAD_ATTEMPTS = 3
@@ -264,7 +282,7 @@ def start(triton_cls, predictor: Predictor, config: ServeConfig):
             triton.run()  # tritonserver, no model yet
             return triton, bind(triton, predictor, config)  # loads it
         except BaseException as e:  # SIGTERM (KeyboardInterrupt) too: never leave a tritonserver behind
-            triton.stop()
+            stop(triton)
             if not isinstance(e, Exception) or not missed_handshake(e):
                 raise
             if attempt == LOAD_ATTEMPTS:

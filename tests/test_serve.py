@@ -7,7 +7,9 @@ Every server is started on free ports and stopped (SIGTERM, then SIGKILL) even w
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -235,6 +237,34 @@ def test_sigterm_during_load_loses_no_accepted_request(tiny, predictor, images, 
         assert not others, others[:3]
     finally:
         s.stop()
+
+
+def test_a_second_sigterm_stops_at_once_and_leaves_no_process(tiny, tmp_path):
+    """SIGTERM twice (an impatient Ctrl-C, a supervisor's repeat): restr-serve skips the rest of the
+    drain, stops Triton and exits 0, and nothing of its session lives on. (A signal inside PyTriton's
+    stop used to abandon tritonserver, still holding its ports, and exit 1 with "Aborted!".)"""
+    s = Server(tmp_path / "server.log", "--artifacts", str(tiny.folder), "--drain-timeout", "30")
+    session = os.getsid(s.proc.pid)
+    try:
+        s.wait_ready()
+        deadline = time.monotonic() + 30
+        while "serving model" not in s.tail() and time.monotonic() < deadline:  # past start-up
+            time.sleep(0.1)
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # inside the drain (an idle server's lasts a quiet second)
+        s.proc.send_signal(signal.SIGTERM)
+        code = s.proc.wait(60)
+        left = ""
+        for _ in range(50):  # processes of the session still exiting
+            left = subprocess.run(["pgrep", "-a", "-s", str(session)], capture_output=True, text=True).stdout
+            if not left:
+                break
+            time.sleep(0.2)
+        assert code == 0, s.tail()
+        assert "second signal: stopping now" in s.tail() and not left, (left, s.tail())
+    finally:
+        s.stop()
+        subprocess.run(["pkill", "-9", "-s", str(session)])
 
 
 @pytest.mark.slow
