@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,7 @@ def golden_export(tmp_path_factory) -> Path:
 
 def test_predictions_golden_on_the_python_runtime(golden_export):
     from restr.runtime import Predictor
+    from restr.runtime.predictor import TextTruncatedWarning
 
     g = _load("predictions.json")
     predictor = Predictor.from_artifacts(golden_export, threads=1, cache_size=0)
@@ -82,7 +84,10 @@ def test_predictions_golden_on_the_python_runtime(golden_export):
     for photo in g["photos"]:
         rgb = np.asarray(Image.open(GOLDEN / photo["image"]).convert("RGB"))
         want = photo["expressions"]
-        got = predictor.predict_image(rgb, [e["text"] for e in want], probs=False)
+        with warnings.catch_warnings(record=True) as caught:  # one per expression cut to N_l words
+            warnings.simplefilter("always", TextTruncatedWarning)
+            got = predictor.predict_image(rgb, [e["text"] for e in want], probs=False)
+        assert sum(issubclass(w.category, TextTruncatedWarning) for w in caught) == sum(e["truncated"] for e in want)
         for p, e in zip(got, want):
             assert np.array_equal(p.mask, np.asarray(Image.open(GOLDEN / e["mask"])) > 127), e["text"]
             assert p.area == e["area"]
