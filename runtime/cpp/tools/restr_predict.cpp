@@ -42,7 +42,7 @@ const char* const kHelp = R"(usage: restr-predict-cpp --artifacts DIR --image PA
 Segment the object each --text refers to in --image with a restr export (the C++ host of restr-predict).
 
   --artifacts DIR     export folder written by restr-export (holds manifest.json)
-  --image PATH        image file (JPEG, PNG, WebP, BMP, GIF, TGA, PBM/PGM/PPM)
+  --image PATH        image file (JPEG, PNG, WebP, TIFF, BMP, GIF, TGA, PBM/PGM/PPM)
   --text TEXT         referring expression; repeat for several (batched against one image encoding)
   --out DIR           output folder for the mask PNGs and summary.json (must be empty unless --force)
   --overlay           also write <k>_<slug>_overlay.png
