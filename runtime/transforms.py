@@ -35,8 +35,8 @@ def load_image(path) -> Image.Image:
         raise
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
+    except Exception as e:  # Pillow's plugins raise more than OSError on damaged files (OverflowError, TypeError, ...)
+        raise ImageError(f"{path}: not a readable image ({e or type(e).__name__})") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -49,9 +49,10 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return Image.alpha_composite(bg, im).convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # high bit depth greyscale: rescale to 8 bits
         a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+        lo, hi = float(a.min()), float(a.max())  # NaN if a pixel is NaN: then every pixel is 0
+        with np.errstate(invalid="ignore"):
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.where(np.isfinite(a), a, 0).astype(np.uint8)).convert("RGB")  # infinite ones too
     return im.convert("RGB")
 
 

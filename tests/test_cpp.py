@@ -366,11 +366,32 @@ def _tiff_cases(folder: Path) -> dict[str, tuple[int, int]]:
         "turned_big": (rgb, {"extratags": [(274, 3, 1, 3, False)], "byteorder": ">"}),
         "two_pages": (np.stack([rgb, 255 - rgb]), {}),
         "big_tiff": (rgb, {"bigtiff": True}),
+        "float_nan": (np.where(xx == 5, np.nan, grey).astype(np.float32), {"photometric": "minisblack"}),  # all black
+        "turned_long": (rgb, {"extratags": [(274, 4, 1, 6, False)]}),  # the tag's type as Pillow reads it, not libtiff
+        "turned_rational": (rgb, {"extratags": [(274, 5, 1, (6, 1), False)]}),
+        "unknown_orientation_and_xmp": (rgb, {"extratags": [(274, 3, 1, 9, False), (700, 1, len(xmp), xmp, False)]}),
     }
     for name, (pixels, options) in write.items():
         options.setdefault("photometric", "rgb")
         tifffile.imwrite(folder / f"{name}.tif", pixels, **options)
-    return {f.name: ((64, 48) if f.stem in ("turned_tag", "turned_xmp") else (48, 64)) for f in folder.glob("*.tif")}
+    turned = ("turned_tag", "turned_xmp", "turned_long", "turned_rational")
+    return {f.name: ((64, 48) if f.stem in turned else (48, 64)) for f in folder.glob("*.tif")}
+
+
+def _tiff_by_hand(tags: dict[int, tuple[int, list]], blocks: list[bytes], offsets: int, counts: int) -> bytes:
+    """A little-endian TIFF written entry by entry, for layouts tifffile refuses to write: `tags` maps a
+    tag to (type: 3 SHORT or 4 LONG, values); `blocks` (strips or tiles) come first, their offsets and
+    sizes go in tags `offsets` and `counts`."""
+    tags = {**tags, offsets: (4, [8 + sum(map(len, blocks[:i])) for i in range(len(blocks))]), counts: (4, [len(b) for b in blocks])}
+    body = b"".join(blocks) + b"\0" * (sum(map(len, blocks)) % 2)
+    ifd_at = 8 + len(body)
+    spill_at, spill, entries = ifd_at + 2 + 12 * len(tags) + 4, b"", b""
+    for tag, (kind, values) in sorted(tags.items()):
+        raw = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        if len(raw) > 4:
+            raw, spill = struct.pack("<I", spill_at + len(spill)), spill + raw
+        entries += struct.pack("<HHI", tag, kind, len(values)) + raw.ljust(4, b"\0")
+    return b"II*\0" + struct.pack("<I", ifd_at) + body + struct.pack("<H", len(tags)) + entries + b"\0" * 4 + spill
 
 
 def test_tiff_decodes_as_restr_predict_does(build, tiny, tmp_path):
@@ -384,6 +405,26 @@ def test_tiff_decodes_as_restr_predict_does(build, tiny, tmp_path):
     assert len(cases) >= 35
     for name, shape in sorted(cases.items()):
         assert _decodes_as_pillow(build, tiny, tmp_path / "tiff" / name, tmp_path / name).shape == shape, name
+    # By hand: 1- and 2-bit samples in tiles whose width is no multiple of 8 pixels (their bits start
+    # mid-byte), and strips the file lacks (Pillow leaves them black; libtiff hands zero offsets)
+    rng = np.random.default_rng(5)
+    hand = {}
+    for bits, tw in ((1, 3), (2, 12)):
+        v = rng.integers(0, 2**bits, (6, 13))
+        tiles = []
+        for y in range(0, 6, 4):
+            for x in range(0, 13, tw):
+                t = np.zeros((4, tw), int)
+                part = v[y:y + 4, x:x + tw]
+                t[:part.shape[0], :part.shape[1]] = part
+                tiles.append(b"".join(np.packbits(np.unpackbits(r.astype(np.uint8)[:, None], axis=1)[:, 8 - bits:]).tobytes() for r in t))
+        hand[f"tiles_{bits}bit.tif"] = _tiff_by_hand({256: (4, [13]), 257: (4, [6]), 258: (3, [bits]), 262: (3, [1]), 322: (4, [tw]), 323: (4, [4])},
+                                                      tiles, offsets=324, counts=325)
+    hand["missing_strips.tif"] = _tiff_by_hand({256: (4, [16]), 257: (4, [8]), 258: (3, [8]), 262: (3, [1]), 278: (4, [2])},
+                                               [bytes(range(40, 72))], offsets=273, counts=279)  # 1 strip of the 4
+    for name, data in hand.items():
+        (tmp_path / name).write_bytes(data)
+        _decodes_as_pillow(build, tiny, tmp_path / name, tmp_path / f"out_{name}")
     yy, xx = np.mgrid[0:48, 0:64]
     tifffile.imwrite(tmp_path / "grey_premultiplied.tif", np.dstack([xx, yy]).astype(np.uint8), photometric="minisblack",
                      extrasamples=["assocalpha"])

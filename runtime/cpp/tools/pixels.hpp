@@ -37,15 +37,24 @@ Image over_black(const uint8_t* rgba, int w, int h, bool alpha = true);
 template <typename T>
 Image stretch_grey(const T* data, int w, int h) {
   const size_t n = size_t(w) * size_t(h);
-  const auto [lo, hi] = std::minmax_element(data, data + n);
-  const double l = *lo, scale = *hi > *lo ? 255.0 / (double(*hi) - l) : 0.0;
+  double lo = double(data[0]), hi = lo;
+  for (size_t i = 0; i < n; ++i) {  // NaN anywhere makes numpy's min and max NaN: every pixel 0
+    const double v = double(data[i]);
+    if (v != v) {
+      lo = hi = v;
+      break;
+    }
+    lo = std::min(lo, v), hi = std::max(hi, v);
+  }
+  const double scale = hi > lo ? 255.0 / (hi - lo) : 0.0;
   Image im;
   im.width = w;
   im.height = h;
   im.rgb.resize(n * 3);
   for (size_t i = 0; i < n; ++i) {
-    const uint8_t v = uint8_t((data[i] - l) * scale);  // truncated, as numpy's astype(uint8)
-    im.rgb[i * 3] = im.rgb[i * 3 + 1] = im.rgb[i * 3 + 2] = v;
+    const double v = (double(data[i]) - lo) * scale;
+    const uint8_t g = v >= 0 && v < 256 ? uint8_t(v) : 0;  // truncated, as numpy's astype(uint8); NaN and inf give 0
+    im.rgb[i * 3] = im.rgb[i * 3 + 1] = im.rgb[i * 3 + 2] = g;
   }
   return im;
 }
