@@ -128,6 +128,15 @@ class Req:
         self.data = data
 
 
+def busy(model, work_s: float) -> threading.Thread:
+    """A request of `work_s` running in `model` (started, given 50 ms to get in)."""
+    model.work_s = work_s
+    running = threading.Thread(target=lambda: model([Req("running")]))
+    running.start()
+    time.sleep(0.05)
+    return running
+
+
 def drain_in_thread(model, **kwargs):
     box = {}
     t = threading.Thread(target=lambda: box.update(ok=model.drain(**kwargs)))
@@ -148,10 +157,7 @@ def test_a_request_between_triton_and_the_model_at_sigterm_is_answered():
 
 def test_drain_answers_the_running_and_the_queued_then_refuses():
     model = EchoModel(predictor=None, instances=1)
-    model.work_s = 0.3
-    running = threading.Thread(target=lambda: model([Req("running")]))
-    running.start()
-    time.sleep(0.05)
+    running = busy(model, 0.3)
     t, box = drain_in_thread(model, timeout_s=10, queued=2)  # the one instance is busy: no hand-off in flight
     assert model([Req("q1")]) == ["q1"] and model([Req("q2")]) == ["q2"]
     with pytest.raises(serve.RequestError, match="shutting down"):
@@ -170,10 +176,7 @@ def test_an_idle_server_drains_within_the_quiet_second():
 
 def test_drain_gives_up_at_its_timeout():
     model = EchoModel(predictor=None, instances=1)
-    model.work_s = 2.0
-    running = threading.Thread(target=lambda: model([Req("slow")]))
-    running.start()
-    time.sleep(0.05)
+    running = busy(model, 2.0)
     t0 = time.monotonic()
     assert model.drain(timeout_s=0.5, queued=0) is False
     assert time.monotonic() - t0 < 1.5
