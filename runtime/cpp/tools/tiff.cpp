@@ -68,8 +68,15 @@ struct Layout {
 };
 
 Layout layout_of(uint16_t photometric, uint16_t bps, uint16_t spp, uint16_t format, const uint16_t* extra, uint16_t extras,
-                 bool big_endian, uint16_t compression, bool separate) {
+                 bool big_endian, uint16_t compression, bool separate, uint16_t fill_order) {
   Layout l;
+  // Pillow's table knows bits stored in reverse (FillOrder 2) only for grey, palettes and 8-bit RGB
+  const bool order_known = fill_order == FILLORDER_MSB2LSB ||
+                           (fill_order == FILLORDER_LSB2MSB && extras == 0 &&
+                            ((spp == 1 && bps <= 8 && photometric <= PHOTOMETRIC_PALETTE && photometric != PHOTOMETRIC_RGB) ||
+                             (spp == 1 && bps == 16 && photometric == PHOTOMETRIC_MINISBLACK && !big_endian) ||
+                             (photometric == PHOTOMETRIC_RGB && spp == 3 && bps == 8)));
+  if (!order_known) return l;
   auto alpha_of = [&](uint16_t e) { return e == EXTRASAMPLE_ASSOCALPHA ? Alpha::Premultiplied : e == EXTRASAMPLE_UNASSALPHA ? Alpha::Straight : Alpha::None; };
   auto rest_unspecified = [&](int from) {
     for (int i = from; i < extras; ++i)
@@ -265,12 +272,7 @@ Image decode_tiff(const std::string& path, const std::vector<uint8_t>& bytes, in
     refuse(path, "a palette TIFF without a usable colour map");
   uint16_t fill_order = FILLORDER_MSB2LSB;
   TIFFGetFieldDefaulted(t, TIFFTAG_FILLORDER, &fill_order);
-  // Pillow's table knows bits stored in reverse (FillOrder 2) only for grey, palette and 8-bit RGB
-  const bool order_known = fill_order == FILLORDER_MSB2LSB || (fill_order == FILLORDER_LSB2MSB && extras == 0 &&
-                           ((spp == 1 && bps <= 8 && photometric <= PHOTOMETRIC_PALETTE && photometric != PHOTOMETRIC_RGB) ||
-                            (spp == 1 && bps == 16 && photometric == PHOTOMETRIC_MINISBLACK && !TIFFIsBigEndian(t)) ||
-                            (photometric == PHOTOMETRIC_RGB && spp == 3 && bps == 8)));
-  const Layout layout = order_known ? layout_of(photometric, bps, spp, format, extra, extras, TIFFIsBigEndian(t), compression, separate) : Layout{};
+  const Layout layout = layout_of(photometric, bps, spp, format, extra, extras, TIFFIsBigEndian(t), compression, separate, fill_order);
   if (layout.kind == Kind::Unread)
     refuse(path, "a TIFF of photometric " + std::to_string(photometric) + ", " + std::to_string(spp) + " samples of " + std::to_string(bps) +
                      " bits (format " + std::to_string(format) + ", fill order " + std::to_string(fill_order) + ") that restr-predict-cpp does not read");
