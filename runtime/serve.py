@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import sysconfig
 import threading
@@ -203,6 +204,22 @@ def serve_repository(repository: Path, config: ServeConfig) -> int:
         shutil.rmtree(dist.parent, ignore_errors=True)
 
 
+def check_ports(config: ServeConfig) -> None:
+    """Raise ValueError, in one line, when a port is given twice or another program listens on it:
+    tritonserver would exit and PyTriton fail later, deep in an HTTP client's traceback."""
+    ports = {"--http-port": config.http_port, "--grpc-port": config.grpc_port, "--metrics-port": config.metrics_port}
+    if len(set(ports.values())) < len(ports):
+        raise ValueError(f"--http-port, --grpc-port and --metrics-port must differ (got {', '.join(map(str, ports.values()))})")
+    for flag, port in ports.items():
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(config.host, port, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closing connection is no conflict
+                s.bind(address)
+        except OSError as e:
+            raise ValueError(f"{flag} {port}: cannot listen on {config.host}:{port} ({e.strerror or e}); choose another port") from None
+
+
 def load_predictor(config: ServeConfig) -> Predictor:
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
     return Predictor.from_artifacts(config.artifacts, backend=config.backend, precision=config.precision,
@@ -347,6 +364,7 @@ def cli(artifacts, repository, host, http_port, grpc_port, metrics_port, instanc
                          threads=threads, cache_size=cache_size, drain_timeout_s=drain_timeout)
     logging.getLogger("pytriton").setLevel(logging.WARNING)
     try:
+        check_ports(config)
         if repository is not None:
             sys.exit(serve_repository(repository, config))
         predictor = load_predictor(config)

@@ -6,9 +6,12 @@
   as scripted.
 - Drain: a request Triton had taken from its queue before SIGTERM but not yet handed to the model
   is answered, not refused.
+- Ports another program holds, or given twice: one line and exit 2, before anything is loaded.
 """
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -181,3 +184,18 @@ def test_drain_gives_up_at_its_timeout():
     assert model.drain(timeout_s=0.5, queued=0) is False
     assert time.monotonic() - t0 < 1.5
     running.join(5)
+
+
+def test_a_port_in_use_or_given_twice_is_one_line_before_anything_starts(tmp_path):
+    """tritonserver would exit on a port in use and PyTriton fail later in an HTTP client's traceback.
+    The folder is no export: the ports are checked first, else its error would come instead."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}": ["--metrics-port", str(port)],
+                 "--http-port, --grpc-port and --metrics-port must differ": ["--grpc-port", "8000", "--http-port", "8000"]}
+        for words, args in cases.items():
+            r = subprocess.run([sys.executable, "-m", "restr.runtime.serve", "--artifacts", str(tmp_path), *args],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
