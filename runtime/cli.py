@@ -162,15 +162,19 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
                 said.add(str(w.message))
                 click.echo(f"warning: {w.message}", err=True)
     load_ms = (time.perf_counter() - t0) * 1000
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size guard reports it
-        rgb = as_rgb(image)  # decoded once: for the predictor and the overlay
-    decode_ms = (time.perf_counter() - t0) * 1000
-    emb = predictor.embed(rgb)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TextTruncatedWarning)  # reported below, one line each
-        preds = predictor.predict_embedding(emb, list(texts))
+    try:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size guard reports it
+            rgb = as_rgb(image)  # decoded once: for the predictor and the overlay
+        decode_ms = (time.perf_counter() - t0) * 1000
+        emb = predictor.embed(rgb)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TextTruncatedWarning)  # reported below, one line each
+            preds = predictor.predict_embedding(emb, list(texts))
+    finally:
+        if server is not None:  # its connection, closed in this thread (tritonclient's gevent pool needs that)
+            predictor.close()
 
     for i, p in enumerate(preds, 1):
         if p.truncated:

@@ -181,6 +181,7 @@ class RemotePredictor:
     def __init__(self, url: str, threshold: float | None = None, timeout_s: float = 60.0):
         self.client = RestrClient(url, timeout_s=timeout_s)
         if not self.client.ready():
+            self.client.close()
             raise ServerError(f"{self.client.url}: no ready '{self.client.model}' model there (start one with restr-serve)")
         self.threshold = threshold  # None until the first answer says which the server used
         self.runners = {"server": _Endpoint(self.client.url)}
@@ -193,6 +194,9 @@ class RemotePredictor:
         preds = self.client.predict(embedding.rgb, texts, threshold=self.threshold)
         self.threshold = self.client.last_threshold
         return preds
+
+    def close(self) -> None:
+        self.client.close()
 
 
 @dataclass
