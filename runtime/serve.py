@@ -255,15 +255,21 @@ def serve(config: ServeConfig, predictor: Predictor | None = None) -> None:
             while triton.is_alive():
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            try:
-                click.echo(f"{PROG}: stopping: refusing new requests, finishing the running ones", err=True)
-                if not model.drain(config.drain_timeout_s, queued=pending_requests(config)):
-                    click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s are dropped", err=True)
-            except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: no more waiting
-                click.echo(f"{PROG}: second signal: stopping now, requests still running are dropped", err=True)
+            drain(model, config)
     finally:
         stop(triton)
     click.echo(f"{PROG}: stopped", err=True)
+
+
+def drain(model: RestrModel, config: ServeConfig) -> None:
+    """After the first SIGTERM or Ctrl-C: answer what was accepted, up to the drain timeout; a second
+    signal ends the wait."""
+    try:
+        click.echo(f"{PROG}: stopping: refusing new requests, finishing the running ones", err=True)
+        if not model.drain(config.drain_timeout_s, queued=pending_requests(config)):
+            click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s are dropped", err=True)
+    except KeyboardInterrupt:
+        click.echo(f"{PROG}: second signal: stopping now, requests still running are dropped", err=True)
 
 
 def stop(triton) -> None:

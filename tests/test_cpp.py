@@ -117,6 +117,16 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+def _restr_predict(args: list[str], out: Path, *more: str) -> subprocess.CompletedProcess:
+    """The Python CLI, restr-predict, with `args`, writing to `out`."""
+    return _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(out), *more])
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def _keys(obj):
     """The shape of a summary: its keys, recursively (values differ: timings, paths)."""
     if isinstance(obj, dict):
@@ -134,7 +144,7 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     args = ["--artifacts", f"{tiny}/", "--image", f"{image.parent}/./{image.name}", *[a for t in texts for a in ("--text", t)], "--overlay", "--sheet",
             "--threshold", "0.53"]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    py = _restr_predict(args, tmp_path / "py")
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpp", "py"))
     assert _keys(a) == _keys(b)
@@ -162,7 +172,7 @@ def _both_clis_same_pixels(build: Path, tiny: Path, image: Path, tmp_path: Path)
     the decoded photo's own pixels outside the mask); the C++ summary."""
     args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    py = _restr_predict(args, tmp_path / "py")
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
     for f in ("1_the-red-car.png", "1_the-red-car_overlay.png"):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
@@ -209,7 +219,7 @@ def test_damaged_jpeg_refused_or_read_as_pillow_does(build, tiny, tmp_path):
         (tmp_path / name).write_bytes(content)
         args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car", "--overlay"]
         cpp = _run([cli, *args, "--out", str(tmp_path / f"cpp_{name}"), "--threads", "1"])
-        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / f"py_{name}")])
+        py = _restr_predict(args, tmp_path / f"py_{name}")
         assert cpp.returncode == py.returncode == (0 if name == "stray.jpg" else 2), (name, cpp.stderr, py.stderr)
         if name == "stray.jpg":
             assert cpp.stderr == "" and py.stderr == ""
@@ -285,7 +295,7 @@ def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
         (tmp_path / name).write_bytes(data)
         args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car"]
         r = _run([cli, *args, "--out", str(tmp_path / "bad")])
-        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "bad")])
+        py = _restr_predict(args, tmp_path / "bad")
         assert r.returncode == py.returncode == 2 and r.stderr.count("\n") == 1 and f"{name}: not a readable image (" in r.stderr, (r.stderr, py.stderr)
         assert not (tmp_path / "bad").exists()
 
@@ -433,7 +443,7 @@ def test_tiff_decodes_as_restr_predict_does(build, tiny, tmp_path):
     for name in ("grey_premultiplied.tif", "cut.tif"):
         args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car"]
         cpp = _run([cli, *args, "--out", str(tmp_path / "cpp")])
-        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+        py = _restr_predict(args, tmp_path / "py")
         assert cpp.returncode == py.returncode == 2, (name, cpp.stderr, py.stderr)
         assert cpp.stderr.count("\n") == 1 and f"{name}: not a readable image (" in cpp.stderr, cpp.stderr
 
@@ -471,9 +481,8 @@ def _interlaced_png(rgb: np.ndarray) -> bytes:
         sub = rgb[y0::dy, x0::dx]
         if sub.size:
             raw += b"".join(b"\0" + row.tobytes() for row in sub)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1))
+            + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
 
 
 def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp_path):
@@ -536,7 +545,7 @@ def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
         (tmp_path / name).write_bytes(data)
         args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car"]
         cpp = _run([cli, *args, "--out", str(tmp_path / "cpp")])
-        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+        py = _restr_predict(args, tmp_path / "py")
         assert cpp.returncode == py.returncode == 2, (name, cpp.stderr, py.stderr)
         assert cpp.stderr.count("\n") == 1 and not (tmp_path / "cpp").exists(), cpp.stderr
         words = {"odd_fields.bmp": "Unsupported BMP bitfields layout", "many_colours.bmp": "invalid palette size",
@@ -603,15 +612,14 @@ def test_edge_files_read_or_refused_as_restr_predict_does(build, tiny, tmp_path)
     im.save(tmp_path / "x.webp", xmp=xmp)
     files["xmp.webp"] = (tmp_path / "x.webp").read_bytes(), 0
     ihdr = struct.pack(">IIBBBBB", 1, 2**31, 1, 0, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    files["huge.png"] = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0" * 4)) + chunk(b"IEND", b""), 2
+    files["huge.png"] = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0\0" * 4)) + _png_chunk(b"IEND", b""), 2
     cli = str(build / "tools" / "restr-predict-cpp")
     for name, (data, code) in files.items():
         image = tmp_path / name
         image.write_bytes(data)
         args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car", "--overlay"]
         cpp = _run(["prlimit", "--as=3000000000", cli, *args, "--out", str(tmp_path / f"cpp_{name}"), "--threads", "1"])
-        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / f"py_{name}")])
+        py = _restr_predict(args, tmp_path / f"py_{name}")
         assert cpp.returncode == py.returncode == code, (name, cpp.stderr, py.stderr)
         if code == 0:
             f = "1_the-red-car_overlay.png"
@@ -649,8 +657,7 @@ def test_png_read_as_far_as_pillow_reads(build, tiny, tmp_path):
     iend = png.rindex(b"IEND")
     raw = b"".join(b"\0" + row.tobytes() for row in rgb)
     z = zlib.compressobj()
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    garbage = png[:33] + chunk(b"IDAT", z.compress(raw) + z.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 6) + chunk(b"IEND", b"")
+    garbage = png[:33] + _png_chunk(b"IDAT", z.compress(raw) + z.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 6) + _png_chunk(b"IEND", b"")
     cases = {"cut.png": (png[: iend - 8], 0), "odd_end.png": (png[:iend] + b"IEN\x8d" + png[iend + 4:], 0), "garbage.png": (garbage, 2)}
     cli = str(build / "tools" / "restr-predict-cpp")
     for name, (data, code) in cases.items():
@@ -658,7 +665,7 @@ def test_png_read_as_far_as_pillow_reads(build, tiny, tmp_path):
         image.write_bytes(data)
         args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red car"]
         r = _run([cli, *args, "--overlay", "--out", str(out), "--threads", "1"])
-        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / f"py_{name}")])
+        py = _restr_predict(args, tmp_path / f"py_{name}")
         assert r.returncode == py.returncode == code, (name, r.stderr, py.stderr)
         if code == 0:
             assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, np.asarray(Image.open(out / "1_the-red-car.png")) > 0))), name
@@ -780,7 +787,7 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
         image = tmp_path / "nothing.png"
     args = ["--artifacts", str(folder), "--image", str(image), "--text", text]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp")])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    py = _restr_predict(args, tmp_path / "py")
     assert (cpp.returncode, py.returncode) == (2, 2)
     assert len(cpp.stderr.splitlines()) == 1, cpp.stderr
     cpp_msg = cpp.stderr.strip().removeprefix("restr-predict-cpp: error: ")
@@ -798,7 +805,7 @@ def test_warnings_quote_expressions_as_restr_predict_does(build, tiny, tmp_path)
     photo(64, 48).save(image)
     args = ["--artifacts", str(tiny), "--image", str(image), "--text", "qux's zebra", "--text", 'a "blorp"\tthing', "--text", "the dog"]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    py = _restr_predict(args, tmp_path / "py")
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
     assert "(\"qux's zebra\")" in py.stderr
     assert cpp.stderr == py.stderr
@@ -833,7 +840,7 @@ def test_cli_without_cuda_warns_and_runs_on_the_cpu_as_restr_predict_does(build,
     photo(64, 48, seed=2).save(image)
     args = ["--artifacts", str(tiny), "--image", str(image), "--text", "the red dog", "--providers", providers]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
-    py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")])
+    py = _restr_predict(args, tmp_path / "py")
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
     assert cpp.stderr == py.stderr
     assert cpp.stderr.startswith("warning: CUDAExecutionProvider is not available in this onnxruntime build (has: ") and cpp.stderr.count("\n") == 1
@@ -852,7 +859,7 @@ def test_cli_providers_list_as_restr_predict(build, tiny, tmp_path):
     cli = str(build / "tools" / "restr-predict-cpp")
     for bad in ("cpu,foo", "cudaa"):
         cpp = _run([cli, *args, "--out", str(tmp_path / "cpp"), "--providers", bad])
-        py = _run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py"), "--providers", bad])
+        py = _restr_predict(args, tmp_path / "py", "--providers", bad)
         assert (cpp.returncode, py.returncode) == (2, 2) and not (tmp_path / "cpp").exists()
         assert cpp.stderr.replace("restr-predict-cpp", "restr-predict") == py.stderr and py.stderr.count("\n") == 1, (cpp.stderr, py.stderr)
     cpp = _run([cli, *args, "--out", str(tmp_path / "cpp"), "--providers", "tensorrt,cpu", "--threads", "1"])

@@ -36,10 +36,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
 // stb_image's reason for a refusal, never empty (a PNG cut after its last image data has none).
 std::string stb_reason() {
   const char* reason = stbi_failure_reason();
-  std::string text = reason && *reason ? reason : "damaged or truncated data";
-  for (char& c : text)  // some quote the file's own bytes (a chunk type): keep the line printable
-    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7F) c = '?';
-  return text;
+  return one_printable_line(reason && *reason ? reason : "damaged or truncated data");  // some quote a chunk type
 }
 
 struct JpegError {
@@ -321,9 +318,9 @@ struct BmpHeader {
 // zeros, where Pillow says "image file is truncated"; and Pillow reads BMP bit fields of its own
 // layouts only, and palettes of up to 256 colours. Empty when the file is fine by Pillow (as far as
 // stb's formats go).
-std::string pillow_refusal(const std::vector<uint8_t>& b) {
+std::string pillow_refusal(const std::vector<uint8_t>& b, const BmpHeader& bmp) {
   const Fields f{b};
-  if (const BmpHeader bmp(b); bmp.bmp) {
+  if (bmp.bmp) {
     const uint32_t header = bmp.size;
     if (b.size() < 18 || header > b.size() - 18) return "Truncated File Read";  // Pillow reads the header whole
     static const uint32_t headers[] = {12, 40, 52, 56, 64, 108, 124};
@@ -490,8 +487,7 @@ std::string tga_refusal(const std::vector<uint8_t>& b) {
 // Where stb reads a BMP otherwise than Pillow, fixed up on stb's RGBA output: a 32-bit uncompressed
 // BMP's fourth byte is reserved to Pillow ("BGRX"), where stb takes it for alpha; 16-bit channels are
 // scaled by v * 255 / (2^n - 1), truncated, where stb repeats the high bits.
-void bmp_as_pillow(const std::vector<uint8_t>& bytes, uint8_t* rgba, int w, int h) {
-  const BmpHeader bmp(bytes);
+void bmp_as_pillow(const std::vector<uint8_t>& bytes, const BmpHeader& bmp, uint8_t* rgba, int w, int h) {
   if (!bmp.bmp) return;
   const Fields f{bytes};
   const unsigned bits = bmp.bits;
@@ -599,36 +595,29 @@ Image decode_webp(const std::string& path, const std::vector<uint8_t>& bytes, in
 
 Image load_image(const std::string& path) {
   std::vector<uint8_t> bytes = read_file(path);
-  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) {
+  auto turned = [&](Image (*decode)(const std::string&, const std::vector<uint8_t>&, int&)) {  // decoders that find the orientation
     int orientation = 1;
-    Image im = decode_jpeg(path, bytes, orientation);
+    const Image im = decode(path, bytes, orientation);
     return orient(im, orientation);
-  }
+  };
+  if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF) return turned(decode_jpeg);
   if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] >= '1' && bytes[1] <= '6') return load_pnm(path, bytes);
-  if (is_tiff(bytes)) {
-    int orientation = 1;
-    Image im = decode_tiff(path, bytes, orientation);
-    return orient(im, orientation);
-  }
-  if (bytes.size() >= 12 && std::memcmp(bytes.data(), "RIFF", 4) == 0 && std::memcmp(bytes.data() + 8, "WEBP", 4) == 0) {
-    int orientation = 1;
-    Image im = decode_webp(path, bytes, orientation);
-    return orient(im, orientation);
-  }
+  if (is_tiff(bytes)) return turned(decode_tiff);
+  if (bytes.size() >= 12 && std::memcmp(bytes.data(), "RIFF", 4) == 0 && std::memcmp(bytes.data() + 8, "WEBP", 4) == 0) return turned(decode_webp);
   int w = 0, h = 0, channels = 0;
   if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels)) check_size(path, w, h);
   const int orientation = png_orientation(bytes);  // an eXIf chunk may follow the image data
   const bool tga = is_tga(bytes);
-  std::string refusal = pillow_refusal(bytes);
+  const BmpHeader bmp(bytes);
+  std::string refusal = pillow_refusal(bytes, bmp);
   if (refusal.empty()) bytes = png_as_pillow_reads(path, bytes, refusal);
   if (refusal.empty() && tga) refusal = tga_refusal(bytes);
   if (!refusal.empty()) throw FileError(path + ": not a readable image (" + refusal + ")");
-  if (const BmpHeader bmp(bytes); bmp.bmp && (bmp.bits == 1 || bmp.bits == 4 || bmp.bits == 8) && bmp.compression == 0)
-    return decode_bmp_palette(path, bytes, bmp);
+  if (bmp.bmp && (bmp.bits == 1 || bmp.bits == 4 || bmp.bits == 8) && bmp.compression == 0) return decode_bmp_palette(path, bytes, bmp);
   if (channels == 1 && stbi_is_16_bit_from_memory(bytes.data(), int(bytes.size()))) return orient(load_grey16(path, bytes), orientation);
   std::unique_ptr<uint8_t, void (*)(void*)> data(stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &channels, 4), stbi_image_free);
   if (!data) throw FileError(path + ": not a readable image (" + stb_reason() + ")");
-  bmp_as_pillow(bytes, data.get(), w, h);
+  bmp_as_pillow(bytes, bmp, data.get(), w, h);
   if (tga) tga_as_pillow(bytes, data.get(), w, h);
   return orient(over_black(data.get(), w, h), orientation);
 }

@@ -4,6 +4,13 @@
 
 namespace restr_cli {
 
+std::string one_printable_line(std::string text) {
+  for (char& c : text)
+    if (c == '\n') c = ' ';
+    else if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7F) c = '?';
+  return text;
+}
+
 void check_size(const std::string& path, int64_t w, int64_t h) {
   if (w == 0 || h == 0) throw FileError(path + ": image has zero size");
   if (w * h > kMaxPixels)

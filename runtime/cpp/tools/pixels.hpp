@@ -13,6 +13,10 @@ namespace restr_cli {
 constexpr int64_t kMaxPixels = 64000000;  // restr.runtime.transforms.MAX_IMAGE_PIXELS
 constexpr const char* kTruncated = "image file is truncated";  // Pillow's words for data that runs out
 
+// A library's message as one printable line: newlines become spaces, other control and non-ASCII
+// bytes (some messages quote the file's own bytes) '?'.
+std::string one_printable_line(std::string text);
+
 // Refuses (FileError) a zero-size image or one of more than kMaxPixels, before it is decoded.
 void check_size(const std::string& path, int64_t w, int64_t h);
 

@@ -46,12 +46,9 @@ int keep_error(TIFF* tif, void* user, const char*, const char* fmt, va_list ap) 
   if (s->error.empty()) {
     char text[400];
     std::vsnprintf(text, sizeof text, fmt, ap);
-    s->error = text;
+    s->error = one_printable_line(text);
     const char* file = tif ? TIFFFileName(tif) : nullptr;  // libtiff's messages may start with it
     if (const std::string name = file ? file : ""; !name.empty() && s->error.rfind(name + ": ", 0) == 0) s->error.erase(0, name.size() + 2);
-    for (char& c : s->error)  // one line; messages may quote the file's own bytes
-      if (c == '\n') c = ' ';
-      else if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7F) c = '?';
   }
   return 1;  // handled: nothing on stderr
 }
