@@ -37,7 +37,7 @@ def step(title: str, *argv: str) -> float:
 def main() -> None:
     t0 = time.perf_counter()
     ckpt = RUN / "model.pt"
-    step("1/6 train restr-tiny on the synthetic referring task (2 CPU cores: 11-18 minutes; stopped, make demo goes on from its last checkpoint)",
+    step("1/6 train restr-tiny on the synthetic referring task (2 CPU cores: 11-21 minutes; stopped, make demo goes on from its last checkpoint)",
          "restr-train", "--config", "restr-tiny", "--data", "synthetic", "--out", str(RUN), "--resume", "--workers", "1")
     step("2/6 evaluate on the synthetic test split",
          "restr-eval", "--ckpt", str(ckpt), "--data", "synthetic:test", "--json", str(RUN / "eval.json"))
