@@ -235,13 +235,14 @@ def _split_chain(art, runners: dict, suffix: str, feeds: dict) -> dict[str, np.n
     """The split graphs chained the way the runtime ships them (`Predictor.decode`), image by image:
     vision at batch 1, then that image's features shared with its expressions."""
     from restr.runtime.artifacts import STAGES
+    from restr.runtime.paths import Features
     from restr.runtime.predictor import ImageEmbedding, Predictor
 
     predictor = Predictor(art, {s: runners[s + suffix] for s in STAGES}, art.vocabulary(), cache_size=0)
     pixel, patch = [], []
     for i in range(len(feeds["image"])):
         v = predictor.runners["vision"].run({"image": feeds["image"][i : i + 1]})["visual_features"]
-        p, q, _ = predictor.decode(ImageEmbedding("", None, v, {}), feeds["words"][i : i + 1], feeds["pad_mask"][i : i + 1])
+        p, q, _ = predictor.decode(ImageEmbedding("", None, Features(v), {}, predictor.source), feeds["words"][i : i + 1], feeds["pad_mask"][i : i + 1])
         pixel.append(p)
         patch.append(q)
     return {"pixel_probs": np.concatenate(pixel), "patch_probs": np.concatenate(patch)}

@@ -11,8 +11,10 @@ loaded, tensorrt and cuda-python only for the tensorrt backend, torch and onnx n
 from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
 from restr.runtime.predictor import (
     CacheInfo,
+    EmbeddingError,
     FeatureCache,
     ImageEmbedding,
+    ImageResult,
     Prediction,
     Predictor,
     TextError,
@@ -28,10 +30,12 @@ __all__ = [
     "ArtifactError",
     "Artifacts",
     "CacheInfo",
+    "EmbeddingError",
     "FeatureCache",
     "GraphInfo",
     "ImageEmbedding",
     "ImageError",
+    "ImageResult",
     "Letterbox",
     "OrtRunner",
     "Prediction",

@@ -23,20 +23,29 @@ model, so every host computes the same; EXIF orientation and any mode to RGB com
 host (`as_rgb`). Exports without those graphs use `restr.runtime.transforms`, the same computation
 with Pillow.
 
-On a GPU (ONNX Runtime's CUDA execution provider, every graph on it) the predictor keeps the data on
-the device (`_DevicePath`): one host-to-device copy of the uint8 image, the preprocessed image and
-the visual features in bound device buffers, each model graph replayed as a CUDA graph per batch
-bucket, and one device-to-host copy of the masks (and of the probabilities when asked for).
+Many images: `predict_many(requests)` takes (image, texts) pairs and streams one `ImageResult` per
+pair, in order: worker threads decode and prepare the next images while the model runs, the image
+graph runs on up to max_batch photos at once, and expressions about different images share the
+graphs after it (one image per row). A request that fails (an unreadable image, an empty
+expression) is an `ImageResult` with its error; the others go on.
+
+Where the data lives between the graphs is the predictor's execution path (`restr.runtime.paths`),
+chosen once when it is made: the host (numpy arrays: the CPU, TensorRT), or on a GPU with every
+graph in ONNX Runtime's CUDA execution provider the device (bound buffers, CUDA graphs, one
+host-to-device copy of each photo and one device-to-host copy of the masks).
+
+An embedding is tied to the export that made it: `predict_embedding` refuses one made by another
+export's image graph (`EmbeddingError`), since its features mean nothing to this decoder.
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
 import threading
 import time
 import warnings
-import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -46,15 +55,20 @@ from PIL import Image, ImageOps
 
 from restr.runtime.artifacts import END_TO_END, STAGES, Artifacts
 from restr.runtime.formats import POSTPROCESS, PREPROCESS
-from restr.runtime.runners import OrtRunner, Runner, graph_key, host, make_runner, pad_batch
+from restr.runtime.paths import DevicePath, Features, HostPath
+from restr.runtime.runners import Runner, graph_key, make_runner
 from restr.runtime.tokenizer import FUNCTION_WORDS, Encoded, Vocabulary, split_words
-from restr.runtime.transforms import MAX_IMAGE_PIXELS, ImageError, Letterbox, load_image, mean_fill, normalize, to_rgb
+from restr.runtime.transforms import MAX_IMAGE_PIXELS, ImageError, Letterbox, load_image, mean_fill, to_rgb
 
 MODES = ("auto", "split", "end_to_end")
 
 
 class TextError(ValueError):
     """An expression that cannot be used (empty, or no expressions at all): one line, for users."""
+
+
+class EmbeddingError(ValueError):
+    """An image embedding made by another export's image graph: one line, for users."""
 
 
 class TextTruncatedWarning(UserWarning):
@@ -92,23 +106,41 @@ class Prediction:
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare by identity (or by `key`)
 class ImageEmbedding:
-    """An image prepared for the fusion decoder: what `set_image` computes and the cache holds.
+    """An image prepared for the fusion decoder: what `embed` computes and the cache holds.
 
     `features` is (1, N_v, D) visual features (split graphs), or the (1, 3, S, S) normalised
-    letterboxed image when the predictor runs the end-to-end graph. On the GPU path they live in
-    the predictor's device buffer and `features` is None until another image takes that buffer
-    while this embedding is still referenced: then they are copied to the host.
+    letterboxed image when the predictor runs the end-to-end graph; None while they are only on the
+    device (the GPU path keeps them there, `store` says where). `source` names the graph that made
+    them and its sha256: another export's predictor refuses the embedding.
     """
 
     key: str  # hash of the RGB pixels and the letterbox
     letterbox: Letterbox
-    features: np.ndarray | None
+    store: Features
     timings: dict  # ms: preprocess, vision
+    source: tuple[str, str] = ("", "")  # (manifest key, sha256) of the image graph
+
+    @property
+    def features(self) -> np.ndarray | None:
+        return self.store.host
 
     @property
     def size(self) -> tuple[int, int]:
         """The original image's (H, W)."""
         return self.letterbox.src_hw
+
+
+@dataclass
+class ImageResult:
+    """One request of `predict_many`: its predictions, or the error that stopped it (the other
+    requests go on). `size` is the image's (H, W) once it was read."""
+
+    index: int  # the request's position in the input
+    image: object  # the request's image, as given
+    texts: list[str]
+    predictions: list[Prediction]
+    error: Exception | None = None
+    size: tuple[int, int] | None = None
 
 
 class CacheInfo(NamedTuple):
@@ -199,6 +231,14 @@ def _check_size(w: int, h: int, what: str) -> None:
         raise ImageError(f"{what} of {w}x{h} pixels is larger than the {MAX_IMAGE_PIXELS:,} allowed")
 
 
+class _Job(NamedTuple):
+    """One image's expressions, tokenised: what `_answer` batches."""
+
+    emb: ImageEmbedding
+    words: np.ndarray  # (K, N_l)
+    pad: np.ndarray  # (K, N_l)
+
+
 class Predictor:
     """Referring segmentation on a restr export folder, with ONNX Runtime or TensorRT.
 
@@ -229,10 +269,11 @@ class Predictor:
         fill = (artifacts.manifest.get("letterbox") or {}).get("fill", "mean")
         self.fill = mean_fill(artifacts.mean) if fill == "mean" else tuple(int(c) for c in fill)
         self.cache = FeatureCache(cache_size)
+        self.source = _source(artifacts, runners["vision" if self.mode == "split" else END_TO_END])
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.vision_runs = 0  # how often the image encoder ran (cache misses in split mode)
-        self._device = _DevicePath.maybe(self)
+        self.vision_runs = 0  # how often the image encoder ran on an image (cache misses in split mode)
+        self.path: HostPath | DevicePath = DevicePath.maybe(self) or HostPath(self)
 
     @classmethod
     def from_artifacts(
@@ -284,37 +325,26 @@ class Predictor:
         """
         t0 = time.perf_counter()
         rgb = rgb_array(image)  # (H, W, 3) uint8, EXIF orientation applied
-        key = ""
-        if self.cache.maxsize:  # hashing a photo costs ~1 ms: only for a cache that can use it
-            h = hashlib.blake2b(rgb, digest_size=16)
-            h.update(repr((rgb.shape, self.artifacts.image_size, self.mode, self.fill)).encode())
-            key = h.hexdigest()
-            cached = self.cache.get(key)
-            if cached is not None:
-                return ImageEmbedding(cached.key, cached.letterbox, cached.features, {"preprocess": _ms(t0), "vision": 0.0})
-        if self._device is not None:
-            emb = self._device.embed(key, rgb, t0)
-        else:
-            x, lb = self.preprocess(rgb)
-            t1 = time.perf_counter()
-            timings = {"preprocess": _ms(t0, t1), "vision": 0.0}
-            if self.mode == "split":
-                x = self.runners["vision"].run({"image": x})["visual_features"]  # (1, N_v, D)
-                timings["vision"] = _ms(t1)
-            emb = ImageEmbedding(key, lb, x, timings)
-        if self.mode == "split":
-            with self._lock:
-                self.vision_runs += 1
-        self.cache.put(key, emb)
-        return emb
+        key = self._key(rgb)
+        cached = self._cached(key, t0)
+        if cached is not None:
+            return cached
+        prepared = self.path.prepare(rgb)
+        return self._encode([(key, prepared, _ms(t0))])[0]
+
+    def embed_many(self, images: Iterable, workers: int = 2) -> Iterator[ImageEmbedding]:
+        """`embed` for many images, in order: `workers` threads decode and prepare the next images
+        while the image graph runs on up to max_batch of them at once. Raises ImageError at the
+        first image that cannot be read (after yielding the ones before it)."""
+        for chunk in self._loaded(((image, None) for image in images), workers):
+            for entry in chunk:
+                if isinstance(entry.loaded, Exception):
+                    raise entry.loaded
+            yield from self._embed_loaded([e.loaded for e in chunk])
 
     def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """(H, W, 3) uint8 RGB -> the model's (1, 3, S, S) input and its letterbox, on the host."""
-        if PREPROCESS in self.processing:
-            x, letterbox = (self.processing[PREPROCESS].run({"rgb": rgb})[k] for k in ("image", "letterbox"))
-            return x, letterbox_of(letterbox, self.artifacts.image_size)
-        lb = Letterbox.fit(rgb.shape[:2], self.artifacts.image_size)
-        return normalize(lb.image(Image.fromarray(rgb), self.fill), self.artifacts.mean, self.artifacts.std)[None], lb
+        return HostPath(self).prepare(rgb)
 
     def set_image(self, image) -> ImageEmbedding:
         """Make `image` this thread's current image for `predict` (its features computed or cached)."""
@@ -333,6 +363,87 @@ class Predictor:
     def cache_info(self) -> CacheInfo:
         return self.cache.info()
 
+    def _key(self, rgb: np.ndarray) -> str:
+        if not self.cache.maxsize:  # hashing a photo costs ~1 ms: only for a cache that can use it
+            return ""
+        h = hashlib.blake2b(rgb, digest_size=16)
+        h.update(repr((rgb.shape, self.artifacts.image_size, self.mode, self.fill)).encode())
+        return h.hexdigest()
+
+    def _cached(self, key: str, t0: float) -> ImageEmbedding | None:
+        cached = self.cache.get(key) if key else None
+        if cached is None:
+            return None
+        return ImageEmbedding(cached.key, cached.letterbox, cached.store, {"preprocess": _ms(t0), "vision": 0.0}, cached.source)
+
+    def _encode(self, loaded: list[tuple[str, object, float]]) -> list[ImageEmbedding]:
+        """(key, prepared image, ms spent preparing it) for at most max_batch images -> their
+        embeddings, the image graph run once on all of them; each is put in the cache."""
+        times: dict = {}
+        encoded = self.path.encode([prepared for _, prepared, _ in loaded], times)
+        n = len(loaded)
+        out = []
+        for (key, _, ms), (lb, store) in zip(loaded, encoded):
+            timings = {"preprocess": ms + times.get("preprocess", 0.0) / n, "vision": times.get("vision", 0.0) / n}
+            emb = ImageEmbedding(key, lb, store, timings, self.source)
+            self.cache.put(key, emb)
+            out.append(emb)
+        if self.mode == "split":
+            with self._lock:
+                self.vision_runs += n
+        return out
+
+    def _embed_loaded(self, loaded: list) -> list[ImageEmbedding]:
+        """Embeddings of loaded images (`_load`'s outputs): cache hits as they are, the misses
+        encoded together, in chunks of max_batch."""
+        out: list = [hit for hit, _ in loaded]
+        misses = [i for i, (hit, _) in enumerate(loaded) if hit is None]
+        for s in range(0, len(misses), self.max_batch):
+            part = misses[s : s + self.max_batch]
+            for i, emb in zip(part, self._encode([loaded[i][1] for i in part])):
+                out[i] = emb
+        return out
+
+    def _load(self, image) -> tuple[ImageEmbedding | None, tuple | None]:
+        """What a worker does for one image: read it (EXIF, RGB), hash it, and either find it in the
+        cache or prepare it for the image graph. Thread-safe."""
+        t0 = time.perf_counter()
+        rgb = rgb_array(image)
+        key = self._key(rgb)
+        cached = self._cached(key, t0)
+        if cached is not None:
+            return cached, None
+        prepared = self.path.prepare(rgb)
+        return None, (key, prepared, _ms(t0))
+
+    def _loaded(self, requests: Iterable, workers: int) -> Iterator[list["_Loaded"]]:
+        """The requests (image, texts) in chunks of up to max_batch, each image loaded (`_load`) by
+        `workers` threads ahead of the caller (at most two chunks ahead: memory stays flat on a long
+        input). A request whose image fails to load carries the exception instead."""
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="restr-load") if workers > 0 else None
+        ahead: deque = deque()
+        requests = iter(enumerate(requests))
+        try:
+            while True:
+                while len(ahead) < 2 * self.max_batch:
+                    nxt = next(requests, None)
+                    if nxt is None:
+                        break
+                    index, request = nxt
+                    ahead.append((index, request, _submit(pool, self._load, _image_of(request))))
+                if not ahead:
+                    return
+                chunk = []
+                while ahead and len(chunk) < self.max_batch:
+                    index, request, future = ahead.popleft()
+                    chunk.append(_Loaded(index, request, _outcome(future)))
+                yield chunk
+        finally:
+            if pool is not None:
+                for _, _, future in ahead:
+                    future.cancel()
+                pool.shutdown(wait=True)
+
     # -- expressions ----------------------------------------------------------------------------
 
     def encode_text(self, texts: str | list[str]) -> Encoded:
@@ -344,6 +455,8 @@ class Predictor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise TextError("no expression given")
+        if len(texts) > self.max_expressions:
+            raise TextError(f"{len(texts)} expressions in one call; at most {self.max_expressions} (max_expressions)")
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not split_words(t):
                 raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
@@ -364,26 +477,13 @@ class Predictor:
         words, pad_mask: (K, N_l). Returns pixel_probs (K, 1, S, S) on the letterboxed square,
         patch_probs (K, N_v) and the time spent per stage in ms (totals over the K expressions).
         """
-        if self._device is not None:
-            return self._device.decode(embedding, words, pad_mask)
+        self._check_source(embedding)
         pixel, patch, times = [], [], {}
-        for i in range(0, len(words), self.max_batch):
-            w, m = words[i : i + self.max_batch], pad_mask[i : i + self.max_batch]
-            if self.mode == "split":
-                t0 = time.perf_counter()
-                l = self.runners["language"].run({"words": w, "pad_mask": m})["linguistic_features"]
-                t1 = time.perf_counter()
-                # one image's features, shared by the chunk's expressions (image_batch 1)
-                out = self.runners["fusion_decoder"].run({"visual_features": embedding.features, "linguistic_features": l, "pad_mask": m})
-                times["language"] = times.get("language", 0.0) + _ms(t0, t1)
-                times["fusion_decoder"] = times.get("fusion_decoder", 0.0) + _ms(t1)
-            else:
-                t0 = time.perf_counter()
-                feats = np.repeat(embedding.features, len(w), axis=0)
-                out = self.runners[END_TO_END].run({"image": feats, "words": w, "pad_mask": m})
-                times[END_TO_END] = times.get(END_TO_END, 0.0) + _ms(t0)
-            pixel.append(out["pixel_probs"])
-            patch.append(out["patch_probs"])
+        with self.path.lock:
+            for s in range(0, len(words), self.path.expressions):
+                dec = self.path.decode([embedding.store], words[s : s + self.path.expressions], pad_mask[s : s + self.path.expressions], times)
+                pixel.append(dec.pixel_host())
+                patch.append(dec.patch)
         return np.concatenate(pixel), np.concatenate(patch), times
 
     def predict(self, texts: str | list[str], threshold: float | None = None, probs: bool = True) -> list[Prediction]:
@@ -400,18 +500,87 @@ class Predictor:
     def predict_embedding(self, embedding: ImageEmbedding, texts: str | list[str], threshold: float | None = None,
                           probs: bool = True) -> list[Prediction]:
         """Masks for expressions about an image already embedded (`embed`). `probs=False` leaves
-        `Prediction.probs` None (and on a GPU, the probabilities on the device)."""
+        `Prediction.probs` None (and on a GPU, the probabilities on the device). Raises
+        EmbeddingError for an embedding made by another export."""
+        self._check_source(embedding)
         texts = [texts] if isinstance(texts, str) else list(texts)
-        if len(texts) > self.max_expressions:
-            raise TextError(f"{len(texts)} expressions in one call; at most {self.max_expressions} (max_expressions)")
         enc = self.encode_text(texts)
         thr = self.threshold if threshold is None else check_threshold(threshold)
-        if self._device is not None:
-            out, times = self._device.predict(embedding, enc.words, enc.pad_mask, thr, probs)
-        else:
-            out, times = self._predict_host(embedding, enc.words, enc.pad_mask, thr, probs)
+        ((out, times),) = self._answer([_Job(embedding, enc.words, enc.pad_mask)], thr, probs)
+        return self._predictions(embedding, texts, enc, out, times, probs)
+
+    def predict_many(self, requests: Iterable, threshold: float | None = None, probs: bool = False,
+                     workers: int = 2) -> Iterator[ImageResult]:
+        """Masks for many (image, texts) requests, streamed: one `ImageResult` per request, in order.
+
+        image: a path, PIL image or array (as `predict_image`); texts: one expression or a list.
+        `workers` threads read and prepare the next images while the model runs (0: none); the
+        image graph runs on up to max_batch images at once and expressions about different images
+        share the later graphs. At most two batches are read ahead, so a long input streams in
+        flat memory. A request whose image cannot be read or whose expressions cannot be used
+        comes back with `error` set and no predictions; runtime failures (ONNX Runtime, CUDA)
+        raise. `probs` defaults to False here: probability maps of many photos are large.
+        """
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        for chunk in self._loaded(requests, workers):
+            results, live = [], []
+            for entry in chunk:
+                texts = entry.texts()
+                result = ImageResult(entry.index, _image_of(entry.request), texts, [])
+                results.append(result)
+                try:
+                    if isinstance(entry.loaded, Exception):
+                        raise entry.loaded
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", TextTruncatedWarning)  # `Prediction.truncated` says it
+                        enc = self.encode_text(texts)
+                except REQUEST_ERRORS as e:
+                    result.error = e
+                    continue
+                live.append((result, entry.loaded, enc))
+            embeddings = self._embed_loaded([loaded for _, loaded, _ in live])
+            jobs = [_Job(emb, enc.words, enc.pad_mask) for emb, (_, _, enc) in zip(embeddings, live)]
+            for (result, _, enc), emb, (out, times) in zip(live, embeddings, self._answer(jobs, thr, probs)):
+                result.size = emb.size
+                result.predictions = self._predictions(emb, result.texts, enc, out, times, probs)
+            yield from results
+
+    def _answer(self, jobs: list[_Job], thr: float, probs: bool) -> list[tuple[dict, dict]]:
+        """Masks for each job's expressions: (outputs, ms per stage summed over its expressions).
+
+        Batches are planned here, once for both execution paths: consecutive jobs of one expression
+        each run together, one image per row (up to max_batch); a job of several expressions runs
+        alone, its image's features shared, in chunks of the path's batch."""
+        path, results = self.path, []
+        with path.lock:  # the device path's outputs stay in its buffers until postprocessed
+            i = 0
+            while i < len(jobs):
+                j = i
+                while path.rows and j < len(jobs) and j - i < self.max_batch and len(jobs[j].words) == 1:
+                    j += 1
+                if j - i >= 2:
+                    group, times = jobs[i:j], {}
+                    dec = path.decode([g.emb.store for g in group], np.concatenate([g.words for g in group]),
+                                      np.concatenate([g.pad for g in group]), times)
+                    for r, g in enumerate(group):
+                        t0 = time.perf_counter()
+                        out = {**path.postprocess(dec, r, 1, g.emb.letterbox, thr, probs), "patch_probs": dec.patch[r : r + 1]}
+                        results.append((out, {**{k: v / len(group) for k, v in times.items()}, "postprocess": _ms(t0)}))
+                    i = j
+                    continue
+                job, parts, times, step = jobs[i], [], {}, path.expressions
+                for s in range(0, len(job.words), step):
+                    dec = path.decode([job.emb.store], job.words[s : s + step], job.pad[s : s + step], times)
+                    t0 = time.perf_counter()
+                    parts.append({**path.postprocess(dec, 0, dec.n, job.emb.letterbox, thr, probs), "patch_probs": dec.patch})
+                    times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
+                results.append(({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, times))
+                i += 1
+        return results
+
+    def _predictions(self, emb: ImageEmbedding, texts: list[str], enc: Encoded, out: dict, times: dict, probs: bool) -> list[Prediction]:
         k = len(texts)
-        shared = {**embedding.timings, **{name: ms / k for name, ms in times.items()}}
+        shared = {**emb.timings, **{name: ms / k for name, ms in times.items()}}
         return [
             Prediction(
                 text=text,
@@ -428,25 +597,66 @@ class Predictor:
             for i, text in enumerate(texts)
         ]
 
-    def _predict_host(self, embedding, words, pad_mask, thr, probs) -> tuple[dict, dict]:
-        pixel, patch, times = self.decode(embedding, words, pad_mask)
-        t0 = time.perf_counter()
-        lb = embedding.letterbox
-        if POSTPROCESS in self.processing:
-            out = self.processing[POSTPROCESS].run(
-                {"pixel_probs": pixel, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": np.array([thr], np.float32)})
-        else:
-            p = np.stack([lb.invert(x[0]) for x in pixel])
-            mask = p > thr
-            area = mask.sum((1, 2))
-            out = {"probs": p, "mask": mask, "area": area,
-                   "score": np.array([p[i][mask[i]].mean() if area[i] else 0.0 for i in range(len(p))])}
-        times["postprocess"] = _ms(t0)
-        return {**out, "patch_probs": patch}, times
+    def _check_source(self, embedding: ImageEmbedding) -> None:
+        if embedding.source != self.source:
+            (key, theirs), (_, ours) = embedding.source, self.source
+            raise EmbeddingError(
+                f"this image embedding was made by another export (its {key or 'image'} graph has sha256 {theirs[:12] or '?'}..., "
+                f"this predictor's {ours[:12] or '?'}...): embed the image again with this predictor")
 
     def __repr__(self) -> str:
         runners = ", ".join(repr(r) for r in self.runners.values())
         return f"Predictor({self.artifacts.root}, model={self.artifacts.model_name}, mode={self.mode}, runners=[{runners}])"
+
+
+# What fails one request of `predict_many` and not the others: an unreadable image, unusable text.
+REQUEST_ERRORS = (ImageError, TextError, OSError)
+
+
+class _Loaded(NamedTuple):
+    index: int
+    request: object
+    loaded: object  # `Predictor._load`'s (cached embedding, prepared) or the exception it raised
+
+    def texts(self) -> list[str]:
+        texts = self.request[1] if isinstance(self.request, tuple) and len(self.request) == 2 else None
+        return [texts] if isinstance(texts, str) else list(texts or [])
+
+
+def _image_of(request):
+    """The image of an (image, texts) request (a bare image for `embed_many`)."""
+    return request[0] if isinstance(request, tuple) and len(request) == 2 else request
+
+
+def _submit(pool, fn, *args):
+    if pool is None:
+        return _outcome_now(fn, *args)
+    return pool.submit(fn, *args)
+
+
+def _outcome_now(fn, *args):
+    try:
+        return fn(*args)
+    except REQUEST_ERRORS as e:
+        return e
+
+
+def _outcome(future):
+    """A future's result, or the request error it raised (other exceptions propagate)."""
+    if not hasattr(future, "result"):
+        return future
+    try:
+        return future.result()
+    except REQUEST_ERRORS as e:
+        return e
+
+
+def _source(artifacts: Artifacts, runner) -> tuple[str, str]:
+    """(manifest key, sha256) of the graph or engine a runner runs: what an embedding's features came from."""
+    name = str(getattr(runner, "name", ""))
+    table = artifacts.engines if getattr(runner, "backend", "") == "tensorrt" else artifacts.graphs
+    info = table.get(name) or artifacts.graphs.get(name)
+    return name, info.sha256 if info is not None else ""
 
 
 def check_threshold(threshold) -> float:
@@ -460,201 +670,16 @@ def check_threshold(threshold) -> float:
     return t
 
 
-def letterbox_of(letterbox: np.ndarray, size: int) -> Letterbox:
-    """The preprocess graph's letterbox output [H, W, h, w] as a `Letterbox`."""
-    h, w, nh, nw = (int(v) for v in np.asarray(letterbox).reshape(-1))
-    return Letterbox(size=size, src_hw=(h, w), new_hw=(nh, nw))
-
-
-OWNER = "predictor"  # the GPU path's own device bindings, apart from the runners' `run`
-# Photo sizes whose processing graphs get bindings of their own, replayed as CUDA graphs (a camera
-# or a service sees few sizes); further sizes run the same graphs unbound. A binding lives as long
-# as the predictor: its CUDA graph was captured on its buffers.
-PHOTO_SIZES = 4
-_PATHS = itertools.count()
-
-
-@dataclass
-class _Photo:
-    """One photo size on the GPU path: its preprocess binding and, after the first run, its letterbox
-    (as a `Letterbox`, and as the host value the postprocess bindings of this size read)."""
-
-    pre: object  # DeviceBinding
-    letterbox: Letterbox | None = None
-    letterbox_value: object = None  # OrtValue
-
-
-class _DevicePath:
-    """The predictor's GPU path: every graph in ONNX Runtime's CUDA EP, data kept on the device.
-
-    The preprocess graph reads the photo from a device buffer of its size and writes the image into
-    the first model graph's bound input; the postprocess graph reads the last model graph's
-    outputs and writes into buffers of the photo's size; both are replayed as CUDA graphs for up
-    to PHOTO_SIZES photo sizes (further sizes run them unbound). The vision
-    graph writes the features into one device buffer (`slot`) that every fusion-decoder bucket
-    reads, and the language graph writes into the buffers the fusion-decoder bucket of the same
-    size reads. The model graphs' buckets replay as CUDA graphs. The slot holds one image's
-    features at a time: when another image takes it, the previous embedding (if still referenced)
-    gets a host copy, which is copied back when it is asked about again. A lock serialises calls:
-    the buffers are shared and the GPU runs one stream.
-    """
-
-    def __init__(self, predictor: "Predictor"):
-        self.p = predictor
-        self.lock = threading.Lock()
-        self.owner = None  # weakref to the ImageEmbedding whose data is in the slot
-        self.pre, self.post = predictor.processing[PREPROCESS], predictor.processing[POSTPROCESS]
-        self.photos: dict[tuple[int, int], _Photo] = {}
-        # The processing bindings take this path's buffers (its image input, its threshold): keyed apart
-        # from another predictor's on the same runners.
-        self.key = (OWNER, next(_PATHS))
-        self.threshold = self.post.value(np.zeros(1, np.float32))  # read by every postprocess binding
-        r = predictor.runners
-        if predictor.mode == "split":
-            self.vision = r["vision"].binding(1, owner=OWNER)
-            self.slot = self.vision.outputs["visual_features"]  # (1, N_v, D)
-        else:
-            self.slot = r[END_TO_END].binding(1, owner=OWNER).inputs["image"]  # (1, 3, S, S)
-        self.image_in = self.vision.inputs["image"] if predictor.mode == "split" else self.slot
-
-    @classmethod
-    def maybe(cls, predictor: "Predictor") -> "_DevicePath | None":
-        runners = [*predictor.runners.values(), *predictor.processing.values()]
-        ok = (all(isinstance(r, OrtRunner) for r in runners)
-              and all(r.bound and r.max_batch for r in predictor.runners.values())
-              and all(r.on_cuda == predictor.runners[next(iter(predictor.runners))].on_cuda for r in runners)
-              and {PREPROCESS, POSTPROCESS} <= set(predictor.processing))
-        return cls(predictor) if ok else None
-
-    def _take_slot(self, emb: "ImageEmbedding | None") -> None:
-        """Before the slot changes hands: a host copy for the embedding that leaves it, if alive."""
-        old = self.owner() if self.owner is not None else None
-        if old is not None and old is not emb and old.features is None:
-            object.__setattr__(old, "features", host(self.slot))
-        self.owner = weakref.ref(emb) if emb is not None else None
-
-    def _photo(self, rgb: np.ndarray) -> Letterbox:
-        """Preprocess `rgb` into the first model graph's input (call under the lock): the photo's one
-        host-to-device copy. Its size's own binding (and CUDA graph) when it has or can get one."""
-        h, w = rgb.shape[:2]
-        if (h, w) not in self.photos and self.pre.bound and len(self.photos) < PHOTO_SIZES:
-            binding = self.pre.fixed_binding((*self.key, h, w), {"rgb": (h, w, 3), "letterbox": (4,)},
-                                             {"image": self.image_in}, on_host=("letterbox",))
-            self.photos[(h, w)] = _Photo(binding)
-        if (h, w) not in self.photos:
-            out = self.pre.run_device({"rgb": rgb}, {"image": self.image_in, "letterbox": "cpu"})
-            return letterbox_of(out["letterbox"].numpy(), self.p.artifacts.image_size)
-        photo = self.photos[(h, w)]
-        photo.pre.inputs["rgb"].update_inplace(rgb)
-        photo.pre.run()
-        if photo.letterbox is None:  # the same for every photo of this size: read once
-            lb = host(photo.pre.outputs["letterbox"])
-            photo.letterbox = letterbox_of(lb, self.p.artifacts.image_size)
-            # on the host, where the postprocess graph's shape arithmetic reads it (ONNX Runtime
-            # copies a bound input it wants elsewhere when binding, so it must be in place by then)
-            photo.letterbox_value = self.post.value(lb, on_host=True)
-        return photo.letterbox
-
-    def _postprocess(self, emb: ImageEmbedding, last, n: int, probs: bool) -> dict:
-        """Postprocess the first n results in `last`'s outputs (call under the lock): masks, scores and
-        areas (and the probabilities when asked for) in one device-to-host copy each."""
-        h, w = emb.letterbox.src_hw
-        given = {"pixel_probs": last.outputs["pixel_probs"], "threshold": self.threshold}
-        photo = self.photos.get((h, w))
-        if photo is not None:
-            b = last.batch
-            shapes = {"probs": (b, h, w), "mask": (b, h, w), "score": (b,), "area": (b,)}
-            binding = self.post.fixed_binding((*self.key, h, w, b), shapes, {**given, "letterbox": photo.letterbox_value})
-            binding.run()
-            out = binding.outputs
-        else:
-            letterbox = np.array([h, w, *emb.letterbox.new_hw], np.int64)
-            out = self.post.run_device({**given, "letterbox": self.post.value(letterbox, on_host=True)},
-                                       {"mask": "cpu", "score": "cpu", "area": "cpu", "probs": "cpu" if probs else "cuda"})
-        return {k: host(v)[:n] for k, v in out.items() if k != "probs" or probs}
-
-    def embed(self, key: str, rgb: np.ndarray, t0: float) -> ImageEmbedding:
-        with self.lock:
-            self._take_slot(None)
-            lb = self._photo(rgb)
-            t1 = time.perf_counter()
-            timings = {"preprocess": _ms(t0, t1), "vision": 0.0}
-            if self.p.mode == "split":
-                self.vision.run()
-                timings["vision"] = _ms(t1)
-            emb = ImageEmbedding(key, lb, None, timings)
-            self.owner = weakref.ref(emb)
-            return emb
-
-    def _bring(self, emb: ImageEmbedding) -> None:
-        """Make the slot hold `emb`'s data (call under the lock)."""
-        if self.owner is not None and self.owner() is emb:
-            return
-        if emb.features is None:  # cannot happen: a live embedding gets its host copy when it leaves the slot
-            raise RuntimeError("this image embedding's features are no longer on the device; embed the image again")
-        self._take_slot(emb)
-        self.slot.update_inplace(np.ascontiguousarray(emb.features, dtype=np.float32))
-
-    def _model(self, words: np.ndarray, pad: np.ndarray):
-        """The bound model graphs for one chunk, its words and mask copied in: [(stage, binding)], the
-        last binding's outputs holding the probabilities."""
-        r, n = self.p.runners, len(words)
-        if self.p.mode == "split":
-            lang = r["language"].binding(n, owner=OWNER)
-            fd = r["fusion_decoder"].binding(n, owner=OWNER, inputs={"visual_features": self.slot, "pad_mask": lang.inputs["pad_mask"],
-                                                                     "linguistic_features": lang.outputs["linguistic_features"]})
-            stages = [("language", lang), ("fusion_decoder", fd)]
-        else:
-            stages = [(END_TO_END, r[END_TO_END].binding(n, owner=OWNER))]  # n is 1 (`_run_chunks`)
-        first = stages[0][1]
-        first.inputs["words"].update_inplace(pad_batch(words, first.batch))
-        first.inputs["pad_mask"].update_inplace(pad_batch(pad, first.batch))
-        return stages
-
-    def _run_chunks(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray, times: dict):
-        """Run the model graphs over the expressions in chunks (call under the lock); yields each
-        chunk's size and the binding holding its probabilities. The split graphs take max_batch
-        expressions at a time; the end-to-end graph's image buffer holds one image, so one at a time."""
-        self._bring(emb)
-        step = self.p.max_batch if self.p.mode == "split" else 1
-        for i in range(0, len(words), step):
-            t0 = time.perf_counter()
-            stages = self._model(words[i : i + step], pad[i : i + step])
-            for name, binding in stages:
-                binding.run()
-                times[name] = times.get(name, 0.0) + _ms(t0)
-                t0 = time.perf_counter()
-            yield len(words[i : i + step]), stages[-1][1]
-
-    def decode(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray):
-        """Predictor.decode on the device; the probabilities come back to the host."""
-        pixel, patch, times = [], [], {}
-        with self.lock:
-            for n, last in self._run_chunks(emb, words, pad, times):
-                pixel.append(host(last.outputs["pixel_probs"])[:n])
-                patch.append(host(last.outputs["patch_probs"])[:n])
-        return np.concatenate(pixel), np.concatenate(patch), times
-
-    def predict(self, emb: ImageEmbedding, words: np.ndarray, pad: np.ndarray, thr: float, probs: bool) -> tuple[dict, dict]:
-        parts, times = [], {}
-        with self.lock:
-            self.threshold.update_inplace(np.array([thr], np.float32))
-            for n, last in self._run_chunks(emb, words, pad, times):
-                t0 = time.perf_counter()
-                part = self._postprocess(emb, last, n, probs)
-                part["patch_probs"] = host(last.outputs["patch_probs"])[:n]
-                times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
-                parts.append(part)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, times
-
 def _ms(t0: float, t1: float | None = None) -> float:
     return ((time.perf_counter() if t1 is None else t1) - t0) * 1000.0
 
 
 __all__ = [
     "CacheInfo",
+    "EmbeddingError",
     "FeatureCache",
     "ImageEmbedding",
+    "ImageResult",
     "Prediction",
     "Predictor",
     "TextError",

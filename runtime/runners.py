@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -92,6 +93,28 @@ def prepare_feeds(specs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray], w
         elif n not in (1, batch):
             raise ValueError(f"{where}: input {name!r} has batch {n}: it must be 1 (shared) or the batch {batch}")
     return out, int(batch or 0)
+
+
+@dataclass(frozen=True)
+class Region:
+    """Rows [start, start + count) of a bound buffer (an OrtValue), bound by address: a batch's rows
+    read or written in place, without a copy (a photo preprocessed into its row of the image batch,
+    one image's row of visual features)."""
+
+    value: object  # OrtValue
+    start: int
+    count: int
+
+    def bind(self, io, name: str, output: bool, device_id: int = 0) -> None:
+        """Bind these rows to `io` as input or output `name`."""
+        shape = self.value.shape()
+        if not 0 <= self.start <= self.start + self.count <= shape[0]:
+            raise ValueError(f"rows [{self.start}, {self.start + self.count}) of a buffer of {shape[0]}")
+        row = self.value.tensor_size_in_bytes() // max(1, shape[0])
+        where = self.value.device_name().lower()
+        bind = io.bind_output if output else io.bind_input
+        bind(name, where, 0 if where == "cpu" else device_id, self.value.element_type(), [self.count, *shape[1:]],
+             self.value.data_ptr() + self.start * row)
 
 
 def bucket_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
@@ -314,19 +337,23 @@ class OrtRunner:
             self.session.run_with_iobinding(binding.io, binding.run_options)
 
     def run_device(self, inputs: dict, outputs: dict) -> dict:
-        """One run with IO binding: `inputs` maps names to OrtValues (on any device) or numpy arrays
-        (copied to the session's device); `outputs` maps output names to an OrtValue to write into,
-        or to "cpu" / "cuda" (allocated by ONNX Runtime there). Returns the output OrtValues."""
+        """One run with IO binding: `inputs` maps names to OrtValues (on any device), `Region`s of
+        them or numpy arrays (copied to the session's device); `outputs` maps output names to an
+        OrtValue or `Region` to write into, or to "cpu" / "cuda" (allocated by ONNX Runtime there).
+        Returns the outputs that ONNX Runtime allocated or that were given as OrtValues."""
         if self.session is None:
             raise RunnerClosedError(f"{self.name}: the runner is closed")
         io = self.session.io_binding()
         for name, x in inputs.items():
-            if isinstance(x, np.ndarray):
-                x = self.value(x)
-            io.bind_ortvalue_input(name, x)
+            if isinstance(x, Region):
+                x.bind(io, name, False, self.device_id)
+            else:
+                io.bind_ortvalue_input(name, self.value(x) if isinstance(x, np.ndarray) else x)
         for name, target in outputs.items():
             if isinstance(target, str):
                 io.bind_output(name, *self._where(target != "cpu"))
+            elif isinstance(target, Region):
+                target.bind(io, name, True, self.device_id)
             else:
                 io.bind_ortvalue_output(name, target)
         self.session.run_with_iobinding(io, self._no_capture())
@@ -372,10 +399,14 @@ class DeviceBinding:
     def rebind(self) -> None:
         """(Re)bind the buffers to the runner's current session."""
         self.io = self.runner.session.io_binding()
-        for name, value in self.inputs.items():
-            self.io.bind_ortvalue_input(name, value)
-        for name, value in self.outputs.items():
-            self.io.bind_ortvalue_output(name, value)
+        for names, output in ((self.inputs, False), (self.outputs, True)):
+            for name, value in names.items():
+                if isinstance(value, Region):
+                    value.bind(self.io, name, output, self.runner.device_id)
+                elif output:
+                    self.io.bind_ortvalue_output(name, value)
+                else:
+                    self.io.bind_ortvalue_input(name, value)
 
     def run(self) -> None:
         self.runner.replay(self)

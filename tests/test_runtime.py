@@ -657,8 +657,10 @@ def _bound_predictor(folder, cache_size=8, mode="split"):
 def test_device_path_equals_host_path(tiny, predictor, mode):
     """Buckets padded past the batch (6 expressions: buckets 4 and 2), the image slot handed between
     images with host copies, and results equal to the plain host path."""
+    from restr.runtime.paths import DevicePath, HostPath
+
     bound = _bound_predictor(tiny.folder, mode=mode)
-    assert bound._device is not None and predictor._device is None
+    assert isinstance(bound.path, DevicePath) and isinstance(predictor.path, HostPath)
     a, b = photo(80, 56, seed=1), photo(64, 96, seed=2)
     emb_a = bound.embed(a)
     emb_b = bound.embed(b)  # takes the slot: emb_a (alive) gets a host copy
@@ -682,9 +684,9 @@ def test_device_path_photo_sizes_bound_and_unbound_agree_with_the_host_path(tiny
     """The processing graphs' per-size bindings (one size here) and the unbound runs of further sizes
     give the host path's results, for thresholds that change between calls on the same binding, and
     two predictors on the same runners keep their bindings apart."""
-    import restr.runtime.predictor as pred
+    import restr.runtime.paths as paths
 
-    monkeypatch.setattr(pred, "PHOTO_SIZES", 1)
+    monkeypatch.setattr(paths, "PHOTO_SIZES", 1)
     bound = _bound_predictor(tiny.folder, cache_size=0)
     other = Predictor(bound.artifacts, bound.runners, bound.vocab, cache_size=0, processing=bound.processing)
     a, b, a2 = photo(80, 56, seed=1), photo(64, 96, seed=2), photo(80, 56, seed=3)
@@ -696,7 +698,7 @@ def test_device_path_photo_sizes_bound_and_unbound_agree_with_the_host_path(tiny
                 np.testing.assert_array_equal(g.mask, w.mask)
                 np.testing.assert_allclose(g.probs, w.probs, atol=1e-5)
                 assert g.area == w.area and g.score == pytest.approx(w.score, abs=1e-5)
-    assert list(bound._device.photos) == [(56, 80)] and list(other._device.photos) == [(56, 80)]
+    assert list(bound.path.photos) == [(56, 80)] and list(other.path.photos) == [(56, 80)]
 
 
 def test_device_path_keeps_no_host_copy_of_a_dropped_embedding(tiny):
@@ -748,3 +750,120 @@ def test_image_batch_may_be_one_or_the_batch():
         assert batch == 5
     with pytest.raises(ValueError, match="must be 1 \\(shared\\) or the batch 5"):
         prepare_feeds(specs, {"visual_features": np.zeros((2, 4, 2)), "words": np.zeros((5, 3))}, "g")
+
+
+# -- many images: predict_many / embed_many, on the host path and the device path's code -------------
+
+
+def _assert_same_predictions(got, want, probs=True):
+    assert [p.text for p in got] == [p.text for p in want]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.mask, w.mask)
+        if probs:
+            np.testing.assert_allclose(g.probs, w.probs, atol=1e-5)
+        assert g.area == w.area and g.score == pytest.approx(w.score, abs=1e-5)
+        assert g.patch_score == pytest.approx(w.patch_score, abs=1e-5)
+        assert (g.unknown_words, g.no_known_words, g.truncated) == (w.unknown_words, w.no_known_words, w.truncated)
+
+
+def _bulk_requests(tmp_path):
+    """Requests that exercise every way predict_many plans batches (chunks of max_batch 4), with bad
+    ones in the middle: one expression each about four new images (rows 0-3 of one image batch),
+    several expressions about one image then one each about three more (rows 1-3), repeated images
+    (the cache), photos of several sizes, a missing file, a file that is not an image, an empty
+    expression."""
+    photos = [photo(80, 56, seed=1), photo(64, 96, seed=2), photo(96, 96, seed=3), photo(50, 40, seed=4), photo(71, 33, seed=5)]
+    more = [photo(44, 60, seed=6), photo(90, 30, seed=7), photo(33, 33, seed=8)]
+    path = tmp_path / "p1.png"
+    photos[1].save(path)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    return [
+        (photos[0], ["the dog"]), (path, "red car"), (photos[2], ["ball"]), (photos[3], ["the man in the blue shirt"]),
+        (photos[4], TEXTS), (more[0], ["the dog"]), (more[1], ["the big cat on the bench"]), (more[2], ["small tree"]),
+        (tmp_path / "missing.png", ["the dog"]), (photos[0], ["the big cat on the bench"]), (photos[2], ["small tree", "ball"]),
+        (tmp_path / "broken.png", ["the dog"]), (photos[1], ["   "]), (photos[3], ["the dog"]), (photos[4], ["red car"]),
+        (path, ["the zebra"]),
+    ]
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_predict_many_equals_predict_image_request_by_request(tiny, predictor, tmp_path, path):
+    """Each request's masks equal predict_image's (so no row of a batch reads another image's
+    features or letterbox), in input order, with the bad requests reported in place and the run
+    going on past them."""
+    requests = _bulk_requests(tmp_path)
+    many = _bound_predictor(tiny.folder, cache_size=4) if path == "device" else Predictor.from_artifacts(tiny.folder, threads=1, cache_size=4)
+    results = list(many.predict_many(iter(requests), probs=True, workers=2))
+    assert [r.index for r in results] == list(range(len(requests)))
+    errors = {r.index: r.error for r in results if r.error is not None}
+    assert sorted(errors) == [8, 11, 12]
+    assert isinstance(errors[8], ImageError) and "no such file" in str(errors[8])
+    assert isinstance(errors[11], ImageError) and isinstance(errors[12], TextError)
+    for r in results:
+        if r.error is None:
+            image, texts = requests[r.index]
+            want = predictor.predict_image(image, texts)
+            assert r.size == want[0].mask.shape and r.texts == ([texts] if isinstance(texts, str) else texts)
+            _assert_same_predictions(r.predictions, want)
+    assert many.vision_runs < len(requests) - len(errors)  # the repeated images came from the cache
+
+
+def test_predict_many_without_workers_or_cache_and_without_probs(tiny, predictor, tmp_path):
+    requests = [(im, t) for im, t in _bulk_requests(tmp_path) if not isinstance(im, Path) and t != ["   "]]
+    many = Predictor.from_artifacts(tiny.folder, threads=1, cache_size=0)
+    for r in many.predict_many(requests, workers=0):
+        assert r.error is None and all(p.probs is None for p in r.predictions)
+        _assert_same_predictions(r.predictions, predictor.predict_image(*requests[r.index]), probs=False)
+    assert many.vision_runs == len(requests)
+
+
+def test_predict_many_streams(predictor):
+    """At most two batches are read ahead of the one being answered: a long input in flat memory."""
+    pulled = []
+
+    def requests():
+        for i in range(100):
+            pulled.append(i)
+            yield photo(40 + i % 7, 30, seed=i), ["the dog"]
+
+    stream = predictor.predict_many(requests())
+    first = next(stream)
+    assert first.index == 0 and len(pulled) <= 3 * predictor.max_batch
+    stream.close()
+
+
+def test_embed_many_equals_embed(tiny, predictor):
+    images = [photo(80, 56, seed=1), photo(64, 96, seed=2), photo(96, 96, seed=3), photo(50, 40, seed=4), photo(71, 33, seed=5)]
+    for p in (Predictor.from_artifacts(tiny.folder, threads=1, cache_size=0), _bound_predictor(tiny.folder, cache_size=0)):
+        embs = list(p.embed_many(images))
+        assert p.vision_runs == len(images)
+        for emb, im in zip(embs, images):
+            want = predictor.embed(im)
+            assert emb.letterbox == want.letterbox
+            enc = p.encode_text(TEXTS[:2])
+            np.testing.assert_allclose(p.decode(emb, enc.words, enc.pad_mask)[0], predictor.decode(want, enc.words, enc.pad_mask)[0], atol=1e-5)
+    with pytest.raises(ImageError):
+        list(predictor.embed_many([images[0], np.zeros((0, 4, 3), np.uint8)]))
+
+
+def test_an_embedding_from_another_export_is_refused(tiny, predictor, tmp_path):
+    """Features of another export's image graph mean nothing to this decoder: refused in one line,
+    on both paths; a second predictor of the same export takes them."""
+    from restr.export.pipeline import ExportOptions, Source, export_artifacts
+    from restr.runtime.predictor import EmbeddingError
+
+    other = tmp_path / "other"
+    export_artifacts(Source(make_tiny_model(tiny.vocab, seed=1), tiny.vocab, {}, None, False), other,
+                     ExportOptions(max_batch=4, precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
+                     log=lambda _: None)
+    im = photo(80, 56, seed=1)
+    for theirs in (Predictor.from_artifacts(other, threads=1), _bound_predictor(other)):
+        emb = theirs.embed(im)
+        with pytest.raises(EmbeddingError, match=r"^this image embedding was made by another export \(its vision graph has sha256 [0-9a-f]{12}\.\.\., "
+                                                  r"this predictor's [0-9a-f]{12}\.\.\.\): embed the image again with this predictor$"):
+            predictor.predict_embedding(emb, "the dog")
+        with pytest.raises(EmbeddingError):
+            enc = predictor.encode_text("the dog")
+            predictor.decode(emb, enc.words, enc.pad_mask)
+    same = Predictor.from_artifacts(tiny.folder, threads=1)
+    _assert_same_predictions(predictor.predict_embedding(same.embed(im), TEXTS), predictor.predict_image(im, TEXTS))
