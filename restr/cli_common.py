@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -38,6 +39,40 @@ def one_line_errors(prog: str):
     except KeyboardInterrupt:
         click.echo(f"{prog}: interrupted", err=True)
         sys.exit(130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C is: clean-up code runs alike."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM and SIGHUP raise `Terminated` (a KeyboardInterrupt) while inside: what a command
+    staged is removed on its way out, as for Ctrl-C, instead of the process dying mid-write."""
+
+    def raise_terminated(signum, frame):
+        raise Terminated(signum)
+
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    try:
+        previous = {s: signal.signal(s, raise_terminated) for s in sigs}
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process a signal ended (SIGINT: 130)."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)
 
 
 class OneLineErrorCommand(click.Command):

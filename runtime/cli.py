@@ -7,8 +7,9 @@ writes, per expression k (from 1), `<out>/<k>_<slug>.png` (the mask, 0/255 at th
 with --overlay `<out>/<k>_<slug>_overlay.png`, with --sheet `<out>/sheet.png` (every overlay,
 captioned), and `<out>/summary.json` (per expression: text, files, area, area_fraction, score,
 unknown words, no_known_words, truncation; timings). Everything is computed before anything is
-written, and files are written to a temporary folder and moved into place, so a failure leaves no
-partial output. A folder holding other files is refused unless --force (which replaces a previous
+written, and files are written to a staging folder inside --out and moved into place, so a failure
+leaves no partial output; SIGTERM and SIGHUP remove the staging folder as Ctrl-C does, and one that a
+killed run left (kill -9, or the C++ CLI aborted) is removed by the next run. A folder holding other files is refused unless --force (which replaces a previous
 run's outputs whole). Failures are one line on stderr: exit code 2 for bad input and for runtime
 failures (ONNX Runtime, CUDA, TensorRT, disk), 3 for an internal error (a bug: please report it).
 """
@@ -19,7 +20,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,8 +27,8 @@ from pathlib import Path
 import click
 from PIL import Image
 
-from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file
-from restr.runtime.atomic import write_json
+from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_interrupt
+from restr.runtime.atomic import remove_stale_staging, staging_dir, write_json
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
 from restr.runtime.trt_runner import TensorRTUnavailable
@@ -104,11 +104,12 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
                 raise InputError("--list-words reads an export folder: give --artifacts DIR")
             _list_words(artifacts)
             return
-        _predict(artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path)
+        with signals_interrupt():  # SIGTERM/SIGHUP unwind as Ctrl-C does: the staging folder goes
+            _predict(artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except KeyboardInterrupt as e:
+        _fail("interrupted" if exit_code(e) == 130 else f"stopped by {e}", exit_code(e))
     except (ValueError, UsageError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers or paths, no TensorRT
         _fail(_first_line(e))
     except (RuntimeError, OSError, MemoryError) as e:  # ONNX Runtime, CUDA, TensorRT, disk
@@ -125,10 +126,13 @@ def _list_words(artifacts: Path) -> None:
 
 
 def _check_outputs(out: Path, force: bool, json_path: Path | None) -> None:
-    """Before any work: the folder must be writable, and empty unless --force."""
+    """Before any work: the folder must be writable, and empty unless --force (the staging folders
+    that killed runs left there are removed first: they are no one's files)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     check_writable_dir(out, "--out")
+    if out.is_dir():
+        remove_stale_staging(out)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"--out {out}: the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder")
     if json_path is not None and str(json_path) != "-":
@@ -245,7 +249,7 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
     --force lets a non-empty folder through), then move each file into place."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{PROG}-", dir=out))
+    tmp = staging_dir(out, PROG)
     try:
         files = []
         for p, name in zip(preds, names):

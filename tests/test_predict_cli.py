@@ -327,3 +327,54 @@ def test_overlay_takes_a_path_with_exif_rotation(tmp_path):
         save_overlay(tmp_path / "a.png", Image.open(path), mask)  # what users tried first
     written = save_overlay(tmp_path / "b.png", str(path), mask)
     assert Image.open(written).size == (30, 40)
+
+
+# -- staging folders: SIGTERM mid-write, and what a killed run left --------------------------------
+
+
+def test_sigterm_while_writing_leaves_nothing(tiny, tmp_path):
+    """SIGTERM while the outputs are being staged: the staging folder and the --out folder the run
+    made are removed, exit 143 with one line."""
+    import os
+    import signal
+    import time
+
+    big = tmp_path / "big.png"
+    photo(2400, 1800, seed=2).save(big)
+    out = tmp_path / "new" / "pred"
+    texts = [a for t in ("the dog", "red car", "the man", "small tree", "ball", "the cat") for a in ("--text", t)]
+    proc = subprocess.Popen([sys.executable, "-m", "restr.runtime.cli", "--artifacts", str(tiny.folder), "--image", str(big), *texts,
+                             "--out", str(out), "--overlay", "--sheet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and any(p.name.startswith(".restr-predict-") for p in out.iterdir()):
+            os.kill(proc.pid, signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip() == "restr-predict: error: stopped by SIGTERM"
+    assert not out.exists() and list((tmp_path / "new").iterdir()) == []
+
+
+def test_staging_left_by_a_killed_run_is_removed_by_the_next(tiny, image, tmp_path):
+    """A staging folder whose process is gone (kill -9, an abort; Python's or the C++ CLI's) is no
+    one's file: the next run removes it and is not refused; a live run's is left alone and counts."""
+    import os
+
+    out = tmp_path / "pred"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    for name in (f".restr-predict-{dead.stdout.strip()}-ab12_x", f".restr-predict-cpp-{dead.stdout.strip()}-Zx81Qa"):
+        (out / name).mkdir(parents=True)
+        (out / name / "1_the-dog.png").write_bytes(b"partial")
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["1_the-dog.png", "summary.json"]
+    live = out / f".restr-predict-{os.getppid()}-ab12_x"  # this test's parent: alive
+    live.mkdir()
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--out", tmp_path / "other")
+    assert r.exit_code == 0
+    (out / "1_the-dog.png").unlink()
+    (out / "summary.json").unlink()
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--out", out)
+    assert r.exit_code == 2 and "holds files" in r.stderr and live.is_dir()
