@@ -167,6 +167,37 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     assert Image.open(tmp_path / "cpp" / "sheet.png").size == Image.open(tmp_path / "py" / "sheet.png").size
 
 
+# Photo sizes for --sheet: the four where Debian's stb_image_resize 0.97 aborted the CLI (its weights
+# for a pixel summed past 1.1), more of the reductions where it asserted (a sum past 1.1 or below 0.9),
+# upscales, a side of one pixel, long thin photos and sizes it scaled without fault.
+SHEET_SIZES = [(451, 300), (333, 500), (276, 376), (349, 441), (138, 482), (436, 482), (480, 223), (472, 334), (488, 38), (101, 371),
+               (56, 445), (1, 1), (1, 700), (700, 1), (320, 320), (320, 240), (100, 60), (7, 3), (641, 479), (1000, 750), (1200, 37)]
+
+
+def test_sheet_of_any_photo_size_tiles_as_restr_predicts_does(build, tiny, tmp_path):
+    """--sheet on photos of every shape: exit 0, and sheet.png has restr-predict's size and tiles (its
+    overlays scaled as Pillow's BILINEAR resize, within 1 of Pillow's pixels; Pillow 13 runs the
+    vertical pass first on some sizes, 8-bit rounding in between); the captions' font differs."""
+    from restr.runtime.visualize import contact_sheet
+
+    texts = ["the red dog", "the man on the left"]
+    for w, h in SHEET_SIZES:
+        image, out = tmp_path / f"{w}x{h}.png", tmp_path / f"{w}x{h}"
+        photo(w, h, seed=w + h).save(image)
+        r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", texts[0],
+                  "--text", texts[1], "--sheet", "--out", str(out), "--threads", "1"])
+        assert r.returncode == 0, (w, h, r.stderr)
+        got = np.asarray(Image.open(out / "sheet.png").convert("RGB")).astype(int)
+        masks = [np.asarray(Image.open(out / f"{k}_{slug}.png")) > 0 for k, slug in ((1, "the-red-dog"), (2, "the-man-on-the-left"))]
+        want = np.asarray(contact_sheet(Image.open(image), masks, ["", ""])).astype(int)
+        assert got.shape == want.shape, (w, h)
+        scale = 320 / max(w, h)
+        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+        for x in (8, 8 + tw + 8):
+            tile = (slice(8, 8 + th), slice(x, x + tw))
+            assert np.abs(got[tile] - want[tile]).max() <= 1, (w, h)
+
+
 def _both_clis_same_pixels(build: Path, tiny: Path, image: Path, tmp_path: Path) -> dict:
     """Both CLIs on `image` with --overlay: exit 0 and identical mask and overlay PNGs (the overlay shows
     the decoded photo's own pixels outside the mask); the C++ summary."""

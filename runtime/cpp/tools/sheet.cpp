@@ -1,11 +1,8 @@
 #include "sheet.hpp"
 
-#include <stb/stb_image_resize.h>
-
 #include <algorithm>
 #include <cmath>
 #include <sstream>
-#include <stdexcept>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
@@ -66,6 +63,61 @@ void draw_text(Image& im, int x, int y, std::string text) {
   }
 }
 
+// Pillow's Image.resize(size, BILINEAR), which restr-predict's sheet uses: a separable triangle
+// filter whose support widens with the reduction (every source pixel under an output pixel counts),
+// weights normalised per output pixel and applied in 22-bit fixed point, rows first through an
+// 8-bit intermediate, then columns. stb_image_resize 0.97 (Debian's) asserts on some reductions
+// (451x300 to 320x213: stb's weights for a pixel sum past 1.1), so the host keeps its own.
+struct Taps {
+  int first = 0, count = 0;  // source pixels first .. first + count - 1
+  std::vector<int32_t> weights;
+};
+constexpr int kBits = 22;  // Pillow's PRECISION_BITS for 8-bit samples
+
+std::vector<Taps> taps(int in, int out) {
+  const double scale = double(in) / out, widen = std::max(1.0, scale), support = widen, narrow = 1.0 / widen;  // the triangle's support is 1
+  std::vector<Taps> all(static_cast<size_t>(out));
+  for (int o = 0; o < out; ++o) {
+    const double center = (o + 0.5) * scale;
+    Taps& t = all[size_t(o)];
+    t.first = std::max(0, int(center - support + 0.5));
+    t.count = std::min(in, int(center + support + 0.5)) - t.first;
+    std::vector<double> w(size_t(std::max(0, t.count)));
+    double sum = 0;
+    for (int i = 0; i < t.count; ++i) sum += w[size_t(i)] = std::max(0.0, 1.0 - std::fabs((t.first + i - center + 0.5) * narrow));
+    for (double v : w) {
+      const double fixed = (sum != 0 ? v / sum : v) * (1 << kBits);
+      t.weights.push_back(int32_t(fixed < 0 ? fixed - 0.5 : fixed + 0.5));
+    }
+  }
+  return all;
+}
+
+// One pass along x (`along_x`) or y: `src` is w x h RGB, the result n x h or w x n.
+std::vector<uint8_t> scale_axis(const std::vector<uint8_t>& src, int w, int h, int n, bool along_x) {
+  const std::vector<Taps> all = taps(along_x ? w : h, n);
+  const int ow = along_x ? n : w, oh = along_x ? h : n;
+  const size_t step = along_x ? 3 : size_t(w) * 3;  // from one source pixel to the next along the axis
+  std::vector<uint8_t> out(size_t(ow) * oh * 3);
+  for (int y = 0; y < oh; ++y)
+    for (int x = 0; x < ow; ++x) {
+      const Taps& t = all[size_t(along_x ? x : y)];
+      const uint8_t* first = &src[(along_x ? size_t(y) * w + t.first : size_t(t.first) * w + x) * 3];
+      for (int c = 0; c < 3; ++c) {
+        int64_t acc = 1 << (kBits - 1);
+        for (int i = 0; i < t.count; ++i) acc += int64_t(first[size_t(i) * step + c]) * t.weights[size_t(i)];
+        out[(size_t(y) * ow + x) * 3 + c] = uint8_t(std::clamp<int64_t>(acc >> kBits, 0, 255));
+      }
+    }
+  return out;
+}
+
+// `src` (w x h RGB) scaled to tw x th: rows, then columns, each only where its size changes.
+std::vector<uint8_t> resize_bilinear(const std::vector<uint8_t>& src, int w, int h, int tw, int th) {
+  std::vector<uint8_t> rows = tw == w ? src : scale_axis(src, w, h, tw, true);
+  return th == h ? rows : scale_axis(rows, tw, h, th, false);
+}
+
 }  // namespace
 
 Image contact_sheet(const Image& image, const std::vector<const uint8_t*>& masks, const std::vector<std::string>& captions, int tile) {
@@ -76,13 +128,9 @@ Image contact_sheet(const Image& image, const std::vector<const uint8_t*>& masks
   sheet.width = cols * (tw + 8) + 8;
   sheet.height = rows * (th + 2 * kLine + 12) + 8;
   sheet.rgb.assign(size_t(sheet.width) * sheet.height * 3, 255);
-  std::vector<uint8_t> small(size_t(tw) * th * 3);
   for (int k = 0; k < n; ++k) {
     const int x = 8 + (k % cols) * (tw + 8), y = 8 + (k / cols) * (th + 2 * kLine + 12);
-    std::vector<uint8_t> tinted = overlay(image, masks[k]);
-    if (!stbir_resize_uint8_generic(tinted.data(), image.width, image.height, 0, small.data(), tw, th, 0, 3, STBIR_ALPHA_CHANNEL_NONE, 0,
-                                    STBIR_EDGE_CLAMP, STBIR_FILTER_TRIANGLE, STBIR_COLORSPACE_LINEAR, nullptr))
-      throw std::runtime_error("sheet.png: cannot scale an overlay");
+    const std::vector<uint8_t> small = resize_bilinear(overlay(image, masks[k]), image.width, image.height, tw, th);
     for (int r = 0; r < th; ++r) std::copy_n(&small[size_t(r) * tw * 3], tw * 3, &sheet.rgb[(size_t(y + r) * sheet.width + x) * 3]);
     std::vector<std::string> lines = wrap(printable(captions[k]), tw);
     for (size_t i = 0; i < lines.size() && i < 2; ++i) draw_text(sheet, x, y + th + 4 + int(i) * kLine, lines[i]);

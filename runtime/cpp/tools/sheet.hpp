@@ -1,6 +1,6 @@
 // restr-predict-cpp --sheet: every expression's overlay side by side (wrapping after 4), captioned,
 // in restr.runtime.visualize.contact_sheet's layout. Captions use stb_easy_font (a built-in ASCII
-// bitmap font: no font file to find), tiles are scaled by stb_image_resize.
+// bitmap font: no font file to find), tiles are scaled as Pillow's BILINEAR resize scales them.
 #pragma once
 #include <string>
 #include <vector>
