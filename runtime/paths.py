@@ -84,6 +84,7 @@ class HostPath:
         self.lock = contextlib.nullcontext()  # the runners are thread-safe and the data is the caller's
         self.rows = True  # one image per row: expressions about different images in one batch
         self.expressions = predictor.max_batch  # expressions about one image in one batch
+        self.detached = True  # decoded batches are host arrays of their own: postprocess them anywhere
 
     def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """The preprocess graph (or Pillow) on the host: thread-safe, so bulk runs it in workers."""
@@ -170,6 +171,7 @@ class DevicePath:
         self.lock = threading.Lock()
         self.rows = self.split  # the end-to-end graph's image buffer holds one image: no rows
         self.expressions = predictor.max_batch if self.split else 1
+        self.detached = False  # decoded batches are device buffers the next batch overwrites
         self.pre, self.post = predictor.processing[PREPROCESS], predictor.processing[POSTPROCESS]
         self.photos: dict[tuple[int, int], _Photo] = {}
         self.residents: dict[int, list] = {}  # id(block) -> weakrefs to the Features whose rows it holds

@@ -39,6 +39,8 @@ export's image graph (`EmbeddingError`), since its features mean nothing to this
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import threading
 import time
@@ -336,7 +338,11 @@ class Predictor:
         """`embed` for many images, in order: `workers` threads decode and prepare the next images
         while the image graph runs on up to max_batch of them at once. Raises ImageError at the
         first image that cannot be read (after yielding the ones before it)."""
-        for chunk in self._loaded(((image, None) for image in images), workers):
+        with _pool(workers) as pool:
+            yield from self._embed_stream(images, pool)
+
+    def _embed_stream(self, images: Iterable, pool) -> Iterator[ImageEmbedding]:
+        for chunk in self._loaded(((image, None) for image in images), pool):
             for entry in chunk:
                 if isinstance(entry.loaded, Exception):
                     raise entry.loaded
@@ -416,11 +422,10 @@ class Predictor:
         prepared = self.path.prepare(rgb)
         return None, (key, prepared, _ms(t0))
 
-    def _loaded(self, requests: Iterable, workers: int) -> Iterator[list["_Loaded"]]:
+    def _loaded(self, requests: Iterable, pool) -> Iterator[list["_Loaded"]]:
         """The requests (image, texts) in chunks of up to max_batch, each image loaded (`_load`) by
-        `workers` threads ahead of the caller (at most two chunks ahead: memory stays flat on a long
-        input). A request whose image fails to load carries the exception instead."""
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="restr-load") if workers > 0 else None
+        the pool's threads ahead of the caller (at most two chunks ahead: memory stays flat on a
+        long input). A request whose image fails to load carries the exception instead."""
         ahead: deque = deque()
         requests = iter(enumerate(requests))
         try:
@@ -439,10 +444,9 @@ class Predictor:
                     chunk.append(_Loaded(index, request, _outcome(future)))
                 yield chunk
         finally:
-            if pool is not None:
-                for _, _, future in ahead:
+            for _, _, future in ahead:
+                if hasattr(future, "cancel"):
                     future.cancel()
-                pool.shutdown(wait=True)
 
     # -- expressions ----------------------------------------------------------------------------
 
@@ -514,69 +518,102 @@ class Predictor:
         """Masks for many (image, texts) requests, streamed: one `ImageResult` per request, in order.
 
         image: a path, PIL image or array (as `predict_image`); texts: one expression or a list.
-        `workers` threads read and prepare the next images while the model runs (0: none); the
-        image graph runs on up to max_batch images at once and expressions about different images
-        share the later graphs. At most two batches are read ahead, so a long input streams in
-        flat memory. A request whose image cannot be read or whose expressions cannot be used
-        comes back with `error` set and no predictions; runtime failures (ONNX Runtime, CUDA)
-        raise. `probs` defaults to False here: probability maps of many photos are large.
+        `workers` threads read and prepare the next images, and on the host postprocess the last
+        batch, while the model runs (0: none); the image graph runs on up to max_batch images at
+        once and expressions about different images share the later graphs. At most two batches
+        are read ahead, so a long input streams in flat memory. A request whose image cannot be
+        read or whose expressions cannot be used comes back with `error` set and no predictions;
+        runtime failures (ONNX Runtime, CUDA) raise. `probs` defaults to False here: probability
+        maps of many photos are large.
         """
         thr = self.threshold if threshold is None else check_threshold(threshold)
-        for chunk in self._loaded(requests, workers):
-            results, live = [], []
-            for entry in chunk:
-                texts = entry.texts()
-                result = ImageResult(entry.index, _image_of(entry.request), texts, [])
-                results.append(result)
-                try:
-                    if isinstance(entry.loaded, Exception):
-                        raise entry.loaded
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", TextTruncatedWarning)  # `Prediction.truncated` says it
-                        enc = self.encode_text(texts)
-                except REQUEST_ERRORS as e:
-                    result.error = e
-                    continue
-                live.append((result, entry.loaded, enc))
-            embeddings = self._embed_loaded([loaded for _, loaded, _ in live])
-            jobs = [_Job(emb, enc.words, enc.pad_mask) for emb, (_, _, enc) in zip(embeddings, live)]
-            for (result, _, enc), emb, (out, times) in zip(live, embeddings, self._answer(jobs, thr, probs)):
-                result.size = emb.size
-                result.predictions = self._predictions(emb, result.texts, enc, out, times, probs)
-            yield from results
+        with _pool(workers) as pool:
+            waiting: deque = deque()  # batches answered whose postprocessing may still run in the pool
+            for chunk in self._loaded(requests, pool):
+                waiting.append(self._start(chunk, thr, probs, pool))
+                if len(waiting) > 1:
+                    yield from _finish(*waiting.popleft())
+            while waiting:
+                yield from _finish(*waiting.popleft())
 
-    def _answer(self, jobs: list[_Job], thr: float, probs: bool) -> list[tuple[dict, dict]]:
-        """Masks for each job's expressions: (outputs, ms per stage summed over its expressions).
+    def _start(self, chunk: list["_Loaded"], thr: float, probs: bool, pool) -> tuple[list[ImageResult], list]:
+        """One batch of `predict_many`: its results, and per live request what fills them in (a
+        future when the pool postprocesses, else the predictions' parts at once)."""
+        results, live = [], []
+        for entry in chunk:
+            texts = entry.texts()
+            result = ImageResult(entry.index, _image_of(entry.request), texts, [])
+            results.append(result)
+            try:
+                if isinstance(entry.loaded, Exception):
+                    raise entry.loaded
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", TextTruncatedWarning)  # `Prediction.truncated` says it
+                    enc = self.encode_text(texts)
+            except REQUEST_ERRORS as e:
+                result.error = e
+                continue
+            live.append((result, entry.loaded, enc))
+        embeddings = self._embed_loaded([loaded for _, loaded, _ in live])
+        answers = self._answer([_Job(emb, enc.words, enc.pad_mask) for emb, (_, _, enc) in zip(embeddings, live)], thr, probs, pool)
+        fill = []
+        for (result, _, enc), emb, answer in zip(live, embeddings, answers):
+            result.size = emb.size
+            fill.append((result, functools.partial(self._predictions, emb, result.texts, enc, probs=probs), answer))
+        return results, fill
 
-        Batches are planned here, once for both execution paths: consecutive jobs of one expression
-        each run together, one image per row (up to max_batch); a job of several expressions runs
-        alone, its image's features shared, in chunks of the path's batch."""
-        path, results = self.path, []
-        with path.lock:  # the device path's outputs stay in its buffers until postprocessed
-            i = 0
-            while i < len(jobs):
-                j = i
-                while path.rows and j < len(jobs) and j - i < self.max_batch and len(jobs[j].words) == 1:
-                    j += 1
-                if j - i >= 2:
-                    group, times = jobs[i:j], {}
-                    dec = path.decode([g.emb.store for g in group], np.concatenate([g.words for g in group]),
-                                      np.concatenate([g.pad for g in group]), times)
-                    for r, g in enumerate(group):
-                        t0 = time.perf_counter()
-                        out = {**path.postprocess(dec, r, 1, g.emb.letterbox, thr, probs), "patch_probs": dec.patch[r : r + 1]}
-                        results.append((out, {**{k: v / len(group) for k, v in times.items()}, "postprocess": _ms(t0)}))
-                    i = j
-                    continue
-                job, parts, times, step = jobs[i], [], {}, path.expressions
-                for s in range(0, len(job.words), step):
-                    dec = path.decode([job.emb.store], job.words[s : s + step], job.pad[s : s + step], times)
-                    t0 = time.perf_counter()
-                    parts.append({**path.postprocess(dec, 0, dec.n, job.emb.letterbox, thr, probs), "patch_probs": dec.patch})
-                    times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
-                results.append(({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, times))
-                i += 1
-        return results
+    def _answer(self, jobs: list[_Job], thr: float, probs: bool, pool=None) -> list:
+        """Masks for each job's expressions: (outputs, ms per stage summed over its expressions), or
+        with a pool on the host path futures of them (the postprocess graph then runs in the pool,
+        beside the next batch's model runs; device buffers are postprocessed before they are reused).
+
+        Batches are planned here, once for both execution paths (`_batches`)."""
+        path = self.path
+        deferred = pool is not None and path.detached
+        parts: list[list] = [[] for _ in jobs]
+        times: list[dict] = [{} for _ in jobs]
+        with path.lock:
+            for rows, stores, words, pad in self._batches(jobs):
+                t: dict = {}
+                dec = path.decode(stores, words, pad, t)
+                for m, r, n in rows:
+                    for name, ms in t.items():
+                        times[m][name] = times[m].get(name, 0.0) + ms * n / len(words)
+                    parts[m].append((dec, r, n) if deferred else self._postprocess(jobs[m], dec, r, n, thr, probs, times[m]))
+        if not deferred:
+            return [(_concat(p), t) for p, t in zip(parts, times)]
+        return [pool.submit(self._postprocess_all, job, p, thr, probs, t) for job, p, t in zip(jobs, parts, times)]
+
+    def _batches(self, jobs: list[_Job]) -> Iterator[tuple[list, list, np.ndarray, np.ndarray]]:
+        """The model batches for `jobs`: (rows, stores, words, pad), rows listing (job, first row,
+        count). Consecutive jobs of one expression each run together, one image per row, up to
+        max_batch; a job of several expressions runs alone, its image's features shared, in chunks
+        of the path's batch."""
+        path, i = self.path, 0
+        while i < len(jobs):
+            j = i
+            while path.rows and j < len(jobs) and j - i < self.max_batch and len(jobs[j].words) == 1:
+                j += 1
+            if j - i >= 2:
+                group = jobs[i:j]
+                yield ([(m, m - i, 1) for m in range(i, j)], [g.emb.store for g in group],
+                       np.concatenate([g.words for g in group]), np.concatenate([g.pad for g in group]))
+                i = j
+                continue
+            job, step = jobs[i], path.expressions
+            for s in range(0, len(job.words), step):
+                yield [(i, 0, len(job.words[s : s + step]))], [job.emb.store], job.words[s : s + step], job.pad[s : s + step]
+            i += 1
+
+    def _postprocess(self, job: _Job, dec, r: int, n: int, thr: float, probs: bool, times: dict) -> dict:
+        """Rows [r, r+n) of a decoded batch onto the job's photo; adds the ms to times["postprocess"]."""
+        t0 = time.perf_counter()
+        out = {**self.path.postprocess(dec, r, n, job.emb.letterbox, thr, probs), "patch_probs": dec.patch[r : r + n]}
+        times["postprocess"] = times.get("postprocess", 0.0) + _ms(t0)
+        return out
+
+    def _postprocess_all(self, job: _Job, parts: list, thr: float, probs: bool, times: dict) -> tuple[dict, dict]:
+        return _concat([self._postprocess(job, dec, r, n, thr, probs, times) for dec, r, n in parts]), times
 
     def _predictions(self, emb: ImageEmbedding, texts: list[str], enc: Encoded, out: dict, times: dict, probs: bool) -> list[Prediction]:
         k = len(texts)
@@ -621,6 +658,31 @@ class _Loaded(NamedTuple):
     def texts(self) -> list[str]:
         texts = self.request[1] if isinstance(self.request, tuple) and len(self.request) == 2 else None
         return [texts] if isinstance(texts, str) else list(texts or [])
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    """A thread pool of `workers` threads for the duration (None for 0), shut down on the way out."""
+    if workers <= 0:
+        yield None
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="restr-bulk")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish(results: list[ImageResult], fill: list):
+    """Yield a batch's results once each live request's predictions are made."""
+    for result, predictions, answer in fill:
+        out, times = answer.result() if hasattr(answer, "result") else answer
+        result.predictions = predictions(out=out, times=times)
+    yield from results
+
+
+def _concat(parts: list[dict]) -> dict:
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _image_of(request):
