@@ -60,6 +60,11 @@ def _writable_file(path: str | None, option: str) -> None:
 @click.option("--queries", type=int, default=0, show_default=True, metavar="K",
               help="Also time K expressions on one image through the split graphs (batched, and one at a time) against K end-to-end runs.")
 @click.option("--query-runs", type=int, default=3, show_default=True, help="Timed rounds of the --queries comparison.")
+@click.option("--bulk", type=int, default=0, show_default=True, metavar="N",
+              help="Also time N photo files (JPEG, --photo-size) through predict_many against a loop of predict_image, "
+                   "one expression each, in images per second (export folders with the split graphs).")
+@click.option("--bulk-runs", type=int, default=3, show_default=True, help="Rounds of the --bulk comparison.")
+@click.option("--bulk-workers", type=int, default=2, show_default=True, help="predict_many's worker threads in --bulk.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op and PyTorch threads. Default: every CPU this process may use.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Export folders: the FP32 graphs or the mixed-precision FP16 ones (TensorRT engines are FP16).")
@@ -78,14 +83,16 @@ def _writable_file(path: str | None, option: str) -> None:
               help="Also run each ONNX engine N times under ONNX Runtime's profiler and print kernel time per op type.")
 @click.option("--import-runs", type=int, default=5, show_default=True, help="Fresh interpreters timing `import restr.runtime` (0: skip).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, threads, precision, backend,
-         providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs, no_progress) -> None:
+def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, bulk, bulk_runs, bulk_workers,
+         threads, precision, backend, providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs,
+         no_progress) -> None:
     """Benchmark ReSTR.
 
     \b
     restr-bench --macs                                 paper comparison table
     restr-bench --macs --json macs.json                the same rows as JSON
     restr-bench --engine runs/b16_320 --queries 8      latency, throughput, peak share, multi-query
+    restr-bench --engine runs/demo/export --bulk 200   many photos: predict_many against a loop
     restr-bench --engine a.onnx --engine model.pt      two engines, interleaved, with ratios
 
     For each engine: batch-1 latency of the model alone and end to end (pre-processing, model and
@@ -101,10 +108,14 @@ def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, through
     _writable_file(json_path, "--json")
     macs_rows = None
     if engines:
+        for name, value, least in (("--bulk", bulk, 0), ("--bulk-runs", bulk_runs, 1), ("--bulk-workers", bulk_workers, 0)):
+            if value < least:
+                _fail(f"{name} must be at least {least}, got {value}")
         settings, load_options = _engine_settings(
             engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, threads, precision, backend,
             providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs, no_progress,
         )
+        settings.bulk, settings.bulk_runs, settings.bulk_workers = bulk, bulk_runs, bulk_workers
     if macs:
         from restr.benchmarks.macs import format_comparison, paper_comparison, rows_as_json
         from restr.benchmarks.report import write_json

@@ -14,6 +14,8 @@ Phases, in order:
 4. `--queries K`: rounds of, per engine, one expression through the split graphs; K expressions
    batched (the Predictor's default: vision once, language and fusion-decoder on K at once); K
    one at a time on one image embedding; and K end-to-end runs.
+5. `--bulk N`: rounds of, per export folder, N photo files through `predict_many` and through a
+   loop of `predict_image`, in images per second (benchmarks/bulk.py).
 
 Everything is milliseconds of wall clock (`time.perf_counter`) on the CPU. For a TensorRT engine
 the model alone is its compute between CUDA events, with the host-device copies reported apart.
@@ -70,6 +72,9 @@ class Settings:
     photo: str | None = None  # an image file for the end-to-end runs (decoded every run); None: synthetic
     photo_size: tuple[int, int] = (640, 480)  # (width, height) of the synthetic photo
     op_profile: int = 0  # runs under ONNX Runtime's profiler, per ONNX engine (0: off)
+    bulk: int = 0  # photo files through predict_many against a loop of predict_image (0: off)
+    bulk_runs: int = 3  # rounds of the bulk comparison
+    bulk_workers: int = 2  # predict_many's worker threads
     progress: bool = True
 
 
@@ -87,7 +92,8 @@ class EngineRun:
     d2h: list[float] = field(default_factory=list)
     batches: dict[int, list[float]] = field(default_factory=dict)
     queries: dict[str, list[float]] = field(default_factory=dict)
-    split: object = None  # the split-graph Predictor for --queries
+    split: object = None  # the split-graph Predictor for --queries and --bulk
+    bulk: object = None  # BulkRuns
     feeds: dict = field(default_factory=dict)  # batch -> generated inputs
     gpu_phases: bool = False  # GPU: the runner times h2d / compute / d2h with CUDA events
     op_profile: dict | None = None
@@ -187,14 +193,14 @@ class Bench:
             from restr.benchmarks.gpu import device_memory_used_mb
 
             e.load["gpu_memory_used_mb"] = device_memory_used_mb(gpu_device)
-        if self.s.queries and target.split is not None:
+        if (self.s.queries or self.s.bulk) and target.split is not None:
             reset_peak_rss()
             rss1 = rss_mb()
             t0 = time.perf_counter()
             e.split = target.split()
             e.load["split_load_ms"] = (time.perf_counter() - t0) * 1000.0
             for _ in range(max(1, self.s.warmup)):
-                e.split.predict_image(self.photo, expressions(self.s.queries))
+                e.split.predict_image(self.photo, expressions(max(1, self.s.queries)))
             e.load["split_peak_memory_mb"] = peak_rss_mb() - rss1
         return e
 
@@ -250,6 +256,8 @@ class Bench:
                 self._rounds(s.throughput_runs, f"batch {b}", lambda e, b=b: e.batches.setdefault(b, []).append(self.model_once(e, b)), gemm=False)
             if s.queries and any(e.split is not None for e in self.engines):
                 self._rounds(s.query_runs, f"{s.queries} queries", lambda e: e.split is not None and self.queries_once(e), gemm=self.gemm is not None)
+            if s.bulk and any(e.split is not None for e in self.engines):
+                self.bulk_rounds()
             if s.op_profile:
                 self.profile_ops()
             env["loadavg_end"] = list(os.getloadavg())
@@ -277,6 +285,23 @@ class Bench:
             "results": results,
             "ratios": ratios(results),
         }
+
+    def bulk_rounds(self) -> None:
+        from restr.benchmarks.bulk import BulkRuns, PhotoFolder
+
+        photos = PhotoFolder(self.s.bulk, self.s.photo_size)
+        try:
+            n = [0]
+
+            def bulk_once(e: EngineRun) -> None:
+                if e.split is not None:
+                    e.bulk = e.bulk or BulkRuns()
+                    e.bulk.round(e.split, photos.paths, bulk_first=n[0] % 2 == 0, workers=self.s.bulk_workers)
+                    n[0] += 1
+
+            self._rounds(self.s.bulk_runs, f"bulk {self.s.bulk}", bulk_once, gemm=False)
+        finally:
+            photos.close()
 
     def profile_ops(self) -> None:
         """Per-operator-type kernel times of each ONNX Runtime engine (a separate profiled session)."""
@@ -362,6 +387,8 @@ class Bench:
             out["copies_ms"] = {"h2d": summarize(e.h2d), "d2h": summarize(e.d2h)}
         if s.queries:
             out.update(query_result(e, s.queries))
+        if s.bulk:
+            out["bulk"] = e.bulk.result(s.bulk, s.bulk_workers) if e.bulk else {"images": s.bulk, "skipped": "no split graphs"}
         return out
 
 
@@ -447,6 +474,13 @@ THROUGHPUT_LEGEND = """note: the batch-1 row here and "model ms" above time the 
   The gap between the two is what that company costs a model run."""
 
 
+def _spread(s: dict, fmt: str = "{:.1f}") -> str | None:
+    """'median (min-max)' of a summarize() dict."""
+    if not s or s.get("median") is None:
+        return None
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
+
+
 def format_report(doc: dict) -> str:
     """Tables for people: environment, latency, throughput, queries, ratios."""
     from restr.benchmarks.report import format_table
@@ -509,6 +543,21 @@ def format_report(doc: dict) -> str:
         text += "\n\n" + format_table(
             ["engine", "K", "K x e2e ms", "split 1 ms", "split K batched", "split K one by one", "ratio batched", "ratio one by one"],
             qrows, title="K expressions on one image: each expression after the first, as a share of one end-to-end run",
+        )
+    bulk = [r for r in results if "bulk" in r]
+    if bulk:
+        brows = []
+        for r in bulk:
+            b = r["bulk"]
+            if "skipped" in b:
+                brows.append([r["label"], b["images"], None, None, f"skipped: {b['skipped']}"])
+                continue
+            brows.append([r["label"], b["images"], _spread(b["loop_images_per_s"]), _spread(b["bulk_images_per_s"]),
+                          _spread(b["speedup"], "{:.2f}x")])
+        text += "\n\n" + format_table(
+            ["engine", "photos", "loop images/s", "bulk images/s", "bulk / loop"], brows,
+            title=f"many photos, one expression each: predict_many ({bulk[0]['bulk'].get('workers', '-')} workers) against a loop of "
+                  f"predict_image; median (min-max) over {doc['settings'].get('bulk_runs')} rounds, each round both ways on the same files",
         )
     if doc["ratios"]:
         rrows = [[Path(r["engine"]).name, _f(r["model_ms"], "{:.2f}x"), _f(r["end_to_end_ms"], "{:.2f}x"), _f(r["cold_start_ms"], "{:.2f}x"),

@@ -132,6 +132,7 @@ def bad_path(kind: str, d):
         ("engine", [], "TensorRT"),
         ("missing", ["--queries", "1"], "--queries K needs K >= 2"),
         ("missing", ["--batch-sizes", "1,x"], "--batch-sizes"),
+        ("empty-folder", ["--bulk", "-1"], "--bulk must be at least 0"),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(tmp_path, kind, extra, message):
@@ -252,3 +253,39 @@ def test_gpu_bench_script_runs_small_on_a_cpu(tmp_path):
     if lib.exists():
         cpp = json.loads((tmp_path / "gb" / "cpp.json").read_text())
         assert cpp["parity"]["masks_identical"] and cpp["precision"] == "fp16" and cpp["cpp_total_ms"]["n"] == 20
+
+
+def test_bulk_rows_time_both_ways_on_the_same_photos(tiny, tmp_path, monkeypatch):
+    """--bulk: one sample of each way per round, the speedup the per-round ratio bulk / loop, and
+    both ways really segmenting every photo (a bulk run that dropped images would look fast)."""
+    from restr.runtime import Predictor
+
+    calls = {"loop": 0, "bulk": 0}
+    predict_image, predict_many = Predictor.predict_image, Predictor.predict_many
+
+    def count_image(self, *a, **k):
+        calls["loop"] += 1
+        return predict_image(self, *a, **k)
+
+    def count_many(self, requests, **k):
+        for r in predict_many(self, requests, **k):
+            calls["bulk"] += len(r.predictions)
+            yield r
+
+    monkeypatch.setattr(Predictor, "predict_image", count_image)
+    monkeypatch.setattr(Predictor, "predict_many", count_many)
+    out = tmp_path / "r.json"
+    res = bench("--engine", str(tiny.export), "--bulk", "5", "--bulk-runs", "2", "--json", str(out))
+    assert res.exit_code == 0, res.output
+    b = json.loads(out.read_text())["results"][0]["bulk"]
+    assert b["images"] == 5 and b["loop_images_per_s"]["n"] == b["bulk_images_per_s"]["n"] == b["speedup"]["n"] == 2
+    assert calls["bulk"] == 10 and calls["loop"] >= 10
+    assert "bulk / loop" in res.output
+
+
+def test_bulk_speedup_is_the_ratio_within_each_round():
+    from restr.benchmarks.bulk import BulkRuns
+
+    r = BulkRuns(loop=[10.0, 20.0, 5.0], bulk=[30.0, 20.0, 20.0]).result(images=7, workers=2)
+    assert (r["speedup"]["min"], r["speedup"]["median"], r["speedup"]["max"]) == (1.0, 3.0, 4.0)
+    assert r["loop_images_per_s"]["median"] == 10.0 and r["bulk_images_per_s"]["median"] == 20.0
