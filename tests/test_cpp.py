@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -165,6 +167,30 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     assert a["expressions"][-1]["mask"] == "8_a-b-i-stanbul-nave-x.png"
     assert a["sheet"] == b["sheet"] == "sheet.png"  # its layout is restr-predict's; the caption font is not
     assert Image.open(tmp_path / "cpp" / "sheet.png").size == Image.open(tmp_path / "py" / "sheet.png").size
+
+
+@pytest.mark.parametrize("sig, out_exists", [(signal.SIGTERM, False), (signal.SIGHUP, True)])
+def test_cli_ended_by_a_signal_leaves_nothing_half_written(build, tiny, tmp_path, sig, out_exists):
+    """A signal while the outputs are being written (the staging folder holds a file): the CLI removes
+    its staging folder, and --out if it made it, then dies of the signal."""
+    image, out = tmp_path / "big.png", tmp_path / "out"
+    photo(1600, 1200, seed=2).save(image, compress_level=1)
+    if out_exists:
+        out.mkdir()
+    texts = [a for k in range(4) for a in ("--text", f"the red dog {k}")]
+    run = subprocess.Popen([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), *texts,
+                            "--overlay", "--sheet", "--out", str(out), "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def writing() -> bool:  # a staging folder holds a file
+        try:
+            return any(os.listdir(d) for d in out.glob(".restr-predict-cpp-*"))
+        except OSError:
+            return False
+
+    while run.poll() is None and not writing():
+        time.sleep(0.002)
+    run.send_signal(sig)
+    assert run.wait(timeout=60) == -sig, "the run ended before its outputs were written"
+    assert (out.is_dir() and not any(out.iterdir())) if out_exists else not out.exists()
 
 
 # Photo sizes for --sheet: the four where Debian's stb_image_resize 0.97 aborted the CLI (its weights

@@ -56,6 +56,15 @@ expect 2 "is a folder, expected a file name" --artifacts "$EXPORT" --image "$IMG
 expect 2 "the folder holds files" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out"
 expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/out" --force
 for f in 2_the-man-on-the-left.png 1_the-red-dog_overlay.png sheet.png; do [ ! -e "$S/out/$f" ] || no "--force left the previous run's $f"; done
+# staging folders of runs that died without cleaning up (their pid is gone), this CLI's and
+# restr-predict's, are removed and are no files; a live run's is left alone and counts as files
+mkdir -p "$S/stale/.restr-predict-cpp-99999999-AbC123" "$S/stale/.restr-predict-99999999-x_Y9" "$S/live/.restr-predict-cpp-$$-AbC123"
+printf 'half a PNG' > "$S/stale/.restr-predict-cpp-99999999-AbC123/1_dog.png"
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/stale" --threads 1
+[ "$(ls -A "$S/stale" | tr '\n' ' ')" = "1_dog.png summary.json " ] || no "stale staging folders left: $(ls -A "$S/stale")"
+expect 2 "the folder holds files" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/live"
+expect 0 "" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/live" --force --threads 1
+[ -d "$S/live/.restr-predict-cpp-$$-AbC123" ] || no "--force removed a live run's staging folder"
 expect 2 "no such folder" --artifacts "$S/missing" --image "$IMG" --text "dog" --out "$S/o2"
 expect 2 "no such file" --artifacts "$EXPORT" --image "$S/missing.png" --text "dog" --out "$S/o2"
 printf 'not an image' > "$S/bad.png"

@@ -1,7 +1,8 @@
 // restr-predict-cpp: restr-predict's arguments and outputs (mask PNGs, overlays, summary.json with
 // the same keys) from the C++ host. Everything is computed before anything is written; files go
-// to a temporary folder inside --out and are moved into place. Failures are one line on stderr:
-// exit code 2 for bad input and runtime failures, 3 for an internal error.
+// to a staging folder inside --out and are moved into place (staging.hpp: signals, stale folders).
+// Failures are one line on stderr: exit code 2 for bad input and runtime failures, 3 for an
+// internal error.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <nlohmann/json.hpp>
 #include <restr/restr_runtime.hpp>
@@ -23,6 +25,7 @@
 #include "error.hpp"
 #include "image_io.hpp"
 #include "sheet.hpp"
+#include "staging.hpp"
 #include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
 
 namespace fs = std::filesystem;
@@ -161,6 +164,7 @@ void check_outputs(const Args& a) {
   fs::path probe = fs::absolute(out);
   while (!fs::exists(probe) && probe != probe.parent_path()) probe = probe.parent_path();
   if (access(probe.c_str(), W_OK) != 0) throw UsageError("--out: " + probe.string() + " is not writable");
+  if (fs::is_directory(out)) restr_cli::remove_stale_staging(out);  // a dead run's are no files; a live run's are
   if (fs::is_directory(out) && !fs::is_empty(out) && !a.force)
     throw UsageError("--out " + a.out + ": the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder");
   if (a.has_json && a.json_path != "-") {  // as restr-predict: not a folder; its folder may be made later
@@ -185,6 +189,7 @@ void write_json_file(const fs::path& path, const std::string& text) {
   if (path.has_parent_path()) fs::create_directories(path.parent_path());
   fs::path tmp = path;
   tmp += ".tmp-" + std::to_string(getpid());
+  restr_cli::Cleanup cleanup({tmp}, {});  // a fatal signal removes it (renamed, it is no longer there)
   try {
     write_text(tmp, text);
     fs::rename(tmp, path);
@@ -413,22 +418,29 @@ int run(const Args& a) {
   fs::path out(a.out);
   const bool created = !fs::exists(out);
   fs::create_directories(out);
-  char tmpl[4096];
-  std::snprintf(tmpl, sizeof tmpl, "%s/.%s-XXXXXX", out.c_str(), kProg);
-  if (!mkdtemp(tmpl)) throw restr_cli::FileError(out.string() + ": cannot create a temporary folder");
-  fs::path tmp(tmpl);
+  std::vector<std::string> files;  // what the staging folder will hold
+  for (size_t i = 0; i < k; ++i) {
+    files.push_back(names[i] + ".png");
+    if (a.overlay) files.push_back(names[i] + "_overlay.png");
+  }
+  if (a.sheet) files.push_back("sheet.png");
+  files.push_back("summary.json");  // last: its presence means the rest is complete
+  fs::path tmp;
+  std::optional<restr_cli::Cleanup> cleanup;
+  {
+    restr_cli::HoldSignals hold;  // no moment with the folder made and its cleanup not armed
+    tmp = restr_cli::make_staging_folder(out);
+    std::vector<std::string> paths;
+    for (const auto& f : files) paths.push_back(tmp / f);
+    cleanup.emplace(paths, created ? std::vector<std::string>{tmp, out} : std::vector<std::string>{tmp});
+  }
   try {
-    std::vector<std::string> files;
     for (size_t i = 0; i < k; ++i) {
       restr::Prediction p = res[i];
       std::vector<uint8_t> grey(size_t(p.height * p.width));
       for (size_t j = 0; j < grey.size(); ++j) grey[j] = p.mask[j] ? 255 : 0;
       restr_cli::write_png(tmp / (names[i] + ".png"), grey.data(), int(p.width), int(p.height), 1);
-      files.push_back(names[i] + ".png");
-      if (a.overlay) {
-        restr_cli::write_png(tmp / (names[i] + "_overlay.png"), restr_cli::overlay(image, p.mask).data(), image.width, image.height, 3);
-        files.push_back(names[i] + "_overlay.png");
-      }
+      if (a.overlay) restr_cli::write_png(tmp / (names[i] + "_overlay.png"), restr_cli::overlay(image, p.mask).data(), image.width, image.height, 3);
     }
     if (a.sheet) {
       std::vector<const uint8_t*> masks;
@@ -442,18 +454,18 @@ int run(const Args& a) {
       }
       restr_cli::Image s = restr_cli::contact_sheet(image, masks, captions);
       restr_cli::write_png(tmp / "sheet.png", s.rgb.data(), s.width, s.height, 3);
-      files.push_back("sheet.png");
     }
     write_text(tmp / "summary.json", dump(summary) + "\n");
+    restr_cli::HoldSignals hold;  // the outputs move in whole; a signal meanwhile is handled after
     remove_previous(out);
-    files.push_back("summary.json");  // last: its presence means the rest is complete
     for (const auto& f : files) fs::rename(tmp / f, out / f);
+    fs::remove_all(tmp);
+    cleanup.reset();
   } catch (...) {
     fs::remove_all(tmp);
     if (created) fs::remove_all(out);
     throw;
   }
-  fs::remove_all(tmp);
   if (a.has_json && a.json_path != "-") write_json_file(a.json_path, dump(summary) + "\n");
   if (a.has_json && a.json_path == "-") {
     std::cout << dump(summary) << "\n";
@@ -466,6 +478,7 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  restr_cli::handle_fatal_signals();
   try {
     return run(parse(argc, argv));
   } catch (const UsageError& e) {
