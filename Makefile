@@ -45,17 +45,22 @@ test-slow: install serve-env cpp-build
 clean-demo:
 	rm -rf runs/demo
 
-# Installs only the packages that are missing (apt lists are refreshed only if that fails).
+# Installs only the packages that are missing (apt lists are refreshed only if that fails); apt's
+# own output is shown only when it fails.
 cpp-apt:
 	@missing=$$(for p in $(CPP_APT); do dpkg -s $$p > /dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get install -y -q $$missing || { apt-get update -q && apt-get install -y -q $$missing; }; fi
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; log=$$(mktemp); \
+		{ apt-get install -y -q $$missing || { apt-get update -q && apt-get install -y -q $$missing; }; } > $$log 2>&1 \
+			|| { cat $$log; rm -f $$log; exit 1; }; rm -f $$log; \
+	fi
 
 cpp-deps: cpp-apt
 	@runtime/cpp/scripts/fetch-deps.sh $(CPP_DEPS) $(PYTHON) > /dev/null
 
 cpp-build: cpp-deps
 	@cmake -S runtime/cpp -B $(CPP_BUILD) $(CPP_CMAKE_ARGS) > /dev/null
-	cmake --build $(CPP_BUILD) -j2
+	cmake --build $(CPP_BUILD) -j2 -- --no-print-directory
 
 # A binary package for machines without the build's Debian packages (runtime/cpp/README.md).
 cpp-dist: cpp-build
@@ -68,7 +73,7 @@ cpp-export:
 cpp-test: cpp-build cpp-export
 	cd $(CPP_BUILD) && ctest --output-on-failure
 	@cmake -S runtime/cpp -B $(CPP_ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRESTR_SANITIZE=ON $(CPP_CMAKE_ARGS) > /dev/null
-	cmake --build $(CPP_ASAN_BUILD) -j2
+	cmake --build $(CPP_ASAN_BUILD) -j2 -- --no-print-directory
 	cd $(CPP_ASAN_BUILD) && ctest --output-on-failure
 	RESTR_CPP_BUILD=$(abspath $(CPP_BUILD)) $(PYTHON) -m pytest tests/test_cpp.py $(PYTEST_ARGS)
 

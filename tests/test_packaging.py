@@ -51,3 +51,43 @@ def test_cuda_python_floor_has_cuda_bindings():
     req = resolve(("gpu",))["cuda-python"]
     floors = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
     assert floors and min(floors) >= Version("12.6"), str(req)
+
+
+# -- what `make` prints: what a user needs, not the tools' chatter -----------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_apt(tmp_path: Path, rc: int) -> dict:
+    """An apt-get on PATH that prints like apt (many lines) and exits `rc`."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    apt = bin_dir / "apt-get"
+    apt.write_text("#!/bin/sh\nfor i in $(seq 60); do echo \"Get:$i http://deb.example/ pkg $i\"; done\nexit %d\n" % rc)
+    apt.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_cpp_apt_prints_one_line_unless_apt_fails(tmp_path):
+    import subprocess
+
+    missing = "restr-no-such-package"
+    ok = subprocess.run(["make", "-s", "cpp-apt", f"CPP_APT={missing}"], cwd=ROOT, env=_fake_apt(tmp_path, 0), capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"installing Debian packages: {missing}" and "Get:" not in ok.stdout + ok.stderr
+    failed = subprocess.run(["make", "-s", "cpp-apt", f"CPP_APT={missing}"], cwd=ROOT, env=_fake_apt(tmp_path / "f", 100), capture_output=True, text=True)
+    assert failed.returncode != 0 and "Get:60" in failed.stdout  # apt's own words, when they matter
+
+
+def test_cpp_build_prints_no_make_directory_chatter():
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if not (ROOT / "build" / "cpp" / "CMakeCache.txt").is_file() or shutil.which("cmake") is None:
+        pytest.skip("the C++ host is not built here (make cpp-build)")
+    done = subprocess.run(["make", "cpp-build"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Entering directory" not in done.stdout and "Leaving directory" not in done.stdout
