@@ -118,6 +118,36 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
         _fail(f"internal error ({type(e).__name__}: {_first_line(e)}); please report it", EXIT_INTERNAL)
 
 
+def check_texts(texts) -> None:
+    """Refuse no expression, or one without words (TextError), before any work."""
+    if not texts:
+        raise TextError("no expression given")
+    for i, t in enumerate(texts):
+        if not split_words(t):
+            raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
+
+
+def _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size: int):
+    """The local predictor, or the server's stand-in (--server); and the seconds loading took."""
+    t0 = time.perf_counter()
+    if server is not None:  # same outputs, computed by the server
+        from restr.runtime.client import RemotePredictor
+
+        return RemotePredictor(server, threshold=threshold), time.perf_counter() - t0
+    with warnings.catch_warnings(record=True) as caught:  # a provider this build lacks: one line, as the others
+        warnings.simplefilter("always", RuntimeWarning)
+        predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
+                                             threshold=threshold, cache_size=cache_size)
+    said = set()
+    for w in caught:
+        if not issubclass(w.category, RuntimeWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif str(w.message) not in said:  # once, not once per runner
+            said.add(str(w.message))
+            click.echo(f"warning: {w.message}", err=True)
+    return predictor, time.perf_counter() - t0
+
+
 def _list_words(artifacts: Path) -> None:
     from restr.runtime.artifacts import Artifacts
 
@@ -145,27 +175,11 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
     if missing:
         raise InputError(f"Missing option{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} (or give --list-words)")
     _check_outputs(out, force, json_path)
-    for i, t in enumerate(texts):
-        if not split_words(t):
-            raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
-    t0 = time.perf_counter()
-    if server is not None:  # same outputs, computed by the server
-        from restr.runtime.client import RemotePredictor
-
-        predictor, artifacts = RemotePredictor(server, threshold=threshold), server
-    else:
-        with warnings.catch_warnings(record=True) as caught:  # a provider this build lacks: one line, as the others
-            warnings.simplefilter("always", RuntimeWarning)
-            predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                                 threshold=threshold, cache_size=1)
-        said = set()
-        for w in caught:
-            if not issubclass(w.category, RuntimeWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            elif str(w.message) not in said:  # once, not once per runner
-                said.add(str(w.message))
-                click.echo(f"warning: {w.message}", err=True)
-    load_ms = (time.perf_counter() - t0) * 1000
+    check_texts(texts)
+    predictor, load_s = _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size=1)
+    if server is not None:
+        artifacts = server
+    load_ms = load_s * 1000
     try:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -207,13 +221,8 @@ def _summary(predictor: Predictor, artifacts: Path, image: Path, emb, preds: lis
     k = len(preds)
     per_expr = [{n: v for n, v in p.timings.items() if n not in ("preprocess", "vision")} for p in preds]
     decode_keys = [n for n in per_expr[0] if n != "postprocess"]
-    runners = {name: getattr(r, "providers", None) or type(r).__name__ for name, r in predictor.runners.items()}
     return {
-        "artifacts": str(artifacts),
-        "model": predictor.artifacts.model_name,
-        "backend": "tensorrt" if any(type(r).__name__ == "TrtRunner" for r in predictor.runners.values()) else "ort",
-        "runners": runners,
-        "mode": predictor.mode,
+        **_describe(predictor, artifacts),
         "image": {"path": str(image), "width": w, "height": h},
         "threshold": predictor.threshold,
         "expressions": [
@@ -241,6 +250,17 @@ def _summary(predictor: Predictor, artifacts: Path, image: Path, emb, preds: lis
             "postprocess_per_expression": round(sum(t["postprocess"] for t in per_expr) / k, 3),
             "total": round((time.perf_counter() - t_start) * 1000, 3),
         },
+    }
+
+
+def _describe(predictor, artifacts) -> dict:
+    """What ran: the export (or server), its model, backend, runners and mode."""
+    return {
+        "artifacts": str(artifacts),
+        "model": predictor.artifacts.model_name,
+        "backend": "tensorrt" if any(type(r).__name__ == "TrtRunner" for r in predictor.runners.values()) else "ort",
+        "runners": {name: getattr(r, "providers", None) or type(r).__name__ for name, r in predictor.runners.items()},
+        "mode": predictor.mode,
     }
 
 
