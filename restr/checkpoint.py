@@ -115,13 +115,14 @@ def load_weights(model: ReSTR, state: dict, source: str) -> None:
 
 
 def resize_model(model: ReSTR, image_size: int) -> ReSTR:
-    """A copy of `model` for square inputs of `image_size` (position embedding resized bicubically)."""
+    """A copy of `model` for square inputs of `image_size` (the position grid resized as the config
+    says: bicubically, or bilinearly for the authors' variant; a class token's position is kept)."""
     from restr.modeling.vision_encoder import resize_pos_embed
 
     cfg = model.cfg.replace(image_size=image_size)  # validates divisibility
     new = ReSTR(cfg, model.vocab_size)
     state = dict(model.state_dict())
     g = cfg.grid
-    state["vision.pos_embed"] = resize_pos_embed(state["vision.pos_embed"], model.vision.grid, (g, g))
+    state["vision.pos_embed"] = resize_pos_embed(state["vision.pos_embed"], model.vision.grid, (g, g), cfg.pos_embed_resize)
     new.load_state_dict(state)
     return new.eval()

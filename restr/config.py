@@ -10,6 +10,16 @@ from dataclasses import dataclass
 
 FUSION_VARIANTS = ("cme", "cme-shared", "vme", "ime")
 POSITION_CODES = ("learned", "sincos")  # the vision encoder's E_pos
+# The switches where the authors' code (SouthFlame/restr) computes another function than the paper;
+# each default is restr's (paper-faithful) choice. docs/paper-to-code.md lists them one by one.
+NORM_ORDERS = ("pre", "post")  # language layers: eq. 1-2 with a final LN, or the authors' post-norm
+LANGUAGE_OUTPUTS = ("fusion", "authors")  # "authors": Linear(D_l, D) + LN in the language encoder
+PADDINGS = ("masked", "front")  # "front": the authors' front padding, no key masks, padded l zeroed
+DECODER_GATES = ("sigmoid", "logit")  # eq. 10's y_p, or the authors' raw patch logit
+PATCH_LABEL_RULES = ("mean", "sum")  # eq. 11's mean over the patch, or the authors' pixel sum
+RESIZE_MODES = ("bicubic", "bilinear")  # the position grid at another input size
+DROP_PATH_RAMPS = ("joint", "per-stack")  # the fusion encoder's drop-path schedule
+DECODER_INITS = ("he", "xavier")
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,32 @@ class ReSTRConfig:
     freeze_word_embeddings: bool = False  # the authors fine-tune GloVe
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # AugReg ViT normalisation
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # The authors' code, switch by switch (the `-authors` configs turn them all; docs/paper-to-code.md).
+    vision_class_token: bool = False  # 1: a class token through the ViT, dropped after it (eq. 6 has none)
+    layer_norm_eps: float = 1e-6  # 2: every LayerNorm's epsilon (timm's ViT; the authors' nn.LayerNorm: 1e-5)
+    language_norm: str = "pre"  # 3: "post": post-norm language layers, no final LN
+    language_output: str = "fusion"  # 4: "authors": Linear(D_l, D) + LN before the fusion's L2 and Linear(D, D)
+    padding: str = "masked"  # 5: "front": positions as if padded at the front, no key masks, padded l zeroed
+    fusion_vl_norm: bool = True  # 6: the final LN of eq. 7's Transformers (the authors have none)
+    patch_projections: bool = False  # 7: the authors' D x D projections of z_v' and e_s' before eq. 9
+    patch_logit_scale: bool = True  # 7: eq. 9's 1/sqrt(D)
+    decoder_gate: str = "sigmoid"  # 8: "logit": z_v' times the raw patch logit
+    patch_label_rule: str = "mean"  # 9: "sum": the patch's pixel sum > tau (any foreground pixel)
+    pos_embed_resize: str = "bicubic"  # 10: the position grid at another input size
+    # Where the two differ in training only (the function of given weights is the same).
+    fusion_drop_path: str = "joint"  # "per-stack": each fusion stack its own ramp (torch.linspace over its layers)
+    decoder_bias: bool = True  # the authors' decoder is 1x1 convolutions without bias
+    decoder_init: str = "he"  # "xavier": the authors' Xavier-uniform convolutions
 
     def __post_init__(self):
+        for key, allowed in (("language_norm", NORM_ORDERS), ("language_output", LANGUAGE_OUTPUTS), ("padding", PADDINGS),
+                             ("decoder_gate", DECODER_GATES), ("patch_label_rule", PATCH_LABEL_RULES),
+                             ("pos_embed_resize", RESIZE_MODES), ("fusion_drop_path", DROP_PATH_RAMPS),
+                             ("decoder_init", DECODER_INITS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if self.vision_pos_embed not in POSITION_CODES:
             raise ValueError(f"vision_pos_embed must be one of {POSITION_CODES}, got {self.vision_pos_embed!r}")
         if self.fusion_variant not in FUSION_VARIANTS:
@@ -131,11 +165,23 @@ _TINY = ReSTRConfig(
     decoder_linear_first=True,
 )
 
+# The authors' code (SouthFlame/restr at 371f102) where it computes another function than the
+# paper: with their weights (restr.authors) these compute their model to float rounding. Their
+# training script builds CME and, with --is_shared, CME-shared; VME and IME exist in their code only
+# as classes it cannot build (docs/paper-to-code.md).
+AUTHORS = dict(
+    vision_class_token=True, layer_norm_eps=1e-5, language_norm="post", language_output="authors", padding="front",
+    fusion_vl_norm=False, patch_projections=True, patch_logit_scale=False, decoder_gate="logit", patch_label_rule="sum",
+    pos_embed_resize="bilinear", fusion_drop_path="per-stack", decoder_bias=False, decoder_init="xavier",
+)
+
 CONFIGS: dict[str, ReSTRConfig] = {
     "restr-b16": _B16,
     "restr-b16-shared": _B16.replace(name="restr-b16-shared", fusion_variant="cme-shared"),
     "restr-b16-vme": _B16.replace(name="restr-b16-vme", fusion_variant="vme"),
     "restr-b16-ime": _B16.replace(name="restr-b16-ime", fusion_variant="ime"),
+    "restr-b16-authors": _B16.replace(name="restr-b16-authors", **AUTHORS),
+    "restr-b16-shared-authors": _B16.replace(name="restr-b16-shared-authors", fusion_variant="cme-shared", **AUTHORS),
     "restr-tiny": _TINY,
 }
 

@@ -297,7 +297,8 @@ def train(
             words, pad = batch["words"].to(dev), batch["pad_mask"].to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 pixel_logits, patch_logit = ddp(image, words, pad)
-            losses = restr_loss(pixel_logits.float(), patch_logit.float(), mask, cfg.patch_size, cfg.patch_threshold, cfg.patch_loss_weight)
+            losses = restr_loss(pixel_logits.float(), patch_logit.float(), mask, cfg.patch_size, cfg.patch_threshold, cfg.patch_loss_weight,
+                                cfg.patch_label_rule)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None

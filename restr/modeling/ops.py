@@ -56,5 +56,7 @@ def _onnx_dtype(x) -> int:
 def channel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`linear` over the channels of x: (B, C_in, h, w) -> (B, C_out, h, w)."""
     c, h, w = (int(s) for s in x.shape[1:])
-    y = torch.matmul(linear.weight, x.reshape(-1, c, h * w)) + linear.bias[:, None]
+    y = torch.matmul(linear.weight, x.reshape(-1, c, h * w))
+    if linear.bias is not None:
+        y = y + linear.bias[:, None]
     return y.reshape(-1, linear.out_features, h, w)

@@ -9,6 +9,11 @@
 
 The three stages are also exposed on their own (`encode_image`, `encode_text`, `decode`): the export
 writes them as separate graphs so a service encodes an image once and asks many expressions.
+
+The `-authors` configs turn the switches where the authors' code computes another function
+(docs/paper-to-code.md): a class token in the ViT, LN epsilon 1e-5, post-norm language layers with
+Linear + LN after them, front-padded positions without key masks, no LN after eq. 7, P_patch and
+P_cls before an unscaled eq. 9, the raw logit as eq. 10's gate, eq. 11's label on the pixel sum.
 """
 from __future__ import annotations
 
@@ -27,17 +32,24 @@ class ReSTR(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.vision = VisionEncoder(cfg.vision, cfg.image_size, cfg.patch_size, cfg.vision_pos_embed)
-        self.language = LanguageEncoder(cfg.language, vocab_size, cfg.max_words, cfg.freeze_word_embeddings)
-        self.fusion = FusionEncoder(cfg.fusion, cfg.vision.width, cfg.language.width, cfg.fusion_variant)
+        eps, authors_output = cfg.layer_norm_eps, cfg.language_output == "authors"
+        self.vision = VisionEncoder(cfg.vision, cfg.image_size, cfg.patch_size, cfg.vision_pos_embed, cfg.vision_class_token, eps,
+                                    cfg.pos_embed_resize)
+        self.language = LanguageEncoder(cfg.language, vocab_size, cfg.max_words, cfg.freeze_word_embeddings, eps,
+                                        post_norm=cfg.language_norm == "post", output_width=cfg.fusion.width if authors_output else None,
+                                        front_padding=cfg.padding == "front")
+        self.fusion = FusionEncoder(cfg.fusion, cfg.vision.width, cfg.fusion.width if authors_output else cfg.language.width,
+                                    cfg.fusion_variant, eps, mask_padding=cfg.padding == "masked", zero_padding=cfg.padding == "front",
+                                    vl_norm=cfg.fusion_vl_norm, patch_projections=cfg.patch_projections,
+                                    drop_path_ramp=cfg.fusion_drop_path)
         self.decoder = CoarseToFineDecoder(
-            cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope, cfg.decoder_linear_first
+            cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope, cfg.decoder_linear_first, cfg.decoder_gate, cfg.decoder_bias
         )
         for encoder in (self.vision, self.language, self.fusion):
             encoder.apply(_init_transformer)
         for proj in (self.fusion.vision_proj, self.fusion.language_proj):
             _init_projection(proj, cfg.fusion_projection_std)
-        self.decoder.apply(lambda m: _init_decoder(m, cfg.decoder_activation_slope))
+        self.decoder.apply(lambda m: _init_decoder(m, cfg.decoder_activation_slope, cfg.decoder_init))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """image: (B, 3, H, W) normalised -> projected visual features v: (B, N_v, D)."""
@@ -56,7 +68,7 @@ class ReSTR(nn.Module):
         patch logits (B, N_v).
         """
         z_v_fused, classifier = self.fusion(v, l, pad_mask)
-        y_p = patch_logits(z_v_fused, classifier)
+        y_p = patch_logits(z_v_fused, classifier, self.cfg.patch_logit_scale)
         return self.decoder(v, z_v_fused, y_p, grid), y_p
 
     def forward(
@@ -94,9 +106,14 @@ def _init_projection(m: nn.Linear, std: float) -> None:
     nn.init.zeros_(m.bias)
 
 
-def _init_decoder(m: nn.Module, slope: float) -> None:
+def _init_decoder(m: nn.Module, slope: float, kind: str = "he") -> None:
     # The decoder is a plain stack of linear + LeakyReLU with no normalisation: std-0.02 weights
     # would shrink the signal ~5x per block and stall training, so He initialisation keeps its scale.
+    # "xavier": the authors' Xavier-uniform 1x1 convolutions (the same fans as these linears).
     if isinstance(m, nn.Linear):
-        nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu")
-        nn.init.zeros_(m.bias)
+        if kind == "xavier":
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

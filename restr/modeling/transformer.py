@@ -51,19 +51,27 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm transformer layer, eq. 1-2, with stochastic depth `drop_path` on both branches."""
+    """Pre-norm transformer layer, eq. 1-2, with stochastic depth `drop_path` on both branches.
 
-    def __init__(self, width: int, heads: int, mlp_width: int, drop_path: float = 0.0):
+    `post_norm`: the authors' language layers instead, z = LN(z + MSA(z)); z = LN(z + MLP(z)).
+    """
+
+    def __init__(self, width: int, heads: int, mlp_width: int, drop_path: float = 0.0, eps: float = 1e-6,
+                 post_norm: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.norm1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, mlp_width)
         # Identity at rate 0: the exported graphs and the RNG stream of models without it are unchanged.
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.post_norm = post_norm
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, N, D) -> (B, N, D); mask: a `key_mask` operand."""
+        if self.post_norm:
+            z = self.norm1(z + self.drop_path(self.attn(z, mask)))
+            return self.norm2(z + self.drop_path(self.mlp(z)))
         z = z + self.drop_path(self.attn(self.norm1(z), mask))  # eq. 1
         return z + self.drop_path(self.mlp(self.norm2(z)))  # eq. 2
 
@@ -73,10 +81,12 @@ class Transformers(nn.Module):
 
     With `share_weights` one layer is applied `depth` times (the paper's CME' variant).
     `drop_path`: each layer's stochastic-depth rate (default: 0 rising to `cfg.drop_path` over the
-    stack); a shared layer takes their mean.
+    stack); a shared layer takes their mean. `eps`, `post_norm` and `final_norm=False` are the
+    authors' switches (`ReSTRConfig.layer_norm_eps`, `language_norm`, `fusion_vl_norm`).
     """
 
-    def __init__(self, cfg: EncoderConfig, depth: int | None = None, share_weights: bool = False, drop_path: list[float] | None = None):
+    def __init__(self, cfg: EncoderConfig, depth: int | None = None, share_weights: bool = False, drop_path: list[float] | None = None,
+                 eps: float = 1e-6, post_norm: bool = False, final_norm: bool = True):
         super().__init__()
         self.depth = cfg.depth if depth is None else depth
         rates = drop_path_rates(cfg.drop_path, self.depth) if drop_path is None else list(drop_path)
@@ -84,8 +94,8 @@ class Transformers(nn.Module):
             raise ValueError(f"{len(rates)} drop-path rates for {self.depth} layers")
         if share_weights:
             rates = [sum(rates) / max(1, len(rates))]
-        self.blocks = nn.ModuleList(TransformerLayer(cfg.width, cfg.heads, cfg.mlp_width, rate) for rate in rates)
-        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.blocks = nn.ModuleList(TransformerLayer(cfg.width, cfg.heads, cfg.mlp_width, rate, eps, post_norm) for rate in rates)
+        self.norm = nn.LayerNorm(cfg.width, eps=eps) if final_norm else None
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """z: (B, N, D); mask: which keys may be attended, a `key_mask(pad_mask)` operand (made once
@@ -93,4 +103,4 @@ class Transformers(nn.Module):
         mask = layer_mask(mask)
         for i in range(self.depth):
             z = self.blocks[i % len(self.blocks)](z, mask)
-        return self.norm(z)
+        return z if self.norm is None else self.norm(z)
