@@ -89,8 +89,8 @@ def test_end_to_end_export_matches_the_python_predictor(build, tiny, tmp_path):
         assert abs(g["score"] - w.score) <= ATOL and g["area"] == w.area
 
 
-@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
-def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
+def _tiny_export(folder: Path, seed: int = 0, precisions: tuple[str, ...] = ("fp32",)) -> Path:
+    """The test export (`make_tiny_export`'s) with weights of another `seed` or more precisions."""
     import torch
 
     from restr.export.pipeline import ExportOptions, Source, export_artifacts
@@ -99,10 +99,15 @@ def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
 
     torch.set_num_threads(1)
     vocab = Vocabulary(WORDS)
-    folder = tmp_path / "fp16"
-    export_artifacts(Source(make_tiny_model(vocab), vocab, {}, None, False), folder,
-                     ExportOptions(max_batch=4, precisions=("fp32", "fp16"), engine=False, verify=False, progress=False, threads=1),
+    export_artifacts(Source(make_tiny_model(vocab, seed=seed), vocab, {}, None, False), folder,
+                     ExportOptions(max_batch=4, precisions=precisions, engine=False, verify=False, progress=False, threads=1),
                      log=lambda _: None)
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
+def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
+    folder = _tiny_export(tmp_path / "fp16", precisions=("fp32", "fp16"))
     rgb = np.asarray(photo(100, 60, seed=4))
     want = Predictor.from_artifacts(folder, precision="fp16", threads=1, cache_size=0).predict_image(rgb, TEXTS)
     fp32 = Predictor.from_artifacts(folder, threads=1, cache_size=0).predict_image(rgb, TEXTS)
@@ -113,6 +118,45 @@ def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
     for g, w in zip(got, want):
         assert np.array_equal(g["mask"], w.mask) and np.abs(g["probs"] - w.probs).max() <= ATOL
         assert abs(g["score"] - w.score) <= ATOL
+
+
+def test_library_refuses_an_embedding_from_another_export(build, tiny, tmp_path):
+    """Two exports of one architecture with other weights: an image embedded by one and asked about
+    with the other is refused in restr.runtime's words (it gave a wrong mask and RESTR_OK); a second
+    predictor of the same export takes the embedding."""
+    import ctypes
+
+    from restr.runtime.predictor import EmbeddingError
+
+    other = _tiny_export(tmp_path / "other", seed=1)
+    rgb = np.ascontiguousarray(photo(80, 56, seed=1))
+    h, w = rgb.shape[:2]
+    ours, theirs, same = (CppHost(build / "librestr_runtime.so", folder, threads=1) for folder in (tiny, other, tiny))
+    lib = ours.lib
+    embeddings = []
+
+    def ask(predictor: CppHost, by: CppHost) -> tuple[int, str]:
+        """restr_predict on `predictor` with an image embedded by `by`: the status and last error."""
+        emb, res = ctypes.c_void_p(), ctypes.c_void_p()
+        by._ok(lib.restr_embed(by.p, rgb.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(h), ctypes.c_int64(w), ctypes.c_int64(3 * w), ctypes.byref(emb)))
+        embeddings.append(emb)
+        status = lib.restr_predict(predictor.p, emb, (ctypes.c_char_p * 1)(b"the red dog"), ctypes.c_size_t(1), ctypes.c_float(-1), 0, ctypes.byref(res))
+        lib.restr_result_free(res)
+        return status, lib.restr_last_error().decode() if status else ""
+
+    try:
+        refused, taken = ask(ours, by=theirs), ask(ours, by=same)
+    finally:
+        for emb in embeddings:
+            lib.restr_embedding_free(emb)
+        for host in (ours, theirs, same):
+            host.close()
+    with pytest.raises(EmbeddingError) as python:
+        Predictor.from_artifacts(tiny, threads=1).predict_embedding(Predictor.from_artifacts(other, threads=1).embed(rgb), "the red dog")
+    sha = {f: json.loads((f / "manifest.json").read_text())["graphs"]["vision"]["sha256"][:12] for f in (tiny, other)}
+    assert refused == (1, f"this image embedding was made by another export (its vision graph has sha256 {sha[other]}..., "
+                          f"this predictor's {sha[tiny]}...): embed the image again with this predictor") == (1, str(python.value))
+    assert taken == (0, "")
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

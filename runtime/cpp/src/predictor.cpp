@@ -60,6 +60,7 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
   } else {
     end_to_end_ = load(graph_key("end_to_end", p), {"image", "words", "pad_mask"}, {"pixel_probs", "patch_probs"}, c);
   }
+  image_graph_ = graph_key(mode_ == "split" ? "vision" : "end_to_end", p);
   const int64_t S = art_.image_size;
   features_shape_ = {1, 3, S, S};
   if (mode_ == "split")  // the vision graph's visual_features at batch 1 (its other dimensions are fixed: check_io)
@@ -111,6 +112,8 @@ std::unique_ptr<Embedding> Predictor::embed(const uint8_t* rgb, int64_t height, 
   auto e = std::make_unique<Embedding>();
   e->height = height;
   e->width = width;
+  e->graph = image_graph_;
+  e->sha256 = art_.graph(image_graph_).sha256;
   std::vector<uint8_t> packed;
   const uint8_t* pixels = rgb;
   if (stride != 3 * width) {  // the graph takes (H, W, 3) rows back to back
@@ -153,6 +156,14 @@ std::unique_ptr<Result> Predictor::predict(const Embedding& emb, const std::vect
   auto t0 = Clock::now();
   check_texts(texts);
   const float thr = threshold < 0 ? threshold_ : check_threshold(threshold);
+  // Another export's features (or image, in another mode) mean nothing to these graphs, even of
+  // the same shape: an embedding carries the graph that made it (restr.runtime's EmbeddingError).
+  const std::string& ours = art_.graph(image_graph_).sha256;
+  if (emb.graph != image_graph_ || emb.sha256 != ours) {
+    auto head = [](const std::string& sha) { return sha.empty() ? std::string("?") : sha.substr(0, 12); };
+    fail(RESTR_INVALID_ARGUMENT, "this image embedding was made by another export (its " + emb.graph + " graph has sha256 " + head(emb.sha256) +
+                                     "..., this predictor's " + head(ours) + "...): embed the image again with this predictor");
+  }
   if (emb.shape != features_shape_) {  // another export's or mode's: its data would be read as something else
     auto text = [](const std::vector<int64_t>& v) {
       std::string s;

@@ -26,6 +26,7 @@ struct Embedding {
   std::array<int64_t, 4> letterbox{};  // [H, W, h, w], the preprocess graph's
   std::vector<float> features;         // (1, N_v, D) visual features, or (1, 3, S, S) image (end-to-end mode)
   std::vector<int64_t> shape;
+  std::string graph, sha256;  // the manifest's key and sha256 of the graph that took the image: its export
   restr_timings timings{};
 };
 
@@ -64,6 +65,7 @@ class Predictor {
   Vocabulary vocab_;
   std::string mode_;  // "split" or "end_to_end"
   std::vector<int64_t> features_shape_;  // what embed() keeps: (1, N_v, D) features or the (1, 3, S, S) image
+  std::string image_graph_;  // the graph that takes the image (vision, or end_to_end), its manifest key
   float threshold_;
   std::unique_ptr<Graph> pre_, post_, vision_, language_, fusion_, end_to_end_;
 };

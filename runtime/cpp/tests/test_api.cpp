@@ -197,8 +197,10 @@ static void bad_calls(restr_predictor* p) {
   }
 }
 
-// An embedding is its predictor's kind: one from a split-graph predictor given to an end-to-end one
-// (the image it holds is visual features) is refused as such, not run as an image.
+// An embedding carries the export that made it (the manifest's sha256 of the graph that took the
+// image): another export's, of the same architecture and shapes, would give wrong masks with
+// RESTR_OK; it is refused in one line, as is one of another mode. A second predictor of the same
+// export takes it.
 static void foreign_embedding(const restr::Predictor& split) {
   std::string d = copy_export("e2e");
   json m = json::parse(check::read(d + "/manifest.json"));
@@ -206,13 +208,34 @@ static void foreign_embedding(const restr::Predictor& split) {
   write(fs::path(d) / "manifest.json", m.dump());
   restr::Predictor e2e(d);
   CHECK(e2e.mode() == "end_to_end");
+  // the same graphs but for the vision graph's doc_string (ModelProto field 6, appended: the last wins)
+  std::string other = copy_export("other");
+  m = json::parse(check::read(other + "/manifest.json"));
+  const std::string vision = check::read(other + "/vision.onnx") + std::string("\x32\x05other", 7);
+  write(fs::path(other) / "vision.onnx", vision);
+  m["graphs"]["vision"]["sha256"] = restr_impl::sha256_hex(vision);
+  write(fs::path(other) / "manifest.json", m.dump());
+  restr::Predictor theirs(other), same(export_dir);
   std::vector<uint8_t> rgb(30 * 40 * 3, 120);
-  restr::Embedding features = split.embed(rgb.data(), 30, 40), image = e2e.embed(rgb.data(), 30, 40);
+  restr::Embedding features = split.embed(rgb.data(), 30, 40), image = e2e.embed(rgb.data(), 30, 40), foreign = theirs.embed(rgb.data(), 30, 40);
   const char* ok[] = {"the dog"};
   restr_result* r = nullptr;
-  EXPECT(restr_predict(e2e.get(), features.get(), ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "made by another predictor");
-  EXPECT(restr_predict(split.get(), image.get(), ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "made by another predictor");
+  const std::string want = "this image embedding was made by another export (its vision graph has sha256 " +
+                           m["graphs"]["vision"]["sha256"].get<std::string>().substr(0, 12) + "..., this predictor's " +
+                           json::parse(check::read(export_dir + "/manifest.json"))["graphs"]["vision"]["sha256"].get<std::string>().substr(0, 12) +
+                           "...): embed the image again with this predictor";
+  EXPECT(restr_predict(split.get(), foreign.get(), ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, want);
+  CHECK_EQ(std::string(restr_last_error()), want);
+  EXPECT(restr_predict(e2e.get(), features.get(), ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "made by another export (its vision graph");
+  EXPECT(restr_predict(split.get(), image.get(), ok, 1, -1, 0, &r), RESTR_INVALID_ARGUMENT, "made by another export (its end_to_end graph");
   CHECK(r == nullptr);
+  try {  // the C++ wrapper throws it
+    theirs.predict(features, {"the dog"});
+    CHECK(false);
+  } catch (const restr::Error& err) {
+    CHECK(err.status() == RESTR_INVALID_ARGUMENT && std::string(err.what()).find("made by another export") != std::string::npos);
+  }
+  CHECK(same.predict(features, {"the dog"}).size() == 1);
 }
 
 // A row stride with padding gives what the packed rows give.

@@ -103,7 +103,8 @@ RESTR_API restr_status restr_embedding_size(const restr_embedding *embedding, in
 RESTR_API restr_status restr_embedding_letterbox(const restr_embedding *embedding, int64_t out[4]);
 
 /* Ask n expressions (UTF-8) about an embedded image; threshold < 0: the predictor's.
- * want_probs != 0 keeps the probabilities. Free *out with restr_result_free. */
+ * want_probs != 0 keeps the probabilities. Free *out with restr_result_free. An embedding made by
+ * another export (or in another mode or precision) is RESTR_INVALID_ARGUMENT. */
 RESTR_API restr_status restr_predict(restr_predictor *predictor, const restr_embedding *embedding, const char *const *texts,
                                      size_t n, float threshold, int want_probs, restr_result **out);
 RESTR_API size_t restr_result_count(const restr_result *result);
