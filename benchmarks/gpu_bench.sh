@@ -4,7 +4,9 @@
 # restr-b16 at 320x320 with random weights, exported with each attention form, then timed in ONE
 # interleaved restr-bench run against PyTorch eager FP16 and torch.compile(mode="reduce-overhead")
 # FP16 on the same GPU, with the GPU's FP16 matrix-product peak measured in the same run; then the
-# FP16-on-GPU vs FP32-on-CPU mask agreement. Writes OUT_DIR/bench.json, bench.txt, agreement.json.
+# FP16-on-GPU vs FP32-on-CPU mask agreement; then bulk prediction (BULK photo files, 400 by default,
+# through predict_many against a loop of predict_image, beside the model alone at batch 8).
+# Writes OUT_DIR/bench.json, bench.txt, agreement.json, bulk.json, bulk.txt.
 # CONFIG, SIZE and DEVICE (cuda|cpu) override the defaults (the tests run it small on a CPU); CPP_LIB
 # adds the C++ host's parity and overhead (OUT_DIR/cpp.json).
 set -euo pipefail
@@ -31,6 +33,8 @@ restr-bench --engine "$OUT/export-ort#fp16,$DEVICE" --engine "$OUT/export-onnx#f
     --engine "$OUT/model.pt#fp16,$DEVICE,eager" --engine "$OUT/model.pt#fp16,$DEVICE,compile" \
     --batch-sizes 1,8 --runs "$RUNS" --throughput-runs 10 --queries 8 --query-runs 5 --import-runs 0 --no-progress \
     --json "$OUT/bench.json" | tee "$OUT/bench.txt"
+restr-bench --engine "$OUT/export-ort#fp16,$DEVICE" --bulk "${BULK:-400}" --bulk-runs 3 --batch-sizes 8 --runs 3 \
+    --throughput-runs 10 --import-runs 0 --no-progress --json "$OUT/bulk.json" | tee "$OUT/bulk.txt"
 if [ "$DEVICE" = cuda ]; then
     python3 -m restr.benchmarks.agreement "$OUT/export-ort" --json "$OUT/agreement.json"
 fi

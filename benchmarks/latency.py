@@ -22,6 +22,7 @@ the model alone is its compute between CUDA events, with the host-device copies 
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,7 +209,8 @@ class Bench:
         from tqdm import tqdm
 
         count = len(self.engines)
-        bar = tqdm(total=n * count, desc=desc, unit="run", disable=not self.s.progress, leave=False)  # moves every run
+        # moves every run; off a terminal (a log, CI) a bar is only noise
+        bar = tqdm(total=n * count, desc=desc, unit="run", disable=not self.s.progress or not sys.stderr.isatty(), leave=False)
         for r in range(n):
             for i in range(count):  # rotate the order every round
                 step(self.engines[(r + i) % count])
@@ -389,6 +391,11 @@ class Bench:
             out.update(query_result(e, s.queries))
         if s.bulk:
             out["bulk"] = e.bulk.result(s.bulk, s.bulk_workers) if e.bulk else {"images": s.bulk, "skipped": "no split graphs"}
+            if e.bulk and e.batches:  # the model alone at the largest batch timed: what bulk could reach at most
+                b = max(e.batches)
+                alone = ratio(1000.0 * b, summarize(e.batches[b])["median"])
+                out["bulk"]["model_alone"] = {"batch": b, "images_per_s": alone}
+                out["bulk"]["share_of_model_alone"] = ratio(out["bulk"]["bulk_images_per_s"]["median"], alone)
         return out
 
 
@@ -467,7 +474,9 @@ LATENCY_LEGEND = """legend: model ms = the graph alone on prepared inputs (on a 
   of peak = 2 x MACs / median model time over the matrix-product peak (CPU: FP32 GEMM; GPU: FP16 GEMM);
   e2e of peak = the same with the end-to-end time (what a user gets of the hardware);
   paired = the share computed within each round (model run and peak sample seconds apart) and then the median:
-  steadier than the ratio of medians on a shared machine"""
+  steadier than the ratio of medians on a shared machine;
+  cold ms = loading the engine (reading, checksums, sessions or engines) plus its first end-to-end run;
+  peak MiB = how much the process's resident memory (RSS) high-water mark grew while this engine was loaded and run"""
 THROUGHPUT_LEGEND = """note: the batch-1 row here and "model ms" above time the same call in different company: above,
   every round also runs each engine's end-to-end path and the matrix-product peak samples (which fill
   the caches and load the cores) between the model runs; here only the engines' model runs alternate.
@@ -552,19 +561,22 @@ def format_report(doc: dict) -> str:
             if "skipped" in b:
                 brows.append([r["label"], b["images"], None, None, f"skipped: {b['skipped']}"])
                 continue
+            alone = b.get("model_alone") or {}
             brows.append([r["label"], b["images"], _spread(b["loop_images_per_s"]), _spread(b["bulk_images_per_s"]),
-                          _spread(b["speedup"], "{:.2f}x")])
+                          _spread(b["speedup"], "{:.2f}x"), _f(alone.get("images_per_s")) + (f" (b{alone['batch']})" if alone else ""),
+                          _f(b.get("share_of_model_alone"), "{:.0%}")])
         text += "\n\n" + format_table(
-            ["engine", "photos", "loop images/s", "bulk images/s", "bulk / loop"], brows,
+            ["engine", "photos", "loop images/s", "bulk images/s", "bulk / loop", "model alone images/s", "bulk / model"], brows,
             title=f"many photos, one expression each: predict_many ({bulk[0]['bulk'].get('workers', '-')} workers) against a loop of "
                   f"predict_image; median (min-max) over {doc['settings'].get('bulk_runs')} rounds, each round both ways on the same files",
         )
     if doc["ratios"]:
-        rrows = [[Path(r["engine"]).name, _f(r["model_ms"], "{:.2f}x"), _f(r["end_to_end_ms"], "{:.2f}x"), _f(r["cold_start_ms"], "{:.2f}x"),
+        label = {r["engine"]: r["label"] for r in results}
+        rrows = [[label.get(r["engine"], r["engine"]), _f(r["model_ms"], "{:.2f}x"), _f(r["end_to_end_ms"], "{:.2f}x"), _f(r["cold_start_ms"], "{:.2f}x"),
                   _f(r["peak_memory_mb"], "{:.2f}x"), ", ".join(f"b{b}: {_f(v, '{:.2f}x')}" for b, v in r["throughput"].items())]
                  for r in doc["ratios"]]
         text += "\n\n" + format_table(["engine", "model time", "e2e time", "cold start", "peak memory", "throughput"], rrows,
-                                      title=f"relative to {Path(doc['ratios'][0]['relative_to']).name} (time < 1x = faster)")
+                                      title=f"relative to {label.get(doc['ratios'][0]['relative_to'])} (time < 1x = faster)")
     for r in results:
         prof = r.get("op_profile")
         if prof and prof["ops"]:

@@ -144,6 +144,13 @@ def engine_kind(path) -> str:
     raise LoadError(f"{p}: unknown engine type {p.suffix or '(no extension)'!r} (expected .trt/.plan/.engine, .onnx, .pt or an export folder)")
 
 
+def engine_label(spec) -> str:
+    """An engine's name in tables: its folder and name with its tags, `demo/export#fp16`: two ways to
+    run one model stay apart, and an export folder is not just `export`."""
+    p = Path(str(spec))
+    return p.name if p.parent.name in ("", ".") else f"{p.parent.name}/{p.name}"
+
+
 def load_target(path, options: LoadOptions = LoadOptions()) -> Target:
     """Load PATH (or PATH#tags, see `split_engine`) for benchmarking. Raises LoadError (one line)
     for anything unusable."""
@@ -151,7 +158,7 @@ def load_target(path, options: LoadOptions = LoadOptions()) -> Target:
     kind = engine_kind(p)
     try:
         target = {"folder": _load_folder, "onnx": _load_onnx, "pt": _load_pt, "tensorrt": _load_trt}[kind](p, options)
-        target.label = Path(str(path)).name  # with its tags: two ways to run one model stay apart
+        target.label = engine_label(path)
         return target
     except LoadError:
         raise

@@ -79,7 +79,8 @@ def test_folder_onnx_and_checkpoint_in_one_run(tiny, tmp_path):
     assert len({r["macs"] for r in results}) == 1
     assert [x["engine"] for x in doc["ratios"]] == [str(tiny.onnx), str(tiny.pt)]
     assert all(x["model_ms"] > 0 and x["relative_to"] == str(tiny.export) for x in doc["ratios"])
-    assert "relative to export" in res.output and "K expressions on one image" in res.output
+    assert f"relative to {tiny.root.name}/export" in res.output and "K expressions on one image" in res.output
+    assert "cold ms = loading the engine" in res.output and "peak MiB = how much" in res.output
     assert "pre+post = pre- plus post-processing time as a share of the model time" in res.output  # the legend
     assert "paired = the share computed within each round" in res.output
     with Image.open(plot) as im:
@@ -213,7 +214,7 @@ def test_engine_tags_give_each_engine_its_own_options(tiny, tmp_path):
     res = bench("--engine", f"{tiny.pt}#fp32", "--engine", f"{tiny.pt}#fp16,eager", "--json", str(out))
     assert res.exit_code == 0, res.output
     results = json.loads(out.read_text())["results"]
-    assert [r["label"] for r in results] == ["model.pt#fp32", "model.pt#fp16,eager"]
+    assert [r["label"] for r in results] == [f"{tiny.root.name}/model.pt#fp32", f"{tiny.root.name}/model.pt#fp16,eager"]
     assert [r["precision"] for r in results] == ["fp32", "fp16"]
     res = bench("--engine", f"{tiny.pt}#fp8")
     assert res.exit_code == 2 and "unknown engine tag 'fp8'" in res.output and "Traceback" not in res.output
@@ -241,7 +242,7 @@ def test_gpu_bench_script_runs_small_on_a_cpu(tmp_path):
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "CONFIG": "restr-tiny", "SIZE": "80", "DEVICE": "cpu", "RUNS": "2"}
+    env = {**os.environ, "CONFIG": "restr-tiny", "SIZE": "80", "DEVICE": "cpu", "RUNS": "2", "BULK": "12"}
     lib = root / "build" / "cpp" / "librestr_runtime.so"  # make cpp-build's (make test-slow builds it)
     if lib.exists():
         env["CPP_LIB"] = str(lib)
@@ -249,7 +250,9 @@ def test_gpu_bench_script_runs_small_on_a_cpu(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     labels = [r["label"] for r in json.loads((tmp_path / "gb" / "bench.json").read_text())["results"]]
-    assert labels == ["export-ort#fp16,cpu", "export-onnx#fp16,cpu", "export-ort#fp32,cpu", "model.pt#fp16,cpu,eager", "model.pt#fp16,cpu,compile"]
+    assert labels == ["gb/export-ort#fp16,cpu", "gb/export-onnx#fp16,cpu", "gb/export-ort#fp32,cpu", "gb/model.pt#fp16,cpu,eager", "gb/model.pt#fp16,cpu,compile"]
+    (bulk,) = [r["bulk"] for r in json.loads((tmp_path / "gb" / "bulk.json").read_text())["results"]]
+    assert bulk["images"] == 12 and bulk["model_alone"]["batch"] == 8 and bulk["share_of_model_alone"] > 0
     if lib.exists():
         cpp = json.loads((tmp_path / "gb" / "cpp.json").read_text())
         assert cpp["parity"]["masks_identical"] and cpp["precision"] == "fp16" and cpp["cpp_total_ms"]["n"] == 20
@@ -275,8 +278,10 @@ def test_bulk_rows_time_both_ways_on_the_same_photos(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(Predictor, "predict_image", count_image)
     monkeypatch.setattr(Predictor, "predict_many", count_many)
     out = tmp_path / "r.json"
-    res = bench("--engine", str(tiny.export), "--bulk", "5", "--bulk-runs", "2", "--json", str(out))
+    progress_on = [a for a in FAST if a != "--no-progress"]
+    res = CliRunner().invoke(main, ["--engine", str(tiny.export), "--bulk", "5", "--bulk-runs", "2", "--json", str(out), *progress_on])
     assert res.exit_code == 0, res.output
+    assert "\r" not in res.output  # off a terminal: no progress bars, whatever --no-progress says
     b = json.loads(out.read_text())["results"][0]["bulk"]
     assert b["images"] == 5 and b["loop_images_per_s"]["n"] == b["bulk_images_per_s"]["n"] == b["speedup"]["n"] == 2
     assert calls["bulk"] == 10 and calls["loop"] >= 10
