@@ -12,6 +12,9 @@ leaves no partial output; SIGTERM and SIGHUP remove the staging folder as Ctrl-C
 killed run left (kill -9, or the C++ CLI aborted) is removed by the next run. A folder holding other files is refused unless --force (which replaces a previous
 run's outputs whole). Failures are one line on stderr: exit code 2 for bad input and for runtime
 failures (ONNX Runtime, CUDA, TensorRT, disk), 3 for an internal error (a bug: please report it).
+
+Bulk jobs (`--images`, `--requests`, `--data` in place of `--image`) are `restr.runtime.bulk`: many
+images in one process, written to `<out>/predictions.jsonl`, with --resume and --shard.
 """
 from __future__ import annotations
 
@@ -66,20 +69,31 @@ def _first_line(e: BaseException) -> str:
 @click.option("--artifacts", "artifacts", type=click.Path(path_type=Path), help="Export folder written by restr-export (holds manifest.json).")
 @click.option("--server", "server", default=None, metavar="URL", help="Instead of --artifacts: ask a restr Triton server (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.")
 @click.option("--image", "image", type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
-@click.option("--text", "texts", multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding).")
-@click.option("--out", "out", type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json (created if missing; must be empty unless --force).")
+@click.option("--text", "texts", multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding). With --images: asked of every image.")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json, or a bulk job's predictions.jsonl (created if missing; must be empty unless --force or --resume).")
 @click.option("--overlay", is_flag=True, help="Also write <k>_<slug>_overlay.png: the image with the mask tinted in a colour that contrasts with it.")
 @click.option("--sheet", is_flag=True, help="Also write sheet.png: every expression's overlay side by side, captioned.")
-@click.option("--force", is_flag=True, help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them) are removed first.")
+@click.option("--force", is_flag=True, help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them; a bulk job's predictions.jsonl, run.json, masks/) are removed first.")
 @click.option("--list-words", is_flag=True, help="Print the words the model knows (its vocabulary), one a line, and exit.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True, help="ONNX Runtime graphs or native TensorRT engines.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="FP32 graphs or the mixed-precision FP16 ones (engines are fp16).")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None, help="Mask threshold on the probability. [default: the manifest's, 0.5]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the summary to FILE ('-' for stdout, which replaces the table).")
+@click.option("--images", "images", default=None, metavar="DIR_OR_GLOB", help="Bulk: every image file in a folder (not its subfolders; sorted by name), or a glob's files, sorted ('photos/**/*.jpg' goes down folders; quote it), each asked every --text.")
+@click.option("--requests", "requests", default=None, metavar="FILE.jsonl", help='Bulk: one request a line, {"image": "a.jpg", "texts": ["the dog", ...], "id": optional}; paths relative to the file\'s folder; - reads stdin.')
+@click.option("--data", "data", default=None, metavar="SPEC", help="Bulk: a data set's images, each with the expressions read about it: synthetic:test, or a refer-layout folder PATH[:split] (as restr-eval).")
+@click.option("--split", default=None, help="With --data: the split when SPEC names none (e.g. val, testA).")
+@click.option("--split-by", default=None, help="With --data: the refer annotation set, e.g. unc, umd, google (refs(<split-by>).p).")
+@click.option("--image-root", default=None, type=click.Path(file_okay=False), help="With --data: the folder of the images (default: beside the annotations).")
+@click.option("--png", is_flag=True, help="Bulk: also write each mask as a 0/255 PNG, masks/NNNN/<request>-<expression>-<slug>.png (a folder per 1000 requests), named in its record.")
+@click.option("--resume", is_flag=True, help="Bulk: continue the run in --out (stopped by Ctrl-C, SIGTERM, kill -9 or a crash) where its records end; starts one if there is none.")
+@click.option("--shard", default=None, metavar="K/N", help="Bulk: do only the requests i with i mod N == K (K from 0 to N-1), e.g. --shard $SLURM_ARRAY_TASK_ID/8.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Bulk: threads reading and preparing the next images while the model runs. [default: 2]")
 def main(artifacts: Path | None, server: str | None, image: Path | None, texts: tuple[str, ...], out: Path | None, overlay: bool, sheet: bool, force: bool, list_words: bool,
-         backend: str, precision: str, providers: str | None, threshold: float | None, json_path: Path | None) -> None:
-    """Segment the object each --text refers to in --image with a restr export.
+         backend: str, precision: str, providers: str | None, threshold: float | None, json_path: Path | None, **bulk_options) -> int | None:
+    """Segment the object each --text refers to in --image with a restr export; or, in bulk, every
+    image of --images, --requests or --data.
 
     \b
     Examples:
@@ -93,8 +107,29 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
     "no_known_words": true in summary.json). The table's score is the mean probability inside the
     mask: how sure the model is of the pixels it chose, not whether it chose the right object.
 
-    Exit codes: 0 done; 2 bad input, or the runtime failed (ONNX Runtime, CUDA, TensorRT, disk);
-    3 internal error (a bug). Every failure is one line on stderr and writes nothing.
+    \b
+    Bulk jobs: many images in one process, images read ahead and batched:
+      restr-predict --artifacts runs/demo/export --images photos/ --text "the red circle" --out bulk
+      restr-predict --artifacts runs/demo/export --images 'photos/**/*.png' --text "the dog" --text "the cat" --out bulk --png
+      restr-predict --artifacts runs/demo/export --requests jobs.jsonl --out bulk --resume
+      restr-predict --artifacts runs/demo/export --data synthetic:test --out bulk
+      restr-predict --artifacts runs/demo/export --images photos/ --text "the dog" --out bulk-$K --shard $K/8 --resume
+
+    A bulk job writes OUT/predictions.jsonl, a line per image and expression: request (its number in
+    the input, from 0), line (--requests) and id (the line's, if any), image, width, height,
+    expression (from 0), expressions (how many the request has), text, mask (COCO RLE: size [H, W],
+    counts), box ([x, y, w, h], null for an empty mask), area, area_fraction, score, patch_score,
+    unknown_words, no_known_words, truncated, timings_ms, png (--png), image_id/ref_id/ann_id/sent_id
+    (--data), error (null). A request that fails (an unreadable image, a malformed line, an empty
+    expression) is one record with its texts and the error, and the run goes on. Then
+    OUT/summary.json and a table: requests, images, expressions, errors, images per second.
+    Each request's records are written whole, so --resume after Ctrl-C, SIGTERM, kill -9 or a crash
+    writes each record exactly once; with --shard K/N, N processes (a Slurm array, a Kubernetes
+    Indexed Job), each with its own --out, write records that concatenate to the whole run's.
+
+    Exit codes: 0 done; 1 (bulk) done, and some requests failed: error records; 2 bad input, or the
+    runtime failed (ONNX Runtime, CUDA, TensorRT, disk); 3 internal error (a bug). Every failure is
+    one line on stderr; a single image's writes nothing, a bulk job's keeps the whole records written.
     """
     try:
         if (artifacts is None) == (server is None):
@@ -103,9 +138,14 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
             if server is not None:
                 raise InputError("--list-words reads an export folder: give --artifacts DIR")
             _list_words(artifacts)
-            return
-        with signals_interrupt():  # SIGTERM/SIGHUP unwind as Ctrl-C does: the staging folder goes
+            return None
+        with signals_interrupt():  # SIGTERM/SIGHUP unwind as Ctrl-C does: the staging folder goes, a bulk job's records stay whole
+            if _bulk_input(image, bulk_options):
+                if json_path is not None or overlay or sheet:
+                    raise InputError("--overlay, --sheet and --json are for --image; a bulk job writes predictions.jsonl (and with --png the masks)")
+                return _bulk(artifacts, server, texts, out, force, backend, precision, providers, threshold, **bulk_options)
             _predict(artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path)
+            return None
     except SystemExit:
         raise
     except KeyboardInterrupt as e:
@@ -116,6 +156,53 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
         _fail(f"{type(e).__name__}: {_first_line(e)}")
     except Exception as e:  # a bug: still one line, with the exception's name to report
         _fail(f"internal error ({type(e).__name__}: {_first_line(e)}); please report it", EXIT_INTERNAL)
+
+
+BULK_INPUTS = ("images", "requests", "data")
+
+
+def _bulk_input(image: Path | None, options: dict) -> bool:
+    """Whether the command is a bulk job; refuses a mix of inputs, and bulk options without one."""
+    given = [f"--{name}" for name in BULK_INPUTS if options[name] is not None]
+    if len(given) + (image is not None) > 1:
+        raise InputError(f"give one of --image, --images, --requests and --data (got {' and '.join((['--image'] if image else []) + given)})")
+    if not given:
+        extra = [f"--{name.replace('_', '-')}" for name, value in options.items() if value not in (None, False)]
+        if extra:
+            raise InputError(f"{', '.join(extra)}: bulk options; give --images, --requests or --data with them")
+    return bool(given)
+
+
+def _bulk(artifacts, server, texts, out, force, backend, precision, providers, threshold, images, requests, data, split, split_by,
+          image_root, png, resume, shard, workers) -> int:
+    from restr.runtime import bulk
+
+    if out is None:
+        raise InputError("Missing option '--out' (the folder for predictions.jsonl)")
+    if images is not None and not texts:
+        raise InputError("--images asks every image the same expressions: give them with --text")
+    if images is None and texts:
+        carried = "--requests lines carry their texts" if requests else "--data reads the data set's expressions"
+        raise InputError(f"--text goes with --image or --images; {carried}")
+    if data is None and (split or split_by or image_root):
+        raise InputError("--split, --split-by and --image-root go with --data")
+    k_n = bulk.parse_shard(shard)
+    if images is not None:
+        check_texts(texts)
+        source = bulk.ImageFiles(images, list(texts), out)
+    elif requests is not None:
+        source = bulk.RequestLines(requests)
+    else:
+        source = bulk.DataSet(data, split, split_by, image_root)
+    model = {"artifacts": server if server is not None else str(artifacts.absolute()), "backend": backend, "precision": precision,
+             "providers": providers, "threshold": threshold}
+    job = bulk.plan(out, source, k_n, png, resume, force, 2 if workers is None else workers, model)
+    predictor, load_s = _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size=4)
+    try:
+        return bulk.run(job, predictor, _describe(predictor, artifacts if server is None else server), load_s)
+    finally:
+        if server is not None:  # its connection, closed in this thread (tritonclient's gevent pool needs that)
+            predictor.close()
 
 
 def check_texts(texts) -> None:
@@ -299,7 +386,10 @@ def _remove_previous_outputs(out: Path) -> None:
         summary = json.loads(old.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    names = [summary.get("sheet")] + [e.get(k) for e in summary.get("expressions", []) if isinstance(e, dict) for k in ("mask", "overlay")]
+    listed = summary.get("expressions") if isinstance(summary, dict) else None
+    if not isinstance(listed, list):  # a bulk job's summary counts expressions and lists no files
+        listed, summary = [], {}
+    names = [summary.get("sheet")] + [e.get(k) for e in listed if isinstance(e, dict) for k in ("mask", "overlay")]
     old.unlink()  # first: a folder with masks and no summary.json is visibly incomplete
     for name in names:
         if isinstance(name, str) and name and Path(name).name == name:  # a bare file name, nothing outside out/
