@@ -21,8 +21,8 @@ ViT checkpoints, two layouts (`load_vit_weights`):
   big_vision's own numbering (`MultiHeadDotProductAttention_0`, `MlpBlock_0`, `LayerNorm_1`) is read
   too, as are the `opt/target/` and `params/` prefixes of training checkpoints.
 
-In both layouts the class token is dropped (ReSTR has none), the classifier head is ignored, and the
-position embedding is resized bicubically from the checkpoint's grid (24 x 24 for the 384 AugReg model)
+In both layouts the class token is dropped (ReSTR has none; the authors' variant, whose ViT keeps it,
+loads it and its position), the classifier head is ignored, and the position embedding is resized bicubically from the checkpoint's grid (24 x 24 for the 384 AugReg model)
 to the model's grid. Anything else that does not fit raises `PretrainedError`, one line naming it.
 
 GloVe (`load_glove`, `init_word_embeddings`): plain-text `word v_1 ... v_D` lines, read streaming,
@@ -231,7 +231,8 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> ViTLoadReport:
     `path`: a timm state dict (.pth / .bin / .pt / .safetensors, optionally wrapped in `state_dict` or
     `model`) or an AugReg / vit_jax / big_vision `.npz`. The checkpoint must have the model's width,
     depth, MLP width, patch size (and, for .npz, head count); its position grid (1 + h*w tokens, class
-    token first) is resized bicubically to the model's grid and the class token dropped.
+    token first) is resized bicubically to the model's grid and the class token dropped (kept, with its
+    position, by a model with `vision_class_token`, as timm's loader did for the authors).
 
     Raises `PretrainedError` (one line: missing, unexpected and wrong-shape keys) on any mismatch,
     without touching the model. Returns a `ViTLoadReport`.
@@ -260,10 +261,14 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> ViTLoadReport:
     grid_from = grid_to = vision.grid
     dropped = 0
     if "pos_embed" in state:
-        grid_part, dropped, grid_from = _split_prefix_tokens(state["pos_embed"], n_prefix, path)
+        full = state["pos_embed"]
+        grid_part, dropped, grid_from = _split_prefix_tokens(full, n_prefix, path)
         if grid_part.shape[-1] == own["pos_embed"].shape[-1]:  # else reported as a wrong shape below
             grid_part = resize_pos_embed(grid_part, grid_from, grid_to)
         state["pos_embed"] = grid_part
+        if vision.class_token is not None and dropped == 1:  # the authors' ViT keeps the class token, with its position
+            if (cls := src.take("cls" if layout == "augreg-npz" else "cls_token")) is not None:
+                state["class_token"], state["class_pos_embed"], dropped = cls[0], full[:, :1], 0
 
     unexpected, ignored = src.leftovers(ignore)
     missing = src.missing or sorted(k for k in own if k not in state)  # checkpoint names when known
@@ -341,9 +346,11 @@ def load_glove(
     missing_std: float = 0.1,
     progress: bool = False,
 ) -> GloveEmbeddings:
-    """Word vectors for `words` from a GloVe text file (`glove.*.txt`, also `.txt.gz` or `.zip`).
+    """Word vectors for `words` from a GloVe text file (`glove.*.txt`, also `.txt.gz` or `.zip`), or
+    from the authors' GloVe matrix (`data/<name>_emb.npy`, read with the `vocabulary_<name>.txt`
+    beside it: `restr.authors.read_glove_matrix`).
 
-    The file is streamed and only needed words are parsed; reading stops once all are found (GloVe
+    The text file is streamed and only needed words are parsed; reading stops once all are found (GloVe
     files are sorted by frequency). Words containing spaces (the 840B file has some) are read as all
     fields but the last `dim`. Matching is exact: the tokenizer lower-cases, so cased files (840B) are
     looked up with lower-case words. The first occurrence of a word wins.
@@ -351,7 +358,8 @@ def load_glove(
     Returns `GloveEmbeddings(vocab, vectors, missing)`: the vocabulary is `<pad>`, `<unk>`, then
     `words` in the given order (duplicates dropped); `vectors` is (len(vocab), dim) float32 with
         row 0 `<pad>`: zeros,
-        row 1 `<unk>`: the mean of the vectors loaded for `words` (zeros if none was found),
+        row 1 `<unk>`: the mean of the vectors loaded for `words` (zeros if none was found; the
+                       authors' matrix: its own `<unk>` row),
         a word GloVe lacks: N(0, missing_std^2) drawn from `seed`, and listed in `missing`.
     Raises `PretrainedError` if the file's vectors are not `dim`-dimensional or a line is malformed.
     """
@@ -360,9 +368,29 @@ def load_glove(
         raise PretrainedError(f"{path}: no such GloVe file")
     vocab = Vocabulary(list(words))
     wanted = {w: i for i, w in enumerate(vocab.itos) if i >= 2}
-    spaced = any(" " in w for w in wanted)
     vectors = np.zeros((len(vocab), dim), dtype=np.float32)
     found = np.zeros(len(vocab), dtype=bool)
+    if path.suffix == ".npy":
+        vectors[vocab.unk_id] = _read_authors_matrix(path, wanted, vectors, found, dim)
+    else:
+        _read_glove_text(path, wanted, vectors, found, dim, progress)
+        hit = found.copy()
+        hit[:2] = False
+        if hit.any():
+            vectors[vocab.unk_id] = vectors[hit].mean(axis=0)
+    missing = [w for w, i in wanted.items() if not found[i]]
+    if missing:
+        rng = np.random.default_rng(seed)
+        rows = [wanted[w] for w in missing]
+        vectors[rows] = rng.normal(0.0, missing_std, size=(len(rows), dim)).astype(np.float32)
+        log.warning("%s: %d of %d words not in GloVe (random vectors): %s%s", path, len(missing), len(wanted),
+                    ", ".join(missing[:10]), " ..." if len(missing) > 10 else "")
+    return GloveEmbeddings(vocab, vectors, missing)
+
+
+def _read_glove_text(path: Path, wanted: dict[str, int], vectors: np.ndarray, found: np.ndarray, dim: int, progress: bool) -> None:
+    """Fill `vectors[wanted[word]]` (and `found`) from a GloVe text file, streaming."""
+    spaced = any(" " in w for w in wanted)
     left = len(wanted)
     with _open_text(path) as f:
         for lineno, line in enumerate(tqdm(f, desc=f"GloVe {path.name}", unit=" words", disable=not progress), 1):
@@ -394,18 +422,21 @@ def load_glove(
             found[i] = True
             left -= 1
 
-    hit = found.copy()
-    hit[:2] = False
-    if hit.any():
-        vectors[vocab.unk_id] = vectors[hit].mean(axis=0)
-    missing = [w for w, i in wanted.items() if not found[i]]
-    if missing:
-        rng = np.random.default_rng(seed)
-        rows = [wanted[w] for w in missing]
-        vectors[rows] = rng.normal(0.0, missing_std, size=(len(rows), dim)).astype(np.float32)
-        log.warning("%s: %d of %d words not in GloVe (random vectors): %s%s", path, len(missing), len(wanted),
-                    ", ".join(missing[:10]), " ..." if len(missing) > 10 else "")
-    return GloveEmbeddings(vocab, vectors, missing)
+
+def _read_authors_matrix(path: Path, wanted: dict[str, int], vectors: np.ndarray, found: np.ndarray, dim: int) -> np.ndarray:
+    """Fill `vectors[wanted[word]]` (and `found`) from the authors' `<name>_emb.npy`; returns their `<unk>` row."""
+    from restr.authors import AuthorsError, read_glove_matrix
+
+    try:
+        theirs, matrix = read_glove_matrix(path)
+    except AuthorsError as e:
+        raise PretrainedError(str(e)) from None
+    if matrix.shape[1] != dim:
+        raise PretrainedError(f"{path}: vectors are {matrix.shape[1]}-dimensional, expected dim={dim}")
+    for word, i in wanted.items():
+        if (j := theirs.stoi.get(word)) is not None:
+            vectors[i], found[i] = matrix[j], True
+    return matrix[theirs.unk_id]
 
 
 def init_word_embeddings(model: nn.Module, vectors) -> None:

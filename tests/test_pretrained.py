@@ -220,6 +220,27 @@ def test_pos_embed_resized_from_another_grid(model, tmp_path, fmt):
     assert model.vision.pos_embed.abs().max() < 50  # the class token's 100s did not leak into the grid
 
 
+@pytest.mark.parametrize("fmt", ["pth", "npz"])
+def test_class_token_kept_by_the_authors_variant(tmp_path, fmt):
+    """Their ViT runs the class token: it and its position (the 100s row) load, the grid as usual."""
+    sd = reference_timm(seed=5)
+    if fmt == "pth":
+        torch.save(sd, tmp_path / "vit.pth")
+    else:
+        np.savez(tmp_path / "vit.npz", **timm_to_npz(sd))
+    vision = VisionEncoder(V, CFG.image_size, CFG.patch_size, class_token=True)
+
+    report = load_vit_weights(vision, tmp_path / f"vit.{fmt}")
+
+    assert_vision_equals(vision, expected_vision_state(sd) | {"class_token": sd["cls_token"], "class_pos_embed": sd["pos_embed"][:, :1]})
+    assert report.dropped_tokens == 0 and not any(k.startswith("cls") for k in report.ignored)
+    del sd["cls_token"]  # a ViT without one: no class token to load
+    sd["pos_embed"] = sd["pos_embed"][:, 1:]
+    torch.save(sd, tmp_path / "nocls.pth")
+    with pytest.raises(PretrainedError, match=r"missing \(2\): class_pos_embed, class_token"):
+        load_vit_weights(vision, tmp_path / "nocls.pth")
+
+
 # ---- errors ------------------------------------------------------------------------------------------
 
 
@@ -327,6 +348,17 @@ def test_glove_dim_mismatch(tmp_path):
     write_glove(tmp_path / "g.txt")
     with pytest.raises(PretrainedError, match="4-dimensional, expected dim=300"):
         load_glove(tmp_path / "g.txt", ["dog"])
+
+
+def test_glove_from_the_authors_matrix(tmp_path):
+    """Their data/<name>_emb.npy, row i = line i of the vocabulary_<name>.txt beside it."""
+    (tmp_path / "vocabulary_Gref.txt").write_text("<pad>\n<go>\n<eos>\n<unk>\nred\ndog\n")
+    np.save(tmp_path / "Gref_emb.npy", np.arange(6, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32))
+    res = load_glove(tmp_path / "Gref_emb.npy", ["dog", "cat", "red"], dim=4)
+    rows = {w: float(res.vectors[res.vocab.stoi[w], 0]) for w in ("<pad>", "<unk>", "red", "dog")}
+    assert rows == {"<pad>": 0.0, "<unk>": 3.0, "red": 4.0, "dog": 5.0} and res.missing == ["cat"]
+    with pytest.raises(PretrainedError, match="4-dimensional, expected dim=300"):
+        load_glove(tmp_path / "Gref_emb.npy", ["dog"])
 
 
 def test_init_word_embeddings(tmp_path):
