@@ -138,18 +138,18 @@ def _cumulative(inter: np.ndarray, union: np.ndarray) -> float | None:
     return int(inter.sum()) / total if total else 1.0
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+def _fraction(x: float | None, decimals: int = 3) -> str:
+    return "-" if x is None else f"{x:.{decimals}f}"
 
 
 def format_table(result: dict) -> str:
-    """A `SegmentationMetrics.result()` as text tables (percentages), overall and mean IoU named."""
+    """A `SegmentationMetrics.result()` as text tables (fractions, as everywhere in restr), overall and mean IoU named."""
     head = ["samples", "overall IoU (cumulative)", "mean IoU"] + [f"P@{t}" for t in THRESHOLDS]
-    row = [str(result["n"]), _pct(result["overall_iou"]), _pct(result["mean_iou"])]
-    row += [_pct(result["precision_at"][t]) for t in THRESHOLDS]
+    row = [str(result["n"]), _fraction(result["overall_iou"]), _fraction(result["mean_iou"])]
+    row += [_fraction(result["precision_at"][t]) for t in THRESHOLDS]
     text = format_text_table(head, [row])
     if result.get("by_length"):
         head = ["expression length (words)", "samples", "overall IoU (cumulative)", "mean IoU"]
-        rows = [[label, str(g["n"]), _pct(g["overall_iou"]), _pct(g.get("mean_iou"))] for label, g in result["by_length"].items()]
+        rows = [[label, str(g["n"]), _fraction(g["overall_iou"]), _fraction(g.get("mean_iou"))] for label, g in result["by_length"].items()]
         text += "\n\n" + format_text_table(head, rows)
     return text

@@ -123,7 +123,8 @@ def test_format_table_names_both_ious():
     text = format_table(m.result())
     head = text.splitlines()[0]
     assert "overall IoU (cumulative)" in head and "mean IoU" in head
-    assert "60.00" in text and "75.00" in text  # 3/5 and (0.5 + 1) / 2, side by side
+    assert "0.600" in text and "0.750" in text  # 3/5 and (0.5 + 1) / 2, side by side: fractions, as everywhere
+    assert "60.0" not in text and "75.0" not in text
     assert "expression length" in text and "1-2" in text
 
 
