@@ -142,6 +142,10 @@ def _fraction(x: float | None, decimals: int = 3) -> str:
     return "-" if x is None else f"{x:.{decimals}f}"
 
 
+def _signed(x: float | None, decimals: int = 4) -> str:
+    return "-" if x is None else f"{x:+.{decimals}f}"
+
+
 def format_table(result: dict) -> str:
     """A `SegmentationMetrics.result()` as text tables (fractions, as everywhere in restr), overall and mean IoU named."""
     head = ["samples", "overall IoU (cumulative)", "mean IoU"] + [f"P@{t}" for t in THRESHOLDS]
@@ -152,4 +156,66 @@ def format_table(result: dict) -> str:
         head = ["expression length (words)", "samples", "overall IoU (cumulative)", "mean IoU"]
         rows = [[label, str(g["n"]), _fraction(g["overall_iou"]), _fraction(g.get("mean_iou"))] for label, g in result["by_length"].items()]
         text += "\n\n" + format_text_table(head, rows)
+    return text
+
+
+# Two models scored on the same samples (restr-eval --ckpt with --artifacts): their scores side by
+# side and how alike their masks are, expression by expression.
+AGREEMENT_LEVEL = 0.99
+
+
+def difference(base: dict, other: dict) -> dict:
+    """`other` minus `base` for every score of two `result()`s of the same samples (None where either is None)."""
+    if base["n"] != other["n"]:
+        raise ValueError(f"the results cover {base['n']} and {other['n']} samples: not the same samples")
+
+    def sub(a, b):
+        return None if a is None or b is None else b - a
+
+    return {
+        "n": base["n"],
+        "overall_iou": sub(base["overall_iou"], other["overall_iou"]),
+        "mean_iou": sub(base["mean_iou"], other["mean_iou"]),
+        "precision_at": {t: sub(base["precision_at"][t], other["precision_at"][t]) for t in THRESHOLDS},
+        "by_length": {label: {k: sub(g[k], other["by_length"][label][k]) for k in ("overall_iou", "mean_iou")}
+                      for label, g in base["by_length"].items()},
+    }
+
+
+def agreement(pairs: SegmentationMetrics) -> dict:
+    """How alike two models' masks are, from an accumulator fed (mask of one, mask of the other) per
+    sample: per-sample mask IoU mean and min, the share above AGREEMENT_LEVEL (two empty masks agree:
+    IoU 1), and the overall (cumulative) mask IoU."""
+    ious = pairs.ious()
+    n = len(ious)
+    return {
+        "n": n,
+        "mean_mask_iou": float(ious.mean()) if n else None,
+        "min_mask_iou": float(ious.min()) if n else None,
+        f"share_above_{AGREEMENT_LEVEL}": float(np.mean(ious > AGREEMENT_LEVEL)) if n else None,
+        "overall_mask_iou": pairs.result()["overall_iou"],
+    }
+
+
+def format_comparison(base: dict, other: dict, agree: dict, names: tuple[str, str] = ("checkpoint", "artifacts")) -> str:
+    """Two `result()`s of the same samples side by side with their difference (4 decimals: the
+    differences are small), then the per-expression agreement of their masks."""
+    diff = difference(base, other)
+    rows = [["samples", str(base["n"]), str(other["n"]), ""]]
+
+    def add(label, a, b, d):
+        rows.append([label, _fraction(a, 4), _fraction(b, 4), _signed(d)])
+
+    add("overall IoU (cumulative)", base["overall_iou"], other["overall_iou"], diff["overall_iou"])
+    add("mean IoU", base["mean_iou"], other["mean_iou"], diff["mean_iou"])
+    for t in THRESHOLDS:
+        add(f"P@{t}", base["precision_at"][t], other["precision_at"][t], diff["precision_at"][t])
+    for label, g in base["by_length"].items():
+        add(f"overall IoU, {label} words", g["overall_iou"], other["by_length"][label]["overall_iou"], diff["by_length"][label]["overall_iou"])
+    text = format_text_table(["metric", *names, "difference"], rows)
+    share = agree[f"share_above_{AGREEMENT_LEVEL}"]
+    if agree["n"]:
+        text += (f"\n\nmasks of the two, expression by expression: mask IoU mean {agree['mean_mask_iou']:.4f}, "
+                 f"min {agree['min_mask_iou']:.4f}; above {AGREEMENT_LEVEL} on {round(share * agree['n'])} of {agree['n']} "
+                 f"expressions ({share:.1%})")
     return text
