@@ -1,6 +1,7 @@
 """`make demo`: the whole toolkit end to end on the built-in synthetic task, with the real commands.
 
 train restr-tiny -> evaluate (and the shuffled-text control) -> export ONNX + FP16 ONNX (verified)
+-> the deploy gate: the FP32 and the FP16 graphs through the runtime scored against the checkpoint
 -> predict masks and overlays with the torch-free runtime (and one contact sheet, runs/demo/predictions.png)
 -> MACs/params against the paper.
 Each step is the command a user would type, printed before it runs. Re-running resumes or reuses
@@ -34,17 +35,26 @@ def step(title: str, *argv: str) -> float:
     return time.perf_counter() - t
 
 
+# The deploy gate: how far below the checkpoint's overall IoU each precision's graphs may score
+# through the runtime on the test split (restr-eval --max-drop), and the file each comparison goes to.
+GATES = {"fp32": (0.002, RUN / "eval-artifacts.json"), "fp16": (0.005, RUN / "eval-artifacts-fp16.json")}
+
+
 def main() -> None:
     t0 = time.perf_counter()
     ckpt = RUN / "model.pt"
-    step("1/6 train restr-tiny on the synthetic referring task (2 CPU cores: 11-21 minutes; stopped, make demo goes on from its last checkpoint)",
+    step("1/8 train restr-tiny on the synthetic referring task (2 CPU cores: 11-21 minutes; stopped, make demo goes on from its last checkpoint)",
          "restr-train", "--config", "restr-tiny", "--data", "synthetic", "--out", str(RUN), "--resume", "--workers", "1")
-    step("2/6 evaluate on the synthetic test split",
+    step("2/8 evaluate on the synthetic test split",
          "restr-eval", "--ckpt", str(ckpt), "--data", "synthetic:test", "--json", str(RUN / "eval.json"))
-    step("3/6 control: the same model with each expression swapped for another object's of the same image",
+    step("3/8 control: the same model with each expression swapped for another object's of the same image",
          "restr-eval", "--ckpt", str(ckpt), "--data", "synthetic:test", "--shuffle-text", "--json", str(RUN / "eval-shuffled.json"))
-    step("4/6 export ONNX (end-to-end and split), mixed-precision FP16 ONNX, verified against PyTorch",
+    step("4/8 export ONNX (end-to-end and split), mixed-precision FP16 ONNX, verified against PyTorch",
          "restr-export", "--ckpt", str(ckpt), "--out", str(RUN / "export"), "--force")
+    for n, (precision, (drop, path)) in enumerate(GATES.items(), 5):
+        step(f"{n}/8 deploy gate: the {precision.upper()} graphs through the runtime against the checkpoint, on the same samples",
+             "restr-eval", "--ckpt", str(ckpt), "--artifacts", str(RUN / "export"), "--data", "synthetic:test",
+             *(["--precision", precision] if precision != "fp32" else []), "--max-drop", str(drop), "--json", str(path))
 
     from restr.data import build_dataset
     from restr.runtime.tokenizer import Vocabulary
@@ -54,12 +64,12 @@ def main() -> None:
     for n, (image, texts) in enumerate(test.expressions_by_image(3).items(), 1):
         args = [a for t in texts[:3] for a in ("--text", t)]
         out = RUN / "predict" / image.stem
-        step(f"5/6 predict with the torch-free runtime (image {n} of 3)", "restr-predict", "--artifacts", str(RUN / "export"),
+        step(f"7/8 predict with the torch-free runtime (image {n} of 3)", "restr-predict", "--artifacts", str(RUN / "export"),
              "--image", str(image), *args, "--out", str(out), "--overlay", "--force")
         if not (out / "summary.json").is_file():
             sys.exit(f"demo: restr-predict wrote no {out / 'summary.json'}")
     sheet = _contact_sheet(RUN / "predict", RUN / "predictions.png")
-    step("6/6 params and MACs of restr-b16 against the paper", "restr-bench", "--macs")
+    step("8/8 params and MACs of restr-b16 against the paper", "restr-bench", "--macs")
 
     ev = json.loads((RUN / "eval.json").read_text())
     sh = json.loads((RUN / "eval-shuffled.json").read_text())
@@ -68,8 +78,17 @@ def main() -> None:
     print(f"training time            {meta_train / 60:.1f} min" if meta_train else "training time            (reused an earlier run)")
     print(f"test overall IoU         {ev['overall_iou']:.3f}   mean IoU {ev['mean_iou']:.3f}   (n={ev['n']})")
     print(f"shuffled-text control    {sh['overall_iou']:.3f}   mean IoU {sh['mean_iou']:.3f}   (the model reads the words)")
+    for precision, (drop, path) in GATES.items():
+        print(gate_summary(precision, drop, path))
     print(f"artifacts                {RUN / 'export'}   predictions {RUN / 'predict'} ({sheet})")
     print(f"demo wall time           {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+def gate_summary(precision: str, drop: float, path: Path) -> str:
+    """One summary line of a deploy-gate comparison that restr-eval wrote to `path`."""
+    res = json.loads(Path(path).read_text())
+    return (f"{precision.upper() + ' export':<25}overall IoU {res['artifacts']['overall_iou']:.4f}, {res['difference']['overall_iou']:+.4f} "
+            f"against the checkpoint (gate: at most {drop:g} below); mask IoU with the checkpoint's, mean {res['agreement']['mean_mask_iou']:.4f}")
 
 
 def _contact_sheet(predict: Path, path: Path) -> Path:
