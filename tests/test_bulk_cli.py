@@ -111,6 +111,7 @@ def test_records_decode_to_single_image_masks(tiny, photos, tmp_path):
     summary = json.loads((out / SUMMARY).read_text())
     assert (summary["requests"], summary["images"], summary["expressions"], summary["errors"]) == (5, 5, 8, 0)
     assert "images/s" in done.stdout and f"wrote {out / RECORDS}" in done.stdout
+    assert "restr-predict 5/5 (100%)" in done.stderr and "img/s" in done.stderr  # the progress line off a terminal
 
 
 def test_images_folder_glob_and_stdin(tiny, photos, tmp_path, monkeypatch):
@@ -319,6 +320,53 @@ def test_resume_refuses_another_input(tiny, photos, finished, tmp_path):
         (photos / "999.png").rename(photos / "001.png")
     assert r.exit_code == 2 and "the input is not the one the run read" in r.stderr, r.output
     assert len(read(out)) == 8
+
+
+@pytest.mark.parametrize("error,code,shown", [
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), 2, "RuntimeError: CUDA error: an illegal memory access"),
+    (AttributeError("'NoneType' object has no attribute 'run'"), 3, r"internal error \(AttributeError: .*please report it"),
+])
+def test_a_runtime_failure_mid_run_keeps_whole_records_and_resume_finishes(tiny, photos, finished, tmp_path, monkeypatch, error, code, shown):
+    """The runtime failing after some requests (CUDA, ONNX Runtime) is exit 2, a bug exit 3: one
+    error line, the records written so far whole; --resume then finishes the run."""
+    import re
+
+    from restr.runtime.predictor import Predictor
+
+    real = Predictor.predict_many
+
+    def failing(self, requests, **kw):
+        for n, result in enumerate(real(self, requests, **kw)):
+            if n == 3:
+                raise error
+            yield result
+
+    monkeypatch.setattr(Predictor, "predict_many", failing)
+    out = tmp_path / "o"
+    args = ("--images", photos, "--text", "the dog", "--text", "red car")
+    r = bulk(tiny, out, *args)
+    assert r.exit_code == code and isinstance(r.exception, SystemExit), r.output
+    assert re.search(shown, r.stderr.strip().splitlines()[-1]) and r.stderr.strip().splitlines()[-1].startswith("restr-predict: error:")
+    assert sorted({rec["request"] for rec in read(out)}) == [0, 1, 2] and scan(out / RECORDS).end == (out / RECORDS).stat().st_size
+    monkeypatch.setattr(Predictor, "predict_many", real)
+    assert bulk(tiny, out, *args, "--resume").exit_code == 0
+    assert canonical(read(out)) == canonical(read(finished))
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tiny, photos, tmp_path):
+    """Two processes appending to one records file would interleave: the second is refused."""
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running restr-predict holds
+        r = bulk(tiny, out, "--images", photos, "--text", "the dog", "--resume")
+    finally:
+        os.close(fd)
+    assert r.exit_code == 2 and "another restr-predict is writing there" in r.stderr, r.output
+    assert not (out / RECORDS).exists()
 
 
 def _start(tiny, folder: Path, out: Path, *extra) -> subprocess.Popen:
