@@ -23,6 +23,11 @@ def _fail(message: str, code: int) -> None:
 
 @click.command(PROG, cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to export (from restr-train).")
+@click.option("--from", "ckpt_from", type=click.Choice(["restr", "authors"]), default="restr", show_default=True,
+              help="What --ckpt holds: a restr checkpoint, or a state dict saved by the authors' train_restr.py (SouthFlame/restr), "
+                   "read into restr-b16-authors (or -shared-authors) with their --vocab.")
+@click.option("--vocab", "authors_vocab", type=click.Path(path_type=Path), metavar="PATH",
+              help="With --from authors: their data/vocabulary_*.txt, or their data/ folder (the file that fits the checkpoint).")
 @click.option("--config", "config_name", metavar="NAME",
               help="Without --ckpt: export RANDOMLY INITIALISED weights of this config (restr-b16, restr-tiny, ...), for benchmarking before training.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Artifact folder to write (must not exist unless --force).")
@@ -59,7 +64,7 @@ def _fail(message: str, code: int) -> None:
               help="Repository for a GPU server, a CPU one, or the CPU server bundled with PyTriton (restr-serve --repository).")
 @click.option("--force", is_flag=True, help="Replace an existing export folder (and Triton repository).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, engine, engine_graphs, timing_cache, workspace_gib,
+def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_size, max_batch, precisions, engine, engine_graphs, timing_cache, workspace_gib,
         opset, attention, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, triton_repo,
         triton_for, force, no_progress):
     """Export a ReSTR checkpoint to ONNX (end-to-end and split graphs, FP32 and FP16, pre- and post-processing), verify it
@@ -68,6 +73,7 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
 
     \b
       restr-export --ckpt runs/demo/model.pt --out runs/demo/export
+      restr-export --ckpt Gref_400000.pth --from authors --vocab data/vocabulary_Gref.txt --out runs/authors
       restr-export --config restr-b16 --image-size 320 --out runs/b16-random   (random weights)
       restr-export --build-engines runs/demo/export                            (later, on a GPU machine)
       restr-export --out runs/demo/export --triton runs/demo/triton            (a Triton model repository)
@@ -107,7 +113,12 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
             check_writable_dir(out.parent if force and out.exists() else out, "--out")
             if json_out is not None:
                 check_writable_file(json_out, "--json")
-            source = load_source(ckpt, config_name, image_size, seed)
+            if ckpt_from == "authors":
+                source = _authors_source(ckpt, authors_vocab, config_name, image_size)
+            elif authors_vocab is not None:
+                raise ExportError("--vocab goes with --from authors (a restr checkpoint holds its vocabulary)")
+            else:
+                source = load_source(ckpt, config_name, image_size, seed)
             manifest = export_artifacts(source, out, options)
         if triton_repo is not None:
             _write_triton(out, triton_repo, triton_for, force)
@@ -118,6 +129,25 @@ def cli(ckpt, config_name, out, engines_for, image_size, max_batch, precisions, 
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"out": str(out), "manifest": manifest}, indent=2) + "\n", encoding="utf-8")
+
+
+def _authors_source(ckpt, vocab, config_name, image_size):
+    """--from authors: their state dict and vocabulary as the `-authors` variant (restr.authors)."""
+    from restr.authors import load_authors_checkpoint
+    from restr.checkpoint import CheckpointError, resize_model
+    from restr.export.pipeline import ExportError, Source, check_image_size
+
+    if ckpt is None or vocab is None or config_name:
+        raise ExportError("--from authors reads --ckpt THEIR_MODEL.pth with --vocab (their data/vocabulary_*.txt or data/ folder), no --config")
+    try:
+        ck = load_authors_checkpoint(ckpt, vocab)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    model = ck.model
+    if image_size is not None and image_size != ck.config.image_size:
+        check_image_size(image_size, ck.config.patch_size, ck.config.name)
+        model = resize_model(model, image_size)
+    return Source(model, ck.vocab, ck.meta, Path(ckpt), random_weights=False)
 
 
 def _write_triton(export_dir: Path, repo: Path, target: str, force: bool) -> None:

@@ -6,6 +6,7 @@ model/transformers/utils.py, utils/torchutils.py, train_restr.py), not from rest
 weights are built here in their exact state-dict layout, at small sizes, and read through
 `restr.authors`; every stage must agree to float32 rounding.
 """
+import functools
 import math
 
 import numpy as np
@@ -20,6 +21,8 @@ D, DL, HEADS, P, GRID, T = 16, 8, 2, 4, 4, 20  # fusion/vision width, language w
 K = int(math.log2(P))
 WORDS = ["<pad>", "<go>", "<eos>", "<unk>", "red", "dog", "left", "the", "man", "big", "cat", "on"]  # their file layout
 TOL = 1e-5  # float32 against the float64 reference
+
+torch.set_num_threads(1)
 
 
 def authors_config(shared=False) -> ReSTRConfig:
@@ -240,23 +243,30 @@ def stages(model: ReSTR, vocab, image, gt) -> dict[str, np.ndarray]:
     return out
 
 
-def differences(model, vocab, shared=False) -> dict[str, float]:
+@functools.lru_cache(maxsize=2)
+def reference(shared=False) -> dict[str, np.ndarray]:
+    """The authors' stages on `sample()`, and the pixel logits and vision features at another input size."""
     sd = {k: v.double().numpy() for k, v in their_state_dict(shared).items()}
     ids = np.array([their_ids(s) for s in SENTENCES])
     image, gt = sample()
     ref = authors_forward(image, ids, sd, shared)
     ref["loss"] = authors_loss(ref["pixel logits"], ref["patch logits"], gt)
+    bigger = authors_forward(sample(size=(GRID + 2) * P, seed=2)[0], ids, sd, shared)  # the position grid is resized
+    ref["vision, another input size"], ref["pixel logits, another input size"] = bigger["vision"], bigger["pixel logits"]
+    return ref
+
+
+def differences(model, vocab, shared=False) -> dict[str, float]:
+    """max |restr - the authors' equations| per stage."""
+    image, gt = sample()
     ours = stages(model, vocab, image, gt)
-    diffs = {k: float(np.abs(ours[k] - ref[k]).max()) if ours[k].shape == np.shape(ref[k]) else math.inf for k in ref}
-    bigger, _ = sample(size=(GRID + 2) * P, seed=2)  # another input size: the position grid is resized
-    ref_big = authors_forward(bigger, ids, sd, shared)
     enc = vocab.encode(SENTENCES, T)
-    x = torch.from_numpy(bigger).float()
+    x = torch.from_numpy(sample(size=(GRID + 2) * P, seed=2)[0]).float()
     with torch.no_grad():
-        ours_big = {"vision": model.vision(x), "pixel logits": model(x, torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask))[0]}
-    for k, v in ours_big.items():
-        diffs[f"{k}, another input size"] = float(np.abs(v.double().numpy() - ref_big[k]).max())
-    return diffs
+        ours["vision, another input size"] = model.vision(x).double().numpy()
+        ours["pixel logits, another input size"] = model(x, torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask))[0].double().numpy()
+    ref = reference(shared)
+    return {k: float(np.abs(ours[k] - ref[k]).max()) if ours[k].shape == np.shape(ref[k]) else math.inf for k in ref}
 
 
 def load(tmp_path, shared=False, cfg=None):
@@ -356,3 +366,100 @@ def test_config_from_the_weights():
     assert get_config("restr-b16-authors").replace(name="x") == get_config("restr-b16").replace(name="x", **AUTHORS)
     with pytest.raises(ValueError, match="not an authors variant"):
         convert_state_dict(sd, get_config("restr-b16"), list(range(len(WORDS))))
+
+
+# ---------------------------------------------------------------- restr-export --from authors, and the hosts
+
+
+def run_export(args) -> tuple[int, str]:
+    from restr.export.cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        return int(e.code or 0), ""
+    return 0, ""
+
+
+def small_b16_authors(monkeypatch) -> None:
+    """restr-b16-authors at this test's small sizes: the config restr-export reads their weights into."""
+    from restr.config import CONFIGS
+
+    monkeypatch.setitem(CONFIGS, "restr-b16-authors", authors_config())
+
+
+def test_export_refuses_a_key_that_does_not_fit_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    small_b16_authors(monkeypatch)
+    sd = their_state_dict()
+    sd["fusion_module.proj_extra"] = sd.pop("fusion_module.proj_cls")
+    torch.save(sd, tmp_path / "their.pth")
+    (tmp_path / "vocabulary_Gref.txt").write_text("\n".join(WORDS) + "\n")
+    code, _ = run_export(["--ckpt", str(tmp_path / "their.pth"), "--from", "authors", "--vocab", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert err.count("\n") == 1 and "missing: fusion_module.proj_cls (1); unexpected: fusion_module.proj_extra (1)" in err
+
+
+@pytest.fixture(scope="module")
+def authors_export(tmp_path_factory):
+    """Their small state dict exported through restr-export --from authors (FP32 and FP16, verified)."""
+    tmp = tmp_path_factory.mktemp("authors")
+    torch.save(their_state_dict(), tmp / "their.pth")
+    (tmp / "vocabulary_Gref.txt").write_text("\n".join(WORDS) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        small_b16_authors(mp)
+        code, _ = run_export(["--ckpt", str(tmp / "their.pth"), "--from", "authors", "--vocab", str(tmp / "vocabulary_Gref.txt"),
+                              "--out", str(tmp / "export"), "--no-progress", "--no-engine", "--threads", "1"])
+    assert code == 0
+    return tmp / "export"
+
+
+def test_exported_graphs_compute_their_equations(authors_export):
+    import onnxruntime as ort
+
+    sd = {k: v.double().numpy() for k, v in their_state_dict().items()}
+    image, _ = sample()
+    ref = authors_forward(image, np.array([their_ids(s) for s in SENTENCES]), sd)
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    from restr.runtime.tokenizer import Vocabulary
+
+    enc = Vocabulary.load(authors_export / "vocab.txt").encode(SENTENCES, T)
+    feeds = {"image": image.astype(np.float32), "words": enc.words, "pad_mask": enc.pad_mask}
+    run = lambda name, **f: ort.InferenceSession(str(authors_export / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(None, f)  # noqa: E731
+    for precision, tol in (("", TOL), ("_fp16", 5e-3)):
+        pixel, patch = run(f"end_to_end{precision}", **feeds)
+        (v,) = run(f"vision{precision}", image=feeds["image"][:1])
+        (l,) = run(f"language{precision}", words=enc.words, pad_mask=enc.pad_mask)
+        split_pixel, _ = run(f"fusion_decoder{precision}", visual_features=v, linguistic_features=l, pad_mask=enc.pad_mask)
+        assert np.abs(pixel - sigmoid(ref["pixel logits"])).max() <= tol
+        assert np.abs(patch - sigmoid(ref["patch logits"])).max() <= tol
+        assert np.abs(split_pixel[0] - sigmoid(ref["pixel logits"][0])).max() <= tol  # one image's features shared
+    manifest = __import__("json").loads((authors_export / "manifest.json").read_text())
+    assert manifest["model"]["config"]["padding"] == "front" and manifest["verification"]["passed"]
+    assert manifest["model"]["checkpoint"]["meta"]["source"] == "SouthFlame/restr"
+
+
+def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(3).random((30, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    args = ["--artifacts", str(authors_export), "--image", str(tmp_path / "photo.png"), "--text", SENTENCES[0], "--text", SENTENCES[2]]
+    py = subprocess.run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")], capture_output=True, text=True)
+    assert py.returncode == 0, py.stderr
+    summary = __import__("json").loads((tmp_path / "py" / "summary.json").read_text())
+    assert summary["model"] == "tiny-authors" and len(summary["expressions"]) == 2
+    build = Path(os.environ.get("RESTR_CPP_BUILD", Path(__file__).parents[1] / "build" / "cpp"))
+    if not (build / "tools" / "restr-predict-cpp").exists():
+        pytest.skip("the C++ host is not built (make cpp-build)")
+    cpp = subprocess.run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"],
+                         capture_output=True, text=True)
+    assert cpp.returncode == 0, cpp.stderr
+    ours = __import__("json").loads((tmp_path / "cpp" / "summary.json").read_text())
+    for a, b in zip(summary["expressions"], ours["expressions"]):
+        assert a["area"] == b["area"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "py" / a["mask"])), np.asarray(Image.open(tmp_path / "cpp" / b["mask"])))
