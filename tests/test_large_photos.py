@@ -1,7 +1,8 @@
 """Photos as phones take them (12 MP, EXIF-rotated, RGBA): the processing graphs on them against the
-earlier graphs, and what the runtime does to them on the host. Torch-free and without a model export."""
+earlier graphs, the overlay rule, and the PNG writer. Torch-free and without a model export."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from restr.runtime.transforms import Letterbox, load_image, mean_fill, normalize
+from restr.runtime.visualize import contact_sheet, contour_width, overlay, save_mask, save_overlay, write_png
 
 # preprocess.onnx and postprocess.onnx as restr-export wrote them for restr-tiny (80 x 80, mean and
 # std 0.5) before the preprocess graph resized channel by channel: what older exports hold.
@@ -93,3 +95,128 @@ def test_load_image_turns_the_photo_as_pillow_does(tmp_path, orientation):
     Image.fromarray(rgba[..., :3]).save(tmp_path / "photo.jpg", exif=exif, quality=95)
     with Image.open(tmp_path / "photo.jpg") as im:
         np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "photo.jpg")), np.asarray(ImageOps.exif_transpose(im)))
+
+
+# -- the overlay rule ----------------------------------------------------------------------------------
+
+
+def rest_of_image(rgb: np.ndarray, k: int = 128) -> np.ndarray:
+    """The rule's pixels outside the mask and its contour, written out: ((c + y) * k) >> 9 per channel,
+    y = (19595 R + 38470 G + 7471 B + 32768) >> 16."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    luma = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16
+    return (((rgb + luma[..., None]) * k) >> 9).astype(np.uint8)
+
+
+def ring_of(mask: np.ndarray, w: int) -> np.ndarray:
+    """Pixels outside `mask` with a mask pixel within Chebyshev distance w, by brute force over the
+    (2w+1)^2 shifts (small masks only)."""
+    h, wd = mask.shape
+    padded = np.zeros((h + 2 * w, wd + 2 * w), bool)
+    padded[w : w + h, w : w + wd] = mask
+    near = np.zeros_like(mask)
+    for dy in range(2 * w + 1):
+        for dx in range(2 * w + 1):
+            near |= padded[dy : dy + h, dx : dx + wd]
+    return near & ~mask
+
+
+def scene(h: int, w: int) -> np.ndarray:
+    """A grey, lightly noisy background with a red and a green rectangle (the synthetic task's colours)."""
+    rgb = np.full((h, w, 3), 140, np.uint8) ^ np.random.default_rng(0).integers(0, 8, (h, w, 3), dtype=np.uint8)
+    rgb[h // 4 : h // 2, w // 8 : w // 3] = (215, 45, 40)
+    rgb[h // 2 : 3 * h // 4, w // 2 : 3 * w // 4] = (40, 165, 60)
+    return rgb
+
+
+def test_overlay_rule_on_a_large_photo(tmp_path):
+    """On a photo 4000 wide (600 high: the width alone sets the contour's): the object's pixels are
+    kept exactly (the earlier overlay tinted them half way to a contrasting colour: "the red circle"
+    showed grey-blue), every other pixel is (c + y) >> 2, and the contour is white and
+    max(2, 4000 // 300) = 13 pixels wide (the earlier outline: 1 pixel, inside the mask); the saved
+    PNG holds the same pixels."""
+    h, w = 600, 4000
+    rgb = scene(h, w)
+    boxes = [(h // 4, h // 2, w // 8, w // 3), (0, 40, w - 300, w)]  # the red rectangle; one at two edges
+    mask = np.zeros((h, w), bool)
+    ring = np.zeros((h, w), bool)
+    for y0, y1, x0, x1 in boxes:  # the ring of rectangles: each grown by 13, clipped at the edges
+        mask[y0:y1, x0:x1] = True
+        ring[max(0, y0 - 13) : y1 + 13, max(0, x0 - 13) : x1 + 13] = True
+    ring &= ~mask
+    assert contour_width(h, w) == 13
+    want = rest_of_image(rgb)
+    want[mask] = rgb[mask]
+    want[ring] = 255
+    got = np.asarray(overlay(rgb, mask))
+    np.testing.assert_array_equal(got, want)
+    assert (got[h // 4 + 5 : h // 2 - 5, w // 8 + 5 : w // 3 - 5] == (215, 45, 40)).all()  # what the words are about
+    row = got[3 * h // 8, w // 3 : w // 3 + 14]  # right of the red rectangle: 13 contour pixels, then the rest
+    assert (row[:13] == 255).all() and (row[13] < 128).all()
+    path = save_overlay(tmp_path / "o.png", Image.fromarray(rgb), mask)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), want)
+
+
+@pytest.mark.parametrize("alpha,color", [(0.0, (255, 0, 255)), (0.5, (0, 0, 0)), (0.75, (0, 0, 0)), (1.0, (255, 255, 0))])
+def test_overlay_alpha_and_colour(alpha, color):
+    """alpha sets k = round(256 (1 - alpha)) in ((c + y) k) >> 9 for the rest (0: only desaturated,
+    1: black); color is the contour's; an array or a PIL image gives the same."""
+    rgb = scene(90, 120)
+    mask = np.zeros((90, 120), bool)
+    mask[30:60, 20:50] = True
+    mask[0:5, 100:120] = True
+    got = np.asarray(overlay(Image.fromarray(rgb), mask, color=color, alpha=alpha))
+    want = rest_of_image(rgb, round(256 * (1 - alpha)))
+    want[mask] = rgb[mask]
+    want[ring_of(mask, 2)] = color
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(overlay(rgb, mask.astype(np.uint8), color=color, alpha=alpha)), got)
+
+
+def test_overlay_of_an_empty_and_a_full_mask():
+    rgb = scene(60, 80)
+    np.testing.assert_array_equal(np.asarray(overlay(rgb, np.zeros((60, 80), bool))), rest_of_image(rgb))  # no contour
+    np.testing.assert_array_equal(np.asarray(overlay(rgb, np.ones((60, 80), bool))), rgb)
+
+
+def test_sheet_tiles_are_the_overlay_rule_at_the_tile_size():
+    """A --sheet tile: the photo resized to the tile (Pillow BILINEAR), the mask as 0/255 resized the
+    same way and kept where >= 128, then the overlay rule with contour_width(tile) = 2: the red
+    object stays red (the earlier tile was the tinted overlay, scaled down) and is ringed in white."""
+    h, w = 900, 1200
+    rgb = scene(h, w)
+    mask = np.zeros((h, w), bool)
+    mask[h // 4 : h // 2, w // 8 : w // 3] = True
+    sheet = np.asarray(contact_sheet(Image.fromarray(rgb), [mask, ~mask], ["the red rectangle", "the rest"]))
+    small = np.asarray(Image.fromarray(rgb).resize((320, 240), Image.BILINEAR))
+    for k, m in enumerate((mask, ~mask)):
+        tile = sheet[8 : 8 + 240, 8 + k * 328 : 8 + k * 328 + 320]  # 1200 x 900 -> 320 x 240, 8 pixels apart
+        small_mask = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((320, 240), Image.BILINEAR)) >= 128
+        want = rest_of_image(small)
+        want[small_mask] = small[small_mask]
+        want[ring_of(small_mask, 2)] = 255
+        np.testing.assert_array_equal(tile, want)
+    assert (sheet[8 + 70, 8 + 50] == (215, 45, 40)).all()
+
+
+# -- PNG -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (37, 53), (37, 53, 3), (1, 5, 3), (300, 2, 3)])
+def test_write_png_round_trips(shape):
+    """write_png's files read back in Pillow as the same pixels (greyscale L or RGB)."""
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    f = io.BytesIO()
+    write_png(f, pixels)
+    im = Image.open(io.BytesIO(f.getvalue()))
+    assert im.mode == ("RGB" if len(shape) == 3 else "L")
+    np.testing.assert_array_equal(np.asarray(im), pixels)
+
+
+def test_save_mask_writes_0_and_255(tmp_path):
+    mask = np.zeros((3000, 4000), bool)
+    mask[100:2000, 50:3000] = True
+    path = save_mask(tmp_path / "m.png", mask)
+    m = np.asarray(Image.open(path))
+    assert Image.open(path).mode == "L" and set(np.unique(m)) == {0, 255}
+    np.testing.assert_array_equal(m == 255, mask)
