@@ -113,10 +113,8 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
             check_writable_dir(out.parent if force and out.exists() else out, "--out")
             if json_out is not None:
                 check_writable_file(json_out, "--json")
-            if ckpt_from == "authors":
-                source = _authors_source(ckpt, authors_vocab, config_name, image_size)
-            elif authors_vocab is not None:
-                raise ExportError("--vocab goes with --from authors (a restr checkpoint holds its vocabulary)")
+            if ckpt_from == "authors" or authors_vocab is not None:
+                source = _authors_source(ckpt, ckpt_from, authors_vocab, config_name, image_size)
             else:
                 source = load_source(ckpt, config_name, image_size, seed)
             manifest = export_artifacts(source, out, options)
@@ -131,16 +129,15 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
         json_out.write_text(json.dumps({"out": str(out), "manifest": manifest}, indent=2) + "\n", encoding="utf-8")
 
 
-def _authors_source(ckpt, vocab, config_name, image_size):
+def _authors_source(ckpt, ckpt_from, vocab, config_name, image_size):
     """--from authors: their state dict and vocabulary as the `-authors` variant (restr.authors)."""
-    from restr.authors import load_authors_checkpoint
-    from restr.checkpoint import CheckpointError, resize_model
+    from restr.checkpoint import CheckpointError, load_checkpoint_from, resize_model
     from restr.export.pipeline import ExportError, Source, check_image_size
 
-    if ckpt is None or vocab is None or config_name:
+    if ckpt is None or config_name:
         raise ExportError("--from authors reads --ckpt THEIR_MODEL.pth with --vocab (their data/vocabulary_*.txt or data/ folder), no --config")
     try:
-        ck = load_authors_checkpoint(ckpt, vocab)
+        ck = load_checkpoint_from(ckpt, ckpt_from, vocab)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
     model = ck.model

@@ -99,6 +99,26 @@ def load_checkpoint(path, image_size: int | None = None) -> Checkpoint:
     return Checkpoint(model.eval(), cfg, vocab, dict(obj.get("meta", {})), obj.get("train_state"))
 
 
+CHECKPOINT_SOURCES = ("restr", "authors")  # what a --ckpt / --init file holds (--from)
+
+
+def load_checkpoint_from(path, source: str = "restr", vocab=None, image_size: int | None = None) -> Checkpoint:
+    """`load_checkpoint`, or with `source="authors"` a state dict saved by the authors' train_restr.py
+    (SouthFlame/restr), read with their vocabulary `vocab` (their vocabulary_*.txt or data/ folder)
+    into the `-authors` variant (`restr.authors.load_authors_checkpoint`). One-line CheckpointError."""
+    if source not in CHECKPOINT_SOURCES:
+        raise CheckpointError(f"unknown checkpoint source {source!r}; known: {', '.join(CHECKPOINT_SOURCES)}")
+    if source == "authors":
+        if vocab is None:
+            raise CheckpointError(f"{path}: the authors' checkpoints hold no vocabulary: give theirs (--vocab data/vocabulary_*.txt)")
+        from restr.authors import load_authors_checkpoint
+
+        return load_authors_checkpoint(path, vocab, image_size)
+    if vocab is not None:
+        raise CheckpointError("--vocab goes with --from authors (a restr checkpoint holds its vocabulary)")
+    return load_checkpoint(path, image_size)
+
+
 def load_weights(model: ReSTR, state: dict, source: str) -> None:
     """Strict load with a one-line error naming what does not fit."""
     own = model.state_dict()

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from restr.checkpoint import CheckpointError, read_checkpoint_dict, save_checkpoint
+from restr.checkpoint import CHECKPOINT_SOURCES, Checkpoint, CheckpointError, load_checkpoint_from, read_checkpoint_dict, save_checkpoint
 from restr.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_dir, one_line_errors, pick_device
 from restr.config import ReSTRConfig, get_config
 from restr.modeling import ReSTR, restr_loss
@@ -210,9 +210,12 @@ def _distributed() -> tuple[int, int, int]:
 def train(
     cfg: ReSTRConfig, tc: TrainConfig, data: str, out: str | Path, device: str = "auto", resume: bool = False,
     workers: int = 2, split_by=None, image_root=None, pretrained_vit=None, glove=None, progress: bool = True,
-    stop_after: int | None = None, from_scratch: bool = False,
+    stop_after: int | None = None, from_scratch: bool = False, init: Checkpoint | None = None,
 ) -> Path:
     """Train and return the path of the final checkpoint (`out/model.pt`).
+
+    `init`: start from these weights and their vocabulary (`load_checkpoint_from`: a restr checkpoint
+    or the authors'), instead of pretrained ViT / GloVe files or random ones; `cfg` must be its config.
 
     `tc.batch_size` is the global batch: under torchrun each of the N processes takes 1/N of it.
     `stop_after` ends this process after that many iterations with `last.pt` written, for
@@ -231,11 +234,13 @@ def train(
     folder = RunFolder(Path(out))
     run = _jsonable({"config": cfg.to_dict(), "data": data, "train": dataclasses.asdict(tc)})
     state = folder.check(run, resume)
-    if state is None:
+    if init is not None and init.config != cfg:
+        raise UsageError(f"--init holds a {init.config.name} model, not {cfg.name}")
+    if state is None and init is None:
         check_pretrained(tc, cfg.name, pretrained_vit, glove, from_scratch)
 
-    # Data: the vocabulary comes from the training split (or the checkpoint being resumed).
-    vocab = None
+    # Data: the vocabulary comes from the training split (or the checkpoint being resumed or started from).
+    vocab = None if init is None else init.vocab
     if state is not None:
         from restr.runtime.tokenizer import Vocabulary
 
@@ -249,7 +254,9 @@ def train(
 
     torch.manual_seed(tc.seed)
     model = ReSTR(cfg, len(vocab))
-    if state is None:
+    if state is None and init is not None:
+        model.load_state_dict(init.model.state_dict())
+    elif state is None:
         _load_pretrained(model, vocab, pretrained_vit, glove, log=(rank == 0))
     model.to(dev)
     optimizer = build_optimizer(model, tc)
@@ -265,7 +272,8 @@ def train(
         folder.out.mkdir(parents=True, exist_ok=True)
         if state is None:
             folder.run_json.write_text(json.dumps({**run, "vocab_size": len(vocab), "world_size": world, "batch_per_process": proc_batch,
-                                                   "from_scratch": not (pretrained_vit or glove)}, indent=2))
+                                                   "from_scratch": not (pretrained_vit or glove or init),
+                                                   "init": _init_meta(init)}, indent=2))
     if step >= tc.iterations:
         if rank == 0:
             print(f"{folder.out}: run already finished at iteration {step}")
@@ -275,11 +283,11 @@ def train(
     use_amp = dev.type == "cuda"
     meta = {"data": data, "split_by": split_by, "image_root": str(image_root) if image_root else None,
             "pretrained_vit": str(pretrained_vit) if pretrained_vit else None, "glove": str(glove) if glove else None,
-            "from_scratch": not (pretrained_vit or glove)}
+            "from_scratch": not (pretrained_vit or glove or init), "init": _init_meta(init)}
     if rank == 0:
         print(f"{cfg.name}: {tc.iterations} iterations from {step}, batch {tc.batch_size}"
               f" ({proc_batch} per process x {world} processes), LR {tc.lr:g} (vision {tc.lr * tc.vision_lr_scale:g}),"
-              f" grad clip {tc.grad_clip:g}, {'pretrained ViT/GloVe' if pretrained_vit or glove else 'random initial weights'}; log {folder.metrics}",
+              f" grad clip {tc.grad_clip:g}, {_start_from(init, pretrained_vit, glove)}; log {folder.metrics}",
               file=sys.stderr, flush=True)
     bar = Progress(tc.iterations, "train", initial=step, enabled=progress and rank == 0)
     t_start, last_val = time.time(), None
@@ -360,6 +368,17 @@ def _validate(model, val_ds, dev, batch, tc, rank, world, folder, step) -> tuple
     return result["overall_iou"], result
 
 
+def _init_meta(init: Checkpoint | None) -> dict | None:
+    """What --init started the run from (the checkpoint's own meta, which names its file)."""
+    return None if init is None else _jsonable(init.meta)
+
+
+def _start_from(init: Checkpoint | None, pretrained_vit, glove) -> str:
+    if init is not None:
+        return f"weights of {init.meta.get('authors_checkpoint') or init.meta.get('init_checkpoint') or 'the --init checkpoint'}"
+    return "pretrained ViT/GloVe" if pretrained_vit or glove else "random initial weights"
+
+
 def _load_pretrained(model, vocab, pretrained_vit, glove, log: bool) -> None:
     if pretrained_vit:
         from restr.pretrained import load_vit_weights
@@ -383,7 +402,7 @@ def _jsonable(d: dict) -> dict:
 
 
 @click.command("restr-train", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--config", "config_name", default="restr-tiny", show_default=True, help="Model config: restr-b16, restr-b16-shared, restr-b16-vme, restr-b16-ime, restr-tiny.")
+@click.option("--config", "config_name", default="restr-tiny", show_default=True, help="Model config: restr-b16, restr-b16-shared, restr-b16-vme, restr-b16-ime, restr-b16-authors, restr-b16-shared-authors, restr-tiny.")
 @click.option("--data", default="synthetic", show_default=True, help="'synthetic' (built in, cached in ~/.cache/restr or $RESTR_CACHE) or a refer-layout folder (refs(<split-by>).p + instances.json).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt, last.pt, metrics.jsonl (one JSON line per log step: the file to watch), run.json.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same config, data and schedule).")
@@ -392,6 +411,12 @@ def _jsonable(d: dict) -> dict:
 @click.option("--pretrained-vit", default=None, type=click.Path(dir_okay=False, exists=True), help="ImageNet-21k ViT-B/16 weights (timm .pth/.safetensors or AugReg .npz).")
 @click.option("--glove", default=None, type=click.Path(dir_okay=False, exists=True), help="GloVe vectors (glove.*.txt) for the word embeddings.")
 @click.option("--from-scratch", is_flag=True, help="Train restr-b16 from random weights without --pretrained-vit/--glove (refused otherwise: its recipe fine-tunes them).")
+@click.option("--init", "init_path", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Start from these weights, their config and vocabulary: a restr checkpoint, or with --from authors a state dict saved by the authors' train_restr.py.")
+@click.option("--from", "init_from", type=click.Choice(CHECKPOINT_SOURCES), default="restr", show_default=True,
+              help="What --init holds (authors: read into restr-b16-authors or -shared-authors).")
+@click.option("--vocab", "init_vocab", default=None, type=click.Path(exists=True),
+              help="With --init ... --from authors: their data/vocabulary_*.txt, or their data/ folder.")
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Total iterations (default: the config's recipe).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Global batch size (default: the config's recipe, 8 for restr-b16); under torchrun each of N processes takes 1/N of it, so it must divide by N.")
@@ -404,8 +429,8 @@ def _jsonable(d: dict) -> dict:
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice).")
 @click.option("--stop-after", default=None, type=click.IntRange(min=1), help="Stop after N iterations of this process (resume later with --resume).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines (validation results and the start line are still printed).")
-def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, glove, from_scratch, iterations, batch_size, lr, val_every,
-         seed, device, workers, threads, stop_after, no_progress):
+def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, glove, from_scratch, init_path, init_from, init_vocab,
+         iterations, batch_size, lr, val_every, seed, device, workers, threads, stop_after, no_progress):
     """Train ReSTR. Defaults follow the paper for restr-b16 (AdamW, LR 1e-5, warm-up 10%, poly 0.9,
     batch 8, 400k iterations) and a from-scratch recipe for restr-tiny. On a terminal a progress
     bar; written to a file, a plain progress line every 30 s ($RESTR_PROGRESS_INTERVAL) and one
@@ -415,12 +440,18 @@ def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, g
     restr-train --config restr-tiny --data synthetic --out runs/demo
     torchrun --nproc-per-node 8 -m restr.train --config restr-b16 --data /data/refcoco --split-by unc \\
         --image-root /data/coco/train2014 --pretrained-vit vit_base_patch16_384.npz --glove glove.840B.300d.txt --out runs/b16
+    restr-train --init Gref_400000.pth --from authors --vocab data/vocabulary_Gref.txt --data /data/refcocog --split-by google \\
+        --image-root /data/coco/train2014 --out runs/authors      (their checkpoint, as restr-b16-authors)
 
     Exit codes: 0 done, 2 bad input (nothing written).
     """
     with one_line_errors("restr-train"):
+        init = None
+        if init_path is not None or init_from != "restr" or init_vocab is not None:
+            init = _read_init(init_path, init_from, init_vocab, config_name, pretrained_vit or glove)
+            config_name = init.config.name
         try:
-            cfg = get_config(config_name)
+            cfg = init.config if init is not None else get_config(config_name)
         except KeyError as e:
             raise UsageError(str(e.args[0])) from None
         tc = train_defaults(config_name)
@@ -429,9 +460,27 @@ def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, g
         if threads:
             torch.set_num_threads(threads)
         path = train(cfg, tc, data, out, device, resume, workers, split_by, image_root, pretrained_vit, glove, stop_after=stop_after,
-                     progress=not no_progress, from_scratch=from_scratch)
+                     progress=not no_progress, from_scratch=from_scratch, init=init)
         if int(os.environ.get("RANK", "0")) == 0:
             click.echo(f"wrote {path}")
+
+
+def _read_init(path, source: str, vocab, config_name: str, pretrained) -> Checkpoint:
+    """--init FILE [--from authors --vocab V]: the checkpoint to start from; its config is the run's."""
+    if path is None:
+        raise UsageError("--from and --vocab go with --init FILE")
+    if pretrained:
+        raise UsageError("--init gives every weight: no --pretrained-vit or --glove with it")
+    try:
+        init = load_checkpoint_from(path, source, vocab)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    explicit = click.get_current_context().get_parameter_source("config_name") != click.core.ParameterSource.DEFAULT
+    if explicit and config_name != init.config.name:
+        raise UsageError(f"--init {path} holds a {init.config.name} model, not --config {config_name}")
+    if source == "restr":
+        init.meta = {**init.meta, "init_checkpoint": str(path)}
+    return init
 
 
 if __name__ == "__main__":

@@ -463,3 +463,25 @@ def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
     for a, b in zip(summary["expressions"], ours["expressions"]):
         assert a["area"] == b["area"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
         assert np.array_equal(np.asarray(Image.open(tmp_path / "py" / a["mask"])), np.asarray(Image.open(tmp_path / "cpp" / b["mask"])))
+
+
+def test_train_starts_from_their_checkpoint(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from restr.checkpoint import load_checkpoint
+    from restr.data import make_synthetic
+    from restr.train import main
+
+    data = make_synthetic(tmp_path / "synthetic", seed=0, sizes={"train": 8, "val": 2, "test": 2})
+    ck = load(tmp_path)
+    small_b16_authors(monkeypatch)
+    r = CliRunner().invoke(main, ["--init", str(tmp_path / "their.pth"), "--from", "authors", "--vocab", str(tmp_path), "--data", str(data),
+                                  "--out", str(tmp_path / "run"), "--iterations", "2", "--batch-size", "2", "--lr", "1e-5", "--val-every", "2",
+                                  "--device", "cpu", "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    trained = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert trained.config == ck.config and trained.vocab == ck.vocab and trained.meta["init"]["source"] == "SouthFlame/restr"
+    moved = max(float((a - b).abs().max()) for a, b in zip(trained.model.state_dict().values(), ck.model.state_dict().values()))
+    assert 0 < moved < 1e-3  # two steps at LR 1e-5 from their weights (a random start is O(1) away)
+    r = CliRunner().invoke(main, ["--init", str(tmp_path / "their.pth"), "--from", "authors", "--data", str(data), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "hold no vocabulary" in r.stderr and not (tmp_path / "r2").exists()
