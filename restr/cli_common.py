@@ -70,6 +70,22 @@ def signals_interrupt():
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT, SIGTERM and SIGHUP wait while inside and arrive on the way out: a short commit (files
+    moved into place, the staging folder removed) is never cut in half."""
+    sigs = {s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, OSError, ValueError):  # no signal masks here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     """128 + the signal's number, as a shell reports a process a signal ended (SIGINT: 130)."""
     return 128 + getattr(interrupt, "signum", signal.SIGINT)

@@ -30,7 +30,7 @@ from pathlib import Path
 import click
 from PIL import Image
 
-from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_interrupt
+from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_deferred, signals_interrupt
 from restr.runtime.atomic import remove_stale_staging, staging_dir, write_json
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
@@ -355,9 +355,10 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
     """Write everything into a temporary folder inside `out`, remove a previous run's outputs (only
     --force lets a non-empty folder through), then move each file into place."""
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(out, PROG)
+    tmp, committed = None, False
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = staging_dir(out, PROG)
         files = []
         for p, name in zip(preds, names):
             files.append(save_mask(tmp / f"{name}.png", p.mask).name)
@@ -367,16 +368,20 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
             captions = [f"{i}. {p.text} (score {p.score:.2f}{', no known words' if p.no_known_words else ''})" for i, p in enumerate(preds, 1)]
             files.append(save_atomic(contact_sheet(rgb, [p.mask for p in preds], captions), tmp / "sheet.png").name)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        _remove_previous_outputs(out)
-        files.append("summary.json")  # last: its presence means the rest is complete
-        for f in files:
-            os.replace(tmp / f, out / f)
+        with signals_deferred():  # the previous outputs go and the new ones arrive whole, or not at all
+            _remove_previous_outputs(out)
+            files.append("summary.json")  # last: its presence means the rest is complete
+            for f in files:
+                os.replace(tmp / f, out / f)
+            shutil.rmtree(tmp, ignore_errors=True)
+            committed = True  # a signal held back until here arrives after the outputs are whole
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        if not committed:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
         raise
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove_previous_outputs(out: Path) -> None:

@@ -382,3 +382,29 @@ def test_staging_left_by_a_killed_run_is_removed_by_the_next(tiny, image, tmp_pa
     (out / "summary.json").unlink()
     r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--out", out)
     assert r.exit_code == 2 and "holds files" in r.stderr and live.is_dir()
+
+
+def test_a_signal_while_outputs_move_into_place_waits_for_them(tiny, image, tmp_path, monkeypatch):
+    """SIGTERM in the middle of the commit (a previous run's outputs removed, the new ones moved in)
+    is held until the new outputs are whole: never a folder with half a run and no summary."""
+    import os
+    import signal
+
+    import restr.runtime.cli as cli
+
+    out = tmp_path / "pred"
+    assert run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "red car", "--out", out).exit_code == 0
+    replace, calls = os.replace, []
+
+    def replace_then_signal(a, b):
+        if Path(b).parent == out:  # a move into --out: the commit
+            calls.append(b)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+        replace(a, b)
+
+    monkeypatch.setattr(cli.os, "replace", replace_then_signal)
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the cat", "--text", "ball", "--out", out, "--force")
+    assert r.exit_code == 128 + signal.SIGTERM and len(calls) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["1_the-cat.png", "2_ball.png", "summary.json"]
+    assert [e["text"] for e in json.loads((out / "summary.json").read_text())["expressions"]] == ["the cat", "ball"]
