@@ -25,6 +25,7 @@ from restr.runtime.atomic import atomic_write
 DEFAULT_COLOR = (255, 255, 255)  # the contour's colour
 DEFAULT_ALPHA = 0.5  # how much the rest of the image is darkened
 CONTOUR_STEP = 300  # the contour is one pixel wider per this many pixels of the image's longer side
+PNG_BAND = 256  # rows write_png filters and compresses at a time
 
 
 def save_atomic(image: Image.Image, path, format: str = "PNG") -> Path:
@@ -34,33 +35,52 @@ def save_atomic(image: Image.Image, path, format: str = "PNG") -> Path:
     return Path(path)
 
 
-def write_png(f, pixels: np.ndarray, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> None:
-    """(H, W) or (H, W, 3) uint8 pixels into the binary file `f` as an 8-bit greyscale or RGB PNG.
+def write_png(f, pixels, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> None:
+    """(H, W) or (H, W, 3) uint8 pixels (or an L or RGB PIL image) into the binary file `f` as an 8-bit
+    greyscale or RGB PNG.
 
     Every row takes PNG's Up filter (its difference from the row above: one numpy subtraction) and
-    the data zlib level 1 with `strategy` (zlib.Z_RLE suits masks, runs of 0 and 255).
+    the data zlib level 1 with `strategy` (zlib.Z_RLE suits masks, runs of 0 and 255). Bands of
+    PNG_BAND rows are filtered and compressed in turn, each written as an IDAT chunk, so a 12 MP
+    image costs a few MB beside its pixels, not two more copies of them.
     """
-    pixels = np.asarray(pixels, np.uint8)
-    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3) or 0 in pixels.shape:
-        raise ValueError(f"write_png takes (H, W) or (H, W, 3) uint8 pixels, got shape {pixels.shape}")
-    h, w = pixels.shape[:2]
-    rows = pixels.reshape(h, -1)
-    data = np.empty((h, 1 + rows.shape[1]), np.uint8)
-    data[:, 0] = 2  # Up
-    data[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=data[1:, 1:])  # uint8: modulo 256, as PNG defines it
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
+    if isinstance(pixels, Image.Image):
+        if pixels.mode not in ("L", "RGB"):
+            raise ValueError(f"write_png takes an L or RGB image, got mode {pixels.mode}")
+        (w, h), channels = pixels.size, 3 if pixels.mode == "RGB" else 1
+        band_of = lambda y0, y1: np.frombuffer(pixels.crop((0, y0, w, y1)).tobytes(), np.uint8).reshape(y1 - y0, -1)  # noqa: E731
+    else:
+        pixels = np.asarray(pixels, np.uint8)
+        if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+            raise ValueError(f"write_png takes (H, W) or (H, W, 3) uint8 pixels, got shape {pixels.shape}")
+        (h, w), channels = pixels.shape[:2], 1 if pixels.ndim == 2 else 3
+        band_of = lambda y0, y1: pixels[y0:y1].reshape(y1 - y0, -1)  # noqa: E731
+    if not (h and w):
+        raise ValueError("write_png: the image is empty")
 
-    def chunk(kind: bytes, body: bytes) -> None:
-        f.write(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind))))
+    def chunk(kind: bytes, body) -> None:
+        f.write(struct.pack(">I", len(body)) + kind)
+        f.write(body)
+        f.write(struct.pack(">I", zlib.crc32(body, zlib.crc32(kind))))
 
     f.write(b"\x89PNG\r\n\x1a\n")
-    chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2 if pixels.ndim == 3 else 0, 0, 0, 0))
-    chunk(b"IDAT", deflate.compress(data) + deflate.flush())
+    chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2 if channels == 3 else 0, 0, 0, 0))
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
+    above = np.zeros((1, w * channels), np.uint8)  # the row above the first: zeros, so Up leaves it as it is
+    for y0 in range(0, h, PNG_BAND):
+        rows = band_of(y0, min(h, y0 + PNG_BAND))
+        data = np.empty((len(rows), 1 + rows.shape[1]), np.uint8)
+        data[:, 0] = 2  # Up
+        np.subtract(rows, np.concatenate([above, rows[:-1]]), out=data[:, 1:])  # uint8: modulo 256, as PNG defines it
+        above = rows[-1:].copy()
+        piece = deflate.compress(data)
+        if piece:
+            chunk(b"IDAT", piece)
+    chunk(b"IDAT", deflate.flush())
     chunk(b"IEND", b"")
 
 
-def _save_png(path, pixels: np.ndarray, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> Path:
+def _save_png(path, pixels, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> Path:
     with atomic_write(path) as f:
         write_png(f, pixels, strategy)
     return Path(path)
@@ -124,7 +144,7 @@ def save_mask(path, mask: np.ndarray) -> Path:
 
 def save_overlay(path, image, mask: np.ndarray, color=DEFAULT_COLOR, alpha: float = DEFAULT_ALPHA) -> Path:
     """Write `overlay(image, mask, color, alpha)` as a PNG; `image` may be a path."""
-    return _save_png(path, np.asarray(overlay(image, mask, color, alpha)))
+    return _save_png(path, overlay(image, mask, color, alpha))
 
 
 def contact_sheet(image, masks: list[np.ndarray], captions: list[str], tile: int = 320) -> Image.Image:

@@ -202,15 +202,17 @@ def test_sheet_tiles_are_the_overlay_rule_at_the_tile_size():
 # -- PNG -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (37, 53), (37, 53, 3), (1, 5, 3), (300, 2, 3)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (37, 53), (37, 53, 3), (1, 5, 3), (300, 2, 3), (513, 9)])
 def test_write_png_round_trips(shape):
-    """write_png's files read back in Pillow as the same pixels (greyscale L or RGB)."""
+    """write_png's files, from an array or a PIL image, in one band of rows or several, read back in
+    Pillow as the same pixels (greyscale L or RGB)."""
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
-    f = io.BytesIO()
-    write_png(f, pixels)
-    im = Image.open(io.BytesIO(f.getvalue()))
-    assert im.mode == ("RGB" if len(shape) == 3 else "L")
-    np.testing.assert_array_equal(np.asarray(im), pixels)
+    for source in (pixels, Image.fromarray(pixels)):
+        f = io.BytesIO()
+        write_png(f, source)
+        im = Image.open(io.BytesIO(f.getvalue()))
+        assert im.mode == ("RGB" if len(shape) == 3 else "L")
+        np.testing.assert_array_equal(np.asarray(im), pixels)
 
 
 def test_save_mask_writes_0_and_255(tmp_path):
