@@ -108,7 +108,12 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _graph(art: Artifacts, step: str, precision: str) -> GraphInfo | None:
     key = step if precision == "fp32" else f"{step}_fp16"
-    return art.graphs.get(key) or art.graphs.get(step)  # pre/post-processing may exist in fp32 only
+    if step in OPTIONAL_STEPS:  # pre/post-processing exist in fp32 only
+        return art.graphs.get(key) or art.graphs.get(step)
+    if key not in art.graphs and step in art.graphs:
+        raise ExportError(f"{art.root}: the export has no {precision} {step!r} graph (only {step!r}); "
+                          f"export with --precision {precision}, or write the repository in fp32")
+    return art.graphs.get(key)
 
 
 def _first_axis(info: GraphInfo, name: str):

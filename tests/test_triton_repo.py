@@ -141,6 +141,24 @@ def test_uses_preprocess_postprocess_graphs_engines_and_image_batch_when_the_man
     assert plain["restr_vision"].backend == "onnxruntime" and plain["restr_vision"].max_batch_size == m["max_batch"]
 
 
+def test_fp16_is_the_fp16_graphs_or_a_refusal(tiny, tmp_path):
+    """--precision fp16 used to fall back to the FP32 graphs without a word."""
+    with pytest.raises(ExportError, match="no fp16 'vision' graph"):
+        write_repository(tiny.folder, tmp_path / "repo", TritonOptions(precision="fp16"))
+    assert not (tmp_path / "repo").exists()
+    folder = tmp_path / "export"
+    shutil.copytree(tiny.folder, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    for step in ("vision", "language", "fusion_decoder"):
+        _add_graph(folder, m, f"{step}_fp16", step, m["graphs"][step]["inputs"], m["graphs"][step]["outputs"])
+        (folder / f"{step}_fp16.onnx").write_bytes((folder / f"{step}_fp16.onnx").read_bytes() + b"\0")  # another file than the fp32 one
+        m["graphs"][f"{step}_fp16"]["sha256"] = hashlib.sha256((folder / f"{step}_fp16.onnx").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(m))
+    write_repository(folder, tmp_path / "fp16", TritonOptions(precision="fp16", engines=False))
+    for step in ("vision", "language", "fusion_decoder"):
+        assert (tmp_path / "fp16" / f"restr_{step}" / "1" / "model.onnx").read_bytes() == (folder / f"{step}_fp16.onnx").read_bytes()
+
+
 def test_refusals(tiny, tmp_path):
     repo = tmp_path / "repo"
     write_repository(tiny.folder, repo)
