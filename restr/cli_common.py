@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -125,7 +126,9 @@ def _probe_folder(folder: Path, what: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".restr-probe-"):
             pass
     except OSError as e:
-        raise UsageError(f"{what}: cannot write in {folder} ({e.strerror or e})") from None
+        # /proc, /sys and the like answer "No such file or directory" for a new file in a folder that exists
+        why = "the file system there takes no new files" if e.errno == errno.ENOENT else (e.strerror or str(e))
+        raise UsageError(f"{what}: cannot write in {folder} ({why})") from None
 
 
 def check_writable_dir(path, option: str) -> None:

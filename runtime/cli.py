@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import time
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -49,10 +50,23 @@ class InputError(ValueError):
 
 
 def slugify(text: str, max_len: int = 40) -> str:
-    """'The dog, left!' -> 'the-dog-left': a file-name-safe short form of an expression."""
+    """'The dog, left!' -> 'the-dog-left', 'Café naïve' -> 'cafe-naive': a file-name-safe short
+    form of an expression (accents dropped from their letters, other non-ASCII left out)."""
     slug = "-".join(split_words(text))
-    slug = re.sub(r"[^a-z0-9_-]+", "", slug.encode("ascii", "ignore").decode().lower())
+    plain = "".join(c for c in unicodedata.normalize("NFKD", slug) if not unicodedata.combining(c))
+    slug = re.sub(r"[^a-z0-9_-]+", "", plain.encode("ascii", "ignore").decode().lower())
+    slug = re.sub(r"-{2,}", "-", slug)  # a word left out entirely leaves no empty place
     return slug[:max_len].strip("-") or "expression"
+
+
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+def check_not_url(value, option: str) -> None:
+    """A URL given as a file: say that restr reads local files only (a Path had made 'https:/host/x.jpg')."""
+    if value is not None and URL.match(str(value)) and not Path(value).exists():
+        shown = re.sub(r"^([^:]+):/(?!/)", r"\1://", str(value))  # as typed, before a path's normalisation
+        raise InputError(f"{option} {shown}: looks like a URL; restr-predict reads local files only (download it first)")
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -187,6 +201,7 @@ def _bulk(artifacts, server, texts, out, force, backend, precision, providers, t
     if data is None and (split or split_by or image_root):
         raise InputError("--split, --split-by and --image-root go with --data")
     k_n = bulk.parse_shard(shard)
+    check_not_url(images, "--images")
     if images is not None:
         check_texts(texts)
         source = bulk.ImageFiles(images, list(texts), out)
@@ -261,6 +276,7 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
     missing = [name for name, value in (("--image", image), ("--text", texts), ("--out", out)) if not value]
     if missing:
         raise InputError(f"Missing option{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} (or give --list-words)")
+    check_not_url(image, "--image")
     _check_outputs(out, force, json_path)
     check_texts(texts)
     predictor, load_s = _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size=1)

@@ -208,6 +208,18 @@ def test_slugify():
     assert slugify("The dog, left of the bench.") == "the-dog-left-of-the-bench"
     assert slugify("!!!") == "expression"
     assert len(slugify("word " * 40)) <= 40
+    assert slugify("Café naïve") == "cafe-naive" and slugify("the 狗 dog") == "the-dog"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "https://example.com/dog.jpg"], "--image https://example.com/dog.jpg: looks like a URL; restr-predict reads local files only"),
+    (["--out", "/proc/restr-forbidden"], "--out /proc/restr-forbidden: cannot write in /proc (the file system there takes no new files)"),
+])
+def test_urls_and_unwritable_places_are_named(tiny, image, tmp_path, args, message):
+    base = {"--image": str(image), "--out": str(tmp_path / "o")}
+    base.update(dict(zip(args[::2], args[1::2])))
+    r = run("--artifacts", tiny.folder, "--text", "the dog", *[a for kv in base.items() for a in kv])
+    assert r.exit_code == 2 and r.stderr.strip().startswith(f"restr-predict: error: {message}") and r.stderr.count("\n") == 1
 
 
 def _assert_clean_failure(r, out: Path, message: str) -> None:
