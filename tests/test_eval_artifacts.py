@@ -32,6 +32,7 @@ from restr.runtime import Predictor  # noqa: E402
 SHARE = f"share_above_{AGREEMENT_LEVEL}"
 FP32_BOUND, FP16_BOUND = 0.002, 0.005  # overall IoU, artifacts against the checkpoint
 RUNTIME_FIELDS = {"artifacts", "backend", "precision", "providers"}
+SCORES = ("n", "overall_iou", "mean_iou", "precision_at", "by_length")
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +362,36 @@ def test_difference_agreement_and_their_table_by_hand():
 # -- a served model ------------------------------------------------------------------------------------------
 
 
+def test_server_path_on_a_stand_in(made, tmp_path, monkeypatch):
+    """--server's wiring without Triton: a stand-in for RemotePredictor answers with the export's
+    Predictor. The image goes as its path (a served model decodes the file), the server is named,
+    the connection closed; the scores are the folder's."""
+    sent, closed = [], []
+
+    class StandIn:
+        def __init__(self, url, threshold=None):
+            self.client, self.artifacts = SimpleNamespace(url=url), SimpleNamespace(max_words=20)
+            self.predictor = Predictor.from_artifacts(made.export, threshold=threshold)
+
+        def embed(self, image):
+            sent.append(image)
+            return image
+
+        def predict_embedding(self, image, texts):
+            return self.predictor.predict_image(image, texts, probs=False)
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr("restr.runtime.client.RemotePredictor", StandIn)
+    served = scored(made, tmp_path, "--ckpt", made.ckpt, "--server", "http://stand-in:8000", "--limit", 12)
+    folder = scored(made, tmp_path, "--ckpt", made.ckpt, "--artifacts", made.export, "--limit", 12)
+    assert served["artifacts"]["server"] == "http://stand-in:8000" and not RUNTIME_FIELDS & set(served["artifacts"])
+    assert served["artifacts"]["config"] is None and served["artifacts"]["checkpoint"] is None
+    assert {k: served["artifacts"][k] for k in SCORES} == {k: folder["artifacts"][k] for k in SCORES}
+    assert closed == [True] and all(isinstance(p, Path) and p.is_file() for p in sent) and len(set(sent)) == len(sent)
+
+
 @pytest.mark.slow
 def test_a_served_export_scores_as_the_folder(made, tmp_path):
     """restr-serve on the export: --server gives the --artifacts figures (the image sent as its file's bytes)."""
@@ -378,6 +409,5 @@ def test_a_served_export_scores_as_the_folder(made, tmp_path):
         server.stop()
     folder = scored(made, tmp_path, "--ckpt", made.ckpt, "--artifacts", made.export, "--limit", 20)
     assert served["artifacts"]["server"] == server.url and not RUNTIME_FIELDS & set(served["artifacts"])
-    scores = ("n", "overall_iou", "mean_iou", "precision_at", "by_length")
-    assert {k: served["artifacts"][k] for k in scores} == {k: folder["artifacts"][k] for k in scores}
+    assert {k: served["artifacts"][k] for k in SCORES} == {k: folder["artifacts"][k] for k in SCORES}
     assert served["agreement"] == folder["agreement"]
