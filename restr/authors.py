@@ -131,11 +131,14 @@ def read_vocabulary(path: str | Path) -> tuple[Vocabulary, list[int]]:
     path = Path(path)
     if not path.is_file():
         raise AuthorsError(f"{path}: no such vocabulary file (the authors' data/vocabulary_*.txt)")
-    words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines()]  # as their load_vocab_dict_from_file
+    with open(path, encoding="utf-8") as f:  # as their load_vocab_dict_from_file
+        words = [w.strip() for w in f.readlines()]
     if not words or words[0] != PAD or UNK not in words:
         raise AuthorsError(f"{path}: not the authors' vocabulary layout (line 1 must be {PAD} and {UNK} must be a line)")
     ids = {w: n for n, w in enumerate(words)}
-    vocab = Vocabulary(words)
+    # Empty lines (vocabulary_Gref.txt has five) name no token of either tokenizer, and a word that
+    # Python's splitlines would cut could not be one line of vocab.txt: both are left out.
+    vocab = Vocabulary([w for w in words if w and w.splitlines() == [w]])
     return vocab, [ids[w] for w in vocab.itos]
 
 

@@ -346,10 +346,12 @@ def test_a_key_that_does_not_fit_is_named_in_one_line(tmp_path, change, named):
 
 
 def test_their_vocabulary_and_glove_matrix(tmp_path):
-    (tmp_path / "vocabulary_Gref.txt").write_text("\n".join(WORDS + ["dog"]) + "\n")  # a repeated word: their dict keeps the last
+    # a repeated word (their dict keeps the last line), an empty line and a form feed, as vocabulary_Gref.txt has
+    (tmp_path / "vocabulary_Gref.txt").write_text("\n".join(WORDS + ["dog", "", "a\x0cb", "cow"]) + "\n")
     vocab, rows = read_vocabulary(tmp_path / "vocabulary_Gref.txt")
-    assert rows[:4] == [0, 3, 1, 2] and rows[vocab.stoi["dog"]] == len(WORDS)
-    matrix = np.arange(len(WORDS) + 1, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    assert rows[:4] == [0, 3, 1, 2] and rows[vocab.stoi["dog"]] == len(WORDS) and rows[vocab.stoi["cow"]] == len(WORDS) + 3
+    assert "" not in vocab.stoi and "a\x0cb" not in vocab.stoi
+    matrix = np.arange(len(WORDS) + 4, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
     np.save(tmp_path / "Gref_emb.npy", matrix)
     vocab2, vectors = read_glove_matrix(tmp_path / "Gref_emb.npy")
     assert vocab2 == vocab and vectors[vocab.stoi["<unk>"], 0] == 3 and vectors[vocab.stoi["dog"], 0] == len(WORDS)

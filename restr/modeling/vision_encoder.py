@@ -29,7 +29,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_gri
         return pos_embed
     d = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode=mode, align_corners=False)
+    grid = F.interpolate(grid if grid.dtype == torch.float64 else grid.float(), size=tuple(new_grid), mode=mode, align_corners=False)
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(pos_embed.dtype)
 
 
