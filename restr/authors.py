@@ -230,3 +230,33 @@ def load_authors_checkpoint(path: str | Path, vocabulary: str | Path, image_size
         cfg = model.cfg
     meta = {"source": SOURCE, "authors_checkpoint": str(path), "authors_vocabulary": str(vocab_path)}
     return Checkpoint(model.eval(), cfg, vocab, meta, None)
+
+
+def main(argv=None) -> None:
+    """`python -m restr.authors --ckpt THEIR.pth --vocab data/ --out model.pt`: their checkpoint as a
+    restr checkpoint file, which every restr command reads (restr-eval --ckpt model.pt, ...)."""
+    import click
+
+    from restr.checkpoint import save_checkpoint
+    from restr.cli_common import OneLineErrorCommand, UsageError, one_line_errors
+
+    @click.command("python -m restr.authors", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="A state dict saved by the authors' train_restr.py.")
+    @click.option("--vocab", required=True, type=click.Path(), help="Their data/vocabulary_*.txt, or their data/ folder.")
+    @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The restr checkpoint to write (must not exist).")
+    @click.option("--image-size", type=int, default=None, help="Input side to resize the position grid to (default: theirs).")
+    def convert(ckpt, vocab, out, image_size):
+        """Write the authors' checkpoint as a restr checkpoint of restr-b16-authors (or -shared-authors).
+        Exit codes: 0 done, 2 bad input (nothing written)."""
+        with one_line_errors("restr.authors"):
+            if Path(out).exists():
+                raise UsageError(f"{out}: exists; choose another --out")
+            ck = load_authors_checkpoint(ckpt, vocab, image_size)  # a CheckpointError is one line, exit 2
+            save_checkpoint(out, ck.model, ck.vocab, ck.meta)
+            click.echo(f"wrote {out} ({ck.config.name}, {len(ck.vocab)} words, input {ck.config.image_size})")
+
+    convert.main(args=argv, prog_name="python -m restr.authors")
+
+
+if __name__ == "__main__":
+    main()

@@ -487,3 +487,32 @@ def test_train_starts_from_their_checkpoint(tmp_path, monkeypatch):
     assert 0 < moved < 1e-3  # two steps at LR 1e-5 from their weights (a random start is O(1) away)
     r = CliRunner().invoke(main, ["--init", str(tmp_path / "their.pth"), "--from", "authors", "--data", str(data), "--out", str(tmp_path / "r2")])
     assert r.exit_code == 2 and "hold no vocabulary" in r.stderr and not (tmp_path / "r2").exists()
+
+
+def test_converted_checkpoint_evaluates(tmp_path, monkeypatch, capsys):
+    """python -m restr.authors writes their checkpoint as a restr one, which restr-eval scores as is."""
+    import json
+    import subprocess
+    import sys
+
+    from restr.authors import main
+    from restr.checkpoint import load_checkpoint
+    from restr.data import make_synthetic
+
+    torch.save(their_state_dict(), tmp_path / "their.pth")
+    (tmp_path / "vocabulary_Gref.txt").write_text("\n".join(WORDS) + "\n")
+    small_b16_authors(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        main(["--ckpt", str(tmp_path / "their.pth"), "--vocab", str(tmp_path), "--out", str(tmp_path / "model.pt")])
+    assert e.value.code == 0
+    ck = load_checkpoint(tmp_path / "model.pt")
+    assert ck.config == authors_config() and ck.meta["source"] == "SouthFlame/restr"
+    assert max(differences(ck.model, ck.vocab).values()) <= TOL
+    with pytest.raises(SystemExit) as e:  # never over an existing file
+        main(["--ckpt", str(tmp_path / "their.pth"), "--vocab", str(tmp_path), "--out", str(tmp_path / "model.pt")])
+    assert e.value.code == 2 and "exists" in capsys.readouterr().err
+    data = make_synthetic(tmp_path / "synthetic", seed=0, sizes={"train": 4, "val": 2, "test": 4})
+    r = subprocess.run([sys.executable, "-m", "restr.evaluate", "--ckpt", str(tmp_path / "model.pt"), "--data", f"{data}:test",
+                        "--json", str(tmp_path / "eval.json"), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] > 0
