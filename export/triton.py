@@ -22,14 +22,13 @@ from pathlib import Path
 from restr.export.pipeline import ExportError, _publish, _staging
 from restr.runtime import protocol, tokenizer, transforms
 from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
+from restr.runtime.protocol import ConfigError, Enum, metadata_parameters, model_io, parameter, pbtxt, tensor_config
 from restr.runtime.transforms import mean_fill
 
 PREFIX = "restr"
 GRAPH_STEPS = ("vision", "language", "fusion_decoder")  # required
 OPTIONAL_STEPS = ("preprocess", "postprocess")  # a Python model when the export lacks the graph
 PYTHON_SOURCES = {"restr_transforms.py": transforms, "restr_tokenizer.py": tokenizer, "restr_protocol.py": protocol}
-TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-                 "bool": "TYPE_BOOL", "bool_": "TYPE_BOOL", "uint8": "TYPE_UINT8", "bytes": "TYPE_STRING", "bytes_": "TYPE_STRING", "object": "TYPE_STRING"}
 
 # The fallback Python steps' contract: the lead's preprocess / postprocess graphs use the same
 # names, dtypes and shapes, so the BLS model calls either without knowing which it got.
@@ -141,9 +140,9 @@ def _graph_model(root: Path, art: Artifacts, step: str, info: GraphInfo, o: Trit
     if batching:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": o.max_queue_delay_us}
     kind = "KIND_CPU" if o.device == "cpu" or backend == "python" else "KIND_GPU"
-    config["instance_group"] = [{"count": o.instances, "kind": _Enum(kind)}]
+    config["instance_group"] = [{"count": o.instances, "kind": Enum(kind)}]
     if backend == "python":
-        config["parameters"] = [_param("restr_step", "onnx")]
+        config["parameters"] = [parameter("restr_step", "onnx")]
     version = _model_dir(root, name, config)
     (version / file).write_bytes(data)
     if backend == "python":
@@ -160,8 +159,8 @@ def _python_step(root: Path, art: Artifacts, step: str, o: TritonOptions) -> str
     config = {
         "name": name, "backend": "python", "max_batch_size": 0,
         "input": [spec(*t) for t in inputs], "output": [spec(*t) for t in outputs],
-        "instance_group": [{"count": o.bls_instances, "kind": _Enum("KIND_CPU")}],
-        "parameters": [_param("restr_step", step)],
+        "instance_group": [{"count": o.bls_instances, "kind": Enum("KIND_CPU")}],
+        "parameters": [parameter("restr_step", step)],
     }
     _python_files(_model_dir(root, name, config), art, {})
     return "python"
@@ -169,11 +168,10 @@ def _python_step(root: Path, art: Artifacts, step: str, o: TritonOptions) -> str
 
 def _bls_model(root: Path, art: Artifacts, o: TritonOptions, broadcast: bool) -> str:
     config = {
-        "name": PREFIX, "backend": "python", "max_batch_size": 0,
-        "input": [{**_io(n, d, s), **({"optional": True} if n in protocol.OPTIONAL else {})} for n, (d, s) in protocol.INPUTS.items()],
-        "output": [_io(n, d, s) for n, (d, s) in protocol.OUTPUTS.items()],
-        "instance_group": [{"count": o.bls_instances, "kind": _Enum("KIND_CPU")}],
-        "parameters": [_param("restr_step", "bls")],
+        "name": PREFIX, "backend": "python", "max_batch_size": 0, **model_io(),
+        "instance_group": [{"count": o.bls_instances, "kind": Enum("KIND_CPU")}],
+        "parameters": [parameter("restr_step", "bls"),
+                       *metadata_parameters(art.model_name, art.max_words, art.threshold, art.vocabulary().itos)],
     }
     version = _model_dir(root, PREFIX, config)
     extra = {
@@ -207,46 +205,7 @@ def _model_dir(root: Path, name: str, config: dict) -> Path:
 
 def _tensor(t: TensorSpec, batching: bool) -> dict:
     shape = list(t.shape[1:] if batching else t.shape)
-    return _io(t.name, t.dtype, shape)
-
-
-def _io(name: str, dtype, shape) -> dict:
-    dtype = getattr(dtype, "__name__", str(dtype))
-    if dtype not in TRITON_DTYPES:
-        raise ExportError(f"tensor {name!r}: dtype {dtype} has no Triton type here")
-    return {"name": name, "data_type": _Enum(TRITON_DTYPES[dtype]), "dims": [-1 if isinstance(s, str) or s < 0 else int(s) for s in shape]}
-
-
-def _param(key: str, value: str) -> dict:
-    return {"key": key, "value": {"string_value": value}}
-
-
-class _Enum(str):
-    """A protobuf enum value: written unquoted."""
-
-
-def pbtxt(message: dict, indent: int = 0) -> str:
-    """A dict as protobuf text format: lists of dicts are repeated messages, lists of scalars `[a, b]`."""
-    pad = "  " * indent
-    lines = []
-    for key, value in message.items():
-        if isinstance(value, dict):
-            lines += [f"{pad}{key} {{", pbtxt(value, indent + 1), f"{pad}}}"]
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for v in value:
-                lines += [f"{pad}{key} {{", pbtxt(v, indent + 1), f"{pad}}}"]
-        elif isinstance(value, list):
-            lines.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in value)}]")
-        else:
-            lines.append(f"{pad}{key}: {_scalar(value)}")
-    return "\n".join(lines) + ("\n" if indent == 0 else "")
-
-
-def _scalar(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, _Enum):
-        return str(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    return repr(v)
+    try:
+        return tensor_config(t.name, t.dtype, shape)
+    except ConfigError as e:
+        raise ExportError(str(e)) from None

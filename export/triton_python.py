@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -62,6 +63,7 @@ class TritonPythonModel:
 
     def _bls(self, get):
         from restr_protocol import RequestError, read_request, response
+        from restr_tokenizer import FUNCTION_WORDS, split_words
 
         c, names = self.cfg, self.cfg["models"]
         image, texts, threshold = read_request(get, c["max_texts"])
@@ -69,12 +71,13 @@ class TritonPythonModel:
         key = hashlib.blake2b(rgb.tobytes(), digest_size=16)
         key.update(repr(rgb.shape).encode())
         key = key.hexdigest()
+        ms = {"preprocess": 0.0, "vision": 0.0, "language": 0.0, "fusion_decoder": 0.0, "postprocess": 0.0}
         if key in self.cache:
             self.cache.move_to_end(key)
             features, letterbox = self.cache[key]
         else:
-            pre = _call(names["preprocess"], {"rgb": rgb}, ["image", "letterbox"])
-            features = _call(names["vision"], {"image": pre["image"]}, ["visual_features"])["visual_features"]
+            pre = _timed(ms, "preprocess", names["preprocess"], {"rgb": rgb}, ["image", "letterbox"])
+            features = _timed(ms, "vision", names["vision"], {"image": pre["image"]}, ["visual_features"])["visual_features"]
             letterbox = pre["letterbox"]
             self.cache[key] = (features, letterbox)
             if len(self.cache) > c["cache_size"]:
@@ -86,18 +89,22 @@ class TritonPythonModel:
         pixel, patch = [], []
         for i in range(0, len(texts), c["max_batch"]):
             words, pad = enc.words[i : i + c["max_batch"]], enc.pad_mask[i : i + c["max_batch"]]
-            lang = _call(names["language"], {"words": words, "pad_mask": pad}, ["linguistic_features"])["linguistic_features"]
+            lang = _timed(ms, "language", names["language"], {"words": words, "pad_mask": pad}, ["linguistic_features"])["linguistic_features"]
             # one image's features for K expressions: broadcast by the graph when it takes an image batch of 1
             feats = features if c["broadcast_image"] else np.repeat(features, len(words), axis=0)
-            out = _call(names["fusion_decoder"], {"visual_features": feats, "linguistic_features": lang, "pad_mask": pad},
-                        ["pixel_probs", "patch_probs"])
+            out = _timed(ms, "fusion_decoder", names["fusion_decoder"], {"visual_features": feats, "linguistic_features": lang, "pad_mask": pad},
+                         ["pixel_probs", "patch_probs"])
             pixel.append(out["pixel_probs"])
             patch.append(out["patch_probs"])
         thr = c["threshold"] if threshold is None else threshold
-        post = _call(names["postprocess"], {"pixel_probs": np.concatenate(pixel), "letterbox": letterbox,
-                                            "threshold": np.array([thr], np.float32)}, ["mask", "probs", "score", "area"])
+        post = _timed(ms, "postprocess", names["postprocess"], {"pixel_probs": np.concatenate(pixel), "letterbox": letterbox,
+                                                               "threshold": np.array([thr], np.float32)}, ["mask", "probs", "score", "area"])
+        # as Prediction.timings: the image's stages whole, the later ones this expression's share
+        k = len(texts)
+        timings = {n: v if n in ("preprocess", "vision") else v / k for n, v in ms.items()}
+        no_known = [all(w in FUNCTION_WORDS or w in unknown for w in split_words(t)[: c["max_words"]]) for t, unknown in zip(texts, enc.unknown)]
         return response(post["mask"], post["probs"], post["score"], post["area"], np.concatenate(patch).max(axis=1),
-                        [list(dict.fromkeys(u)) for u in enc.unknown], enc.truncated, thr)
+                        [list(dict.fromkeys(u)) for u in enc.unknown], enc.truncated, thr, no_known, [timings] * k)
 
     # -- fallbacks for the export's preprocess / postprocess graphs ---------------------------------
 
@@ -130,6 +137,14 @@ class TritonPythonModel:
 def _input(request, name):
     t = pb_utils.get_input_tensor_by_name(request, name)
     return None if t is None else t.as_numpy()
+
+
+def _timed(ms: dict, stage: str, model: str, inputs: dict, outputs: list) -> dict:
+    """`_call`, its milliseconds added to ms[stage]."""
+    t0 = time.perf_counter()
+    out = _call(model, inputs, outputs)
+    ms[stage] += (time.perf_counter() - t0) * 1000
+    return out
 
 
 def _call(model: str, inputs: dict, outputs: list) -> dict:

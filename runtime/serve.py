@@ -123,6 +123,7 @@ class RestrModel:
             scores=[p.score for p in preds], areas=[p.area for p in preds], patch_scores=[p.patch_score for p in preds],
             unknown_words=[p.unknown_words for p in preds], truncated=[p.truncated for p in preds],
             threshold=self.predictor.threshold if threshold is None else threshold,
+            no_known_words=[p.no_known_words for p in preds], timings=[p.timings for p in preds],
         )
         return out if not wanted else {k: v for k, v in out.items() if k in wanted}
 

@@ -86,6 +86,9 @@ def test_repository_follows_the_manifest(tiny, tmp_path):
     assert io(post.input)[0] == ("pixel_probs", "TYPE_FP32", [-1, 1, s, s])
     bls = configs["restr"]
     assert bls.backend == "python" and bls.parameters["restr_step"].string_value == "bls"
+    # what clients read from the configuration: the model, its word limit, threshold and vocabulary
+    assert bls.parameters[protocol.PARAM_MODEL_NAME].string_value == m["model"]["name"]
+    assert bls.parameters[protocol.PARAM_VOCABULARY].string_value.split("\n") == (folder / "vocab.txt").read_text().splitlines()
     assert [t.name for t in bls.input] == list(protocol.INPUTS) and [t.name for t in bls.output] == list(protocol.OUTPUTS)
     assert {t.name for t in bls.input if t.optional} == set(protocol.OPTIONAL)
     version = repo / "restr" / "1"
