@@ -5,8 +5,12 @@
     with RestrClient("http://127.0.0.1:8000") as client:      # or "grpc://127.0.0.1:8001"
         preds = client.predict("photo.jpg", ["the red circle", "the small square"])
 
+Images are read as the Predictor reads them: a path or bytes goes as the encoded file (the server
+decodes it, EXIF orientation applied), a PIL image or array as RGB pixels after the same EXIF
+orientation and alpha composition as `Predictor` (restr.runtime.predictor.as_rgb).
+
 Needs `pip install "restr[client]"` (tritonclient). Server-side failures (bad image, empty text)
-raise `ServerError` with Triton's one-line message; the server keeps serving.
+raise `ServerError` with the server's one-line message; the server keeps serving.
 """
 from __future__ import annotations
 
@@ -20,8 +24,11 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from restr.runtime.predictor import Prediction
-from restr.runtime.protocol import INPUTS, MODEL, OUTPUTS
+from restr.runtime.predictor import Prediction, as_rgb, rgb_array
+from restr.runtime.protocol import (
+    INPUTS, MODEL, OUTPUTS, PARAM_MAX_WORDS, PARAM_MODEL_NAME, PARAM_THRESHOLD, PARAM_VOCABULARY,
+)
+from restr.runtime.tokenizer import Vocabulary
 
 # What predict() asks for by default: everything but the probability maps.
 DEFAULT_OUTPUTS = tuple(n for n in OUTPUTS if n != "probs")
@@ -43,15 +50,50 @@ def parse_url(url: str) -> tuple[str, str]:
     return u.scheme, f"{u.hostname}:{u.port or default}"
 
 
+@dataclass
+class ServedModel:
+    """What the server's model configuration says about the model it serves."""
+
+    url: str
+    model_name: str
+    max_words: int | None
+    threshold: float | None
+    batched: bool  # max_batch_size > 0: every tensor has a leading batch axis
+    outputs: tuple[str, ...]
+    words: list[str] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_config(cls, url: str, config: dict) -> "ServedModel":
+        params = {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        number = lambda key, kind: kind(params[key]) if params.get(key) else None  # noqa: E731
+        return cls(url=url, model_name=params.get(PARAM_MODEL_NAME) or f"{MODEL} at {url}", max_words=number(PARAM_MAX_WORDS, int),
+                   threshold=number(PARAM_THRESHOLD, float), batched=int(config.get("max_batch_size") or 0) > 0,
+                   outputs=tuple(o["name"] for o in config.get("output", [])),
+                   words=params[PARAM_VOCABULARY].split("\n") if params.get(PARAM_VOCABULARY) else [])
+
+    def vocabulary(self) -> Vocabulary:
+        """The served model's vocabulary (ServerError if the server does not publish it)."""
+        if not self.words:
+            raise ServerError(f"{self.url}: the server does not publish its model's vocabulary (an older restr-serve?)")
+        return Vocabulary(self.words)
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"triton {self.url}"]
+
+
 class RestrClient:
     """One connection to a restr Triton server; give each thread its own (tritonclient's HTTP client is not thread-safe)."""
 
-    def __init__(self, url: str, model: str = MODEL, timeout_s: float = 60.0):
+    def __init__(self, url: str, model: str = MODEL, timeout_s: float = 60.0, headers: dict | None = None):
         self.protocol, self.address = parse_url(url)
         self.url = f"{self.protocol}://{self.address}"
         self.model = model
         self.timeout_s = timeout_s
+        self.headers = headers  # e.g. {"triton-access-token": ...}
         self.last_threshold: float | None = None  # the threshold the server used for the last predict()
+        self.last_request_ms: float | None = None  # the last predict()'s round trip
+        self._served: ServedModel | None = None
         try:
             if self.protocol == "grpc":
                 import tritonclient.grpc as tc
@@ -66,12 +108,12 @@ class RestrClient:
         else:  # connection and network timeouts; inference can take a while on a busy CPU server
             self._client = tc.InferenceServerClient(self.address, connection_timeout=timeout_s, network_timeout=timeout_s)
 
-    # -- health -------------------------------------------------------------------------------------
+    # -- health and the model ---------------------------------------------------------------------
 
     def ready(self) -> bool:
         """Server and model ready (False while starting, stopping or unreachable)."""
         try:
-            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model))
+            return bool(self._client.is_server_ready(headers=self.headers) and self._client.is_model_ready(self.model, headers=self.headers))
         except Exception:  # connection refused, reset, timeout: all mean "not ready"
             return False
 
@@ -82,14 +124,26 @@ class RestrClient:
                 raise ServerError(f"{self.url}: model '{self.model}' not ready after {timeout_s:g} s")
             time.sleep(poll_s)
 
+    def served(self) -> ServedModel:
+        """The model's configuration, read once: its name, vocabulary, whether it batches."""
+        if self._served is None:
+            config = self._call(self._client.get_model_config, self.model, headers=self.headers,
+                                **({"as_json": True} if self.protocol == "grpc" else {}))
+            self._served = ServedModel.from_config(self.url, config.get("config", config) if self.protocol == "grpc" else config)
+        return self._served
+
     # -- inference ----------------------------------------------------------------------------------
 
     def infer(self, inputs: dict[str, np.ndarray], outputs=DEFAULT_OUTPUTS) -> dict[str, np.ndarray]:
-        """Raw call: numpy inputs by name (see restr.runtime.serve.INPUTS) -> numpy outputs by name."""
-        tc = self._tc
+        """Raw call: numpy inputs by name (runtime/protocol.py's INPUTS, without the batch axis) ->
+        numpy outputs by name (those of `outputs` the model has)."""
+        tc, served = self._tc, self.served()
+        outputs = [n for n in outputs if n in served.outputs]
         tensors = []
         for name, value in inputs.items():
             value = np.asarray(value)
+            if served.batched:
+                value = value[None]
             t = tc.InferInput(name, list(value.shape), self._dtype(value.dtype) if value.dtype != object else "BYTES")
             if self.protocol == "http":
                 t.set_data_from_numpy(value, binary_data=True)
@@ -98,20 +152,14 @@ class RestrClient:
             tensors.append(t)
         wanted = [tc.InferRequestedOutput(n, binary_data=True) if self.protocol == "http" else tc.InferRequestedOutput(n)
                   for n in outputs]
-        try:
-            if self.protocol == "grpc":
-                result = self._client.infer(self.model, tensors, outputs=wanted, client_timeout=self.timeout_s)
-            else:
-                result = self._client.infer(self.model, tensors, outputs=wanted)
-        except self._error as e:
-            raise ServerError(f"{self.url}: {_one_line(e.message() if hasattr(e, 'message') else str(e))}") from None
-        except Exception as e:  # socket errors, timeouts (gevent / grpc raise their own types)
-            raise ServerError(f"{self.url}: {type(e).__name__}: {_one_line(str(e))}") from None
-        return {n: result.as_numpy(n) for n in outputs}
+        timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        result = self._call(self._client.infer, self.model, tensors, outputs=wanted, headers=self.headers, **timeout)
+        return {n: result.as_numpy(n)[0] if served.batched else result.as_numpy(n) for n in outputs}
 
     def predict(self, image, texts: str | list[str], threshold: float | None = None, probs: bool = False) -> list[Prediction]:
-        """Masks for expressions about one image. image: a file path (sent as its bytes, decoded by
-        the server), PIL image or uint8 HxWx3 array (sent as pixels)."""
+        """Masks for expressions about one image. image: a file path or the file's bytes (decoded by
+        the server), a PIL image or a uint8 array ((H, W), (H, W, 3) or (H, W, 4): oriented and made
+        RGB here as Predictor does, sent as pixels)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:  # tritonclient cannot even serialise an empty BYTES tensor
             raise ValueError("no expression given")
@@ -121,8 +169,11 @@ class RestrClient:
             inputs["threshold"] = np.array([threshold], dtype=INPUTS["threshold"][0])
         t0 = time.perf_counter()
         out = self.infer(inputs, DEFAULT_OUTPUTS + (("probs",) if probs else ()))
-        ms = (time.perf_counter() - t0) * 1000 / max(1, len(texts))
+        self.last_request_ms = (time.perf_counter() - t0) * 1000
         self.last_threshold = float(out["used_threshold"][0])
+        k = len(texts)
+        flags = out.get("no_known_words", np.zeros(k, bool))
+        timings = [json.loads(t) for t in out["timings"]] if "timings" in out else [{} for _ in texts]
         return [
             Prediction(
                 text=text,
@@ -133,10 +184,23 @@ class RestrClient:
                 patch_score=float(out["patch_scores"][i]),
                 unknown_words=json.loads(out["unknown_words"][i]),
                 truncated=bool(out["truncated"][i]),
-                timings={"request": ms, "postprocess": 0.0},
+                timings=timings[i],
+                no_known_words=bool(flags[i]),
             )
             for i, text in enumerate(texts)
         ]
+
+    def _call(self, fn, *args, **kwargs):
+        """A tritonclient call; its failures as ServerError in one line."""
+        try:
+            return fn(*args, **kwargs)
+        except self._error as e:
+            message = _one_line(e.message() if hasattr(e, "message") else str(e))
+            if "has no available versions" in message:  # what Triton answers for a model it is unloading
+                message += " (the server is shutting down: send the request again, to another replica)"
+            raise ServerError(f"{self.url}: {message}") from None
+        except Exception as e:  # socket errors, timeouts (gevent / grpc raise their own types)
+            raise ServerError(f"{self.url}: {type(e).__name__}: {_one_line(str(e))}") from None
 
     def close(self) -> None:
         self._client.close()
@@ -149,21 +213,24 @@ class RestrClient:
 
 
 def image_inputs(image) -> dict[str, np.ndarray]:
-    """A path -> {'image': its bytes}; a PIL image or array -> {'rgb': uint8 HxWx3}."""
+    """A path or bytes -> {'image': the encoded file}; a PIL image or array -> {'rgb': uint8 HxWx3},
+    oriented and made RGB as the Predictor does (ImageError if it cannot be)."""
     if isinstance(image, (str, Path)):
         try:
-            data = Path(image).read_bytes()
+            image = Path(image).read_bytes()
         except OSError as e:
             raise ValueError(f"{image}: cannot be read ({e.strerror or e})") from None
-        return {"image": np.array([data], dtype=np.object_)}
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return {"image": np.array([bytes(image)], dtype=np.object_)}
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    return {"rgb": np.ascontiguousarray(image, dtype=np.uint8)}
+        return {"rgb": np.asarray(as_rgb(image))}
+    return {"rgb": rgb_array(np.asarray(image))}
 
 
 @dataclass
 class RemoteEmbedding:
-    """restr-predict's view of an image sent to a server: the pixels and their size."""
+    """restr-predict's view of an image sent to a server: the pixels and their size; `timings`
+    (ms) are filled in by the server's answer (preprocess, vision) and the round trip (request)."""
 
     rgb: Image.Image
     timings: dict = field(default_factory=lambda: {"preprocess": 0.0, "vision": 0.0})
@@ -174,18 +241,22 @@ class RemoteEmbedding:
 
 
 class RemotePredictor:
-    """The parts of `Predictor` that restr-predict uses, answered by a server (`--server URL`)."""
+    """The parts of `Predictor` that restr-predict uses, answered by a server (`--server URL`):
+    `artifacts` is the served model (its name, max_words, vocabulary())."""
 
     mode = "server"
 
-    def __init__(self, url: str, threshold: float | None = None, timeout_s: float = 60.0):
-        self.client = RestrClient(url, timeout_s=timeout_s)
-        if not self.client.ready():
+    def __init__(self, url: str, threshold: float | None = None, timeout_s: float = 60.0, headers: dict | None = None):
+        self.client = RestrClient(url, timeout_s=timeout_s, headers=headers)
+        try:
+            if not self.client.ready():
+                raise ServerError(f"{self.client.url}: no ready '{self.client.model}' model there (start one with restr-serve)")
+            self.artifacts = self.client.served()
+        except ServerError:
             self.client.close()
-            raise ServerError(f"{self.client.url}: no ready '{self.client.model}' model there (start one with restr-serve)")
+            raise
         self.threshold = threshold  # None until the first answer says which the server used
-        self.runners = {"server": _Endpoint(self.client.url)}
-        self.artifacts = _Endpoint(self.client.url)
+        self.runners = {"server": self.artifacts}
 
     def embed(self, rgb: Image.Image) -> RemoteEmbedding:
         return RemoteEmbedding(rgb)
@@ -193,32 +264,23 @@ class RemotePredictor:
     def predict_embedding(self, embedding: RemoteEmbedding, texts) -> list[Prediction]:
         preds = self.client.predict(embedding.rgb, texts, threshold=self.threshold)
         self.threshold = self.client.last_threshold
+        # the image's stages (the server's) and the round trip, where Predictor's embedding keeps them
+        embedding.timings.update({n: preds[0].timings[n] for n in ("preprocess", "vision") if n in preds[0].timings},
+                                 request=self.client.last_request_ms)
         return preds
 
     def close(self) -> None:
         self.client.close()
 
 
-@dataclass
-class _Endpoint:
-    url: str
-
-    @property
-    def model_name(self) -> str:
-        return f"{MODEL} at {self.url}"
-
-    @property
-    def providers(self) -> list[str]:
-        return [f"triton {self.url}"]
-
-
 def _one_line(s: str) -> str:
-    """PyTriton returns the model's traceback: keep the RequestError's message, else the first line."""
+    """The server's message in one line (an older restr-serve, on PyTriton's proxy, answered with the
+    model's traceback: its RequestError, else its last "SomeError: message" line)."""
     s = (s or "").strip()
     m = re.search(r"RequestError: (.+)", s)
     if m:
         return m.group(1).strip()
-    if "Traceback" in s:  # another exception in the server: its last "SomeError: message" line
+    if "Traceback" in s:
         found = re.findall(r"^(\w+(?:Error|Exception): .+)$", s, flags=re.M)
         if found:
             return found[-1].strip()[:300]

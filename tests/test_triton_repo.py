@@ -212,9 +212,11 @@ def test_generated_repository_runs_on_tritonserver(tiny, tmp_path):
             with RestrClient(url) as client:
                 local = predictor.predict_image(image, texts)
                 assert any(p.area for p in local)
+                assert client.served().model_name == "restr-tiny" and not client.served().batched
                 for remote in (client.predict(image, texts), client.predict(np.asarray(photo(72, 48, seed=1)), texts)):
                     for r, l in zip(remote, local, strict=True):
                         assert np.array_equal(r.mask, l.mask) and r.area == l.area and r.unknown_words == l.unknown_words
+                        assert r.no_known_words == l.no_known_words and set(r.timings) == set(l.timings)
                         assert r.score == pytest.approx(l.score, abs=1e-5) and r.patch_score == pytest.approx(l.patch_score, abs=1e-5)
                 with pytest.raises(ServerError, match="is empty"):
                     client.predict(image, ["the red circle", "  "])
