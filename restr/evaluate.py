@@ -122,26 +122,36 @@ def runtime_masks(predictor, dataset, groups: list[list[int]]):
 
 
 def score(dataset, streams, total: int, progress: bool = True) -> tuple[list[SegmentationMetrics], SegmentationMetrics]:
-    """Score streams of (index, mask) that give the same samples in the same order against the ground
-    truth, each read once. Returns an accumulator per stream (samples added in index order, as
-    `evaluate` adds them) and, for two streams, one of the first's masks against the second's."""
+    """Score streams of (index, mask) about the same samples, each in its own order (the checkpoint's
+    in index order, the runtime's image by image), against the ground truth, read once per sample when
+    every stream has answered about it; an answer that comes first waits in memory. Returns an
+    accumulator per stream (samples added in index order, as `evaluate` adds them) and, for two
+    streams, one of the first's masks against the second's."""
     counts: list[dict] = [{} for _ in streams]
+    waiting: list[dict] = [{} for _ in streams]
     pairs = SegmentationMetrics()
     bar = Progress(total, "evaluate", enabled=progress, unit="sample")
-    for answers in zip(*streams, strict=True):
-        i = answers[0][0]
-        gt = dataset.ground_truth(i)
-        for c, (j, mask) in zip(counts, answers):
-            if j != i:
-                raise RuntimeError(f"the models' answers are out of step: sample {j} beside sample {i}")
-            if mask.shape != gt.shape:
-                raise UsageError(f"{dataset.image_path(i)}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, the ground "
-                                 f"truth {gt.shape[1]}x{gt.shape[0]} (the runtime reads the image at another size than the annotations)")
-            c[i] = intersection_union(mask, gt)
-        if len(answers) == 2:
-            pairs.update(answers[0][1], answers[1][1])
-        bar.update(1)
+    for answers in itertools.zip_longest(*streams):
+        for side, answer in enumerate(answers):
+            if answer is None:
+                continue
+            i, mask = answer
+            waiting[side][i] = mask
+            if not all(i in w for w in waiting):
+                continue
+            masks = [w.pop(i) for w in waiting]
+            gt = dataset.ground_truth(i)
+            for c, mask in zip(counts, masks):
+                if mask.shape != gt.shape:
+                    raise UsageError(f"{dataset.image_path(i)}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, the ground "
+                                     f"truth {gt.shape[1]}x{gt.shape[0]} (the runtime reads the image at another size than the annotations)")
+                c[i] = intersection_union(mask, gt)
+            if len(masks) == 2:
+                pairs.update(*masks)
+            bar.update(1)
     bar.close()
+    if any(waiting):
+        raise RuntimeError(f"the models answered about different samples ({sum(map(len, waiting))} left unpaired)")
     metrics = []
     for c in counts:
         m = SegmentationMetrics(dataset.length_groups)
@@ -378,9 +388,8 @@ def evaluate_deployed(runtime, what: dict, ckpt, data, split, read, common, batc
     groups = group_by_image(ds, range(n))
     clocks = [[0.0], [0.0]]  # seconds: the deployed model's, the checkpoint's
     streams = [timed(runtime_masks(runtime, ds, groups), clocks[0])]
-    if ck is not None:
-        order = [i for g in groups for i in g]  # the runtime's order: the two answer about the same sample at a time
-        batches = checkpoint_masks(ck.model.to(dev).eval(), ds, order, dev, batch_size, threshold, workers)
+    if ck is not None:  # in index order, batched as restr-eval --ckpt batches it: the same masks
+        batches = checkpoint_masks(ck.model.to(dev).eval(), ds, range(n), dev, batch_size, threshold, workers)
         streams.insert(0, timed(itertools.chain.from_iterable(batches), clocks[1]))
     try:
         with warnings.catch_warnings():

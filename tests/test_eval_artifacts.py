@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from restr.evaluate import group_by_image, main, predict_images, runtime_masks  # noqa: E402
+from restr.evaluate import group_by_image, main, predict_images, runtime_masks, score  # noqa: E402
 from restr.metrics import AGREEMENT_LEVEL, SegmentationMetrics, agreement, difference, format_comparison  # noqa: E402
 from restr.runtime import Predictor  # noqa: E402
 
@@ -125,6 +125,19 @@ def test_each_image_is_encoded_once_and_answers_keep_their_samples(made):
     assert group_by_image(ds, range(len(ds)), most=2) == [g[k : k + 2] for g in groups for k in range(0, len(g), 2)]
 
 
+def test_answers_are_paired_by_sample_whatever_their_order():
+    """The checkpoint answers in index order, the runtime image by image: sample i's two masks meet."""
+    gt = np.ones((3, 3), np.uint8)
+    ds = SimpleNamespace(ground_truth=lambda i: gt, num_words=lambda i: i + 1, length_groups=[(1, 2), (3, 20)],
+                         image_path=lambda i: Path(f"{i}.png"))
+    masks = {i: np.arange(9).reshape(3, 3) < i + 1 for i in range(4)}  # sample i: i + 1 pixels
+    (first, second), pairs = score(ds, [iter(masks.items()), iter([(i, masks[i]) for i in (2, 0, 3, 1)])], total=4, progress=False)
+    assert _counts(first) == _counts(second) == {"intersection": [1, 2, 3, 4], "union": [9] * 4, "num_words": [1, 2, 3, 4]}
+    assert agreement(pairs)["min_mask_iou"] == 1.0
+    with pytest.raises(RuntimeError, match="different samples"):
+        score(ds, [iter(masks.items()), iter([(i, masks[i]) for i in (2, 0, 1)])], total=4, progress=False)
+
+
 def test_a_failure_on_one_image_names_it(made):
     from restr.cli_common import UsageError
 
@@ -154,9 +167,7 @@ def test_checkpoint_and_artifacts_on_the_same_samples(made, tmp_path):
     model's masks at each image's size, computed here); the artifacts are within the bound."""
     from restr.checkpoint import load_checkpoint
 
-    # 25 samples cut an image's expressions in two: the same 25 on both sides. Batch 1: the PyTorch
-    # model's masks below are computed a sample at a time, and a batch's size moves pixels near the threshold.
-    limit = ["--limit", 25, "--batch-size", 1]
+    limit = ["--limit", 25]  # cuts an image's expressions in two: the same 25 samples on both sides
     both = scored(made, tmp_path, "--ckpt", made.ckpt, "--artifacts", made.export, *limit)
     alone = scored(made, tmp_path, "--ckpt", made.ckpt, *limit)
     exported = scored(made, tmp_path, "--artifacts", made.export, *limit)
@@ -167,12 +178,12 @@ def test_checkpoint_and_artifacts_on_the_same_samples(made, tmp_path):
 
     ck = load_checkpoint(made.ckpt)
     ds = dataset(made, vocab=ck.vocab)
+    batch = {k: torch.stack([ds[i][k] for i in range(25)]) for k in ("image", "words", "pad_mask")}  # one batch, as restr-eval's
+    with torch.no_grad():
+        probs = torch.sigmoid(ck.model(batch["image"], batch["words"], batch["pad_mask"])[0])[:, 0].numpy()
     expected = SegmentationMetrics(ds.length_groups)
     for i in range(25):
-        item = ds[i]
-        with torch.no_grad():
-            logits, _ = ck.model(item["image"][None], item["words"][None], item["pad_mask"][None])
-        expected.update(ds.letterbox(i).invert(torch.sigmoid(logits)[0, 0].numpy()) > 0.5, ds.ground_truth(i), ds.num_words(i))
+        expected.update(ds.letterbox(i).invert(probs[i]) > 0.5, ds.ground_truth(i), ds.num_words(i))
     assert without_seconds(alone) == {**expected.result(), "checkpoint": made.ckpt, "config": "restr-tiny", "data": made.data,
                                       "split": None, "shuffle_text": False, "threshold": 0.5}
 
