@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -204,16 +205,17 @@ def _to_files(requests: list, folder: Path) -> list:
 
 
 def benchmark(artifacts: Path, requests: int, images: int, expressions: int, clients: list[int], instances: int,
-              work: Path, protocol: str = "http") -> dict:
+              work: Path, protocol: str = "http", serve_args: list[str] = (), baseline: bool = True) -> dict:
     python = serve_python()
     if python is None:
         raise click.ClickException("no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)")
     reqs = make_requests(requests, images, expressions)
-    local = in_process(artifacts, reqs, threads=os.cpu_count() or 1)
+    local = in_process(artifacts, reqs, threads=os.cpu_count() or 1) if baseline else None
     work.mkdir(parents=True, exist_ok=True)
     files = _to_files(reqs, work)
+    # each instance keeps its own features cache: together they hold half the images
     server = ServerProcess(python, work / "server.log", "--artifacts", str(artifacts), "--instances", str(instances),
-                           "--cache-size", str(max(1, images // 2)))
+                           "--cache-size", str(max(1, images // (2 * instances))), *serve_args)
     rows = []
     try:
         if not server.wait_ready():
@@ -222,23 +224,26 @@ def benchmark(artifacts: Path, requests: int, images: int, expressions: int, cli
         run_load(url, files[: 2 * max(clients)], max(clients))  # warm-up: sessions, connections
         for c in clients:
             r = run_load(url, files, c).summary(expressions)
-            r.update(clients=c, vs_in_process=r["requests_per_s"] / local["requests_per_s"])
+            r.update(clients=c, vs_in_process=r["requests_per_s"] / local["requests_per_s"] if local else None)
             rows.append(r)
     finally:
         server.stop()
     from restr.benchmarks.environment import environment
 
     return {"artifacts": str(artifacts), "request": {"expressions": expressions, "images": images, "requests": requests,
-            "image_size": "480x360 PNG"}, "server": {"instances": instances, "protocol": protocol}, "in_process": local,
+            "image_size": "480x360 PNG"}, "server": {"instances": instances, "protocol": protocol, "args": list(serve_args)}, "in_process": local,
             "server_rows": rows, "environment": environment(os.cpu_count() or 1)}
 
 
 def table(result: dict) -> str:
     lines = ["| clients | requests/s | expressions/s | p50 ms | p99 ms | x in-process | errors |", "|---|---|---|---|---|---|---|"]
     for r in result["server_rows"]:
+        ratio = "" if r["vs_in_process"] is None else f"{r['vs_in_process']:.2f}"
         lines.append(f"| {r['clients']} | {r['requests_per_s']:.1f} | {r['expressions_per_s']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p99_ms']:.0f} | {r['vs_in_process']:.2f} | {r['errors']} |")
+                     f"{r['p99_ms']:.0f} | {ratio} | {r['errors']} |")
     p = result["in_process"]
+    if p is None:
+        return "\n".join(lines)
     lines.append(f"| in-process ({p['workers']} worker(s) x {p['ort_threads']} thread(s)) | {p['requests_per_s']:.1f} | "
                  f"{p['expressions_per_s']:.1f} | | | 1.00 | |")
     return "\n".join(lines)
@@ -247,20 +252,23 @@ def table(result: dict) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--artifacts", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--requests", type=click.IntRange(1), default=400, show_default=True, help="Requests per concurrency level.")
-@click.option("--images", type=click.IntRange(1), default=64, show_default=True, help="Distinct images (the server caches half).")
+@click.option("--images", type=click.IntRange(1), default=64, show_default=True, help="Distinct images (the server's instances cache half).")
 @click.option("--expressions", type=click.IntRange(1), default=4, show_default=True, help="Expressions per request.")
 @click.option("--clients", default="1,4,16", show_default=True, help="Concurrency levels, comma-separated.")
 @click.option("--instances", type=click.IntRange(1), default=2, show_default=True, help="restr-serve --instances.")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--serve-args", default="", help="More restr-serve options, e.g. '--providers cuda --batch-images 16'.")
+@click.option("--no-baseline", is_flag=True, help="Skip the in-process figure (it runs on the CPU).")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/serve-bench"), show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(artifacts, requests, images, expressions, clients, instances, protocol, work, json_out):
+def main(artifacts, requests, images, expressions, clients, instances, protocol, serve_args, no_baseline, work, json_out):
     """Benchmark restr-serve (Triton) against the in-process runtime.
 
     \b
       python -m restr.benchmarks.serve_bench --artifacts runs/demo/export --json runs/serve-bench.json
     """
-    result = benchmark(artifacts, requests, images, expressions, [int(c) for c in clients.split(",")], instances, work, protocol)
+    result = benchmark(artifacts, requests, images, expressions, [int(c) for c in clients.split(",")], instances, work, protocol,
+                       shlex.split(serve_args), baseline=not no_baseline)
     click.echo(table(result))
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,121 +1,197 @@
-"""`restr-serve`: the restr runtime behind NVIDIA Triton Inference Server, through PyTriton.
+"""`restr-serve`: the restr runtime behind NVIDIA Triton Inference Server.
 
     restr-serve --artifacts runs/demo/export                 # http :8000, grpc :8001, metrics :8002
 
-PyTriton starts a real `tritonserver` (HTTP and gRPC, /v2/health/live and /ready, Prometheus
-metrics on /metrics) whose Python backend hands each request to `RestrModel` in this process. One
-model, `restr`: an image (encoded file bytes as `image`, or uint8 HxWx3 pixels as `rgb`) and one or
-more expressions (`texts`) in; masks, scores, areas, patch scores, unknown words out
-(runtime/protocol.py). `--instances N` runs N requests at once on one shared `Predictor`, so an image
-is encoded once for all its expressions and again only when it falls out of the features cache.
-SIGTERM (or Ctrl-C) drains: requests running or queued in Triton at the signal are answered
-(`--drain-timeout`), later ones get a one-line "shutting down" error (clients retry elsewhere),
-then Triton stops.
+restr-serve writes a model repository for the export into a temporary folder, starts the
+`tritonserver` that nvidia-pytriton bundles on it and supervises it. The repository holds one model,
+`restr` (runtime/protocol.py: an image and expressions in; masks, scores, unknown words out), run by
+Triton's Python backend: each of its `--instances` is a process with its own `Predictor`
+(`TritonModel` below), and Triton's dynamic batcher hands an instance up to `--batch-images`
+queued requests at once, which `Predictor.predict_many` answers together: the image graph runs once
+on all their images, the later graphs on all their expressions.
+
+Readiness: the model loads (and runs once) while tritonserver starts, and Triton's strict readiness
+answers /v2/health/ready with 200 only once every instance has, so a load balancer sends traffic only
+to a replica that can answer it. SIGTERM (or Ctrl-C) drains: tritonserver closes its listening
+sockets at once (readiness probes fail, new connections are refused: clients retry on another
+replica), answers the requests it holds, running or queued, up to `--drain-timeout`, and exits; a
+second signal kills it. A request the model cannot answer (no image, an empty expression, an
+unreadable file) gets its own one-line client error (HTTP 400, gRPC INVALID_ARGUMENT) and one log
+line; the other requests of its batch are answered.
 
 nvidia-pytriton 0.7 requires numpy < 2: install this in its own torch-free environment
-(`make serve-env`, README "Serving"); clients need only `restr[client]`.
+(`make serve-env`, docs/serving.md); clients need only `restr[client]`.
 """
 from __future__ import annotations
 
-import logging
+import ctypes
+import ctypes.util
+import ipaddress
+import json
 import os
+import re
+import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
+import urllib.request
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import click
 import numpy as np
 
-from restr.runtime.predictor import Predictor, TextError, TextTruncatedWarning
-from restr.runtime.protocol import INPUTS, MODEL, OPTIONAL, OUTPUTS, RequestError, read_request, response
-from restr.runtime.transforms import ImageError
+from restr.runtime.protocol import (
+    MODEL, OUTPUTS, Enum, RequestError, decode_image, metadata_parameters, model_io, parameter, pbtxt, read_request, response,
+)
 
 PROG = "restr-serve"
 EXIT_BAD_INPUT = 2
+ACCESS_HEADER = "triton-access-token"
+# Triton APIs behind the access token (--access-token, else a random one only restr-serve knows, for
+# its drain): the model repository (it can unload the model), trace and log settings everywhere;
+# shared memory off loopback (a remote client could map the server's regions). Health, metadata,
+# configuration, inference and statistics stay open: load balancers, perf_analyzer and Model Analyzer
+# use them, and the statistics hold what /metrics already publishes.
+RESTRICTED_APIS = ("model-repository", "trace", "logging")
+RESTRICTED_OFF_LOOPBACK = ("shared-memory",)
+# What tritonserver prints on a machine without a GPU although nothing here needs one.
+NO_GPU_NOISE = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM unable to start",
+                "Unable to allocate pinned system memory", "CUDA driver version is insufficient")
+
 
 @dataclass
 class ServeConfig:
     """What `restr-serve` starts; the defaults are the command line's."""
 
-    artifacts: Path
+    artifacts: Path | None
+    repository: Path | None = None  # instead: a repository restr-export --triton --triton-for pytriton wrote
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
     instances: int = 2
-    max_batch: int = 64  # most expressions in one request
+    max_texts: int = 64  # most expressions in one request
+    batch_images: int | None = None  # most requests in one model run; default: the export's max_batch
+    batch_delay_us: int = 0  # how long a request may wait for others to share its run
     backend: str = "ort"
     precision: str = "fp32"
     providers: list[str] | str | None = None
-    threads: int | None = None  # ONNX Runtime intra-op threads; default: cores / instances
+    threads: int | None = None  # ONNX Runtime intra-op threads per instance; default: cores / instances
     cache_size: int = 32
+    workers: int | None = None  # threads per instance decoding and preparing a batch's images; default: 0 on a CPU, 4 on a GPU
     drain_timeout_s: int = 30
-    log_verbose: int = 0
-    extra: dict = field(default_factory=dict)  # more TritonConfig fields (pytriton.triton.TritonConfig)
+    access_token: str | None = None
+    verbose: bool = False
+
+    @property
+    def gpu(self) -> bool:
+        """Whether the model may run on a GPU (then Triton's CUDA memory pools and GPU metrics stay on)."""
+        providers = self.providers if isinstance(self.providers, list) else [self.providers or "cpu"]
+        return self.backend == "tensorrt" or any(str(p).strip().lower() != "cpu" for p in providers)
 
 
-class RestrModel:
-    """The Triton model's inference callable: one `Predictor`, shared by every instance (thread)."""
+# -- the model, inside tritonserver ---------------------------------------------------------------
 
-    def __init__(self, predictor: Predictor, max_batch: int = 64, instances: int = 1):
-        self.predictor = predictor
-        self.max_batch = max_batch
-        self.instances = instances
-        self.draining = False
-        self._running = 0
-        self._admit = 0  # requests still to run while draining (Triton had queued them)
-        self._cv = threading.Condition()
+class TritonModel:
+    """The `restr` model in Triton's Python backend (the generated model.py imports it as
+    TritonPythonModel): one object per instance, each in its own process with its own Predictor."""
 
-    def __call__(self, requests):
-        with self._cv:
-            if self.draining:
-                if self._admit <= 0:
-                    raise RequestError("the server is shutting down: send the request again (to another replica)")
-                self._admit -= 1  # queued in Triton before the signal: accepted, so answered
-            self._running += 1
-            self._cv.notify_all()
+    def initialize(self, args):
+        import triton_python_backend_utils as pb_utils
+
+        from restr.runtime.predictor import Predictor
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        p = {k: (v or {}).get("string_value", "") for k, v in config["parameters"].items()}
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.max_texts = int(p["max_texts"])
         try:
-            return [self.infer(r.data, getattr(r, "requested_output_names", None)) for r in requests]
-        finally:
-            with self._cv:
-                self._running -= 1
-                self._cv.notify_all()
+            self.predictor = Predictor.from_artifacts(
+                p["artifacts"], backend=p["backend"], precision=p["precision"], providers=parse_providers(p["providers"]),
+                cache_size=int(p["cache_size"]), threads=int(p["threads"]) or None)
+            self.workers = int(p["workers"])
+            self.decoder = ThreadPoolExecutor(self.workers, thread_name_prefix="restr-decode") if self.workers else None
+            size = self.predictor.artifacts.image_size  # one run before Triton calls the model ready
+            list(self.predictor.predict_many([(np.zeros((size, size, 3), np.uint8), ["warm up"])], workers=0))
+        except Exception as e:  # the supervisor prints this line: tritonserver's log of it is a traceback
+            Path(p["error_file"]).write_text(one_line(e), encoding="utf-8")
+            raise
 
-    def drain(self, timeout_s: float, queued: int = 0) -> bool:
-        """Answer the running requests and the `queued` ones Triton holds, refuse the rest; False if
-        some still run after timeout_s. (Triton's own shutdown keeps taking new requests until its
-        exit timeout, then drops what runs: so the model draws the line itself.)
+    def finalize(self):
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=False, cancel_futures=True)
 
-        An instance that is not running a request here may be passing one on: Triton has taken it
-        from its queue (so `queued` does not count it) and it has not reached `__call__` yet. Each
-        such instance gets one more admission; one that was idle costs at most the quiet second below.
-        """
-        deadline = time.monotonic() + timeout_s
-        with self._cv:
-            self.draining, self._admit = True, queued + max(0, self.instances - self._running)
-            while self._running or self._admit > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                if not self._cv.wait(min(left, 1.0)) and not self._running:
-                    return True  # nothing ran or arrived for a second: the queued count was stale
-            return True
-
-    def infer(self, data: dict, wanted=None) -> dict:
-        image, texts, threshold = read_request(data.get, self.max_batch)
+    def execute(self, requests):
+        answers: list = [None] * len(requests)
+        jobs = []  # (index, image, texts, threshold, wanted outputs)
+        for i, request in enumerate(requests):
+            try:
+                image, texts, threshold = read_request(lambda name, r=request: self._input(r, name), self.max_texts, decode=False)
+            except RequestError as e:
+                answers[i] = self._refuse(e)
+                continue
+            jobs.append([i, image, texts, threshold, set(request.requested_output_names())])
+        self._decode(jobs, answers)
+        jobs = [j for j in jobs if answers[j[0]] is None]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", TextTruncatedWarning)  # reported in `truncated`
-                preds = self.predictor.predict_image(image, texts, threshold=threshold)
-        except (TextError, ImageError) as e:
-            raise RequestError(str(e)) from None
-        # probs is K*H*W*4 bytes: stacked only when asked for (Triton passes which outputs are wanted)
+            for threshold, group in groupby(sorted(jobs, key=lambda j: -1.0 if j[3] is None else j[3]), key=lambda j: j[3]):
+                group = list(group)
+                probs = any(not j[4] or "probs" in j[4] for j in group)
+                results = self.predictor.predict_many([(j[1], j[2]) for j in group], threshold=threshold, probs=probs,
+                                                      workers=self.workers if len(group) > 1 else 0)
+                for job, result in zip(group, results):
+                    answers[job[0]] = self._refuse(result.error) if result.error else self._answer(job, result, threshold)
+        except Exception as e:  # ONNX Runtime, CUDA: this batch fails, the server goes on
+            message = f"inference failed: {one_line(e)}"
+            log(message)
+            error = self.pb.TritonError(message, self.pb.TritonError.INTERNAL)
+            answers = [a if a is not None else self.pb.InferenceResponse(output_tensors=[], error=error) for a in answers]
+        return answers
+
+    def _input(self, request, name):
+        tensor = self.pb.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return None
+        value = tensor.as_numpy()
+        if self.batched:
+            if value.shape[0] != 1:
+                raise RequestError(f"'{name}' holds a batch of {value.shape[0]}: send one image per request "
+                                   "(the server batches requests itself)")
+            value = value[0]
+        return value
+
+    def _decode(self, jobs: list, answers: list) -> None:
+        """Encoded images decoded (EXIF, RGB) in parallel, each job's image replaced by its pixels."""
+        encoded = [j for j in jobs if not isinstance(j[1], np.ndarray)]
+        decode = self.decoder.map if self.decoder is not None and len(encoded) > 1 else map
+        for job, (image, ms) in zip(encoded, decode(_timed_decode, [j[1] for j in encoded])):
+            if isinstance(image, RequestError):
+                answers[job[0]] = self._refuse(image)
+            else:
+                job[1] = np.asarray(image)
+                job.append(ms)
+
+    def _refuse(self, error: Exception):
+        message = one_line(error)
+        log(f"refused a request: {message}")
+        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(message, self.pb.TritonError.INVALID_ARG))
+
+    def _answer(self, job: list, result, threshold):
+        preds = result.predictions
+        wanted = job[4]
+        decode_ms = job[5] if len(job) > 5 else 0.0
+        timings = [{**p.timings, "preprocess": p.timings.get("preprocess", 0.0) + decode_ms} for p in preds]
         with_probs = not wanted or "probs" in wanted
         out = response(
             masks=np.stack([p.mask for p in preds]),
@@ -123,91 +199,88 @@ class RestrModel:
             scores=[p.score for p in preds], areas=[p.area for p in preds], patch_scores=[p.patch_score for p in preds],
             unknown_words=[p.unknown_words for p in preds], truncated=[p.truncated for p in preds],
             threshold=self.predictor.threshold if threshold is None else threshold,
-            no_known_words=[p.no_known_words for p in preds], timings=[p.timings for p in preds],
+            no_known_words=[p.no_known_words for p in preds], timings=timings,
         )
-        return out if not wanted else {k: v for k, v in out.items() if k in wanted}
+        names = [n for n in OUTPUTS if not wanted or n in wanted]
+        return self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(n, out[n][None] if self.batched else out[n]) for n in names])
 
 
-def bind(triton, predictor: Predictor, config: ServeConfig) -> RestrModel:
-    """Bind the `restr` model (one callable per instance, one shared Predictor) to a PyTriton server."""
-    from pytriton.model_config import ModelConfig, Tensor
-
-    model = RestrModel(predictor, config.max_batch, config.instances)
-    triton.bind(
-        model_name=MODEL,
-        infer_func=[model] * config.instances,  # N instances: N requests in flight on one Predictor
-        inputs=[Tensor(name=n, dtype=d, shape=s, optional=n in OPTIONAL) for n, (d, s) in INPUTS.items()],
-        outputs=[Tensor(name=n, dtype=d, shape=s) for n, (d, s) in OUTPUTS.items()],
-        # Each request already batches its K expressions; requests differ in image size, so
-        # Triton's batcher could not stack them.
-        config=ModelConfig(batching=False),
-        strict=False,
-    )
-    return model
-
-
-def triton_config(config: ServeConfig):
-    from pytriton.triton import TritonConfig
-
-    return TritonConfig(
-        http_address=config.host, http_port=config.http_port,
-        grpc_address=config.host, grpc_port=config.grpc_port,
-        metrics_address=config.host, metrics_port=config.metrics_port, allow_metrics=True,
-        # Our drain (RestrModel.drain) waits for the real work; by the time Triton stops, what it still
-        # holds are refusals, which must not keep a stopping server alive for the full drain timeout.
-        exit_timeout_secs=min(5, config.drain_timeout_s), log_verbose=config.log_verbose,
-        **config.extra,
-    )
-
-
-def prepare_environment() -> None:
-    """The Python backend's stub loads libpython3.X.so by name: make it find this interpreter's own
-    (another 3.X earlier on the loader path fails with "'_thread.RLock' object has no attribute ...")."""
-    libdir = sysconfig.get_config_var("LIBDIR")
-    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
-    if libdir and (not paths or paths[0] != libdir):
-        os.environ["LD_LIBRARY_PATH"] = ":".join([libdir] + paths)
-
-
-def serve_repository(repository: Path, config: ServeConfig) -> int:
-    """Run PyTriton's bundled tritonserver on a model repository (one `restr-export --triton
-    --triton-for pytriton` wrote: this build has only the Python backend) until it exits; returns
-    its exit code. SIGTERM is passed on: tritonserver stops and waits up to the drain timeout."""
-    import shutil
-    import subprocess
-    import tempfile
-
+def _timed_decode(encoded):
+    t0 = time.perf_counter()
     try:
-        from pytriton.triton import TRITONSERVER_DIST_DIR
-        from pytriton.utils.distribution import get_libs_path, get_stub_path
-    except ImportError as e:
-        raise RuntimeError(f"PyTriton is not installed here ({e}); make serve-env (README 'Serving')") from None
-    if not (Path(repository) / MODEL / "config.pbtxt").is_file():
-        raise RuntimeError(f"{repository}: not a model repository written by restr-export --triton (no {MODEL}/config.pbtxt)")
-    # As PyTriton does: a copy of the server with the Python backend stub of this interpreter's version.
-    dist = Path(tempfile.mkdtemp(prefix="restr-tritonserver-")) / "tritonserver"
-    shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
-    shutil.copy(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"), dist / "backends" / "python" / "triton_python_backend_stub")
-    prepare_environment()
-    os.environ["LD_LIBRARY_PATH"] += f":{get_libs_path()}"
-    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the stub's Python: this environment
-    c = config
-    args = [f"--model-repository={Path(repository).resolve()}", f"--backend-directory={dist / 'backends'}",
-            f"--http-address={c.host}", f"--http-port={c.http_port}", f"--grpc-address={c.host}", f"--grpc-port={c.grpc_port}",
-            f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}", f"--exit-timeout-secs={c.drain_timeout_s}"]
-    click.echo(f"{PROG}: serving the repository {repository} on http://{c.host}:{c.http_port}, grpc {c.host}:{c.grpc_port}", err=True)
-    proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), *args])
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-    try:
-        return proc.wait()
-    finally:
-        shutil.rmtree(dist.parent, ignore_errors=True)
+        image = decode_image(encoded)
+    except RequestError as e:
+        return e, 0.0
+    return image, (time.perf_counter() - t0) * 1000
 
+
+def log(message: str) -> None:
+    """One line on the server's log (a model instance's stderr is tritonserver's, which restr-serve relays)."""
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:500]
+
+
+def parse_providers(value):
+    """'cuda,cpu' -> ['cuda', 'cpu']; 'auto' or 'cpu' as they are; '' -> None."""
+    if not value:
+        return None
+    return [p.strip() for p in value.split(",") if p.strip()] if "," in value else value
+
+
+# -- the repository ---------------------------------------------------------------------------------
+
+MODEL_PY = '"""restr-serve\'s model: restr.runtime.serve.TritonModel."""\nfrom restr.runtime.serve import TritonModel as TritonPythonModel  # noqa: F401\n'
+
+
+def write_repository(config: ServeConfig, root: Path, error_file: Path) -> tuple[Path, str, int]:
+    """The model repository for the export under root; returns (repository, model name, batch size).
+    Raises ArtifactError (in one line) for an export that cannot be used."""
+    from restr.runtime.artifacts import Artifacts
+
+    art = Artifacts.open(config.artifacts)
+    words = art.vocabulary().itos  # checks vocab.txt against the manifest
+    batch = config.batch_images or art.max_batch
+    threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
+    providers = ",".join(config.providers) if isinstance(config.providers, list) else (config.providers or "")
+    params = {"artifacts": Path(config.artifacts).resolve(), "backend": config.backend, "precision": config.precision,
+              "providers": providers, "threads": threads, "cache_size": config.cache_size, "max_texts": config.max_texts,
+              "workers": (4 if config.gpu else 0) if config.workers is None else config.workers, "error_file": error_file}
+    model = {
+        "name": MODEL, "backend": "python", "max_batch_size": batch, **model_io(ragged=True),
+        "dynamic_batching": {"max_queue_delay_microseconds": config.batch_delay_us},
+        "instance_group": [{"count": config.instances, "kind": Enum("KIND_CPU")}],
+        "parameters": [parameter(k, v) for k, v in params.items()]
+                      + metadata_parameters(art.model_name, art.max_words, art.threshold, words),
+    }
+    repo = root / "models"
+    (repo / MODEL / "1").mkdir(parents=True)
+    (repo / MODEL / "config.pbtxt").write_text(pbtxt(model), encoding="utf-8")
+    (repo / MODEL / "1" / "model.py").write_text(MODEL_PY, encoding="utf-8")
+    return repo, art.model_name, batch
+
+
+def check_repository(repository: Path) -> None:
+    """Refuse, in one line, a repository the bundled tritonserver cannot run (it has only the Python backend)."""
+    repository = Path(repository)
+    if not (repository / MODEL / "config.pbtxt").is_file():
+        raise ValueError(f"{repository}: not a model repository written by restr-export --triton (no {MODEL}/config.pbtxt)")
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        text = config.read_text(encoding="utf-8", errors="replace")
+        found = re.search(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', text, flags=re.M)
+        if found and found.group(1) != "python":
+            raise ValueError(f"{repository}: model {config.parent.name!r} needs Triton's {found.group(1)} backend, which the "
+                             f"tritonserver bundled here lacks: write the repository with restr-export --triton DIR --triton-for pytriton")
+
+
+# -- tritonserver -----------------------------------------------------------------------------------
 
 def check_ports(config: ServeConfig) -> None:
     """Raise ValueError, in one line, when a port is given twice or another program listens on it:
-    tritonserver would exit and PyTriton fail later, deep in an HTTP client's traceback."""
+    tritonserver would exit later with a longer story."""
     ports = {"--http-port": config.http_port, "--grpc-port": config.grpc_port, "--metrics-port": config.metrics_port}
     if len(set(ports.values())) < len(ports):
         raise ValueError(f"--http-port, --grpc-port and --metrics-port must differ (got {', '.join(map(str, ports.values()))})")
@@ -221,113 +294,261 @@ def check_ports(config: ServeConfig) -> None:
             raise ValueError(f"{flag} {port}: cannot listen on {config.host}:{port} ({e.strerror or e}); choose another port") from None
 
 
-def load_predictor(config: ServeConfig) -> Predictor:
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
-    return Predictor.from_artifacts(config.artifacts, backend=config.backend, precision=config.precision,
-                                    providers=config.providers, cache_size=config.cache_size, threads=threads)
-
-
-def serve(config: ServeConfig, predictor: Predictor | None = None) -> None:
-    """Start Triton with the `restr` model and serve until SIGTERM or SIGINT (then drain and stop)."""
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        from pytriton.triton import Triton
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def restricted_apis(config: ServeConfig, token: str) -> str:
+    """Triton's restriction argument: 'api,api:header=token'."""
+    apis = RESTRICTED_APIS + (() if loopback(config.host) else RESTRICTED_OFF_LOOPBACK)
+    return f"{','.join(apis)}:{ACCESS_HEADER}={token}"
+
+
+def tritonserver_args(config: ServeConfig, repository: Path, backends: Path, shm_prefix: str, token: str) -> list[str]:
+    """The command line: the models load while tritonserver starts (it is ready only once they have);
+    explicit model control lets the drain unload them."""
+    c = config
+    load = MODEL if c.repository is None else "*"
+    args = [f"--model-repository={repository}", f"--backend-directory={backends}", "--model-control-mode=explicit",
+            f"--load-model={load}", "--strict-readiness=true", "--disable-auto-complete-config", f"--exit-timeout-secs={c.drain_timeout_s}",
+            f"--http-address={c.host}", f"--http-port={c.http_port}", f"--grpc-address={c.host}", f"--grpc-port={c.grpc_port}",
+            "--allow-metrics=true", f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}",
+            # The Python backend's shared memory starts small and grows (its 64 MiB default per instance
+            # exceeds a container's default /dev/shm).
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            "--backend-config=python,shm-default-byte-size=4194304", "--backend-config=python,shm-growth-byte-size=16777216",
+            f"--log-info={'true' if c.verbose else 'false'}", f"--log-verbose={1 if c.verbose else 0}"]
+    if not c.gpu:  # nothing here needs CUDA: no pinned or device memory pools, no GPU metrics
+        args += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false"]
+    restriction = restricted_apis(c, token)
+    return args + [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+
+
+def prepare_tritonserver(work: Path) -> tuple[Path, dict]:
+    """A copy of PyTriton's bundled tritonserver with the Python backend stub of this interpreter's
+    version, and the environment it runs in (its libraries; this environment's Python for the stub)."""
+    try:
+        from pytriton.triton import TRITONSERVER_DIST_DIR
+        from pytriton.utils.distribution import get_libs_path, get_stub_path
     except ImportError as e:
-        raise RuntimeError(
-            f"PyTriton is not installed here ({e}); install the server extra in its own environment: "
-            "make serve-env (README 'Serving')"
-        ) from None
-    predictor = predictor or load_predictor(config)
-    prepare_environment()
-    # SIGTERM is how Kubernetes and systemd stop a server: treat it as Ctrl-C (drain, then stop Triton).
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        triton, model = start(Triton, predictor, config)
-    except KeyboardInterrupt:  # stopped before it served: start() has stopped Triton
-        click.echo(f"{PROG}: stopped while starting", err=True)
-        return
-    try:
-        click.echo(
-            f"{PROG}: serving model '{MODEL}' ({predictor.artifacts.model_name}, {predictor.mode}, {config.instances} instances) "
-            f"on http://{config.host}:{config.http_port}, grpc {config.host}:{config.grpc_port}, "
-            f"metrics http://{config.host}:{config.metrics_port}/metrics",
-            err=True,
-        )
+        raise RuntimeError(f"PyTriton is not installed here ({e}); make serve-env (docs/serving.md)") from None
+    dist = work / "tritonserver"
+    shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
+    shutil.copy(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"), dist / "backends" / "python" / "triton_python_backend_stub")
+    env = dict(os.environ)
+    # The stub loads libpython3.X.so by name: this interpreter's own first (another 3.X earlier on the
+    # loader path fails with "'_thread.RLock' object has no attribute ...").
+    libdir = sysconfig.get_config_var("LIBDIR")
+    paths = [libdir] + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p and p != libdir] + [str(get_libs_path())]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in paths if p)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return dist, env
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _die_with_parent() -> None:
+    """In tritonserver, before exec: SIGTERM (a drain) when restr-serve dies, however it dies."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Tritonserver:
+    """A running tritonserver in its own process group, its output relayed to stderr line by line
+    (tritonserver's noise about absent GPUs dropped when no GPU is used). Until `release()` the lines
+    are held back: a model that fails to load is then told in restr-serve's one line, not in
+    tritonserver's traceback of it."""
+
+    def __init__(self, dist: Path, args: list[str], env: dict, url: str, token: str, quiet_gpu: bool):
+        self.url, self.token = url, token
+        self.proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), *args], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+        self.quiet_gpu = quiet_gpu
+        self.tail: deque[str] = deque(maxlen=40)
+        self._held: list[str] | None = []
+        self._lock = threading.Lock()
+        self._relay = threading.Thread(target=self._relay_lines, name="tritonserver-log", daemon=True)
+        self._relay.start()
+
+    def _relay_lines(self) -> None:
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if not line.strip() or (self.quiet_gpu and any(n in line for n in NO_GPU_NOISE)) or re.fullmatch(r"Signal \(\d+\) received\.", line):
+                continue
+            with self._lock:
+                self.tail.append(line)
+                if self._held is not None:
+                    self._held.append(line)
+                    continue
+            _stderr(line)
+
+    def release(self, show: bool = True) -> None:
+        """Relay from now on; the lines held so far are written first (show) or dropped."""
+        with self._lock:
+            held, self._held = self._held or [], None
+            for line in held if show else ():
+                _stderr(line)
+
+    def wait_ready(self) -> bool:
+        """Poll /v2/health/ready until 200 (True) or tritonserver exits (False)."""
+        while self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return True
+            except OSError:  # refused, reset, 400 (HTTPError) while the model loads
+                pass
+            time.sleep(0.2)
+        return False
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """tritonserver's exit code. (Popen.wait swallows a second Ctrl-C that comes within 0.25 s
+        of the first, waiting for the child: here each signal interrupts at once.)"""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.proc.args, timeout_s)
+            time.sleep(0.1)
+        return self.proc.returncode
+
+    def unload(self) -> None:
+        """Ask tritonserver to unload the model (it returns at once): from then on readiness fails and
+        new requests are refused, while the ones Triton holds, running or queued, are answered."""
+        request = urllib.request.Request(f"{self.url}/v2/repository/models/{MODEL}/unload", data=b"{}", method="POST",
+                                         headers={ACCESS_HEADER: self.token, "Content-Type": "application/json"})
         try:
-            while triton.is_alive():
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            drain(model, config)
-    finally:
-        stop(triton)
-    click.echo(f"{PROG}: stopped", err=True)
+            urllib.request.urlopen(request, timeout=5).close()
+        except OSError as e:  # then the SIGTERM alone drains
+            click.echo(f"{PROG}: could not unload the model first ({e}); stopping tritonserver", err=True)
+
+    def kill(self) -> None:
+        """SIGKILL tritonserver and its model instances (its process group: an instance outlives a
+        tritonserver that gave up at its exit timeout)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def finish_log(self) -> None:
+        self._relay.join(timeout=5)
 
 
-def drain(model: RestrModel, config: ServeConfig) -> None:
-    """After the first SIGTERM or Ctrl-C: answer what was accepted, up to the drain timeout; a second
-    signal ends the wait."""
+# -- supervising it ---------------------------------------------------------------------------------
+
+def serve(config: ServeConfig) -> int:
+    """Write the repository, start tritonserver on it, serve until SIGTERM or SIGINT (then drain and
+    stop); returns the exit code. Raises ValueError / RuntimeError (one line) for what cannot start."""
+    signal.signal(signal.SIGTERM, _interrupt)  # how Kubernetes and systemd stop a server: as Ctrl-C
+    remove_stale()
+    work = Path(tempfile.mkdtemp(prefix=f"restr-serve-{os.getpid()}-"))
+    shm_prefix = f"restr-serve-{os.getpid()}-"
+    server = None
     try:
-        click.echo(f"{PROG}: stopping: refusing new requests, finishing the running ones", err=True)
-        if not model.drain(config.drain_timeout_s, queued=pending_requests(config)):
-            click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s are dropped", err=True)
+        error_file = work / "load-error.txt"
+        if config.repository is not None:
+            check_repository(config.repository)
+            repo, what = Path(config.repository).resolve(), f"the repository {config.repository}"
+        else:
+            repo, name, batch = write_repository(config, work, error_file)
+            what = f"model '{MODEL}' ({name}, {config.instances} instance{'s' * (config.instances > 1)}, batches of up to {batch} images)"
+        dist, env = prepare_tritonserver(work)
+        token = config.access_token or secrets.token_urlsafe(24)
+        probe = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+        url = f"http://[{probe}]:{config.http_port}" if ":" in probe else f"http://{probe}:{config.http_port}"
+        server = Tritonserver(dist, tritonserver_args(config, repo, dist / "backends", shm_prefix, token), env, url, token,
+                              quiet_gpu=not config.gpu)
+        try:
+            if not server.wait_ready():
+                server.finish_log()
+                if error_file.is_file():  # the model's own line says it all
+                    server.release(show=False)
+                    raise ValueError(error_file.read_text(encoding="utf-8"))
+                server.release()
+                raise RuntimeError(f"tritonserver exited ({server.proc.returncode}) before serving (its log above)")
+        except KeyboardInterrupt:
+            server.release()
+            click.echo(f"{PROG}: stopped while starting", err=True)
+            return 0
+        server.release()
+        click.echo(f"{PROG}: serving {what} on http://{config.host}:{config.http_port}, grpc {config.host}:{config.grpc_port}, "
+                   f"metrics http://{config.host}:{config.metrics_port}/metrics", err=True)
+        try:
+            code = server.wait()
+        except KeyboardInterrupt:
+            return drain(server, config)
+        server.finish_log()
+        click.echo(f"{PROG}: error: tritonserver exited ({code}) on its own", err=True)
+        return 1
+    finally:
+        _quietly(_clean_up, server, work, shm_prefix)
+
+
+def drain(server: Tritonserver, config: ServeConfig) -> int:
+    """After the first SIGTERM or Ctrl-C: the model is unloaded (readiness fails, new requests are
+    refused, the held ones answered) and tritonserver stopped (it closes its listening sockets and
+    exits once the model is gone, or at the drain timeout); a second signal kills it."""
+    click.echo(f"{PROG}: stopping: refusing new requests, answering the ones Triton holds (up to {config.drain_timeout_s} s)", err=True)
+    try:
+        server.unload()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.wait(config.drain_timeout_s + 30)  # its exit timeout, then unloading
     except KeyboardInterrupt:
         click.echo(f"{PROG}: second signal: stopping now, requests still running are dropped", err=True)
+        _quietly(server.kill)
+        return 0
+    except subprocess.TimeoutExpired:
+        click.echo(f"{PROG}: tritonserver did not stop 30 s after the drain timeout: killed", err=True)
+        _quietly(server.kill)
+        return 1
+    server.finish_log()
+    if code != 0:
+        click.echo(f"{PROG}: requests still running after {config.drain_timeout_s} s were dropped", err=True)
+    click.echo(f"{PROG}: stopped", err=True)
+    return 0
 
 
-def stop(triton) -> None:
-    """Stop Triton, deaf to further SIGINT/SIGTERM until it has: one arriving inside PyTriton's stop
-    would abandon a running tritonserver (and its ports) as an orphan."""
+def _clean_up(server: Tritonserver | None, work: Path, shm_prefix: str) -> None:
+    """Nothing of the server left behind: tritonserver and its instances, the temporary folder, the
+    Python backend's shared memory (tritonserver frees it unless it was killed)."""
+    if server is not None:
+        server.kill()
+    shutil.rmtree(work, ignore_errors=True)
+    for region in Path("/dev/shm").glob(f"{shm_prefix}*"):
+        region.unlink(missing_ok=True)
+
+
+def remove_stale(tmp: Path | None = None) -> None:
+    """What a restr-serve that was killed (SIGKILL, a crash) left: its temporary folder and shared
+    memory, found by the dead process's id in their names."""
+    tmp = Path(tmp or tempfile.gettempdir())
+    for path in [*tmp.glob("restr-serve-*-*"), *Path("/dev/shm").glob("restr-serve-*-*")]:
+        pid = path.name.split("-")[2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _quietly(fn, *args):
+    """Run fn deaf to SIGINT/SIGTERM: a signal inside it would leave a half-stopped server behind."""
     handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        triton.stop()
+        return fn(*args)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-
-
-LOAD_ATTEMPTS = 3
-
-
-def missed_handshake(error: BaseException) -> bool:
-    """Whether a model load failed because an instance missed PyTriton's start-up handshake.
-
-    Each instance after the first fetches its set-up from the first over a Unix socket, polling 1 s
-    for the socket's file. On a busy machine it can connect between the first's bind and listen
-    (connection refused) or give up before the first starts (timeout): a race, not a broken model.
-    """
-    return "get_config_from_handshake_server" in str(error)
-
-
-def start(triton_cls, predictor: Predictor, config: ServeConfig):
-    """Start Triton (a `pytriton.triton.Triton` class) with the `restr` model loaded; returns
-    (triton, model). A load lost to PyTriton's handshake race is retried on a fresh server."""
-    for attempt in range(1, LOAD_ATTEMPTS + 1):
-        triton = triton_cls(config=triton_config(config))
-        try:
-            triton.run()  # tritonserver, no model yet
-            return triton, bind(triton, predictor, config)  # loads it
-        except BaseException as e:  # SIGTERM (KeyboardInterrupt) too: never leave a tritonserver behind
-            stop(triton)
-            if not isinstance(e, Exception) or not missed_handshake(e):
-                raise
-            if attempt == LOAD_ATTEMPTS:
-                raise RuntimeError(f"the model did not load: {LOAD_ATTEMPTS} tries missed PyTriton's start-up handshake "
-                                   f"(is the machine overloaded? try fewer --instances)") from e
-            click.echo(f"{PROG}: a model instance missed PyTriton's start-up handshake (a race on busy machines); "
-                       f"starting again ({attempt + 1}/{LOAD_ATTEMPTS})", err=True)
-
-
-def pending_requests(config: ServeConfig) -> int:
-    """Requests Triton has queued for the model but not started (its Prometheus gauge); 0 if unknown."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://{config.host}:{config.metrics_port}/metrics", timeout=2) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(f'nv_inference_pending_request_count{{model="{MODEL}"'):
-                    return int(float(line.split()[-1]))
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def _interrupt(signum, frame):
@@ -337,51 +558,60 @@ def _interrupt(signum, frame):
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--artifacts", type=click.Path(path_type=Path), help="Export folder written by restr-export.")
 @click.option("--repository", type=click.Path(path_type=Path),
-              help="Instead: a model repository from restr-export --triton (made for CPU), served by the bundled tritonserver.")
+              help="Instead: a model repository from restr-export --triton DIR --triton-for pytriton.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 to accept other machines).")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True, help="Prometheus metrics (/metrics).")
-@click.option("--instances", type=click.IntRange(1, 64), default=2, show_default=True, help="Requests served at once (model instances).")
-@click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True, help="Most expressions in one request.")
+@click.option("--instances", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Model instances: processes, each with its own copy of the model and features cache.")
+@click.option("--batch-images", type=click.IntRange(1, 1024), default=None,
+              help="Most requests (images) one instance runs together. [default: the export's max_batch]")
+@click.option("--batch-delay-us", type=click.IntRange(0), default=0, show_default=True,
+              help="How long a request may wait for others to share its run (0: only those already queued).")
+@click.option("--max-texts", "--max-batch", "max_texts", type=click.IntRange(1), default=64, show_default=True,
+              help="Most expressions in one request.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
-@click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads per graph. [default: cores / instances]")
-@click.option("--cache-size", type=click.IntRange(1), default=32, show_default=True, help="Images whose features are kept.")
-@click.option("--drain-timeout", type=click.IntRange(0), default=30, show_default=True, help="Seconds in-flight requests get on SIGTERM.")
-def cli(artifacts, repository, host, http_port, grpc_port, metrics_port, instances, max_batch, backend, precision, providers, threads,
-        cache_size, drain_timeout):
-    """Serve a restr export on NVIDIA Triton Inference Server (through PyTriton).
+@click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads per instance. [default: cores / instances]")
+@click.option("--cache-size", type=click.IntRange(1), default=32, show_default=True, help="Images whose features each instance keeps.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Threads per instance that decode and prepare a batch's images. [default: 0 on a CPU, 4 with a GPU]")
+@click.option("--drain-timeout", type=click.IntRange(0), default=30, show_default=True, help="Seconds the requests held at SIGTERM get.")
+@click.option("--access-token", envvar="RESTR_SERVE_ACCESS_TOKEN", default=None,
+              help="Token (header triton-access-token) for Triton's model-repository, shared-memory, trace and logging APIs. "
+                   "[default: those APIs open on a loopback --host, closed on any other; env RESTR_SERVE_ACCESS_TOKEN]")
+@click.option("--verbose", is_flag=True, help="Triton's info and verbose log too.")
+def cli(artifacts, repository, host, http_port, grpc_port, metrics_port, instances, batch_images, batch_delay_us, max_texts, backend,
+        precision, providers, threads, cache_size, workers, drain_timeout, access_token, verbose):
+    """Serve a restr export on NVIDIA Triton Inference Server (the tritonserver nvidia-pytriton bundles).
 
     \b
       restr-serve --artifacts runs/demo/export
       restr-serve --repository runs/demo/triton-cpu      (from restr-export --triton DIR --triton-for pytriton)
       restr-predict --server http://127.0.0.1:8000 --image photo.jpg --text "the red circle" --out out/
 
-    Health: /v2/health/ready; metrics: http://HOST:METRICS_PORT/metrics. SIGTERM drains and stops.
+    /v2/health/ready answers 200 once the model is loaded, and no longer once SIGTERM starts the drain.
+    Metrics: http://HOST:METRICS_PORT/metrics. Statistics (/v2/models/stats) are open: perf_analyzer
+    reads them (docs/serving.md).
     """
-    if providers and "," in providers:
-        providers = [p.strip() for p in providers.split(",") if p.strip()]
     if (artifacts is None) == (repository is None):
         click.echo(f"{PROG}: error: give one of --artifacts DIR and --repository DIR (see --help)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    config = ServeConfig(artifacts=artifacts, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                         instances=instances, max_batch=max_batch, backend=backend, precision=precision, providers=providers,
-                         threads=threads, cache_size=cache_size, drain_timeout_s=drain_timeout)
-    logging.getLogger("pytriton").setLevel(logging.WARNING)
+    config = ServeConfig(artifacts=artifacts, repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
+                         metrics_port=metrics_port, instances=instances, max_texts=max_texts, batch_images=batch_images,
+                         batch_delay_us=batch_delay_us, backend=backend, precision=precision, providers=parse_providers(providers),
+                         threads=threads, cache_size=cache_size, workers=workers, drain_timeout_s=drain_timeout, access_token=access_token or None,
+                         verbose=verbose)
     try:
         check_ports(config)
-        if repository is not None:
-            sys.exit(serve_repository(repository, config))
-        predictor = load_predictor(config)
-    except (ValueError, RuntimeError) as e:  # ArtifactError, bad providers, not a repository
-        click.echo(f"{PROG}: error: {str(e).splitlines()[0]}", err=True)
+        sys.exit(serve(config))
+    except ValueError as e:  # ArtifactError, bad providers, not a usable repository, a port in use
+        click.echo(f"{PROG}: error: {one_line(e)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    try:
-        serve(config, predictor)
     except RuntimeError as e:
-        click.echo(f"{PROG}: error: {str(e).splitlines()[0]}", err=True)
+        click.echo(f"{PROG}: error: {one_line(e)}", err=True)
         sys.exit(1)
 
 

@@ -1,194 +1,251 @@
-"""restr-serve's own logic, without Triton: what tests/test_serve.py cannot make happen on demand.
+"""restr-serve's own logic, without a server: what tests/test_serve.py cannot make happen on demand
+or would spend a server start on.
 
-- Start-up: a model load lost to PyTriton's handshake race (an instance after the first connecting to
-  the first's Unix socket before it listens) is retried on a fresh server, any other failure is not,
-  and no tritonserver is left running either way. PyTriton is replaced by a fake whose load fails
-  as scripted.
-- Drain: a request Triton had taken from its queue before SIGTERM but not yet handed to the model
-  is answered, not refused.
-- Ports another program holds, or given twice: one line and exit 2, before anything is loaded.
+- The repository it writes: config.pbtxt parsed by Triton's own ModelConfig message (batching,
+  ragged inputs, the metadata clients read), and the tritonserver command line (which APIs need the
+  access token, no CUDA pools on a CPU).
+- The model as Triton's Python backend runs it, with a stand-in for triton_python_backend_utils:
+  a batch of requests is one predict_many call, each bad request gets its own one-line client error
+  and one log line, a runtime failure fails its batch in one line.
+- Repositories the bundled tritonserver cannot run, ports in use or given twice: one line, exit 2,
+  before anything starts.
 """
 from __future__ import annotations
 
+import io
+import json
+import os
 import socket
 import subprocess
 import sys
-import threading
-import time
 import types
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from restr.runtime import serve
+from restr.runtime import protocol, serve
 
-HANDSHAKE_ERROR = (
-    "[400] load failed for model 'restr': version 1 is at UNAVAILABLE state: Internal: TritonModelException: "
-    "Model initialize error: Traceback (most recent call last):\n  File \"/tmp/f/1/model.py\", line 425, in initialize\n"
-    "    inference_handler_config = get_config_from_handshake_server(handshake_socket)\n"
-    "ConnectionRefusedError: [Errno 111] Connection refused"
-)
+pytest.importorskip("torch")
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+from google.protobuf import json_format, text_format  # noqa: E402
 
-
-class LoadFailed(Exception):
-    """Stands for tritonclient's InferenceServerException."""
+from restr.runtime import Predictor  # noqa: E402
+from test_runtime import make_tiny_export, photo  # noqa: E402
 
 
-class FakeTriton:
-    """Records each server made; `bind` (the model load) raises the next scripted outcome, if any."""
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
 
-    made: list[FakeTriton] = []
-    outcomes: list[BaseException | None] = []
 
-    def __init__(self, config):
-        self.running = self.loaded = False
-        FakeTriton.made.append(self)
+def written(tiny, tmp_path, **kwargs):
+    """write_repository's config.pbtxt, parsed by Triton's ModelConfig message (bad fields or enums raise)."""
+    config = serve.ServeConfig(artifacts=tiny.folder, **kwargs)
+    repo, name, batch = serve.write_repository(config, tmp_path, tmp_path / "error.txt")
+    parsed = text_format.Parse((repo / "restr" / "config.pbtxt").read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    return repo, name, batch, parsed
 
-    def run(self):
-        self.running = True
 
-    def bind(self, **kwargs):
-        assert self.running, "the model is loaded into a running server"
-        outcome = FakeTriton.outcomes.pop(0) if FakeTriton.outcomes else None
-        if outcome is not None:
-            raise outcome
-        self.loaded = True
+def test_the_repository_batches_requests_and_says_what_it_serves(tiny, tmp_path):
+    repo, name, batch, c = written(tiny, tmp_path, instances=3, batch_delay_us=500)
+    manifest = json.loads((tiny.folder / "manifest.json").read_text())
+    assert name == "restr-tiny" and batch == c.max_batch_size == manifest["max_batch"] > 1
+    assert c.backend == "python" and c.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in c.instance_group] == [(3, "KIND_CPU")]
+    # one image per request, of any size and any number of expressions: every input may be ragged
+    assert [t.name for t in c.input] == list(protocol.INPUTS) and all(t.allow_ragged_batch for t in c.input)
+    assert {t.name for t in c.input if t.optional} == set(protocol.OPTIONAL)
+    assert [t.name for t in c.output] == list(protocol.OUTPUTS)
+    params = {k: v.string_value for k, v in c.parameters.items()}
+    assert params["artifacts"] == str(tiny.folder.resolve()) and params["threads"] == str(max(1, (os.cpu_count() or 1) // 3))
+    served = __import__("restr.runtime.client", fromlist=["ServedModel"]).ServedModel.from_config(
+        "http://h:1", json_format.MessageToDict(c, preserving_proto_field_name=True))
+    assert served.model_name == "restr-tiny" and served.batched and served.max_words == manifest["max_words"]
+    assert served.vocabulary() == tiny.vocab and served.threshold == manifest.get("threshold", 0.5)
+    assert (repo / "restr" / "1" / "model.py").read_text().count("TritonModel as TritonPythonModel") == 1
+    assert written(tiny, tmp_path / "b1", batch_images=1)[3].max_batch_size == 1
 
-    def stop(self):
-        self.running = False
+
+def test_pbtxt_keeps_words_outside_ascii():
+    """Vocabularies hold such words; protobuf's text format has to read them back as written."""
+    text = protocol.pbtxt({"name": "restr", "parameters": [protocol.parameter("restr_vocabulary", "<pad>\n<unk>\ncafé\n\"quoted\"\n日本")]})
+    parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert parsed.parameters["restr_vocabulary"].string_value == "<pad>\n<unk>\ncafé\n\"quoted\"\n日本"
+
+
+def test_tritonserver_command_line(tmp_path):
+    def args(**kwargs):
+        return serve.tritonserver_args(serve.ServeConfig(artifacts=tmp_path, **kwargs), tmp_path, tmp_path, "p-", "TOKEN")
+
+    local = args()
+    assert "--http-restricted-api=model-repository,trace,logging:triton-access-token=TOKEN" in local
+    assert "--grpc-restricted-protocol=model-repository,trace,logging:triton-access-token=TOKEN" in local
+    assert not any("statistics" in a for a in local)  # perf_analyzer and Model Analyzer read them
+    exposed = args(host="0.0.0.0")
+    assert "--http-restricted-api=model-repository,trace,logging,shared-memory:triton-access-token=TOKEN" in exposed
+    assert {"--model-control-mode=explicit", "--load-model=restr", "--strict-readiness=true", "--exit-timeout-secs=30"} <= set(local)
+    assert {"--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false"} <= set(local)  # no CUDA on a CPU server
+    gpu = args(providers=["cuda", "cpu"])
+    assert not any(a.startswith(("--pinned-memory", "--allow-gpu-metrics")) for a in gpu)
+    assert "--load-model=*" in serve.tritonserver_args(serve.ServeConfig(artifacts=None, repository=tmp_path), tmp_path, tmp_path, "p-", "T")
+
+
+# -- the model, with a stand-in for Triton's Python backend -----------------------------------------
+
+class FakeTensor:
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+    def as_numpy(self):
+        return self.value
+
+
+class FakeRequest:
+    def __init__(self, wanted=(), **inputs):
+        self.inputs, self.wanted = inputs, list(wanted)
+
+    def requested_output_names(self):
+        return self.wanted
+
+
+class FakeError:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, message, code="UNKNOWN"):
+        self.message, self.code = message, code
+
+
+class FakeResponse:
+    def __init__(self, output_tensors, error=None):
+        self.outputs = {t.name: t.value for t in output_tensors}
+        self.error = error
 
 
 @pytest.fixture
-def fake_pytriton(monkeypatch):
-    """`pytriton.triton` and `pytriton.model_config` as far as serve.start uses them."""
-    triton_mod = types.ModuleType("pytriton.triton")
-    triton_mod.TritonConfig = lambda **kw: kw
-    config_mod = types.ModuleType("pytriton.model_config")
-    config_mod.ModelConfig = lambda **kw: kw
-    config_mod.Tensor = lambda **kw: kw
-    monkeypatch.setitem(sys.modules, "pytriton", types.ModuleType("pytriton"))
-    monkeypatch.setitem(sys.modules, "pytriton.triton", triton_mod)
-    monkeypatch.setitem(sys.modules, "pytriton.model_config", config_mod)
-    FakeTriton.made, FakeTriton.outcomes = [], []
-    return FakeTriton
+def model(tiny, tmp_path, monkeypatch):
+    pb = types.ModuleType("triton_python_backend_utils")
+    pb.get_input_tensor_by_name = lambda r, n: FakeTensor(n, r.inputs[n]) if n in r.inputs else None
+    pb.Tensor, pb.TritonError, pb.InferenceResponse = FakeTensor, FakeError, FakeResponse
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    _, _, _, c = written(tiny, tmp_path, threads=1, workers=2)
+    m = serve.TritonModel()
+    m.initialize({"model_config": json.dumps(json_format.MessageToDict(c, preserving_proto_field_name=True))})
+    yield m
+    m.finalize()
 
 
-def start(tmp_path):
-    return serve.start(FakeTriton, predictor=None, config=serve.ServeConfig(artifacts=tmp_path))
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def test_a_load_lost_to_the_handshake_race_is_retried_on_a_fresh_server(fake_pytriton, tmp_path, capsys):
-    fake_pytriton.outcomes = [LoadFailed(HANDSHAKE_ERROR)]
-    triton, model = start(tmp_path)
-    first, second = fake_pytriton.made
-    assert triton is second and second.loaded and second.running
-    assert not first.running, "the server whose load failed was stopped"
-    assert isinstance(model, serve.RestrModel)
-    assert "missed PyTriton's start-up handshake" in capsys.readouterr().err
+def batched(**arrays):
+    """A request's inputs with the leading batch axis of 1 a batching model receives."""
+    return {k: np.asarray(v)[None] for k, v in arrays.items()}
 
 
-def test_a_timeout_waiting_for_the_handshake_socket_is_the_same_race(fake_pytriton, tmp_path):
-    timeout = HANDSHAKE_ERROR.replace("ConnectionRefusedError: [Errno 111] Connection refused",
-                                      "TimeoutError: Timeout occurred while waiting for config file /w/restr-config.sock")
-    fake_pytriton.outcomes = [LoadFailed(timeout), LoadFailed(timeout)]
-    triton, _ = start(tmp_path)
-    assert len(fake_pytriton.made) == 3 and triton.loaded
+def texts(*t):
+    return np.array([s.encode() for s in t], dtype=object)
 
 
-def test_other_load_failures_are_not_retried(fake_pytriton, tmp_path):
-    fake_pytriton.outcomes = [LoadFailed("[400] load failed for model 'restr': failed to open model.onnx")]
-    with pytest.raises(LoadFailed, match="model.onnx"):
-        start(tmp_path)
-    assert len(fake_pytriton.made) == 1 and not fake_pytriton.made[0].running
+def test_a_batch_is_one_predict_many_and_each_bad_request_fails_alone(model, tiny, capsys, monkeypatch):
+    calls = []
+    many = model.predictor.predict_many
+    monkeypatch.setattr(model.predictor, "predict_many", lambda requests, **kw: calls.append(len(requests)) or many(requests, **kw))
+    good_file, good_rgb = photo(72, 48, seed=1), np.asarray(photo(40, 64, seed=2))
+    requests = [
+        FakeRequest(**batched(image=np.array([png(good_file)], dtype=object), texts=texts("the red circle", "zzz"))),
+        FakeRequest(**batched(texts=texts("no image at all"))),
+        FakeRequest(**batched(rgb=good_rgb, texts=texts("the square"))),
+        FakeRequest(**batched(rgb=good_rgb, texts=texts(""))),
+        FakeRequest(**batched(image=np.array([b"not an image"], dtype=object), texts=texts("the circle"))),
+        FakeRequest(image=np.array([[png(good_file)], [png(good_file)]], dtype=object), texts=texts("a", "b").reshape(2, 1)),
+    ]
+    capsys.readouterr()
+    answers = model.execute(requests)
+    assert calls == [3], "the requests with a readable image ran as one batch (the empty expression fails inside it, alone)"
+    errors = {i: a.error for i, a in enumerate(answers) if a.error is not None}
+    assert sorted(errors) == [1, 3, 4, 5] and all(e.code == "INVALID_ARG" and "\n" not in e.message for e in errors.values())
+    assert "exactly one of" in errors[1].message and "is empty" in errors[3].message
+    assert "not a readable image" in errors[4].message and "one image per request" in errors[5].message
+    log = capsys.readouterr().err.splitlines()
+    assert len(log) == 4 and all(line.startswith("restr-serve: refused a request: ") for line in log)
+
+    predictor = Predictor.from_artifacts(tiny.folder, threads=1)
+    for answer, (image, asked) in ((answers[0], (good_file, ["the red circle", "zzz"])), (answers[2], (good_rgb, ["the square"]))):
+        local = predictor.predict_image(image, asked)
+        out = {k: v[0] for k, v in answer.outputs.items()}  # the batch axis of 1
+        assert np.array_equal(out["masks"], np.stack([p.mask for p in local]))
+        assert out["no_known_words"].tolist() == [p.no_known_words for p in local]
+        assert [json.loads(u) for u in out["unknown_words"]] == [p.unknown_words for p in local]
+        assert set(json.loads(out["timings"][0])) >= {"preprocess", "vision", "postprocess"}
+    assert any(p.no_known_words for p in predictor.predict_image(good_file, ["zzz"]))  # the flag can differ
 
 
-def test_the_race_every_time_is_one_clear_error(fake_pytriton, tmp_path):
-    fake_pytriton.outcomes = [LoadFailed(HANDSHAKE_ERROR)] * serve.LOAD_ATTEMPTS
-    with pytest.raises(RuntimeError, match=f"{serve.LOAD_ATTEMPTS} tries missed PyTriton's start-up handshake"):
-        start(tmp_path)
-    assert len(fake_pytriton.made) == serve.LOAD_ATTEMPTS
-    assert not any(t.running for t in fake_pytriton.made)
+def test_only_the_outputs_asked_for_and_a_threshold_per_request(model):
+    image = np.asarray(photo(48, 48, seed=3))
+    a, b = model.execute([FakeRequest(["masks", "used_threshold"], **batched(rgb=image, texts=texts("the circle"), threshold=[0.2])),
+                          FakeRequest(["probs", "used_threshold"], **batched(rgb=image, texts=texts("the circle")))])
+    assert sorted(a.outputs) == ["masks", "used_threshold"] and sorted(b.outputs) == ["probs", "used_threshold"]
+    assert a.outputs["used_threshold"][0][0] == pytest.approx(0.2) and b.outputs["used_threshold"][0][0] == pytest.approx(0.5)
 
 
-def test_sigterm_during_the_load_stops_the_server(fake_pytriton, tmp_path):
-    fake_pytriton.outcomes = [KeyboardInterrupt()]  # what restr-serve's SIGTERM handler raises
-    with pytest.raises(KeyboardInterrupt):
-        start(tmp_path)
-    assert len(fake_pytriton.made) == 1 and not fake_pytriton.made[0].running
+def test_a_runtime_failure_fails_its_batch_in_one_line(model, monkeypatch, capsys):
+    def broken(requests, **kw):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : boom\nmore detail")
+
+    monkeypatch.setattr(model.predictor, "predict_many", broken)
+    image = np.asarray(photo(48, 48, seed=3))
+    capsys.readouterr()
+    answers = model.execute([FakeRequest(**batched(rgb=image, texts=texts("x"))), FakeRequest(**batched(texts=texts("y")))])
+    assert answers[0].error.code == "INTERNAL" and answers[0].error.message.endswith("boom")
+    assert answers[1].error.code == "INVALID_ARG"  # refused before the batch ran
+    assert capsys.readouterr().err.count("\n") == 2
 
 
-class EchoModel(serve.RestrModel):
-    """RestrModel's admission and drain, with a request that takes `work_s` and answers its data."""
-
-    work_s = 0.0
-
-    def infer(self, data, wanted=None):
-        time.sleep(self.work_s)
-        return data
-
-
-class Req:
-    def __init__(self, data):
-        self.data = data
+def test_what_a_killed_restr_serve_left_is_removed_by_the_next(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"restr-serve-{dead.pid}-abc123"
+    (stale / "models").mkdir(parents=True)
+    live = tmp_path / f"restr-serve-{os.getpid()}-def456"
+    live.mkdir()
+    other = tmp_path / "restr-serve-notapid-x"
+    other.mkdir()
+    serve.remove_stale(tmp_path)
+    assert not stale.exists() and live.exists() and other.exists()
 
 
-def busy(model, work_s: float) -> threading.Thread:
-    """A request of `work_s` running in `model` (started, given 50 ms to get in)."""
-    model.work_s = work_s
-    running = threading.Thread(target=lambda: model([Req("running")]))
-    running.start()
-    time.sleep(0.05)
-    return running
+# -- refusals before anything starts ----------------------------------------------------------------
+
+def run_serve(*args):
+    return subprocess.run([sys.executable, "-m", "restr.runtime.serve", *args], capture_output=True, text=True, timeout=60)
 
 
-def drain_in_thread(model, **kwargs):
-    box = {}
-    t = threading.Thread(target=lambda: box.update(ok=model.drain(**kwargs)))
-    t.start()
-    time.sleep(0.05)  # drain has begun
-    return t, box
+def free_ports() -> list[str]:
+    from restr.benchmarks.serve_bench import free_ports
+
+    return [a for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port"), free_ports(3)) for a in (flag, str(port))]
 
 
-def test_a_request_between_triton_and_the_model_at_sigterm_is_answered():
-    model = EchoModel(predictor=None, instances=2)
-    t, box = drain_in_thread(model, timeout_s=10, queued=0)  # Triton's queue empty: both instances mid-hand-off
-    assert model([Req("a")]) == ["a"] and model([Req("b")]) == ["b"]
-    with pytest.raises(serve.RequestError, match="shutting down"):
-        model([Req("sent after the signal")])
-    t.join(5)
-    assert box["ok"] is True
-
-
-def test_drain_answers_the_running_and_the_queued_then_refuses():
-    model = EchoModel(predictor=None, instances=1)
-    running = busy(model, 0.3)
-    t, box = drain_in_thread(model, timeout_s=10, queued=2)  # the one instance is busy: no hand-off in flight
-    assert model([Req("q1")]) == ["q1"] and model([Req("q2")]) == ["q2"]
-    with pytest.raises(serve.RequestError, match="shutting down"):
-        model([Req("late")])
-    running.join(5)
-    t.join(5)
-    assert box["ok"] is True
-
-
-def test_an_idle_server_drains_within_the_quiet_second():
-    model = EchoModel(predictor=None, instances=4)
-    t0 = time.monotonic()
-    assert model.drain(timeout_s=10, queued=0) is True
-    assert time.monotonic() - t0 < 3
-
-
-def test_drain_gives_up_at_its_timeout():
-    model = EchoModel(predictor=None, instances=1)
-    running = busy(model, 2.0)
-    t0 = time.monotonic()
-    assert model.drain(timeout_s=0.5, queued=0) is False
-    assert time.monotonic() - t0 < 1.5
-    running.join(5)
+def test_a_repository_for_another_backend_is_refused_in_one_line(tmp_path):
+    for backend, line in (("onnxruntime", 'backend: "onnxruntime"'), ("tensorrt_plan", 'platform: "tensorrt_plan"')):
+        repo = tmp_path / backend
+        for name, text in (("restr", 'backend: "python"'), ("restr_vision", line)):
+            (repo / name).mkdir(parents=True)
+            (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n{text}\n')
+        r = run_serve("--repository", str(repo), *free_ports())
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"needs Triton's {backend} backend" in r.stderr and "--triton-for pytriton" in r.stderr
+    r = run_serve("--repository", str(tmp_path), *free_ports())
+    assert r.returncode == 2 and "not a model repository" in r.stderr
 
 
 def test_a_port_in_use_or_given_twice_is_one_line_before_anything_starts(tmp_path):
-    """tritonserver would exit on a port in use and PyTriton fail later in an HTTP client's traceback.
-    The folder is no export: the ports are checked first, else its error would come instead."""
+    """tritonserver would exit later with a longer story. The folder is no export: the ports are
+    checked first, else its error would come instead."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -196,6 +253,5 @@ def test_a_port_in_use_or_given_twice_is_one_line_before_anything_starts(tmp_pat
         cases = {f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}": ["--metrics-port", str(port)],
                  "--http-port, --grpc-port and --metrics-port must differ": ["--grpc-port", "8000", "--http-port", "8000"]}
         for words, args in cases.items():
-            r = subprocess.run([sys.executable, "-m", "restr.runtime.serve", "--artifacts", str(tmp_path), *args],
-                               capture_output=True, text=True, timeout=60)
+            r = run_serve("--artifacts", str(tmp_path), *args)
             assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
