@@ -445,3 +445,102 @@ def test_serve_benchmark_restr_b16(tmp_path):
     assert [r["errors"] for r in result["server_rows"]] == [0, 0] and [r["requests"] for r in result["server_rows"]] == [8, 8]
     assert result["server_rows"][-1]["vs_in_process"] > 0.7  # loose: the shared machine's load swings
 
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants (restr-serve, tritonserver, the instances)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            total += int(next(line for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmRSS:")).split()[1])
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+SOAK_S = int(os.environ.get("RESTR_SOAK_S", "600"))
+
+
+@pytest.mark.slow
+def test_soak_10_minutes_at_concurrency_8(tiny, predictor, images, tmp_path):
+    """restr-serve under 8 clients for 10 minutes (RESTR_SOAK_S) after a minute's warm-up: no error,
+    the server's memory (every process of it) grows by at most 5%, and the p99 latency holds: the
+    last third's p99 at most 1.5x the first third's."""
+    s = Server(tmp_path / "server.log", "--artifacts", str(tiny.folder), "--instances", "2")
+    try:
+        s.wait_ready()
+        many = [tmp_path / f"soak{k}.png" for k in range(32)]  # more images than the caches hold: the image graph runs
+        for k, path in enumerate(many):
+            photo(64 + 2 * k, 48 + k, seed=100 + k).save(path)
+        expected = {p: predictor.predict_image(p, TEXTS) for p in many[:4]}
+        minute = max(10, SOAK_S // 10)
+        run_load(s.url, [(many[i % len(many)], TEXTS) for i in range(400)], clients=8)  # warm-up
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            run_load(s.url, [(many[i % len(many)], TEXTS) for i in range(200)], clients=8)
+        rss0, windows = tree_rss_kib(s.proc.pid), []
+        end = time.monotonic() + SOAK_S
+        while time.monotonic() < end:
+            stop = threading.Event()
+            timer = threading.Timer(minute, stop.set)
+            timer.start()
+            r = run_load(s.url, [(many[i % len(many)], TEXTS) for i in range(10**6)], clients=8, stop=stop)
+            timer.cancel()
+            assert r.errors == [], r.errors[:3]
+            for i, _, _, preds in r.results:
+                if many[i % len(many)] in expected:
+                    assert_same(preds, expected[many[i % len(many)]])
+            windows.append((len(r.results) / r.wall_s, float(np.percentile(r.latencies_s, 99)) * 1000, tree_rss_kib(s.proc.pid)))
+        print("\nsoak, 8 clients: requests/s, p99 ms, server RSS MiB per window:")
+        for rate, p99, rss in windows:
+            print(f"  {rate:6.1f} {p99:8.0f} {rss / 1024:8.1f}")
+        third = max(1, len(windows) // 3)
+        first, last = np.median([w[1] for w in windows[:third]]), np.median([w[1] for w in windows[-third:]])
+        growth = max(w[2] for w in windows) / rss0 - 1
+        print(f"RSS after warm-up {rss0 / 1024:.1f} MiB, largest growth {growth:+.1%}; p99 first third {first:.0f} ms, last third {last:.0f} ms")
+        assert growth <= 0.05 and last <= 1.5 * first
+    finally:
+        s.stop()
+
+
+def perf_analyzer_command() -> list[str] | None:
+    """perf_analyzer as $RESTR_PERF_ANALYZER gives it (e.g. "../shared/tools/perf_analyzer.sh build/perf-analyzer"),
+    else on the PATH; None if it cannot run here."""
+    import shlex
+    import shutil
+
+    command = shlex.split(os.environ.get("RESTR_PERF_ANALYZER", "")) or ([shutil.which("perf_analyzer")] if shutil.which("perf_analyzer") else [])
+    if not command:
+        return None
+    try:
+        r = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=300)
+    except OSError:
+        return None
+    return command if "Perf Analyzer" in r.stdout + r.stderr else None
+
+
+@pytest.mark.slow
+def test_perf_analyzer_measures_restr_serve(tiny, tmp_path):
+    """Triton's load generator against restr-serve: it reads the statistics API (refused by PyTriton's
+    default token before), takes the input data written for the BYTES image, and the server's own
+    counts show requests batched together at concurrency 8."""
+    from restr.benchmarks.perf_bench import benchmark
+
+    command = perf_analyzer_command()
+    if command is None:
+        pytest.skip("no perf_analyzer: set RESTR_PERF_ANALYZER (docs/serving.md), e.g. to "
+                    "'../shared/tools/perf_analyzer.sh build/perf-analyzer'")
+    result = benchmark(tiny.folder, command, [1, 8], images=8, expressions=3, protocol="grpc", serve_args=["--instances", "1"],
+                       work=tmp_path / "work", window_ms=2000, stability=100, baseline=False)
+    one, eight = result["rows"]
+    assert one["requests_per_s"] > 0 and eight["requests_per_s"] > 0
+    assert one["compute_infer_ms"] > 0 and one["requests_per_run"] == pytest.approx(1.0, abs=0.05)
+    assert eight["requests_per_run"] > 1.5 and eight["queue_ms"] > 0
