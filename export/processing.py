@@ -16,11 +16,15 @@ Built with onnx.helper at opset 18 (Resize's antialias); plain ONNX ops, FP32.
 
 Written for photos of any size (a 12 MP photo is 36 MB of uint8 and 144 MB as float). The
 preprocess graph resizes each channel on its own: it slices the channel from the uint8 photo, casts
-that one to float and resizes it, so at most one channel is ever float at full size (ONNX Runtime
-computes each channel of an NCHW Resize alone, so the result is the same bits as resizing the float
-(1, 3, H, W) image). On a 4000 x 3000 photo, first run of a fresh session, medians of 4 on the
-shared 2-core development machine: 0.27 s (0.18 s of CPU) and 82 MB more peak RSS, where the earlier
-graph, which cast and transposed the whole photo in float, took 0.62 s (0.40 s) and 279 MB.
+that one to float and resizes it in two passes, the width with every row as a channel of its own
+(so ONNX Runtime's threads share the rows), then the height. At most one channel is ever float at
+full size, and the result is the same bits as resizing the float (1, 3, H, W) image at once (ONNX
+Runtime's antialiased Resize computes each channel alone, the width first; a pass that keeps a size
+weighs each pixel by exactly 1). On a 4000 x 3000 photo (CPU time, medians of 6, the shared 2-core
+development machine): the first run of a session 0.23 s and 77 MB more peak RSS, a later run 0.15
+s, where the earlier graph, which cast and transposed the whole photo in float, took 0.42 s and
+279 MB, and 0.21 s. (Casting the whole photo after a uint8 transpose makes later runs 0.13 s but
+the first 0.31 s and 172 MB: restr-predict makes one.)
 
 The postprocess graph sums the mask's probabilities per row, then over the rows, as it counts the
 area: the score is the mean to ~1e-7, where one FP32 ReduceSum over 12 million products was off by
@@ -99,14 +103,22 @@ def preprocess_graph(image_size: int, mean, std) -> onnx.ModelProto:
     new_hw_f = b.op("Clip", b.op("Round", b.op("Mul", hw_f, scale)), b.const(1.0, np.float64), b.const(float(s), np.float64))
     new_hw = b.op("Cast", new_hw_f, to=TensorProto.INT64)
     b.op("Concat", hw, new_hw, axis=0, out="letterbox")
-    # Each channel of (H, W, 3) uint8 -> (1, 1, H, W) float, resized, then the three side by side
-    # (1, 3, h, w); rounded to uint8 values as Pillow's 8-bit output
-    plane = b.op("Concat", b.const([1, 1], np.int64), hw, axis=0)
-    sizes = b.op("Concat", b.const([1, 1], np.int64), new_hw, axis=0)
+    # Each channel of (H, W, 3) uint8 in float, resized in two passes: the width with every row a channel
+    # of its own, (1, H, 1, W) -> (1, H, 1, w), so ONNX Runtime shares the rows among its threads; then
+    # the height, (1, 1, H, w) -> (1, 1, h, w); the three side by side (1, 3, h, w), rounded to uint8
+    # values as Pillow's 8-bit output
+    one = b.const([1], np.int64)
+    height, width = (b.op("Slice", hw, b.const([i], np.int64), b.const([i + 1], np.int64)) for i in (0, 1))
+    new_width = b.op("Slice", new_hw, one, b.const([2], np.int64))
+    rows = b.op("Concat", one, height, one, width, axis=0)
+    rows_resized = b.op("Concat", one, height, one, new_width, axis=0)
+    plane = b.op("Concat", one, one, height, new_width, axis=0)
+    sizes = b.op("Concat", one, one, new_hw, axis=0)
     channels = []
     for c in range(3):
-        channel = b.op("Slice", "rgb", b.const([c], np.int64), b.const([c + 1], np.int64), b.const([2], np.int64))
-        channels.append(_resize(b, b.op("Reshape", b.op("Cast", channel, to=TensorProto.FLOAT), plane), sizes))
+        channel = b.op("Cast", b.op("Slice", "rgb", b.const([c], np.int64), b.const([c + 1], np.int64), b.const([2], np.int64)), to=TensorProto.FLOAT)
+        narrow = _resize(b, b.op("Reshape", channel, rows), rows_resized)
+        channels.append(_resize(b, b.op("Reshape", narrow, plane), sizes))
     x = b.op("Concat", *channels, axis=1)
     x = b.op("Clip", b.op("Round", x), b.const(0.0, np.float32), b.const(255.0, np.float32))
     # (x / 255 - mean) / std as one multiply-add per channel; the padding is 0, the mean's value
