@@ -10,7 +10,6 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 
 import click
 import torch
@@ -57,21 +56,11 @@ def evaluate(
 # -- the deployed model: an export folder through the runtime, or a served one ---------------------------
 
 
-@dataclass
-class ImageResult:
-    """The runtime's answer about one image: the fields of `Predictor.predict_many`'s results."""
-
-    index: int
-    image: object
-    texts: list[str]
-    predictions: list  # Prediction per text; [] on error
-    error: BaseException | None = None
-    size: tuple[int, int] | None = None  # (H, W) as the runtime read the image
-
-
 def predict_images(predictor, requests):
     """One ImageResult per (image, texts) request, in order: `predictor.predict_many` where the runtime
     has it, else one `predict_image(image, texts, probs=False)` per request (a served model's client)."""
+    from restr.runtime.predictor import ImageResult
+
     many = getattr(predictor, "predict_many", None)
     if many is not None:
         yield from many(requests, probs=False)
