@@ -91,15 +91,6 @@ class Served:
         self.remote.close()
 
 
-def group_by_image(dataset, indices, most: int = MAX_EXPRESSIONS) -> list[list[int]]:
-    """The samples of `indices` by image (images in first-seen order), so each image is read and
-    encoded once for all its expressions; at most `most` expressions a group."""
-    by_image: dict = {}
-    for i in indices:
-        by_image.setdefault(dataset.image_path(i), []).append(i)
-    return [g[k : k + most] for g in by_image.values() for k in range(0, len(g), most)]
-
-
 def runtime_masks(predictor, dataset, groups: list[list[int]]):
     """The deployed model's masks, one (index, mask) per sample, in the order of `groups`: each image
     goes to the runtime as its file path, with every expression read about it."""
@@ -374,7 +365,7 @@ def evaluate_deployed(runtime, what: dict, ckpt, data, split, read, common, batc
     else:
         ds = read_data_as_deployed(runtime, data, split, read)
     n = len(ds) if limit is None else min(limit, len(ds))
-    groups = group_by_image(ds, range(n))
+    groups = ds.groups_by_image(range(n), MAX_EXPRESSIONS)
     clocks = [[0.0], [0.0]]  # seconds: the deployed model's, the checkpoint's
     streams = [timed(runtime_masks(runtime, ds, groups), clocks[0])]
     if ck is not None:  # in index order, batched as restr-eval --ckpt batches it: the same masks

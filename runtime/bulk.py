@@ -183,26 +183,21 @@ class DataSet:
         self.spec, self.split, self.split_by, self.image_root = spec, split, split_by, image_root
         self.ds = build_dataset(spec, split, image_size=1, vocab=None, mean=(0.5,) * 3, std=(0.5,) * 3,
                                 split_by=split_by, image_root=image_root, progress=True)
-        self.by_image: dict[Path, list[int]] = {}
-        for i in range(len(self.ds)):
-            self.by_image.setdefault(self.ds.image_path(i), []).append(i)
+        self.groups = self.ds.groups_by_image()
 
     def settings(self) -> dict:
         return {"data": self.spec, "split": self.split, "split_by": self.split_by,
                 "image_root": None if self.image_root is None else os.path.abspath(self.image_root)}
 
     def count(self, most: int) -> int:
-        return sum(-(-len(g) // most) for g in self.by_image.values())
+        return sum(-(-len(g) // most) for g in self.groups)
 
     def requests(self, most: int) -> Iterator[Request]:
-        index = 0
-        for path, samples in self.by_image.items():
-            for k in range(0, len(samples), most):
-                part = samples[k : k + most]
-                ids = [self.ds.samples[i] for i in part]
-                yield Request(index, str(path), [self.ds.text(i) for i in part],
-                              samples=[{"image_id": s.image_id, "ref_id": s.ref_id, "ann_id": s.ann_id, "sent_id": s.sent_id} for s in ids])
-                index += 1
+        parts = (g[k : k + most] for g in self.groups for k in range(0, len(g), most))
+        for index, part in enumerate(parts):
+            ids = [self.ds.samples[i] for i in part]
+            yield Request(index, str(self.ds.image_path(part[0])), [self.ds.text(i) for i in part],
+                          samples=[{"image_id": s.image_id, "ref_id": s.ref_id, "ann_id": s.ann_id, "sent_id": s.sent_id} for s in ids])
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from restr.evaluate import group_by_image, main, predict_images, runtime_masks, score  # noqa: E402
+from restr.evaluate import main, predict_images, runtime_masks, score  # noqa: E402
 from restr.metrics import AGREEMENT_LEVEL, SegmentationMetrics, agreement, difference, format_comparison  # noqa: E402
 from restr.runtime import Predictor  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_artifacts_score_is_the_runtime_on_each_image_at_its_own_size(made, tmp_
 
 def test_each_image_is_encoded_once_and_answers_keep_their_samples(made):
     ds = dataset(made)
-    groups = group_by_image(ds, range(len(ds)))
+    groups = ds.groups_by_image(range(len(ds)))
     assert sorted(i for g in groups for i in g) == list(range(len(ds)))
     assert all(len({ds.image_path(i) for i in g}) == 1 for g in groups)
     assert len(groups) == len({ds.image_path(i) for i in range(len(ds))}) < len(ds)
@@ -122,7 +122,7 @@ def test_each_image_is_encoded_once_and_answers_keep_their_samples(made):
     assert predictor.vision_runs == len(groups)
     assert [i for i, _ in answers] == [i for g in groups for i in g]
     assert all(mask.shape == ds.ground_truth(i).shape for i, mask in answers)
-    assert group_by_image(ds, range(len(ds)), most=2) == [g[k : k + 2] for g in groups for k in range(0, len(g), 2)]
+    assert ds.groups_by_image(range(len(ds)), most=2) == [g[k : k + 2] for g in groups for k in range(0, len(g), 2)]
 
 
 def test_answers_are_paired_by_sample_whatever_their_order():
@@ -142,7 +142,7 @@ def test_a_failure_on_one_image_names_it(made):
     from restr.cli_common import UsageError
 
     ds = dataset(made)
-    groups = group_by_image(ds, range(len(ds)))
+    groups = ds.groups_by_image(range(len(ds)))
 
     predictor = Predictor.from_artifacts(made.export)
 

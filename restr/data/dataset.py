@@ -70,6 +70,15 @@ class ReferDataset(Dataset):
     def image_path(self, i: int) -> Path:
         return self.samples[i].image_path
 
+    def groups_by_image(self, indices=None, most: int | None = None) -> list[list[int]]:
+        """The samples (of `indices`, default all) grouped by image, images in first-seen order, at
+        most `most` samples a group: so an image is read and encoded once for its expressions."""
+        by_image: dict[Path, list[int]] = {}
+        for i in range(len(self)) if indices is None else indices:
+            by_image.setdefault(self.image_path(i), []).append(i)
+        most = most or max(1, len(self))
+        return [g[k : k + most] for g in by_image.values() for k in range(0, len(g), most)]
+
     def expressions_by_image(self, images: int) -> dict[Path, list[str]]:
         """The first `images` images (in sample order) with the expressions read about them."""
         out: dict[Path, list[str]] = {}
