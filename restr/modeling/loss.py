@@ -25,7 +25,7 @@ def restr_loss(
     pixel_logits: (B, 1, H, W); patch_logit: (B, N_v); mask: (B, 1, H, W); `rule`: `patch_labels`'.
     Returns the total and both terms.
     """
-    mask = mask.float()
-    patch = F.binary_cross_entropy_with_logits(patch_logit, patch_labels(mask, patch_size, tau, rule))
+    mask = mask.to(pixel_logits.dtype)  # BCE computes in the target's precision: float32 targets would round float64 logits
+    patch = F.binary_cross_entropy_with_logits(patch_logit, patch_labels(mask, patch_size, tau, rule).to(patch_logit.dtype))
     pixel = F.binary_cross_entropy_with_logits(pixel_logits, mask)
     return {"loss": lam * patch + pixel, "patch_loss": patch, "pixel_loss": pixel}
