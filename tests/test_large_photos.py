@@ -36,9 +36,10 @@ def large_photo(w: int = 4000, h: int = 3000, seed: int = 0) -> np.ndarray:
 def test_processing_graphs_on_a_12_mp_photo_equal_the_earlier_graphs():
     """The per-channel preprocess graph computes the same bits as the earlier whole-image one on a
     4000 x 3000 photo (letterbox and image), within one uint8 level of Pillow (the training
-    transform) as ever; the postprocess graph gives the earlier probabilities, masks and areas, and a
-    score that is the mean of the mask's probabilities (float64) to 1e-5 (the earlier graph's FP32
-    ReduceSum over 12 million products was off by 1.6e-4 here)."""
+    transform) as ever; the postprocess graph gives the earlier probabilities, masks, areas and
+    scores, bit for bit. (Its score, one FP32 ReduceSum over 12 million products, is 1.6e-4 off the
+    float64 mean here: a sum per row would be exact to 1e-7, but ONNX Runtime's sum of the rows then
+    rounds differently at batch 1 than at batch 3, and a bulk job's scores must be a single image's.)"""
     from restr.export.processing import postprocess_graph, preprocess_graph
 
     rgb = large_photo()
@@ -56,11 +57,11 @@ def test_processing_graphs_on_a_12_mp_photo_equal_the_earlier_graphs():
     feeds = {"pixel_probs": pixel, "letterbox": new_lb, "threshold": np.array([0.5], np.float32)}
     new = dict(zip(("probs", "mask", "score", "area"), session(postprocess_graph(S)).run(None, feeds)))
     old = dict(zip(("probs", "mask", "score", "area"), session(EARLIER / "postprocess.onnx").run(None, feeds)))
-    for key in ("probs", "mask", "area"):
+    for key in ("probs", "mask", "area", "score"):
         np.testing.assert_array_equal(new[key], old[key], err_msg=key)
     assert new["mask"].shape == (2, 3000, 4000) and 0 < new["area"][0] < 12_000_000
     exact = [new["probs"][i][new["mask"][i]].astype(np.float64).mean() for i in range(2)]
-    np.testing.assert_allclose(new["score"], exact, rtol=1e-5)
+    np.testing.assert_allclose(new["score"], exact, rtol=1e-3)
 
 
 def test_earlier_graphs_have_the_inputs_and_outputs_of_the_new_ones():
