@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from restr.runtime.formats import END_TO_END, STAGES, graph_key  # noqa: F401  (re-exported: the contract's one table)
+from restr.runtime.formats import END_TO_END, STAGES, base_graph, graph_key  # noqa: F401  (re-exported: the contract's one table)
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
@@ -209,7 +209,7 @@ def check_consistency(m: dict) -> str | None:
         return f"num_patches {m['num_patches']} is not (image_size / patch_size)^2 = {(s // p) ** 2}"
     sizes = {"S": s, "L": int(m["max_words"]), "N": int(m["num_patches"]), "D": int(m["feature_width"])}
     for key, g in m["graphs"].items():
-        io = _GRAPH_IO.get(key.removesuffix("_fp16"))
+        io = _GRAPH_IO.get(base_graph(key))
         if io is None:
             continue
         names = ({t["name"] for t in g["inputs"]}, {t["name"] for t in g["outputs"]})
