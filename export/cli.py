@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file
+from restr.export.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD
 from restr.export.onnx_export import GRAPHS, MIN_OPSET
+from restr.runtime.formats import DEFAULT_PRECISIONS, PRECISIONS
 
 PROG = "restr-export"
 
@@ -35,8 +37,16 @@ def _fail(message: str, code: int) -> None:
               help="Instead of exporting: build TensorRT engines into an existing export folder (on a GPU machine).")
 @click.option("--image-size", type=int, help="Square input side (a multiple of the patch size); default: the checkpoint's.")
 @click.option("--max-batch", type=int, help="Largest batch of the TensorRT profiles (min 1, opt 1, max N); default 8. ONNX graphs take any batch.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16"]), default=("fp32", "fp16"),
-              show_default=True, help="Graph precisions to write (repeat the option); fp16 = FP16 through with FP32 inputs and outputs (GPUs, TensorRT).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS), default=DEFAULT_PRECISIONS,
+              show_default=True, help="Graph precisions to write (repeat the option); fp16 = FP16 through with FP32 inputs and outputs (GPUs, "
+                                      "TensorRT); int8 = static INT8 QDQ graphs calibrated on --calibration (CPUs, TensorRT).")
+@click.option("--calibration", metavar="SPEC",
+              help="INT8 calibration data: 'synthetic' (the demo's), or a refer-layout folder as PATH[:split] (default split: train). "
+                   "Default: the data set the checkpoint names, its training split.")
+@click.option("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE, show_default=True,
+              help="INT8 calibration samples (images with one of their expressions).")
+@click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default=DEFAULT_METHOD, show_default=True,
+              help="How INT8 activation ranges are chosen from the calibration data (recorded in the manifest).")
 @click.option("--engine/--no-engine", default=None,
               help="Build TensorRT engines from the FP16 graphs. Default: when TensorRT and a GPU are present. --engine fails (exit 2) where they are not.")
 @click.option("--engine-graph", "engine_graphs", multiple=True, type=click.Choice(GRAPHS), default=GRAPHS, show_default=True,
@@ -64,7 +74,8 @@ def _fail(message: str, code: int) -> None:
               help="Repository for a GPU server, a CPU one, or the CPU server bundled with PyTriton (restr-serve --repository).")
 @click.option("--force", is_flag=True, help="Replace an existing export folder (and Triton repository).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_size, max_batch, precisions, engine, engine_graphs, timing_cache, workspace_gib,
+def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_size, max_batch, precisions, calibration, calibration_size,
+        calibration_method, engine, engine_graphs, timing_cache, workspace_gib,
         opset, attention, verify, samples, seed, atol, fp16_max_mean_diff, fp16_min_iou, judge_masks, json_out, threads, triton_repo,
         triton_for, force, no_progress):
     """Export a ReSTR checkpoint to ONNX (end-to-end and split graphs, FP32 and FP16, pre- and post-processing), verify it
@@ -74,6 +85,7 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
     \b
       restr-export --ckpt runs/demo/model.pt --out runs/demo/export
       restr-export --ckpt Gref_400000.pth --from authors --vocab data/vocabulary_Gref.txt --out runs/authors
+      restr-export --ckpt runs/demo/model.pt --out runs/demo/export --precision fp32 --precision int8   (INT8 too)
       restr-export --config restr-b16 --image-size 320 --out runs/b16-random   (random weights)
       restr-export --build-engines runs/demo/export                            (later, on a GPU machine)
       restr-export --out runs/demo/export --triton runs/demo/triton            (a Triton model repository)
@@ -84,6 +96,7 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
         ExportError, ExportOptions, Tolerances, add_engines, check_out_dir, export_artifacts, load_source,
     )
     from restr.export.fp16 import FP16Error
+    from restr.export.int8 import INT8Error
     from restr.export.onnx_export import ExportCheckError
     from restr.export.tensorrt_build import EngineBuildError, EngineUnavailable
     from restr.export.verify import VerificationError
@@ -92,7 +105,7 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
         max_batch=8 if max_batch is None else max_batch, precisions=tuple(dict.fromkeys(precisions)),
         engine=engine, engine_graphs=tuple(dict.fromkeys(engine_graphs)), timing_cache=timing_cache, workspace_gib=workspace_gib,
         opset=opset, attention=attention, verify=verify, samples=samples, seed=seed, masks_meaningful=judge_masks, force=force, progress=not no_progress,
-        threads=threads,
+        threads=threads, calibration=calibration, calibration_size=calibration_size, calibration_method=calibration_method,
         tolerances=Tolerances(fp32_max_abs_diff=atol, fp16_max_mean_abs_diff=fp16_max_mean_diff, fp16_min_mask_iou=fp16_min_iou),
     )
     try:
@@ -122,7 +135,7 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
             _write_triton(out, triton_repo, triton_for, force)
     except (ExportError, EngineUnavailable, UsageError) as e:
         _fail(str(e), EXIT_BAD_INPUT)
-    except (VerificationError, EngineBuildError, ExportCheckError, FP16Error) as e:
+    except (VerificationError, EngineBuildError, ExportCheckError, FP16Error, INT8Error) as e:
         _fail(str(e), EXIT_FAILED)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

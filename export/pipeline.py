@@ -17,8 +17,11 @@ from restr.export.manifest import (
     FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_manifest,
 )
 from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
-from restr.runtime.formats import ATTENTION_FORMS, PRECISIONS, PROCESSING_GRAPHS, graph_file, graph_key  # PRECISIONS: re-exported
-from restr.export.tensorrt_build import EngineUnavailable, build_engines, engine_instructions, engine_support
+from restr.export.int8 import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANTIZER, CalibrationError, load_calibration
+from restr.runtime.formats import (  # PRECISIONS: re-exported
+    ATTENTION_FORMS, DEFAULT_PRECISIONS, PRECISIONS, PROCESSING_GRAPHS, base_graph, graph_file, graph_key,
+)
+from restr.export.tensorrt_build import ENGINE_SOURCE_PRECISIONS, EngineUnavailable, build_engines, engine_instructions, engine_support
 from restr.export.verify import (
     Tolerances, VerificationError, check_processing, cuda_placement, format_graphs, format_table, verification_inputs, verify,
 )
@@ -33,7 +36,13 @@ class ExportError(ValueError):
 @dataclass
 class ExportOptions:
     max_batch: int = 8  # TensorRT profiles: batch 1..max_batch (ONNX graphs take any batch)
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS  # "int8" too on request: it needs calibration data
+    # INT8 (restr.export.int8): the calibration data set (None: the checkpoint's, its training split;
+    # "synthetic" for the demo), how many samples, and the calibration method.
+    calibration: str | None = None
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    calibration_method: str = DEFAULT_METHOD
+    int8_samples: int = 16  # verification samples when INT8 graphs are written (the gate is a mask IoU)
     engine: bool | None = None  # None: build where TensorRT and a GPU are present; True: required
     engine_graphs: tuple[str, ...] = GRAPHS  # which graphs get an engine (their FP16 twins are built)
     timing_cache: Path | None = None  # default: per TensorRT version and GPU under ~/.cache/restr/tensorrt
@@ -192,11 +201,17 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         raise ExportError("TensorRT engines are built from standard ONNX graphs: use --attention onnx")
     check_image_size(cfg.image_size, cfg.patch_size, cfg.name)
     check_out_dir(out, options.force)
-    fp16 = "fp16" in options.precisions
+    fp16, int8 = "fp16" in options.precisions, "int8" in options.precisions
+    calibration = None
+    if int8:  # read now: a data set with no images or no expressions is refused before anything is written
+        try:
+            calibration = load_calibration(options.calibration, source.meta, cfg, source.vocab, options.calibration_size, options.seed)
+        except CalibrationError as e:
+            raise ExportError(str(e)) from None
     backends = None
     if options.engine:  # asked for explicitly: fail now, before any work, if it cannot be done
-        if not fp16:
-            raise ExportError("TensorRT engines are built from the FP16 graphs: add --precision fp16")
+        if not (fp16 or int8):
+            raise ExportError("TensorRT engines are built from the FP16 or INT8 graphs: add --precision fp16 (or int8)")
         try:
             backends = engine_support()
         except EngineUnavailable as e:
@@ -213,7 +228,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         set_decoder_linear_first(source.model)
         cfg = source.cfg
     io = graph_io(cfg)
-    steps = _Steps(len(GRAPHS) * (1 + fp16) + len(PROCESSING_GRAPHS) + options.verify + 1, options.progress)
+    steps = _Steps(len(GRAPHS) * (1 + fp16 + int8) + len(PROCESSING_GRAPHS) + options.verify + 1, options.progress)
     tmp = _staging(out)
     try:
         import onnx
@@ -228,7 +243,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
                 raise ExportCheckError(f"{graph_file(key)}: not valid ONNX ({str(e).splitlines()[0]})") from None
             onnx.save(proto, str(tmp / graph_file(key)))
             files[key] = tmp / graph_file(key)
-            inputs, outputs = io[key.removesuffix("_fp16")] if key not in proc_io else proc_io[key]
+            inputs, outputs = io[base_graph(key)] if key not in proc_io else proc_io[key]
             graphs[key] = graph_entry(tmp, graph_file(key), inputs, outputs, precision, opset_of(proto),
                                       op_counts=graph_summary(proto), **extra)
             steps(f"wrote {graph_file(key)}")
@@ -243,6 +258,16 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
                 t0 = time.perf_counter()
                 half, summary = convert_fp16(proto)
                 add(graph_key(g, "fp16"), half, "fp16", attention=options.attention, compute_precision=summary)
+        if int8:
+            from restr.export.int8 import graph_calibration_feeds, quantize_graph
+
+            for g in GRAPHS:  # after the FP32 graphs: fusion_decoder is calibrated on their features
+                t0 = time.perf_counter()
+                feeds = graph_calibration_feeds(g, tmp, calibration, options.threads)
+                quantized, summary = quantize_graph(files[g], feeds, options.calibration_method)
+                add(graph_key(g, "int8"), quantized, "int8", attention=options.attention,
+                    quantization={"format": "QDQ", "method": options.calibration_method, "weights": "int8, per output channel, symmetric",
+                                  "activations": "int8, per tensor, symmetric", **summary})
         t0 = time.perf_counter()
         add("preprocess", preprocess_graph(cfg.image_size, cfg.image_mean, cfg.image_std), "fp32")
         add("postprocess", postprocess_graph(cfg.image_size), "fp32")
@@ -271,6 +296,8 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             "engines": {},
             "tensorrt": {"status": "not requested"},
             "verification": {"enabled": False},
+            **({"int8": {"calibration": {**calibration.description, "method": options.calibration_method}, "quantizer": QUANTIZER}}
+               if int8 else {}),
             "versions": versions(),
             "created": utc_now(),
         }
@@ -279,13 +306,14 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             # restr.runtime, its runners and the predictor's split chain (export.verify).
             write_manifest(tmp, json_safe(manifest))
             t0 = time.perf_counter()
-            feeds, inputs = verification_inputs(cfg, source.vocab, source.meta, options.samples, options.seed)
+            samples = max(options.samples, options.int8_samples) if int8 else options.samples
+            feeds, inputs = verification_inputs(cfg, source.vocab, source.meta, samples, options.seed)
             meaningful = options.masks_meaningful
             if meaningful is None:
                 meaningful = not source.random_weights and bool(source.meta.get("data"))
             verification = {"enabled": True, "inputs": inputs,
                             **verify(source.model, tmp, feeds, options.tolerances, meaningful,
-                                     tuple(dict.fromkeys((options.samples, 1))), options.threads)}
+                                     tuple(dict.fromkeys((samples, 1))), options.threads)}
             processing = check_processing(files["preprocess"], files["postprocess"], cfg, options.seed)
             verification["processing"] = processing
             verification["graphs"] = {k: {**g["op_counts"], **(cuda_placement(files[k]) or {})} for k, g in graphs.items()}
@@ -298,7 +326,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             if not verification["passed"]:
                 raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
             manifest["verification"] = verification
-        if options.engine is not False and fp16:
+        if options.engine is not False and (fp16 or int8):
             _engines_into(tmp, manifest, options, out, log, backends)
         manifest = json_safe(manifest)  # what is returned is exactly what the file holds
         write_manifest(tmp, manifest)
@@ -325,10 +353,15 @@ def _engines_into(folder: Path, manifest: dict, options: ExportOptions, shown_fo
         manifest["tensorrt"] = {"status": "not built", "reason": str(e), "how": message}
         log(message)
         return
-    keys = [graph_key(g, "fp16") for g in options.engine_graphs]
+    keys = engine_keys(manifest["graphs"], options.engine_graphs)
     manifest["engines"].update(build_engines(folder, manifest, keys, manifest["max_batch"], options.timing_cache,
                                              options.workspace_gib, log, backends))
     manifest["tensorrt"] = {"status": "built", "tensorrt_version": str(backends[0].__version__), **backends[1]}
+
+
+def engine_keys(graphs: dict, engine_graphs) -> list[str]:
+    """The graphs engines are built from: the FP16 and INT8 twins of `engine_graphs` that exist."""
+    return [graph_key(g, p) for p in ENGINE_SOURCE_PRECISIONS for g in engine_graphs if graph_key(g, p) in graphs]
 
 
 def set_decoder_linear_first(model) -> None:
@@ -359,8 +392,8 @@ def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engin
         manifest = read_manifest(folder)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    keys = [graph_key(g, "fp16") for g in options.engine_graphs]
-    missing = [k for k in keys if k not in manifest["graphs"]]
+    keys = engine_keys(manifest["graphs"], options.engine_graphs)
+    missing = [graph_key(g, "fp16") for g in options.engine_graphs if not any(graph_key(g, p) in keys for p in ENGINE_SOURCE_PRECISIONS)]
     if missing:
         raise ExportError(f"{folder}: the export has no {', '.join(missing)} graph (re-export with --precision fp16)")
     fused = [k for k in keys if manifest["graphs"][k].get("attention", "onnx") != "onnx"]

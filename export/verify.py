@@ -35,7 +35,8 @@ class VerificationError(RuntimeError):
 @dataclass(frozen=True)
 class Tolerances:
     """Pass criteria. `fp32_*`: ONNX Runtime FP32 vs PyTorch; `split_*`: split chain vs end-to-end
-    (same precision); `fp16_*`: FP16 graph vs FP32 graph."""
+    (same precision); `fp16_*`: FP16 graph vs FP32 graph; `int8_*`: INT8 graph vs FP32 graph (and the
+    INT8 split chain vs the INT8 end-to-end graph: separately calibrated graphs, so the INT8 gate)."""
 
     fp32_max_abs_diff: float = 1e-3  # probabilities; features: relative to their largest magnitude
     fp32_min_mask_iou: float = 0.99  # trained weights only
@@ -47,6 +48,9 @@ class Tolerances:
     fp16_min_decisive_share: float = 0.05
     decisive_margin: float = 0.1
     threshold: float = 0.5
+    int8_max_mean_abs_diff: float = 0.03
+    int8_min_same_side: float = 0.97
+    int8_min_mask_iou: float = 0.97  # trained weights only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,12 +83,16 @@ def compare_probs(ref: np.ndarray, test: np.ndarray, threshold: float = 0.5, mar
 
 
 def compare_features(ref: np.ndarray, test: np.ndarray) -> dict:
-    """Agreement of two feature tensors: absolute differences and the max relative to max |ref|."""
-    diff = np.abs(ref.astype(np.float64) - test.astype(np.float64))
+    """Agreement of two feature tensors: absolute differences, the max relative to max |ref|, and the
+    cosine similarity of the two (flattened)."""
+    ref, test = ref.astype(np.float64), test.astype(np.float64)
+    diff = np.abs(ref - test)
+    norms = float(np.linalg.norm(ref) * np.linalg.norm(test))
     return {
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
         "max_rel_diff": float(diff.max() / max(float(np.abs(ref).max()), 1e-12)),
+        "cosine": float((ref * test).sum() / norms) if norms else 1.0,
     }
 
 
@@ -95,7 +103,7 @@ def _worst(results: list[dict]) -> dict:
         values = [r[key] for r in results if r[key] is not None]
         if not values:
             out[key] = None
-        elif key in ("mask_iou", "same_side", "decisive_share"):
+        elif key in ("mask_iou", "same_side", "decisive_share", "cosine"):
             out[key] = min(values)
         elif key in ("decisive_pixels", "pixels"):
             out[key] = sum(values)
@@ -280,7 +288,8 @@ def run_checks(model, folder: Path, feeds: dict[str, np.ndarray], batch_sizes=(3
                    for k, s in sessions.items()}
         for k, o in ort_out.items():
             check_shapes(k, sessions[k], o, b)
-        for suffix, precision in (("", "fp32"), ("_fp16", "fp16")):
+        for precision in PRECISIONS:
+            suffix = graph_key("", precision)
             for g in ("end_to_end", "vision", "language", "fusion_decoder"):
                 key = g + suffix
                 if key not in sessions:
@@ -317,15 +326,22 @@ def _fp32_probs(tol: Tolerances, masks_meaningful: bool, c: dict) -> dict:
     return crit
 
 
-def _fp16_probs(tol: Tolerances, masks_meaningful: bool, c: dict) -> dict:
-    crit = {"mean_abs_diff": ("<=", tol.fp16_max_mean_abs_diff)}
-    if masks_meaningful:  # trained weights: too few decisive pixels is itself a failure
-        crit["decisive_share"] = (">=", tol.fp16_min_decisive_share)
-        crit["same_side"] = (">=", tol.fp16_min_same_side)
-        crit["mask_iou"] = (">=", tol.fp16_min_mask_iou)
-    elif (c.get("decisive_share") or 0.0) >= tol.fp16_min_decisive_share:  # random weights: judged where it can be
-        crit["same_side"] = (">=", tol.fp16_min_same_side)
-    return crit
+def _reduced_probs(precision: str):
+    """Criteria of a reduced-precision graph's probabilities against the FP32 graph's, from the
+    `{precision}_*` tolerances."""
+
+    def criteria(tol: Tolerances, masks_meaningful: bool, c: dict) -> dict:
+        crit = {"mean_abs_diff": ("<=", getattr(tol, f"{precision}_max_mean_abs_diff"))}
+        same_side = (">=", getattr(tol, f"{precision}_min_same_side"))
+        if masks_meaningful:  # trained weights: too few decisive pixels is itself a failure
+            crit["decisive_share"] = (">=", tol.fp16_min_decisive_share)
+            crit["same_side"] = same_side
+            crit["mask_iou"] = (">=", getattr(tol, f"{precision}_min_mask_iou"))
+        elif (c.get("decisive_share") or 0.0) >= tol.fp16_min_decisive_share:  # random weights: judged where it can be
+            crit["same_side"] = same_side
+        return crit
+
+    return criteria
 
 
 # Every check the export runs, by exact name -> its criteria (op, bound) per figure. FP16 features
@@ -340,10 +356,18 @@ CHECK_CRITERIA = {
     # fusion_decoder with one image's features broadcast vs the same features repeated per expression
     "split_vs_repeated_image": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
     "split_vs_repeated_image_fp16": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
-    "end_to_end_fp16": _fp16_probs,
-    "fusion_decoder_fp16": _fp16_probs,
+    "end_to_end_fp16": _reduced_probs("fp16"),
+    "fusion_decoder_fp16": _reduced_probs("fp16"),
     "vision_fp16": lambda tol, m, c: {},
     "language_fp16": lambda tol, m, c: {},
+    # INT8: the probabilities against FP32, and the INT8 split chain against the INT8 end-to-end graph
+    # (quantized and calibrated apart: the same gate as against FP32); features reported, not judged
+    "end_to_end_int8": _reduced_probs("int8"),
+    "fusion_decoder_int8": _reduced_probs("int8"),
+    "split_vs_end_to_end_int8": _reduced_probs("int8"),
+    "split_vs_repeated_image_int8": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
+    "vision_int8": lambda tol, m, c: {},
+    "language_int8": lambda tol, m, c: {},
 }
 
 
