@@ -1,9 +1,18 @@
-"""TensorRT engines from the FP16 ONNX graphs: strongly typed, one optimisation profile, a shared
-timing cache, and a sidecar naming what the engine is tied to.
+"""TensorRT engines from the FP16 and INT8 ONNX graphs: strongly typed, one optimisation profile, a
+shared timing cache, and a sidecar naming what the engine is tied to.
 
-TensorRT 11 builds strongly typed networks only: the precision is the FP16 ONNX's own (FP16 matrix
-products, FP32 LayerNorm / Softmax / norms / Sigmoid), so no precision flag is set here. TensorRT 10
-takes the same build with the STRONGLY_TYPED creation flag (11 accepts and ignores it).
+TensorRT 11 builds strongly typed networks only: the precision is the ONNX graph's own, so no
+precision flag is set here. TensorRT 10 takes the same build with the STRONGLY_TYPED creation flag
+(11 accepts and ignores it).
+
+- FP16 graphs: FP16 through (restr.export.fp16).
+- INT8 graphs (restr.export.int8): explicit quantization. The parser turns each QuantizeLinear /
+  DequantizeLinear into a Quantize / Dequantize layer with its constant scale (zero point 0, per
+  output channel for the weights), and the builder fuses each DQ -> MatMul into an INT8 kernel; no
+  INT8 flag and no calibrator (both belong to implicit quantization, deprecated in 10 and gone in
+  11). The float parts of these graphs are FP32. `trt_build` refuses an INT8 graph whose network
+  holds no Quantize or Dequantize layer (explicit quantization lost in parsing). Not timed: no
+  machine this project gets can install TensorRT.
 
 Everything around the builder (profiles from the maximum batch, input specs from the manifest, the
 sidecar, the cache path, the instructions printed where TensorRT is missing) is plain Python that
@@ -20,9 +29,12 @@ from pathlib import Path
 from restr.export.manifest import sha256_file, utc_now, write_json
 from restr.runtime.artifacts import TensorSpec
 from restr.runtime.atomic import atomic_write
-from restr.runtime.formats import engine_file
+from restr.runtime.formats import engine_file, key_precision
 
 ENGINE_PRECISION = "fp16-strongly-typed"
+# Engine precision by the precision of the ONNX graph it is built from.
+ENGINE_PRECISIONS = {"fp16": ENGINE_PRECISION, "int8": "int8-strongly-typed"}
+ENGINE_SOURCE_PRECISIONS = tuple(ENGINE_PRECISIONS)  # which graphs get engines: never FP32
 GIB = 1 << 30
 
 
@@ -61,7 +73,7 @@ def sidecar(graph_key: str, source: dict, profile: dict, tensorrt_version: str, 
         "tensorrt_version": str(tensorrt_version),
         "gpu_name": gpu["gpu_name"],
         "compute_capability": gpu["compute_capability"],
-        "precision": ENGINE_PRECISION,
+        "precision": ENGINE_PRECISIONS[key_precision(graph_key)],
         "profiles": profile,
         "max_batch": max(p["max"][0] for p in profile.values()),
         "source": {"file": source["file"], "sha256": source["sha256"]},
@@ -109,8 +121,8 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timing_cache: Path | None = None,
                   workspace_gib: float = 4.0, log=print, backends=None) -> dict[str, dict]:
-    """Build an engine for each FP16 graph in `graph_keys` into `folder`; returns the manifest's
-    `engines` entries. The timing cache is read before and written after every build."""
+    """Build an engine for each FP16 or INT8 graph in `graph_keys` into `folder`; returns the
+    manifest's `engines` entries. The timing cache is read before and written after every build."""
     trt, gpu = backends or engine_support()
     cache_path = Path(timing_cache) if timing_cache else timing_cache_path(trt.__version__, gpu)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +132,8 @@ def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timi
         source = manifest["graphs"][key]
         profile = profiles(source["inputs"], max_batch)
         log(f"building TensorRT engine {key}.engine (TensorRT {trt.__version__}, {gpu['gpu_name']}, batch 1..{max_batch})")
-        plan, cache = trt_build(trt, folder / source["file"], profile, cache, int(workspace_gib * GIB))
+        explicit = key_precision(key) == "int8"
+        plan, cache = trt_build(trt, folder / source["file"], profile, cache, int(workspace_gib * GIB), explicit)
         _write_bytes_atomic(cache_path, cache)
         name = engine_file(key)
         _write_bytes_atomic(folder / name, plan)
@@ -129,7 +142,7 @@ def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timi
             "file": name,
             "sha256": sha256_file(folder / name),
             "sidecar": f"{name}.json",
-            "precision": ENGINE_PRECISION,
+            "precision": ENGINE_PRECISIONS[key_precision(key)],
             "source": source["file"],
             "tensorrt_version": str(trt.__version__),
             "gpu_name": gpu["gpu_name"],
@@ -142,9 +155,11 @@ def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timi
 # ------------------------------------------------------------ the TensorRT calls (GPU machines only)
 
 
-def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspace_bytes: int) -> tuple[bytes, bytes]:
+def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspace_bytes: int,
+              explicit_quantization: bool = False) -> tuple[bytes, bytes]:
     """Parse `onnx_path` into a strongly typed network and build it. Returns (serialized engine,
-    updated serialized timing cache). Raises EngineBuildError."""
+    updated serialized timing cache). `explicit_quantization`: an INT8 QDQ graph, whose network must
+    hold Quantize and Dequantize layers. Raises EngineBuildError."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -152,6 +167,10 @@ def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspac
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(f"{onnx_path}: TensorRT could not parse the graph: {errors[0] if errors else 'unknown error'}")
+    if explicit_quantization:
+        qdq = {trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE}
+        if not any(network.get_layer(i).type in qdq for i in range(network.num_layers)):
+            raise EngineBuildError(f"{onnx_path}: an INT8 graph parsed without Quantize/Dequantize layers (explicit quantization lost)")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     cache = config.create_timing_cache(timing_cache)

@@ -41,7 +41,7 @@ RETURNS = {
     ("tensorrt", "OnnxParser"): "OnnxParser",
     ("Runtime", "deserialize_cuda_engine"): "ICudaEngine",
     ("ICudaEngine", "create_execution_context"): "IExecutionContext",
-    ("Builder", "create_network"): "INetworkDefinition", ("Builder", "create_builder_config"): "IBuilderConfig",
+    ("Builder", "create_network"): "INetworkDefinition", ("INetworkDefinition", "get_layer"): "ILayer", ("Builder", "create_builder_config"): "IBuilderConfig",
     ("Builder", "create_optimization_profile"): "IOptimizationProfile",
     ("IBuilderConfig", "create_timing_cache"): "ITimingCache", ("IBuilderConfig", "get_timing_cache"): "ITimingCache",
 }
@@ -215,7 +215,10 @@ def test_each_call_is_on_its_class():
             ("ICudaEngine", "create_execution_context"), ("ICudaEngine", "get_tensor_mode"), ("Runtime", "deserialize_cuda_engine"),
             ("Builder", "build_serialized_network"), ("OnnxParser", "parse_from_file"), ("IBuilderConfig", "set_timing_cache"),
             ("IBuilderConfig", "add_optimization_profile"), ("IOptimizationProfile", "set_shape"), ("ITimingCache", "serialize"),
-            ("Logger", "WARNING"), ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("TensorIOMode", "INPUT")} <= seen
+            ("Logger", "WARNING"), ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("TensorIOMode", "INPUT"),
+            # explicit quantization of the INT8 graphs: the parsed network's Quantize/Dequantize layers
+            ("INetworkDefinition", "num_layers"), ("INetworkDefinition", "get_layer"), ("ILayer", "type"),
+            ("LayerType", "QUANTIZE"), ("LayerType", "DEQUANTIZE")} <= seen
     found = [p for s in scanners for p in problems(s)]
     assert not found, "TensorRT calls not on their class:\n" + "\n".join(found)
 
