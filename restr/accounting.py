@@ -25,12 +25,16 @@ COMPONENTS = ("vision", "language", "projections", "fusion", "decoder")
 _PREFIXES = {
     "vision": "vision",
     "language.encoder": "language",
+    "language.out_proj": "language",  # the authors variant's Linear + LayerNorm after the language layers
+    "language.out_norm": "language",
     "fusion.vision_proj": "projections",
     "fusion.language_proj": "projections",
     "fusion.class_seed": "fusion",
     "fusion.visual_linguistic": "fusion",
     "fusion.linguistic_seed": "fusion",
     "fusion.joint": "fusion",
+    "fusion.patch_proj": "decoder",  # the authors' P_patch and P_cls, beside eq. 9
+    "fusion.classifier_proj": "decoder",
     "decoder": "decoder",
 }
 FUSION_LAYERS = ("fusion.visual_linguistic", "fusion.linguistic_seed", "fusion.joint")
@@ -125,6 +129,7 @@ def analytic_macs(cfg: ReSTRConfig, image_size: int | None = None) -> dict[str, 
 
     v, lang, f = cfg.vision, cfg.language, cfg.fusion
     d = f.width
+    n_tok = n_v + int(cfg.vision_class_token)  # the authors' ViT carries a class token
     half = f.depth // 2
     if cfg.fusion_variant == "vme":
         fusion = layers(n_v + n_l + 1, d, f.mlp_width, f.depth)
@@ -137,10 +142,13 @@ def analytic_macs(cfg: ReSTRConfig, image_size: int | None = None) -> dict[str, 
         decoder += at * at * width * (width // 2)
         width //= 2
     decoder += s * s * width + n_v * d  # final linear to 1 channel; eq. 9
+    if cfg.patch_projections:
+        decoder += n_v * d * d + d * d  # z_v' P_patch, e_s' P_cls
+    authors_output = cfg.language_output == "authors"  # Linear(D_l, D) in the language encoder, then D x D
     return {
-        "vision": n_v * 3 * p * p * v.width + layers(n_v, v.width, v.mlp_width, v.depth),
-        "language": layers(n_l, lang.width, lang.mlp_width, lang.depth),
-        "projections": n_v * v.width * d + n_l * lang.width * d,
+        "vision": n_v * 3 * p * p * v.width + layers(n_tok, v.width, v.mlp_width, v.depth),
+        "language": layers(n_l, lang.width, lang.mlp_width, lang.depth) + (n_l * lang.width * d if authors_output else 0),
+        "projections": n_v * v.width * d + n_l * (d if authors_output else lang.width) * d,
         "fusion": fusion,
         "decoder": decoder,
     }

@@ -166,6 +166,10 @@ RUNTIME_OPTIONS = ("backend", "precision", "providers")
 @click.command("restr-eval", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--ckpt", default=None, type=click.Path(dir_okay=False),
               help="Checkpoint written by restr-train; with --artifacts or --server, the reference they are compared with.")
+@click.option("--from", "ckpt_from", type=click.Choice(["restr", "authors"]), default="restr", show_default=True,
+              help="What --ckpt holds: a restr checkpoint, or a state dict of the authors' train_restr.py (read into restr-b16-authors).")
+@click.option("--vocab", "authors_vocab", default=None, type=click.Path(exists=True),
+              help="With --from authors: their data/vocabulary_*.txt, or their data/ folder.")
 @click.option("--artifacts", default=None, type=click.Path(file_okay=False),
               help="Export folder written by restr-export: score the model as the runtime runs it (its vocabulary, its pre- and post-processing graphs).")
 @click.option("--server", default=None, metavar="URL",
@@ -192,7 +196,7 @@ RUNTIME_OPTIONS = ("backend", "precision", "providers")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes (the checkpoint's).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the scores as JSON to this file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-def main(ckpt, artifacts, server, backend, precision, providers, max_drop, data, split, split_by, image_root, shuffle_text,
+def main(ckpt, ckpt_from, authors_vocab, artifacts, server, backend, precision, providers, max_drop, data, split, split_by, image_root, shuffle_text,
          batch_size, threshold, limit, device, workers, json_path, no_progress):
     """Score a checkpoint, or the model as deployed (an export folder through the runtime, or a
     served model), or both on the same samples: overall (cumulative) IoU, mean IoU,
@@ -217,15 +221,18 @@ def main(ckpt, artifacts, server, backend, precision, providers, max_drop, data,
         check_options(click.get_current_context(), ckpt, artifacts, server, max_drop)
         if json_path:
             check_writable_file(json_path, "--json")  # before the evaluation, not after it
+        if (ckpt_from != "restr" or authors_vocab) and ckpt is None:
+            raise UsageError("--from and --vocab say what --ckpt holds: give --ckpt FILE")
+        source = (ckpt_from, authors_vocab)
         common = dict(data=data, split=split, shuffle_text=shuffle_text, threshold=threshold)
         read = dict(split_by=split_by, image_root=image_root, shuffle_text=shuffle_text, progress=not no_progress and sys.stderr.isatty())
         if artifacts is None and server is None:
-            evaluate_checkpoint(ckpt, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress)
+            evaluate_checkpoint(ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress)
             return
         runtime = open_runtime(artifacts, server, backend, precision, providers, threshold)
         try:
             what = describe_runtime(runtime, artifacts, backend, precision)
-            gate = evaluate_deployed(runtime, what, ckpt, data, split, read, common, batch_size, threshold, limit, device, workers,
+            gate = evaluate_deployed(runtime, what, ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers,
                                      json_path, no_progress, max_drop)
         finally:
             if isinstance(runtime, Served):  # its connection, closed in the thread that made it
@@ -251,10 +258,10 @@ def check_options(ctx, ckpt, artifacts, server, max_drop) -> None:
             raise UsageError(f"--max-drop {max_drop:g}: IoU is a fraction (0.735, not 73.5), so 0.01 is one point; give a drop below 1")
 
 
-def evaluate_checkpoint(ckpt, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress) -> None:
+def evaluate_checkpoint(ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress) -> None:
     """`restr-eval --ckpt` alone."""
     dev = pick_device(device)
-    ck, ds = load_checkpoint_and_data(ckpt, data, split, read)
+    ck, ds = load_checkpoint_and_data(ckpt, source, data, split, read)
     t0 = time.perf_counter()
     metrics = evaluate(ck.model.to(dev), ds, dev, batch_size, threshold, workers, limit, progress=not no_progress)
     result = checkpoint_block(metrics, ckpt, ck, common, time.perf_counter() - t0)
@@ -265,11 +272,13 @@ def evaluate_checkpoint(ckpt, data, split, read, common, batch_size, threshold, 
         _write_json(json_path, result)
 
 
-def load_checkpoint_and_data(ckpt, data, split, read):
-    from restr.checkpoint import load_checkpoint
+def load_checkpoint_and_data(ckpt, source: tuple, data, split, read):
+    """The checkpoint (`source`: (what --ckpt holds, the authors' vocabulary)) and the data set read
+    with its vocabulary and sizes."""
+    from restr.checkpoint import load_checkpoint_from
     from restr.data import build_dataset
 
-    ck = load_checkpoint(ckpt)
+    ck = load_checkpoint_from(ckpt, *source)
     cfg = ck.config
     ds = build_dataset(data, split, cfg.image_size, ck.vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read)
     if len(ds) == 0:
@@ -351,7 +360,7 @@ def warn_if_exported_from_another(runtime, ckpt) -> None:
                    f"{source.get('file') or 'random weights'}): the difference measures more than the export", err=True)
 
 
-def evaluate_deployed(runtime, what: dict, ckpt, data, split, read, common, batch_size, threshold, limit, device, workers,
+def evaluate_deployed(runtime, what: dict, ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers,
                       json_path, no_progress, max_drop) -> bool:
     """Score the deployed model, and the checkpoint on the same samples when given; print, write, and
     return whether the deploy gate (--max-drop) passed (True without one)."""
@@ -360,7 +369,7 @@ def evaluate_deployed(runtime, what: dict, ckpt, data, split, read, common, batc
     ck = None
     if ckpt is not None:
         dev = pick_device(device)
-        ck, ds = load_checkpoint_and_data(ckpt, data, split, read)
+        ck, ds = load_checkpoint_and_data(ckpt, source, data, split, read)
         warn_if_exported_from_another(runtime, ckpt)
     else:
         ds = read_data_as_deployed(runtime, data, split, read)

@@ -515,4 +515,17 @@ def test_converted_checkpoint_evaluates(tmp_path, monkeypatch, capsys):
     r = subprocess.run([sys.executable, "-m", "restr.evaluate", "--ckpt", str(tmp_path / "model.pt"), "--data", f"{data}:test",
                         "--json", str(tmp_path / "eval.json"), "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "eval.json").read_text())["n"] > 0
+    converted = json.loads((tmp_path / "eval.json").read_text())
+    assert converted["n"] > 0
+    # restr-eval reads their state dict itself with --from authors: the same scores
+    from click.testing import CliRunner
+
+    from restr.evaluate import main as restr_eval
+
+    res = CliRunner().invoke(restr_eval, ["--ckpt", str(tmp_path / "their.pth"), "--from", "authors", "--vocab", str(tmp_path),
+                                          "--data", f"{data}:test", "--json", str(tmp_path / "direct.json"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    direct = json.loads((tmp_path / "direct.json").read_text())
+    assert {k: direct[k] for k in ("n", "overall_iou", "mean_iou")} == {k: converted[k] for k in ("n", "overall_iou", "mean_iou")}
+    res = CliRunner().invoke(restr_eval, ["--ckpt", str(tmp_path / "their.pth"), "--from", "authors", "--data", f"{data}:test"])
+    assert res.exit_code == 2 and "hold no vocabulary" in res.output

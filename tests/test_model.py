@@ -245,3 +245,17 @@ def test_sincos_position_code_is_fixed():
     assert ReSTR(tiny(vision_pos_embed="learned"), 30).vision.pos_embed.requires_grad
     with pytest.raises(ValueError, match="vision_pos_embed"):
         tiny(vision_pos_embed="rope")
+
+
+@pytest.mark.parametrize("name", ["restr-b16-authors", "restr-b16-shared-authors"])
+def test_authors_variant_is_counted_in_every_component(name):
+    """Their class token, language output layers and patch projections: each parameter belongs to a
+    component, and the counted MACs equal the formula's (restr-bench --config restr-b16-authors)."""
+    from restr.accounting import analytic_macs, count
+
+    cfg = get_config(name)
+    with torch.device("meta"):
+        model = ReSTR(cfg, 100)
+    counted = count(model, cfg.image_size)
+    assert counted.macs == analytic_macs(cfg)
+    assert analytic_macs(cfg)["decoder"] > analytic_macs(get_config("restr-b16"))["decoder"]  # P_patch, P_cls
