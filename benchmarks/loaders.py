@@ -25,6 +25,7 @@ import numpy as np
 
 from restr.runtime.artifacts import END_TO_END, MANIFEST, STAGES, ArtifactError, Artifacts, GraphInfo, TensorSpec, sha256_file
 from restr.runtime.predictor import Predictor
+from restr.runtime.formats import key_precision
 from restr.runtime.runners import OrtRunner, graph_key, prepare_feeds
 from restr.runtime.tokenizer import Vocabulary
 
@@ -47,7 +48,7 @@ class LoadError(ValueError):
 @dataclass
 class LoadOptions:
     threads: int | None = None  # ONNX Runtime intra-op threads (PyTorch's are set process-wide)
-    precision: str = "fp32"  # export folders: which graphs ("fp16" = the mixed-precision ones)
+    precision: str = "fp32"  # export folders: which graphs ("fp16" = the mixed-precision ones, "int8" = the QDQ ones)
     backend: str = "ort"  # export folders: "ort" or "tensorrt"
     providers: object = None  # ONNX Runtime execution providers (restr.runtime.choose_providers)
     image_size: int | None = None  # .pt only: rebuild for another input size; others must match
@@ -55,14 +56,14 @@ class LoadOptions:
     compile: bool = False  # .pt only: torch.compile(mode="reduce-overhead")
 
 
-ENGINE_TAGS = {"fp32": ("precision", "fp32"), "fp16": ("precision", "fp16"), "cpu": ("providers", None),
+ENGINE_TAGS = {"fp32": ("precision", "fp32"), "fp16": ("precision", "fp16"), "int8": ("precision", "int8"), "cpu": ("providers", None),
                "cuda": ("providers", "cuda"), "compile": ("compile", True), "eager": ("compile", False),
                "ort": ("backend", "ort"), "tensorrt": ("backend", "tensorrt")}
 
 
 def split_engine(spec: str, options: "LoadOptions") -> tuple[Path, "LoadOptions"]:
     """PATH or PATH#tag,tag: per-engine options over the run's, so one run compares several ways to
-    run a model (`runs/b16#fp16`, `model.pt#fp16,compile`). Tags: fp32, fp16, cpu, cuda, ort,
+    run a model (`runs/b16#fp16`, `runs/b16#int8`, `model.pt#fp16,compile`). Tags: fp32, fp16, int8, cpu, cuda, ort,
     tensorrt, eager, compile. Raises LoadError for an unknown tag."""
     import dataclasses
 
@@ -216,7 +217,7 @@ def _load_onnx(path: Path, o: LoadOptions) -> Target:
     predictor = Predictor(art, {END_TO_END: runner}, vocab, cache_size=0) if graph == END_TO_END else None
     split = None
     if graph == END_TO_END and art.manifest:  # the split graphs of the same precision, from the same export
-        precision_key = "fp16" if info.key.endswith("_fp16") else "fp32"
+        precision_key = key_precision(info.key)
         if all(graph_key(s, precision_key) in art.graphs for s in STAGES):
             def split():
                 return Predictor.from_artifacts(
@@ -232,8 +233,8 @@ def _load_onnx(path: Path, o: LoadOptions) -> Target:
 def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], str]:
     """(inputs, outputs, precision) of an ONNX file, read with `onnx` (weights not needed).
 
-    Dynamic dimensions become "batch". precision is "fp16" when the graph holds FP16
-    weights, else "fp32". Raises LoadError for a file that is not a readable ONNX graph.
+    Dynamic dimensions become "batch". precision is "int8" when the graph holds INT8 weights,
+    "fp16" when it holds FP16 ones, else "fp32". Raises LoadError for a file that is not a readable ONNX graph.
     """
     import onnx
     from onnx import helper
@@ -256,8 +257,9 @@ def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...],
         outputs = tuple(spec(v) for v in proto.graph.output)
     except (KeyError, TypeError, ValueError) as e:
         raise LoadError(f"{path}: graph inputs/outputs cannot be read ({_first_line(e)})") from None
-    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
-    return inputs, outputs, "fp16" if fp16 else "fp32"
+    types = {t.data_type for t in proto.graph.initializer}
+    precision = "int8" if onnx.TensorProto.INT8 in types else "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
+    return inputs, outputs, precision
 
 
 # -- PyTorch checkpoints -------------------------------------------------------------------------

@@ -549,6 +549,11 @@ class _FakeTensorRT:
     class MemoryPoolType:
         WORKSPACE = "workspace"
 
+    class LayerType:
+        QUANTIZE, DEQUANTIZE, MATRIX_MULTIPLY = "quantize", "dequantize", "matmul"
+
+    layers = ("quantize", "dequantize", "matmul")  # the parsed network's layer types
+
     class Logger:
         WARNING = "warning"
 
@@ -573,7 +578,7 @@ class _FakeTensorRT:
 
         def create_network(self, flags):
             _FakeTensorRT.calls.append(("network", flags))
-            return object()
+            return _FakeNetwork(_FakeTensorRT.layers)
 
         def create_builder_config(self):
             return _FakeConfig()
@@ -583,6 +588,15 @@ class _FakeTensorRT:
 
         def build_serialized_network(self, network, config):
             return b"ENGINE:" + repr(sorted(config.profile.shapes)).encode()
+
+
+class _FakeNetwork:
+    def __init__(self, layers):
+        self.num_layers = len(layers)
+        self._layers = layers
+
+    def get_layer(self, index):
+        return type("Layer", (), {"type": self._layers[index]})()
 
 
 class _FakeProfile:

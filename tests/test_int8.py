@@ -219,3 +219,24 @@ def test_a_refer_folder_calibrates(ckpt, tmp_path):
     assert Artifacts.open(tmp_path / "out").graph("vision_int8").precision == "int8"
     with pytest.raises(ExportError, match="calibration-size"):
         export_artifacts(load_source(ckpt), tmp_path / "out2", ExportOptions(precisions=("fp32", "int8"), **{**FAST, "calibration_size": 0}))
+
+
+def test_engines_from_the_int8_graphs_with_a_stand_in(exported, tmp_path, monkeypatch):
+    """The INT8 graphs take the strongly typed build; a network parsed without Quantize/Dequantize
+    layers (explicit quantization lost) is refused."""
+    import shutil
+
+    from restr.export.tensorrt_build import EngineBuildError, build_engines
+    from test_export import _FakeTensorRT
+
+    out, m = exported
+    folder = tmp_path / "exp"
+    shutil.copytree(out, folder)
+    gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
+    _FakeTensorRT.calls = []
+    entries = build_engines(folder, m, ["vision_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(_FakeTensorRT, gpu))
+    assert entries["vision_int8"]["precision"] == "int8-strongly-typed" and ("network", 1) in _FakeTensorRT.calls
+    assert json.loads((folder / "vision_int8.engine.json").read_text())["precision"] == "int8-strongly-typed"
+    monkeypatch.setattr(_FakeTensorRT, "layers", ("matmul",))
+    with pytest.raises(EngineBuildError, match="explicit quantization lost"):
+        build_engines(folder, m, ["language_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(_FakeTensorRT, gpu))
