@@ -43,7 +43,7 @@ from restr.cli_common import Progress, UsageError, check_writable_dir
 from restr.runtime.atomic import remove_stale_staging, write_json
 from restr.runtime.cli import _first_line, _remove_previous_outputs, check_texts, slugify  # cli imports bulk lazily: no cycle
 from restr.runtime.predictor import REQUEST_ERRORS, ImageResult, as_rgb
-from restr.runtime.visualize import mask_image
+from restr.runtime.visualize import save_mask
 
 RECORDS, SUMMARY, RUN, MASKS = "predictions.jsonl", "summary.json", "run.json", "masks"
 EXIT_SOME_FAILED = 1  # the run went through its input, and some requests failed (error records)
@@ -415,7 +415,7 @@ def _save_png(out: Path, req: Request, k: int, p) -> str:
     input's, so the masks of every shard and every resumed part can share one folder."""
     name = f"{MASKS}/{req.index // 1000:04d}/{req.index:07d}-{k}-{slugify(p.text)}.png"
     (out / name).parent.mkdir(parents=True, exist_ok=True)
-    mask_image(p.mask).save(out / name, format="PNG")  # before its record: a record names a whole file
+    save_mask(out / name, p.mask)  # whole (written aside and renamed) before its record names it
     return name
 
 

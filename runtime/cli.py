@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import click
+import numpy as np
 from PIL import Image
 
 from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_deferred, signals_interrupt
@@ -85,7 +86,7 @@ def _first_line(e: BaseException) -> str:
 @click.option("--image", "image", type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
 @click.option("--text", "texts", multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding). With --images: asked of every image.")
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json, or a bulk job's predictions.jsonl (created if missing; must be empty unless --force or --resume).")
-@click.option("--overlay", is_flag=True, help="Also write <k>_<slug>_overlay.png: the image with the mask tinted in a colour that contrasts with it.")
+@click.option("--overlay", is_flag=True, help="Also write <k>_<slug>_overlay.png: the object as it is, the rest of the image dimmed and greyed, a white contour around the mask.")
 @click.option("--sheet", is_flag=True, help="Also write sheet.png: every expression's overlay side by side, captioned.")
 @click.option("--force", is_flag=True, help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them; a bulk job's predictions.jsonl, run.json, masks/) are removed first.")
 @click.option("--list-words", is_flag=True, help="Print the words the model knows (its vocabulary), one a line, and exit.")
@@ -229,7 +230,7 @@ def check_texts(texts) -> None:
             raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
 
 
-def _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size: int):
+def _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size: int, release_memory: bool = False):
     """The local predictor, or the server's stand-in (--server); and the seconds loading took."""
     t0 = time.perf_counter()
     if server is not None:  # same outputs, computed by the server
@@ -239,7 +240,7 @@ def _load_predictor(artifacts, server, backend, precision, providers, threshold,
     with warnings.catch_warnings(record=True) as caught:  # a provider this build lacks: one line, as the others
         warnings.simplefilter("always", RuntimeWarning)
         predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                             threshold=threshold, cache_size=cache_size)
+                                             threshold=threshold, cache_size=cache_size, release_memory=release_memory)
     said = set()
     for w in caught:
         if not issubclass(w.category, RuntimeWarning):
@@ -279,7 +280,8 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
     check_not_url(image, "--image")
     _check_outputs(out, force, json_path)
     check_texts(texts)
-    predictor, load_s = _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size=1)
+    # one photo: nothing to cache (no hash of its pixels), and its photo-sized buffers given back
+    predictor, load_s = _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size=0, release_memory=True)
     if server is not None:
         artifacts = server
     load_ms = load_s * 1000
@@ -289,10 +291,13 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size guard reports it
             rgb = as_rgb(image)  # decoded once: for the predictor and the overlay
         decode_ms = (time.perf_counter() - t0) * 1000
-        emb = predictor.embed(rgb)
+        # locally: an RGB array is taken as it is (no second EXIF pass or copy), and only masks, scores
+        # and areas come back (no photo-sized probabilities); a server's answer has no probabilities
+        local = server is None
+        emb = predictor.embed(np.asarray(rgb) if local else rgb)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TextTruncatedWarning)  # reported below, one line each
-            preds = predictor.predict_embedding(emb, list(texts))
+            preds = predictor.predict_embedding(emb, list(texts), **({"probs": False} if local else {}))
     finally:
         if server is not None:  # its connection, closed in this thread (tritonclient's gevent pool needs that)
             predictor.close()

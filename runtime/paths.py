@@ -123,7 +123,8 @@ class HostPath:
         pixel = dec.pixel[i : i + n]
         if POSTPROCESS in self.p.processing:
             return self.p.processing[POSTPROCESS].run(
-                {"pixel_probs": pixel, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": np.array([thr], np.float32)})
+                {"pixel_probs": pixel, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": np.array([thr], np.float32)},
+                outputs=None if probs else ("mask", "score", "area"))
         prob = np.stack([lb.invert(x[0]) for x in pixel])
         mask = prob > thr
         area = mask.sum((1, 2))

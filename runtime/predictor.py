@@ -289,6 +289,7 @@ class Predictor:
         mode: str = "auto",
         threads: int | None = None,
         cuda_graph: bool = True,
+        release_memory: bool = False,
     ) -> "Predictor":
         """Open an export folder and load the graphs one predictor needs.
 
@@ -299,6 +300,8 @@ class Predictor:
         mode: "split" (encode once, ask many), "end_to_end" (the single graph) or "auto" (split
         when the export has the split graphs). threads: ONNX Runtime intra-op threads.
         cuda_graph: on CUDA, capture each model graph's batch buckets as CUDA graphs.
+        release_memory: the processing graphs give their photo-sized memory back after each run
+        (for one photo, e.g. a 12 MP one; slower when many photos follow).
         Raises ArtifactError for a folder, manifest, graph or checksum that cannot be used.
         """
         if mode not in MODES:
@@ -314,7 +317,7 @@ class Predictor:
                    for s in stages}
         # Pre- and post-processing run in ONNX Runtime on every backend, on the model's device.
         pp_providers = providers if backend == "ort" else (providers or "auto")
-        processing = {k: make_runner(art, k, "ort", providers=pp_providers, threads=threads)
+        processing = {k: make_runner(art, k, "ort", providers=pp_providers, threads=threads, release_memory=release_memory)
                       for k in (PREPROCESS, POSTPROCESS) if k in art.graphs}
         return cls(art, runners, vocab, threshold=threshold, cache_size=cache_size, processing=processing)
 

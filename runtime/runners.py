@@ -190,7 +190,8 @@ class OrtRunner:
     backend = "onnxruntime"
 
     def __init__(self, artifacts: Artifacts, info: GraphInfo, providers=None, threads: int | None = None,
-                 cuda_graph: bool = True, max_batch: int | None = None, device_id: int = 0, bind: bool | None = None):
+                 cuda_graph: bool = True, max_batch: int | None = None, device_id: int = 0, bind: bool | None = None,
+                 release_memory: bool = False):
         import onnxruntime as ort  # imported here: keeps `import restr.runtime` light
 
         self._ort = ort
@@ -216,6 +217,12 @@ class OrtRunner:
         # binding's).
         self._uncaptured = ort.RunOptions()
         self._uncaptured.add_run_config_entry("gpu_graph_id", "-1")
+        # release_memory: the CPU arena shrinks back after each run outside the bindings (a processing
+        # graph's tensors are the photo's size: 12 MP keeps hundreds of MB otherwise); slower when
+        # many photos follow, so for one-off runs.
+        self._release = release_memory
+        if release_memory:
+            self._uncaptured.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         try:
             self.session = self._session(self.cuda_graph)
         except ArtifactError as e:
@@ -260,15 +267,18 @@ class OrtRunner:
 
     # -- the protocol ----------------------------------------------------------------------------
 
-    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None, outputs=None) -> dict[str, np.ndarray]:
+        """The protocol's `run`; `outputs` names the outputs wanted where not all are (ONNX Runtime
+        then hands only those over: a postprocess asked for masks returns no photo-sized probabilities)."""
         feeds, batch = prepare_feeds(self.input_specs, feeds, self.name)
         if self.session is None:
             raise RunnerClosedError(f"{self.name}: the runner is closed")
         if not self.max_batch:  # CPU, or a graph without batch buckets
+            names = list(outputs or self.output_names)
             t0 = time.perf_counter()
-            outs = self.session.run(list(self.output_names), feeds, self._no_capture())
+            outs = self.session.run(names, feeds, self._no_capture())
             _add(timings, "compute", t0)
-            return dict(zip(self.output_names, outs))
+            return dict(zip(names, outs))
         if batch > self.max_batch:
             raise ValueError(f"{self.name}: batch {batch} is above the runner's max_batch {self.max_batch}")
         with self._lock:
@@ -361,7 +371,7 @@ class OrtRunner:
 
     def _no_capture(self):
         """Run options for a run outside the bindings."""
-        return self._uncaptured if self.cuda_graph else None
+        return self._uncaptured if self.cuda_graph or self._release else None
 
     def value(self, x: np.ndarray, on_host: bool = False):
         """A numpy array as an OrtValue on this runner's device (or on the host)."""
@@ -426,12 +436,12 @@ def _add(timings: dict | None, phase: str, t0: float, t1: float | None = None) -
 
 
 def make_runner(artifacts: Artifacts, key: str, backend: str = "ort", providers=None, threads: int | None = None,
-                cuda_graph: bool = True) -> Runner:
+                cuda_graph: bool = True, release_memory: bool = False) -> Runner:
     """The runner for manifest graph `key` on `backend` ("ort" or "tensorrt"). On CUDA, ONNX
     Runtime runners of the model graphs get batch buckets up to the manifest's max_batch."""
     if backend == "ort":
         return OrtRunner(artifacts, artifacts.graph(key), providers=providers, threads=threads, cuda_graph=cuda_graph,
-                         max_batch=artifacts.max_batch if key not in PROCESSING_GRAPHS else None)
+                         max_batch=artifacts.max_batch if key not in PROCESSING_GRAPHS else None, release_memory=release_memory)
     if backend == "tensorrt":
         from restr.runtime.trt_runner import TrtRunner
 

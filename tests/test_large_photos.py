@@ -223,3 +223,28 @@ def test_save_mask_writes_0_and_255(tmp_path):
     m = np.asarray(Image.open(path))
     assert Image.open(path).mode == "L" and set(np.unique(m)) == {0, 255}
     np.testing.assert_array_equal(m == 255, mask)
+
+
+def test_restr_predict_on_a_12_mp_photo_stays_under_600_mb(tmp_path):
+    """The CLI on a 12 MP JPEG (EXIF-rotated), two expressions with overlays: peak RSS <= 600 MB
+    (it was 1.28 GB: photo-sized probability maps fetched for nothing, copies of the photo, the
+    processing graphs' arena kept at the photo's size)."""
+    import subprocess
+    import sys
+
+    from restr.export.pipeline import ExportOptions, export_artifacts, load_source
+
+    export = tmp_path / "export"
+    export_artifacts(load_source(config="restr-tiny", seed=0), export,
+                     ExportOptions(max_batch=2, precisions=("fp32",), engine=False, verify=False, progress=False), log=lambda m: None)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(large_photo()).save(tmp_path / "12mp.jpg", quality=90, exif=exif)
+    code = ("import atexit, resource, sys; atexit.register(lambda: print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "file=sys.stderr)); from restr.runtime.cli import main; sys.argv[0] = 'restr-predict'; main()")
+    r = subprocess.run([sys.executable, "-c", code, "--artifacts", str(export), "--image", str(tmp_path / "12mp.jpg"), "--text", "the dog",
+                        "--text", "a cat", "--out", str(tmp_path / "out"), "--overlay"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    peak_mb = int(r.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 1024
+    assert peak_mb <= 600, f"peak RSS {peak_mb:.0f} MB"
+    assert Image.open(tmp_path / "out" / "1_the-dog_overlay.png").size == (3000, 4000)
