@@ -7,8 +7,9 @@ restr-serve writes a model repository for the export into a temporary folder, st
 `restr` (runtime/protocol.py: an image and expressions in; masks, scores, unknown words out), run by
 Triton's Python backend: each of its `--instances` is a process with its own `Predictor`
 (`TritonModel` below), and Triton's dynamic batcher hands an instance up to `--batch-images`
-queued requests at once, which `Predictor.predict_many` answers together: the image graph runs once
-on all their images, the later graphs on all their expressions.
+queued requests at once (on a GPU; one at a time on a CPU, unless asked), which
+`Predictor.predict_many` answers together: the image graph runs once on all their images, the
+later graphs on all their expressions.
 
 Readiness: the model loads (and runs once) while tritonserver starts, and Triton's strict readiness
 answers /v2/health/ready with 200 only once every instance has, so a load balancer sends traffic only
@@ -81,7 +82,7 @@ class ServeConfig:
     metrics_port: int = 8002
     instances: int = 2
     max_texts: int = 64  # most expressions in one request
-    batch_images: int | None = None  # most requests in one model run; default: the export's max_batch
+    batch_images: int | None = None  # most requests in one model run; default: the export's max_batch with a GPU, 1 on a CPU
     batch_delay_us: int = 0  # how long a request may wait for others to share its run
     backend: str = "ort"
     precision: str = "fp32"
@@ -243,7 +244,8 @@ def write_repository(config: ServeConfig, root: Path, error_file: Path) -> tuple
 
     art = Artifacts.open(config.artifacts)
     words = art.vocabulary().itos  # checks vocab.txt against the manifest
-    batch = config.batch_images or art.max_batch
+    # On a CPU a batch of images costs more per image than one at a time (measured: benchmarks/RESULTS.md)
+    batch = config.batch_images or (art.max_batch if config.gpu else 1)
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
     providers = ",".join(config.providers) if isinstance(config.providers, list) else (config.providers or "")
     params = {"artifacts": Path(config.artifacts).resolve(), "backend": config.backend, "precision": config.precision,
@@ -566,7 +568,7 @@ def _interrupt(signum, frame):
 @click.option("--instances", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Model instances: processes, each with its own copy of the model and features cache.")
 @click.option("--batch-images", type=click.IntRange(1, 1024), default=None,
-              help="Most requests (images) one instance runs together. [default: the export's max_batch]")
+              help="Most requests (images) one instance runs together. [default: the export's max_batch with a GPU, 1 on a CPU]")
 @click.option("--batch-delay-us", type=click.IntRange(0), default=0, show_default=True,
               help="How long a request may wait for others to share its run (0: only those already queued).")
 @click.option("--max-texts", "--max-batch", "max_texts", type=click.IntRange(1), default=64, show_default=True,

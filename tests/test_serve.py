@@ -88,7 +88,7 @@ def predictor(tiny):
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--artifacts", str(tiny.folder), "--instances", "2",
-               "--access-token", TOKEN)
+               "--batch-images", "4", "--access-token", TOKEN)  # batching: a CPU server does not by default
     try:
         s.wait_ready()
         yield s

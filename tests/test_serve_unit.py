@@ -48,9 +48,9 @@ def written(tiny, tmp_path, **kwargs):
 
 
 def test_the_repository_batches_requests_and_says_what_it_serves(tiny, tmp_path):
-    repo, name, batch, c = written(tiny, tmp_path, instances=3, batch_delay_us=500)
+    repo, name, batch, c = written(tiny, tmp_path, instances=3, batch_delay_us=500, providers=["cuda", "cpu"])
     manifest = json.loads((tiny.folder / "manifest.json").read_text())
-    assert name == "restr-tiny" and batch == c.max_batch_size == manifest["max_batch"] > 1
+    assert name == "restr-tiny" and batch == c.max_batch_size == manifest["max_batch"] > 1  # with a GPU: the export's
     assert c.backend == "python" and c.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in c.instance_group] == [(3, "KIND_CPU")]
     # one image per request, of any size and any number of expressions: every input may be ragged
@@ -64,7 +64,8 @@ def test_the_repository_batches_requests_and_says_what_it_serves(tiny, tmp_path)
     assert served.model_name == "restr-tiny" and served.batched and served.max_words == manifest["max_words"]
     assert served.vocabulary() == tiny.vocab and served.threshold == manifest.get("threshold", 0.5)
     assert (repo / "restr" / "1" / "model.py").read_text().count("TritonModel as TritonPythonModel") == 1
-    assert written(tiny, tmp_path / "b1", batch_images=1)[3].max_batch_size == 1
+    assert written(tiny, tmp_path / "cpu")[3].max_batch_size == 1  # on a CPU one at a time costs less per image
+    assert written(tiny, tmp_path / "b3", batch_images=3)[3].max_batch_size == 3
 
 
 def test_pbtxt_keeps_words_outside_ascii():
@@ -128,7 +129,7 @@ def model(tiny, tmp_path, monkeypatch):
     pb.get_input_tensor_by_name = lambda r, n: FakeTensor(n, r.inputs[n]) if n in r.inputs else None
     pb.Tensor, pb.TritonError, pb.InferenceResponse = FakeTensor, FakeError, FakeResponse
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    _, _, _, c = written(tiny, tmp_path, threads=1, workers=2)
+    _, _, _, c = written(tiny, tmp_path, threads=1, workers=2, batch_images=8)
     m = serve.TritonModel()
     m.initialize({"model_config": json.dumps(json_format.MessageToDict(c, preserving_proto_field_name=True))})
     yield m
