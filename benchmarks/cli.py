@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_file
+from restr.runtime.formats import PRECISIONS
 
 
 def _fail(msg: str) -> None:
@@ -48,7 +49,7 @@ def _writable_file(path: str | None, option: str) -> None:
 @click.option("--engine", "engines", multiple=True, metavar="PATH",
               help="A .trt/.plan/.engine TensorRT engine, an .onnx graph, a .pt checkpoint (PyTorch) or an export folder to time; "
                    "repeat to compare several in one process, interleaved (ratios are printed against the first). "
-                   "PATH#tag,tag sets options for that engine alone: fp32/fp16, cpu/cuda, ort/tensorrt, eager/compile "
+                   "PATH#tag,tag sets options for that engine alone: fp32/fp16/int8, cpu/cuda, ort/tensorrt, eager/compile "
                    "(e.g. --engine runs/b16#fp16,cuda --engine b16.pt#fp16,cuda,compile).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
@@ -66,8 +67,8 @@ def _writable_file(path: str | None, option: str) -> None:
 @click.option("--bulk-runs", type=int, default=3, show_default=True, help="Rounds of the --bulk comparison.")
 @click.option("--bulk-workers", type=int, default=2, show_default=True, help="predict_many's worker threads in --bulk.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op and PyTorch threads. Default: every CPU this process may use.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Export folders: the FP32 graphs or the mixed-precision FP16 ones (TensorRT engines are FP16).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Export folders: the FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (TensorRT engines are FP16).")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
               help="Export folders: ONNX Runtime or the native TensorRT engines (GPU).")
 @click.option("--providers", default=None, help="ONNX Runtime execution providers, e.g. cuda or tensorrt,cuda (default: CPU).")

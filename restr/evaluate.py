@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from restr.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file, one_line_errors, pick_device
+from restr.runtime.formats import PRECISIONS
 from restr.metrics import SegmentationMetrics, agreement, difference, format_comparison, format_table, intersection_union
 
 MAX_EXPRESSIONS = 256  # expressions the runtime takes in one call about one image (Predictor.max_expressions)
@@ -176,8 +177,8 @@ RUNTIME_OPTIONS = ("backend", "precision", "providers")
               help="Instead of --artifacts: score the model a restr server serves (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
               help="With --artifacts: ONNX Runtime graphs or native TensorRT engines.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="With --artifacts: FP32 graphs or the mixed-precision FP16 ones (engines are fp16).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="With --artifacts: FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (engines are fp16).")
 @click.option("--providers", default=None, help="With --artifacts: ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None, metavar="DROP",
               help="With --ckpt and --artifacts/--server: exit 1 when the artifacts' overall IoU is below the checkpoint's "
@@ -319,7 +320,7 @@ def describe_runtime(runtime, artifacts, backend: str, precision: str) -> dict:
     if isinstance(runtime, Served):
         return {"server": runtime.url}
     first = next(iter(runtime.runners.values()))
-    return {"artifacts": str(artifacts), "backend": backend, "precision": "fp16" if backend == "tensorrt" else precision,
+    return {"artifacts": str(artifacts), "backend": backend, "precision": "fp16" if backend == "tensorrt" and precision == "fp32" else precision,
             "providers": list(getattr(first, "providers", None) or [getattr(first, "backend", type(first).__name__)])}
 
 

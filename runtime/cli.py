@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_deferred, signals_interrupt
+from restr.runtime.formats import PRECISIONS
 from restr.runtime.atomic import remove_stale_staging, staging_dir, write_json
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
@@ -91,7 +92,7 @@ def _first_line(e: BaseException) -> str:
 @click.option("--force", is_flag=True, help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them; a bulk job's predictions.jsonl, run.json, masks/) are removed first.")
 @click.option("--list-words", is_flag=True, help="Print the words the model knows (its vocabulary), one a line, and exit.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True, help="ONNX Runtime graphs or native TensorRT engines.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="FP32 graphs or the mixed-precision FP16 ones (engines are fp16).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="FP32 graphs, the mixed-precision FP16 ones, or the calibrated INT8 ones (restr-export --precision int8); engines are fp16.")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None, help="Mask threshold on the probability. [default: the manifest's, 0.5]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the summary to FILE ('-' for stdout, which replaces the table).")
@@ -368,6 +369,7 @@ def _describe(predictor, artifacts) -> dict:
         "model": predictor.artifacts.model_name,
         "backend": "tensorrt" if any(type(r).__name__ == "TrtRunner" for r in predictor.runners.values()) else "ort",
         "runners": {name: getattr(r, "providers", None) or type(r).__name__ for name, r in predictor.runners.items()},
+        "graphs": {name: getattr(r, "name", None) for name, r in predictor.runners.items()},  # e.g. vision_int8: the precision that ran
         "mode": predictor.mode,
     }
 

@@ -240,3 +240,22 @@ def test_engines_from_the_int8_graphs_with_a_stand_in(exported, tmp_path, monkey
     monkeypatch.setattr(_FakeTensorRT, "layers", ("matmul",))
     with pytest.raises(EngineBuildError, match="explicit quantization lost"):
         build_engines(folder, m, ["language_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(_FakeTensorRT, gpu))
+
+
+def test_the_commands_take_int8_as_users_type_it(exported, ckpt, tmp_path):
+    """restr-predict and restr-eval --artifacts run the INT8 graphs by --precision int8, and
+    restr-eval names the precision it scored (not fp32, not the engines' fp16)."""
+    from restr.evaluate import main as restr_eval
+    from restr.runtime.cli import main as restr_predict
+
+    out, _ = exported
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
+    r = CliRunner().invoke(restr_predict, ["--artifacts", str(out), "--precision", "int8", "--image", str(image), "--text", "the red circle",
+                                           "--out", str(tmp_path / "pred"), "--json", "-"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["graphs"] == {"vision": "vision_int8", "language": "language_int8", "fusion_decoder": "fusion_decoder_int8"}
+    r = CliRunner().invoke(restr_eval, ["--artifacts", str(out), "--precision", "int8", "--data", "synthetic:test", "--limit", "6",
+                                        "--json", str(tmp_path / "eval.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "eval.json").read_text())["precision"] == "int8"
