@@ -245,27 +245,37 @@ SHEET_SIZES = [(451, 300), (333, 500), (276, 376), (349, 441), (138, 482), (436,
 
 
 def test_sheet_of_any_photo_size_tiles_as_restr_predicts_does(build, tiny, tmp_path):
-    """--sheet on photos of every shape: exit 0, and sheet.png has restr-predict's size and tiles (its
-    overlays scaled as Pillow's BILINEAR resize, within 1 of Pillow's pixels; Pillow 13 runs the
-    vertical pass first on some sizes, 8-bit rounding in between); the captions' font differs."""
-    from restr.runtime.visualize import contact_sheet
+    """--sheet and --overlay on photos of every shape: exit 0, sheet.png has restr-predict's size and
+    exactly its tiles (the overlay rule at the tile's size on the photo and the masks scaled as
+    Pillow's BILINEAR resize, in Pillow's pass order: columns first where the height shrinks by more
+    than twice as many pixels as the width), and the overlays are restr-predict's (the contour 2 to 4
+    pixels wide). The threshold is each photo's median probability, so that masks have edges; the
+    captions' font differs."""
+    from restr.runtime.visualize import contact_sheet, overlay
 
     texts = ["the red dog", "the man on the left"]
+    host = CppHost(build / "librestr_runtime.so", tiny, threads=1)
     for w, h in SHEET_SIZES:
         image, out = tmp_path / f"{w}x{h}.png", tmp_path / f"{w}x{h}"
         photo(w, h, seed=w + h).save(image)
+        threshold = float(np.median(host.predict(np.asarray(Image.open(image)), texts[:1])[0][0]["probs"]))
         r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", texts[0],
-                  "--text", texts[1], "--sheet", "--out", str(out), "--threads", "1"])
+                  "--text", texts[1], "--sheet", "--overlay", "--threshold", repr(threshold), "--out", str(out), "--threads", "1"])
         assert r.returncode == 0, (w, h, r.stderr)
-        got = np.asarray(Image.open(out / "sheet.png").convert("RGB")).astype(int)
-        masks = [np.asarray(Image.open(out / f"{k}_{slug}.png")) > 0 for k, slug in ((1, "the-red-dog"), (2, "the-man-on-the-left"))]
-        want = np.asarray(contact_sheet(Image.open(image), masks, ["", ""])).astype(int)
+        got = np.asarray(Image.open(out / "sheet.png").convert("RGB"))
+        names = [f"{k}_{slug}" for k, slug in ((1, "the-red-dog"), (2, "the-man-on-the-left"))]
+        masks = [np.asarray(Image.open(out / f"{name}.png")) > 0 for name in names]
+        assert w * h == 1 or 0 < masks[0].sum() < w * h, (w, h)
+        for name, mask in zip(names, masks):
+            assert np.array_equal(np.asarray(Image.open(out / f"{name}_overlay.png")), np.asarray(overlay(image, mask))), (w, h, name)
+        want = np.asarray(contact_sheet(Image.open(image), masks, ["", ""]))
         assert got.shape == want.shape, (w, h)
         scale = 320 / max(w, h)
         tw, th = max(1, round(w * scale)), max(1, round(h * scale))
         for x in (8, 8 + tw + 8):
             tile = (slice(8, 8 + th), slice(x, x + tw))
-            assert np.abs(got[tile] - want[tile]).max() <= 1, (w, h)
+            assert np.array_equal(got[tile], want[tile]), (w, h, x)
+    host.close()
 
 
 def _both_clis_same_pixels(build: Path, tiny: Path, image: Path, tmp_path: Path) -> dict:

@@ -25,8 +25,12 @@ struct Image {
 Image load_image(const std::string& path);
 // Write a PNG of 1 (grey) or 3 (RGB) channels; throws FileError.
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels);
-// The image with the mask tinted in the palette colour farthest from the region's mean and its
-// outline drawn solid (restr.runtime.visualize.overlay).
+// restr.runtime.visualize.overlay with its defaults, in its integer arithmetic: the pixels of the
+// mask (a byte per pixel, nonzero inside) as they are; a white contour, the pixels outside the mask
+// within contour_width(height, width) of it (Chebyshev distance); every other channel c becomes
+// (c + y) >> 2, y the pixel's luma as Pillow's convert("L"): half the colour, at half the brightness.
 std::vector<uint8_t> overlay(const Image& image, const uint8_t* mask);
+// The contour's width for an image of height x width: max(2, max(height, width) / 300).
+int contour_width(int height, int width);
 
 }  // namespace restr_cli

@@ -63,11 +63,12 @@ void draw_text(Image& im, int x, int y, std::string text) {
   }
 }
 
-// Pillow's Image.resize(size, BILINEAR), which restr-predict's sheet uses: a separable triangle
-// filter whose support widens with the reduction (every source pixel under an output pixel counts),
-// weights normalised per output pixel and applied in 22-bit fixed point, rows first through an
-// 8-bit intermediate, then columns. stb_image_resize 0.97 (Debian's) asserts on some reductions
-// (451x300 to 320x213: stb's weights for a pixel sum past 1.1), so the host keeps its own.
+// Pillow's Image.resize(size, BILINEAR), which restr-predict's sheet uses (libImaging/Resample.c):
+// a separable triangle filter whose support widens with the reduction (every source pixel under an
+// output pixel counts), weights normalised per output pixel and applied in 22-bit fixed point, one
+// pass per axis whose size changes, through an 8-bit intermediate. stb_image_resize 0.97 (Debian's)
+// asserts on some reductions (451x300 to 320x213: stb's weights for a pixel sum past 1.1), so the
+// host keeps its own.
 struct Taps {
   int first = 0, count = 0;  // source pixels first .. first + count - 1
   std::vector<int32_t> weights;
@@ -93,36 +94,54 @@ std::vector<Taps> taps(int in, int out) {
   return all;
 }
 
-// One pass along x (`along_x`) or y: `src` is w x h RGB, the result n x h or w x n.
-std::vector<uint8_t> scale_axis(const std::vector<uint8_t>& src, int w, int h, int n, bool along_x) {
-  const std::vector<Taps> all = taps(along_x ? w : h, n);
-  const int ow = along_x ? n : w, oh = along_x ? h : n;
-  const size_t step = along_x ? 3 : size_t(w) * 3;  // from one source pixel to the next along the axis
-  std::vector<uint8_t> out(size_t(ow) * oh * 3);
+// One pass along x (`along_x`) or y with `all` taps: `src` is w x h pixels of `channels` bytes, the
+// result n x h or w x n.
+std::vector<uint8_t> scale_axis(const std::vector<uint8_t>& src, int w, int h, int channels, const std::vector<Taps>& all, bool along_x) {
+  const int n = int(all.size()), ow = along_x ? n : w, oh = along_x ? h : n;
+  const size_t step = along_x ? size_t(channels) : size_t(w) * channels;  // from one source pixel to the next along the axis
+  std::vector<uint8_t> out(size_t(ow) * oh * channels);
   for (int y = 0; y < oh; ++y)
     for (int x = 0; x < ow; ++x) {
       const Taps& t = all[size_t(along_x ? x : y)];
-      const uint8_t* first = &src[(along_x ? size_t(y) * w + t.first : size_t(t.first) * w + x) * 3];
-      for (int c = 0; c < 3; ++c) {
+      const uint8_t* first = &src[(along_x ? size_t(y) * w + t.first : size_t(t.first) * w + x) * channels];
+      for (int c = 0; c < channels; ++c) {
         int64_t acc = 1 << (kBits - 1);
         for (int i = 0; i < t.count; ++i) acc += int64_t(first[size_t(i) * step + c]) * t.weights[size_t(i)];
-        out[(size_t(y) * ow + x) * 3 + c] = uint8_t(std::clamp<int64_t>(acc >> kBits, 0, 255));
+        out[(size_t(y) * ow + x) * channels + c] = uint8_t(std::clamp<int64_t>(acc >> kBits, 0, 255));
       }
     }
   return out;
 }
 
-// `src` (w x h RGB) scaled to tw x th: rows, then columns, each only where its size changes.
-std::vector<uint8_t> resize_bilinear(const std::vector<uint8_t>& src, int w, int h, int tw, int th) {
-  std::vector<uint8_t> rows = tw == w ? src : scale_axis(src, w, h, tw, true);
-  return th == h ? rows : scale_axis(rows, tw, h, th, false);
-}
+// Images of w x h scaled to tw x th, the taps computed once for the photo and each mask.
+struct Resize {
+  int w, h, tw, th;
+  std::vector<Taps> along_x, along_y;
+  // ImagingResampleInner's order: columns first when the height shrinks by more than twice as many
+  // pixels as the width (Pillow 13), else rows first.
+  bool columns_first;
+
+  Resize(int w, int h, int tw, int th)
+      : w(w), h(h), tw(tw), th(th), along_x(taps(w, tw)), along_y(taps(h, th)), columns_first(h - th > 0 && h - th > (w - tw) * 2) {}
+
+  std::vector<uint8_t> operator()(const std::vector<uint8_t>& src, int channels) const {
+    if (columns_first) {
+      std::vector<uint8_t> cols = th == h ? src : scale_axis(src, w, h, channels, along_y, false);
+      return tw == w ? cols : scale_axis(cols, w, th, channels, along_x, true);
+    }
+    std::vector<uint8_t> rows = tw == w ? src : scale_axis(src, w, h, channels, along_x, true);
+    return th == h ? rows : scale_axis(rows, tw, h, channels, along_y, false);
+  }
+};
 
 }  // namespace
 
 Image contact_sheet(const Image& image, const std::vector<const uint8_t*>& masks, const std::vector<std::string>& captions, int tile) {
   const double scale = double(tile) / std::max(image.width, image.height);
   const int tw = std::max(1, int(std::nearbyint(image.width * scale))), th = std::max(1, int(std::nearbyint(image.height * scale)));
+  const Resize resize(image.width, image.height, tw, th);
+  Image photo;  // the tiles' photo: the overlay is drawn at the tile's size
+  photo.width = tw, photo.height = th, photo.rgb = resize(image.rgb, 3);
   const int n = int(masks.size()), cols = std::min(4, std::max(1, n)), rows = (n + cols - 1) / cols;
   Image sheet;
   sheet.width = cols * (tw + 8) + 8;
@@ -130,7 +149,11 @@ Image contact_sheet(const Image& image, const std::vector<const uint8_t*>& masks
   sheet.rgb.assign(size_t(sheet.width) * sheet.height * 3, 255);
   for (int k = 0; k < n; ++k) {
     const int x = 8 + (k % cols) * (tw + 8), y = 8 + (k / cols) * (th + 2 * kLine + 12);
-    const std::vector<uint8_t> small = resize_bilinear(overlay(image, masks[k]), image.width, image.height, tw, th);
+    std::vector<uint8_t> mask(size_t(image.width) * image.height);  // the 0/255 mask, scaled as the photo, kept where >= 128
+    std::transform(masks[k], masks[k] + mask.size(), mask.begin(), [](uint8_t m) { return uint8_t(m ? 255 : 0); });
+    mask = resize(mask, 1);
+    for (uint8_t& m : mask) m = m >= 128;
+    const std::vector<uint8_t> small = overlay(photo, mask.data());
     for (int r = 0; r < th; ++r) std::copy_n(&small[size_t(r) * tw * 3], tw * 3, &sheet.rgb[(size_t(y + r) * sheet.width + x) * 3]);
     std::vector<std::string> lines = wrap(printable(captions[k]), tw);
     for (size_t i = 0; i < lines.size() && i < 2; ++i) draw_text(sheet, x, y + th + 4 + int(i) * kLine, lines[i]);
