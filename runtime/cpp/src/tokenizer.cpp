@@ -1,6 +1,7 @@
 #include "tokenizer.hpp"
 
 #include <unicode/uchar.h>
+#include <unicode/unorm2.h>
 #include <unicode/ustring.h>
 #include <unicode/utf16.h>
 
@@ -104,6 +105,27 @@ std::vector<std::string> split_words(const std::string& text) {
   }
   if (start >= 0) words.push_back(to_utf8(t.data() + start, n - start));
   return words;
+}
+
+std::string without_accents(const std::string& text) {
+  if (text.size() > size_t(INT32_MAX / 4)) fail(RESTR_TEXT_ERROR, "expression is too long");
+  const std::u16string s = to_utf16(text);
+  UErrorCode err = U_ZERO_ERROR;
+  const UNormalizer2* nfkd = unorm2_getNFKDInstance(&err);
+  const auto src = reinterpret_cast<const UChar*>(s.data());
+  const int32_t n = U_SUCCESS(err) ? unorm2_normalize(nfkd, src, int32_t(s.size()), nullptr, 0, &err) : 0;
+  std::u16string full(size_t(n), u'\0');
+  err = U_ZERO_ERROR;
+  unorm2_normalize(nfkd, src, int32_t(s.size()), reinterpret_cast<UChar*>(full.data()), n, &err);
+  if (U_FAILURE(err)) fail(RESTR_TEXT_ERROR, "expression cannot be normalised (NFKD)");
+  std::u16string kept;
+  for (int32_t i = 0; i < n;) {
+    const int32_t at = i;
+    UChar32 c;
+    U16_NEXT(full.data(), i, n, c);
+    if (u_getCombiningClass(c) == 0) kept.append(full, size_t(at), size_t(i - at));
+  }
+  return to_utf8(kept.data(), int32_t(kept.size()));
 }
 
 std::string py_repr(const std::string& text) {

@@ -13,6 +13,10 @@ namespace restr_impl {
 // throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.
 std::vector<std::string> split_words(const std::string& text);
 
+// Python's unicodedata.normalize("NFKD", text) without its combining characters (those of a
+// non-zero combining class): 'Café x²' -> 'Cafe x2'. Throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.
+std::string without_accents(const std::string& text);
+
 // Python's repr() of a str (UTF-8 in and out): quotes chosen and characters escaped as Python does,
 // so messages that quote an expression read as restr-predict's. Throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.
 std::string py_repr(const std::string& text);

@@ -130,12 +130,13 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// 'The dog, left!' -> 'the-dog-left' (restr.runtime.cli.slugify): the words, ASCII letters, digits, _ and - kept.
+// 'The dog, left!' -> 'the-dog-left', 'Café naïve' -> 'cafe-naive' (restr.runtime.cli.slugify): the
+// words, accents dropped from their letters, ASCII letters, digits, _ and - kept, no double dash.
 std::string slugify(const std::string& text) {
   std::string joined, slug;
   for (const auto& w : restr_impl::split_words(text)) joined += (joined.empty() ? "" : "-") + w;
-  for (unsigned char c : joined)
-    if (c < 0x80 && (std::isalnum(c) || c == '_' || c == '-')) slug += char(std::tolower(c));
+  for (unsigned char c : restr_impl::without_accents(joined))
+    if (c < 0x80 && (std::isalnum(c) || c == '_' || c == '-') && !(c == '-' && !slug.empty() && slug.back() == '-')) slug += char(std::tolower(c));
   slug = slug.substr(0, 40);
   size_t first = slug.find_first_not_of('-'), last = slug.find_last_not_of('-');
   return first == std::string::npos ? "expression" : slug.substr(first, last - first + 1);
