@@ -118,6 +118,11 @@ def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
     for g, w in zip(got, want):
         assert np.array_equal(g["mask"], w.mask) and np.abs(g["probs"] - w.probs).max() <= ATOL
         assert abs(g["score"] - w.score) <= ATOL
+    image = tmp_path / "photo.png"
+    Image.fromarray(rgb).save(image)
+    r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(folder), "--image", str(image), "--text", "the red dog",
+              "--precision", "fp16", "--out", str(tmp_path / "out"), "--json", "-", "--threads", "1"])
+    assert r.returncode == 0 and json.loads(r.stdout)["graphs"] == {g: f"{g}_fp16" for g in ("vision", "language", "fusion_decoder")}, r.stderr
 
 
 def test_library_refuses_an_embedding_from_another_export(build, tiny, tmp_path):
@@ -201,7 +206,7 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
         assert abs(x["score"] - y["score"]) <= ATOL
         for f in (x["mask"], x["overlay"]):
             assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
-    assert (a["model"], a["mode"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["image"]["width"], b["threshold"])
+    assert (a["model"], a["mode"], a["graphs"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["graphs"], b["image"]["width"], b["threshold"])
     assert (a["artifacts"], a["image"]["path"]) == (b["artifacts"], b["image"]["path"]) == (str(tiny), str(image))
     assert cpp.stderr == py.stderr  # the same warnings: truncation, unknown words, no known words
     # the same table, line for line (widths in code points, a long expression cut, 1,234 areas); not the timings

@@ -389,10 +389,12 @@ int run(const Args& a) {
   }
   const restr::Timings t = res.timings();
   const std::string mode = predictor.mode();
-  json runners = json::object();
-  for (const char* g : mode == "split" ? std::vector<const char*>{"vision", "language", "fusion_decoder"} : std::vector<const char*>{"end_to_end"})
+  json runners = json::object(), graphs = json::object();
+  for (std::string g : mode == "split" ? std::vector<std::string>{"vision", "language", "fusion_decoder"} : std::vector<std::string>{"end_to_end"}) {
     runners[g] = provider == "cpu" ? json::array({"CPUExecutionProvider"})  // restr-predict's lists: CPU always last
                                    : json::array({"CUDAExecutionProvider", "CPUExecutionProvider"});
+    graphs[g] = a.precision == "fp32" ? g : g + "_" + a.precision;  // the manifest key of the graph that ran
+  }
   json exprs = json::array();
   for (size_t i = 0; i < k; ++i) {
     restr::Prediction p = res[i];
@@ -407,7 +409,7 @@ int run(const Args& a) {
                      {"score", round6(p.score)}, {"patch_score", round6(p.patch_score)}, {"unknown_words", unknown},
                      {"no_known_words", bool(p.no_known_words)}, {"truncated", bool(p.truncated)}, {"timings_ms", timings}});
   }
-  json summary = {{"artifacts", restr_impl::py_path(a.artifacts)}, {"model", predictor.model_name()}, {"backend", "ort"}, {"runners", runners}, {"mode", mode},
+  json summary = {{"artifacts", restr_impl::py_path(a.artifacts)}, {"model", predictor.model_name()}, {"backend", "ort"}, {"runners", runners}, {"graphs", graphs}, {"mode", mode},
                   {"image", {{"path", restr_impl::py_path(a.image)}, {"width", image.width}, {"height", image.height}}}, {"threshold", predictor.threshold()},
                   {"expressions", exprs},
                   {"timings_ms", {{"load", round3(load_ms)}, {"preprocess", round3(decode_ms + t.preprocess)}, {"vision", round3(t.vision)},
