@@ -136,6 +136,8 @@ std::string check_consistency(const json& m) {
 }
 
 Artifacts Artifacts::open(const std::string& given) {
+  if (given.empty())  // Path("") is ".": the message would name a folder nobody asked for
+    fail(RESTR_INVALID_ARGUMENT, "folder is an empty string: give the path of an export folder (one restr-export wrote, holding manifest.json)");
   const std::string folder = py_path(given);  // as Python's Path(folder): "export/" and "export" read alike
   if (!is_dir(folder))
     fail(RESTR_ARTIFACT_ERROR, folder + ": " + (exists(folder) ? "not a folder" : "no such folder") + " (expected a restr export folder)");

@@ -117,8 +117,15 @@ restr_status restr_predictor_vocab_size(const restr_predictor* p, size_t* n) {
 }
 
 const char* restr_predictor_word(const restr_predictor* p, size_t i) {
-  if (!p || i + 2 >= p->impl.vocab().size()) return nullptr;
-  return p->impl.vocab().word(i + 2).c_str();
+  const char* word = nullptr;
+  guarded([&] {
+    need(p, "predictor");
+    const size_t n = p->impl.vocab().size() - 2;  // <pad> and <unk> are no words
+    if (i >= n)
+      restr_impl::fail(RESTR_INVALID_ARGUMENT, "word index " + std::to_string(i) + " is out of range (the vocabulary has " + std::to_string(n) + " words)");
+    word = p->impl.vocab().word(i + 2).c_str();
+  });
+  return word;
 }
 
 restr_status restr_embed(restr_predictor* p, const uint8_t* rgb, int64_t height, int64_t width, int64_t stride, restr_embedding** out) {

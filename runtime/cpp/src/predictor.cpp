@@ -103,7 +103,9 @@ void check_io(const GraphInfo& info, const Graph& graph) {
 
 std::unique_ptr<Embedding> Predictor::embed(const uint8_t* rgb, int64_t height, int64_t width, int64_t stride) const {
   auto t0 = Clock::now();
-  if (height <= 0 || width <= 0) fail(RESTR_IMAGE_ERROR, "image has zero size (" + std::to_string(width) + "x" + std::to_string(height) + ")");
+  if (height < 0) fail(RESTR_IMAGE_ERROR, "image height is negative (" + std::to_string(height) + ")");
+  if (width < 0) fail(RESTR_IMAGE_ERROR, "image width is negative (" + std::to_string(width) + ")");
+  if (height == 0 || width == 0) fail(RESTR_IMAGE_ERROR, "image has zero size (" + std::to_string(width) + "x" + std::to_string(height) + ")");
   if (width > kMaxImagePixels / height)
     fail(RESTR_IMAGE_ERROR, "image of " + std::to_string(width) + "x" + std::to_string(height) + " pixels is larger than the 64,000,000 allowed");
   if (stride < 3 * width) fail(RESTR_IMAGE_ERROR, "row stride " + std::to_string(stride) + " is below 3 * width = " + std::to_string(3 * width));

@@ -33,15 +33,19 @@ bool py_isword(UChar32 c) {
   }
 }
 
-std::u16string to_utf16(const std::string& s) {
+// "expression", or "expression 2" for the 1-based `number` (0: none): how errors name the text.
+std::string named(size_t number) { return number ? "expression " + std::to_string(number) : "expression"; }
+
+std::u16string to_utf16(const std::string& s, size_t number = 0) {
+  if (s.size() > size_t(INT32_MAX / 4)) fail(RESTR_TEXT_ERROR, named(number) + " is too long");
   UErrorCode err = U_ZERO_ERROR;
   int32_t n = 0;
   u_strFromUTF8(nullptr, 0, &n, s.data(), int32_t(s.size()), &err);
-  if (err != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(err)) fail(RESTR_TEXT_ERROR, "expression is not valid UTF-8");
+  if (err != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(err)) fail(RESTR_TEXT_ERROR, named(number) + " is not valid UTF-8");
   std::u16string out(size_t(n), u'\0');
   err = U_ZERO_ERROR;
   u_strFromUTF8(reinterpret_cast<UChar*>(out.data()), n, nullptr, s.data(), int32_t(s.size()), &err);
-  if (U_FAILURE(err)) fail(RESTR_TEXT_ERROR, "expression is not valid UTF-8");
+  if (U_FAILURE(err)) fail(RESTR_TEXT_ERROR, named(number) + " is not valid UTF-8");
   return out;
 }
 
@@ -69,9 +73,8 @@ std::u16string lower(const std::u16string& s) {
 
 }  // namespace
 
-std::vector<std::string> split_words(const std::string& text) {
-  if (text.size() > size_t(INT32_MAX / 4)) fail(RESTR_TEXT_ERROR, "expression is too long");
-  std::u16string s = to_utf16(text);
+std::vector<std::string> split_words(const std::string& text, size_t number) {
+  std::u16string s = to_utf16(text, number);
   // strip
   int32_t begin = 0, end = int32_t(s.size());
   while (begin < end) {
@@ -108,7 +111,6 @@ std::vector<std::string> split_words(const std::string& text) {
 }
 
 std::string without_accents(const std::string& text) {
-  if (text.size() > size_t(INT32_MAX / 4)) fail(RESTR_TEXT_ERROR, "expression is too long");
   const std::u16string s = to_utf16(text);
   UErrorCode err = U_ZERO_ERROR;
   const UNormalizer2* nfkd = unorm2_getNFKDInstance(&err);
@@ -204,7 +206,7 @@ Encoded Vocabulary::encode(const std::vector<std::string>& texts, int64_t max_wo
   e.words.assign(texts.size() * L, 0);
   e.pad_mask.assign(texts.size() * L, 1);
   for (size_t i = 0; i < texts.size(); ++i) {
-    std::vector<std::string> words = split_words(texts[i]);
+    std::vector<std::string> words = split_words(texts[i], i + 1);
     e.truncated.push_back(words.size() > L);
     std::vector<std::string> unknown;
     for (size_t j = 0; j < words.size() && j < L; ++j) {

@@ -10,8 +10,9 @@
 namespace restr_impl {
 
 // 'The dog, left of the bench.' -> {"the", "dog", "left", "of", "the", "bench"}. UTF-8 in and out;
-// throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.
-std::vector<std::string> split_words(const std::string& text);
+// throws Error(RESTR_TEXT_ERROR) for invalid UTF-8, naming the expression by its 1-based `number`
+// ("expression 2 is not valid UTF-8"; 0: "expression is ...").
+std::vector<std::string> split_words(const std::string& text, size_t number = 0);
 
 // Python's unicodedata.normalize("NFKD", text) without its combining characters (those of a
 // non-zero combining class): 'Café x²' -> 'Cafe x2'. Throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.

@@ -46,6 +46,7 @@ static void bad_folders() {
   write(fs::path(scratch) / "file", "x");
   EXPECT(open(scratch + "/file", &p), RESTR_ARTIFACT_ERROR, "not a folder");
   EXPECT(open(scratch, &p), RESTR_ARTIFACT_ERROR, "no manifest.json");
+  EXPECT(open("", &p), RESTR_INVALID_ARGUMENT, "folder is an empty string: give the path of an export folder");  // not ".: no manifest.json"
 
   std::string d = copy_export("tampered");
   write(fs::path(d) / "vision.onnx", check::read(d + "/vision.onnx") + "x");
@@ -138,7 +139,9 @@ static void bad_calls(restr_predictor* p) {
   EXPECT(restr_embed(p, nullptr, 48, 64, 192, &e), RESTR_INVALID_ARGUMENT, "rgb is NULL");
   EXPECT(restr_embed(p, rgb.data(), 48, 64, 192, nullptr), RESTR_INVALID_ARGUMENT, "out is NULL");
   EXPECT(restr_embed(p, rgb.data(), 0, 64, 192, &e), RESTR_IMAGE_ERROR, "zero size");
-  EXPECT(restr_embed(p, rgb.data(), 48, -1, 192, &e), RESTR_IMAGE_ERROR, "zero size");
+  EXPECT(restr_embed(p, rgb.data(), 48, 0, 192, &e), RESTR_IMAGE_ERROR, "image has zero size (0x48)");
+  EXPECT(restr_embed(p, rgb.data(), -5, 100, 300, &e), RESTR_IMAGE_ERROR, "image height is negative (-5)");  // not "zero size (100x-5)"
+  EXPECT(restr_embed(p, rgb.data(), 48, -1, 192, &e), RESTR_IMAGE_ERROR, "image width is negative (-1)");
   EXPECT(restr_embed(p, rgb.data(), 100000, 100000, 300000, &e), RESTR_IMAGE_ERROR, "larger than the 64,000,000 allowed");
   EXPECT(restr_embed(p, rgb.data(), INT64_MAX, INT64_MAX, INT64_MAX, &e), RESTR_IMAGE_ERROR, "larger than");
   EXPECT(restr_embed(p, rgb.data(), 48, 64, 100, &e), RESTR_IMAGE_ERROR, "row stride 100 is below");
@@ -159,8 +162,8 @@ static void bad_calls(restr_predictor* p) {
   EXPECT(restr_predict(p, e, empty, 2, -1, 0, &r), RESTR_TEXT_ERROR, "expression 2 ('') is empty");
   const char* dots[] = {" .. !? "};
   EXPECT(restr_predict(p, e, dots, 1, -1, 0, &r), RESTR_TEXT_ERROR, "is empty: it has no words");
-  const char* utf8[] = {"the \xff dog"};
-  EXPECT(restr_predict(p, e, utf8, 1, -1, 0, &r), RESTR_TEXT_ERROR, "not valid UTF-8");
+  const char* utf8[] = {"the dog", "the \xff dog"};
+  EXPECT(restr_predict(p, e, utf8, 2, -1, 0, &r), RESTR_TEXT_ERROR, "expression 2 is not valid UTF-8");
   std::vector<const char*> many(257, "the dog");
   EXPECT(restr_predict(p, e, many.data(), many.size(), -1, 0, &r), RESTR_TEXT_ERROR, "257 expressions in one call; at most 256");
   // a huge n (a caller's size bug) is refused before texts[1..] are read
@@ -180,7 +183,13 @@ static void bad_calls(restr_predictor* p) {
   EXPECT(restr_result_get(nullptr, 0, &pr), RESTR_INVALID_ARGUMENT, "result is NULL");
   EXPECT(restr_result_get(r, 0, nullptr), RESTR_INVALID_ARGUMENT, "out is NULL");
   CHECK(restr_result_count(nullptr) == 0);
-  CHECK(restr_predictor_word(p, 100000) == nullptr);
+  size_t words = 0;
+  CHECK(restr_predictor_vocab_size(p, &words) == RESTR_OK && words > 0);
+  CHECK(restr_predictor_word(p, 100000) == nullptr);  // out of range: NULL, and the last error says why
+  CHECK_EQ(std::string(restr_last_error()), "word index 100000 is out of range (the vocabulary has " + std::to_string(words) + " words)");
+  CHECK(restr_predictor_word(p, SIZE_MAX - 1) == nullptr);  // i + 2 wrapped around to "<pad>"
+  CHECK(restr_predictor_word(nullptr, 0) == nullptr && std::string(restr_last_error()) == "predictor is NULL");
+  CHECK(restr_predictor_word(p, words - 1) != nullptr && std::string(restr_last_error()).empty());
   restr_result_free(r);
   restr_embedding_free(e);
   restr_result_free(nullptr);

@@ -359,7 +359,7 @@ int run(const Args& a) {
   }
   check_outputs(a);
   for (size_t i = 0; i < a.texts.size(); ++i)  // before any work, as restr-predict
-    if (restr_impl::split_words(a.texts[i]).empty())
+    if (restr_impl::split_words(a.texts[i], i + 1).empty())
       throw UsageError("expression " + std::to_string(i + 1) + " (" + restr_impl::py_repr(a.texts[i]) + ") is empty: it has no words");
   auto t0 = std::chrono::steady_clock::now();
   std::string provider;

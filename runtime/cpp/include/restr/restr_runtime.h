@@ -89,7 +89,8 @@ RESTR_API void restr_predictor_free(restr_predictor *predictor);
 /* Facts about the opened export. Strings belong to the predictor. */
 RESTR_API restr_status restr_predictor_info(const restr_predictor *predictor, const char **model_name, const char **mode,
                                             int64_t *image_size, int64_t *max_words, float *threshold);
-/* The vocabulary without <pad> and <unk>: *n words, word i by restr_predictor_word. */
+/* The vocabulary without <pad> and <unk>: *n words, word i by restr_predictor_word (NULL for i >= n
+ * or a NULL predictor, restr_last_error saying why). */
 RESTR_API restr_status restr_predictor_vocab_size(const restr_predictor *predictor, size_t *n);
 RESTR_API const char *restr_predictor_word(const restr_predictor *predictor, size_t i);
 
