@@ -914,6 +914,32 @@ def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, ca
     assert not (tmp_path / "cpp").exists()
 
 
+def test_slips_read_as_restr_predict_words_them(build, tiny, tmp_path):
+    """A URL for --image, an --out or --json on /proc, a misspelt option: the same line from both CLIs,
+    exit code 2, nothing written. The C++ CLI said "https://example.com/dog.jpg: no such file",
+    "filesystem error: cannot create directories: No such file or directory [/proc/forbidden]" and
+    "No such option: --overlya", with no suggestion."""
+    image = tmp_path / "photo.png"
+    photo(64, 48).save(image)
+    out = tmp_path / "out"
+    base = ["--artifacts", str(tiny), "--text", "the dog"]
+    cases = {"url": ["--image", "https://example.com/dog.jpg", "--out", str(out)], "proc": ["--image", str(image), "--out", "/proc/forbidden"],
+             "json": ["--image", str(image), "--out", str(out), "--json", "/proc/forbidden.json"]}
+    for option in ("--overlya", "--forc", "--zzz"):  # click's suggestions: two, one, none
+        cases[option] = ["--image", str(image), "--out", str(out), option]
+    lines = {}
+    for name, args in cases.items():
+        cpp = _run([str(build / "tools" / "restr-predict-cpp"), *base, *args])
+        py = _run([sys.executable, "-m", "restr.runtime.cli", *base, *args])
+        assert (cpp.returncode, py.returncode) == (2, 2) and not out.exists(), (name, cpp.stderr, py.stderr)
+        assert cpp.stderr.replace("restr-predict-cpp: ", "restr-predict: ", 1) == py.stderr and cpp.stderr.count("\n") == 1, (name, cpp.stderr, py.stderr)
+        lines[name] = cpp.stderr.strip().removeprefix("restr-predict-cpp: error: ")
+    assert lines["url"] == "--image https://example.com/dog.jpg: looks like a URL; restr-predict reads local files only (download it first)"
+    assert lines["proc"] == "--out /proc/forbidden: cannot write in /proc (the file system there takes no new files)"
+    assert lines["--overlya"] == "No such option '--overlya'. (did you mean one of: '--overlay', '--providers'?) (see --help)"
+    assert lines["--forc"] == "No such option '--forc'; did you mean '--force'? (see --help)"
+
+
 def test_warnings_quote_expressions_as_restr_predict_does(build, tiny, tmp_path):
     """The no-known-words warning quotes the expression as Python's repr: double quotes around one
     holding an apostrophe, escapes for a tab."""

@@ -71,7 +71,7 @@ printf 'not an image' > "$S/bad.png"
 expect 2 "not a readable image" --artifacts "$EXPORT" --image "$S/bad.png" --text "dog" --out "$S/o2"
 expect 2 "is empty: it has no words" --artifacts "$EXPORT" --image "$IMG" --text "  ?! " --out "$S/o2"
 expect 2 "expression 2 is not valid UTF-8" --artifacts "$EXPORT" --image "$IMG" --text "dog" --text "$(printf 'the \377 dog')" --out "$S/o2"
-expect 2 "No such option: --txt" --artifacts "$EXPORT" --image "$IMG" --txt "dog" --out "$S/o2"
+expect 2 "No such option '--txt'. (did you mean one of: '--out', '--text'?) (see --help)" --artifacts "$EXPORT" --image "$IMG" --txt "dog" --out "$S/o2"
 expect 2 "Missing option '--text'" --artifacts "$EXPORT" --image "$IMG" --out "$S/o2"
 expect 2 "Invalid value for '--threads'" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --threads 1e20
 expect 2 "not in the range" --artifacts "$EXPORT" --image "$IMG" --text "dog" --out "$S/o2" --threshold 2

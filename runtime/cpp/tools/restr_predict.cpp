@@ -7,11 +7,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -83,7 +86,48 @@ double number(const std::string& opt, const std::string& v) {
   throw UsageError("Invalid value for '" + opt + "': '" + v + "' is not a number");
 }
 
-Args parse(int argc, char** argv) {
+// difflib.SequenceMatcher(None, a, b).ratio(): twice the characters of the matching blocks (the
+// longest block first, the earliest on a tie, then the same on each side of it) over both lengths.
+double similarity(const std::string& a, const std::string& b) {
+  size_t matches = 0;
+  std::vector<std::array<size_t, 4>> todo = {{0, a.size(), 0, b.size()}};  // a[alo:ahi] against b[blo:bhi]
+  while (!todo.empty()) {
+    const auto [alo, ahi, blo, bhi] = todo.back();
+    todo.pop_back();
+    size_t bi = alo, bj = blo, bk = 0;
+    for (size_t i = alo; i < ahi; ++i)
+      for (size_t j = blo; j < bhi; ++j) {
+        size_t k = 0;
+        while (i + k < ahi && j + k < bhi && a[i + k] == b[j + k]) ++k;
+        if (k > bk) bi = i, bj = j, bk = k;
+      }
+    if (!bk) continue;
+    matches += bk;
+    todo.push_back({alo, bi, blo, bj});
+    todo.push_back({bi + bk, ahi, bj + bk, bhi});
+  }
+  return a.size() + b.size() ? 2.0 * double(matches) / double(a.size() + b.size()) : 1.0;
+}
+
+// click's words for an unknown option, as restr-predict prints them: the options difflib's
+// get_close_matches finds (at most 3 of ratio >= 0.6, the closest), in alphabetical order.
+std::string no_such_option(const std::string& opt, const std::vector<std::string>& options) {
+  std::vector<std::pair<double, std::string>> close;
+  for (const auto& o : options)
+    if (2.0 * double(std::min(o.size(), opt.size())) / double(o.size() + opt.size()) >= 0.6)  // difflib's quick bound: skip a long typo fast
+      if (const double r = similarity(o, opt); r >= 0.6) close.emplace_back(r, o);
+  std::sort(close.rbegin(), close.rend());
+  close.resize(std::min<size_t>(close.size(), 3));
+  std::vector<std::string> names;
+  for (const auto& c : close) names.push_back("'" + c.second + "'");
+  std::sort(names.begin(), names.end());
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  const std::string head = "No such option '" + opt + "'";
+  return names.empty() ? head : names.size() == 1 ? head + "; did you mean " + list + "?" : head + ". (did you mean one of: " + list + "?)";
+}
+
+Args parse_options(int argc, char** argv) {
   Args a;
   const std::map<std::string, std::string*> strings = {{"--artifacts", &a.artifacts}, {"--image", &a.image},         {"--out", &a.out},
                                                        {"--precision", &a.precision}, {"--providers", &a.providers}, {"--backend", &a.backend}};
@@ -105,8 +149,18 @@ Args parse(int argc, char** argv) {
       *flags.at(arg) = true;
       continue;
     }
-    const bool known = strings.count(arg) || arg == "--text" || arg == "--threads" || arg == "--threshold" || arg == "--json";
-    if (!known) throw UsageError("No such option: " + arg);
+    const std::vector<std::string> valued = {"--text", "--threads", "--threshold", "--json"};
+    if (!strings.count(arg) && std::find(valued.begin(), valued.end(), arg) == valued.end()) {
+      std::vector<std::string> options = valued;
+      if (arg.rfind("--", 0) == 0) {  // click suggests long options for a long one
+        for (const auto& o : strings) options.push_back(o.first);
+        for (const auto& o : flags) options.push_back(o.first);
+        options.push_back("--help");
+      } else {
+        options.clear();
+      }
+      throw UsageError(no_such_option(arg, options));
+    }
     if (!inline_value) {
       if (i + 1 >= argc) throw UsageError("Option '" + arg + "' requires an argument");
       value = argv[++i];
@@ -126,6 +180,17 @@ Args parse(int argc, char** argv) {
     }
   }
   if (a.precision != "fp32" && a.precision != "fp16") throw UsageError("Invalid value for '--precision': '" + a.precision + "' is not one of 'fp32', 'fp16'");
+  return a;
+}
+
+// The arguments; what click refuses in restr-predict reads as its message there, "(see --help)" after it.
+Args parse(int argc, char** argv) {
+  Args a;
+  try {
+    a = parse_options(argc, argv);
+  } catch (const UsageError& e) {
+    throw UsageError(e.what() + std::string(" (see --help)"));
+  }
   if (a.backend != "ort") throw UsageError("--backend " + a.backend + ": the C++ host runs ONNX Runtime only (use restr-predict for TensorRT engines)");
   return a;
 }
@@ -159,20 +224,53 @@ std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handl
 double round6(double x) { return std::nearbyint(x * 1e6) / 1e6; }
 double round3(double x) { return std::nearbyint(x * 1e3) / 1e3; }
 
+// The nearest folder of `path` that exists, as restr.cli_common._nearest_existing: absolute, then
+// its parents (by name) until one exists.
+fs::path nearest_existing(const std::string& path) {
+  fs::path p = restr_impl::py_path(fs::absolute(path).string());
+  while (!fs::exists(p) && p != p.parent_path()) p = p.parent_path();
+  return p;
+}
+
+// restr.cli_common._probe_folder: a file created and removed in `folder`, the only test that also
+// holds for root, /proc and read-only mounts; `what` names the option ("--out DIR").
+void probe_folder(const fs::path& folder, const std::string& what) {
+  if (!fs::is_directory(folder)) throw UsageError(what + ": " + folder.string() + " is not a folder");
+  std::string name = (folder / ".restr-probe-XXXXXX").string();
+  const int fd = mkstemp(name.data());
+  if (fd < 0) {  // /proc, /sys and the like answer ENOENT for a new file in a folder that exists
+    const std::string why = errno == ENOENT ? "the file system there takes no new files" : std::strerror(errno);
+    throw UsageError(what + ": cannot write in " + folder.string() + " (" + why + ")");
+  }
+  close(fd);
+  unlink(name.c_str());
+}
+
+// restr.runtime.cli.check_not_url: a URL given as a file (one that is no file) is named as one, as typed.
+void check_not_url(const std::string& value, const std::string& option) {
+  const size_t colon = value.find(':');
+  bool url = !value.empty() && std::isalpha(static_cast<unsigned char>(value[0])) && colon != std::string::npos && value.compare(colon, 2, ":/") == 0;
+  for (size_t i = 1; url && i < colon; ++i)
+    url = std::isalnum(static_cast<unsigned char>(value[i])) || value[i] == '+' || value[i] == '.' || value[i] == '-';
+  if (!url || fs::exists(value)) return;
+  std::string shown = restr_impl::py_path(value);  // restr-predict shows its Path with the scheme's // put back
+  if (const size_t c = shown.find(':'); c != std::string::npos && shown.compare(c, 2, ":/") == 0 && shown.compare(c, 3, "://") != 0) shown.insert(c + 1, "/");
+  throw UsageError(option + " " + shown + ": looks like a URL; restr-predict reads local files only (download it first)");
+}
+
 void check_outputs(const Args& a) {
-  fs::path out(a.out);
-  if (fs::exists(out) && !fs::is_directory(out)) throw UsageError(a.out + ": exists and is not a folder");
-  fs::path probe = fs::absolute(out);
-  while (!fs::exists(probe) && probe != probe.parent_path()) probe = probe.parent_path();
-  if (access(probe.c_str(), W_OK) != 0) throw UsageError("--out: " + probe.string() + " is not writable");
+  const std::string shown = restr_impl::py_path(a.out);  // as restr-predict's Path reads and prints it ("out/" is "out")
+  const fs::path out(shown);
+  if (fs::exists(out) && !fs::is_directory(out)) throw UsageError(shown + ": exists and is not a folder");
+  probe_folder(nearest_existing(a.out), "--out " + shown);
   if (fs::is_directory(out)) restr_cli::remove_stale_staging(out);  // a dead run's are no files; a live run's are
   if (fs::is_directory(out) && !fs::is_empty(out) && !a.force)
-    throw UsageError("--out " + a.out + ": the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder");
+    throw UsageError("--out " + shown + ": the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder");
   if (a.has_json && a.json_path != "-") {  // as restr-predict: not a folder; its folder may be made later
-    if (fs::is_directory(a.json_path)) throw UsageError("--json " + a.json_path + ": is a folder, expected a file name");
-    fs::path parent = fs::absolute(a.json_path).parent_path();
-    while (!fs::exists(parent) && parent != parent.parent_path()) parent = parent.parent_path();
-    if (!fs::is_directory(parent) || access(parent.c_str(), W_OK) != 0) throw UsageError("--json " + a.json_path + ": cannot write in " + parent.string());
+    const std::string json_shown = restr_impl::py_path(a.json_path);
+    if (fs::is_directory(a.json_path)) throw UsageError("--json " + json_shown + ": is a folder, expected a file name");
+    const fs::path parent = fs::path(json_shown).parent_path();
+    probe_folder(nearest_existing(parent.empty() ? "." : parent.string()), "--json " + json_shown);
   }
 }
 
@@ -357,6 +455,7 @@ int run(const Args& a) {
     for (const auto& x : missing) m += (m.empty() ? "" : ", ") + x;
     throw UsageError("Missing option" + std::string(missing.size() > 1 ? "s " : " ") + m + " (or give --list-words)");
   }
+  check_not_url(a.image, "--image");
   check_outputs(a);
   for (size_t i = 0; i < a.texts.size(); ++i)  // before any work, as restr-predict
     if (restr_impl::split_words(a.texts[i], i + 1).empty())
