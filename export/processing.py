@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from restr.runtime.artifacts import TensorSpec
 from restr.runtime.formats import BATCH
+from restr.runtime.transforms import LOGIT_LIMIT, LOGIT_MARGIN, RESTR_TRANSFORM, ImageTransform
 
 OPSET = 18
 HEIGHT, WIDTH = "height", "width"
@@ -83,13 +84,16 @@ class _Builder:
         return model
 
 
-def _resize(b: _Builder, x: str, sizes: str) -> str:
-    """Pillow-compatible bilinear resize of an NCHW float map to `sizes` (4,) int64."""
+def _resize(b: _Builder, x: str, sizes: str, antialias: bool = True) -> str:
+    """Bilinear resize of an NCHW float map to `sizes` (4,) int64: Pillow's (antialiased when
+    shrinking), or torch's F.interpolate without antialiasing (`align_corners=False`)."""
+    if not antialias:  # half_pixel, the source coordinate clamped to the image: F.interpolate's
+        return b.op("Resize", x, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
     return b.op("Resize", x, "", "", sizes, mode="linear", antialias=1, exclude_outside=1,
                 coordinate_transformation_mode="half_pixel")  # exclude_outside: Pillow renormalises its taps at the edges
 
 
-def preprocess_graph(image_size: int, mean, std) -> onnx.ModelProto:
+def preprocess_graph(image_size: int, mean, std, transform: ImageTransform = RESTR_TRANSFORM) -> onnx.ModelProto:
     """The preprocess graph for an export of side `image_size` (see the module docstring)."""
     b, s = _Builder("restr_preprocess"), image_size
     hw = b.op("Gather", b.op("Shape", "rgb"), b.const([0, 1], np.int64), axis=0)  # [H, W]
@@ -99,6 +103,20 @@ def preprocess_graph(image_size: int, mean, std) -> onnx.ModelProto:
     new_hw_f = b.op("Clip", b.op("Round", b.op("Mul", hw_f, scale)), b.const(1.0, np.float64), b.const(float(s), np.float64))
     new_hw = b.op("Cast", new_hw_f, to=TensorProto.INT64)
     b.op("Concat", hw, new_hw, axis=0, out="letterbox")
+    x = _resized_photo(b, hw, new_hw, mean, std) if transform.antialias else _resized_float_photo(b, hw, new_hw, mean, std)
+    pad_end = b.op("Sub", b.const([s, s], np.int64), new_hw)
+    if transform.align == "top-left":
+        pads = b.op("Concat", b.const([0, 0, 0, 0, 0, 0], np.int64), pad_end, axis=0)  # bottom and right
+    else:  # the authors' resize_and_pad: floor((S - h) / 2) above, floor((S - w) / 2) left, the rest below and right
+        pad_start = b.op("Div", pad_end, b.const([2, 2], np.int64))
+        zeros = b.const([0, 0], np.int64)
+        pads = b.op("Concat", zeros, pad_start, zeros, b.op("Sub", pad_end, pad_start), axis=0)
+    b.op("Pad", x, pads, b.const(0.0, np.float32), out="image")
+    return b.model(processing_io(image_size)["preprocess"])
+
+
+def _resized_photo(b: _Builder, hw: str, new_hw: str, mean, std) -> str:
+    """restr's: the 8-bit photo resized as Pillow does, rounded to 8 bits, normalised (1, 3, h, w)."""
     # Each channel of (H, W, 3) uint8 in float, resized in two passes: the width with every row a channel
     # of its own, (1, H, 1, W) -> (1, H, 1, w), so ONNX Runtime shares the rows among its threads; then
     # the height, (1, 1, H, w) -> (1, 1, h, w); the three side by side (1, 3, h, w), rounded to uint8
@@ -112,7 +130,7 @@ def preprocess_graph(image_size: int, mean, std) -> onnx.ModelProto:
     sizes = b.op("Concat", one, one, new_hw, axis=0)
     channels = []
     for c in range(3):
-        channel = b.op("Cast", b.op("Slice", "rgb", b.const([c], np.int64), b.const([c + 1], np.int64), b.const([2], np.int64)), to=TensorProto.FLOAT)
+        channel = b.op("Cast", _channel(b, c), to=TensorProto.FLOAT)
         narrow = _resize(b, b.op("Reshape", channel, rows), rows_resized)
         channels.append(_resize(b, b.op("Reshape", narrow, plane), sizes))
     x = b.op("Concat", *channels, axis=1)
@@ -120,14 +138,32 @@ def preprocess_graph(image_size: int, mean, std) -> onnx.ModelProto:
     # (x / 255 - mean) / std as one multiply-add per channel; the padding is 0, the mean's value
     a = (1.0 / (255.0 * np.asarray(std, np.float64))).reshape(1, 3, 1, 1)
     c = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).reshape(1, 3, 1, 1)
-    x = b.op("Add", b.op("Mul", x, b.const(a, np.float32)), b.const(c, np.float32))
-    pad_end = b.op("Sub", b.const([s, s], np.int64), new_hw)
-    pads = b.op("Concat", b.const([0, 0, 0, 0, 0, 0], np.int64), pad_end, axis=0)  # bottom and right
-    b.op("Pad", x, pads, b.const(0.0, np.float32), out="image")
-    return b.model(processing_io(image_size)["preprocess"])
+    return b.op("Add", b.op("Mul", x, b.const(a, np.float32)), b.const(c, np.float32))
 
 
-def postprocess_graph(image_size: int) -> onnx.ModelProto:
+def _resized_float_photo(b: _Builder, hw: str, new_hw: str, mean, std) -> str:
+    """The authors': each channel normalised in float as their dataset does, (x - 255 mean) / (255 std)
+    with the statistics rounded to 2 decimals, then resized without antialiasing (1, 3, h, w).
+    Without antialiasing a resize reads 4 pixels per output pixel, so one 2-D Resize per channel
+    costs little; the full-size work is the channel's Cast, Sub and Div."""
+    one = b.const([1], np.int64)
+    plane = b.op("Concat", one, one, hw, axis=0)  # (1, 1, H, W)
+    sizes = b.op("Concat", one, one, new_hw, axis=0)
+    m, sd = (np.round(255 * np.asarray(v, np.float64), 2) for v in (mean, std))
+    channels = []
+    for c in range(3):
+        channel = b.op("Cast", _channel(b, c), to=TensorProto.FLOAT)
+        x = b.op("Div", b.op("Sub", channel, b.const(m[c], np.float32)), b.const(sd[c], np.float32))
+        channels.append(_resize(b, b.op("Reshape", x, plane), sizes, antialias=False))
+    return b.op("Concat", *channels, axis=1)
+
+
+def _channel(b: _Builder, c: int) -> str:
+    """Channel c of (H, W, 3) rgb, (H, W, 1) uint8."""
+    return b.op("Slice", "rgb", b.const([c], np.int64), b.const([c + 1], np.int64), b.const([2], np.int64))
+
+
+def postprocess_graph(image_size: int, transform: ImageTransform = RESTR_TRANSFORM) -> onnx.ModelProto:
     """The postprocess graph for an export of side `image_size` (see the module docstring)."""
     b = _Builder("restr_postprocess")
     # The geometry [B, 1, S, S, H, W, h, w] as one vector that starts at a Shape node: ONNX Runtime's
@@ -138,10 +174,30 @@ def postprocess_graph(image_size: int) -> onnx.ModelProto:
     def part(start, stop):
         return b.op("Slice", geometry, b.const([start], np.int64), b.const([stop], np.int64))
 
-    crop = b.op("Slice", "pixel_probs", b.const([0, 0], np.int64), part(6, 8), b.const([2, 3], np.int64))
-    sizes = b.op("Concat", part(0, 2), part(4, 6), axis=0)
-    probs = b.op("Squeeze", _resize(b, crop, sizes), b.const([1], np.int64), out="probs")
-    mask = b.op("Greater", probs, "threshold", out="mask")
+    logits = transform.mask_from == "logits"
+    x = "pixel_probs"
+    if logits:  # log(p) - log(1 - p), p = 0 and 1 (infinite logits) clipped to what float32 tells apart
+        x = b.op("Sub", b.op("Log", x), b.op("Log", b.op("Sub", b.const(1.0, np.float32), x)))
+        x = b.op("Clip", x, b.const(-LOGIT_LIMIT, np.float32), b.const(LOGIT_LIMIT, np.float32))
+    if transform.align == "top-left":  # the photo's h x w, resized to H x W
+        crop = b.op("Slice", x, b.const([0, 0], np.int64), part(6, 8), b.const([2, 3], np.int64))
+        x = _resize(b, crop, b.op("Concat", part(0, 2), part(4, 6), axis=0), transform.antialias)
+    else:  # the authors' resize_and_crop: the whole square to max(H, W), then H x W from its centre
+        photo_hw = part(4, 6)
+        side = b.op("ReduceMax", photo_hw, keepdims=1)
+        square = _resize(b, x, b.op("Concat", part(0, 2), side, side, axis=0), transform.antialias)
+        start = b.op("Div", b.op("Sub", side, photo_hw), b.const([2, 2], np.int64))
+        x = b.op("Slice", square, start, b.op("Add", start, photo_hw), b.const([2, 3], np.int64))
+    if logits:
+        resized = b.op("Squeeze", x, b.const([1], np.int64))
+        probs = b.op("Sigmoid", resized, out="probs")
+        t = "threshold"
+        bound = b.op("Add", b.op("Sub", b.op("Log", t), b.op("Log", b.op("Sub", b.const(1.0, np.float32), t))),
+                     b.const(LOGIT_MARGIN, np.float32))
+        mask = b.op("GreaterOrEqual", resized, bound, out="mask")
+    else:
+        probs = b.op("Squeeze", x, b.const([1], np.int64), out="probs")
+        mask = b.op("Greater", probs, "threshold", out="mask")
     ones = b.op("Cast", mask, to=TensorProto.FLOAT)
     # The area counts in FP32 per row (exact below 2^24 pixels a row), then adds the rows in int64: an
     # int64 sum over every pixel ran 26x slower than FP32 on the CUDA EP (0.33 ms at 640x480, H200)
