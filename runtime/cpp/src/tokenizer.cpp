@@ -71,12 +71,9 @@ std::u16string lower(const std::u16string& s) {
   return out;
 }
 
-}  // namespace
-
-std::vector<std::string> split_words(const std::string& text, size_t number) {
-  std::u16string s = to_utf16(text, number);
-  // strip
-  int32_t begin = 0, end = int32_t(s.size());
+// [begin, end) of s without the white space at either end, as Python's str.strip().
+void strip(const std::u16string& s, int32_t& begin, int32_t& end) {
+  begin = 0, end = int32_t(s.size());
   while (begin < end) {
     UChar32 c;
     int32_t i = begin;
@@ -91,6 +88,44 @@ std::vector<std::string> split_words(const std::string& text, size_t number) {
     if (!py_isspace(c)) break;
     end = i;
   }
+}
+
+// The authors' split (utils/text_processing.py of SouthFlame/restr): Python's re.split(r'(\W+)', ...)
+// of the stripped text, keeping each run of non-word characters that holds more than white space as
+// a token as it is (", " with its space), each token lower-cased on its own (split first: 'İ' + its
+// word stay one token), and a last token of exactly "." dropped.
+std::vector<std::string> split_authors(const std::string& text, size_t number) {
+  const std::u16string s = to_utf16(text, number);
+  int32_t begin, end;
+  strip(s, begin, end);
+  std::vector<std::string> words;
+  int32_t i = begin;
+  while (i < end) {
+    const int32_t start = i;
+    UChar32 c;
+    U16_NEXT(s.data(), i, end, c);
+    const bool word = py_isword(c);
+    bool blank = !word && py_isspace(c);
+    for (int32_t next = i; next < end; i = next) {
+      U16_NEXT(s.data(), next, end, c);
+      if (py_isword(c) != word) break;
+      blank = blank && py_isspace(c);
+    }
+    if (!blank) {
+      const std::u16string token = lower(s.substr(size_t(start), size_t(i - start)));
+      words.push_back(to_utf8(token.data(), int32_t(token.size())));
+    }
+  }
+  if (!words.empty() && words.back() == ".") words.pop_back();
+  return words;
+}
+
+}  // namespace
+
+std::vector<std::string> split_words(const std::string& text, size_t number) {
+  std::u16string s = to_utf16(text, number);
+  int32_t begin, end;
+  strip(s, begin, end);
   std::u16string t = lower(s.substr(size_t(begin), size_t(end - begin)));
   if (!t.empty() && t.back() == u'.') t.pop_back();
   std::vector<std::string> words;
@@ -108,6 +143,13 @@ std::vector<std::string> split_words(const std::string& text, size_t number) {
   }
   if (start >= 0) words.push_back(to_utf8(t.data() + start, n - start));
   return words;
+}
+
+// `tokenizer`: the manifest's vocab.tokenizer, "restr" or "authors" (restr.runtime.tokenizer.split_words).
+std::vector<std::string> split_words(const std::string& text, size_t number, const std::string& tokenizer) {
+  if (tokenizer == "restr") return split_words(text, number);
+  if (tokenizer == "authors") return split_authors(text, number);
+  fail(RESTR_ARTIFACT_ERROR, "unknown tokenizer \"" + tokenizer + "\" (restr or authors)");
 }
 
 std::string without_accents(const std::string& text) {
