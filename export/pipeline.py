@@ -18,6 +18,7 @@ from restr.export.manifest import (
 )
 from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
 from restr.export.int8 import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANTIZER, CalibrationError, load_calibration
+from restr.runtime.tokenizer import Vocabulary
 from restr.runtime.formats import (  # PRECISIONS: re-exported
     ATTENTION_FORMS, DEFAULT_PRECISIONS, PRECISIONS, PROCESSING_GRAPHS, base_graph, graph_file, graph_key,
 )
@@ -98,7 +99,6 @@ def load_source(ckpt: str | Path | None = None, config: str | None = None, image
     from restr.checkpoint import CheckpointError, load_checkpoint, resize_model
     from restr.config import get_config
     from restr.modeling import ReSTR
-    from restr.runtime.tokenizer import Vocabulary
 
     if (ckpt is None) == (config is None):
         raise ExportError("give either --ckpt FILE or --config NAME")
@@ -202,10 +202,13 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
     check_image_size(cfg.image_size, cfg.patch_size, cfg.name)
     check_out_dir(out, options.force)
     fp16, int8 = "fp16" in options.precisions, "int8" in options.precisions
+    vocab = source.vocab
+    if vocab.tokenizer != cfg.tokenizer:  # the model's config says how its expressions are split
+        vocab = Vocabulary(vocab.itos, cfg.tokenizer)
     calibration = None
     if int8:  # read now: a data set with no images or no expressions is refused before anything is written
         try:
-            calibration = load_calibration(options.calibration, source.meta, cfg, source.vocab, options.calibration_size, options.seed)
+            calibration = load_calibration(options.calibration, source.meta, cfg, vocab, options.calibration_size, options.seed)
         except CalibrationError as e:
             raise ExportError(str(e)) from None
     backends = None
@@ -233,7 +236,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
     try:
         import onnx
 
-        source.vocab.save(tmp / "vocab.txt")
+        vocab.save(tmp / "vocab.txt")
         graphs, files = {}, {}
 
         def add(key, proto, precision, **extra):
@@ -269,8 +272,8 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
                     quantization={"format": "QDQ", "method": options.calibration_method, "weights": "int8, per output channel, symmetric",
                                   "activations": "int8, per tensor, symmetric", **summary})
         t0 = time.perf_counter()
-        add("preprocess", preprocess_graph(cfg.image_size, cfg.image_mean, cfg.image_std), "fp32")
-        add("postprocess", postprocess_graph(cfg.image_size), "fp32")
+        add("preprocess", preprocess_graph(cfg.image_size, cfg.image_mean, cfg.image_std, cfg.image_transform), "fp32")
+        add("postprocess", postprocess_graph(cfg.image_size, cfg.image_transform), "fp32")
 
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -287,10 +290,12 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             "num_patches": cfg.num_patches,
             "feature_width": cfg.fusion.width,
             "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std)},
-            "letterbox": {"align": "top-left", "fill": "mean"},
+            # what the processing graphs compute (docs/artifacts.md); hosts run the graphs and need none of it
+            "letterbox": {"align": cfg.letterbox_align, "fill": "mean", "antialias": cfg.resize_antialias},
             "threshold": options.tolerances.threshold,
-            "vocab": {"file": "vocab.txt", "size": len(source.vocab), "sha256": sha256_file(tmp / "vocab.txt"),
-                      "placeholder": source.random_weights},
+            "mask_from": cfg.mask_from,
+            "vocab": {"file": "vocab.txt", "size": len(vocab), "sha256": sha256_file(tmp / "vocab.txt"),
+                      "placeholder": source.random_weights, "tokenizer": vocab.tokenizer},
             "max_batch": options.max_batch,
             "graphs": graphs,
             "engines": {},
@@ -307,7 +312,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             write_manifest(tmp, json_safe(manifest))
             t0 = time.perf_counter()
             samples = max(options.samples, options.int8_samples) if int8 else options.samples
-            feeds, inputs = verification_inputs(cfg, source.vocab, source.meta, samples, options.seed)
+            feeds, inputs = verification_inputs(cfg, vocab, source.meta, samples, options.seed)
             meaningful = options.masks_meaningful
             if meaningful is None:
                 meaningful = not source.random_weights and bool(source.meta.get("data"))

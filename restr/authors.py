@@ -127,6 +127,7 @@ def read_vocabulary(path: str | Path) -> tuple[Vocabulary, list[int]]:
 
     Their tokenizer looks words up in `{words[n]: n}` (the last of a repeated line wins) and pads
     with id 0, which their fusion module treats as padding: `<pad>` must be line 1 and `<unk>` there.
+    The vocabulary splits expressions as theirs does (`tokenizer="authors"`: punctuation kept as tokens).
     """
     path = Path(path)
     if not path.is_file():
@@ -138,7 +139,7 @@ def read_vocabulary(path: str | Path) -> tuple[Vocabulary, list[int]]:
     ids = {w: n for n, w in enumerate(words)}
     # Empty lines (vocabulary_Gref.txt has five) name no token of either tokenizer, and a word that
     # Python's splitlines would cut could not be one line of vocab.txt: both are left out.
-    vocab = Vocabulary([w for w in words if w and w.splitlines() == [w]])
+    vocab = Vocabulary([w for w in words if w and w.splitlines() == [w]], tokenizer="authors")
     return vocab, [ids[w] for w in vocab.itos]
 
 
@@ -216,6 +217,7 @@ def load_authors_checkpoint(path: str | Path, vocabulary: str | Path, image_size
     emb = theirs.get("encoder_l.embedding.weight")
     vocab_path = find_vocabulary(vocabulary, int(emb.shape[0]) if emb is not None else -1)
     vocab, rows = read_vocabulary(vocab_path)
+    vocab.tokenizer = cfg.tokenizer  # theirs, unless a config given says otherwise
     from restr.modeling import ReSTR
 
     try:

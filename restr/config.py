@@ -20,6 +20,11 @@ PATCH_LABEL_RULES = ("mean", "sum")  # eq. 11's mean over the patch, or the auth
 RESIZE_MODES = ("bicubic", "bilinear")  # the position grid at another input size
 DROP_PATH_RAMPS = ("joint", "per-stack")  # the fusion encoder's drop-path schedule
 DECODER_INITS = ("he", "xavier")
+# Outside the model: the image transform and the tokenizer its inputs were made with
+# (restr.runtime.transforms.ImageTransform, restr.runtime.tokenizer; docs/paper-to-code.md).
+LETTERBOX_ALIGNS = ("top-left", "centre")  # restr's letterbox, or the authors' centred one
+MASK_SOURCES = ("probabilities", "logits")  # what is resized back onto the photo and thresholded
+TOKENIZERS = ("restr", "authors")  # "authors": their split, punctuation kept as tokens
 
 
 @dataclass(frozen=True)
@@ -84,12 +89,19 @@ class ReSTRConfig:
     fusion_drop_path: str = "joint"  # "per-stack": each fusion stack its own ramp (torch.linspace over its layers)
     decoder_bias: bool = True  # the authors' decoder is 1x1 convolutions without bias
     decoder_init: str = "he"  # "xavier": the authors' Xavier-uniform convolutions
+    # The pipeline around the model: how photos are letterboxed and predictions go back (training,
+    # evaluation and the export's processing graphs alike), and how expressions are split into words.
+    letterbox_align: str = "top-left"  # "centre": the authors' evaluation letterbox, back as a whole square
+    resize_antialias: bool = True  # False: the authors' float bilinear resize without antialiasing, both ways
+    mask_from: str = "probabilities"  # "logits": the authors' mask, resized logits >= 1e-9
+    tokenizer: str = "restr"  # "authors": their split, (\W+) kept as tokens
 
     def __post_init__(self):
         for key, allowed in (("language_norm", NORM_ORDERS), ("language_output", LANGUAGE_OUTPUTS), ("padding", PADDINGS),
                              ("decoder_gate", DECODER_GATES), ("patch_label_rule", PATCH_LABEL_RULES),
                              ("pos_embed_resize", RESIZE_MODES), ("fusion_drop_path", DROP_PATH_RAMPS),
-                             ("decoder_init", DECODER_INITS)):
+                             ("decoder_init", DECODER_INITS), ("letterbox_align", LETTERBOX_ALIGNS),
+                             ("mask_from", MASK_SOURCES), ("tokenizer", TOKENIZERS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if not self.layer_norm_eps > 0:
@@ -116,6 +128,13 @@ class ReSTRConfig:
     def num_patches(self) -> int:
         """N_v."""
         return self.grid**2
+
+    @property
+    def image_transform(self):
+        """The letterbox, resize and mask rule of this model (restr.runtime.transforms.ImageTransform)."""
+        from restr.runtime.transforms import ImageTransform
+
+        return ImageTransform(align=self.letterbox_align, antialias=self.resize_antialias, mask_from=self.mask_from)
 
     def replace(self, **changes) -> "ReSTRConfig":
         return dataclasses.replace(self, **changes)
@@ -166,13 +185,16 @@ _TINY = ReSTRConfig(
 )
 
 # The authors' code (SouthFlame/restr at 371f102) where it computes another function than the
-# paper: with their weights (restr.authors) these compute their model to float rounding. Their
+# paper: with their weights (restr.authors) these compute their model to float rounding, and their
+# evaluation transform and tokenizer around it (in training, evaluation and the export). Their
 # training script builds CME and, with --is_shared, CME-shared; VME and IME exist in their code only
 # as classes it cannot build (docs/paper-to-code.md).
 AUTHORS = dict(
     vision_class_token=True, layer_norm_eps=1e-5, language_norm="post", language_output="authors", padding="front",
     fusion_vl_norm=False, patch_projections=True, patch_logit_scale=False, decoder_gate="logit", patch_label_rule="sum",
     pos_embed_resize="bilinear", fusion_drop_path="per-stack", decoder_bias=False, decoder_init="xavier",
+    # their evaluation transform (eval/evaluate.py) and tokenizer (utils/text_processing.py)
+    letterbox_align="centre", resize_antialias=False, mask_from="logits", tokenizer="authors",
 )
 
 CONFIGS: dict[str, ReSTRConfig] = {

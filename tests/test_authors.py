@@ -439,15 +439,33 @@ def test_exported_graphs_compute_their_equations(authors_export):
     manifest = __import__("json").loads((authors_export / "manifest.json").read_text())
     assert manifest["model"]["config"]["padding"] == "front" and manifest["verification"]["passed"]
     assert manifest["model"]["checkpoint"]["meta"]["source"] == "SouthFlame/restr"
+    # their pipeline: the processing graphs compute their evaluation transform (tests/test_authors_pipeline.py)
+    assert manifest["letterbox"] == {"align": "centre", "fill": "mean", "antialias": False} and manifest["mask_from"] == "logits"
+    assert manifest["vocab"]["tokenizer"] == "authors" and manifest["verification"]["processing"]["passed"]
+
+
+def cpp_build():
+    import os
+    from pathlib import Path
+
+    build = Path(os.environ.get("RESTR_CPP_BUILD", Path(__file__).parents[1] / "build" / "cpp"))
+    if not (build / "tools" / "restr-predict-cpp").exists():
+        pytest.skip("the C++ host is not built (make cpp-build)")
+    return build
 
 
 def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
-    import os
+    """Both hosts run the export's graphs, their centred transform included: the same masks on a
+    landscape, a portrait and a photo smaller than the input (16 x 16 here)."""
+    import json
+    import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     from PIL import Image
+
+    from restr.benchmarks.cpp_host import CppHost
+    from restr.runtime import Predictor
 
     Image.fromarray((np.random.default_rng(3).random((30, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
     args = ["--artifacts", str(authors_export), "--image", str(tmp_path / "photo.png"), "--text", SENTENCES[0], "--text", SENTENCES[2]]
@@ -455,9 +473,7 @@ def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
     assert py.returncode == 0, py.stderr
     summary = __import__("json").loads((tmp_path / "py" / "summary.json").read_text())
     assert summary["model"] == "tiny-authors" and len(summary["expressions"]) == 2
-    build = Path(os.environ.get("RESTR_CPP_BUILD", Path(__file__).parents[1] / "build" / "cpp"))
-    if not (build / "tools" / "restr-predict-cpp").exists():
-        pytest.skip("the C++ host is not built (make cpp-build)")
+    build = cpp_build()
     cpp = subprocess.run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"],
                          capture_output=True, text=True)
     assert cpp.returncode == 0, cpp.stderr
@@ -465,6 +481,23 @@ def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
     for a, b in zip(summary["expressions"], ours["expressions"]):
         assert a["area"] == b["area"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
         assert np.array_equal(np.asarray(Image.open(tmp_path / "py" / a["mask"])), np.asarray(Image.open(tmp_path / "cpp" / b["mask"])))
+    # random weights give probabilities within 1e-4 of each other: a threshold amid them makes masks
+    # that follow the photo's geometry (each host reads it from the manifest)
+    folder = tmp_path / "export"
+    shutil.copytree(authors_export, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for h, w in ((30, 50), (51, 29), (9, 13)):
+        rgb = (np.random.default_rng(h).random((h, w, 3)) * 255).astype(np.uint8)
+        manifest["threshold"] = float(np.median(Predictor.from_artifacts(authors_export, threads=1, cache_size=0).predict_image(rgb, SENTENCES[:1])[0].probs))
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        want = Predictor.from_artifacts(folder, threads=1, cache_size=0).predict_image(rgb, SENTENCES)
+        host = CppHost(build / "librestr_runtime.so", folder, threads=1)
+        got, _ = host.predict(rgb, SENTENCES)
+        host.close()
+        assert 0 < want[0].area < h * w
+        for g, p in zip(got, want):
+            assert np.array_equal(g["mask"], p.mask) and np.abs(g["probs"] - p.probs).max() <= 1e-5
+            assert g["area"] == p.area and abs(g["score"] - p.score) <= 1e-5
 
 
 def test_train_starts_from_their_checkpoint(tmp_path, monkeypatch):

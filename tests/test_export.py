@@ -121,7 +121,8 @@ def test_folder_and_manifest(exported, ckpt):
         {"name": "pad_mask", "dtype": "bool", "shape": ["batch", 20]},
     ]
     assert Vocabulary.load(out / "vocab.txt").itos == Vocabulary(WORDS).itos
-    assert m["vocab"] == {"file": "vocab.txt", "size": len(WORDS) + 2, "sha256": sha256_file(out / "vocab.txt"), "placeholder": False}
+    assert m["vocab"] == {"file": "vocab.txt", "size": len(WORDS) + 2, "sha256": sha256_file(out / "vocab.txt"), "placeholder": False,
+                        "tokenizer": "restr"}
     assert {"torch", "onnx", "onnxruntime", "exporter", "restr"} <= set(m["versions"])
     assert m["engines"] == {} and m["tensorrt"]["status"] in ("not built", "built")
     assert check_checksums(out, m) == []

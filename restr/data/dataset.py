@@ -11,11 +11,15 @@ from torch.utils.data import Dataset
 from restr.data.refer import DataError, Sample, dataset_name, find_split_by, length_groups, load_refer, num_words
 from restr.data.synthetic import DEFAULT_SIZES, SPLIT_BY, synthetic_root
 from restr.runtime.tokenizer import Vocabulary
-from restr.runtime.transforms import Letterbox, mean_fill, normalize
+from restr.runtime.transforms import RESTR_TRANSFORM, ImageTransform, Letterbox
 
 
 class ReferDataset(Dataset):
     """Letterboxed, normalised images with tokenized expressions and letterboxed masks.
+
+    `transform` is the model's (`ReSTRConfig.image_transform`): restr's letterbox, or the authors'
+    evaluation transform, in training as in evaluation; masks are letterboxed nearest-neighbour
+    either way. Expressions are split by the vocabulary's tokenizer (`Vocabulary.tokenizer`).
 
     Item i is a dict: image float32 (3, S, S), words int64 (N_l,), pad_mask bool (N_l,) True = padding,
     mask float32 (1, S, S) in {0, 1}, index int. Scoring uses `ground_truth(i)` (H, W) at the original
@@ -38,8 +42,10 @@ class ReferDataset(Dataset):
         shuffle_text: bool = False,
         seed: int = 0,
         name: str = "custom",
+        transform: ImageTransform = RESTR_TRANSFORM,
     ):
         self.image_size = int(image_size)
+        self.transform = transform
         self.vocab = vocab
         self.mean, self.std = tuple(mean), tuple(std)
         self.max_words = int(max_words)
@@ -65,7 +71,7 @@ class ReferDataset(Dataset):
 
     def num_words(self, i: int) -> int:
         """Words the model sees (at most max_words): the length Table 2 groups by."""
-        return num_words(self._texts[i], self.max_words)
+        return num_words(self._texts[i], self.max_words, self.vocab.tokenizer)
 
     def image_path(self, i: int) -> Path:
         return self.samples[i].image_path
@@ -91,7 +97,7 @@ class ReferDataset(Dataset):
 
     def letterbox(self, i: int) -> Letterbox:
         s = self.samples[i]
-        return Letterbox.fit((s.height, s.width), self.image_size)
+        return Letterbox.fit((s.height, s.width), self.image_size, self.transform)
 
     def ground_truth(self, i: int) -> np.ndarray:
         """(H, W) uint8 {0, 1} mask of the referred object at the original resolution."""
@@ -101,7 +107,7 @@ class ReferDataset(Dataset):
         """Item i as numpy arrays (the same keys as __getitem__)."""
         s = self.samples[i]
         lb = self.letterbox(i)
-        image = normalize(lb.image(s.image(), mean_fill(self.mean)), self.mean, self.std)
+        image = lb.input(s.image(), self.mean, self.std)
         enc = self.vocab.encode(self._texts[i], self.max_words)
         return {
             "image": image,
@@ -166,10 +172,14 @@ def build_dataset(
     synthetic_seed: int = 0,
     synthetic_sizes=DEFAULT_SIZES,
     progress: bool = False,
+    transform: ImageTransform = RESTR_TRANSFORM,
+    tokenizer: str | None = None,
 ) -> ReferDataset:
     """A ReferDataset from a spec string: 'synthetic[:split]' (the built-in set, generated once into
     the cache, see `synthetic_root`) or 'PATH[:split]' (a refer-layout folder). split None means every
-    split. vocab None builds it from the selected samples (use the training split's). Raises DataError.
+    split. vocab None builds it from the selected samples (use the training split's). `transform` and
+    `tokenizer` are the model's (`cfg.image_transform`, `cfg.tokenizer`); tokenizer None keeps the
+    vocabulary's (restr's for one built here). Raises DataError.
     """
     source, split = parse_spec(spec, split)
     if source == "synthetic":
@@ -187,5 +197,8 @@ def build_dataset(
     if not samples:
         raise DataError(f"{spec}: split {split!r} has no samples")
     if vocab is None:
-        vocab = Vocabulary.build(s.text for s in samples)
-    return ReferDataset(samples, image_size, vocab, mean, std, max_words=max_words, shuffle_text=shuffle_text, seed=seed, name=name)
+        vocab = Vocabulary.build((s.text for s in samples), tokenizer=tokenizer or "restr")
+    elif tokenizer is not None and tokenizer != vocab.tokenizer:
+        vocab = Vocabulary(vocab.itos, tokenizer)
+    return ReferDataset(samples, image_size, vocab, mean, std, max_words=max_words, shuffle_text=shuffle_text, seed=seed, name=name,
+                        transform=transform)

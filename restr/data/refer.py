@@ -280,11 +280,11 @@ def texts(samples: list[Sample]) -> list[str]:
     return [s.text for s in samples]
 
 
-def build_vocabulary(samples: list[Sample], min_count: int = 1) -> Vocabulary:
+def build_vocabulary(samples: list[Sample], min_count: int = 1, tokenizer: str = "restr") -> Vocabulary:
     """The vocabulary of a (training) split's expressions: `Vocabulary.build` over their texts."""
-    return Vocabulary.build(texts(samples), min_count=min_count)
+    return Vocabulary.build(texts(samples), min_count=min_count, tokenizer=tokenizer)
 
 
-def num_words(text: str, max_words: int = 20) -> int:
+def num_words(text: str, max_words: int = 20, tokenizer: str = "restr") -> int:
     """Words the model sees (after tokenizing and truncation to max_words): the Table 2 length."""
-    return min(len(split_words(text)), max_words)
+    return min(len(split_words(text, tokenizer)), max_words)
