@@ -3,7 +3,8 @@
     python tests/golden/make_golden.py                 # rewrite tests/golden/*.json, images/, masks/
     python tests/golden/make_golden.py --export DIR    # only make the deterministic export they use
 
-tokenizer.json: tricky expressions -> words, ids, truncation, unknown words (vocabulary included).
+tokenizer.json, tokenizer_authors.json: tricky expressions -> words, ids, truncation, unknown words
+(vocabulary included), split by restr's tokenizer and by the authors' (`"tokenizer"`).
 manifest_cases.json: a manifest and changes to it -> the first error restr.runtime.schema and
 check_consistency report (the C++ reader validates with the same manifest.schema.json).
 letterbox.json: photo sizes -> the letterbox [H, W, h, w] at the export's image size.
@@ -60,9 +61,18 @@ TEXTS = [
     "the red car on the left of the big tree next to the small man in the blue shirt with a hat and ball",
     "the " * 20 + "dog",
     "ﬁsh",
+    # punctuation, which the authors' tokenizer keeps as tokens (as they are: with their spaces)
+    "man's shirt",
+    "the dog . ",
+    "dog...",
+    "(left) guy",
+    "guy in red/white",
+    "the man -- on the left ,",
+    "\u00a0. , \u3000",
 ]
 
 WORDS = "the dog cat man woman left right red blue car on of in hat bench shirt small big tree ball".split()
+PUNCTUATION = ["'", "s", ",", ".", "...", "(", ")", "/", "-"]  # in the authors' vocabulary too
 
 SIZES = [(56, 80), (96, 64), (80, 80), (1, 1), (1, 1000), (1000, 1), (479, 641), (3, 5), (333, 334), (7, 160)]
 
@@ -106,6 +116,13 @@ MANIFEST_CHANGES = [
     (["vocab", "size"], 1),
     (["graphs", "vision"], DELETE),
     (["engines"], {"vision_fp16": {"file": "v.engine"}}),
+    (["letterbox", "align"], "centre"),  # the authors' pipeline (restr-b16-authors)
+    (["letterbox", "align"], "center"),
+    (["letterbox", "antialias"], 0),
+    (["mask_from"], "logits"),
+    (["mask_from"], "logit"),
+    (["vocab", "tokenizer"], "authors"),
+    (["vocab", "tokenizer"], "bert"),
 ]
 
 
@@ -131,16 +148,16 @@ def manifest_cases(export: Path) -> dict:
     return {"manifest": base, "delete": DELETE, "cases": cases}
 
 
-def tokenizer_cases() -> dict:
-    from restr.runtime.tokenizer import Vocabulary, split_words
+def tokenizer_cases(tokenizer: str = "restr") -> dict:
+    from restr.runtime.tokenizer import Vocabulary
 
-    vocab = Vocabulary(WORDS)
+    vocab = Vocabulary(WORDS + (PUNCTUATION if tokenizer == "authors" else []), tokenizer)
     cases = []
     for text in TEXTS:
         enc = vocab.encode([text], MAX_WORDS)
-        cases.append({"text": text, "words": split_words(text), "ids": enc.words[0].tolist(),
+        cases.append({"text": text, "words": vocab.split(text), "ids": enc.words[0].tolist(),
                       "truncated": enc.truncated[0], "unknown": enc.unknown[0]})
-    return {"max_words": MAX_WORDS, "vocab": vocab.itos, "cases": cases}
+    return {"tokenizer": tokenizer, "max_words": MAX_WORDS, "vocab": vocab.itos, "cases": cases}
 
 
 def letterbox_cases(image_size: int) -> dict:
@@ -207,7 +224,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export = make_export(Path(tmp) / "export")
         image_size = json.loads((export / "manifest.json").read_text())["image_size"]
-        write("tokenizer.json", tokenizer_cases())
+        write("tokenizer.json", tokenizer_cases("restr"))
+        write("tokenizer_authors.json", tokenizer_cases("authors"))
         write("letterbox.json", letterbox_cases(image_size))
         write("manifest_cases.json", manifest_cases(export))
         write("predictions.json", predictions(export))
