@@ -78,6 +78,8 @@ class Artifacts:
     @classmethod
     def open(cls, folder) -> "Artifacts":
         """Read and validate `folder/manifest.json`. Raises ArtifactError."""
+        if str(folder) == "":
+            raise ArtifactError("folder is an empty string: give the path of an export folder (one restr-export wrote, holding manifest.json)")
         root = Path(folder)
         if not root.is_dir():
             what = "not a folder" if root.exists() else "no such folder"

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_deferred, signals_interrupt
+from restr.runtime.artifacts import ArtifactError
 from restr.runtime.formats import PRECISIONS
 from restr.runtime.atomic import remove_stale_staging, staging_dir, write_json
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
@@ -82,7 +83,7 @@ def _first_line(e: BaseException) -> str:
 
 
 @click.command(PROG, cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--artifacts", "artifacts", type=click.Path(path_type=Path), help="Export folder written by restr-export (holds manifest.json).")
+@click.option("--artifacts", "artifacts", type=click.Path(), help="Export folder written by restr-export (holds manifest.json).")
 @click.option("--server", "server", default=None, metavar="URL", help="Instead of --artifacts: ask a restr Triton server (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.")
 @click.option("--image", "image", type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
 @click.option("--text", "texts", multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding). With --images: asked of every image.")
@@ -148,6 +149,9 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
     one line on stderr; a single image's writes nothing, a bulk job's keeps the whole records written.
     """
     try:
+        if artifacts == "":  # a Path would make it "." (the working folder), a confusing "no manifest.json"
+            raise ArtifactError("folder is an empty string: give the path of an export folder (one restr-export wrote, holding manifest.json)")
+        artifacts = None if artifacts is None else Path(artifacts)
         if (artifacts is None) == (server is None):
             raise InputError("give one of --artifacts DIR and --server URL")
         if list_words:
@@ -227,6 +231,8 @@ def check_texts(texts) -> None:
     if not texts:
         raise TextError("no expression given")
     for i, t in enumerate(texts):
+        if any("\udc80" <= c <= "\udcff" for c in t):  # bytes that were not UTF-8, as Python's argv keeps them
+            raise TextError(f"expression {i + 1} is not valid UTF-8")
         if not split_words(t):
             raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
 

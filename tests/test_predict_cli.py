@@ -420,3 +420,16 @@ def test_a_signal_while_outputs_move_into_place_waits_for_them(tiny, image, tmp_
     assert r.exit_code == 128 + signal.SIGTERM and len(calls) == 3
     assert sorted(p.name for p in out.iterdir()) == ["1_the-cat.png", "2_ball.png", "summary.json"]
     assert [e["text"] for e in json.loads((out / "summary.json").read_text())["expressions"]] == ["the cat", "ball"]
+
+
+def test_an_empty_folder_and_bytes_that_are_not_utf8_are_named(tiny, image, tmp_path):
+    """The words the C++ CLI uses: an empty --artifacts string, and an expression of invalid UTF-8
+    (argv bytes Python keeps as surrogates), each one line and exit 2."""
+    import os
+
+    r = run("--artifacts", "", "--image", image, "--text", "the dog", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "folder is an empty string: give the path of an export folder" in r.stderr
+    bad = os.fsdecode(b"the d\xffog")
+    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the cat", "--text", bad, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and r.stderr.strip() == "restr-predict: error: expression 2 is not valid UTF-8"
+    assert not (tmp_path / "o").exists()
