@@ -102,6 +102,13 @@ class ImageTransform:
     antialias: bool = True
     mask_from: str = "probabilities"
 
+    @classmethod
+    def of_manifest(cls, manifest: dict) -> "ImageTransform":
+        """What an export's processing graphs compute: its manifest's `letterbox` and `mask_from`
+        (restr's where absent, as in exports older than these fields)."""
+        lb = manifest.get("letterbox") or {}
+        return cls(lb.get("align", "top-left"), lb.get("antialias", True), manifest.get("mask_from", "probabilities"))
+
     def __post_init__(self):
         if self.align not in ALIGNS:
             raise ValueError(f"align must be one of {ALIGNS}, got {self.align!r}")

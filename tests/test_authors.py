@@ -16,6 +16,7 @@ import torch
 from restr.authors import AuthorsError, config_for, convert_state_dict, load_authors_checkpoint, read_glove_matrix, read_vocabulary
 from restr.config import AUTHORS, EncoderConfig, ReSTRConfig, get_config
 from restr.modeling import ReSTR, restr_loss
+from restr.runtime.transforms import AUTHORS_TRANSFORM, ImageTransform
 
 D, DL, HEADS, P, GRID, T = 16, 8, 2, 4, 4, 20  # fusion/vision width, language width, heads, patch, grid, their n_l
 K = int(math.log2(P))
@@ -442,6 +443,7 @@ def test_exported_graphs_compute_their_equations(authors_export):
     # their pipeline: the processing graphs compute their evaluation transform (tests/test_authors_pipeline.py)
     assert manifest["letterbox"] == {"align": "centre", "fill": "mean", "antialias": False} and manifest["mask_from"] == "logits"
     assert manifest["vocab"]["tokenizer"] == "authors" and manifest["verification"]["processing"]["passed"]
+    assert ImageTransform.of_manifest(manifest) == AUTHORS_TRANSFORM == authors_config().image_transform
 
 
 def cpp_build():
