@@ -90,7 +90,8 @@ def test_end_to_end_export_matches_the_python_predictor(build, tiny, tmp_path):
 
 
 def _tiny_export(folder: Path, seed: int = 0, precisions: tuple[str, ...] = ("fp32",)) -> Path:
-    """The test export (`make_tiny_export`'s) with weights of another `seed` or more precisions."""
+    """The test export (`make_tiny_export`'s) with weights of another `seed` or more precisions
+    (INT8 calibrated on a few synthetic samples)."""
     import torch
 
     from restr.export.pipeline import ExportOptions, Source, export_artifacts
@@ -100,19 +101,21 @@ def _tiny_export(folder: Path, seed: int = 0, precisions: tuple[str, ...] = ("fp
     torch.set_num_threads(1)
     vocab = Vocabulary(WORDS)
     export_artifacts(Source(make_tiny_model(vocab, seed=seed), vocab, {}, None, False), folder,
-                     ExportOptions(max_batch=4, precisions=precisions, engine=False, verify=False, progress=False, threads=1),
+                     ExportOptions(max_batch=4, precisions=precisions, engine=False, verify=False, progress=False, threads=1,
+                                   **({"calibration": "synthetic", "calibration_size": 8} if "int8" in precisions else {})),
                      log=lambda _: None)
     return folder
 
 
 @pytest.mark.filterwarnings("ignore::restr.runtime.predictor.TextTruncatedWarning")
-def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
-    folder = _tiny_export(tmp_path / "fp16", precisions=("fp32", "fp16"))
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_fp16_and_int8_graphs_match_the_python_predictor(build, tmp_path, precision):
+    folder = _tiny_export(tmp_path / precision, precisions=("fp32", precision))
     rgb = np.asarray(photo(100, 60, seed=4))
-    want = Predictor.from_artifacts(folder, precision="fp16", threads=1, cache_size=0).predict_image(rgb, TEXTS)
+    want = Predictor.from_artifacts(folder, precision=precision, threads=1, cache_size=0).predict_image(rgb, TEXTS)
     fp32 = Predictor.from_artifacts(folder, threads=1, cache_size=0).predict_image(rgb, TEXTS)
-    assert any(np.abs(w.probs - f.probs).max() > 1e-6 for w, f in zip(want, fp32))  # the FP16 graphs did run
-    host = CppHost(build / "librestr_runtime.so", folder, threads=1, precision="fp16")
+    assert any(np.abs(w.probs - f.probs).max() > 1e-6 for w, f in zip(want, fp32))  # the other graphs did run
+    host = CppHost(build / "librestr_runtime.so", folder, threads=1, precision=precision)
     got, _ = host.predict(rgb, TEXTS)
     host.close()
     for g, w in zip(got, want):
@@ -121,8 +124,8 @@ def test_fp16_graphs_match_the_python_predictor(build, tmp_path):
     image = tmp_path / "photo.png"
     Image.fromarray(rgb).save(image)
     r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(folder), "--image", str(image), "--text", "the red dog",
-              "--precision", "fp16", "--out", str(tmp_path / "out"), "--json", "-", "--threads", "1"])
-    assert r.returncode == 0 and json.loads(r.stdout)["graphs"] == {g: f"{g}_fp16" for g in ("vision", "language", "fusion_decoder")}, r.stderr
+              "--precision", precision, "--out", str(tmp_path / "out"), "--json", "-", "--threads", "1"])
+    assert r.returncode == 0 and json.loads(r.stdout)["graphs"] == {g: f"{g}_{precision}" for g in ("vision", "language", "fusion_decoder")}, r.stderr
 
 
 def test_library_refuses_an_embedding_from_another_export(build, tiny, tmp_path):

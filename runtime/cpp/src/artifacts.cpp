@@ -95,6 +95,23 @@ std::string sha256_hex(const std::string& data) {
   return out;
 }
 
+const char* const kPrecisions[3] = {"fp32", "fp16", "int8"};
+
+bool is_precision(const std::string& p) {
+  for (const char* q : kPrecisions)
+    if (p == q) return true;
+  return false;
+}
+
+std::string base_graph(const std::string& key) {
+  for (const char* q : kPrecisions) {
+    const std::string suffix = std::string("_") + q;
+    if (key.size() > suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return key.substr(0, key.size() - suffix.size());
+  }
+  return key;
+}
+
 std::string check_consistency(const json& m) {
   const int64_t s = m["image_size"].get<int64_t>(), p = m["patch_size"].get<int64_t>();
   if (s % p) return "image_size " + std::to_string(s) + " is not a multiple of patch_size " + std::to_string(p);
@@ -103,8 +120,7 @@ std::string check_consistency(const json& m) {
   const std::map<std::string, int64_t> sizes = {
       {"S", s}, {"L", m["max_words"].get<int64_t>()}, {"N", m["num_patches"].get<int64_t>()}, {"D", m["feature_width"].get<int64_t>()}};
   for (auto it = m["graphs"].begin(); it != m["graphs"].end(); ++it) {
-    std::string base = it.key();
-    if (base.size() > 5 && base.compare(base.size() - 5, 5, "_fp16") == 0) base.resize(base.size() - 5);
+    const std::string base = base_graph(it.key());
     auto io = kGraphIO.find(base);
     if (io == kGraphIO.end()) continue;
     const json& g = it.value();

@@ -53,4 +53,10 @@ std::string sha256_hex(const std::string& data);
 // What a schema cannot say (restr.runtime.artifacts.check_consistency), or "".
 std::string check_consistency(const nlohmann::ordered_json& m);
 
+// The graphs' precisions, as runtime/formats.py's PRECISIONS: fp32 graphs have bare keys ("vision"),
+// the others a suffix ("vision_fp16", "vision_int8").
+extern const char* const kPrecisions[3];
+bool is_precision(const std::string& p);
+std::string base_graph(const std::string& key);  // "vision_int8" -> "vision"
+
 }  // namespace restr_impl

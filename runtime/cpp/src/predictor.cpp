@@ -40,8 +40,8 @@ float check_threshold(float t) {
 }
 
 Predictor::Predictor(const std::string& folder, const Options& options) : art_(Artifacts::open(folder)) {
-  if (options.precision != "fp32" && options.precision != "fp16")
-    fail(RESTR_INVALID_ARGUMENT, "precision must be fp32 or fp16, got '" + options.precision + "'");
+  if (!is_precision(options.precision))
+    fail(RESTR_INVALID_ARGUMENT, "precision must be fp32, fp16 or int8, got '" + options.precision + "'");
   threshold_ = options.threshold < 0 ? art_.threshold : check_threshold(options.threshold);
   vocab_ = Vocabulary::parse(art_.read_vocab(), art_.vocab_path);
   if (art_.vocab_size >= 0 && size_t(art_.vocab_size) != vocab_.size())

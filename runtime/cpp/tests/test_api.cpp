@@ -104,7 +104,7 @@ static void bad_options() {
   EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "provider must be cpu or cuda");
   restr_options_init(&o);
   o.precision = "int8";
-  EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "precision must be fp32 or fp16");
+  EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "precision must be fp32, fp16 or int8");
   restr_options_init(&o);
   o.threshold = 1.5f;
   EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1");

@@ -56,7 +56,7 @@ Segment the object each --text refers to in --image with a restr export (the C++
   --force             write into a folder holding a previous run's outputs (they are replaced)
   --list-words        print the words the model knows, one a line, and exit
   --backend ort       ONNX Runtime (the only backend of the C++ host)
-  --precision P       fp32 (default) or fp16
+  --precision P       fp32 (default), fp16 or int8 (the calibrated INT8 graphs)
   --providers LIST    ONNX Runtime providers, comma-separated: cuda, cpu, or auto (cuda when this
                       ONNX Runtime has it) (default: cpu); without CUDA, cuda warns and runs on the
                       CPU, as restr-predict does; tensorrt is skipped with a warning (use restr-predict)
@@ -179,7 +179,8 @@ Args parse_options(int argc, char** argv) {
       a.threshold_text = t;
     }
   }
-  if (a.precision != "fp32" && a.precision != "fp16") throw UsageError("Invalid value for '--precision': '" + a.precision + "' is not one of 'fp32', 'fp16'");
+  if (a.precision != "fp32" && a.precision != "fp16" && a.precision != "int8")  // click.Choice(PRECISIONS) in restr-predict
+    throw UsageError("Invalid value for '--precision': '" + a.precision + "' is not one of 'fp32', 'fp16', 'int8'");
   return a;
 }
 

@@ -48,7 +48,7 @@ typedef struct restr_options {
   const char *provider;  /* "cpu" (default) or "cuda" (ONNX Runtime's CUDA EP, CUDA_V2 API) */
   int device_id;         /* CUDA device, default 0 */
   int threads;           /* ONNX Runtime intra-op threads; 0 = its default (one per core) */
-  const char *precision; /* "fp32" (default) or "fp16": which graphs of the export run */
+  const char *precision; /* "fp32" (default), "fp16" or "int8": which graphs of the export run */
   float threshold;       /* mask threshold in [0, 1]; < 0 = the manifest's */
 } restr_options;
 
