@@ -1,14 +1,25 @@
 """Training (section 4.1) and the `restr-train` command: a short DETR-style loop.
 
 AdamW, linear warm-up over the first 10% of iterations, then polynomial decay (power 0.9) to 0,
-stepped per iteration; optional gradient clipping; bf16 autocast on GPU. Multi-GPU / multi-node
-through `torchrun` (DDP, a sharded sampler, rank 0 writes): the batch size is the global one, split
-across the processes, so the recipe's batch and LR hold at any process count. Checkpoints are
-atomic and resume exactly: the schedule, optimizer, RNG and the position in the epoch's sample
+stepped per iteration; optional gradient clipping. Multi-GPU / multi-node through `torchrun` (DDP
+over NCCL, a sharded sampler, rank 0 writes): the batch size is the global one, split across the
+processes, so the recipe's batch and LR hold at any process count. Checkpoints are atomic and
+resume exactly: the schedule, optimizer, loss scale, RNGs and the position in the epoch's sample
 order are all restored.
+
+On a GPU (`restr-bench --train` times each of these against the others):
+- BF16 autocast where the GPU computes BF16 (FP16 with a loss scaler otherwise), TF32 for the
+  matrix products left in FP32; `--precision` chooses;
+- fused AdamW (one kernel updates every parameter);
+- attention through `F.scaled_dot_product_attention` (flash or memory-efficient kernels);
+- `--compile`: torch.compile of the model;
+- a DataLoader with persistent worker processes (every CPU of the process but one), batches
+  prefetched into pinned memory and copied without blocking;
+- a step that never waits for the device (`TrainStep`): the losses are read at log intervals only.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +37,11 @@ from restr.checkpoint import CHECKPOINT_SOURCES, Checkpoint, CheckpointError, lo
 from restr.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_dir, one_line_errors, pick_device
 from restr.config import ReSTRConfig, get_config
 from restr.modeling import ReSTR, restr_loss
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_WORKERS = 16  # DataLoader workers a GPU process takes by default, at most
+GPU_PREFETCH = 4  # batches each worker prepares ahead on a GPU (DataLoader's default, 2, on a CPU)
 
 
 @dataclass(frozen=True)
@@ -97,11 +113,126 @@ class EpochSampler(Sampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
-def build_optimizer(model: ReSTR, tc: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: ReSTR, tc: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with the ViT's parameters in their own group (its LR scale); `fused`: PyTorch's fused
+    implementation (`fused_adamw`), else its default."""
     vision = [p for n, p in model.named_parameters() if n.startswith("vision.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("vision.") and p.requires_grad]
     groups = [{"params": vision, "lr": tc.lr * tc.vision_lr_scale}, {"params": rest, "lr": tc.lr}]
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True if fused else None)
+
+
+def fused_adamw(device: torch.device) -> bool:
+    """Fused AdamW on a GPU: one kernel reads each parameter, gradient and moment once, where the
+    default (multi-tensor) implementation makes several passes. On a CPU the default for-loop one,
+    which the demo's recipe was measured with."""
+    return device.type == "cuda"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The arithmetic of a run: "bf16" or "fp16" autocast, or "fp32".
+
+    auto: BF16 on a GPU that computes it natively (Ampere and later), FP16 with a loss scaler on an
+    older one; FP32 on a CPU (the demo's recipe was measured in FP32; bf16 autocasts there too).
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        if precision == "fp16":
+            raise UsageError("--precision fp16 trains with a loss scaler, on a GPU only: on a CPU choose bf16 or fp32")
+        return "fp32" if precision == "auto" else precision
+    with torch.cuda.device(device):
+        try:
+            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # a torch without the argument reports native support only
+            native_bf16 = torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not native_bf16:
+        raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no BF16 arithmetic; choose fp16 (with a loss scaler) or fp32")
+    if precision == "auto":
+        return "bf16" if native_bf16 else "fp16"
+    return precision
+
+
+def allow_tf32(device: torch.device) -> None:
+    """On a GPU, FP32 matrix products (those autocast leaves in FP32, or all of them under
+    --precision fp32) run on TF32 tensor cores. CUDA's switches only: a CPU's matmuls are unchanged."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader worker processes when --workers is not given. On a GPU every CPU this process may
+    use but one (shared between torchrun's processes on the node), at most MAX_WORKERS: decoding and
+    letterboxing 480x480 JPEG photos costs ~10-15 ms of a core each, and restr-b16's step consumes
+    hundreds of images a second. On a CPU 2: the training step needs the cores."""
+    if device.type != "cuda":
+        return 2
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_WORKERS, per_process - 1))
+
+
+def loader_options(device: torch.device, workers: int) -> dict:
+    """The training DataLoader's settings beside its data set, batch and sampler: whole batches only;
+    worker processes kept for the whole run (not restarted each epoch), each preparing batches
+    ahead; on a GPU the batches land in pinned host memory, so `TrainStep`'s copies do not block."""
+    options = {"num_workers": workers, "drop_last": True, "pin_memory": device.type == "cuda"}
+    if workers:
+        options.update(persistent_workers=True, prefetch_factor=GPU_PREFETCH if device.type == "cuda" else 2)
+    return options
+
+
+class TrainStep:
+    """One training iteration, as `train` runs it and `restr-bench --train` times it: the batch to
+    the device (non-blocking), the forward pass under autocast, the loss (eq. 12) in FP32, the
+    backward pass (scaled under FP16), gradient clipping, the AdamW step at the schedule's LR.
+
+    It only enqueues work: nothing in it waits for the device (no `.item()`, no Python branch on a
+    tensor's value; under FP16 the fused AdamW skips an overflowed step on the device, where
+    `GradScaler.step` with the default AdamW would read the overflow flag), so on a GPU the host runs
+    ahead of the kernels. The returned losses (and `grad_norm` when clipping) stay on the device:
+    `read_losses` fetches them, at log intervals.
+    """
+
+    def __init__(self, forward, model: ReSTR, optimizer: torch.optim.Optimizer, tc: TrainConfig, device: torch.device,
+                 precision: str = "fp32"):
+        self.forward = forward  # the model, its DDP wrapper, or either compiled
+        self.cfg, self.tc, self.device, self.optimizer = model.cfg, tc, device, optimizer
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.amp = AMP_DTYPES.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.base_lrs = (tc.lr * tc.vision_lr_scale, tc.lr)  # build_optimizer's two groups
+
+    def __call__(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """Train on `batch` (a DataLoader batch) at iteration `step` (0-based: its LR)."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * lr_factor(step, self.tc)
+        image, words, pad, mask = (batch[k].to(self.device, non_blocking=True) for k in ("image", "words", "pad_mask", "mask"))
+        amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
+        with amp:
+            pixel_logits, patch_logit = self.forward(image, words, pad)
+        cfg = self.cfg
+        losses = restr_loss(pixel_logits.float(), patch_logit.float(), mask, cfg.patch_size, cfg.patch_threshold, cfg.patch_loss_weight,
+                            cfg.patch_label_rule)
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses["loss"] if self.scaler is None else self.scaler.scale(losses["loss"])).backward()
+        if self.tc.grad_clip > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.tc.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return losses
+
+
+def read_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A step's losses as floats, in one copy from the device: the one wait for it a log step makes."""
+    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()]).tolist()
+    return dict(zip(losses, values))
 
 
 class RunFolder:
@@ -198,19 +329,20 @@ def check_pretrained(tc: TrainConfig, config_name: str, pretrained_vit, glove, f
                          "or pass --from-scratch to train from random weights anyway (a much weaker model)")
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank), initialising the process group under torchrun."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+def _distributed(dev: torch.device) -> tuple[int, int, int]:
+    """(rank, world size, local rank). Under torchrun, even with one process, the process group is
+    started (NCCL on a GPU, gloo on a CPU) and the model is trained through DDP."""
+    if "RANK" not in os.environ:
         return 0, 1, 0
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def train(
     cfg: ReSTRConfig, tc: TrainConfig, data: str, out: str | Path, device: str = "auto", resume: bool = False,
-    workers: int = 2, split_by=None, image_root=None, pretrained_vit=None, glove=None, progress: bool = True,
-    stop_after: int | None = None, from_scratch: bool = False, init: Checkpoint | None = None,
+    workers: int | None = None, split_by=None, image_root=None, pretrained_vit=None, glove=None, progress: bool = True,
+    stop_after: int | None = None, from_scratch: bool = False, init: Checkpoint | None = None, precision: str = "auto",
+    compile: bool = False,
 ) -> Path:
     """Train and return the path of the final checkpoint (`out/model.pt`).
 
@@ -221,16 +353,21 @@ def train(
     `stop_after` ends this process after that many iterations with `last.pt` written, for
     time-sliced jobs: `--resume` continues exactly where it stopped. `progress`: a bar on a
     terminal, plain lines otherwise (restr.cli_common.Progress); validation results are lines.
+    `workers`: DataLoader worker processes (None: `default_workers`); `precision`: `resolve_precision`'s;
+    `compile`: torch.compile the model for the training steps (validation runs it eagerly).
     """
     from restr.data import build_dataset
 
     proc_batch = per_process_batch(tc.batch_size, world_size())  # before the process group: every rank fails alike
     check_writable_dir(out, "--out")
-    rank, world, local_rank = _distributed()
     dev = pick_device(device)
-    if dev.type == "cuda" and world > 1:
+    precision = resolve_precision(precision, dev)
+    rank, world, local_rank = _distributed(dev)
+    if dev.type == "cuda" and dist.is_initialized():
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
+    allow_tf32(dev)
+    workers = default_workers(dev) if workers is None else workers
     folder = RunFolder(Path(out))
     run = _jsonable({"config": cfg.to_dict(), "data": data, "train": dataclasses.asdict(tc)})
     state = folder.check(run, resume)
@@ -259,7 +396,11 @@ def train(
     elif state is None:
         _load_pretrained(model, vocab, pretrained_vit, glove, log=(rank == 0))
     model.to(dev)
-    optimizer = build_optimizer(model, tc)
+    fused = fused_adamw(dev)
+    optimizer = build_optimizer(model, tc, fused=fused)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
+        if dist.is_initialized() else model
+    train_step = TrainStep(torch.compile(ddp) if compile else ddp, model, optimizer, tc, dev, precision)
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -267,58 +408,49 @@ def train(
         optimizer.load_state_dict(ts["optimizer"])
         step = int(ts["step"])
         torch.set_rng_state(ts["rng"])
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        if dev.type == "cuda" and "cuda_rng" in ts:
+            torch.cuda.set_rng_state(ts["cuda_rng"], dev)
+        if train_step.scaler is not None and "scaler" in ts:
+            train_step.scaler.load_state_dict(ts["scaler"])
+    runtime = {"device": str(dev), "precision": precision, "fused_adamw": fused, "compile": compile, "workers": workers,
+               "distributed": dist.get_backend() if dist.is_initialized() else None}
     if rank == 0:
         folder.out.mkdir(parents=True, exist_ok=True)
         if state is None:
             folder.run_json.write_text(json.dumps({**run, "vocab_size": len(vocab), "world_size": world, "batch_per_process": proc_batch,
                                                    "from_scratch": not (pretrained_vit or glove or init),
-                                                   "init": _init_meta(init)}, indent=2))
+                                                   "init": _init_meta(init), "runtime": runtime}, indent=2))
     if step >= tc.iterations:
         if rank == 0:
             print(f"{folder.out}: run already finished at iteration {step}")
+        _finish_distributed()
         return folder.model
 
     sampler = EpochSampler(len(train_ds), proc_batch, tc.seed, rank, world)
-    use_amp = dev.type == "cuda"
+    loader = DataLoader(train_ds, batch_size=proc_batch, sampler=sampler, **loader_options(dev, workers))
     meta = {"data": data, "split_by": split_by, "image_root": str(image_root) if image_root else None,
             "pretrained_vit": str(pretrained_vit) if pretrained_vit else None, "glove": str(glove) if glove else None,
             "from_scratch": not (pretrained_vit or glove or init), "init": _init_meta(init)}
     if rank == 0:
         print(f"{cfg.name}: {tc.iterations} iterations from {step}, batch {tc.batch_size}"
               f" ({proc_batch} per process x {world} processes), LR {tc.lr:g} (vision {tc.lr * tc.vision_lr_scale:g}),"
-              f" grad clip {tc.grad_clip:g}, {_start_from(init, pretrained_vit, glove)}; log {folder.metrics}",
+              f" grad clip {tc.grad_clip:g}, {_start_from(init, pretrained_vit, glove)}; {_describe(runtime)}; log {folder.metrics}",
               file=sys.stderr, flush=True)
     bar = Progress(tc.iterations, "train", initial=step, enabled=progress and rank == 0)
     t_start, last_val = time.time(), None
     stop_at = tc.iterations if stop_after is None else min(tc.iterations, step + stop_after)
     while step < stop_at:
-        epoch, start = divmod(step, sampler.batches_per_epoch)
-        sampler.set_position(epoch, start)
-        loader = DataLoader(train_ds, batch_size=proc_batch, sampler=sampler, num_workers=workers,
-                            drop_last=True, persistent_workers=False, pin_memory=dev.type == "cuda")
+        sampler.set_position(*divmod(step, sampler.batches_per_epoch))  # read when the loader starts the epoch
         ddp.train()
         for batch in loader:
-            for g, base in zip(optimizer.param_groups, (tc.lr * tc.vision_lr_scale, tc.lr)):
-                g["lr"] = base * lr_factor(step, tc)
-            image, mask = batch["image"].to(dev, non_blocking=True), batch["mask"].to(dev, non_blocking=True)
-            words, pad = batch["words"].to(dev), batch["pad_mask"].to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                pixel_logits, patch_logit = ddp(image, words, pad)
-            losses = restr_loss(pixel_logits.float(), patch_logit.float(), mask, cfg.patch_size, cfg.patch_threshold, cfg.patch_loss_weight,
-                                cfg.patch_label_rule)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
-            optimizer.step()
+            losses = train_step(batch, step)
             step += 1
             if rank == 0:
                 shown = {}
                 if step % tc.log_every == 0 or step == tc.iterations:
+                    values = read_losses(losses)
                     rec = {"step": step, "lr": optimizer.param_groups[1]["lr"], "time": round(time.time() - t_start, 2),
-                           **{k: round(v.item(), 5) for k, v in losses.items()}}
-                    if grad_norm is not None:
-                        rec["grad_norm"] = round(float(grad_norm), 4)
+                           **{k: round(v, 4 if k == "grad_norm" else 5) for k, v in values.items()}}
                     folder.log(rec)
                     shown = {"loss": f"{rec['loss']:.4f}", "lr": f"{rec['lr']:.2e}"}
                 bar.update(1, **shown)
@@ -328,25 +460,43 @@ def train(
                     bar.write(f"val step {step}: overall IoU {result['overall_iou']:.4f}, mean IoU {result['mean_iou']:.4f} (n={result['n']})")
                 ddp.train()
             if rank == 0 and (step % tc.ckpt_every == 0 or step in (tc.iterations, stop_at)):
-                train_state = {"optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state()}
-                save_checkpoint(folder.last, model, vocab, {**meta, "step": step}, train_state)
+                save_checkpoint(folder.last, model, vocab, {**meta, "step": step}, _train_state(optimizer, train_step, step, dev))
             if step >= stop_at:
                 break
     bar.close()
+    del loader  # its worker processes end here
     if step < tc.iterations:
         if rank == 0:
             print(f"stopped at iteration {step} of {tc.iterations}; continue with --resume")
-        _finish_distributed(world)
+        _finish_distributed()
         return folder.last
     if rank == 0:
-        meta.update(step=step, train_seconds=round(time.time() - t_start, 1), val_overall_iou=last_val)
+        meta.update(step=step, train_seconds=round(time.time() - t_start, 1), val_overall_iou=last_val, precision=precision)
         save_checkpoint(folder.model, model, vocab, meta)
-    _finish_distributed(world)
+    _finish_distributed()
     return folder.model
 
 
-def _finish_distributed(world: int) -> None:
-    if world > 1:
+def _train_state(optimizer, train_step: TrainStep, step: int, dev: torch.device) -> dict:
+    """What --resume needs beside the weights: optimizer, iteration, RNGs (the device's too: drop-path
+    draws there) and the FP16 loss scale."""
+    state = {"optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state()}
+    if dev.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+    if train_step.scaler is not None:
+        state["scaler"] = train_step.scaler.state_dict()
+    return state
+
+
+def _describe(runtime: dict) -> str:
+    precision = {"bf16": "BF16 autocast", "fp16": "FP16 autocast with loss scaling", "fp32": "FP32"}[runtime["precision"]]
+    parts = [f"{runtime['device']}", precision, "fused AdamW" if runtime["fused_adamw"] else "AdamW",
+             f"{runtime['workers']} loader workers"]
+    return ", ".join(parts + (["torch.compile"] if runtime["compile"] else []))
+
+
+def _finish_distributed() -> None:
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
@@ -424,17 +574,25 @@ def _jsonable(d: dict) -> dict:
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="Score the val split (its first samples) every N iterations and log the overall IoU (default: the recipe's).")
 @click.option("--seed", type=int, default=None, help="Seed of the initial weights and of the sample order (default 0).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
-              help="DataLoader worker processes. `make demo` passes 1 to leave the second of two CPU cores to the training step.")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="DataLoader worker processes (default: on a GPU every CPU of the process but one, at most 16; on a CPU 2). "
+                   "`make demo` passes 1 to leave the second of two CPU cores to the training step.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: BF16 autocast on a GPU that has BF16 (FP16 with a loss scaler otherwise), FP32 on a CPU; "
+                   "bf16 autocasts on a CPU too.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model for the training steps (minutes to compile; "
+              "restr-bench --train measures whether it pays).")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice).")
 @click.option("--stop-after", default=None, type=click.IntRange(min=1), help="Stop after N iterations of this process (resume later with --resume).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines (validation results and the start line are still printed).")
 def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, glove, from_scratch, init_path, init_from, init_vocab,
-         iterations, batch_size, lr, val_every, seed, device, workers, threads, stop_after, no_progress):
+         iterations, batch_size, lr, val_every, seed, device, workers, precision, compile_model, threads, stop_after, no_progress):
     """Train ReSTR. Defaults follow the paper for restr-b16 (AdamW, LR 1e-5, warm-up 10%, poly 0.9,
     batch 8, 400k iterations) and a from-scratch recipe for restr-tiny. On a terminal a progress
     bar; written to a file, a plain progress line every 30 s ($RESTR_PROGRESS_INTERVAL) and one
-    line per validation; every number also goes to OUT/metrics.jsonl.
+    line per validation; every number also goes to OUT/metrics.jsonl. On a GPU: BF16 autocast,
+    TF32, fused AdamW, fused attention kernels, a pinned-memory loader of persistent workers;
+    `restr-bench --train` times each choice.
 
     \b
     restr-train --config restr-tiny --data synthetic --out runs/demo
@@ -460,7 +618,7 @@ def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, g
         if threads:
             torch.set_num_threads(threads)
         path = train(cfg, tc, data, out, device, resume, workers, split_by, image_root, pretrained_vit, glove, stop_after=stop_after,
-                     progress=not no_progress, from_scratch=from_scratch, init=init)
+                     progress=not no_progress, from_scratch=from_scratch, init=init, precision=precision, compile=compile_model)
         if int(os.environ.get("RANK", "0")) == 0:
             click.echo(f"wrote {path}")
 

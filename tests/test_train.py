@@ -253,3 +253,86 @@ def test_kill_9_never_leaves_half_a_checkpoint(tmp_path, data):
         proc.wait()
     ck = load_checkpoint(out / "last.pt")  # whole, whatever moment the kill hit
     assert ck.meta["step"] >= 1 and ck.train_state["step"] == ck.meta["step"]
+
+
+# --- the GPU-speed choices, checked where a CPU can --------------------------------------------------
+
+
+def test_precision_optimizer_and_loader_follow_the_device(monkeypatch):
+    """auto: BF16 on a GPU with BF16, FP16 (with a loss scaler) on one without, FP32 on a CPU;
+    fused AdamW and a pinned, persistent, prefetching loader on a GPU only."""
+    import contextlib
+
+    from restr.train import UsageError, build_optimizer, default_workers, fused_adamw, loader_options, resolve_precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(UsageError, match="fp16 .* GPU only"):
+        resolve_precision("fp16", cpu)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla V100")
+    for native, auto in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n and not including_emulation)
+        assert resolve_precision("auto", gpu) == auto and resolve_precision("fp32", gpu) == "fp32"
+    with pytest.raises(UsageError, match="Tesla V100 has no BF16"):
+        resolve_precision("bf16", gpu)
+
+    assert fused_adamw(gpu) and not fused_adamw(cpu)
+    model = torch.nn.Linear(2, 2)
+    assert build_optimizer(model, tc(), fused=True).defaults["fused"] is True
+    assert not build_optimizer(model, tc()).defaults["fused"]
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_workers(cpu) == 2 and default_workers(gpu) == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's processes on this node share its CPUs
+    assert default_workers(gpu) == 3
+    assert loader_options(gpu, 3) == {"num_workers": 3, "drop_last": True, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 4}
+    assert loader_options(cpu, 0) == {"num_workers": 0, "drop_last": True, "pin_memory": False}
+
+
+@pytest.fixture(scope="module")
+def few_data(tmp_path_factory):
+    """A training split of a few batches: runs cross epochs in a few iterations."""
+    from restr.data import make_synthetic
+
+    return str(make_synthetic(tmp_path_factory.mktemp("few") / "synthetic", seed=0, sizes={"train": 2, "val": 1, "test": 1}))
+
+
+def test_loader_workers_persist_across_epochs_and_resume_exactly(tmp_path, few_data):
+    """Worker processes kept across epochs and prefetching give the samples of the in-process
+    loader, epoch after epoch, and a run stopped mid-epoch resumes onto the same weights."""
+    from restr.data import build_dataset
+    from restr.train import EpochSampler
+
+    torch.set_num_threads(1)
+    per_epoch = EpochSampler(len(build_dataset(few_data, "train", 32, None, (0.5,) * 3, (0.5,) * 3)), 4, 0).batches_per_epoch
+    t = tc(iterations=2 * per_epoch + 2, val_every=100, ckpt_every=100)  # into a third epoch
+    whole = train(small_cfg(), t, few_data, tmp_path / "a", device="cpu", workers=0, progress=False)
+    train(small_cfg(), t, few_data, tmp_path / "b", device="cpu", workers=2, progress=False, stop_after=per_epoch + 1)
+    resumed = train(small_cfg(), t, few_data, tmp_path / "b", device="cpu", workers=2, progress=False, resume=True)
+    a, b = load_checkpoint(whole).model.state_dict(), load_checkpoint(resumed).model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_torchrun_with_one_process_trains_through_ddp_with_the_same_losses(tmp_path, data):
+    """torchrun --nproc-per-node 1 starts the process group (gloo here, NCCL on a GPU) and trains
+    through DDP: the loss curve is the one of the run without torchrun."""
+    torch.set_num_threads(1)
+    plain = train(small_cfg(), tc(iterations=4), data, tmp_path / "plain", device="cpu", workers=0, progress=False)
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import torch; torch.set_num_threads(1);"
+        "from restr.train import train, TrainConfig; from restr.config import get_config;"
+        "train(get_config('restr-tiny').replace(image_size=32), TrainConfig(iterations=4, batch_size=4, lr=1e-3, val_every=3, val_limit=4,"
+        f" ckpt_every=3, log_every=1), {data!r}, {str(tmp_path / 'ddp')!r}, device='cpu', workers=0, progress=False)")
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", str(script))
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert run["world_size"] == 1 and run["runtime"]["distributed"] == "gloo"
+    assert json.loads((plain.parent / "run.json").read_text())["runtime"]["distributed"] is None
+
+    def losses(folder):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    assert losses(tmp_path / "ddp") == losses(plain.parent) and len(losses(plain.parent)) == 4
