@@ -103,8 +103,11 @@ static void bad_options() {
   o.provider = "tpu";
   EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "provider must be cpu or cuda");
   restr_options_init(&o);
-  o.precision = "int8";
+  o.precision = "int4";
   EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "precision must be fp32, fp16 or int8");
+  restr_options_init(&o);
+  o.precision = "int8";  // a precision this export lacks: the missing graph named, as restr.runtime does
+  EXPECT(open(export_dir, &p, &o), RESTR_ARTIFACT_ERROR, "the export has no 'vision_int8' graph");
   restr_options_init(&o);
   o.threshold = 1.5f;
   EXPECT(open(export_dir, &p, &o), RESTR_INVALID_ARGUMENT, "threshold must be between 0 and 1");
