@@ -41,6 +41,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -429,8 +430,10 @@ class Tritonserver:
                                          headers={ACCESS_HEADER: self.token, "Content-Type": "application/json"})
         try:
             urllib.request.urlopen(request, timeout=5).close()
-        except OSError as e:  # then the SIGTERM alone drains
+        except urllib.error.HTTPError as e:  # then the SIGTERM alone drains
             click.echo(f"{PROG}: could not unload the model first ({e}); stopping tritonserver", err=True)
+        except OSError:  # not listening yet (still starting): nothing to unload
+            pass
 
     def kill(self) -> None:
         """SIGKILL tritonserver and its model instances (its process group: an instance outlives a
@@ -477,10 +480,9 @@ def serve(config: ServeConfig) -> int:
                     raise ValueError(error_file.read_text(encoding="utf-8"))
                 server.release()
                 raise RuntimeError(f"tritonserver exited ({server.proc.returncode}) before serving (its log above)")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # drained as when serving: Triton may already answer requests restr-serve has not seen it take
             server.release()
-            click.echo(f"{PROG}: stopped while starting", err=True)
-            return 0
+            return drain(server, config)
         server.release()
         click.echo(f"{PROG}: serving {what} on http://{config.host}:{config.http_port}, grpc {config.host}:{config.grpc_port}, "
                    f"metrics http://{config.host}:{config.metrics_port}/metrics", err=True)

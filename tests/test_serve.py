@@ -75,6 +75,46 @@ def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[
         return e.code, e.read().decode()
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (restr-serve, tritonserver in its own session, the instances)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def alive(pids) -> list[int]:
+    """Those of pids still running (zombies count as gone)."""
+    out = []
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(p)
+    return out
+
+
+def assert_nothing_left(s: "Server", tree: list[int]) -> None:
+    """No process of the server's tree, no shared memory or temporary folder of its restr-serve."""
+    deadline = time.monotonic() + 10
+    while alive(tree[1:]) and time.monotonic() < deadline:  # instances exiting after tritonserver
+        time.sleep(0.2)
+    assert not alive(tree[1:]), alive(tree[1:])
+    assert not list(Path("/dev/shm").glob(f"restr-serve-{s.proc.pid}-*"))
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"restr-serve-{s.proc.pid}-*"))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
@@ -330,6 +370,8 @@ def test_readiness_follows_the_model_and_the_drain(tiny, predictor, images, tmp_
         assert all(p != 200 for p in polls[:-1]) and len(polls) > 5  # polled while it started
         with RestrClient(s.url) as client:  # at once: health said the replica can answer
             assert_same(client.predict(images[0], TEXTS), predictor.predict_image(images[0], TEXTS))
+        tree = process_tree(s.proc.pid)
+        assert len(tree) >= 4  # restr-serve, tritonserver, 2 instances
 
         texts = TEXTS * 8  # 24 expressions: requests long enough to be in flight at the signal
         expected = {p: predictor.predict_image(p, texts) for p in images}
@@ -369,8 +411,7 @@ def test_readiness_follows_the_model_and_the_drain(tiny, predictor, images, tmp_
         assert not others, others[:3]
         noise = [line for line in s.lines() if not line.startswith("restr-serve: ")]
         assert not noise, noise[:5]  # no CUDA/NVML complaints, no "exited with failure", no traceback
-        assert not list(Path("/dev/shm").glob(f"restr-serve-{s.proc.pid}-*"))
-        assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"restr-serve-{s.proc.pid}-*"))
+        assert_nothing_left(s, tree)
     finally:
         s.stop()
 
@@ -393,6 +434,7 @@ def test_a_second_sigterm_stops_at_once_and_leaves_no_process(tiny, tmp_path):
         load = threading.Thread(target=run_load, args=(s.url, [(images[i % 4], TEXTS * 8) for i in range(400)], 8, stop))
         load.start()
         time.sleep(1.5)
+        tree = process_tree(s.proc.pid)
         s.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         s.proc.send_signal(signal.SIGTERM)
@@ -407,10 +449,29 @@ def test_a_second_sigterm_stops_at_once_and_leaves_no_process(tiny, tmp_path):
             time.sleep(0.2)
         assert code == 0, s.tail()
         assert "second signal: stopping now" in s.tail() and not left, (left, s.tail())
-        assert not list(Path("/dev/shm").glob(f"restr-serve-{s.proc.pid}-*"))
+        assert_nothing_left(s, tree)
     finally:
         s.stop()
         subprocess.run(["pkill", "-9", "-s", str(session)])
+
+
+def test_sigterm_while_starting_stops_cleanly(tiny, tmp_path):
+    """SIGTERM once tritonserver runs but before it is ready (the model loading): exit 0, nothing left."""
+    s = Server(tmp_path / "server.log", "--artifacts", str(tiny.folder))
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        tree = []
+        while time.monotonic() < deadline and len(tree) < 3:  # tritonserver and an instance started
+            tree = process_tree(s.proc.pid)
+            time.sleep(0.05)
+        assert len(tree) >= 3 and health(s.url) != 200, (tree, health(s.url))
+        s.proc.send_signal(signal.SIGTERM)
+        code = s.proc.wait(60)
+        assert code == 0, s.tail()
+        assert "serving" not in s.tail() and "stopped" in s.tail(), s.tail()
+        assert_nothing_left(s, tree)
+    finally:
+        s.stop()
 
 
 def test_a_model_that_cannot_load_is_one_line(tiny, tmp_path):
@@ -447,18 +508,9 @@ def test_serve_benchmark_restr_b16(tmp_path):
 
 
 def tree_rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants (restr-serve, tritonserver, the instances)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for p in process_tree(pid):
         try:
             total += int(next(line for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmRSS:")).split()[1])
         except (OSError, StopIteration):
