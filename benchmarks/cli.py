@@ -83,10 +83,21 @@ def _writable_file(path: str | None, option: str) -> None:
 @click.option("--op-profile", type=int, default=0, show_default=True, metavar="N",
               help="Also run each ONNX engine N times under ONNX Runtime's profiler and print kernel time per op type.")
 @click.option("--import-runs", type=int, default=5, show_default=True, help="Fresh interpreters timing `import restr.runtime` (0: skip).")
+@click.option("--train", is_flag=True,
+              help="Time restr-train's step on --device (--config, --image-size, --batch-size; default restr-b16 at 480, batch 8), each "
+                   "speed choice against the default, the data loader alone on JPEG photos, MFU and the recipe's projected time.")
+@click.option("--batch-size", type=int, default=None, help="--train: the batch (default: the config's recipe, 8 for restr-b16).")
+@click.option("--device", default="auto", show_default=True, help="--train: cpu, cuda or auto.")
+@click.option("--steps", type=int, default=30, show_default=True, help="--train: timed steps per choice.")
+@click.option("--choices", "train_choices", default="all", show_default=True,
+              help="--train: what is timed against the default, from precision,tf32,optimizer,attention,compile; all or none.")
+@click.option("--workers", type=int, default=None, help="--train: the data loader's worker processes (default: the trainer's for the device).")
+@click.option("--photos", type=click.Path(file_okay=False), default=None,
+              help="--train: the folder of the loader's refer-layout JPEG data set (written if absent, kept; default: a temporary one).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, bulk, bulk_runs, bulk_workers,
          threads, precision, backend, providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs,
-         no_progress) -> None:
+         train, batch_size, device, steps, train_choices, workers, photos, no_progress) -> None:
     """Benchmark ReSTR.
 
     \b
@@ -95,15 +106,25 @@ def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, through
     restr-bench --engine runs/b16_320 --queries 8      latency, throughput, peak share, multi-query
     restr-bench --engine runs/demo/export --bulk 200   many photos: predict_many against a loop
     restr-bench --engine a.onnx --engine model.pt      two engines, interleaved, with ratios
+    restr-bench --train --config restr-b16 --image-size 480 --batch-size 8 --device cuda
+                                                       the trainer's step, MFU, loader, recipe time
 
     For each engine: batch-1 latency of the model alone and end to end (pre-processing, model and
     post-processing through restr.runtime's Predictor), median / p90 / p99 / mean / std over --runs;
     cold start (load + first run); throughput at --batch-sizes; peak memory (RSS high-water mark);
     achieved GFLOP/s (2 x MACs / median model time) and its share of an FP32 matrix-product peak
-    measured in the same run. Exit codes: 0 done, 2 bad input (nothing written).
+    measured in the same run. --train: the trainer's step instead (benchmarks/train_bench.py).
+    Exit codes: 0 done, 2 bad input (nothing written).
     """
+    if train:
+        if macs or engines:
+            _fail("--train runs alone: no --macs or --engine with it")
+        _writable_file(json_path, "--json")
+        _run_train(config_name, image_size, batch_size, device, steps, warmup, train_choices, workers, photos, threads, gemm_size, json_path,
+                   no_progress)
+        return
     if not macs and not engines:
-        _fail("nothing to do: give --macs and/or --engine PATH (see --help)")
+        _fail("nothing to do: give --macs and/or --engine PATH, or --train (see --help)")
     if plot_path and not engines:
         _fail("--plot draws --engine results: give --engine PATH")
     _writable_file(json_path, "--json")
@@ -175,6 +196,41 @@ def _engine_settings(engines, json_path, plot_path, runs, warmup, batch_sizes, t
     load_options = LoadOptions(threads=settings.threads, precision=precision, backend=backend, providers=providers,
                                image_size=image_size, config=config_name)
     return settings, load_options
+
+
+def _run_train(config_name, image_size, batch_size, device, steps, warmup, choices, workers, photos, threads, gemm_size, json_path,
+               no_progress) -> None:
+    from restr.benchmarks.environment import available_cpus
+    from restr.benchmarks.report import write_json
+    from restr.benchmarks.train_bench import TrainBenchOptions, format_train_report, parse_choices, run_train_bench
+    from restr.config import CONFIGS
+
+    config_name = config_name or "restr-b16"
+    if config_name not in CONFIGS:
+        _fail(f"--config {config_name!r}: unknown config; known: {', '.join(CONFIGS)}")
+    for name, value, least in (("--steps", steps, 1), ("--warmup", warmup, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0),
+                               ("--image-size", image_size, 1), ("--threads", threads, 1), ("--gemm-size", gemm_size, 16)):
+        if value is not None and value < least:
+            _fail(f"{name} must be at least {least}, got {value}")
+    from restr.cli_common import pick_device
+    from restr.data import DataError
+
+    try:
+        names = parse_choices(choices)
+        pick_device(device)
+    except (ValueError, UsageError) as e:
+        _fail(str(e))
+    options = TrainBenchOptions(config=config_name, image_size=image_size, batch_size=batch_size, device=device, steps=steps,
+                                warmup=warmup, choices=names, workers=workers, photos=photos, threads=threads or available_cpus(),
+                                gemm_size=gemm_size)
+    try:
+        doc = run_train_bench(options, log=(lambda m: None) if no_progress else (lambda m: click.echo(m, err=True)))
+    except (UsageError, DataError) as e:
+        _fail(str(e))
+    click.echo(format_train_report(doc))
+    if json_path:
+        write_json(json_path, doc)
+        click.echo(f"results written to {json_path}", err=True)
 
 
 def _run_engines(engines, settings, load_options, import_runs, json_path, plot_path, macs_rows) -> None:

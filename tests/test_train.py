@@ -290,6 +290,84 @@ def test_precision_optimizer_and_loader_follow_the_device(monkeypatch):
     assert loader_options(cpu, 0) == {"num_workers": 0, "drop_last": True, "pin_memory": False}
 
 
+def _step_setup(precision="fp32", fused=True, grad_clip=1.0):
+    from restr.benchmarks.train_bench import make_batch
+    from restr.modeling import ReSTR
+    from restr.train import TrainStep, build_optimizer
+
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    model = ReSTR(cfg, 40).train()
+    t = tc(grad_clip=grad_clip)
+    step = TrainStep(model, model, build_optimizer(model, t, fused=fused), t, torch.device("cpu"), precision)
+    return model, step, make_batch(cfg, 4, 40, pin=False)
+
+
+def test_bf16_autocast_trains_on_the_cpu():
+    """--precision bf16: the matrix products run in BF16, the weights, the loss and the update stay FP32."""
+    torch.set_num_threads(1)
+    model, step, batch = _step_setup("bf16")
+    seen = set()
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.add(o.dtype)) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [step(batch, 3 + i) for i in range(3)]
+    for h in hooks:
+        h.remove()
+    assert seen == {torch.bfloat16}
+    assert all(v.dtype == torch.float32 for v in losses[-1].values()) and all(torch.isfinite(v) for v in losses[-1].values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(before["fusion.vision_proj.weight"], model.state_dict()["fusion.vision_proj.weight"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_the_step_never_waits_for_the_device(precision):
+    """No value of a tensor reaches Python inside a step (each would be a host sync on a GPU), with
+    clipping and the FP16 loss scaler too; reading the losses at a log step is one read."""
+    from restr.benchmarks.train_bench import counting_value_reads
+    from restr.train import read_losses
+
+    torch.set_num_threads(1)
+    _, step, batch = _step_setup(precision)
+    step(batch, 3)
+    with counting_value_reads() as reads:
+        losses = [step(batch, 4 + i) for i in range(2)][-1]
+    assert sum(reads.values()) == 0, reads
+    with counting_value_reads() as reads:
+        values = read_losses(losses)
+    assert sum(reads.values()) == 1 and set(values) == {"loss", "patch_loss", "pixel_loss", "grad_norm"}
+    if precision == "fp16":  # the scaler's own overflow check without a fused optimizer: a read per step
+        _, step, batch = _step_setup(precision, fused=False)
+        with counting_value_reads() as reads:
+            step(batch, 3)
+        assert reads["item"] > 0
+
+
+def test_training_attention_runs_the_fused_sdpa_kernel():
+    """Training attends through F.scaled_dot_product_attention's fused kernel (the CPU's flash kernel
+    here; flash or memory-efficient on a GPU), forward and backward, never a softmax of its own."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from restr.modeling.transformer import Attention
+
+    class Ops(TorchDispatchMode):
+        calls = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.set_num_threads(1)
+    model, step, batch = _step_setup("bf16")
+    with Ops() as ops:
+        step(batch, 3)
+    layers = sum(isinstance(m, Attention) for m in model.modules())
+    assert ops.calls["_scaled_dot_product_flash_attention_for_cpu"] == layers == 10
+    assert ops.calls["_scaled_dot_product_flash_attention_for_cpu_backward"] == layers
+    assert ops.calls["_softmax"] == 0
+
+
 @pytest.fixture(scope="module")
 def few_data(tmp_path_factory):
     """A training split of a few batches: runs cross epochs in a few iterations."""
