@@ -465,7 +465,8 @@ def serve(config: ServeConfig) -> int:
             repo, what = Path(config.repository).resolve(), f"the repository {config.repository}"
         else:
             repo, name, batch = write_repository(config, work, error_file)
-            what = f"model '{MODEL}' ({name}, {config.instances} instance{'s' * (config.instances > 1)}, batches of up to {batch} images)"
+            batches = "one request per run" if batch == 1 else f"batches of up to {batch} requests"
+            what = f"model '{MODEL}' ({name}, {config.instances} instance{'s' * (config.instances > 1)}, {batches})"
         dist, env = prepare_tritonserver(work)
         token = config.access_token or secrets.token_urlsafe(24)
         probe = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
