@@ -394,7 +394,8 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
             if overlay:
                 files.append(save_overlay(tmp / f"{name}_overlay.png", rgb, p.mask).name)
         if sheet:
-            captions = [f"{i}. {p.text} (score {p.score:.2f}{', no known words' if p.no_known_words else ''})" for i, p in enumerate(preds, 1)]
+            # the score first: a long expression is cut at the tile's second line, never the score
+            captions = [f"{i}. score {p.score:.2f}{', no known words' if p.no_known_words else ''}: {p.text}" for i, p in enumerate(preds, 1)]
             files.append(save_atomic(contact_sheet(rgb, [p.mask for p in preds], captions), tmp / "sheet.png").name)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         with signals_deferred():  # the previous outputs go and the new ones arrive whole, or not at all

@@ -13,6 +13,8 @@ row, took 4.98 s at its default zlib level and 0.97 s at level 1; write_png take
 """
 from __future__ import annotations
 
+import functools
+
 import struct
 import zlib
 from pathlib import Path
@@ -164,7 +166,7 @@ def contact_sheet(image, masks: list[np.ndarray], captions: list[str], tile: int
     scale = tile / max(w, h)
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
     small = (image if image.mode == "RGB" else image.convert("RGB")).resize((tw, th), Image.BILINEAR)
-    font = ImageFont.load_default()
+    font = caption_font()
     line = 14
     cols = min(4, max(1, len(masks)))
     rows = -(-len(masks) // cols)
@@ -177,6 +179,29 @@ def contact_sheet(image, masks: list[np.ndarray], captions: list[str], tile: int
         for i, text in enumerate(_wrap(caption, tw, font, draw)[:2]):
             draw.text((x, y + th + 4 + i * line), text, fill=(0, 0, 0), font=font)
     return sheet
+
+
+# Fonts with Latin, Greek and Cyrillic letters (Pillow's default font has only Latin ones: any other
+# letter drew as a box): the system's DejaVu Sans, or the copy matplotlib ships.
+CAPTION_FONTS = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+
+@functools.lru_cache(maxsize=1)
+def caption_font():
+    """The contact sheet's caption font: DejaVu Sans at 11 px where it is found, else Pillow's default."""
+    candidates = list(CAPTION_FONTS)
+    try:
+        import matplotlib
+
+        candidates.append(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"))
+    except ImportError:
+        pass
+    for name in candidates:
+        try:
+            return ImageFont.truetype(name, 11)
+        except OSError:
+            continue
+    return ImageFont.load_default()
 
 
 def _wrap(text: str, width: int, font, draw) -> list[str]:

@@ -248,3 +248,52 @@ def test_restr_predict_on_a_12_mp_photo_stays_under_600_mb(tmp_path):
     peak_mb = int(r.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 1024
     assert peak_mb <= 600, f"peak RSS {peak_mb:.0f} MB"
     assert Image.open(tmp_path / "out" / "1_the-dog_overlay.png").size == (3000, 4000)
+
+
+def test_sheet_captions_draw_greek_and_cyrillic_letters_and_keep_the_score(tmp_path):
+    """Pillow's default font drew every non-Latin letter as the same box; the caption font has them.
+    A long expression is cut at the tile's second line: the score comes first, so it stays."""
+    from PIL import ImageDraw
+
+    from restr.runtime.cli import main
+    from restr.runtime.visualize import caption_font
+
+    font = caption_font()
+    if not hasattr(font, "path"):
+        pytest.skip("no DejaVu Sans here (fonts-dejavu or matplotlib)")
+    def glyph(c: str) -> bytes:
+        im = Image.new("L", (20, 20))
+        ImageDraw.Draw(im).text((2, 2), c, fill=255, font=font)
+        return im.tobytes()
+
+    box = glyph("\ue000")  # a private-use character: the font's 'missing glyph' box
+    for letter in "éΩЖß":
+        assert glyph(letter) != box, letter
+    from click.testing import CliRunner
+
+    from test_runtime import make_tiny_export
+
+    tiny = make_tiny_export(tmp_path / "export")
+    Image.fromarray(large_photo(120, 80)).save(tmp_path / "p.png")
+    seen = {}
+    import restr.runtime.cli as cli
+
+    original = cli.contact_sheet
+
+    def spy(rgb, masks, captions, *a, **k):
+        seen["captions"] = captions
+        return original(rgb, masks, captions, *a, **k)
+
+    cli.contact_sheet = spy
+    try:
+        long = "the man in the blue shirt on the left of the big red car next to the small tree"
+        r = CliRunner().invoke(main, ["--artifacts", str(tiny.folder), "--image", str(tmp_path / "p.png"), "--text", long,
+                                      "--out", str(tmp_path / "o"), "--sheet"])
+    finally:
+        cli.contact_sheet = original
+    assert r.exit_code == 0, r.output
+    (caption,) = seen["captions"]
+    from restr.runtime.visualize import _wrap
+
+    lines = _wrap(caption, 120, font, ImageDraw.Draw(Image.new("RGB", (1, 1))))
+    assert len(lines) > 2 and "score" in lines[0]  # cut after two lines, the score on the first

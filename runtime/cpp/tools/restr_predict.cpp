@@ -553,7 +553,8 @@ int run(const Args& a) {
         restr::Prediction p = res[i];
         masks.push_back(p.mask);
         std::snprintf(score, sizeof score, "%.2f", p.score);
-        captions.push_back(std::to_string(i + 1) + ". " + p.text + " (score " + score + (p.no_known_words ? ", no known words" : "") + ")");
+        // the score first, as restr-predict: a long expression is cut at the tile's second line, never the score
+        captions.push_back(std::to_string(i + 1) + ". score " + score + (p.no_known_words ? ", no known words" : "") + ": " + p.text);
       }
       restr_cli::Image s = restr_cli::contact_sheet(image, masks, captions);
       restr_cli::write_png(tmp / "sheet.png", s.rgb.data(), s.width, s.height, 3);
