@@ -1,9 +1,12 @@
 """restr-bench --train: the MFU arithmetic against the MACs table, the choices, the JPEG data set
-and its loader, the command on a CPU."""
+and its loader, the command on a CPU, and benchmarks/gpu_train.sh run small on a CPU."""
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,9 @@ from restr.benchmarks.train_bench import (
 )
 from restr.config import get_config
 from restr.train import TRAIN_DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_mfu_is_six_forward_macs_per_image_over_the_peak():
     """restr-b16 at 480, batch 8: 6 x the MACs of restr.accounting (checked there against the
@@ -136,3 +142,20 @@ def test_train_bench_every_choice_at_restr_tiny_size():
     r = _bench(["--train", "--config", "restr-tiny", "--device", "cpu", "--steps", 10, "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "torch.compile" in r.output and "projected: 3,600 iterations" in r.output
+
+
+@pytest.mark.slow
+def test_gpu_train_script_runs_small_on_a_cpu(tmp_path):
+    """benchmarks/gpu_train.sh as a lent GPU runs it, at a small size on the CPU (make demo left out:
+    it trains for a quarter of an hour on a CPU)."""
+    env = {**os.environ, "DEVICE": "cpu", "CONFIG": "restr-tiny", "SIZE": "32", "BATCH": "4", "STEPS": "5", "CHOICES": "precision,optimizer",
+           "ITERATIONS": "6", "DEMO": "0"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path / "gt")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "gt" / "summary.json").read_text())
+    assert summary["bench"]["config"] == "restr-tiny" and summary["bench"]["host_syncs_per_step"] == 0
+    assert summary["ddp"]["distributed"] == "gloo" and summary["ddp"]["max_abs_loss_difference"] == 0.0
+    assert summary["resume"]["max_abs_weight_difference"] < 1e-6 and summary["resume"]["same_steps"] and summary["ddp"]["same_steps"]
+    assert summary["trainer"]["ms_per_step"] > 0 and summary["trainer"]["runtime"]["precision"] == "fp32"
+    assert "demo" not in summary
