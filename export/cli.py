@@ -112,7 +112,7 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
         if triton_repo is not None and engines_for is None and not (ckpt or config_name):
             if out is None:
                 raise ExportError("--triton DIR needs an export: --out EXPORT (an existing one), or --ckpt / --config to export first")
-            _write_triton(out, triton_repo, triton_for, force)
+            _write_triton(out, triton_repo, triton_for, force, options.precisions)
             return
         if engines_for is not None:
             if ckpt or config_name or out:
@@ -132,7 +132,7 @@ def cli(ckpt, ckpt_from, authors_vocab, config_name, out, engines_for, image_siz
                 source = load_source(ckpt, config_name, image_size, seed)
             manifest = export_artifacts(source, out, options)
         if triton_repo is not None:
-            _write_triton(out, triton_repo, triton_for, force)
+            _write_triton(out, triton_repo, triton_for, force, options.precisions)
     except (ExportError, EngineUnavailable, UsageError) as e:
         _fail(str(e), EXIT_BAD_INPUT)
     except (VerificationError, EngineBuildError, ExportCheckError, FP16Error, INT8Error) as e:
@@ -160,10 +160,12 @@ def _authors_source(ckpt, ckpt_from, vocab, config_name, image_size):
     return Source(model, ck.vocab, ck.meta, Path(ckpt), random_weights=False)
 
 
-def _write_triton(export_dir: Path, repo: Path, target: str, force: bool) -> None:
+def _write_triton(export_dir: Path, repo: Path, target: str, force: bool, precisions: tuple[str, ...]) -> None:
+    """The Triton repository of an export: the graphs of the one --precision given (fp32 otherwise)."""
     from restr.export.triton import TritonOptions, write_repository
 
-    options = TritonOptions(device="gpu" if target == "gpu" else "cpu", python_graphs=target == "pytriton", force=force)
+    precision = precisions[0] if len(precisions) == 1 else "fp32"
+    options = TritonOptions(precision=precision, device="gpu" if target == "gpu" else "cpu", python_graphs=target == "pytriton", force=force)
     models = write_repository(export_dir, repo, options)
     click.echo(f"wrote Triton model repository {repo}: " + ", ".join(f"{m} ({b})" for m, b in models.items()), err=True)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from restr.export.pipeline import ExportError, _publish, _staging
 from restr.runtime import protocol, tokenizer, transforms
 from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
+from restr.runtime.formats import PRECISIONS, graph_key
 from restr.runtime.protocol import ConfigError, Enum, metadata_parameters, model_io, parameter, pbtxt, tensor_config
 from restr.runtime.transforms import mean_fill
 
@@ -49,7 +50,7 @@ FALLBACK_IO = {
 class TritonOptions:
     """How the repository is laid out; the defaults suit one GPU server."""
 
-    precision: str = "fp32"  # which ONNX graphs: fp32 or fp16 (the FP16 twins)
+    precision: str = "fp32"  # which ONNX graphs: fp32, fp16 or int8 (the FP16 or INT8 twins)
     engines: bool = True  # tensorrt_plan models where the export has engines
     device: str = "gpu"  # instance kind of the graph models: gpu or cpu
     instances: int = 1  # instances of each graph model
@@ -64,8 +65,8 @@ class TritonOptions:
 def write_repository(export_dir, out, options: TritonOptions | None = None) -> dict:
     """Write the model repository `out` for the export folder `export_dir`; returns {model: backend}."""
     o = options or TritonOptions()
-    if o.precision not in ("fp32", "fp16") or o.device not in ("gpu", "cpu"):
-        raise ExportError(f"precision must be fp32 or fp16 and device gpu or cpu, got {o.precision!r}, {o.device!r}")
+    if o.precision not in PRECISIONS or o.device not in ("gpu", "cpu"):
+        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)} and device gpu or cpu, got {o.precision!r}, {o.device!r}")
     out = Path(out)
     _check_out(out, o.force)
     try:
@@ -106,7 +107,7 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _graph(art: Artifacts, step: str, precision: str) -> GraphInfo | None:
-    key = step if precision == "fp32" else f"{step}_fp16"
+    key = graph_key(step, precision)
     if step in OPTIONAL_STEPS:  # pre/post-processing exist in fp32 only
         return art.graphs.get(key) or art.graphs.get(step)
     if key not in art.graphs and step in art.graphs:

@@ -160,6 +160,14 @@ def test_fp16_is_the_fp16_graphs_or_a_refusal(tiny, tmp_path):
     write_repository(folder, tmp_path / "fp16", TritonOptions(precision="fp16", engines=False))
     for step in ("vision", "language", "fusion_decoder"):
         assert (tmp_path / "fp16" / f"restr_{step}" / "1" / "model.onnx").read_bytes() == (folder / f"{step}_fp16.onnx").read_bytes()
+    # as users type it: restr-export --out EXPORT --triton DIR --precision fp16
+    from click.testing import CliRunner
+
+    from restr.export.cli import cli
+
+    r = CliRunner().invoke(cli, ["--out", str(folder), "--triton", str(tmp_path / "cli16"), "--precision", "fp16", "--triton-for", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cli16" / "restr_vision" / "1" / "model.onnx").read_bytes() == (folder / "vision_fp16.onnx").read_bytes()
 
 
 def test_refusals(tiny, tmp_path):
