@@ -155,9 +155,7 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
         if (artifacts is None) == (server is None):
             raise InputError("give one of --artifacts DIR and --server URL")
         if list_words:
-            if server is not None:
-                raise InputError("--list-words reads an export folder: give --artifacts DIR")
-            _list_words(artifacts)
+            _list_words(artifacts, server)
             return None
         with signals_interrupt():  # SIGTERM/SIGHUP unwind as Ctrl-C does: the staging folder goes, a bulk job's records stay whole
             if _bulk_input(image, bulk_options):
@@ -258,10 +256,20 @@ def _load_predictor(artifacts, server, backend, precision, providers, threshold,
     return predictor, time.perf_counter() - t0
 
 
-def _list_words(artifacts: Path) -> None:
-    from restr.runtime.artifacts import Artifacts
+def _list_words(artifacts: Path | None, server: str | None = None) -> None:
+    """The model's words, from the export folder or from the server's model configuration."""
+    if server is not None:
+        from restr.runtime.client import RemotePredictor
 
-    vocab = Artifacts.open(artifacts).vocabulary()
+        remote = RemotePredictor(server)
+        try:
+            vocab = remote.artifacts.vocabulary()
+        finally:
+            remote.close()  # in this thread (tritonclient's gevent pool needs that)
+    else:
+        from restr.runtime.artifacts import Artifacts
+
+        vocab = Artifacts.open(artifacts).vocabulary()
     click.echo("\n".join(vocab.itos[2:]))
 
 
@@ -364,6 +372,7 @@ def _summary(predictor: Predictor, artifacts: Path, image: Path, emb, preds: lis
             "language_fusion_per_expression": round(sum(sum(t[n] for n in decode_keys) for t in per_expr) / k, 3),
             "postprocess_per_expression": round(sum(t["postprocess"] for t in per_expr) / k, 3),
             "total": round((time.perf_counter() - t_start) * 1000, 3),
+            **({"server_round_trip": round(emb.timings["request"], 3)} if "request" in emb.timings else {}),
         },
     }
 
@@ -450,6 +459,7 @@ def _print_table(summary: dict, out: Path) -> None:
     click.echo(
         f"timings (ms): load {t['load']:.1f}, preprocess {t['preprocess']:.1f}, vision {t['vision']:.1f}, "
         f"language+fusion {t['language_fusion_per_expression']:.1f} per expression, postprocess {t['postprocess_per_expression']:.1f} per expression"
+        + (f"; the server's answer took {t['server_round_trip']:.1f} in all" if "server_round_trip" in t else "")
     )
     click.echo(f"wrote {out / 'summary.json'}")
 

@@ -52,6 +52,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from restr.runtime.formats import PRECISIONS
 from restr.runtime.protocol import (
     MODEL, OUTPUTS, Enum, RequestError, decode_image, metadata_parameters, model_io, parameter, pbtxt, read_request, response,
 )
@@ -577,7 +578,8 @@ def _interrupt(signum, frame):
 @click.option("--max-texts", "--max-batch", "max_texts", type=click.IntRange(1), default=64, show_default=True,
               help="Most expressions in one request.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Which graphs of the export serve: FP32, the mixed-precision FP16 ones or the calibrated INT8 ones.")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
 @click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads per instance. [default: cores / instances]")
 @click.option("--cache-size", type=click.IntRange(1), default=32, show_default=True, help="Images whose features each instance keeps.")

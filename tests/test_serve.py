@@ -300,6 +300,9 @@ def test_predict_cli_and_remote_predictor_against_the_server(server, tiny, image
         assert (tmp_path / "local" / e["mask"]).read_bytes() == (tmp_path / "remote" / e["mask"]).read_bytes()
     t = remote["timings_ms"]
     assert t["vision"] > 0 and t["language_fusion_per_expression"] > 0 and t["postprocess_per_expression"] > 0
+    assert t["server_round_trip"] > 0 and "server_round_trip" not in local["timings_ms"]
+    words = [CliRunner().invoke(main, [option, str(where), "--list-words"]) for option, where in (("--server", server.url), ("--artifacts", tiny.folder))]
+    assert words[0].exit_code == words[1].exit_code == 0 and words[0].stdout == words[1].stdout and "dog" in words[0].stdout.split()
     remote_predictor = RemotePredictor(server.url)
     try:
         assert remote_predictor.artifacts.vocabulary() == tiny.vocab and remote_predictor.artifacts.max_words == local_max_words(tiny)
