@@ -74,17 +74,27 @@ def signals_interrupt():
 @contextlib.contextmanager
 def signals_deferred():
     """SIGINT, SIGTERM and SIGHUP wait while inside and arrive on the way out: a short commit (files
-    moved into place, the staging folder removed) is never cut in half."""
-    sigs = {s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None}
+    moved into place, the staging folder removed) is never cut in half. Held by Python's handlers,
+    not a thread's signal mask: the kernel may hand a process signal to any thread (ONNX Runtime's
+    pool too), and Python runs its handlers in the main thread whichever thread caught it."""
+    sigs = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    held: list[int] = []
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, OSError, ValueError):  # no signal masks here
+        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in sigs}
+    except ValueError:  # not the main thread: signals stay as they are
         yield
         return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:  # delivered now, to the handler it was meant for
+            handler = previous[held[0]]
+            if callable(handler):
+                handler(held[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), held[0])
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
