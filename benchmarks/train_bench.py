@@ -413,7 +413,7 @@ class TrainBenchOptions:
     warmup: int = 3
     choices: tuple[str, ...] = CHOICES
     workers: int | None = None  # the loader's; None: the trainer's default for the device
-    loader_batches: int = 50
+    loader_batches: int = 50  # timed batches of the loader, at least 10 per worker
     photos: str | None = None  # the JPEG data set's folder (written there if absent); None: a temporary one
     photo_count: int = 64
     threads: int = 1
@@ -449,7 +449,7 @@ def run_train_bench(o: TrainBenchOptions, log=print) -> dict:
     log(f"loader: {o.photo_count} JPEG photos, {workers} workers")
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_photo_refer(o.photos or Path(tmp) / "photos", images=o.photo_count)
-        doc["loader"] = loader_throughput(folder, cfg, batch, workers, device, o.loader_batches)
+        doc["loader"] = loader_throughput(folder, cfg, batch, workers, device, max(o.loader_batches, 10 * workers))
 
     cuda = device.type == "cuda"
     choices = choices_for(device, o.choices)
@@ -501,6 +501,7 @@ def run_train_bench(o: TrainBenchOptions, log=print) -> dict:
 
 def format_train_report(doc: dict) -> str:
     """The tables and lines of `restr-bench --train` for people."""
+    from restr.benchmarks.peak import PEAK_NOT_REACHED, share
     from restr.benchmarks.report import format_table
 
     env, gemm, loader, proj = doc["environment"], doc["gemm"], doc["loader"], doc["projection"]
@@ -520,7 +521,7 @@ def format_train_report(doc: dict) -> str:
     for r in doc["choices"]:
         ms = r["ms_per_step"]
         rows.append([r["label"], r["describe"], f"{ms['median']:.1f}", f"{ms['min']:.1f}-{ms['max']:.1f}", f"{r['images_per_s']:.1f}",
-                     None if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}", None if r["mfu"] is None else f"{r['mfu']:.1%}",
+                     None if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}", share(r["mfu"]),
                      f"{r['speedup_of_default']:.2f}", f"{r['first_step_s']:.1f}"])
     memory = "GPU MiB" if doc["device"] == "cuda" else "RSS +MiB"
     text = "\n".join(lines) + "\n\n" + format_table(
@@ -528,6 +529,8 @@ def format_train_report(doc: dict) -> str:
         title=f"training step (restr.train.TrainStep; median over {doc['choices'][0]['ms_per_step']['n']} rounds of {STEPS_PER_ROUND} steps, "
               "choices interleaved; MFU = 6 x MACs x batch / step time / the GEMM peak; x default = time over the default's; "
               "first s = the first step, compilation included)")
+    if any((r["mfu"] or 0) > 1 for r in doc["choices"]):
+        text += "\n" + PEAK_NOT_REACHED
     syncs, ops = doc["host_syncs"], doc["attention_ops"]
     text += (f"\n\nhost synchronisations per step: {syncs['per_step']:g} ({syncs['method']})"
              f"\nattention operators in one step of the default: " + (", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "none"))
