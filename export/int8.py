@@ -98,7 +98,8 @@ def load_calibration(spec: str | None, meta: dict, cfg, vocab, size: int = DEFAU
     full, read = calibration_spec(spec, meta)
     source, split = parse_spec(full)
     try:
-        ds = build_dataset(source, split, cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read)
+        ds = build_dataset(source, split, cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read,
+                           transform=cfg.image_transform)
     except (DataError, OSError, ValueError) as e:
         raise CalibrationError(f"--calibration {full}: {_first_line(e)}") from None
     if len(ds) == 0:

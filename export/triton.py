@@ -193,7 +193,8 @@ def _python_files(version: Path, art: Artifacts, extra: dict) -> None:
         shutil.copyfile(module.__file__, version / target)
     fill = (art.manifest.get("letterbox") or {}).get("fill", "mean")
     cfg = {"image_size": art.image_size, "mean": list(art.mean), "std": list(art.std),
-           "fill": list(mean_fill(art.mean) if fill == "mean" else fill), **extra}
+           "fill": list(mean_fill(art.mean) if fill == "mean" else fill),
+           "tokenizer": (art.manifest.get("vocab") or {}).get("tokenizer", "restr"), **extra}
     (version / "restr.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 

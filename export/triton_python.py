@@ -40,7 +40,7 @@ class TritonPythonModel:
         if self.step == "bls":
             from restr_tokenizer import Vocabulary
 
-            self.vocab = Vocabulary.load(os.path.join(here, "vocab.txt"))
+            self.vocab = Vocabulary.load(os.path.join(here, "vocab.txt"), self.cfg.get("tokenizer", "restr"))
             self.cache = OrderedDict()  # image hash -> (visual_features, letterbox): encode once
         elif self.step == "onnx":
             import onnxruntime as ort
@@ -63,7 +63,7 @@ class TritonPythonModel:
 
     def _bls(self, get):
         from restr_protocol import RequestError, read_request, response
-        from restr_tokenizer import FUNCTION_WORDS, split_words
+        from restr_tokenizer import FUNCTION_WORDS
 
         c, names = self.cfg, self.cfg["models"]
         image, texts, threshold = read_request(get, c["max_texts"])
@@ -102,7 +102,7 @@ class TritonPythonModel:
         # as Prediction.timings: the image's stages whole, the later ones this expression's share
         k = len(texts)
         timings = {n: v if n in ("preprocess", "vision") else v / k for n, v in ms.items()}
-        no_known = [all(w in FUNCTION_WORDS or w in unknown for w in split_words(t)[: c["max_words"]]) for t, unknown in zip(texts, enc.unknown)]
+        no_known = [all(w in FUNCTION_WORDS or w in unknown for w in self.vocab.split(t)[: c["max_words"]]) for t, unknown in zip(texts, enc.unknown)]
         return response(post["mask"], post["probs"], post["score"], post["area"], np.concatenate(patch).max(axis=1),
                         [list(dict.fromkeys(u)) for u in enc.unknown], enc.truncated, thr, no_known, [timings] * k)
 

@@ -88,7 +88,7 @@ def load_checkpoint(path, image_size: int | None = None) -> Checkpoint:
     obj = read_checkpoint_dict(path)
     try:
         cfg = ReSTRConfig.from_dict(obj["config"])
-        vocab = Vocabulary(list(obj["vocab"])[2:])
+        vocab = Vocabulary(list(obj["vocab"])[2:], cfg.tokenizer)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint config or vocabulary is invalid ({e})") from None
     model = ReSTR(cfg, len(vocab))

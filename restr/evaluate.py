@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from restr.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file, one_line_errors, pick_device
 from restr.runtime.formats import PRECISIONS
+from restr.runtime.transforms import ImageTransform
 from restr.metrics import SegmentationMetrics, agreement, difference, format_comparison, format_table, intersection_union
 
 MAX_EXPRESSIONS = 256  # expressions the runtime takes in one call about one image (Predictor.max_expressions)
@@ -30,7 +31,7 @@ def checkpoint_masks(model, dataset, indices, device="cpu", batch_size: int = 32
     for batch in loader:
         pixel_logits, _ = model(batch["image"].to(device), batch["words"].to(device), batch["pad_mask"].to(device))
         probs = torch.sigmoid(pixel_logits.float())[:, 0].cpu().numpy()
-        yield [(i, dataset.letterbox(i).invert(prob) > threshold) for prob, i in zip(probs, batch["index"].tolist())]
+        yield [(i, dataset.letterbox(i).invert_mask(prob, threshold)) for prob, i in zip(probs, batch["index"].tolist())]
 
 
 def evaluate(
@@ -281,7 +282,8 @@ def load_checkpoint_and_data(ckpt, source: tuple, data, split, read):
 
     ck = load_checkpoint_from(ckpt, *source)
     cfg = ck.config
-    ds = build_dataset(data, split, cfg.image_size, ck.vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read)
+    ds = build_dataset(data, split, cfg.image_size, ck.vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read,
+                       transform=cfg.image_transform, tokenizer=cfg.tokenizer)
     if len(ds) == 0:
         raise UsageError(f"{data}: nothing to score")
     return ck, ds
@@ -344,7 +346,8 @@ def read_data_as_deployed(runtime, data, split, read):
         ds = build_dataset(data, split, image_size=1, vocab=None, mean=(0.5,) * 3, std=(0.5,) * 3, max_words=max_words, **read)
     else:
         art = runtime.artifacts
-        ds = build_dataset(data, split, art.image_size, art.vocabulary(), art.mean, art.std, art.max_words, **read)
+        ds = build_dataset(data, split, art.image_size, art.vocabulary(), art.mean, art.std, art.max_words, **read,
+                           transform=ImageTransform.of_manifest(art.manifest))
     if len(ds) == 0:
         raise UsageError(f"{data}: nothing to score")
     return ds

@@ -381,13 +381,13 @@ def train(
     if state is not None:
         from restr.runtime.tokenizer import Vocabulary
 
-        vocab = Vocabulary(state["vocab"][2:])
+        vocab = Vocabulary(state["vocab"][2:], cfg.tokenizer)
     train_ds = build_dataset(data, "train", cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words,
-                             split_by=split_by, image_root=image_root,
+                             split_by=split_by, image_root=image_root, transform=cfg.image_transform, tokenizer=cfg.tokenizer,
                              progress=progress and rank == 0 and sys.stderr.isatty())
     vocab = train_ds.vocab
     val_ds = build_dataset(data, "val", cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words,
-                           split_by=split_by, image_root=image_root)
+                           split_by=split_by, image_root=image_root, transform=cfg.image_transform)
 
     torch.manual_seed(tc.seed)
     model = ReSTR(cfg, len(vocab))

@@ -172,7 +172,7 @@ class Artifacts:
         if self.vocab_sha256 and hashlib.sha256(data).hexdigest() != self.vocab_sha256:
             raise ArtifactError(f"{self.vocab_path}: sha256 does not match the manifest (the file is corrupt or was changed after export)")
         try:
-            vocab = Vocabulary.load(self.vocab_path)
+            vocab = Vocabulary.load(self.vocab_path, (self.manifest.get("vocab") or {}).get("tokenizer", "restr"))
         except (ValueError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{self.vocab_path}: {_first_line(e)}") from None
         size = (self.manifest.get("vocab") or {}).get("size")

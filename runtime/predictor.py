@@ -59,7 +59,7 @@ from restr.runtime.artifacts import END_TO_END, STAGES, Artifacts
 from restr.runtime.formats import POSTPROCESS, PREPROCESS
 from restr.runtime.paths import DevicePath, Features, HostPath
 from restr.runtime.runners import Runner, graph_key, make_runner
-from restr.runtime.tokenizer import FUNCTION_WORDS, Encoded, Vocabulary, split_words
+from restr.runtime.tokenizer import FUNCTION_WORDS, Encoded, Vocabulary
 from restr.runtime.transforms import MAX_IMAGE_PIXELS, ImageError, Letterbox, load_image, mean_fill, to_rgb
 
 MODES = ("auto", "split", "end_to_end")
@@ -465,12 +465,12 @@ class Predictor:
         if len(texts) > self.max_expressions:
             raise TextError(f"{len(texts)} expressions in one call; at most {self.max_expressions} (max_expressions)")
         for i, t in enumerate(texts):
-            if not isinstance(t, str) or not split_words(t):
+            if not isinstance(t, str) or not self.vocab.split(t):
                 raise TextError(f"expression {i + 1} ({t!r}) is empty: it has no words")
         enc = self.vocab.encode(texts, self.artifacts.max_words)
         for t, cut in zip(texts, enc.truncated):
             if cut:
-                n = len(split_words(t))
+                n = len(self.vocab.split(t))
                 warnings.warn(
                     f"expression {t[:60]!r}{'...' if len(t) > 60 else ''} has {n} words; only the first {self.artifacts.max_words} are used",
                     TextTruncatedWarning,
@@ -632,7 +632,7 @@ class Predictor:
                 unknown_words=list(dict.fromkeys(enc.unknown[i])),  # each word once, in order
                 truncated=bool(enc.truncated[i]),
                 timings=shared,
-                no_known_words=all(w in FUNCTION_WORDS or w in enc.unknown[i] for w in split_words(text)[: self.artifacts.max_words]),
+                no_known_words=all(w in FUNCTION_WORDS or w in enc.unknown[i] for w in self.vocab.split(text)[: self.artifacts.max_words]),
             )
             for i, text in enumerate(texts)
         ]

@@ -295,7 +295,6 @@ def test_default_export_manifest_records_restr_pipeline(tiny_export):
     assert ImageTransform.of_manifest(m) == ImageTransform.of_manifest({}) == RESTR_TRANSFORM  # older exports: restr's
 
 
-@pytest.mark.xfail(strict=True, reason="restr.runtime.artifacts.Artifacts.vocabulary does not read vocab.tokenizer yet")
 def test_the_runtime_splits_as_the_manifest_says(tiny_export, tmp_path):
     import shutil
 

@@ -370,6 +370,8 @@ def test_fp16_precision_loads_the_fp16_graphs(tiny, tmp_path):
     assert sorted(r.name for r in pred.runners.values()) == ["fusion_decoder_fp16", "language_fp16", "vision_fp16"]
     assert pred.predict_image(photo(), "the dog")[0].mask.shape == (56, 80)
     with pytest.raises(ValueError, match="precision must be"):
+        Predictor.from_artifacts(folder, precision="int4")
+    with pytest.raises(ArtifactError, match="no 'vision_int8' graph"):  # a precision this export lacks
         Predictor.from_artifacts(folder, precision="int8")
 
 
