@@ -199,6 +199,7 @@ Artifacts Artifacts::open(const std::string& given) {
   }
   a.vocab_path = py_path(folder + "/" + m["vocab"]["file"].get<std::string>());
   a.vocab_sha256 = m["vocab"].value("sha256", "");
+  a.tokenizer = m["vocab"].value("tokenizer", "restr");
   a.vocab_size = m["vocab"].value("size", int64_t(-1));
   return a;
 }

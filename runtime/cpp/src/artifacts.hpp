@@ -32,6 +32,7 @@ struct Artifacts {
   std::string model_name = "unknown";
   std::map<std::string, GraphInfo> graphs;
   std::string vocab_path, vocab_sha256;
+  std::string tokenizer = "restr";  // vocab.tokenizer: how expressions are split
   int64_t vocab_size = -1;  // -1: not stated
 
   // Read and validate folder/manifest.json. Throws Error(RESTR_ARTIFACT_ERROR).

@@ -43,7 +43,7 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
   if (!is_precision(options.precision))
     fail(RESTR_INVALID_ARGUMENT, "precision must be fp32, fp16 or int8, got '" + options.precision + "'");
   threshold_ = options.threshold < 0 ? art_.threshold : check_threshold(options.threshold);
-  vocab_ = Vocabulary::parse(art_.read_vocab(), art_.vocab_path);
+  vocab_ = Vocabulary::parse(art_.read_vocab(), art_.vocab_path, art_.tokenizer);
   if (art_.vocab_size >= 0 && size_t(art_.vocab_size) != vocab_.size())
     fail(RESTR_ARTIFACT_ERROR, art_.vocab_path + ": " + std::to_string(vocab_.size()) + " words, but the manifest says " +
                                    std::to_string(art_.vocab_size));

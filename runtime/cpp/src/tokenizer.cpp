@@ -217,7 +217,9 @@ bool is_function_word(const std::string& word) {
   return words.count(word) > 0;
 }
 
-Vocabulary Vocabulary::parse(const std::string& text, const std::string& where) {
+Vocabulary Vocabulary::parse(const std::string& text, const std::string& where, const std::string& tokenizer) {
+  if (tokenizer != "restr" && tokenizer != "authors")
+    fail(RESTR_ARTIFACT_ERROR, where + ": unknown tokenizer \"" + tokenizer + "\" (restr or authors)");
   // Python's splitlines for the line ends a vocabulary can hold (\n, \r\n, \r)
   std::vector<std::string> lines;
   std::string line;
@@ -235,6 +237,7 @@ Vocabulary Vocabulary::parse(const std::string& text, const std::string& where) 
   if (lines.size() < 2 || lines[0] != kPad || lines[1] != kUnk)
     fail(RESTR_ARTIFACT_ERROR, where + ": not a restr vocabulary (must start with <pad> and <unk>)");
   Vocabulary v;
+  v.tokenizer_ = tokenizer;
   for (const auto& w : lines) {
     if (v.itos_.size() >= 2 && (w == kPad || w == kUnk)) continue;
     if (v.stoi_.emplace(w, int64_t(v.itos_.size())).second) v.itos_.push_back(w);
@@ -248,7 +251,7 @@ Encoded Vocabulary::encode(const std::vector<std::string>& texts, int64_t max_wo
   e.words.assign(texts.size() * L, 0);
   e.pad_mask.assign(texts.size() * L, 1);
   for (size_t i = 0; i < texts.size(); ++i) {
-    std::vector<std::string> words = split_words(texts[i], i + 1);
+    std::vector<std::string> words = split_words(texts[i], i + 1, tokenizer_);
     e.truncated.push_back(words.size() > L);
     std::vector<std::string> unknown;
     for (size_t j = 0; j < words.size() && j < L; ++j) {

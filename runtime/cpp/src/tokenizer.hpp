@@ -13,6 +13,10 @@ namespace restr_impl {
 // throws Error(RESTR_TEXT_ERROR) for invalid UTF-8, naming the expression by its 1-based `number`
 // ("expression 2 is not valid UTF-8"; 0: "expression is ...").
 std::vector<std::string> split_words(const std::string& text, size_t number = 0);
+// The same with the manifest's vocab.tokenizer: "restr" (the above) or "authors" (their split,
+// punctuation kept as tokens: restr.runtime.tokenizer.split_words). Throws Error(RESTR_ARTIFACT_ERROR)
+// for another name.
+std::vector<std::string> split_words(const std::string& text, size_t number, const std::string& tokenizer);
 
 // Python's unicodedata.normalize("NFKD", text) without its combining characters (those of a
 // non-zero combining class): 'Café x²' -> 'Cafe x2'. Throws Error(RESTR_TEXT_ERROR) for invalid UTF-8.
@@ -36,7 +40,9 @@ struct Encoded {
 class Vocabulary {
  public:
   // vocab.txt's text: one word a line, "<pad>" and "<unk>" first. Throws Error(RESTR_ARTIFACT_ERROR).
-  static Vocabulary parse(const std::string& text, const std::string& where);
+  // `tokenizer`: how encode splits expressions (the manifest's vocab.tokenizer).
+  static Vocabulary parse(const std::string& text, const std::string& where, const std::string& tokenizer = "restr");
+  const std::string& tokenizer() const { return tokenizer_; }
   size_t size() const { return itos_.size(); }
   const std::string& word(size_t i) const { return itos_.at(i); }
   bool contains(const std::string& w) const { return stoi_.count(w) > 0; }
@@ -45,6 +51,7 @@ class Vocabulary {
  private:
   std::vector<std::string> itos_;
   std::unordered_map<std::string, int64_t> stoi_;
+  std::string tokenizer_ = "restr";
 };
 
 }  // namespace restr_impl

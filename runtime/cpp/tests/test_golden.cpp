@@ -14,14 +14,15 @@
 
 using json = nlohmann::ordered_json;
 
-static void tokenizer(const std::string& golden) {
-  json g = json::parse(check::read(golden + "/tokenizer.json"));
+static void tokenizer(const std::string& golden, const std::string& file) {
+  json g = json::parse(check::read(golden + "/" + file));
+  const std::string mode = g.value("tokenizer", "restr");
   std::string vocab_text;
   for (const auto& w : g["vocab"]) vocab_text += w.get<std::string>() + "\n";
-  restr_impl::Vocabulary vocab = restr_impl::Vocabulary::parse(vocab_text, "golden vocab");
+  restr_impl::Vocabulary vocab = restr_impl::Vocabulary::parse(vocab_text, "golden vocab", mode);
   for (const auto& c : g["cases"]) {
     const std::string text = c["text"];
-    std::vector<std::string> words = restr_impl::split_words(text);
+    std::vector<std::string> words = restr_impl::split_words(text, 0, mode);
     if (json(words) != c["words"]) check::fail(__FILE__, __LINE__, "split_words(" + json(text).dump() + ") = " + json(words).dump() + ", Python: " + c["words"].dump());
     restr_impl::Encoded e = vocab.encode({text}, g["max_words"].get<int64_t>());
     CHECK(json(e.words) == c["ids"]);
@@ -99,7 +100,8 @@ static void predictions(const std::string& golden, const restr::Predictor& p) {
 
 int main(int argc, char** argv) {
   if (argc < 2) return std::fprintf(stderr, "usage: test_golden GOLDEN_DIR [EXPORT_DIR]\n"), 2;
-  tokenizer(argv[1]);
+  tokenizer(argv[1], "tokenizer.json");
+  tokenizer(argv[1], "tokenizer_authors.json");
   manifest(argv[1]);
   if (argc < 3 || std::string(argv[2]).empty()) {
     std::printf("test_golden: no export given: letterbox and prediction checks skipped\n");

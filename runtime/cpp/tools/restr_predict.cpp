@@ -443,7 +443,7 @@ int run(const Args& a) {
   if (a.list_words) {  // the manifest and the vocabulary (checked), no graph loaded: as restr-predict
     const restr_impl::Artifacts art = restr_impl::Artifacts::open(a.artifacts);
     const restr_impl::Vocabulary vocab =
-        restr_impl::Vocabulary::parse(art.read_vocab(), art.vocab_path);
+        restr_impl::Vocabulary::parse(art.read_vocab(), art.vocab_path, art.tokenizer);
     for (size_t i = 2; i < vocab.size(); ++i) std::cout << vocab.word(i) << "\n";
     return 0;
   }
