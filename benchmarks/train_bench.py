@@ -489,7 +489,8 @@ def run_train_bench(o: TrainBenchOptions, log=print) -> dict:
         ms = summarize(t.round_ms)
         rows.append({"label": t.choice.label, "choice": asdict(t.choice), "describe": t.choice.describe(), "ms_per_step": ms,
                      "images_per_s": batch * 1000.0 / ms["median"], "peak_memory_mb": t.peak_memory_mb, "first_step_s": t.first_step_s,
-                     "mfu": mfu(step_flops, ms["median"], peak_gflops), "speedup_of_default": ratio(ms["median"], base_ms)})
+                     "mfu": mfu(step_flops, ms["median"], peak_gflops), "speedup_of_default": ratio(ms["median"], base_ms),
+                     "paired_of_default": float(np.median([a / b for a, b in zip(t.round_ms, timed[0].round_ms)]))})
     doc["choices"] = rows
     doc["projection"] = projection(tc, base_ms, doc["loader"], batch)
     doc["loader"]["ratio_to_model"] = ratio(doc["loader"]["images_per_s"], rows[0]["images_per_s"])
@@ -522,12 +523,13 @@ def format_train_report(doc: dict) -> str:
         ms = r["ms_per_step"]
         rows.append([r["label"], r["describe"], f"{ms['median']:.1f}", f"{ms['min']:.1f}-{ms['max']:.1f}", f"{r['images_per_s']:.1f}",
                      None if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}", share(r["mfu"]),
-                     f"{r['speedup_of_default']:.2f}", f"{r['first_step_s']:.1f}"])
+                     f"{r['speedup_of_default']:.2f}", f"{r['paired_of_default']:.2f}", f"{r['first_step_s']:.1f}"])
     memory = "GPU MiB" if doc["device"] == "cuda" else "RSS +MiB"
     text = "\n".join(lines) + "\n\n" + format_table(
-        ["choice", "settings", "ms/step", "min-max", "images/s", memory, "MFU", "x default", "first s"], rows,
+        ["choice", "settings", "ms/step", "min-max", "images/s", memory, "MFU", "x default", "paired", "first s"], rows,
         title=f"training step (restr.train.TrainStep; median over {doc['choices'][0]['ms_per_step']['n']} rounds of {STEPS_PER_ROUND} steps, "
               "choices interleaved; MFU = 6 x MACs x batch / step time / the GEMM peak; x default = time over the default's; "
+              "paired = the median over rounds of that ratio within each round; "
               "first s = the first step, compilation included)")
     if any((r["mfu"] or 0) > 1 for r in doc["choices"]):
         text += "\n" + PEAK_NOT_REACHED

@@ -117,6 +117,7 @@ def test_train_bench_on_the_cpu(tmp_path):
         assert c["ms_per_step"]["n"] == 1 and c["mfu"] == pytest.approx(doc["flops_per_step"] / (c["ms_per_step"]["median"] / 1000)
                                                                           / (doc["gemm"]["peak_gflops"] * 1e9))
         assert c["images_per_s"] == pytest.approx(4000 / c["ms_per_step"]["median"])
+        assert c["paired_of_default"] == pytest.approx(c["speedup_of_default"])  # one round: the same ratio
     assert doc["host_syncs"]["per_step"] == 0
     assert doc["attention_ops"] == {"_scaled_dot_product_flash_attention_for_cpu": 10, "_scaled_dot_product_flash_attention_for_cpu_backward": 10}
     assert doc["loader"]["workers"] == 1 and doc["loader"]["images_per_s"] > 0 and (tmp_path / "photos" / "refs(unc).p").is_file()
