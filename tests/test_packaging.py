@@ -3,6 +3,7 @@
 imports."""
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def test_cuda_python_floor_has_cuda_bindings():
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _terminal_env() -> dict:
+    """The environment of make typed at a terminal: under `make test` the inherited MAKELEVEL
+    makes any make print "Entering directory" lines a user never sees."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+
+
 def _fake_apt(tmp_path: Path, rc: int) -> dict:
     """An apt-get on PATH that prints like apt (many lines) and exits `rc`."""
     import os
@@ -67,7 +74,7 @@ def _fake_apt(tmp_path: Path, rc: int) -> dict:
     apt = bin_dir / "apt-get"
     apt.write_text("#!/bin/sh\nfor i in $(seq 60); do echo \"Get:$i http://deb.example/ pkg $i\"; done\nexit %d\n" % rc)
     apt.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return {**_terminal_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
 def test_cpp_apt_prints_one_line_unless_apt_fails(tmp_path):
@@ -88,6 +95,6 @@ def test_cpp_build_prints_no_make_directory_chatter():
 
     if not (ROOT / "build" / "cpp" / "CMakeCache.txt").is_file() or shutil.which("cmake") is None:
         pytest.skip("the C++ host is not built here (make cpp-build)")
-    done = subprocess.run(["make", "cpp-build"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(["make", "cpp-build"], cwd=ROOT, env=_terminal_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Entering directory" not in done.stdout and "Leaving directory" not in done.stdout
