@@ -2,7 +2,7 @@
 against the paper), and the achieved GFLOP/s they imply.
 
 A graph's MACs are those of one image and one expression (all N_l word positions, as the graphs
-compute them). FLOPs = 2 x MACs. Only matrix products are counted (DESIGN.md section 3), so
+compute them). FLOPs = 2 x MACs. Only matrix products are counted (docs/paper-to-code.md, "Decisions": MACs), so
 normalisations, softmax, activations and resizing run "for free" in these figures: an achieved
 GFLOP/s is a lower bound of the arithmetic the hardware really did.
 """

@@ -1,4 +1,4 @@
-"""Parameters and MACs of ReSTR against the paper's Tables 3b and 5 (DESIGN.md section 3)."""
+"""Parameters and MACs of ReSTR against the paper's Tables 3b and 5 (README, "The paper's efficiency numbers")."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

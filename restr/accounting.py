@@ -2,7 +2,7 @@
 
 MACs count the multiply-accumulates of matrix products: linear layers (the patch embedding is one),
 attention's Q K^T and A V, and eq. 9's inner product. Normalisations, activations, softmax and
-resizing are not counted (DESIGN.md section 3). Parameter counts leave out the word-embedding table,
+resizing are not counted (docs/paper-to-code.md, "Decisions": MACs). Parameter counts leave out the word-embedding table,
 whose size depends on the vocabulary; it is reported on its own.
 
 `torch.utils.flop_counter` has no formula for the CPU attention kernel

@@ -1,4 +1,4 @@
-"""The model against the paper's equations (DESIGN.md section 2)."""
+"""The model against the paper's equations (docs/paper-to-code.md, "Equations" and "Decisions")."""
 import math
 
 import pytest
