@@ -19,31 +19,13 @@ class seed of the fusion encoder).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-FORMS = ("torch", "onnx", "ort")
+from restr.modeling.graph_form import FORMS, current_form, graph_form  # noqa: F401  (re-exported)
+from restr.modeling.ops import pad
+
 MASKED = -10000.0  # additive bias of a padding key; exp(-10000) is 0 in FP32 and FP16 alike
-_form = "torch"
-
-
-@contextlib.contextmanager
-def graph_form(form: str):
-    """Within the block, attention is traced in `form` ("onnx" or "ort"; "torch" is eager)."""
-    global _form
-    if form not in FORMS:
-        raise ValueError(f"attention form must be one of {FORMS}, got {form!r}")
-    previous, _form = _form, form
-    try:
-        yield
-    finally:
-        _form = previous
-
-
-def current_form() -> str:
-    return _form
 
 
 def key_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -56,16 +38,16 @@ def key_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
     """
     if pad_mask is None:
         return None
-    if _form == "ort":
+    if current_form() == "ort":
         return 1.0 - pad_mask.to(torch.float32)
-    if _form == "onnx":
+    if current_form() == "onnx":
         return (pad_mask.to(torch.float32) * MASKED)[:, None, None, :]
     return (~pad_mask)[:, None, None, :]
 
 
 def layer_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """A `key_mask` operand as the layers take it (once per encoder stack, after `pad_keys`)."""
-    if mask is not None and _form == "ort":
+    if mask is not None and current_form() == "ort":
         return mask.to(torch.int32)
     return mask
 
@@ -74,9 +56,7 @@ def pad_keys(mask: torch.Tensor | None, before: int = 0, after: int = 0) -> torc
     """Extend a `key_mask` operand with `before` and `after` keys that every query may attend to."""
     if mask is None:
         return None
-    from restr.modeling.ops import pad
-
-    attend = 0.0 if _form == "onnx" else 1.0  # bias 0; True / 1 = attend
+    attend = 0.0 if current_form() == "onnx" else 1.0  # bias 0; True / 1 = attend
     return pad(mask, -1, before, after, attend)
 
 
@@ -85,11 +65,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """Multi-head SA of eq. 3-5. q, k, v: (B, N, D) before the head split; `bias` (3D,) is added to
     them first (the qkv projection's bias, kept apart in the "ort" form only, so ONNX Runtime fuses it);
     mask from `key_mask`. Returns (B, N, D), heads concatenated."""
-    if _form == "torch":
+    form = current_form()
+    if form == "torch":
         if bias is not None:
             q, k, v = (x + b for x, b in zip((q, k, v), bias.chunk(3)))
         return _sdpa(q, k, v, mask, heads)
-    return _GraphAttention.apply(q, k, v, bias, mask, heads, int(q.shape[-1]), _form)
+    return _GraphAttention.apply(q, k, v, bias, mask, heads, int(q.shape[-1]), form)
 
 
 def _sdpa(q, k, v, mask, heads):

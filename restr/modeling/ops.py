@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restr.modeling.attention import current_form
+from restr.modeling.graph_form import current_form
 
 
 def cat_broadcast(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from restr.config import EncoderConfig
-from restr.modeling.attention import attend, current_form, layer_mask
+from restr.modeling.attention import attend, layer_mask
+from restr.modeling.graph_form import current_form
 from restr.modeling.drop_path import DropPath, drop_path_rates
 
 
