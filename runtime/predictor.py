@@ -60,7 +60,7 @@ from restr.runtime.formats import POSTPROCESS, PREPROCESS
 from restr.runtime.paths import DevicePath, Features, HostPath
 from restr.runtime.runners import Runner, graph_key, make_runner
 from restr.runtime.tokenizer import FUNCTION_WORDS, Encoded, Vocabulary
-from restr.runtime.transforms import MAX_IMAGE_PIXELS, ImageError, Letterbox, load_image, mean_fill, to_rgb
+from restr.runtime.transforms import MAX_IMAGE_PIXELS, ImageError, Letterbox, check_threshold, load_image, mean_fill, to_rgb
 
 MODES = ("auto", "split", "end_to_end")
 
@@ -722,17 +722,6 @@ def _source(artifacts: Artifacts, runner) -> tuple[str, str]:
     table = artifacts.engines if getattr(runner, "backend", "") == "tensorrt" else artifacts.graphs
     info = table.get(name) or artifacts.graphs.get(name)
     return name, info.sha256 if info is not None else ""
-
-
-def check_threshold(threshold) -> float:
-    """A mask threshold: a number in [0, 1]; ValueError otherwise (NaN included)."""
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
-    if not (0.0 <= t <= 1.0):  # also false for NaN
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
-    return t
 
 
 def _ms(t0: float, t1: float | None = None) -> float:

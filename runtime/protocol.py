@@ -18,9 +18,9 @@ import json
 import numpy as np
 
 try:
-    from restr.runtime.transforms import ImageError, load_image
+    from restr.runtime.transforms import ImageError, check_threshold, load_image
 except ImportError:  # inside a generated Triton repository, where restr is not installed
-    from restr_transforms import ImageError, load_image
+    from restr_transforms import ImageError, check_threshold, load_image
 
 MODEL = "restr"
 
@@ -83,9 +83,10 @@ def read_request(get, max_texts: int, decode: bool = True):
         raise RequestError("'texts' must be UTF-8") from None
     threshold = get("threshold")
     if threshold is not None:
-        threshold = float(np.asarray(threshold).reshape(-1)[0])
-        if not 0.0 < threshold < 1.0:
-            raise RequestError(f"threshold must be in (0, 1), got {threshold}")
+        try:  # the rule every host applies
+            threshold = check_threshold(np.asarray(threshold).reshape(-1)[0])
+        except ValueError as e:
+            raise RequestError(str(e)) from None
     return image, texts, threshold
 
 

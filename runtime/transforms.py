@@ -252,3 +252,14 @@ def normalize(image: np.ndarray, mean, std) -> np.ndarray:
 def mean_fill(mean) -> tuple[int, int, int]:
     """The padding colour that normalises to 0."""
     return tuple(int(round(m * 255)) for m in mean)
+
+
+def check_threshold(threshold) -> float:
+    """A mask threshold: a number in [0, 1]; ValueError otherwise (NaN included)."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
+    if not (0.0 <= t <= 1.0):  # also false for NaN
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
+    return t

@@ -256,3 +256,17 @@ def test_a_port_in_use_or_given_twice_is_one_line_before_anything_starts(tmp_pat
         for words, args in cases.items():
             r = run_serve("--artifacts", str(tmp_path), *args)
             assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("threshold, ok", [(0.0, True), (1.0, True), (0.3, True), (1.5, False), (-0.1, False), (float("nan"), False)])
+def test_a_served_threshold_follows_the_predictors_rule(threshold, ok):
+    """A request's threshold is judged as Predictor judges one: [0, 1], bounds included."""
+    from restr.runtime.transforms import check_threshold
+
+    inputs = {"rgb": np.zeros((2, 2, 3), np.uint8), "texts": np.array([b"the dog"], np.object_),
+              "threshold": np.array([threshold], np.float32)}
+    if ok:
+        assert protocol.read_request(inputs.get, max_texts=4)[2] == pytest.approx(check_threshold(threshold))
+    else:
+        with pytest.raises(protocol.RequestError, match="threshold"):
+            protocol.read_request(inputs.get, max_texts=4)
