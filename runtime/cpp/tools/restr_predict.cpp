@@ -26,7 +26,8 @@
 
 #include "artifacts.hpp"  // --list-words reads the manifest and vocabulary only, as restr-predict
 #include "error.hpp"
-#include "image_io.hpp"
+#include "decode/decode.hpp"
+#include "image.hpp"
 #include "sheet.hpp"
 #include "staging.hpp"
 #include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
@@ -466,7 +467,7 @@ int run(const Args& a) {
   restr::Predictor predictor = open(a, &provider);
   const double load_ms = ms(t0);
   t0 = std::chrono::steady_clock::now();
-  restr_cli::Image image = restr_cli::load_image(a.image);
+  restr_cli::Image image = restr_cli::decode::read_rgb(a.image);
   const double decode_ms = ms(t0);
   restr::Embedding emb = predictor.embed(image.rgb.data(), image.height, image.width);
   restr::Result res = predictor.predict(emb, a.texts);

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "image_io.hpp"
+#include "image.hpp"
 
 namespace restr_cli {
 

@@ -11,7 +11,7 @@
 #include <limits>
 #include <system_error>
 
-#include "image_io.hpp"
+#include "image.hpp"
 
 namespace fs = std::filesystem;
 

@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "image_io.hpp"
+#include "../image.hpp"
 
-namespace restr_cli {
+namespace restr_cli::decode {
 
 // A TIFF or BigTIFF, either byte order.
 bool is_tiff(const std::vector<uint8_t>& bytes);
@@ -15,4 +15,4 @@ bool is_tiff(const std::vector<uint8_t>& bytes);
 // Throws FileError with a one-line reason (damaged data, or a mode restr-predict-cpp does not read).
 Image decode_tiff(const std::string& path, const std::vector<uint8_t>& bytes, int& orientation);
 
-}  // namespace restr_cli
+}  // namespace restr_cli::decode

@@ -1,7 +1,5 @@
-// Image files for restr-predict-cpp: JPEG through libjpeg-turbo (as Pillow) with the EXIF orientation
-// applied (libexif), WebP through libwebp, TIFF through libtiff (tiff.hpp), PBM/PGM/PPM through libnetpbm (scaled as Pillow scales them),
-// other formats through stb_image (Debian's libstb), each as restr-predict decodes it; PNGs written by
-// stb_image_write.
+// restr-predict-cpp's images: RGB pixels, PNG files written by stb_image_write, and restr-predict's
+// overlay. Image files are read by decode/decode.hpp.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -20,9 +18,6 @@ struct Image {
   std::vector<uint8_t> rgb;  // height * width * 3
 };
 
-// Decode JPEG, PNG, WebP, TIFF, BMP, GIF, TGA, PNM to RGB as restr.runtime's load_image: EXIF orientation
-// applied (JPEG, WebP, TIFF, PNG), transparent pixels composed over black. Throws FileError with a one-line reason.
-Image load_image(const std::string& path);
 // Write a PNG of 1 (grey) or 3 (RGB) channels; throws FileError.
 void write_png(const std::string& path, const uint8_t* pixels, int width, int height, int channels);
 // restr.runtime.visualize.overlay with its defaults, in its integer arithmetic: the pixels of the

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-namespace restr_cli {
+namespace restr_cli::decode {
 
 std::string one_printable_line(std::string text) {
   for (char& c : text)
@@ -76,4 +76,4 @@ Image over_black(const uint8_t* rgba, int w, int h, bool alpha) {
   return im;
 }
 
-}  // namespace restr_cli
+}  // namespace restr_cli::decode

@@ -11,7 +11,7 @@
 
 #include "pixels.hpp"
 
-namespace restr_cli {
+namespace restr_cli::decode {
 
 namespace {
 
@@ -344,4 +344,4 @@ Image decode_tiff(const std::string& path, const std::vector<uint8_t>& bytes, in
   return im;
 }
 
-}  // namespace restr_cli
+}  // namespace restr_cli::decode

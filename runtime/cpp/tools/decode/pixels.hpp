@@ -6,9 +6,9 @@
 #include <cstdint>
 #include <string>
 
-#include "image_io.hpp"
+#include "../image.hpp"
 
-namespace restr_cli {
+namespace restr_cli::decode {
 
 constexpr int64_t kMaxPixels = 64000000;  // restr.runtime.transforms.MAX_IMAGE_PIXELS
 constexpr const char* kTruncated = "image file is truncated";  // Pillow's words for data that runs out
@@ -63,4 +63,4 @@ Image stretch_grey(const T* data, int w, int h) {
   return im;
 }
 
-}  // namespace restr_cli
+}  // namespace restr_cli::decode
