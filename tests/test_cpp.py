@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -1096,3 +1097,23 @@ def test_binary_package_runs_on_its_own_libraries(build, tiny, tmp_path):
         r = subprocess.run([str(cli), *args, "--out", str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 0, (name, r.stderr)
     assert (tmp_path / "from_dist" / "1_the-red-dog.png").read_bytes() == (tmp_path / "from_build" / "1_the-red-dog.png").read_bytes()
+
+
+def test_library_builds_and_installs_without_the_cli_and_its_decoders(build, tmp_path):
+    """RESTR_BUILD_TOOLS=OFF: the library alone is configured, built and installed with pkg-config
+    seeing no .pc file (stb's, libtiff's, libwebp's, libexif's, netpbm's lookups would fail), looks for
+    no image library, links none, and installs no CLI."""
+    cache = (build / "CMakeCache.txt").read_text().splitlines()
+    ort = ["-D" + line.replace(":PATH", "", 1) for line in cache if line.startswith(("RESTR_ORT_INCLUDE_DIR:", "RESTR_ORT_LIB_DIR:"))]
+    env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "no-pc-files")}
+    tree, prefix = tmp_path / "build", tmp_path / "prefix"
+    for cmd in (["cmake", "-S", str(ROOT / "runtime" / "cpp"), "-B", str(tree), "-DCMAKE_BUILD_TYPE=Debug", "-DRESTR_BUILD_TOOLS=OFF",
+                 "-DRESTR_BUILD_TESTS=OFF", *ort],  # Debug: the quickest compile; the links are what is checked
+                ["cmake", "--build", str(tree), "-j2"], ["cmake", "--install", str(tree), "--prefix", str(prefix)]):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, (cmd[:2], r.stdout[-2000:], r.stderr[-2000:])
+    looked_up = [line for line in (tree / "CMakeCache.txt").read_text().splitlines() if re.match(r"(pkgcfg_lib_)?(STB|EXIF|NETPBM|WEBP|TIFF|JPEG|ZLIB)_", line)]
+    assert not looked_up, looked_up
+    needed = re.findall(r"\(NEEDED\).*\[(.+)\]", _run(["readelf", "-d", str(next((prefix / "lib").glob("librestr_runtime.so.*.*.*")))]).stdout)
+    assert "libonnxruntime.so.1" in needed and not [n for n in needed if re.search(r"stb|exif|netpbm|webp|tiff|jpeg|png|libz\.", n)], needed
+    assert not (prefix / "bin").exists()
