@@ -1,9 +1,8 @@
 """Timers and the statistics every latency figure is reported with.
 
 Figures are milliseconds. A CPU run is timed with `time.perf_counter` around the call (the call
-returns when its outputs are in host memory). GPU work is timed with CUDA events recorded on the
-stream the work runs on (`CudaEventTimer`), which measures device time without the host's
-launch and synchronisation jitter.
+returns when its outputs are in host memory), GPU work included: a figure is what a caller waits,
+launch and synchronisation with it.
 """
 from __future__ import annotations
 
@@ -53,35 +52,6 @@ class CpuTimer:
         t0 = time.perf_counter()
         out = fn()
         return (time.perf_counter() - t0) * 1000.0, out
-
-
-class CudaEventTimer:
-    """Milliseconds between two CUDA events recorded on `stream` around a call (cuda-python).
-
-    `cudart` is `cuda.bindings.runtime`; the events are created once and reused. The call must
-    enqueue its work on `stream`; `time` waits for the end event before returning.
-    """
-
-    name = "cuda_events"
-
-    def __init__(self, cudart, stream=0):
-        self.cudart = cudart
-        self.stream = stream
-        self.start = _cuda_ok(cudart, cudart.cudaEventCreate())
-        self.end = _cuda_ok(cudart, cudart.cudaEventCreate())
-
-    def time(self, fn) -> tuple[float, object]:
-        cudart = self.cudart
-        _cuda_ok(cudart, cudart.cudaEventRecord(self.start, self.stream))
-        out = fn()
-        _cuda_ok(cudart, cudart.cudaEventRecord(self.end, self.stream))
-        _cuda_ok(cudart, cudart.cudaEventSynchronize(self.end))
-        ms = _cuda_ok(cudart, cudart.cudaEventElapsedTime(self.start, self.end))
-        return float(ms), out
-
-    def close(self) -> None:
-        for ev in (self.start, self.end):
-            self.cudart.cudaEventDestroy(ev)
 
 
 def _cuda_ok(cudart, result):
