@@ -159,8 +159,6 @@ def _reader(feeds: dict[str, np.ndarray], batch: int):
 def graph_calibration_feeds(graph: str, folder: Path, calibration: Calibration, threads: int = 0) -> dict[str, np.ndarray]:
     """The inputs graph `graph` is calibrated on: the samples themselves, or for fusion_decoder the
     FP32 vision and language graphs' features of them (from `folder`)."""
-    from restr.export.verify import ort_session, run_session
-
     f = calibration.feeds
     if graph == "vision":
         return {"image": f["image"]}
@@ -168,10 +166,21 @@ def graph_calibration_feeds(graph: str, folder: Path, calibration: Calibration, 
         return {"words": f["words"], "pad_mask": f["pad_mask"]}
     if graph == END_TO_END:
         return dict(f)
-    vision, language = (ort_session(folder / graph_file(g), threads) for g in ("vision", "language"))
-    v = np.concatenate([run_session(vision, {"image": f["image"][i : i + 8]})["visual_features"] for i in range(0, len(f["image"]), 8)])
-    l = run_session(language, f)["linguistic_features"]
+    vision, language = (_cpu_session(folder / graph_file(g), threads) for g in ("vision", "language"))
+    v = np.concatenate([vision.run(["visual_features"], {"image": f["image"][i : i + 8]})[0] for i in range(0, len(f["image"]), 8)])
+    l = language.run(["linguistic_features"], {"words": f["words"], "pad_mask": f["pad_mask"]})[0]
     return {"visual_features": v, "linguistic_features": l, "pad_mask": f["pad_mask"]}
+
+
+def _cpu_session(path: Path, threads: int = 0):
+    """A CPU ONNX Runtime session on a graph file just written, before any manifest names it (the
+    runtime's runners read graphs through one); `threads` 0: ONNX Runtime's default."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def weight_matmuls(proto: onnx.ModelProto) -> list[str]:

@@ -18,6 +18,7 @@ from restr.export.manifest import (
 )
 from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
 from restr.export.int8 import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANTIZER, CalibrationError, load_calibration
+from restr.runtime.artifacts import Artifacts
 from restr.runtime.tokenizer import Vocabulary
 from restr.runtime.formats import (  # PRECISIONS: re-exported
     ATTENTION_FORMS, DEFAULT_PRECISIONS, PRECISIONS, PROCESSING_GRAPHS, base_graph, graph_file, graph_key,
@@ -310,6 +311,7 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             # Verified through the runtime itself: the manifest as it will ship, read by
             # restr.runtime, its runners and the predictor's split chain (export.verify).
             write_manifest(tmp, json_safe(manifest))
+            art = Artifacts.open(tmp)
             t0 = time.perf_counter()
             samples = max(options.samples, options.int8_samples) if int8 else options.samples
             feeds, inputs = verification_inputs(cfg, vocab, source.meta, samples, options.seed)
@@ -317,9 +319,9 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
             if meaningful is None:
                 meaningful = not source.random_weights and bool(source.meta.get("data"))
             verification = {"enabled": True, "inputs": inputs,
-                            **verify(source.model, tmp, feeds, options.tolerances, meaningful,
+                            **verify(source.model, art, feeds, options.tolerances, meaningful,
                                      tuple(dict.fromkeys((samples, 1))), options.threads)}
-            processing = check_processing(files["preprocess"], files["postprocess"], cfg, options.seed)
+            processing = check_processing(art, cfg, options.seed)
             verification["processing"] = processing
             verification["graphs"] = {k: {**g["op_counts"], **(cuda_placement(files[k]) or {})} for k, g in graphs.items()}
             if not processing["passed"]:

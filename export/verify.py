@@ -8,16 +8,19 @@ where the reference is at least `decisive_margin` away from 0.5 land on the same
 outputs (`compare_features`) get the max and mean absolute difference, and the max relative to the
 features' scale.
 
-Each check has explicit criteria, looked up by its exact name in `CHECK_CRITERIA`; a check with
-none (the FP16 features, whose effect is judged in the probabilities) is "not judged" (`passed`:
-None), never a vacuous pass. Which figures gate depends on whether masks mean anything: for trained
-weights (a checkpoint that names its data set) mask IoU is required, and so is a minimum share of
-decisive pixels for the same-side fraction; for random weights, whose probabilities mostly sit near
-0.5, the differences, and the same-side fraction where enough pixels are decisive.
+Each check is a record (`Check`, as Polygraphy's comparator makes them) built where its comparison
+runs, with its reference, figures and criteria (`Rules`); one without criteria is a bug and is
+refused, unless declared not judged (the reduced-precision features, whose effect is judged in the
+probabilities: `passed` None, never a vacuous pass). Which figures gate depends on whether masks
+mean anything: for trained weights (a checkpoint that names its data set) mask IoU is required, and
+so is a minimum share of decisive pixels for the same-side fraction; for random weights, whose
+probabilities mostly sit near 0.5, the differences, and the same-side fraction where enough pixels
+are decisive.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -189,20 +192,102 @@ def verification_inputs(cfg, vocab, meta: dict, n: int = 3, seed: int = 0) -> tu
 # ----------------------------------------------------------------------------------- the checks
 
 
-def ort_session(path: str | Path, threads: int = 0):
-    """A CPU ONNX Runtime session (all graph optimisations on); `threads` 0 = ONNX Runtime's default."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+Criteria = dict[str, tuple[str, float]]  # figure -> (op, bound), op "<=" or ">="
 
 
-def run_session(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run with the inputs the session names; outputs by name."""
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})))
+@dataclass
+class Check:
+    """One comparison the export ran, made where it ran: what (`name`, its key in the manifest's
+    `checks`), against what (`reference`), its figures (worst over `batch_sizes`) and the criteria
+    that judge them (`Rules`). A check without criteria is a bug in the exporter and is refused;
+    only a check declared `judged=False` (figures whose effect another check judges) goes without,
+    and it is "not judged" (`passed` None), never a vacuous pass."""
+
+    name: str
+    reference: str
+    batch_sizes: list[int]
+    figures: dict
+    criteria: Criteria
+    judged: bool = True
+
+    def __post_init__(self):
+        if self.judged and not self.criteria:
+            raise ValueError(f"check {self.name!r} has no criteria (a bug in restr-export: every judged check needs some)")
+        if not self.judged and self.criteria:
+            raise ValueError(f"check {self.name!r} is declared not judged but has criteria {sorted(self.criteria)}")
+        unknown = sorted(set(self.criteria) - set(self.figures))
+        if unknown:
+            raise ValueError(f"check {self.name!r}: criteria on figures it does not have: {unknown} (it has {sorted(self.figures)})")
+
+    @property
+    def misses(self) -> list[str]:
+        """The criteria not met, each as "figure value (needs op bound)"."""
+        return [f"{k} {_fmt(self.figures[k])} (needs {op} {v:g})" for k, (op, v) in self.criteria.items()
+                if not _meets(self.figures[k], op, v)]
+
+    @property
+    def passed(self) -> bool | None:
+        return None if not self.judged else not self.misses
+
+    @property
+    def failure(self) -> str | None:
+        """One line naming the check and every figure that failed; None when it passed or is not judged."""
+        misses = self.misses
+        return f"{self.name} vs {self.reference}: " + ", ".join(misses) if misses else None
+
+    def to_dict(self) -> dict:
+        """The manifest's entry: reference, batch_sizes, the figures, criteria, passed."""
+        return {"reference": self.reference, "batch_sizes": list(self.batch_sizes), **self.figures,
+                "criteria": {k: f"{op} {v:g}" for k, (op, v) in self.criteria.items()}, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The criteria of each kind of check, from the tolerances. Which figures gate depends on whether
+    masks mean anything (`masks_meaningful`: trained weights)."""
+
+    tol: Tolerances
+    masks_meaningful: bool
+
+    def fp32_probs(self, figures: dict) -> Criteria:
+        """ONNX Runtime FP32 probabilities against PyTorch."""
+        crit = {"max_abs_diff": ("<=", self.tol.fp32_max_abs_diff)}
+        if self.masks_meaningful:
+            crit["mask_iou"] = (">=", self.tol.fp32_min_mask_iou)
+        return crit
+
+    def fp32_features(self, figures: dict) -> Criteria:
+        """ONNX Runtime FP32 features against PyTorch, relative to their largest magnitude."""
+        return {"max_rel_diff": ("<=", self.tol.fp32_max_abs_diff)}
+
+    def same_computation(self, figures: dict) -> Criteria:
+        """Two ways to the same numbers at one precision (the split chain and the end-to-end graph,
+        shared and repeated image features): held to the split tolerance, however low the precision."""
+        return {"max_abs_diff": ("<=", self.tol.split_max_abs_diff)}
+
+    def reduced_probs(self, precision: str, figures: dict) -> Criteria:
+        """A reduced-precision graph's probabilities against the FP32 graph's, from the
+        `{precision}_*` tolerances."""
+        tol = self.tol
+        crit = {"mean_abs_diff": ("<=", getattr(tol, f"{precision}_max_mean_abs_diff"))}
+        same_side = (">=", getattr(tol, f"{precision}_min_same_side"))
+        if self.masks_meaningful:  # trained weights: too few decisive pixels is itself a failure
+            crit["decisive_share"] = (">=", tol.fp16_min_decisive_share)
+            crit["same_side"] = same_side
+            crit["mask_iou"] = (">=", getattr(tol, f"{precision}_min_mask_iou"))
+        elif (figures.get("decisive_share") or 0.0) >= tol.fp16_min_decisive_share:  # random weights: judged where it can be
+            crit["same_side"] = same_side
+        return crit
+
+
+def _meets(value, op: str, bound: float) -> bool:
+    if value is None:  # a figure that could not be measured meets no bound
+        return False
+    return value <= bound if op == "<=" else value >= bound
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def torch_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -239,174 +324,111 @@ def _probs(ref: dict, test: dict, tol: Tolerances) -> dict:
     return r
 
 
-def _split_chain(art, runners: dict, suffix: str, feeds: dict) -> dict[str, np.ndarray]:
-    """The split graphs chained the way the runtime ships them (`Predictor.decode`), image by image:
-    vision at batch 1, then that image's features shared with its expressions."""
-    from restr.runtime.artifacts import STAGES
-    from restr.runtime.paths import Features
-    from restr.runtime.predictor import ImageEmbedding, Predictor
-
-    predictor = Predictor(art, {s: runners[s + suffix] for s in STAGES}, art.vocabulary(), cache_size=0)
+def _split_chain(predictor, feeds: dict) -> dict[str, np.ndarray]:
+    """The split graphs chained by the predictor's own path, as the runtime ships them, image by
+    image: the image encoded at batch 1, then its features decoded with its expression."""
     pixel, patch = [], []
-    for i in range(len(feeds["image"])):
-        v = predictor.runners["vision"].run({"image": feeds["image"][i : i + 1]})["visual_features"]
-        p, q, _ = predictor.decode(ImageEmbedding("", None, Features(v), {}, predictor.source), feeds["words"][i : i + 1], feeds["pad_mask"][i : i + 1])
-        pixel.append(p)
-        patch.append(q)
+    with predictor.path.lock:
+        for i in range(len(feeds["image"])):
+            ((_, store),) = predictor.path.encode([(feeds["image"][i : i + 1], None)], {})
+            dec = predictor.path.decode([store], feeds["words"][i : i + 1], feeds["pad_mask"][i : i + 1], {})
+            pixel.append(dec.pixel_host())
+            patch.append(dec.patch)
     return {"pixel_probs": np.concatenate(pixel), "patch_probs": np.concatenate(patch)}
 
 
-def run_checks(model, folder: Path, feeds: dict[str, np.ndarray], batch_sizes=(3, 1),
-               tol: Tolerances = Tolerances(), threads: int = 0) -> dict[str, dict]:
-    """Raw figures of every check, worst over `batch_sizes` (each a prefix of `feeds`).
+def run_checks(model, art, feeds: dict[str, np.ndarray], rules: Rules, batch_sizes=(3, 1),
+               threads: int = 0) -> list[Check]:
+    """Every check of the export `art`, each worst over `batch_sizes` (each a prefix of `feeds`) and
+    judged by `rules`.
 
-    `folder` is the export as it ships (its manifest included): the graphs run through the runtime's
-    own reading of it (`Artifacts`), its runners (`make_runner`, ONNX Runtime on the CPU) and its
-    split chain (`Predictor.decode`). Checks whose graphs are missing are left out. Returns
-    {check name: {"reference", "batch_sizes", figures...}}.
+    `art` is the export as it ships, read by the runtime (`Artifacts.open`): the graphs run through
+    its runners (`make_runner`, ONNX Runtime on the CPU) and its predictor's split chain. Checks
+    whose graphs are missing are left out.
     """
-    from restr.runtime.artifacts import Artifacts
-    from restr.runtime.formats import MODEL_GRAPHS, PRECISIONS, graph_key
+    from restr.runtime.formats import END_TO_END, MODEL_GRAPHS, PRECISIONS, STAGES, graph_key
+    from restr.runtime.predictor import Predictor
     from restr.runtime.runners import make_runner
 
-    art = Artifacts.open(folder)
     keys = [graph_key(g, p) for p in PRECISIONS for g in MODEL_GRAPHS if graph_key(g, p) in art.graphs]
-    sessions = {k: make_runner(art, k, "ort", threads=threads or None) for k in keys}
+    runners = {k: make_runner(art, k, "ort", threads=threads or None) for k in keys}
     batch_sizes = [b for b in batch_sizes if b <= len(feeds["image"])]
-    runs: dict[str, list[dict]] = {}
-    refs: dict[str, str] = {}
-
-    def add(name, reference, figures):
-        runs.setdefault(name, []).append(figures)
-        refs[name] = reference
-
     torch_out = torch_reference(model, feeds)
+    # every graph's outputs at every batch size: fusion_decoder on PyTorch's features
+    outs = {}
     for b in batch_sizes:
         f, t = _slice(feeds, b), _slice(torch_out, b)
-        ort_out = {k: s.run(f if not k.startswith("fusion_decoder") else
-                            {"visual_features": t["visual_features"], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]})
-                   for k, s in sessions.items()}
-        for k, o in ort_out.items():
-            check_shapes(k, sessions[k], o, b)
-        for precision in PRECISIONS:
-            suffix = graph_key("", precision)
-            for g in ("end_to_end", "vision", "language", "fusion_decoder"):
-                key = g + suffix
-                if key not in sessions:
-                    continue
-                if precision == "fp32":  # against PyTorch
-                    reference = "pytorch"
-                    ref = t
-                elif g in ort_out:  # against the FP32 graph in ONNX Runtime
-                    reference = f"{g} (fp32, onnxruntime)"
-                    ref = ort_out[g]
-                else:
-                    continue
-                if g in PROB_GRAPHS:
-                    add(key, reference, _probs(ref, ort_out[key], tol))
-                else:
-                    out = "visual_features" if g == "vision" else "linguistic_features"
-                    add(key, reference, compare_features(ref[out], ort_out[key][out]))
-            fd = "fusion_decoder" + suffix
-            if fd in sessions and b > 1:  # one image's features broadcast over the batch's expressions
-                shared = {"visual_features": t["visual_features"][:1], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]}
+        decoder_feeds = {"visual_features": t["visual_features"], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]}
+        outs[b] = {k: r.run(decoder_feeds if k.startswith("fusion_decoder") else f) for k, r in runners.items()}
+        for k, o in outs[b].items():
+            check_shapes(k, runners[k], o, b)
+    tol = rules.tol
+    checks: list[Check] = []
+
+    def check(name: str, reference: str, runs: list[dict], criteria, judged: bool = True) -> None:
+        figures = _worst(runs)
+        checks.append(Check(name, reference, list(batch_sizes), figures, criteria(figures) if judged else {}, judged))
+
+    for precision in PRECISIONS:
+        suffix = graph_key("", precision)
+        for g in (END_TO_END, "vision", "language", "fusion_decoder"):
+            key = graph_key(g, precision)
+            if key not in runners:
+                continue
+            if precision == "fp32":  # against PyTorch
+                reference, refs = "pytorch", {b: _slice(torch_out, b) for b in batch_sizes}
+            elif g in runners:  # against the FP32 graph in ONNX Runtime
+                reference, refs = f"{g} (fp32, onnxruntime)", {b: outs[b][g] for b in batch_sizes}
+            else:
+                continue
+            if g in PROB_GRAPHS:
+                runs = [_probs(refs[b], outs[b][key], tol) for b in batch_sizes]
+                check(key, reference, runs, rules.fp32_probs if precision == "fp32" else partial(rules.reduced_probs, precision))
+            else:  # features: judged in FP32; at lower precisions their effect is judged in the probabilities
+                out = "visual_features" if g == "vision" else "linguistic_features"
+                runs = [compare_features(refs[b][out], outs[b][key][out]) for b in batch_sizes]
+                check(key, reference, runs, rules.fp32_features, judged=precision == "fp32")
+        fd = graph_key("fusion_decoder", precision)
+        if fd in runners and any(b > 1 for b in batch_sizes):  # one image's features broadcast over the batch's expressions
+            runs = []
+            for b in (b for b in batch_sizes if b > 1):
+                t, pad = _slice(torch_out, b), feeds["pad_mask"][:b]
+                shared = {"visual_features": t["visual_features"][:1], "linguistic_features": t["linguistic_features"], "pad_mask": pad}
                 repeated = dict(shared, visual_features=np.repeat(shared["visual_features"], b, 0))
-                add(f"split_vs_repeated_image{suffix}", f"{fd} (features repeated)",
-                    _probs(sessions[fd].run(repeated), sessions[fd].run(shared), tol))
-            if all(s + suffix in sessions for s in ("end_to_end", "vision", "language", "fusion_decoder")):
-                add(f"split_vs_end_to_end{suffix}", f"end_to_end{suffix} (onnxruntime)",
-                    _probs(ort_out["end_to_end" + suffix], _split_chain(art, sessions, suffix, f), tol))
-    return {name: {"reference": refs[name], "batch_sizes": list(batch_sizes), **_worst(r)} for name, r in runs.items()}
+                runs.append(_probs(runners[fd].run(repeated), runners[fd].run(shared), tol))
+            check(f"split_vs_repeated_image{suffix}", f"{fd} (features repeated)", runs, rules.same_computation)
+        e2e = graph_key(END_TO_END, precision)
+        if e2e in runners and all(graph_key(s, precision) in runners for s in STAGES):
+            predictor = Predictor(art, {s: runners[graph_key(s, precision)] for s in STAGES}, art.vocabulary(), cache_size=0)
+            runs = [_probs(outs[b][e2e], _split_chain(predictor, _slice(feeds, b)), tol) for b in batch_sizes]
+            # INT8: the split graphs and the end-to-end graph are quantized and calibrated apart, so
+            # they are held to INT8's gate against each other
+            check(f"split_vs_end_to_end{suffix}", f"{e2e} (onnxruntime)", runs,
+                  partial(rules.reduced_probs, "int8") if precision == "int8" else rules.same_computation)
+    names = [c.name for c in checks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two checks share a name: {names} (a bug in restr-export)")
+    return checks
 
 
-def _fp32_probs(tol: Tolerances, masks_meaningful: bool, c: dict) -> dict:
-    crit = {"max_abs_diff": ("<=", tol.fp32_max_abs_diff)}
-    if masks_meaningful:
-        crit["mask_iou"] = (">=", tol.fp32_min_mask_iou)
-    return crit
-
-
-def _reduced_probs(precision: str):
-    """Criteria of a reduced-precision graph's probabilities against the FP32 graph's, from the
-    `{precision}_*` tolerances."""
-
-    def criteria(tol: Tolerances, masks_meaningful: bool, c: dict) -> dict:
-        crit = {"mean_abs_diff": ("<=", getattr(tol, f"{precision}_max_mean_abs_diff"))}
-        same_side = (">=", getattr(tol, f"{precision}_min_same_side"))
-        if masks_meaningful:  # trained weights: too few decisive pixels is itself a failure
-            crit["decisive_share"] = (">=", tol.fp16_min_decisive_share)
-            crit["same_side"] = same_side
-            crit["mask_iou"] = (">=", getattr(tol, f"{precision}_min_mask_iou"))
-        elif (c.get("decisive_share") or 0.0) >= tol.fp16_min_decisive_share:  # random weights: judged where it can be
-            crit["same_side"] = same_side
-        return crit
-
-    return criteria
-
-
-# Every check the export runs, by exact name -> its criteria (op, bound) per figure. FP16 features
-# have none (their effect is judged in the probabilities); a name not listed is "not judged".
-CHECK_CRITERIA = {
-    "end_to_end": _fp32_probs,
-    "fusion_decoder": _fp32_probs,
-    "vision": lambda tol, m, c: {"max_rel_diff": ("<=", tol.fp32_max_abs_diff)},
-    "language": lambda tol, m, c: {"max_rel_diff": ("<=", tol.fp32_max_abs_diff)},
-    "split_vs_end_to_end": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
-    "split_vs_end_to_end_fp16": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
-    # fusion_decoder with one image's features broadcast vs the same features repeated per expression
-    "split_vs_repeated_image": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
-    "split_vs_repeated_image_fp16": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
-    "end_to_end_fp16": _reduced_probs("fp16"),
-    "fusion_decoder_fp16": _reduced_probs("fp16"),
-    "vision_fp16": lambda tol, m, c: {},
-    "language_fp16": lambda tol, m, c: {},
-    # INT8: the probabilities against FP32, and the INT8 split chain against the INT8 end-to-end graph
-    # (quantized and calibrated apart: the same gate as against FP32); features reported, not judged
-    "end_to_end_int8": _reduced_probs("int8"),
-    "fusion_decoder_int8": _reduced_probs("int8"),
-    "split_vs_end_to_end_int8": _reduced_probs("int8"),
-    "split_vs_repeated_image_int8": lambda tol, m, c: {"max_abs_diff": ("<=", tol.split_max_abs_diff)},
-    "vision_int8": lambda tol, m, c: {},
-    "language_int8": lambda tol, m, c: {},
-}
-
-
-def _meets(value, op: str, bound: float) -> bool:
-    if value is None:  # a figure that could not be measured meets no bound
-        return False
-    return value <= bound if op == "<=" else value >= bound
-
-
-def judge(checks: dict[str, dict], tol: Tolerances, masks_meaningful: bool) -> tuple[dict[str, dict], list[str]]:
-    """Apply the tolerances: adds "criteria" and "passed" (True, False, or None: not judged) to
-    every check; returns (checks, failures)."""
-    failures = []
-    for name, c in checks.items():
-        rule = CHECK_CRITERIA.get(name)
-        crit = rule(tol, masks_meaningful, c) if rule else {}
-        bad = [f"{k} {_fmt(c.get(k))} (needs {op} {v:g})" for k, (op, v) in crit.items() if not _meets(c.get(k), op, v)]
-        c["criteria"] = {k: f"{op} {v:g}" for k, (op, v) in crit.items()}
-        c["passed"] = None if not crit else not bad
-        if bad:
-            failures.append(f"{name} vs {c['reference']}: " + ", ".join(bad))
-    return checks, failures
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def verify(model, folder: Path, feeds: dict[str, np.ndarray], tol: Tolerances,
+def verify(model, art, feeds: dict[str, np.ndarray], tol: Tolerances,
            masks_meaningful: bool, batch_sizes=(3, 1), threads: int = 0) -> dict:
-    """All checks on the export in `folder`, judged. Returns the manifest's `verification` body
-    (without the inputs)."""
-    checks, failures = judge(run_checks(model, folder, feeds, batch_sizes, tol, threads), tol, masks_meaningful)
+    """All checks on the export `art` (an `Artifacts`), judged. Returns the manifest's `verification`
+    body (without the inputs)."""
+    checks = run_checks(model, art, feeds, Rules(tol, masks_meaningful), batch_sizes, threads)
+    return verification_body(checks, tol, masks_meaningful)
+
+
+def verification_body(checks: list[Check], tol: Tolerances, masks_meaningful: bool) -> dict:
+    """The manifest's `verification` body of judged checks: passed, failures, masks_meaningful,
+    tolerances, checks by name."""
+    failures = [f for f in (c.failure for c in checks) if f]
     return {
         "passed": not failures,
         "failures": failures,
         "masks_meaningful": masks_meaningful,
         "tolerances": tol.to_dict(),
-        "checks": checks,
+        "checks": {c.name: c.to_dict() for c in checks},
     }
 
 
@@ -443,17 +465,19 @@ def _photo(h: int, w: int, rng) -> np.ndarray:
     return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
 
 
-def check_processing(pre_path, post_path, cfg, seed: int = 0, threads: int = 0) -> dict:
+def check_processing(art, cfg, seed: int = 0, threads: int = 0) -> dict:
     """The preprocess and postprocess graphs against `restr.runtime.transforms` (numpy and Pillow: the
     training transform and `Letterbox.invert`, in the config's `image_transform`) on generated photos
     shrunk, enlarged and kept: the letterbox geometry must be equal, the images within one uint8 level
     (Pillow rounds in fixed point), the probabilities on the photo within 1e-4 and the masks the same
-    on >= 99.9% of pixels."""
+    on >= 99.9% of pixels. The graphs run in the runtime's runners over the export `art`."""
     from PIL import Image
 
+    from restr.runtime.formats import POSTPROCESS, PREPROCESS
+    from restr.runtime.runners import make_runner
     from restr.runtime.transforms import Letterbox
 
-    pre, post = ort_session(pre_path, threads), ort_session(post_path, threads)
+    pre, post = (make_runner(art, k, "ort", threads=threads or None) for k in (PREPROCESS, POSTPROCESS))
     rng, s, transform = np.random.default_rng(seed), cfg.image_size, cfg.image_transform
     std = np.asarray(cfg.image_std, np.float32).reshape(1, 3, 1, 1)
     out = {"geometry_equal": True, "image_max_levels": 0.0, "probs_max_abs_diff": 0.0, "mask_agreement": 1.0, "sizes": []}
@@ -461,9 +485,10 @@ def check_processing(pre_path, post_path, cfg, seed: int = 0, threads: int = 0) 
         photo = _photo(h, w, rng)
         lb = Letterbox.fit((h, w), s, transform)
         ref = lb.input(Image.fromarray(photo), cfg.image_mean, cfg.image_std)[None]
-        image, letterbox = pre.run(None, {"rgb": photo})
+        image, letterbox = (pre.run({"rgb": photo})[k] for k in ("image", "letterbox"))
         probs = rng.random((2, 1, s, s), dtype=np.float32)
-        got, mask = post.run(["probs", "mask"], {"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([0.5], np.float32)})
+        done = post.run({"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([0.5], np.float32)}, outputs=("probs", "mask"))
+        got, mask = done["probs"], done["mask"]
         want = np.stack([lb.invert(p[0]) for p in probs])
         want_mask = np.stack([lb.invert_mask(p[0], 0.5) for p in probs])
         out["sizes"].append([h, w])

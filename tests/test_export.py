@@ -27,10 +27,11 @@ from restr.export.tensorrt_build import (
     ENGINE_PRECISION, EngineUnavailable, build_engines, engine_instructions, engine_support, profiles, sidecar, timing_cache_path,
 )
 from restr.export.verify import (
-    Tolerances, VerificationError, compare_probs, format_table, generated_inputs, judge, mask_iou, ort_session, run_session,
+    Check, Rules, Tolerances, VerificationError, compare_probs, format_table, generated_inputs, mask_iou, verification_body,
 )
 from restr.modeling import ReSTR
-from restr.runtime.artifacts import check_consistency
+from restr.runtime.artifacts import Artifacts, check_consistency
+from restr.runtime.runners import make_runner
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
@@ -235,12 +236,17 @@ def _feeds(vocab_size: int, batch: int, seed: int) -> dict:
     }
 
 
+def _runner(out: Path, key: str):
+    """Graph `key` of the export in `out` as the runtime runs it (ONNX Runtime on the CPU, one thread)."""
+    return make_runner(Artifacts.open(out), key, "ort", threads=1)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_batch_sizes_from_one_export_match_pytorch(exported, ckpt, batch):
     out, _ = exported
     model = load_source(ckpt=ckpt).model
     feeds = _feeds(len(WORDS) + 2, batch, seed=batch)
-    got = run_session(ort_session(out / "end_to_end.onnx", 1), feeds)
+    got = _runner(out, "end_to_end").run(feeds)
     with torch.no_grad():
         pixel, patch = model(*(torch.from_numpy(feeds[k]) for k in ("image", "words", "pad_mask")))
     assert got["pixel_probs"].shape == (batch, 1, S, S) and got["patch_probs"].shape == (batch, N_V)
@@ -252,14 +258,14 @@ def test_batch_sizes_from_one_export_match_pytorch(exported, ckpt, batch):
 def test_one_image_many_expressions(exported, suffix):
     """The service pattern: encode the image once, repeat its features for K expressions."""
     out, _ = exported
-    s = {g: ort_session(out / f"{g}{suffix}.onnx", 1) for g in GRAPHS}
+    s = {g: _runner(out, f"{g}{suffix}") for g in GRAPHS}
     k = 3
     feeds = _feeds(len(WORDS) + 2, k, seed=7)
     feeds["image"] = np.repeat(feeds["image"][:1], k, axis=0)
-    v = run_session(s["vision"], {"image": feeds["image"][:1]})["visual_features"]
-    l = run_session(s["language"], feeds)["linguistic_features"]
-    split = run_session(s["fusion_decoder"], {"visual_features": np.repeat(v, k, 0), "linguistic_features": l, "pad_mask": feeds["pad_mask"]})
-    whole = run_session(s["end_to_end"], feeds)
+    v = s["vision"].run({"image": feeds["image"][:1]})["visual_features"]
+    l = s["language"].run(feeds)["linguistic_features"]
+    split = s["fusion_decoder"].run({"visual_features": np.repeat(v, k, 0), "linguistic_features": l, "pad_mask": feeds["pad_mask"]})
+    whole = s["end_to_end"].run(feeds)
     for name in ("pixel_probs", "patch_probs"):
         np.testing.assert_allclose(split[name], whole[name], atol=1e-4)
 
@@ -267,15 +273,15 @@ def test_one_image_many_expressions(exported, suffix):
 def test_padding_is_masked_in_the_graph(exported):
     """SDPA's boolean mask survives the export: padded word ids do not matter, the mask does."""
     out, _ = exported
-    s = ort_session(out / "end_to_end.onnx", 1)
+    s = _runner(out, "end_to_end")
     feeds = _feeds(len(WORDS) + 2, 2, seed=3)
     feeds["pad_mask"][:, 4:] = True
     feeds["words"][:, 4:] = 0
-    base = run_session(s, feeds)["pixel_probs"]
+    base = s.run(feeds)["pixel_probs"]
     other_ids = dict(feeds, words=np.where(feeds["pad_mask"], 5, feeds["words"]))
-    np.testing.assert_array_equal(run_session(s, other_ids)["pixel_probs"], base)
+    np.testing.assert_array_equal(s.run(other_ids)["pixel_probs"], base)
     unmasked = dict(other_ids, pad_mask=np.zeros_like(feeds["pad_mask"]))
-    assert np.abs(run_session(s, unmasked)["pixel_probs"] - base).max() > 1e-6
+    assert np.abs(s.run(unmasked)["pixel_probs"] - base).max() > 1e-6
 
 
 def test_fp16_is_fp16_through(exported):
@@ -329,31 +335,44 @@ def test_figures():
     assert mask_iou(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
 
 
+def _check(name: str, reference: str, figures: dict, rule) -> Check:
+    """A check as `run_checks` makes it: its criteria from the rule its comparison site names."""
+    return Check(name, reference, [1], figures, rule(figures))
+
+
+def _fp16_probs(rules: Rules):
+    return lambda figures: rules.reduced_probs("fp16", figures)
+
+
 def test_judge_names_the_failing_figure():
-    checks = {
-        "end_to_end": {"reference": "pytorch", "max_abs_diff": 2e-3, "mean_abs_diff": 1e-4, "mask_iou": 1.0, "same_side": 1.0},
-        "end_to_end_fp16": {"reference": "end_to_end", "max_abs_diff": 0.2, "mean_abs_diff": 0.02, "mask_iou": 0.5, "same_side": 0.9,
-                            "decisive_share": 0.5},
-        "vision_fp16": {"reference": "vision", "max_abs_diff": 1.0, "mean_abs_diff": 0.1, "max_rel_diff": 0.5},
-    }
-    judged, failures = judge(checks, Tolerances(), masks_meaningful=False)
-    assert not judged["end_to_end"]["passed"] and not judged["end_to_end_fp16"]["passed"]
-    assert judged["vision_fp16"]["passed"] is None and judged["vision_fp16"]["criteria"] == {}  # reported, not judged
-    assert "mask_iou" not in judged["end_to_end_fp16"]["criteria"]  # random weights: masks not judged
-    assert failures[0].startswith("end_to_end vs pytorch: max_abs_diff 0.002")
-    assert "mean_abs_diff 0.02 (needs <= 0.01)" in failures[1] and "same_side 0.9" in failures[1]
-    _, failures = judge(checks, Tolerances(), masks_meaningful=True)
-    assert "mask_iou 0.5 (needs >= 0.98)" in failures[1]
+    e2e = {"max_abs_diff": 2e-3, "mean_abs_diff": 1e-4, "mask_iou": 1.0, "same_side": 1.0}
+    fp16 = {"max_abs_diff": 0.2, "mean_abs_diff": 0.02, "mask_iou": 0.5, "same_side": 0.9, "decisive_share": 0.5}
+    features = {"max_abs_diff": 1.0, "mean_abs_diff": 0.1, "max_rel_diff": 0.5}
+    for meaningful in (False, True):
+        rules = Rules(Tolerances(), meaningful)
+        checks = [_check("end_to_end", "pytorch", e2e, rules.fp32_probs),
+                  _check("end_to_end_fp16", "end_to_end", fp16, _fp16_probs(rules)),
+                  Check("vision_fp16", "vision", [1], features, {}, judged=False)]
+        v = verification_body(checks, Tolerances(), meaningful)
+        judged, failures = v["checks"], v["failures"]
+        assert not v["passed"] and not judged["end_to_end"]["passed"] and not judged["end_to_end_fp16"]["passed"]
+        assert judged["vision_fp16"]["passed"] is None and judged["vision_fp16"]["criteria"] == {}  # reported, not judged
+        assert failures[0].startswith("end_to_end vs pytorch: max_abs_diff 0.002")
+        assert "mean_abs_diff 0.02 (needs <= 0.01)" in failures[1] and "same_side 0.9" in failures[1]
+        if meaningful:
+            assert "mask_iou 0.5 (needs >= 0.98)" in failures[1]
+        else:
+            assert "mask_iou" not in judged["end_to_end_fp16"]["criteria"]  # random weights: masks not judged
 
 
 def test_split_fp16_gets_the_tight_split_tolerance():
     """The FP16 split chain and the FP16 end-to-end graph compute the same thing: held to 1e-4 like
     the FP32 pair, not to the loose FP16-vs-FP32 criteria (a name containing "fp16" once did that)."""
-    checks = {"split_vs_end_to_end_fp16": {"reference": "end_to_end_fp16 (onnxruntime)", "max_abs_diff": 5e-4,
-                                           "mean_abs_diff": 1e-5, "mask_iou": 1.0, "same_side": 1.0, "decisive_share": 0.9}}
-    judged, failures = judge(checks, Tolerances(), masks_meaningful=False)
-    assert judged["split_vs_end_to_end_fp16"]["passed"] is False
-    assert failures == ["split_vs_end_to_end_fp16 vs end_to_end_fp16 (onnxruntime): max_abs_diff 0.0005 (needs <= 0.0001)"]
+    rules = Rules(Tolerances(), masks_meaningful=False)
+    figures = {"max_abs_diff": 5e-4, "mean_abs_diff": 1e-5, "mask_iou": 1.0, "same_side": 1.0, "decisive_share": 0.9}
+    c = _check("split_vs_end_to_end_fp16", "end_to_end_fp16 (onnxruntime)", figures, rules.same_computation)
+    assert c.passed is False
+    assert c.failure == "split_vs_end_to_end_fp16 vs end_to_end_fp16 (onnxruntime): max_abs_diff 0.0005 (needs <= 0.0001)"
 
 
 def test_fp16_gate_needs_decisive_pixels():
@@ -363,22 +382,32 @@ def test_fp16_gate_needs_decisive_pixels():
     test = 1.0 - ref  # every pixel on the other side
     r = compare_probs(ref, test)
     assert r["same_side"] is None and r["decisive_pixels"] == 0 and r["decisive_share"] == 0.0
-    checks = {"end_to_end_fp16": {"reference": "end_to_end (fp32, onnxruntime)", **r}}
-    judged, failures = judge(checks, Tolerances(fp16_max_mean_abs_diff=0.1), masks_meaningful=True)
-    assert judged["end_to_end_fp16"]["passed"] is False
-    assert "decisive_share 0 (needs >= 0.05)" in failures[0] and "same_side n/a" in failures[0]
+    tol = Tolerances(fp16_max_mean_abs_diff=0.1)
+    c = _check("end_to_end_fp16", "end_to_end (fp32, onnxruntime)", r, _fp16_probs(Rules(tol, masks_meaningful=True)))
+    assert c.passed is False
+    assert "decisive_share 0 (needs >= 0.05)" in c.failure and "same_side n/a" in c.failure
     # random weights: same_side is left out where too few pixels are decisive, and shown as such
-    judged, failures = judge({"end_to_end_fp16": {"reference": "x", **r}}, Tolerances(fp16_max_mean_abs_diff=0.1), masks_meaningful=False)
-    assert set(judged["end_to_end_fp16"]["criteria"]) == {"mean_abs_diff"} and failures == []
+    c = _check("end_to_end_fp16", "x", r, _fp16_probs(Rules(tol, masks_meaningful=False)))
+    assert set(c.criteria) == {"mean_abs_diff"} and c.passed is True and c.failure is None
 
 
-def test_unlisted_and_feature_fp16_checks_are_not_judged():
-    checks = {"vision_fp16": {"reference": "vision", "batch_sizes": [1], "max_abs_diff": 1.0, "mean_abs_diff": 0.1, "max_rel_diff": 0.5},
-              "something_new": {"reference": "x", "batch_sizes": [1], "max_abs_diff": 9.0, "mean_abs_diff": 9.0, "max_rel_diff": 9.0}}
-    judged, failures = judge(checks, Tolerances(), masks_meaningful=True)
-    assert failures == [] and all(c["passed"] is None for c in judged.values())
-    table = format_table({"checks": judged, "masks_meaningful": True})
-    assert table.count("not judged") == 2 and " ok" not in table
+def test_a_check_cannot_go_unjudged_by_mistake():
+    """Criteria come with the check where its comparison runs: a judged check without any, or with one
+    on a figure it does not have (a misspelt name), is a bug in the exporter and is refused at once;
+    only a check declared not judged is reported as such."""
+    figures = {"max_abs_diff": 9.0, "mean_abs_diff": 9.0, "max_rel_diff": 9.0}
+    with pytest.raises(ValueError, match="something_new.*no criteria"):
+        Check("something_new", "x", [1], figures, {})
+    with pytest.raises(ValueError, match="max_rel_dif"):
+        Check("vision", "pytorch", [1], figures, {"max_rel_dif": ("<=", 1e-3)})
+    with pytest.raises(ValueError, match="not judged"):
+        Check("vision_fp16", "vision", [1], figures, {"max_rel_diff": ("<=", 1e-3)}, judged=False)
+    reported = Check("vision_fp16", "vision", [1], figures, {}, judged=False)
+    assert reported.passed is None and reported.failure is None
+    v = verification_body([reported], Tolerances(), masks_meaningful=True)
+    assert v["passed"] and v["failures"] == []
+    table = format_table(v)
+    assert table.count("not judged") == 1 and " ok" not in table
 
 
 def test_verification_inputs_from_the_checkpoints_data_set(tmp_path):
