@@ -140,7 +140,7 @@ def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, through
         settings.bulk, settings.bulk_runs, settings.bulk_workers = bulk, bulk_runs, bulk_workers
     if macs:
         from restr.benchmarks.macs import format_comparison, paper_comparison, rows_as_json
-        from restr.benchmarks.report import write_json
+        from restr.runtime.atomic import write_json
 
         rows = paper_comparison(progress=lambda r: click.echo(f"  counted {r.name} at {r.image_size}x{r.image_size}", err=True))
         click.echo(format_comparison(rows))
@@ -201,7 +201,7 @@ def _engine_settings(engines, json_path, plot_path, runs, warmup, batch_sizes, t
 def _run_train(config_name, image_size, batch_size, device, steps, warmup, choices, workers, photos, threads, gemm_size, json_path,
                no_progress) -> None:
     from restr.benchmarks.environment import available_cpus
-    from restr.benchmarks.report import write_json
+    from restr.runtime.atomic import write_json
     from restr.benchmarks.train_bench import TrainBenchOptions, format_train_report, parse_choices, run_train_bench
     from restr.config import CONFIGS
 
@@ -237,7 +237,7 @@ def _run_engines(engines, settings, load_options, import_runs, json_path, plot_p
     from restr.benchmarks.environment import import_time
     from restr.benchmarks.latency import Bench, format_report
     from restr.benchmarks.loaders import LoadError
-    from restr.benchmarks.report import write_json
+    from restr.runtime.atomic import write_json
     from restr.runtime import ArtifactError, ImageError, TextError
 
     imports = {}

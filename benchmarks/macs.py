@@ -76,7 +76,7 @@ def rows_as_json(rows: list[MacsRow]) -> list[dict]:
 
 def format_comparison(rows: list[MacsRow]) -> str:
     """The human table: ours beside the paper's, with the difference in %, and Table 5's peers."""
-    from restr.benchmarks.report import format_table
+    from restr.tables import format_table
 
     body = [
         [r.name, r.table, r.image_size, f"{r.params / 1e6:.2f}M", f"{r.paper_params / 1e6:.2f}M", f"{r.params_diff_pct:+.2f}%",

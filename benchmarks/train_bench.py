@@ -503,7 +503,7 @@ def run_train_bench(o: TrainBenchOptions, log=print) -> dict:
 def format_train_report(doc: dict) -> str:
     """The tables and lines of `restr-bench --train` for people."""
     from restr.benchmarks.peak import PEAK_NOT_REACHED, share
-    from restr.benchmarks.report import format_table
+    from restr.tables import format_table
 
     env, gemm, loader, proj = doc["environment"], doc["gemm"], doc["loader"], doc["projection"]
     where = env.get("gpu") or f"CPU {env['cpu']['model']} ({env['available_cpus']} CPUs, {env['threads']} threads)"

@@ -421,7 +421,7 @@ def evaluate_deployed(runtime, what: dict, ckpt, source, data, split, read, comm
 
 
 def _write_json(path, obj) -> None:
-    from restr.benchmarks.report import write_json
+    from restr.runtime.atomic import write_json
 
     write_json(path, obj)
     click.echo(f"wrote {path}")
