@@ -1,6 +1,11 @@
 """The export, start to end: checkpoint -> ONNX graphs (FP32 and FP16, pre/post-processing) -> verification ->
 TensorRT engines where possible -> `manifest.json`; all in a temporary sibling folder that is
 renamed into place only when complete, so a half-written artifact folder never exists.
+
+`export_artifacts` is a sequence of small steps over one `ExportContext`, each testable alone:
+`check_options` (makes the context, writes nothing), then `STEPS` (the model, the vocabulary, the
+graphs, the INT8 graphs, the processing graphs, the manifest, the verification, the engines), then
+`publish`.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from restr.export.manifest import (
     FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_manifest,
@@ -174,17 +180,44 @@ class _Steps:
         self.bar.close()
 
 
-def export_artifacts(source: Source, out: str | Path, options: ExportOptions = ExportOptions(), log=_log) -> dict:
-    """Write the export folder `out` (see docs/artifacts.md); returns the manifest.
+@dataclass
+class ExportContext:
+    """One export on its way: what is exported and how, and what has been written so far. Each step
+    of `export_artifacts` reads and extends it; `check_options` makes it."""
 
-    Raises ExportError for a bad request (nothing written), EngineUnavailable when engines are
-    required but cannot be built here (nothing written), VerificationError when a tolerance is
-    exceeded (nothing written).
-    """
-    from restr.export.fp16 import convert_fp16
-    from restr.export.onnx_export import export_graph
-    from restr.export.processing import postprocess_graph, preprocess_graph, processing_io
+    source: Source
+    out: Path  # the folder the export is published as
+    options: ExportOptions
+    vocab: Vocabulary  # in the model's tokenizer
+    log: Callable[[str], None] = _log
+    calibration: object | None = None  # INT8 calibration samples (restr.export.int8.Calibration)
+    backends: tuple | None = None  # (tensorrt, gpu): checked up front when engines are required
+    folder: Path | None = None  # the staging folder everything is written into
+    graphs: dict[str, dict] = field(default_factory=dict)  # manifest entries of the graphs written, by key
+    manifest: dict | None = None
+    tick: Callable[[str], None] = lambda what: None  # the progress bar's step
 
+    @property
+    def cfg(self):
+        return self.source.cfg
+
+    @property
+    def fp16(self) -> bool:
+        return "fp16" in self.options.precisions
+
+    @property
+    def int8(self) -> bool:
+        return "int8" in self.options.precisions
+
+    def path(self, key: str) -> Path:
+        """Where graph `key` is written."""
+        return self.folder / graph_file(key)
+
+
+def check_options(source: Source, out: str | Path, options: ExportOptions = ExportOptions(), log=_log) -> ExportContext:
+    """Refuse a bad request before anything is written, and read up front what could still refuse it:
+    the INT8 calibration data, TensorRT where engines are required. Raises ExportError, or
+    EngineUnavailable when engines are required but cannot be built here."""
     out = Path(out)
     cfg = source.cfg
     bad = set(options.precisions) - set(PRECISIONS)
@@ -202,149 +235,217 @@ def export_artifacts(source: Source, out: str | Path, options: ExportOptions = E
         raise ExportError("TensorRT engines are built from standard ONNX graphs: use --attention onnx")
     check_image_size(cfg.image_size, cfg.patch_size, cfg.name)
     check_out_dir(out, options.force)
-    fp16, int8 = "fp16" in options.precisions, "int8" in options.precisions
-    vocab = source.vocab
-    if vocab.tokenizer != cfg.tokenizer:  # the model's config says how its expressions are split
-        vocab = Vocabulary(vocab.itos, cfg.tokenizer)
-    calibration = None
-    if int8:  # read now: a data set with no images or no expressions is refused before anything is written
+    ctx = ExportContext(source, out, options, source.vocab, log)
+    if ctx.vocab.tokenizer != cfg.tokenizer:  # the model's config says how its expressions are split
+        ctx.vocab = Vocabulary(ctx.vocab.itos, cfg.tokenizer)
+    if ctx.int8:  # read now: a data set with no images or no expressions is refused before anything is written
         try:
-            calibration = load_calibration(options.calibration, source.meta, cfg, vocab, options.calibration_size, options.seed)
+            ctx.calibration = load_calibration(options.calibration, source.meta, cfg, ctx.vocab, options.calibration_size, options.seed)
         except CalibrationError as e:
             raise ExportError(str(e)) from None
-    backends = None
     if options.engine:  # asked for explicitly: fail now, before any work, if it cannot be done
-        if not (fp16 or int8):
+        if not (ctx.fp16 or ctx.int8):
             raise ExportError("TensorRT engines are built from the FP16 or INT8 graphs: add --precision fp16 (or int8)")
         try:
-            backends = engine_support()
+            ctx.backends = engine_support()
         except EngineUnavailable as e:
             raise EngineUnavailable(engine_instructions(out, str(e), exported=False)) from None
     if source.random_weights:
         log(f"WARNING: exporting RANDOMLY INITIALISED weights of {cfg.name} (no --ckpt): the masks mean nothing; "
             "use this export for benchmarking only")
+    return ctx
 
-    if options.threads > 0:
+
+def prepare_model(ctx: ExportContext) -> None:
+    """The options that change how the model runs: PyTorch's threads, the decoder's form (in place)."""
+    if ctx.options.threads > 0:
         import torch
 
-        torch.set_num_threads(options.threads)
-    if options.decoder_linear_first:
-        set_decoder_linear_first(source.model)
-        cfg = source.cfg
-    io = graph_io(cfg)
-    steps = _Steps(len(GRAPHS) * (1 + fp16 + int8) + len(PROCESSING_GRAPHS) + options.verify + 1, options.progress)
-    tmp = _staging(out)
-    try:
-        import onnx
+        torch.set_num_threads(ctx.options.threads)
+    if ctx.options.decoder_linear_first:
+        set_decoder_linear_first(ctx.source.model)
 
-        vocab.save(tmp / "vocab.txt")
-        graphs, files = {}, {}
 
-        def add(key, proto, precision, **extra):
-            try:  # the standard's full check (sorted nodes, types, shapes) on every graph written
-                onnx.checker.check_model(proto, full_check=True)
-            except onnx.checker.ValidationError as e:
-                raise ExportCheckError(f"{graph_file(key)}: not valid ONNX ({str(e).splitlines()[0]})") from None
-            onnx.save(proto, str(tmp / graph_file(key)))
-            files[key] = tmp / graph_file(key)
-            inputs, outputs = io[base_graph(key)] if key not in proc_io else proc_io[key]
-            graphs[key] = graph_entry(tmp, graph_file(key), inputs, outputs, precision, opset_of(proto),
-                                      op_counts=graph_summary(proto), **extra)
-            steps(f"wrote {graph_file(key)}")
-            log(f"wrote {graph_file(key)} ({time.perf_counter() - t0:.1f} s)")
+def add_graph(ctx: ExportContext, key: str, proto, precision: str, started: float, **extra) -> None:
+    """Check `proto` by the ONNX standard, write it as graph `key` and record its manifest entry;
+    `started` is when its making began (for the log)."""
+    import onnx
 
-        proc_io = processing_io(cfg.image_size)
-        for g in GRAPHS:
-            t0 = time.perf_counter()
-            proto = export_graph(source.model, g, tmp / graph_file(g), options.opset, options.attention)
-            add(g, proto, "fp32", attention=options.attention)
-            if fp16:
-                t0 = time.perf_counter()
-                half, summary = convert_fp16(proto)
-                add(graph_key(g, "fp16"), half, "fp16", attention=options.attention, compute_precision=summary)
-        if int8:
-            from restr.export.int8 import graph_calibration_feeds, quantize_graph
+    from restr.export.processing import processing_io
 
-            for g in GRAPHS:  # after the FP32 graphs: fusion_decoder is calibrated on their features
-                t0 = time.perf_counter()
-                feeds = graph_calibration_feeds(g, tmp, calibration, options.threads)
-                quantized, summary = quantize_graph(files[g], feeds, options.calibration_method)
-                add(graph_key(g, "int8"), quantized, "int8", attention=options.attention,
-                    quantization={"format": "QDQ", "method": options.calibration_method, "weights": "int8, per output channel, symmetric",
-                                  "activations": "int8, per tensor, symmetric", **summary})
+    try:  # the standard's full check (sorted nodes, types, shapes) on every graph written
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportCheckError(f"{graph_file(key)}: not valid ONNX ({str(e).splitlines()[0]})") from None
+    onnx.save(proto, str(ctx.path(key)))
+    io = {**graph_io(ctx.cfg), **processing_io(ctx.cfg.image_size)}
+    inputs, outputs = io[base_graph(key)]
+    ctx.graphs[key] = graph_entry(ctx.folder, graph_file(key), inputs, outputs, precision, opset_of(proto),
+                                  op_counts=graph_summary(proto), **extra)
+    ctx.tick(f"wrote {graph_file(key)}")
+    ctx.log(f"wrote {graph_file(key)} ({time.perf_counter() - started:.1f} s)")
+
+
+def write_graphs(ctx: ExportContext) -> None:
+    """The model graphs in FP32 and, where asked, their FP16 twins."""
+    from restr.export.fp16 import convert_fp16
+    from restr.export.onnx_export import export_graph
+
+    attention = ctx.options.attention
+    for g in GRAPHS:
         t0 = time.perf_counter()
-        add("preprocess", preprocess_graph(cfg.image_size, cfg.image_mean, cfg.image_std, cfg.image_transform), "fp32")
-        add("postprocess", postprocess_graph(cfg.image_size, cfg.image_transform), "fp32")
-
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "model": {
-                "name": cfg.name,
-                "config": cfg.to_dict(),
-                "random_weights": source.random_weights,
-                "checkpoint": None if source.checkpoint is None else {
-                    "file": source.checkpoint.name, "sha256": sha256_file(source.checkpoint), "meta": json_safe(source.meta)},
-            },
-            "image_size": cfg.image_size,
-            "patch_size": cfg.patch_size,
-            "max_words": cfg.max_words,
-            "num_patches": cfg.num_patches,
-            "feature_width": cfg.fusion.width,
-            "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std)},
-            # what the processing graphs compute (docs/artifacts.md); hosts run the graphs and need none of it
-            "letterbox": {"align": cfg.letterbox_align, "fill": "mean", "antialias": cfg.resize_antialias},
-            "threshold": options.tolerances.threshold,
-            "mask_from": cfg.mask_from,
-            "vocab": {"file": "vocab.txt", "size": len(vocab), "sha256": sha256_file(tmp / "vocab.txt"),
-                      "placeholder": source.random_weights, "tokenizer": vocab.tokenizer},
-            "max_batch": options.max_batch,
-            "graphs": graphs,
-            "engines": {},
-            "tensorrt": {"status": "not requested"},
-            "verification": {"enabled": False},
-            **({"int8": {"calibration": {**calibration.description, "method": options.calibration_method}, "quantizer": QUANTIZER}}
-               if int8 else {}),
-            "versions": versions(),
-            "created": utc_now(),
-        }
-        if options.verify:
-            # Verified through the runtime itself: the manifest as it will ship, read by
-            # restr.runtime, its runners and the predictor's split chain (export.verify).
-            write_manifest(tmp, json_safe(manifest))
-            art = Artifacts.open(tmp)
+        proto = export_graph(ctx.source.model, g, ctx.path(g), ctx.options.opset, attention)
+        add_graph(ctx, g, proto, "fp32", t0, attention=attention)
+        if ctx.fp16:
             t0 = time.perf_counter()
-            samples = max(options.samples, options.int8_samples) if int8 else options.samples
-            feeds, inputs = verification_inputs(cfg, vocab, source.meta, samples, options.seed)
-            meaningful = options.masks_meaningful
-            if meaningful is None:
-                meaningful = not source.random_weights and bool(source.meta.get("data"))
-            verification = {"enabled": True, "inputs": inputs,
-                            **verify(source.model, art, feeds, options.tolerances, meaningful,
-                                     tuple(dict.fromkeys((samples, 1))), options.threads)}
-            processing = check_processing(art, cfg, options.seed)
-            verification["processing"] = processing
-            verification["graphs"] = {k: {**g["op_counts"], **(cuda_placement(files[k]) or {})} for k, g in graphs.items()}
-            if not processing["passed"]:
-                verification["passed"] = False
-                verification["failures"].append("processing graphs vs restr.runtime.transforms: " + "; ".join(processing["failures"]))
-            steps("verified")
-            log(f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
-                + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification) + "\n" + format_graphs(verification))
-            if not verification["passed"]:
-                raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
-            manifest["verification"] = verification
-        if options.engine is not False and (fp16 or int8):
-            _engines_into(tmp, manifest, options, out, log, backends)
-        manifest = json_safe(manifest)  # what is returned is exactly what the file holds
-        write_manifest(tmp, manifest)
-        steps("manifest written")
-        _publish(tmp, out)
+            half, summary = convert_fp16(proto)
+            add_graph(ctx, graph_key(g, "fp16"), half, "fp16", t0, attention=attention, compute_precision=summary)
+
+
+def write_int8_graphs(ctx: ExportContext) -> None:
+    """Where asked, the INT8 twins of the FP32 graphs, calibrated; after the FP32 graphs, whose
+    features fusion_decoder is calibrated on."""
+    if not ctx.int8:
+        return
+    from restr.export.int8 import graph_calibration_feeds, quantize_graph
+
+    method = ctx.options.calibration_method
+    for g in GRAPHS:
+        t0 = time.perf_counter()
+        feeds = graph_calibration_feeds(g, ctx.folder, ctx.calibration, ctx.options.threads)
+        quantized, summary = quantize_graph(ctx.path(g), feeds, method)
+        add_graph(ctx, graph_key(g, "int8"), quantized, "int8", attention=ctx.options.attention, started=t0,
+                  quantization={"format": "QDQ", "method": method, "weights": "int8, per output channel, symmetric",
+                                "activations": "int8, per tensor, symmetric", **summary})
+
+
+def write_processing_graphs(ctx: ExportContext) -> None:
+    """The pre- and post-processing graphs (photo -> model input, probabilities -> the photo's mask)."""
+    from restr.export.processing import postprocess_graph, preprocess_graph
+
+    cfg = ctx.cfg
+    t0 = time.perf_counter()
+    add_graph(ctx, "preprocess", preprocess_graph(cfg.image_size, cfg.image_mean, cfg.image_std, cfg.image_transform), "fp32", t0)
+    t0 = time.perf_counter()
+    add_graph(ctx, "postprocess", postprocess_graph(cfg.image_size, cfg.image_transform), "fp32", t0)
+
+
+def write_vocabulary(ctx: ExportContext) -> None:
+    ctx.vocab.save(ctx.folder / "vocab.txt")
+
+
+def make_manifest(ctx: ExportContext) -> None:
+    """The manifest of what has been written (docs/artifacts.md): no engines and no verification yet."""
+    cfg, source, options, vocab = ctx.cfg, ctx.source, ctx.options, ctx.vocab
+    ctx.manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": cfg.name,
+            "config": cfg.to_dict(),
+            "random_weights": source.random_weights,
+            "checkpoint": None if source.checkpoint is None else {
+                "file": source.checkpoint.name, "sha256": sha256_file(source.checkpoint), "meta": json_safe(source.meta)},
+        },
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "max_words": cfg.max_words,
+        "num_patches": cfg.num_patches,
+        "feature_width": cfg.fusion.width,
+        "normalization": {"mean": list(cfg.image_mean), "std": list(cfg.image_std)},
+        # what the processing graphs compute (docs/artifacts.md); hosts run the graphs and need none of it
+        "letterbox": {"align": cfg.letterbox_align, "fill": "mean", "antialias": cfg.resize_antialias},
+        "threshold": options.tolerances.threshold,
+        "mask_from": cfg.mask_from,
+        "vocab": {"file": "vocab.txt", "size": len(vocab), "sha256": sha256_file(ctx.folder / "vocab.txt"),
+                  "placeholder": source.random_weights, "tokenizer": vocab.tokenizer},
+        "max_batch": options.max_batch,
+        "graphs": ctx.graphs,
+        "engines": {},
+        "tensorrt": {"status": "not requested"},
+        "verification": {"enabled": False},
+        **({"int8": {"calibration": {**ctx.calibration.description, "method": options.calibration_method}, "quantizer": QUANTIZER}}
+           if ctx.int8 else {}),
+        "versions": versions(),
+        "created": utc_now(),
+    }
+
+
+def verify_export(ctx: ExportContext) -> None:
+    """Where asked, verify the export through the runtime itself: the manifest as it will ship, read
+    by restr.runtime, its runners and the predictor's split chain (export.verify), and the processing
+    graphs against restr.runtime.transforms. Records the result in the manifest; raises
+    VerificationError (one line) when a check fails."""
+    options, cfg, source = ctx.options, ctx.cfg, ctx.source
+    if not options.verify:
+        return
+    write_manifest(ctx.folder, json_safe(ctx.manifest))
+    art = Artifacts.open(ctx.folder)
+    t0 = time.perf_counter()
+    samples = max(options.samples, options.int8_samples) if ctx.int8 else options.samples
+    feeds, inputs = verification_inputs(cfg, ctx.vocab, source.meta, samples, options.seed)
+    meaningful = options.masks_meaningful
+    if meaningful is None:
+        meaningful = not source.random_weights and bool(source.meta.get("data"))
+    verification = {"enabled": True, "inputs": inputs,
+                    **verify(source.model, art, feeds, options.tolerances, meaningful,
+                             tuple(dict.fromkeys((samples, 1))), options.threads)}
+    processing = check_processing(art, cfg, options.seed)
+    verification["processing"] = processing
+    verification["graphs"] = {k: {**g["op_counts"], **(cuda_placement(ctx.path(k)) or {})} for k, g in ctx.graphs.items()}
+    if not processing["passed"]:
+        verification["passed"] = False
+        verification["failures"].append("processing graphs vs restr.runtime.transforms: " + "; ".join(processing["failures"]))
+    ctx.tick("verified")
+    ctx.log(f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
+            + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification) + "\n" + format_graphs(verification))
+    if not verification["passed"]:
+        raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
+    ctx.manifest["verification"] = verification
+
+
+def write_engines(ctx: ExportContext) -> None:
+    """TensorRT engines from the FP16 (and INT8) graphs, unless refused (--no-engine); where TensorRT
+    is missing and engines were not required, what to do on a GPU machine instead."""
+    if ctx.options.engine is not False and (ctx.fp16 or ctx.int8):
+        _engines_into(ctx.folder, ctx.manifest, ctx.options, ctx.out, ctx.log, ctx.backends)
+
+
+def publish(ctx: ExportContext) -> dict:
+    """Write the final manifest and rename the staging folder into place as `out`; returns the
+    manifest exactly as the file holds it."""
+    ctx.manifest = json_safe(ctx.manifest)
+    write_manifest(ctx.folder, ctx.manifest)
+    ctx.tick("manifest written")
+    _publish(ctx.folder, ctx.out)
+    return ctx.manifest
+
+
+# What `export_artifacts` does after `check_options` and before `publish`, in order.
+STEPS = (prepare_model, write_vocabulary, write_graphs, write_int8_graphs, write_processing_graphs, make_manifest, verify_export,
+         write_engines)
+
+
+def export_artifacts(source: Source, out: str | Path, options: ExportOptions = ExportOptions(), log=_log) -> dict:
+    """Write the export folder `out` (see docs/artifacts.md); returns the manifest.
+
+    Raises ExportError for a bad request (nothing written), EngineUnavailable when engines are
+    required but cannot be built here (nothing written), VerificationError when a tolerance is
+    exceeded (nothing written).
+    """
+    ctx = check_options(source, out, options, log)
+    progress = _Steps(len(GRAPHS) * (1 + ctx.fp16 + ctx.int8) + len(PROCESSING_GRAPHS) + options.verify + 1, options.progress)
+    ctx.tick = progress
+    ctx.folder = _staging(ctx.out)
+    try:
+        for step in STEPS:
+            step(ctx)
+        manifest = publish(ctx)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(ctx.folder, ignore_errors=True)
         raise
     finally:
-        steps.close()
-    log(f"export written to {out}")
+        progress.close()
+    log(f"export written to {ctx.out}")
     return manifest
 
 
