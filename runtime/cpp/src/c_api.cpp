@@ -4,8 +4,10 @@
 #include <cstring>
 #include <new>
 
+#include "artifacts.hpp"
 #include "error.hpp"
 #include "predictor.hpp"
+#include "tokenizer.hpp"
 #include "restr/restr_runtime.h"
 
 struct restr_predictor {
@@ -21,6 +23,7 @@ struct restr_result {
 namespace {
 
 thread_local std::string last_error;
+thread_local std::string text_out;  // restr_text's and restr_export_words' answer
 
 // Formats into a fixed buffer (at most 1023 characters kept) and survives a failed copy: never throws.
 restr_status set_error(restr_status code, const char* message, const char* format = "%s") noexcept {
@@ -209,5 +212,39 @@ restr_status restr_result_timings(const restr_result* r, restr_timings* out) {
 }
 
 void restr_result_free(restr_result* r) { delete r; }
+
+restr_status restr_text(const char* text, restr_text_form form, size_t number, const char** out) {
+  return guarded([&] {
+    need(text, "text");
+    need(out, "out");
+    *out = nullptr;
+    std::string s;
+    switch (form) {
+      case RESTR_TEXT_WORDS:
+        for (const auto& w : restr_impl::split_words(text, number)) s += w + '\n';
+        break;
+      case RESTR_TEXT_REPR: s = restr_impl::py_repr(text); break;
+      case RESTR_TEXT_NO_ACCENTS: s = restr_impl::without_accents(text); break;
+      case RESTR_TEXT_PATH: s = restr_impl::py_path(text); break;
+      default: restr_impl::fail(RESTR_INVALID_ARGUMENT, "restr_text: no form " + std::to_string(int(form)));
+    }
+    text_out = std::move(s);
+    *out = text_out.c_str();
+  });
+}
+
+restr_status restr_export_words(const char* folder, const char** out) {
+  return guarded([&] {
+    need(folder, "folder");
+    need(out, "out");
+    *out = nullptr;
+    const restr_impl::Artifacts art = restr_impl::Artifacts::open(folder);
+    const restr_impl::Vocabulary vocab = restr_impl::Vocabulary::parse(art.read_vocab(), art.vocab_path, art.tokenizer);
+    std::string s;
+    for (size_t i = 2; i < vocab.size(); ++i) s += vocab.word(i) + '\n';  // <pad> and <unk> are no words
+    text_out = std::move(s);
+    *out = text_out.c_str();
+  });
+}
 
 }  // extern "C"

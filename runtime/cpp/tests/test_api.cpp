@@ -209,6 +209,27 @@ static void bad_calls(restr_predictor* p) {
   }
 }
 
+// Text as the library reads and quotes it, and an export's words without its graphs: what
+// restr-predict-cpp needs beyond the predictor, through the public API.
+static void text(const restr::Predictor& p) {
+  using V = std::vector<std::string>;
+  CHECK(restr::split_words("The dog, left of the bench.") == (V{"the", "dog", "left", "of", "the", "bench"}));
+  CHECK(restr::split_words(" ,;. ").empty());
+  CHECK_EQ(restr::text("it's", RESTR_TEXT_REPR), std::string("\"it's\""));
+  CHECK_EQ(restr::text("a\tb", RESTR_TEXT_REPR), std::string("'a\\tb'"));
+  CHECK_EQ(restr::text("Caf\xc3\xa9 x\xc2\xb2", RESTR_TEXT_NO_ACCENTS), std::string("Cafe x2"));
+  CHECK_EQ(restr::text("./export//", RESTR_TEXT_PATH), std::string("export"));
+  CHECK_EQ(restr::text("", RESTR_TEXT_PATH), std::string("."));
+  const char* out = nullptr;
+  EXPECT(restr_text("a\xff", RESTR_TEXT_WORDS, 2, &out), RESTR_TEXT_ERROR, "expression 2 is not valid UTF-8");
+  CHECK(out == nullptr);
+  EXPECT(restr_text("a", restr_text_form(9), 0, &out), RESTR_INVALID_ARGUMENT, "no form 9");
+  EXPECT(restr_text(nullptr, RESTR_TEXT_REPR, 0, &out), RESTR_INVALID_ARGUMENT, "text is NULL");
+  CHECK(restr::export_words(export_dir) == p.words());
+  EXPECT(restr_export_words((scratch + "/missing").c_str(), &out), RESTR_ARTIFACT_ERROR, "no such folder");
+  EXPECT(restr_export_words(export_dir.c_str(), nullptr), RESTR_INVALID_ARGUMENT, "out is NULL");
+}
+
 // An embedding carries the export that made it (the manifest's sha256 of the graph that took the
 // image): another export's, of the same architecture and shapes, would give wrong masks with
 // RESTR_OK; it is refused in one line, as is one of another mode. A second predictor of the same
@@ -313,6 +334,7 @@ int main(int argc, char** argv) {
   restr::Predictor p(export_dir, o);
   bad_calls(p.get());
   stride(p);
+  text(p);
   foreign_embedding(p);
   threads(p);
   return check::finish("test_api");

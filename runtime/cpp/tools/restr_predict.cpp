@@ -24,13 +24,10 @@
 #include <nlohmann/json.hpp>
 #include <restr/restr_runtime.hpp>
 
-#include "artifacts.hpp"  // --list-words reads the manifest and vocabulary only, as restr-predict
-#include "error.hpp"
 #include "decode/decode.hpp"
 #include "image.hpp"
 #include "sheet.hpp"
 #include "staging.hpp"
-#include "tokenizer.hpp"  // the library's own tokenizer (static build): slugs and word counts as restr-predict's
 
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
@@ -38,6 +35,10 @@ using json = nlohmann::ordered_json;
 namespace {
 
 const char* const kProg = "restr-predict-cpp";
+
+// Text as restr-predict quotes it (the library's restr_text): Python's repr() and str(Path(...)).
+std::string py_repr(const std::string& text) { return restr::text(text, RESTR_TEXT_REPR); }
+std::string py_path(const std::string& path) { return restr::text(path, RESTR_TEXT_PATH); }
 constexpr int kBadInput = 2, kInternal = 3;
 
 struct UsageError : std::runtime_error {
@@ -201,8 +202,8 @@ Args parse(int argc, char** argv) {
 // words, accents dropped from their letters, ASCII letters, digits, _ and - kept, no double dash.
 std::string slugify(const std::string& text) {
   std::string joined, slug;
-  for (const auto& w : restr_impl::split_words(text)) joined += (joined.empty() ? "" : "-") + w;
-  for (unsigned char c : restr_impl::without_accents(joined))
+  for (const auto& w : restr::split_words(text)) joined += (joined.empty() ? "" : "-") + w;
+  for (unsigned char c : restr::text(joined, RESTR_TEXT_NO_ACCENTS))
     if (c < 0x80 && (std::isalnum(c) || c == '_' || c == '-') && !(c == '-' && !slug.empty() && slug.back() == '-')) slug += char(std::tolower(c));
   slug = slug.substr(0, 40);
   size_t first = slug.find_first_not_of('-'), last = slug.find_last_not_of('-');
@@ -229,7 +230,7 @@ double round3(double x) { return std::nearbyint(x * 1e3) / 1e3; }
 // The nearest folder of `path` that exists, as restr.cli_common._nearest_existing: absolute, then
 // its parents (by name) until one exists.
 fs::path nearest_existing(const std::string& path) {
-  fs::path p = restr_impl::py_path(fs::absolute(path).string());
+  fs::path p = py_path(fs::absolute(path).string());
   while (!fs::exists(p) && p != p.parent_path()) p = p.parent_path();
   return p;
 }
@@ -255,13 +256,13 @@ void check_not_url(const std::string& value, const std::string& option) {
   for (size_t i = 1; url && i < colon; ++i)
     url = std::isalnum(static_cast<unsigned char>(value[i])) || value[i] == '+' || value[i] == '.' || value[i] == '-';
   if (!url || fs::exists(value)) return;
-  std::string shown = restr_impl::py_path(value);  // restr-predict shows its Path with the scheme's // put back
+  std::string shown = py_path(value);  // restr-predict shows its Path with the scheme's // put back
   if (const size_t c = shown.find(':'); c != std::string::npos && shown.compare(c, 2, ":/") == 0 && shown.compare(c, 3, "://") != 0) shown.insert(c + 1, "/");
   throw UsageError(option + " " + shown + ": looks like a URL; restr-predict reads local files only (download it first)");
 }
 
 void check_outputs(const Args& a) {
-  const std::string shown = restr_impl::py_path(a.out);  // as restr-predict's Path reads and prints it ("out/" is "out")
+  const std::string shown = py_path(a.out);  // as restr-predict's Path reads and prints it ("out/" is "out")
   const fs::path out(shown);
   if (fs::exists(out) && !fs::is_directory(out)) throw UsageError(shown + ": exists and is not a folder");
   probe_folder(nearest_existing(a.out), "--out " + shown);
@@ -269,7 +270,7 @@ void check_outputs(const Args& a) {
   if (fs::is_directory(out) && !fs::is_empty(out) && !a.force)
     throw UsageError("--out " + shown + ": the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder");
   if (a.has_json && a.json_path != "-") {  // as restr-predict: not a folder; its folder may be made later
-    const std::string json_shown = restr_impl::py_path(a.json_path);
+    const std::string json_shown = py_path(a.json_path);
     if (fs::is_directory(a.json_path)) throw UsageError("--json " + json_shown + ": is a folder, expected a file name");
     const fs::path parent = fs::path(json_shown).parent_path();
     probe_folder(nearest_existing(parent.empty() ? "." : parent.string()), "--json " + json_shown);
@@ -343,7 +344,7 @@ std::string thousands(long long v) {
 
 // restr-predict's table (runtime/cli.py, _print_table), line for line.
 void print_table(const json& summary, const std::string& out_arg) {
-  auto in_out = [&](const std::string& name) { return restr_impl::py_path(out_arg + "/" + name); };  // str(out / name)
+  auto in_out = [&](const std::string& name) { return py_path(out_arg + "/" + name); };  // str(out / name)
   const json& img = summary["image"];
   const json& exprs = summary["expressions"];
   std::printf("%s (%s, %s) on %s (%lldx%lld), threshold %g\n", summary["model"].get<std::string>().c_str(),
@@ -407,7 +408,7 @@ Providers parse_providers(const std::string& arg) {
     } else if (name == "TensorrtExecutionProvider") {
       if (std::find(p.skipped.begin(), p.skipped.end(), name) == p.skipped.end()) p.skipped.push_back(name);
     } else if (name != "CPUExecutionProvider") {
-      throw UsageError("unknown ONNX Runtime provider " + restr_impl::py_repr(r) + " (use tensorrt, cuda, cpu or auto)");
+      throw UsageError("unknown ONNX Runtime provider " + py_repr(r) + " (use tensorrt, cuda, cpu or auto)");
     }
   }
   return p;
@@ -442,10 +443,7 @@ int run(const Args& a) {
   auto ms = [](auto t0) { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(); };
   if (a.artifacts.empty()) throw UsageError("give --artifacts DIR");
   if (a.list_words) {  // the manifest and the vocabulary (checked), no graph loaded: as restr-predict
-    const restr_impl::Artifacts art = restr_impl::Artifacts::open(a.artifacts);
-    const restr_impl::Vocabulary vocab =
-        restr_impl::Vocabulary::parse(art.read_vocab(), art.vocab_path, art.tokenizer);
-    for (size_t i = 2; i < vocab.size(); ++i) std::cout << vocab.word(i) << "\n";
+    for (const auto& word : restr::export_words(a.artifacts)) std::cout << word << "\n";
     return 0;
   }
   std::vector<std::string> missing;
@@ -460,8 +458,8 @@ int run(const Args& a) {
   check_not_url(a.image, "--image");
   check_outputs(a);
   for (size_t i = 0; i < a.texts.size(); ++i)  // before any work, as restr-predict
-    if (restr_impl::split_words(a.texts[i], i + 1).empty())
-      throw UsageError("expression " + std::to_string(i + 1) + " (" + restr_impl::py_repr(a.texts[i]) + ") is empty: it has no words");
+    if (restr::split_words(a.texts[i], i + 1).empty())
+      throw UsageError("expression " + std::to_string(i + 1) + " (" + py_repr(a.texts[i]) + ") is empty: it has no words");
   auto t0 = std::chrono::steady_clock::now();
   std::string provider;
   restr::Predictor predictor = open(a, &provider);
@@ -478,7 +476,7 @@ int run(const Args& a) {
     restr::Prediction p = res[i];
     names.push_back(std::to_string(i + 1) + "_" + slugify(p.text));
     if (p.truncated)
-      std::cerr << "warning: expression " << i + 1 << " has " << restr_impl::split_words(p.text).size() << " words; only the first " << max_words
+      std::cerr << "warning: expression " << i + 1 << " has " << restr::split_words(p.text).size() << " words; only the first " << max_words
                 << " were used\n";
     if (p.n_unknown) {
       std::cerr << "warning: expression " << i + 1 << ": words not in the vocabulary (read as <unk>): ";
@@ -486,7 +484,7 @@ int run(const Args& a) {
       std::cerr << "\n";
     }
     if (p.no_known_words)
-      std::cerr << "warning: expression " << i + 1 << " (" << restr_impl::py_repr(p.text) << "): the model knows none of its content words, so its mask is a guess (--list-words prints the words it knows)\n";
+      std::cerr << "warning: expression " << i + 1 << " (" << py_repr(p.text) << "): the model knows none of its content words, so its mask is a guess (--list-words prints the words it knows)\n";
   }
   const restr::Timings t = res.timings();
   const std::string mode = predictor.mode();
@@ -510,8 +508,8 @@ int run(const Args& a) {
                      {"score", round6(p.score)}, {"patch_score", round6(p.patch_score)}, {"unknown_words", unknown},
                      {"no_known_words", bool(p.no_known_words)}, {"truncated", bool(p.truncated)}, {"timings_ms", timings}});
   }
-  json summary = {{"artifacts", restr_impl::py_path(a.artifacts)}, {"model", predictor.model_name()}, {"backend", "ort"}, {"runners", runners}, {"graphs", graphs}, {"mode", mode},
-                  {"image", {{"path", restr_impl::py_path(a.image)}, {"width", image.width}, {"height", image.height}}}, {"threshold", predictor.threshold()},
+  json summary = {{"artifacts", py_path(a.artifacts)}, {"model", predictor.model_name()}, {"backend", "ort"}, {"runners", runners}, {"graphs", graphs}, {"mode", mode},
+                  {"image", {{"path", py_path(a.image)}, {"width", image.width}, {"height", image.height}}}, {"threshold", predictor.threshold()},
                   {"expressions", exprs},
                   {"timings_ms", {{"load", round3(load_ms)}, {"preprocess", round3(decode_ms + t.preprocess)}, {"vision", round3(t.vision)},
                                   {"language_fusion_per_expression", round3((t.language + t.fusion_decoder) / k)},
@@ -589,9 +587,6 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
     return kBadInput;
-  } catch (const restr_impl::Error& e) {  // the tokenizer, called directly: bad text
-    std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());
-    return e.code() == RESTR_INTERNAL_ERROR ? kInternal : kBadInput;
   } catch (const restr::Error& e) {
     const bool bug = e.status() == RESTR_INTERNAL_ERROR;
     std::fprintf(stderr, "%s: error: %s\n", kProg, e.what());

@@ -124,4 +124,31 @@ class Predictor {
   std::unique_ptr<restr_predictor, detail::Deleter<restr_predictor, restr_predictor_free>> p_;
 };
 
+// restr_text: `text` in one of its forms, e.g. text(s, RESTR_TEXT_REPR) for Python's repr(s).
+inline std::string text(const std::string& text, restr_text_form form, size_t number = 0) {
+  const char* out = nullptr;
+  detail::check(restr_text(text.c_str(), form, number, &out));
+  return out;
+}
+
+namespace detail {
+inline std::vector<std::string> lines(const std::string& text) {  // each line ended by '\n'
+  std::vector<std::string> out;
+  for (size_t at = 0, end; (end = text.find('\n', at)) != std::string::npos; at = end + 1) out.push_back(text.substr(at, end - at));
+  return out;
+}
+}  // namespace detail
+
+// The words restr's tokenizer reads in `text`: "The dog, left." -> {"the", "dog", "left"}.
+inline std::vector<std::string> split_words(const std::string& text, size_t number = 0) {
+  return detail::lines(restr::text(text, RESTR_TEXT_WORDS, number));
+}
+
+// restr_export_words: the export's vocabulary, no graph loaded.
+inline std::vector<std::string> export_words(const std::string& folder) {
+  const char* out = nullptr;
+  detail::check(restr_export_words(folder.c_str(), &out));
+  return detail::lines(out);
+}
+
 }  // namespace restr
