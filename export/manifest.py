@@ -1,4 +1,7 @@
-"""`manifest.json` of an export folder (docs/artifacts.md, format_version 1). Torch-free."""
+"""Writing `manifest.json` of an export folder (docs/artifacts.md, format_version 1). Torch-free.
+
+It is read in one place only: `restr.runtime.artifacts.Artifacts.open`, which validates it.
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +14,7 @@ from restr.runtime import atomic
 from restr.runtime.artifacts import FORMAT_VERSION, MANIFEST, check_consistency, sha256_file
 from restr.runtime.schema import first_error, manifest_schema
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "graph_entry", "versions", "write_json", "write_manifest", "read_manifest",
-           "check_checksums"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "graph_entry", "versions", "write_json", "write_manifest", "check_checksums"]
 
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
 FP16_CONVERTER = "onnxruntime.transformers (OnnxModel.convert_float_to_float16: float16.convert_float_to_float16, then cascaded Cast removal)"
@@ -77,20 +79,6 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     if problem:
         raise ValueError(f"the manifest to be written is invalid: {problem} (a bug in restr-export: please report it)")
     write_json(Path(folder) / MANIFEST, manifest)
-
-
-def read_manifest(folder: Path) -> dict:
-    """The parsed manifest of an export folder; ValueError with one line when it is not one."""
-    path = Path(folder) / MANIFEST
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{folder}: no {MANIFEST} (not a restr export folder)") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a restr manifest of format_version {FORMAT_VERSION}")
-    return m
 
 
 def check_checksums(folder: Path, manifest: dict) -> list[str]:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Callable
 
 from restr.export.manifest import (
-    FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, read_manifest, sha256_file, utc_now, versions, write_manifest,
+    FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, sha256_file, utc_now, versions, write_manifest,
 )
 from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
 from restr.export.int8 import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANTIZER, CalibrationError, load_calibration
-from restr.runtime.artifacts import Artifacts
+from restr.runtime.artifacts import ArtifactError, Artifacts
 from restr.runtime.tokenizer import Vocabulary
 from restr.runtime.formats import (  # PRECISIONS: re-exported
     ATTENTION_FORMS, DEFAULT_PRECISIONS, PRECISIONS, PROCESSING_GRAPHS, base_graph, graph_file, graph_key,
@@ -496,9 +496,11 @@ def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engin
     folder = Path(folder)
     if max_batch is not None and max_batch < 1:
         raise ExportError(f"--max-batch must be at least 1, got {max_batch}")
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: no {MANIFEST} (not a restr export folder)")
     try:
-        manifest = read_manifest(folder)
-    except ValueError as e:
+        manifest = dict(Artifacts.open(folder).manifest)  # engines and max_batch are replaced below
+    except ArtifactError as e:
         raise ExportError(str(e)) from None
     keys = engine_keys(manifest["graphs"], options.engine_graphs)
     missing = [graph_key(g, "fp16") for g in options.engine_graphs if not any(graph_key(g, p) in keys for p in ENGINE_SOURCE_PRECISIONS)]

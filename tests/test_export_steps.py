@@ -11,7 +11,7 @@ from restr.export import pipeline
 from restr.export.manifest import check_checksums
 from restr.export.onnx_export import ExportCheckError
 from restr.export.pipeline import (
-    ExportContext, ExportError, ExportOptions, check_options, load_source, make_manifest, prepare_model, publish,
+    ExportContext, ExportError, ExportOptions, add_engines, check_options, load_source, make_manifest, prepare_model, publish,
     verify_export, write_engines, write_graphs, write_processing_graphs, write_vocabulary,
 )
 from restr.export.tensorrt_build import EngineUnavailable
@@ -141,3 +141,17 @@ def test_publish_replaces_an_old_export_whole(source, tmp_path):
     assert Artifacts.open(ctx.out).manifest == manifest  # what the runtime reads
     assert [p.name for p in ctx.out.parent.iterdir() if ".old-" in p.name or ".partial-" in p.name] == []
 
+
+def test_add_engines_reads_the_manifest_as_the_runtime_does(tmp_path):
+    """--build-engines reads the export through `Artifacts.open`: a manifest it cannot use is refused
+    in its words, before TensorRT is looked for."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ExportError, match="not a readable JSON manifest"):
+        add_engines(folder)
+    (folder / "manifest.json").write_text(json.dumps({"format_version": 1, "graphs": {}}))
+    with pytest.raises(ExportError, match="manifest is invalid"):
+        add_engines(folder)
+    with pytest.raises(ExportError, match="no manifest.json"):
+        add_engines(tmp_path / "absent")
