@@ -25,7 +25,7 @@ import time
 import numpy as np
 import onnxruntime
 
-from restr.benchmarks.cpp_host import CppHost, onnxruntime_library
+from restr.runtime.cpp.cpp_host import CppHost, onnxruntime_library
 from restr.runtime import Predictor
 
 TEXTS = ["the man on the left", "the red car", "the small dog next to the bench", "a tree", "the woman in the blue shirt",

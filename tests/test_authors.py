@@ -466,7 +466,7 @@ def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
 
     from PIL import Image
 
-    from restr.benchmarks.cpp_host import CppHost
+    from restr.runtime.cpp.cpp_host import CppHost
     from restr.runtime import Predictor
 
     Image.fromarray((np.random.default_rng(3).random((30, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")

@@ -27,7 +27,7 @@ pytest.importorskip("torch")  # the export is made by restr-export's pipeline
 
 from test_runtime import make_tiny_export, photo  # noqa: E402
 
-from restr.benchmarks.cpp_host import CppHost  # noqa: E402
+from restr.runtime.cpp.cpp_host import CppHost  # noqa: E402
 from restr.runtime import Predictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1060,7 +1060,7 @@ def test_any_onnx_runtime_release_loads_and_an_old_one_is_a_status_not_a_crash(b
                         "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "(1.16.3) is too old" in r.stderr, (r.returncode, r.stderr)
     # the benchmarks' way to run the library on a given build (the Python runtime's), RUNPATH notwithstanding
-    code = ("from restr.benchmarks.cpp_host import CppHost, CppHostError\n"
+    code = ("from restr.runtime.cpp.cpp_host import CppHost, CppHostError\n"
             f"try: CppHost({str(lib)!r}, {str(tiny)!r}, onnxruntime={str(old / 'libonnxruntime.so.1')!r})\n"
             "except CppHostError as e: print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -1,6 +1,7 @@
 """The C++ host's library (runtime/cpp, librestr_runtime.so) from Python through ctypes: the parity
 tests (tests/test_cpp.py) and the overhead benchmark (benchmarks/cpp_overhead.py) call the very C
-API a C or C++ program does."""
+API a C or C++ program does. It lives beside the library it binds; in a source checkout (the
+editable install) it imports as restr.runtime.cpp.cpp_host. The wheel ships neither."""
 from __future__ import annotations
 
 import ctypes
