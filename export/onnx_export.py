@@ -8,8 +8,9 @@
 The split lets a service encode an image once and ask many expressions about it: fusion_decoder's
 `visual_features` has batch `image_batch`, 1 (one image shared by the batch's expressions) or batch.
 Every graph has a dynamic `batch` axis; the image size is fixed per export (the position grid
-depends on it). Names, dtypes and shapes come from `graph_io`, the one description shared by the
-exporter, the manifest, the verification and the TensorRT profiles.
+depends on it). Names, dtypes and shapes come from `graph_io` (restr.runtime.formats.GRAPH_IO at a
+config's sizes), the one description shared by the exporter, the manifest, the verification, the
+TensorRT profiles and the runtimes.
 
 The graphs carry no shape arithmetic: the model writes its reshapes with constant targets (-1 or 0
 for the batch) and a constant attention scale, and attention is written in the form the engine
@@ -28,8 +29,8 @@ from torch import nn
 from restr.config import ReSTRConfig
 from restr.modeling import ReSTR
 from restr.modeling.attention import graph_form
-from restr.runtime.artifacts import TensorSpec  # the runtime's reading of the same contract
-from restr.runtime.formats import ATTENTION_FORMS, BATCH, IMAGE_BATCH, MODEL_GRAPHS
+from restr.runtime import formats
+from restr.runtime.formats import ATTENTION_FORMS, MODEL_GRAPHS, TensorSpec
 
 GRAPHS = MODEL_GRAPHS
 # Ops that compute shapes at run time. ONNX Runtime's CUDA EP runs them on the CPU (with Memcpy
@@ -50,21 +51,9 @@ def spec_dict(t: TensorSpec) -> dict:
 
 
 def graph_io(cfg: ReSTRConfig) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
-    """{graph: (inputs, outputs)} for a config; the contract of docs/artifacts.md."""
-    s, n_l, n_v, d = cfg.image_size, cfg.max_words, cfg.num_patches, cfg.fusion.width
-    image = TensorSpec("image", "float32", (BATCH, 3, s, s))
-    words = TensorSpec("words", "int64", (BATCH, n_l))
-    pad = TensorSpec("pad_mask", "bool", (BATCH, n_l))
-    v = TensorSpec("visual_features", "float32", (BATCH, n_v, d))
-    v_shared = TensorSpec("visual_features", "float32", (IMAGE_BATCH, n_v, d))
-    l = TensorSpec("linguistic_features", "float32", (BATCH, n_l, d))
-    probs = (TensorSpec("pixel_probs", "float32", (BATCH, 1, s, s)), TensorSpec("patch_probs", "float32", (BATCH, n_v)))
-    return {
-        "end_to_end": ((image, words, pad), probs),
-        "vision": ((image,), (v,)),
-        "language": ((words, pad), (l,)),
-        "fusion_decoder": ((v_shared, l, pad), probs),
-    }
+    """{graph: (inputs, outputs)} for a config: restr.runtime.formats.GRAPH_IO at its sizes."""
+    sizes = {"S": cfg.image_size, "L": cfg.max_words, "N": cfg.num_patches, "D": cfg.fusion.width}
+    return {g: formats.graph_io(g, sizes) for g in MODEL_GRAPHS}
 
 
 # The graphs' modules: thin wrappers over ReSTR's stages that add the sigmoid (deployment wants

@@ -22,29 +22,14 @@ from pathlib import Path
 from restr.export.pipeline import ExportError, _publish, _staging
 from restr.runtime import protocol, tokenizer, transforms
 from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
-from restr.runtime.formats import PRECISIONS, graph_key
+from restr.runtime.formats import PRECISIONS, PROCESSING_GRAPHS, STAGES, graph_io, graph_key
 from restr.runtime.protocol import ConfigError, Enum, metadata_parameters, model_io, parameter, pbtxt, tensor_config
 from restr.runtime.transforms import mean_fill
 
 PREFIX = "restr"
-GRAPH_STEPS = ("vision", "language", "fusion_decoder")  # required
-OPTIONAL_STEPS = ("preprocess", "postprocess")  # a Python model when the export lacks the graph
+GRAPH_STEPS = STAGES  # required
+OPTIONAL_STEPS = PROCESSING_GRAPHS  # a Python model when the export lacks the graph
 PYTHON_SOURCES = {"restr_transforms.py": transforms, "restr_tokenizer.py": tokenizer, "restr_protocol.py": protocol}
-
-# The fallback Python steps' contract: the lead's preprocess / postprocess graphs use the same
-# names, dtypes and shapes, so the BLS model calls either without knowing which it got.
-FALLBACK_IO = {
-    "preprocess": (
-        [("rgb", "uint8", ["height", "width", 3])],
-        [("image", "float32", [1, 3, "S", "S"]), ("letterbox", "int64", [4])],
-    ),
-    "postprocess": (
-        [("pixel_probs", "float32", ["batch", 1, "S", "S"]), ("letterbox", "int64", [4]), ("threshold", "float32", [1])],
-        [("mask", "bool", ["batch", "height", "width"]), ("probs", "float32", ["batch", "height", "width"]),
-         ("score", "float32", ["batch"]), ("area", "int64", ["batch"])],
-    ),
-}
-
 
 @dataclass
 class TritonOptions:
@@ -123,7 +108,7 @@ def _first_axis(info: GraphInfo, name: str):
 def _graph_model(root: Path, art: Artifacts, step: str, info: GraphInfo, o: TritonOptions) -> str:
     """One graph as an onnxruntime (or tensorrt_plan) model."""
     name = f"{PREFIX}_{step}"
-    engine_key = f"{step}_fp16"
+    engine_key = graph_key(step, "fp16")  # engines are built from the FP16 graphs
     engine = art.engines.get(engine_key) if o.engines and not o.python_graphs else None
     if engine is not None:  # the engine was built from the fp16 graph: same inputs and outputs
         info = art.graphs.get((art.manifest["engines"][engine_key].get("source") or "").removesuffix(".onnx")) or info
@@ -154,12 +139,11 @@ def _graph_model(root: Path, art: Artifacts, step: str, info: GraphInfo, o: Trit
 def _python_step(root: Path, art: Artifacts, step: str, o: TritonOptions) -> str:
     """The Python stand-in for a preprocess / postprocess graph the export does not have."""
     name = f"{PREFIX}_{step}"
-    inputs, outputs = FALLBACK_IO[step]
-    size = art.image_size
-    spec = lambda n, d, s: _tensor(TensorSpec(n, d, tuple(size if x == "S" else x for x in s)), False)  # noqa: E731
+    # The graphs' own contract, so the BLS model calls either without knowing which it got.
+    inputs, outputs = graph_io(step, {"S": art.image_size})
     config = {
         "name": name, "backend": "python", "max_batch_size": 0,
-        "input": [spec(*t) for t in inputs], "output": [spec(*t) for t in outputs],
+        "input": [_tensor(t, False) for t in inputs], "output": [_tensor(t, False) for t in outputs],
         "instance_group": [{"count": o.bls_instances, "kind": Enum("KIND_CPU")}],
         "parameters": [parameter("restr_step", step)],
     }

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from restr.runtime.formats import END_TO_END, STAGES, base_graph, graph_key  # noqa: F401  (re-exported: the contract's one table)
+from restr.runtime.formats import END_TO_END, MODEL_GRAPHS, STAGES, TensorSpec, base_graph, graph_io, graph_key  # noqa: F401  (re-exported: the contract's one table)
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
@@ -23,23 +23,6 @@ MANIFEST = "manifest.json"
 
 class ArtifactError(ValueError):
     """An export folder, manifest, graph or engine that cannot be used: one line, meant for users."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output. `shape` holds ints and names of dynamic axes ("batch")."""
-
-    name: str
-    dtype: str  # numpy dtype name: float32, int64, bool
-    shape: tuple
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
-        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(d["shape"]))
-
-    def concrete(self, batch: int) -> tuple[int, ...]:
-        """The shape with every dynamic axis set to `batch` (the only dynamic axis is the batch)."""
-        return tuple(batch if isinstance(s, str) else int(s) for s in self.shape)
 
 
 @dataclass(frozen=True)
@@ -181,26 +164,6 @@ class Artifacts:
         return vocab
 
 
-# The graphs the runtime chains: their input and output names, and each tensor's shape after the
-# first axis in the manifest's sizes (S = image_size, L = max_words, N = num_patches,
-# D = feature_width). The first axis must be dynamic; its name is free (batch, image_batch, ...).
-_GRAPH_IO = {
-    "vision": ({"image"}, {"visual_features"}),
-    "language": ({"words", "pad_mask"}, {"linguistic_features"}),
-    "fusion_decoder": ({"visual_features", "linguistic_features", "pad_mask"}, {"pixel_probs", "patch_probs"}),
-    END_TO_END: ({"image", "words", "pad_mask"}, {"pixel_probs", "patch_probs"}),
-}
-_TENSOR_DIMS = {
-    "image": (3, "S", "S"),
-    "words": ("L",),
-    "pad_mask": ("L",),
-    "visual_features": ("N", "D"),
-    "linguistic_features": ("L", "D"),
-    "pixel_probs": (1, "S", "S"),
-    "patch_probs": ("N",),
-}
-
-
 def check_consistency(m: dict) -> str | None:
     """What a schema cannot say: the sizes agree with each other and with the graphs the runtime
     chains (other graphs are left to their runners). `m` has passed the schema. None or one line."""
@@ -211,15 +174,17 @@ def check_consistency(m: dict) -> str | None:
         return f"num_patches {m['num_patches']} is not (image_size / patch_size)^2 = {(s // p) ** 2}"
     sizes = {"S": s, "L": int(m["max_words"]), "N": int(m["num_patches"]), "D": int(m["feature_width"])}
     for key, g in m["graphs"].items():
-        io = _GRAPH_IO.get(base_graph(key))
-        if io is None:
+        if base_graph(key) not in MODEL_GRAPHS:
             continue
+        inputs, outputs = graph_io(base_graph(key), sizes)
+        io = ({t.name for t in inputs}, {t.name for t in outputs})
         names = ({t["name"] for t in g["inputs"]}, {t["name"] for t in g["outputs"]})
         if names != io:
             return (f"graphs.{key}: inputs {sorted(names[0])} and outputs {sorted(names[1])}; "
                     f"the runtime needs {sorted(io[0])} -> {sorted(io[1])}")
         for t in g["inputs"] + g["outputs"]:
-            want = [sizes.get(d, d) for d in _TENSOR_DIMS[t["name"]]]
+            # the first axis must be dynamic; its name is free (batch, image_batch, ...)
+            want = next(list(spec.shape[1:]) for spec in inputs + outputs if spec.name == t["name"])
             if not t["shape"] or not isinstance(t["shape"][0], str) or list(t["shape"][1:]) != want:
                 return f"graphs.{key}: tensor {t['name']!r} has shape {t['shape']}, the manifest's sizes give [batch, {', '.join(map(str, want))}]"
     return None

@@ -8,8 +8,14 @@ export formats serves both its exporter and its loader); docs/artifacts.md descr
                                                                          QDQ, calibrated)
     processing graphs   preprocess, postprocess                          FP32; ONNX Runtime runs them
                                                                          whatever runs the model
+
+Each graph's inputs and outputs (names, dtypes, shapes) are in `GRAPH_IO`; the C++ host reads the
+same names from runtime/cpp/src/graph_io.hpp, written by `cpp_header` (tests/test_runtime.py checks
+that the file is current).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 END_TO_END = "end_to_end"
 STAGES = ("vision", "language", "fusion_decoder")  # the split graphs: encode once, ask many
@@ -54,3 +60,89 @@ def graph_file(key: str) -> str:
 def engine_file(key: str) -> str:
     """File name of the TensorRT engine built from graph `key` (its sidecar adds .json)."""
     return f"{key}.engine"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. `shape` holds ints and names of dynamic axes ("batch")."""
+
+    name: str
+    dtype: str  # numpy dtype name: float32, int64, bool
+    shape: tuple
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(d["shape"]))
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        """The shape with every dynamic axis set to `batch` (the only dynamic axis is the batch)."""
+        return tuple(batch if isinstance(s, str) else int(s) for s in self.shape)
+
+
+# Every graph's inputs and outputs, in the graph's order (hosts that pass tensors by position, the
+# C++ one, rely on it). Shapes name their dynamic axes (batch, image_batch, height, width) and
+# stand "S", "L", "N", "D" for the manifest's image_size, max_words, num_patches, feature_width.
+HEIGHT, WIDTH = "height", "width"  # the photo's size: the processing graphs take any
+SIZES = ("S", "L", "N", "D")
+_IMAGE = TensorSpec("image", "float32", (BATCH, 3, "S", "S"))
+_WORDS = TensorSpec("words", "int64", (BATCH, "L"))
+_PAD_MASK = TensorSpec("pad_mask", "bool", (BATCH, "L"))
+_LINGUISTIC = TensorSpec("linguistic_features", "float32", (BATCH, "L", "D"))
+_PIXEL_PROBS = TensorSpec("pixel_probs", "float32", (BATCH, 1, "S", "S"))
+_PROBS = (_PIXEL_PROBS, TensorSpec("patch_probs", "float32", (BATCH, "N")))
+_LETTERBOX = TensorSpec("letterbox", "int64", (4,))
+GRAPH_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
+    END_TO_END: ((_IMAGE, _WORDS, _PAD_MASK), _PROBS),
+    "vision": ((_IMAGE,), (TensorSpec("visual_features", "float32", (BATCH, "N", "D")),)),
+    "language": ((_WORDS, _PAD_MASK), (_LINGUISTIC,)),
+    "fusion_decoder": ((TensorSpec("visual_features", "float32", (IMAGE_BATCH, "N", "D")), _LINGUISTIC, _PAD_MASK), _PROBS),
+    PREPROCESS: ((TensorSpec("rgb", "uint8", (HEIGHT, WIDTH, 3)),),
+                 (TensorSpec("image", "float32", (1, 3, "S", "S")), _LETTERBOX)),
+    POSTPROCESS: ((_PIXEL_PROBS, _LETTERBOX, TensorSpec("threshold", "float32", (1,))),
+                  (TensorSpec("probs", "float32", (BATCH, HEIGHT, WIDTH)), TensorSpec("mask", "bool", (BATCH, HEIGHT, WIDTH)),
+                   TensorSpec("score", "float32", (BATCH,)), TensorSpec("area", "int64", (BATCH,)))),
+}
+
+
+def graph_io(graph: str, sizes: dict | None = None) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) of `graph` (a model or processing graph, not a manifest key), with the
+    sizes "S", "L", "N", "D" replaced by `sizes[...]` where given: ("vision", {"S": 80, "N": 100,
+    "D": 64}) -> ((image (batch, 3, 80, 80),), (visual_features (batch, 100, 64),))."""
+    sizes = sizes or {}
+
+    def fill(t: TensorSpec) -> TensorSpec:
+        return TensorSpec(t.name, t.dtype, tuple(sizes.get(d, d) if isinstance(d, str) else d for d in t.shape))
+
+    inputs, outputs = GRAPH_IO[graph]
+    return tuple(map(fill, inputs)), tuple(map(fill, outputs))
+
+
+def graph_by_inputs(names) -> str | None:
+    """The model graph whose input names are `names` (any order), or None."""
+    names = set(names)
+    return next((g for g in MODEL_GRAPHS if {t.name for t in GRAPH_IO[g][0]} == names), None)
+
+
+def cpp_header() -> str:
+    """runtime/cpp/src/graph_io.hpp: `GRAPH_IO`'s names for the C++ host, in the graphs' order."""
+    def names(specs) -> str:
+        return "{" + ", ".join(f'"{t.name}"' for t in specs) + "}"
+
+    lines = [
+        "// Generated from runtime/formats.py (cpp_header): do not edit; tests/test_runtime.py checks it is current.",
+        "// Each graph's input and output names, in the graph's order (Graph::run passes tensors by position).",
+        "#pragma once",
+        "#include <string>",
+        "#include <vector>",
+        "",
+        "namespace restr_impl {",
+        "",
+        "struct GraphIO {",
+        "  std::vector<std::string> inputs, outputs;",
+        "};",
+        "",
+        "namespace graph_io {",
+    ]
+    lines += [f"inline const GraphIO {g}{{{names(i)}, {names(o)}}};" for g, (i, o) in GRAPH_IO.items()]
+    lines += ["}  // namespace graph_io", "", "}  // namespace restr_impl", ""]
+    return "\n".join(lines)

@@ -727,6 +727,22 @@ def test_runner_protocol_and_closing(tiny):
         runner.run({"words": np.ones((1, 20), np.int64), "pad_mask": np.zeros((1, 20), bool)})
 
 
+def test_one_table_of_graph_inputs_and_outputs(tiny):
+    """formats.GRAPH_IO is what the exporter writes, in order, and what the C++ host compiles in."""
+    from restr.runtime.formats import GRAPH_IO, cpp_header, graph_by_inputs, graph_io
+
+    art = Artifacts.open(tiny.folder)
+    sizes = {"S": art.image_size, "L": art.max_words, "N": art.num_patches, "D": art.feature_width}
+    for key, info in art.graphs.items():
+        assert (info.inputs, info.outputs) == graph_io(key, sizes), key
+    assert graph_by_inputs(["pad_mask", "words"]) == "language" and graph_by_inputs(["rgb"]) is None
+    assert set(GRAPH_IO) == set(art.graphs)
+    header = Path(__file__).parents[1] / "runtime" / "cpp" / "src" / "graph_io.hpp"
+    assert header.read_text(encoding="utf-8") == cpp_header(), (
+        "runtime/cpp/src/graph_io.hpp is stale: python -c 'from restr.runtime.formats import cpp_header; "
+        "print(cpp_header(), end=\"\")' > runtime/cpp/src/graph_io.hpp")
+
+
 def test_bad_thresholds_and_too_many_expressions_are_refused(tiny, predictor):
     im = photo()
     for bad in (float("nan"), -0.1, 1.5, "x"):

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "error.hpp"
+#include "graph_io.hpp"  // the graphs' tensor names and order, generated from runtime/formats.py
 
 namespace restr_impl {
 
@@ -54,11 +55,11 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
   mode_ = !split && art_.has(graph_key("end_to_end", p)) ? "end_to_end" : "split";
   const SessionConfig& c = options.session;
   if (mode_ == "split") {  // the model graphs first, then the processing graphs: restr.runtime's order (its errors name the same graph)
-    vision_ = load(graph_key("vision", p), {"image"}, {"visual_features"}, c);
-    language_ = load(graph_key("language", p), {"words", "pad_mask"}, {"linguistic_features"}, c);
-    fusion_ = load(graph_key("fusion_decoder", p), {"visual_features", "linguistic_features", "pad_mask"}, {"pixel_probs", "patch_probs"}, c);
+    vision_ = load(graph_key("vision", p), graph_io::vision.inputs, graph_io::vision.outputs, c);
+    language_ = load(graph_key("language", p), graph_io::language.inputs, graph_io::language.outputs, c);
+    fusion_ = load(graph_key("fusion_decoder", p), graph_io::fusion_decoder.inputs, graph_io::fusion_decoder.outputs, c);
   } else {
-    end_to_end_ = load(graph_key("end_to_end", p), {"image", "words", "pad_mask"}, {"pixel_probs", "patch_probs"}, c);
+    end_to_end_ = load(graph_key("end_to_end", p), graph_io::end_to_end.inputs, graph_io::end_to_end.outputs, c);
   }
   image_graph_ = graph_key(mode_ == "split" ? "vision" : "end_to_end", p);
   const int64_t S = art_.image_size;
@@ -66,8 +67,8 @@ Predictor::Predictor(const std::string& folder, const Options& options) : art_(A
   if (mode_ == "split")  // the vision graph's visual_features at batch 1 (its other dimensions are fixed: check_io)
     for (const TensorSpec& t : art_.graph(graph_key("vision", p)).outputs)
       if (t.name == "visual_features") features_shape_ = t.shape, features_shape_[0] = 1;
-  pre_ = load("preprocess", {"rgb"}, {"image", "letterbox"}, c);
-  post_ = load("postprocess", {"pixel_probs", "letterbox", "threshold"}, {"probs", "mask", "score", "area"}, c);
+  pre_ = load("preprocess", graph_io::preprocess.inputs, graph_io::preprocess.outputs, c);
+  post_ = load("postprocess", graph_io::postprocess.inputs, graph_io::postprocess.outputs, c);
 }
 
 std::unique_ptr<Graph> Predictor::load(const std::string& key, const std::vector<std::string>& inputs, const std::vector<std::string>& outputs,
