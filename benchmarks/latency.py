@@ -34,6 +34,7 @@ from restr.benchmarks.flops import achieved_gflops, graph_macs
 from restr.benchmarks.loaders import LoadOptions, Target, load_target
 from restr.benchmarks.peak import PEAK_NOT_REACHED, GemmPeak, load_warning, share
 from restr.benchmarks.timing import STAT_KEYS, CpuTimer, ratio, summarize
+from restr.runtime.runners import OrtRunner
 
 EXPRESSIONS = (
     "the man in the blue hat",
@@ -310,11 +311,11 @@ class Bench:
         from restr.benchmarks.profile import ort_op_profile
 
         for e in self.engines:
-            info = getattr(e.target.runner, "info", None)
-            if info is None or not hasattr(e.target.runner, "session"):
+            runner = e.target.runner
+            if runner.backend != OrtRunner.backend:
                 continue  # PyTorch and TensorRT engines: not profiled here
-            e.op_profile = ort_op_profile(info.path.read_bytes(), self._feeds(e, 1), self.s.op_profile, self.s.threads,
-                                          getattr(e.target.runner, "providers", None))
+            e.op_profile = ort_op_profile(runner.info.path.read_bytes(), self._feeds(e, 1), self.s.op_profile, self.s.threads,
+                                          runner.providers)
 
     def paired_peak_fraction(self, e: EngineRun) -> float | None:
         """Median over latency rounds of (this round's achieved GFLOP/s) / (this round's GEMM peak).

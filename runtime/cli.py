@@ -382,7 +382,7 @@ def _describe(predictor, artifacts) -> dict:
     return {
         "artifacts": str(artifacts),
         "model": predictor.artifacts.model_name,
-        "backend": "tensorrt" if any(type(r).__name__ == "TrtRunner" for r in predictor.runners.values()) else "ort",
+        "backend": "tensorrt" if any(getattr(r, "backend", None) == "tensorrt" for r in predictor.runners.values()) else "ort",
         "runners": {name: getattr(r, "providers", None) or type(r).__name__ for name, r in predictor.runners.items()},
         "graphs": {name: getattr(r, "name", None) for name, r in predictor.runners.items()},  # e.g. vision_int8: the precision that ran
         "mode": predictor.mode,

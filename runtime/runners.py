@@ -6,11 +6,12 @@
     out = runner.run({"image": x})            # {"visual_features": (B, N_v, D) float32}
 
 Every runner keeps one protocol (`Runner`): `name`, `backend`, `device`, `input_specs`,
-`output_names`, `max_batch`, `run(feeds, timings=None)` and `close()`. `run` checks its inputs with
+`output_specs`, `output_names`, `max_batch`, `run(feeds, timings=None)` and `close()`. `run` checks its inputs with
 `prepare_feeds` (names, dtypes, fixed dimensions, the batch) the same way on every backend, and when
 given a dict adds the milliseconds of its phases to it: "h2d", "compute", "d2h" on a GPU, "compute"
 on a CPU. `OrtRunner` uses ONNX Runtime (CPU, or the CUDA execution provider with IO binding and
 CUDA graphs); `TrtRunner` (trt_runner.py) runs native TensorRT engines. `run` is thread-safe on both.
+The protocol and `prepare_feeds` live in runner_base.py, which both runner modules import.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec, _first_line
-from restr.runtime.formats import BATCH, IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
+from restr.runtime.formats import IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
+from restr.runtime.runner_base import Runner, RunnerClosedError, prepare_feeds  # noqa: F401  (re-exported)
+from restr.runtime.trt_runner import TrtRunner
 
 BACKENDS = ("ort", "tensorrt")
 PROVIDER_ALIASES = {
@@ -32,67 +34,6 @@ PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
 }
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # preference order for "auto"
-
-
-class RunnerClosedError(RuntimeError):
-    """`run` on a runner after `close()`."""
-
-
-@runtime_checkable
-class Runner(Protocol):
-    """What the predictor, the benchmarks and the export verification need from a backend."""
-
-    name: str  # the manifest key it runs, e.g. "vision_fp16"
-    backend: str  # "onnxruntime", "tensorrt" or "pytorch"
-    device: str  # "cpu" or "cuda:N"
-    input_specs: tuple[TensorSpec, ...]
-    output_names: tuple[str, ...]
-    max_batch: int | None  # the largest batch it takes; None: any
-
-    def run(self, feeds: dict[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
-        """Named inputs -> named outputs (numpy, host memory). Thread-safe. `timings`, when given,
-        gets the milliseconds of each phase added ("h2d", "compute", "d2h")."""
-        ...
-
-    def close(self) -> None:
-        """Release the session or engine and its memory; idempotent. `run` then raises RunnerClosedError."""
-        ...
-
-
-def prepare_feeds(specs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndarray], int]:
-    """Check `feeds` against `specs` and return contiguous arrays of the spec's dtypes and the batch.
-
-    Raises ValueError naming the input on a missing name, a wrong fixed dimension or a batch that
-    differs between inputs (all inputs share the batch axis, but an `image_batch` axis may also
-    be 1: one image's features shared by the batch's expressions).
-    """
-    missing = [s.name for s in specs if s.name not in feeds]
-    if missing:
-        raise ValueError(f"{where}: missing inputs {missing} (expects {[s.name for s in specs]})")
-    out, batch, shared = {}, None, []
-    for s in specs:
-        x = np.ascontiguousarray(feeds[s.name], dtype=np.dtype(s.dtype))
-        if x.ndim != len(s.shape):
-            raise ValueError(f"{where}: input {s.name!r} has shape {x.shape}, expected {list(s.shape)}")
-        for got, want in zip(x.shape, s.shape):
-            if not isinstance(want, str) and got != want:
-                raise ValueError(f"{where}: input {s.name!r} has shape {x.shape}, expected {list(s.shape)}")
-        out[s.name] = x
-        if s.shape and s.shape[0] == IMAGE_BATCH:
-            shared.append(s.name)
-            continue
-        if not s.shape or s.shape[0] != BATCH:  # no batch axis (the processing graphs' letterbox, rgb)
-            continue
-        if batch is not None and x.shape[0] != batch:
-            raise ValueError(f"{where}: inputs disagree on the batch size ({batch} vs {x.shape[0]} for {s.name!r})")
-        batch = x.shape[0]
-    for name in shared:
-        n = out[name].shape[0]
-        if batch is None:
-            batch = n
-        elif n not in (1, batch):
-            raise ValueError(f"{where}: input {name!r} has batch {n}: it must be 1 (shared) or the batch {batch}")
-    return out, int(batch or 0)
 
 
 @dataclass(frozen=True)
@@ -198,6 +139,7 @@ class OrtRunner:
         self.name = info.key
         self.info = info
         self.input_specs = info.inputs
+        self.output_specs = info.outputs  # the manifest's; may be empty (then output_names come from the graph)
         self.output_names = tuple(s.name for s in info.outputs)
         self.providers = choose_providers(providers)
         self.on_cuda = self.providers[0] in _GPU_PROVIDERS
@@ -393,7 +335,7 @@ class DeviceBinding:
                  batch: int | None = None):
         ort = runner._ort
         self.runner, self.batch = runner, batch
-        specs = {s.name: s for s in (*runner.input_specs, *runner.info.outputs)}
+        specs = {s.name: s for s in (*runner.input_specs, *runner.output_specs)}
         self.shared = {s.name for s in runner.input_specs if s.shape and s.shape[0] == IMAGE_BATCH}
 
         def buffer(name):
@@ -401,7 +343,7 @@ class DeviceBinding:
             return ort.OrtValue.ortvalue_from_shape_and_type(tuple(shapes[name]), np.dtype(specs[name].dtype).type, *where)
 
         self.inputs = {s.name: given.get(s.name) or buffer(s.name) for s in runner.input_specs}
-        self.outputs = {s.name: given.get(s.name) or buffer(s.name) for s in runner.info.outputs}
+        self.outputs = {s.name: given.get(s.name) or buffer(s.name) for s in runner.output_specs}
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
         self.rebind()
@@ -443,7 +385,5 @@ def make_runner(artifacts: Artifacts, key: str, backend: str = "ort", providers=
         return OrtRunner(artifacts, artifacts.graph(key), providers=providers, threads=threads, cuda_graph=cuda_graph,
                          max_batch=artifacts.max_batch if key not in PROCESSING_GRAPHS else None, release_memory=release_memory)
     if backend == "tensorrt":
-        from restr.runtime.trt_runner import TrtRunner
-
         return TrtRunner(artifacts, artifacts.engine(key), specs=artifacts.graphs.get(key))
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

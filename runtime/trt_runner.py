@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec
-from restr.runtime.runners import RunnerClosedError, prepare_feeds  # noqa: F401  (RunnerClosedError: re-exported)
+from restr.runtime.runner_base import RunnerClosedError, prepare_feeds  # noqa: F401  (RunnerClosedError: re-exported)
 
 
 class EngineMismatchError(ArtifactError):
