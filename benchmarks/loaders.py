@@ -16,7 +16,7 @@ Errors are `LoadError`s: one line, naming the path.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,20 +24,14 @@ from typing import Callable
 import numpy as np
 
 from restr.runtime.artifacts import END_TO_END, MANIFEST, STAGES, ArtifactError, Artifacts, GraphInfo, TensorSpec, sha256_file
+from restr.runtime.formats import graph_by_inputs, graph_key, key_precision
 from restr.runtime.predictor import Predictor
-from restr.runtime.formats import key_precision
-from restr.runtime.runners import OrtRunner, graph_key, prepare_feeds
+from restr.runtime.runners import OrtRunner, prepare_feeds
 from restr.runtime.tokenizer import Vocabulary
+from restr.runtime.trt_runner import TrtRunner
 
 ENGINE_SUFFIXES = (".trt", ".plan", ".engine")
 KINDS = ("folder", "onnx", "pt", "tensorrt")
-# Graph identified by its input names (docs/artifacts.md).
-GRAPH_BY_INPUTS = {
-    frozenset({"image", "words", "pad_mask"}): END_TO_END,
-    frozenset({"image"}): "vision",
-    frozenset({"words", "pad_mask"}): "language",
-    frozenset({"visual_features", "linguistic_features", "pad_mask"}): "fusion_decoder",
-}
 REAL_WORDS = 8  # words in a generated expression; the graphs compute all N_l positions anyway
 
 
@@ -65,8 +59,6 @@ def split_engine(spec: str, options: "LoadOptions") -> tuple[Path, "LoadOptions"
     """PATH or PATH#tag,tag: per-engine options over the run's, so one run compares several ways to
     run a model (`runs/b16#fp16`, `runs/b16#int8`, `model.pt#fp16,compile`). Tags: fp32, fp16, int8, cpu, cuda, ort,
     tensorrt, eager, compile. Raises LoadError for an unknown tag."""
-    import dataclasses
-
     path, _, tags = str(spec).partition("#")
     changes = {}
     for tag in filter(None, (t.strip().lower() for t in tags.split(","))):
@@ -158,7 +150,7 @@ def load_target(path, options: LoadOptions = LoadOptions()) -> Target:
     p, options = split_engine(path, options)
     kind = engine_kind(p)
     try:
-        target = {"folder": _load_folder, "onnx": _load_onnx, "pt": _load_pt, "tensorrt": _load_trt}[kind](p, options)
+        target = {"folder": _load_folder, "onnx": _load_file, "pt": _load_pt, "tensorrt": _load_file}[kind](p, options)
         target.label = engine_label(path)
         return target
     except LoadError:
@@ -196,38 +188,65 @@ def _load_folder(path: Path, o: LoadOptions) -> Target:
     )
 
 
-# -- single ONNX graphs --------------------------------------------------------------------------
+# -- single graph and engine files ------------------------------------------------------------
 
 
-def _load_onnx(path: Path, o: LoadOptions) -> Target:
-    inputs, outputs, precision = onnx_io(path)
-    art, info = _beside(path, engines=False)
+def _load_file(path: Path, o: LoadOptions) -> Target:
+    """One .onnx graph or TensorRT engine: with the manifest beside it where that names it, else
+    bare (`Artifacts.from_graphs`: shapes from the file, the rest from --config or defaults)."""
+    engine = path.suffix.lower() in ENGINE_SUFFIXES
+    if engine:
+        _require_tensorrt(path)
+    art, info = _beside(path, engines=engine)
     notes = []
     if info is None:
-        cfg = _named_config(o.config, _image_size_of(inputs, outputs))
-        art = bare_artifacts(path.parent, inputs, outputs, cfg)
-        info = GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision=precision, inputs=inputs, outputs=outputs)
+        info = _bare_info(path, engine)
+        runner = _file_runner(_bare(info, engine), info, o)
+        info = dataclasses.replace(info, inputs=runner.input_specs, outputs=runner.output_specs)  # an engine's, read by the runner
+        cfg = _named_config(o.config, _bare(info, engine).image_size or None)
+        art = _bare(info, engine, cfg)
         vocab = _vocab_beside(path)
-        notes.append(f"no manifest beside {path.name}: shapes from the graph, normalisation mean=std=0.5" + ("" if cfg else ", no MACs (give --config)"))
+        notes.append(f"no manifest beside {path.name}: shapes from the {'engine' if engine else 'graph'}, normalisation mean=std=0.5"
+                     + ("" if cfg else ", no MACs (give --config)"))
     else:
+        runner = _file_runner(art, info, o)
         cfg, vocab = _manifest_config(art), art.vocabulary()
     _fixed_size(o.image_size, art.image_size or None, path)
-    runner = OrtRunner(art, info, providers=o.providers, threads=o.threads)
-    graph = GRAPH_BY_INPUTS.get(frozenset(s.name for s in runner.input_specs), "graph")
+    graph = graph_by_inputs(s.name for s in runner.input_specs) or "graph"
     predictor = Predictor(art, {END_TO_END: runner}, vocab, cache_size=0) if graph == END_TO_END else None
     split = None
-    if graph == END_TO_END and art.manifest:  # the split graphs of the same precision, from the same export
-        precision_key = key_precision(info.key)
-        if all(graph_key(s, precision_key) in art.graphs for s in STAGES):
-            def split():
-                return Predictor.from_artifacts(
-                    art.root, precision=precision_key, providers=o.providers, cache_size=0, mode="split", threads=o.threads
-                )
+    precision = key_precision(info.key)
+    if graph == END_TO_END and art.manifest and all(graph_key(s, precision) in (art.engines if engine else art.graphs) for s in STAGES):
+        # the split graphs of the same precision and backend, from the same export
+        how = {"backend": "tensorrt"} if engine else {"providers": o.providers, "threads": o.threads}
+
+        def split():
+            return Predictor.from_artifacts(art.root, precision=precision, cache_size=0, mode="split", **how)
     return Target(
-        path=path, kind="onnx", label=path.name, backend=_backend_name(runner), precision=info.precision, graph=graph,
-        runner=runner, predictor=predictor, split=split, config=cfg, image_size=art.image_size or None,
+        path=path, kind="tensorrt" if engine else "onnx", label=path.name, backend=_backend_name(runner), precision=info.precision,
+        graph=graph, runner=runner, predictor=predictor, split=split, config=cfg, image_size=art.image_size or None,
         vocab_size=len(vocab), device=_device(runner), notes=notes,
     )
+
+
+def _bare_info(path: Path, engine: bool) -> GraphInfo:
+    """A graph or engine file beside no manifest, as a manifest entry would name it."""
+    if engine:
+        return GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision="fp16-strongly-typed",
+                         sidecar=path.with_name(path.name + ".json"))
+    inputs, outputs, precision = onnx_io(path)
+    return GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision=precision, inputs=inputs, outputs=outputs)
+
+
+def _bare(info: GraphInfo, engine: bool, cfg=None) -> Artifacts:
+    """The Artifacts of one file without a manifest, listed where a manifest would list it."""
+    return Artifacts.from_graphs(info.path.parent, **{"engines" if engine else "graphs": [info]}, **_config_sizes(cfg))
+
+
+def _file_runner(art: Artifacts, info: GraphInfo, o: LoadOptions):
+    if info.path.suffix.lower() in ENGINE_SUFFIXES:
+        return TrtRunner(art, info, specs=art.graphs.get(info.key))
+    return OrtRunner(art, info, providers=o.providers, threads=o.threads)
 
 
 def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], str]:
@@ -282,6 +301,7 @@ class TorchRunner:
 
         self.name = name
         self.input_specs = inputs
+        self.output_specs = outputs
         self.output_names = tuple(s.name for s in outputs)
         self.device = "cuda:0" if device == "cuda" else device
         self.max_batch = None
@@ -336,7 +356,7 @@ def _load_pt(path: Path, o: LoadOptions) -> Target:
             raise LoadError(f"{path}: --providers cuda, but this PyTorch sees no CUDA GPU")
     runners = {g: TorchRunner(g, graph_module(ck.model, g), *io[g], device=device, precision=o.precision,
                               compile=o.compile and g == END_TO_END) for g in GRAPHS}
-    art = bare_artifacts(path.parent, *io[END_TO_END], cfg)
+    art = Artifacts.from_graphs(path.parent, **_config_sizes(cfg))
     predictor = Predictor(art, {END_TO_END: runners[END_TO_END]}, ck.vocab, cache_size=0)
 
     def split():
@@ -372,59 +392,15 @@ def _require_tensorrt(path: Path) -> None:
         raise LoadError(f"{path}: TensorRT engines cannot be timed on this machine ({e})") from None
 
 
-def _load_trt(path: Path, o: LoadOptions) -> Target:
-    from restr.runtime.trt_runner import TrtRunner
-
-    _require_tensorrt(path)
-    art, info = _beside(path, engines=True)
-    notes = []
-    if info is None:
-        info = GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision="fp16-strongly-typed",
-                         sidecar=path.with_name(path.name + ".json"))
-        runner = TrtRunner(bare_artifacts(path.parent, (), ()), info)
-        cfg = _named_config(o.config, _image_size_of(runner.input_specs, runner.output_specs))
-        art = bare_artifacts(path.parent, runner.input_specs, runner.output_specs, cfg)
-        vocab = _vocab_beside(path)
-        notes.append(f"no manifest beside {path.name}: shapes from the engine, normalisation mean=std=0.5")
-    else:
-        runner = TrtRunner(art, info, specs=art.graphs.get(info.key))
-        cfg, vocab = _manifest_config(art), art.vocabulary()
-    _fixed_size(o.image_size, art.image_size or None, path)
-    graph = GRAPH_BY_INPUTS.get(frozenset(s.name for s in runner.input_specs), "graph")
-    predictor = Predictor(art, {END_TO_END: runner}, vocab, cache_size=0) if graph == END_TO_END else None
-    split = None
-    if graph == END_TO_END and art.manifest and all(graph_key(s, "fp16") in art.engines for s in STAGES):
-        def split():
-            return Predictor.from_artifacts(art.root, backend="tensorrt", precision="fp16", cache_size=0, mode="split")
-    import tensorrt as trt
-
-    return Target(
-        path=path, kind="tensorrt", label=path.name, backend=f"tensorrt {trt.__version__}", precision=info.precision,
-        graph=graph, runner=runner, predictor=predictor, split=split, config=cfg, image_size=art.image_size or None,
-        vocab_size=len(vocab), device="cuda", notes=notes,
-    )
-
-
 # -- shared helpers ------------------------------------------------------------------------------
 
 
-def bare_artifacts(root: Path, inputs, outputs, cfg=None) -> Artifacts:
-    """An in-memory `Artifacts` for a graph without a manifest (or a checkpoint): what the
-    Predictor needs (image size, N_l, normalisation, threshold), from the graph's shapes or the config."""
-    shapes = {s.name: s.shape for s in (*inputs, *outputs)}
-    size = _image_size_of(inputs, outputs) or (cfg.image_size if cfg else 0)
-    n_v = shapes.get("patch_probs", shapes.get("visual_features", (0, 0)))[1]
-    n_v = n_v if isinstance(n_v, int) else 0
-    patch = cfg.patch_size if cfg else (size // math.isqrt(n_v) if size and n_v else 1)
-    words = shapes.get("words", (0, cfg.max_words if cfg else 20))[1]
-    width = shapes.get("visual_features", (0, 0, cfg.fusion.width if cfg else 0))[2]
-    mean = tuple(cfg.image_mean) if cfg else (0.5, 0.5, 0.5)
-    std = tuple(cfg.image_std) if cfg else (0.5, 0.5, 0.5)
-    return Artifacts(
-        root=Path(root), manifest={}, image_size=int(size), patch_size=int(patch), max_words=int(words),
-        num_patches=int(n_v), feature_width=int(width) if isinstance(width, int) else 0, mean=mean, std=std,
-        threshold=0.5, max_batch=8, graphs={}, engines={}, vocab_path=Path(root) / "vocab.txt", vocab_sha256=None,
-    )
+def _config_sizes(cfg) -> dict:
+    """`Artifacts.from_graphs`' keywords from a ReSTRConfig (None: {})."""
+    if cfg is None:
+        return {}
+    return dict(image_size=cfg.image_size, patch_size=cfg.patch_size, max_words=cfg.max_words, num_patches=cfg.num_patches,
+                feature_width=cfg.fusion.width, mean=tuple(cfg.image_mean), std=tuple(cfg.image_std))
 
 
 def _beside(path: Path, engines: bool) -> tuple[Artifacts | None, GraphInfo | None]:
@@ -468,28 +444,20 @@ def _named_config(name: str | None, image_size: int | None):
     return cfg.replace(image_size=image_size) if image_size else cfg
 
 
-def _image_size_of(inputs, outputs) -> int | None:
-    for s in (*inputs, *outputs):
-        if s.name in ("image", "pixel_probs") and isinstance(s.shape[-1], int):
-            return int(s.shape[-1])
-    return None
-
-
 def _fixed_size(wanted: int | None, have: int | None, path: Path) -> None:
     if wanted is not None and have and wanted != have:
         raise LoadError(f"{path}: the graph is fixed at {have}x{have}; --image-size {wanted} needs a re-export (restr-export --image-size {wanted})")
 
 
 def _backend_name(runner) -> str:
-    if type(runner).__name__ == "TrtRunner":
+    if runner.backend == "tensorrt":
         import tensorrt as trt
 
         return f"tensorrt {trt.__version__}"
-    providers = getattr(runner, "providers", None)
-    if providers is not None:
+    if runner.backend == OrtRunner.backend:
         import onnxruntime as ort
 
-        return f"onnxruntime {ort.__version__} {','.join(p.removesuffix('ExecutionProvider') for p in providers)}"
+        return f"onnxruntime {ort.__version__} {','.join(p.removesuffix('ExecutionProvider') for p in runner.providers)}"
     return type(runner).__name__
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from restr.runtime.formats import END_TO_END, MODEL_GRAPHS, STAGES, TensorSpec, base_graph, graph_io, graph_key  # noqa: F401  (re-exported: the contract's one table)
+from restr.runtime.formats import END_TO_END, MODEL_GRAPHS, SIZES, STAGES, TensorSpec, base_graph, graph_io, graph_key  # noqa: F401  (re-exported: the contract's one table)
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
 
@@ -40,7 +41,8 @@ class GraphInfo:
 
 @dataclass
 class Artifacts:
-    """A validated export folder. Build with `Artifacts.open(folder)`."""
+    """A validated export folder. Build with `Artifacts.open(folder)`, or `Artifacts.from_graphs`
+    for graph files without a manifest."""
 
     root: Path
     manifest: dict
@@ -109,6 +111,31 @@ class Artifacts:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(f"{path}: manifest is incomplete or malformed ({type(e).__name__}: {_first_line(e)})") from None
         return art
+
+    @classmethod
+    def from_graphs(cls, root, graphs=(), engines=(), *, image_size: int | None = None, patch_size: int | None = None,
+                    max_words: int | None = None, num_patches: int | None = None, feature_width: int | None = None,
+                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> "Artifacts":
+        """An export without a manifest: graph and engine files (`GraphInfo`s, e.g. bare `.onnx`
+        files beside no manifest.json), or none (graphs run in memory). Each file is still checked
+        against its `sha256` when loaded.
+
+        The sizes are read from the files' tensor specs by the names of `formats.GRAPH_IO` (image
+        (B, 3, S, S), words (B, L), patch_probs (B, N), visual_features (B, N, D), ...); the keywords
+        give what they do not say (patch_size, where not given: S / sqrt(N)). Threshold 0.5,
+        max_batch 8, vocabulary `root/vocab.txt` unchecked, `manifest` {} (no model config).
+        """
+        root = Path(root)
+        graphs, engines = {g.key: g for g in graphs}, {e.key: e for e in engines}
+        read = _sizes_of(t for g in (*graphs.values(), *engines.values()) for t in (*g.inputs, *g.outputs))
+        size = read.get("S") or image_size or 0
+        n_v = read.get("N") or num_patches or 0
+        patch = patch_size or (size // math.isqrt(n_v) if size and n_v else 1)
+        return cls(
+            root=root, manifest={}, image_size=int(size), patch_size=int(patch), max_words=int(read.get("L") or max_words or 20),
+            num_patches=int(n_v), feature_width=int(read.get("D") or feature_width or 0), mean=tuple(mean), std=tuple(std),
+            threshold=0.5, max_batch=8, graphs=graphs, engines=engines, vocab_path=root / "vocab.txt", vocab_sha256=None,
+        )
 
     @property
     def model_name(self) -> str:
@@ -188,6 +215,17 @@ def check_consistency(m: dict) -> str | None:
             if not t["shape"] or not isinstance(t["shape"][0], str) or list(t["shape"][1:]) != want:
                 return f"graphs.{key}: tensor {t['name']!r} has shape {t['shape']}, the manifest's sizes give [batch, {', '.join(map(str, want))}]"
     return None
+
+
+def _sizes_of(specs) -> dict[str, int]:
+    """{"S": image_size, "L": max_words, "N": num_patches, "D": feature_width} as far as the tensor
+    specs `specs` fix them, read by `formats.GRAPH_IO`'s shapes of the same names."""
+    named = {t.name: t for g in MODEL_GRAPHS for t in (*graph_io(g)[0], *graph_io(g)[1])}
+    sizes = {}
+    for t in specs:
+        if t.name in named and len(t.shape) == len(named[t.name].shape):
+            sizes.update((d, int(n)) for d, n in zip(named[t.name].shape, t.shape) if d in SIZES and isinstance(n, int))
+    return sizes
 
 
 def _no_constant(name: str):

@@ -613,6 +613,30 @@ def test_trt_runner_data_path_on_a_fake_tensorrt(tiny, tmp_path, fake_tensorrt):
         runner.close()
 
 
+def test_bench_loads_engine_files_as_it_loads_graph_files(tiny, tmp_path, fake_tensorrt):
+    """restr-bench's one path for single files: an engine beside its manifest, then alone."""
+    from restr.benchmarks.loaders import load_target
+
+    folder = _copy(tiny, tmp_path)
+    _fake_engines(folder, {"tensorrt_version": "10.99.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"})
+    onnx = load_target(folder / "vision.onnx")
+    listed = load_target(folder / "vision.engine")
+    assert (listed.kind, listed.graph, listed.device, listed.notes) == ("tensorrt", "vision", "cuda", [])
+    assert listed.backend.startswith("tensorrt ") and listed.image_size == onnx.image_size == S
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("language.engine", "language.engine.json"):
+        (bare / name).write_bytes((folder / name).read_bytes())
+    alone = load_target(bare / "language.engine")
+    assert (alone.kind, alone.graph, alone.precision) == ("tensorrt", "language", "fp16-strongly-typed")
+    assert "shapes from the engine" in alone.notes[0] and alone.predictor is None and alone.split is None
+    feeds = alone.feeds(2)
+    np.testing.assert_allclose(alone.runner.run(feeds)["linguistic_features"],
+                               load_target(folder / "language.onnx").runner.run(feeds)["linguistic_features"], atol=1e-5)
+    for t in (onnx, listed, alone):
+        t.runner.close()
+
+
 def test_trt_engine_from_another_version_or_gpu_refused(tiny, tmp_path, fake_tensorrt):
     folder = _copy(tiny, tmp_path)
     _fake_engines(folder, {"tensorrt_version": "10.3.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"})
@@ -741,6 +765,26 @@ def test_one_table_of_graph_inputs_and_outputs(tiny):
     assert header.read_text(encoding="utf-8") == cpp_header(), (
         "runtime/cpp/src/graph_io.hpp is stale: python -c 'from restr.runtime.formats import cpp_header; "
         "print(cpp_header(), end=\"\")' > runtime/cpp/src/graph_io.hpp")
+
+
+def test_artifacts_from_bare_graphs_run_like_the_export(tiny, tmp_path):
+    """A manifest-less Artifacts: sizes from the graph files, each file still checked when loaded."""
+    from restr.runtime.artifacts import GraphInfo, sha256_file
+    from restr.runtime.runners import make_runner
+
+    art = Artifacts.open(tiny.folder)
+    bare = Artifacts.from_graphs(tiny.folder, [art.graph("vision"), art.graph("language")], patch_size=art.patch_size)
+    for field in ("image_size", "patch_size", "max_words", "num_patches", "feature_width"):
+        assert getattr(bare, field) == getattr(art, field), field
+    assert bare.manifest == {} and bare.mean == bare.std == (0.5, 0.5, 0.5) and bare.engines == {}
+    assert Artifacts.from_graphs(tmp_path).max_words == 20 and Artifacts.from_graphs(tmp_path, max_words=7).max_words == 7
+    words = {"words": np.ones((1, art.max_words), np.int64), "pad_mask": np.zeros((1, art.max_words), bool)}
+    np.testing.assert_array_equal(make_runner(bare, "language", threads=1).run(words)["linguistic_features"],
+                                  make_runner(art, "language", threads=1).run(words)["linguistic_features"])
+    info = art.graph("language")
+    wrong = GraphInfo(key="language", path=info.path, sha256=sha256_file(tiny.folder / "vision.onnx"), inputs=info.inputs)
+    with pytest.raises(ArtifactError, match="sha256"):
+        make_runner(Artifacts.from_graphs(tiny.folder, [wrong]), "language", threads=1)
 
 
 def test_bad_thresholds_and_too_many_expressions_are_refused(tiny, predictor):
