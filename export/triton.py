@@ -22,7 +22,7 @@ from pathlib import Path
 from restr.export.pipeline import ExportError, _publish, _staging
 from restr.runtime import protocol, tokenizer, transforms
 from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
-from restr.runtime.formats import PRECISIONS, PROCESSING_GRAPHS, STAGES, graph_io, graph_key
+from restr.runtime.formats import PRECISIONS, PROCESSING_GRAPHS, STAGES, graph_file, graph_io, graph_key
 from restr.runtime.protocol import ConfigError, Enum, metadata_parameters, model_io, parameter, pbtxt, tensor_config
 from restr.runtime.transforms import mean_fill
 
@@ -111,7 +111,8 @@ def _graph_model(root: Path, art: Artifacts, step: str, info: GraphInfo, o: Trit
     engine_key = graph_key(step, "fp16")  # engines are built from the FP16 graphs
     engine = art.engines.get(engine_key) if o.engines and not o.python_graphs else None
     if engine is not None:  # the engine was built from the fp16 graph: same inputs and outputs
-        info = art.graphs.get((art.manifest["engines"][engine_key].get("source") or "").removesuffix(".onnx")) or info
+        source = art.manifest["engines"][engine_key].get("source")
+        info = next((g for k, g in art.graphs.items() if graph_file(k) == source), info)
         max_batch = int(art.manifest["engines"][engine_key].get("max_batch", art.max_batch))
         backend, file, data = "tensorrt_plan", "model.plan", art.read_verified(engine)
     else:
