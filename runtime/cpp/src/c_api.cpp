@@ -213,7 +213,7 @@ restr_status restr_result_timings(const restr_result* r, restr_timings* out) {
 
 void restr_result_free(restr_result* r) { delete r; }
 
-restr_status restr_text(const char* text, restr_text_form form, size_t number, const char** out) {
+restr_status restr_text(const char* text, int form, size_t number, const char** out) {
   return guarded([&] {
     need(text, "text");
     need(out, "out");
@@ -226,7 +226,7 @@ restr_status restr_text(const char* text, restr_text_form form, size_t number, c
       case RESTR_TEXT_REPR: s = restr_impl::py_repr(text); break;
       case RESTR_TEXT_NO_ACCENTS: s = restr_impl::without_accents(text); break;
       case RESTR_TEXT_PATH: s = restr_impl::py_path(text); break;
-      default: restr_impl::fail(RESTR_INVALID_ARGUMENT, "restr_text: no form " + std::to_string(int(form)));
+      default: restr_impl::fail(RESTR_INVALID_ARGUMENT, "restr_text: no form " + std::to_string(form));
     }
     text_out = std::move(s);
     *out = text_out.c_str();

@@ -223,7 +223,7 @@ static void text(const restr::Predictor& p) {
   const char* out = nullptr;
   EXPECT(restr_text("a\xff", RESTR_TEXT_WORDS, 2, &out), RESTR_TEXT_ERROR, "expression 2 is not valid UTF-8");
   CHECK(out == nullptr);
-  EXPECT(restr_text("a", restr_text_form(9), 0, &out), RESTR_INVALID_ARGUMENT, "no form 9");
+  EXPECT(restr_text("a", 9, 0, &out), RESTR_INVALID_ARGUMENT, "no form 9");
   EXPECT(restr_text(nullptr, RESTR_TEXT_REPR, 0, &out), RESTR_INVALID_ARGUMENT, "text is NULL");
   CHECK(restr::export_words(export_dir) == p.words());
   EXPECT(restr_export_words((scratch + "/missing").c_str(), &out), RESTR_ARTIFACT_ERROR, "no such folder");

@@ -116,15 +116,15 @@ RESTR_API void restr_result_free(restr_result *result);
 
 /* Text as the library reads and quotes it, for a host that speaks as restr-predict does (restr-predict-cpp:
  * output file names, messages, summary.json). *out is UTF-8 owned by the library, valid until this
- * thread's next restr_* call. Invalid UTF-8 is RESTR_TEXT_ERROR; with RESTR_TEXT_WORDS the message names
- * expression `number` (1-based; 0: "expression"). */
+ * thread's next restr_* call. `form` is a restr_text_form (another value: RESTR_INVALID_ARGUMENT). Invalid
+ * UTF-8 is RESTR_TEXT_ERROR; with RESTR_TEXT_WORDS the message names expression `number` (1-based; 0: "expression"). */
 typedef enum restr_text_form {
   RESTR_TEXT_WORDS = 0,      /* the words restr's tokenizer reads (restr.runtime.tokenizer.split_words), each ended by '\n' */
   RESTR_TEXT_REPR = 1,       /* Python's repr() of the string: quoted, unprintable characters escaped */
   RESTR_TEXT_NO_ACCENTS = 2, /* NFKD without its combining characters: "Café x²" -> "Cafe x2" */
   RESTR_TEXT_PATH = 3        /* as Python's str(pathlib.Path(text)): "export/" -> "export", "" -> "." */
 } restr_text_form;
-RESTR_API restr_status restr_text(const char *text, restr_text_form form, size_t number, const char **out);
+RESTR_API restr_status restr_text(const char *text, int form, size_t number, const char **out);
 
 /* The words an export knows (its vocabulary without <pad> and <unk>), each ended by '\n': the manifest
  * and the vocabulary read and checked as restr_predictor_open checks them, no graph loaded
