@@ -125,14 +125,20 @@ def graph_by_inputs(names) -> str | None:
 
 def cpp_header() -> str:
     """runtime/cpp/src/graph_io.hpp: `GRAPH_IO`'s names for the C++ host, in the graphs' order."""
+    def strings(xs) -> str:
+        return "{" + ", ".join(f'"{x}"' for x in xs) + "}"
+
     def names(specs) -> str:
-        return "{" + ", ".join(f'"{t.name}"' for t in specs) + "}"
+        return strings(t.name for t in specs)
 
     lines = [
         "// Generated from runtime/formats.py (cpp_header): do not edit; tests/test_runtime.py checks it is current.",
         "// Each graph's input and output names, in the graph's order (Graph::run passes tensors by position).",
         "#pragma once",
+        "#include <map>",
+        "#include <set>",
         "#include <string>",
+        "#include <utility>",
         "#include <vector>",
         "",
         "namespace restr_impl {",
@@ -144,5 +150,12 @@ def cpp_header() -> str:
         "namespace graph_io {",
     ]
     lines += [f"inline const GraphIO {g}{{{names(i)}, {names(o)}}};" for g, (i, o) in GRAPH_IO.items()]
-    lines += ["}  // namespace graph_io", "", "}  // namespace restr_impl", ""]
+    lines += ["", "// The model graphs (those the manifest check covers): their input and output names as sets.",
+              "inline const std::map<std::string, std::pair<std::set<std::string>, std::set<std::string>>> model_graphs{"]
+    lines += [f'    {{"{g}", {{{names(GRAPH_IO[g][0])}, {names(GRAPH_IO[g][1])}}}}},' for g in MODEL_GRAPHS]
+    dims = {t.name: t.shape[1:] for g in MODEL_GRAPHS for t in (*GRAPH_IO[g][0], *GRAPH_IO[g][1])}
+    lines += ["};", "// Their tensors' shapes after the first axis: numbers, or S, L, N, D for the manifest's sizes.",
+              "inline const std::map<std::string, std::vector<std::string>> tensor_dims{"]
+    lines += [f'    {{"{n}", {strings(shape)}}},' for n, shape in dims.items()]
+    lines += ["};", "}  // namespace graph_io", "", "}  // namespace restr_impl", ""]
     return "\n".join(lines)

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "error.hpp"
+#include "graph_io.hpp"
 #include "json_schema.hpp"
 
 namespace restr_impl {
@@ -20,18 +21,10 @@ namespace {
 
 constexpr int kFormatVersion = 1;
 
-// The graphs the runtime chains: input and output names (restr.runtime.artifacts._GRAPH_IO), and
-// each tensor's shape after the first axis in the manifest's sizes (_TENSOR_DIMS).
-const std::map<std::string, std::pair<std::set<std::string>, std::set<std::string>>> kGraphIO = {
-    {"vision", {{"image"}, {"visual_features"}}},
-    {"language", {{"words", "pad_mask"}, {"linguistic_features"}}},
-    {"fusion_decoder", {{"visual_features", "linguistic_features", "pad_mask"}, {"pixel_probs", "patch_probs"}}},
-    {"end_to_end", {{"image", "words", "pad_mask"}, {"pixel_probs", "patch_probs"}}},
-};
-const std::map<std::string, std::vector<std::string>> kTensorDims = {
-    {"image", {"3", "S", "S"}},  {"words", {"L"}},          {"pad_mask", {"L"}},          {"visual_features", {"N", "D"}},
-    {"linguistic_features", {"L", "D"}}, {"pixel_probs", {"1", "S", "S"}}, {"patch_probs", {"N"}},
-};
+// The graphs the runtime chains: input and output names, and each tensor's shape after the first
+// axis in the manifest's sizes (graph_io.hpp, generated from restr.runtime.formats.GRAPH_IO).
+const auto& kGraphIO = graph_io::model_graphs;
+const auto& kTensorDims = graph_io::tensor_dims;
 
 // Python's repr of a list of names or a JSON shape: ['a', 'b'], ['batch', 3, 96].
 std::string pyrepr(const json& v) {
