@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_file
+from restr.runtime.cli_common import OneLineErrorCommand, UsageError, check_writable_file
 from restr.runtime.formats import PRECISIONS
 
 

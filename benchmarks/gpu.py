@@ -5,7 +5,7 @@ runner's own: `runner.run(feeds, timings=t)` adds "h2d", "compute" and "d2h" mil
 """
 from __future__ import annotations
 
-from restr.benchmarks.timing import _cuda_ok
+from restr.runtime.trt_runner import check_cuda
 
 
 def device_memory_used_mb(device: str = "cuda:0") -> float | None:
@@ -14,8 +14,8 @@ def device_memory_used_mb(device: str = "cuda:0") -> float | None:
     try:
         from cuda.bindings import runtime as cudart
 
-        _cuda_ok(cudart, cudart.cudaSetDevice(int(str(device).rpartition(":")[2] or 0)))
-        free, total = _cuda_ok(cudart, cudart.cudaMemGetInfo())
+        check_cuda(cudart, cudart.cudaSetDevice(int(str(device).rpartition(":")[2] or 0)))
+        free, total = check_cuda(cudart, cudart.cudaMemGetInfo())
         return (int(total) - int(free)) / 2**20
     except Exception:  # no cuda-python, device or driver: memory is simply not reported
         return None

@@ -493,7 +493,7 @@ def _spread(s: dict, fmt: str = "{:.1f}") -> str | None:
 
 def format_report(doc: dict) -> str:
     """Tables for people: environment, latency, throughput, queries, ratios."""
-    from restr.benchmarks.report import format_table
+    from restr.tables import format_table
 
     env, gemm, results = doc["environment"], doc["gemm"], doc["results"]
     lines = [

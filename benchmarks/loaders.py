@@ -29,6 +29,7 @@ from restr.runtime.predictor import Predictor
 from restr.runtime.runners import OrtRunner, prepare_feeds
 from restr.runtime.tokenizer import Vocabulary
 from restr.runtime.trt_runner import TrtRunner
+from restr.runtime.errors import first_line
 
 ENGINE_SUFFIXES = (".trt", ".plan", ".engine")
 KINDS = ("folder", "onnx", "pt", "tensorrt")
@@ -156,7 +157,7 @@ def load_target(path, options: LoadOptions = LoadOptions()) -> Target:
     except LoadError:
         raise
     except (ArtifactError, ValueError) as e:  # ArtifactError, CheckpointError, bad sizes: already one line
-        raise LoadError(_first_line(e) if str(p) in str(e) else f"{p}: {_first_line(e)}") from None
+        raise LoadError(first_line(e) if str(p) in str(e) else f"{p}: {first_line(e)}") from None
 
 
 # -- export folders ------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...],
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
-        raise LoadError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {_first_line(e)})") from None
+        raise LoadError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {first_line(e)})") from None
     if not proto.graph.input and not proto.graph.output:
         raise LoadError(f"{path}: not a readable ONNX graph (no inputs or outputs)")
     init = {t.name for t in proto.graph.initializer}
@@ -275,7 +276,7 @@ def onnx_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...],
         inputs = tuple(spec(v) for v in proto.graph.input if v.name not in init)
         outputs = tuple(spec(v) for v in proto.graph.output)
     except (KeyError, TypeError, ValueError) as e:
-        raise LoadError(f"{path}: graph inputs/outputs cannot be read ({_first_line(e)})") from None
+        raise LoadError(f"{path}: graph inputs/outputs cannot be read ({first_line(e)})") from None
     types = {t.data_type for t in proto.graph.initializer}
     precision = "int8" if onnx.TensorProto.INT8 in types else "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
     return inputs, outputs, precision
@@ -463,8 +464,3 @@ def _backend_name(runner) -> str:
 
 def _device(runner) -> str:
     return "cuda" if str(getattr(runner, "device", "cpu")).startswith("cuda") else "cpu"
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:300] if s else type(e).__name__

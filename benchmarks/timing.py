@@ -52,11 +52,3 @@ class CpuTimer:
         t0 = time.perf_counter()
         out = fn()
         return (time.perf_counter() - t0) * 1000.0, out
-
-
-def _cuda_ok(cudart, result):
-    """cuda-python returns (error, *values): raise on error, return the value(s)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA error {err}")
-    return values[0] if len(values) == 1 else (values or None)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import click
 
-from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file
+from restr.runtime.cli_common import EXIT_BAD_INPUT, OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file
 from restr.export.int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD
 from restr.export.onnx_export import GRAPHS, MIN_OPSET
 from restr.runtime.formats import DEFAULT_PRECISIONS, PRECISIONS
 
 PROG = "restr-export"
 
-EXIT_BAD_INPUT = 2  # bad file, config, size or folder; engines required but impossible here
 EXIT_FAILED = 1  # verification tolerance exceeded, a graph broke its contract, or TensorRT failed to build
 
 

@@ -34,6 +34,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from restr.runtime.formats import END_TO_END, graph_file
+from restr.runtime.errors import first_line
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Chosen by measured accuracy against the FP32 graphs (README, "INT8"); restr-export --calibration-method overrides it.
@@ -101,7 +102,7 @@ def load_calibration(spec: str | None, meta: dict, cfg, vocab, size: int = DEFAU
         ds = build_dataset(source, split, cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read,
                            transform=cfg.image_transform)
     except (DataError, OSError, ValueError) as e:
-        raise CalibrationError(f"--calibration {full}: {_first_line(e)}") from None
+        raise CalibrationError(f"--calibration {full}: {first_line(e)}") from None
     if len(ds) == 0:
         raise CalibrationError(f"--calibration {full}: no samples")
     order = np.random.default_rng(seed).permutation(len(ds))
@@ -117,7 +118,7 @@ def load_calibration(spec: str | None, meta: dict, cfg, vocab, size: int = DEFAU
         try:
             items.append(ds.arrays(i))
         except (OSError, ValueError) as e:  # a missing or broken image file
-            unreadable.append(f"{ds.image_path(i)} ({_first_line(e)})")
+            unreadable.append(f"{ds.image_path(i)} ({first_line(e)})")
     if not items:
         raise CalibrationError(f"--calibration {full}: no readable images (e.g. {unreadable[0]})")
     feeds = {k: np.stack([np.asarray(it[k]) for it in items]) for k in ("image", "words", "pad_mask")}
@@ -271,8 +272,3 @@ def check_int8(proto: onnx.ModelProto) -> dict:
     if not summary.get("MatMul", {}).get("int8") and not summary.get("Gemm", {}).get("int8"):
         raise INT8Error("INT8 graph: no matrix product is quantized")
     return {"ops": dict(sorted(summary.items())), **counts}
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__

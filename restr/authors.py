@@ -240,7 +240,8 @@ def main(argv=None) -> None:
     import click
 
     from restr.checkpoint import save_checkpoint
-    from restr.cli_common import OneLineErrorCommand, UsageError, one_line_errors
+    from restr.runtime.cli_common import OneLineErrorCommand, UsageError
+    from restr.cli_common import one_line_errors
 
     @click.command("python -m restr.authors", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
     @click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="A state dict saved by the authors' train_restr.py.")

@@ -15,10 +15,12 @@ import click
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from restr.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file, one_line_errors, pick_device
+from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file
+from restr.cli_common import one_line_errors, pick_device
 from restr.runtime.formats import PRECISIONS
 from restr.runtime.transforms import ImageTransform
 from restr.metrics import SegmentationMetrics, agreement, difference, format_comparison, format_table, intersection_union
+from restr.runtime.errors import first_line
 
 MAX_EXPRESSIONS = 256  # expressions the runtime takes in one call about one image (Predictor.max_expressions)
 
@@ -99,7 +101,7 @@ def runtime_masks(predictor, dataset, groups: list[list[int]]):
     requests = [(dataset.image_path(g[0]), [dataset.text(i) for i in g]) for g in groups]
     for group, result in zip(groups, predict_images(predictor, requests), strict=True):
         if result.error is not None:
-            raise UsageError(f"{result.image}: the runtime failed on it: {_first_line(result.error)}")
+            raise UsageError(f"{result.image}: the runtime failed on it: {first_line(result.error)}")
         yield from zip(group, (p.mask for p in result.predictions), strict=True)
 
 
@@ -155,11 +157,6 @@ def timed(stream, clock: list[float]):
         finally:
             clock[0] += time.perf_counter() - t0
         yield item
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 RUNTIME_OPTIONS = ("backend", "precision", "providers")
@@ -312,9 +309,9 @@ def open_runtime(artifacts, server, backend, precision, providers, threshold):
     except RuntimeWarning as w:
         raise UsageError(f"--providers {providers}: {str(w).removesuffix('; skipped')}") from None
     except (ValueError, TensorRTUnavailable) as e:  # ArtifactError, ServerError, a bad URL or provider, no TensorRT
-        raise UsageError(_first_line(e)) from None
+        raise UsageError(first_line(e)) from None
     except (RuntimeError, OSError) as e:  # ONNX Runtime, CUDA, disk
-        raise UsageError(f"{type(e).__name__}: {_first_line(e)}") from None
+        raise UsageError(f"{type(e).__name__}: {first_line(e)}") from None
 
 
 def describe_runtime(runtime, artifacts, backend: str, precision: str) -> dict:
@@ -389,7 +386,7 @@ def evaluate_deployed(runtime, what: dict, ckpt, source, data, split, read, comm
             warnings.simplefilter("ignore", TextTruncatedWarning)  # the checkpoint reads the first N_l words silently too
             metrics, pairs = score(ds, streams, n, progress=not no_progress)
     except (RuntimeError, OSError) as e:  # ONNX Runtime, CUDA, TensorRT, the server, disk: one line
-        raise UsageError(f"{type(e).__name__}: {_first_line(e)}") from None
+        raise UsageError(f"{type(e).__name__}: {first_line(e)}") from None
 
     deployed = {**metrics[-1].result(), **exported_from(runtime), **common, "seconds": round(clocks[0][0], 2), **what}
     name = f"server {what['server']}" if "server" in what else \

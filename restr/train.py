@@ -34,7 +34,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from restr.checkpoint import CHECKPOINT_SOURCES, Checkpoint, CheckpointError, load_checkpoint_from, read_checkpoint_dict, save_checkpoint
-from restr.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_dir, one_line_errors, pick_device
+from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_dir
+from restr.cli_common import one_line_errors, pick_device
 from restr.config import ReSTRConfig, get_config
 from restr.modeling import ReSTR, restr_loss
 
@@ -352,7 +353,7 @@ def train(
     `tc.batch_size` is the global batch: under torchrun each of the N processes takes 1/N of it.
     `stop_after` ends this process after that many iterations with `last.pt` written, for
     time-sliced jobs: `--resume` continues exactly where it stopped. `progress`: a bar on a
-    terminal, plain lines otherwise (restr.cli_common.Progress); validation results are lines.
+    terminal, plain lines otherwise (restr.runtime.cli_common.Progress); validation results are lines.
     `workers`: DataLoader worker processes (None: `default_workers`); `precision`: `resolve_precision`'s;
     `compile`: torch.compile the model for the training steps (validation runs it eagerly).
     """

@@ -17,6 +17,7 @@ from pathlib import Path
 from restr.runtime.formats import END_TO_END, MODEL_GRAPHS, SIZES, STAGES, TensorSpec, base_graph, graph_io, graph_key  # noqa: F401  (re-exported: the contract's one table)
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
+from restr.runtime.errors import first_line
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -75,7 +76,7 @@ class Artifacts:
         try:
             m = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ArtifactError(f"{path}: not a readable JSON manifest ({_first_line(e)})") from None
+            raise ArtifactError(f"{path}: not a readable JSON manifest ({first_line(e)})") from None
         if not isinstance(m, dict):
             raise ArtifactError(f"{path}: not a restr manifest (a JSON object was expected)")
         version = m.get("format_version")
@@ -109,7 +110,7 @@ class Artifacts:
                 vocab_sha256=m["vocab"].get("sha256"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ArtifactError(f"{path}: manifest is incomplete or malformed ({type(e).__name__}: {_first_line(e)})") from None
+            raise ArtifactError(f"{path}: manifest is incomplete or malformed ({type(e).__name__}: {first_line(e)})") from None
         return art
 
     @classmethod
@@ -184,7 +185,7 @@ class Artifacts:
         try:
             vocab = Vocabulary.load(self.vocab_path, (self.manifest.get("vocab") or {}).get("tokenizer", "restr"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{self.vocab_path}: {_first_line(e)}") from None
+            raise ArtifactError(f"{self.vocab_path}: {first_line(e)}") from None
         size = (self.manifest.get("vocab") or {}).get("size")
         if size is not None and int(size) != len(vocab):
             raise ArtifactError(f"{self.vocab_path}: {len(vocab)} words, but the manifest says {size}")
@@ -268,9 +269,4 @@ def _read(path: Path) -> bytes:
     except FileNotFoundError:
         raise ArtifactError(f"{path}: file named by the manifest is missing") from None
     except OSError as e:
-        raise ArtifactError(f"{path}: cannot be read ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__
+        raise ArtifactError(f"{path}: cannot be read ({first_line(e)})") from None

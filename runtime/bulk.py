@@ -39,9 +39,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from restr.cli_common import Progress, UsageError, check_writable_dir
+from restr.runtime.cli_common import Progress, UsageError, check_writable_dir
+from restr.runtime.errors import first_line
 from restr.runtime.atomic import remove_stale_staging, write_json
-from restr.runtime.cli import _first_line, _remove_previous_outputs, check_texts, slugify  # cli imports bulk lazily: no cycle
+from restr.runtime.cli import _remove_previous_outputs, check_texts, slugify  # cli imports bulk lazily: no cycle
 from restr.runtime.predictor import REQUEST_ERRORS, ImageResult, as_rgb
 from restr.runtime.visualize import save_mask
 
@@ -389,7 +390,7 @@ def records(req: Request, result: ImageResult, out: Path | None) -> list[dict]:
 
     head = {"request": req.index, **({"line": req.line} if req.line is not None else {}),
             **({"id": req.id} if req.id is not None else {}), "image": req.image}
-    error = req.error or (None if result.error is None else _first_line(result.error))
+    error = req.error or (None if result.error is None else first_line(result.error))
     if error is not None:
         return [{**head, "texts": req.texts, "error": error}]
     h, w = result.size

@@ -32,7 +32,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from restr.cli_common import OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_deferred, signals_interrupt
+from restr.runtime.cli_common import EXIT_BAD_INPUT, OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_deferred, signals_interrupt
 from restr.runtime.artifacts import ArtifactError
 from restr.runtime.formats import PRECISIONS
 from restr.runtime.atomic import remove_stale_staging, staging_dir, write_json
@@ -40,9 +40,9 @@ from restr.runtime.predictor import Prediction, Predictor, TextError, TextTrunca
 from restr.runtime.tokenizer import split_words
 from restr.runtime.trt_runner import TensorRTUnavailable
 from restr.runtime.visualize import contact_sheet, save_atomic, save_mask, save_overlay
+from restr.runtime.errors import first_line
 
 PROG = "restr-predict"
-EXIT_BAD_INPUT = 2  # bad input, or the runtime failed (ONNX Runtime, CUDA, TensorRT, disk)
 EXIT_INTERNAL = 3  # a bug in restr: the message names the exception
 SCORE_LEGEND = ("score: mean probability inside the mask, how sure the model is of the pixels it chose "
                 "(not whether it chose the right object)")
@@ -75,11 +75,6 @@ def check_not_url(value, option: str) -> None:
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     click.echo(f"{PROG}: error: {message}", err=True)
     sys.exit(code)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 @click.command(PROG, cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -169,11 +164,11 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
     except KeyboardInterrupt as e:
         _fail("interrupted" if exit_code(e) == 130 else f"stopped by {e}", exit_code(e))
     except (ValueError, UsageError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers or paths, no TensorRT
-        _fail(_first_line(e))
+        _fail(first_line(e))
     except (RuntimeError, OSError, MemoryError) as e:  # ONNX Runtime, CUDA, TensorRT, disk
-        _fail(f"{type(e).__name__}: {_first_line(e)}")
+        _fail(f"{type(e).__name__}: {first_line(e)}")
     except Exception as e:  # a bug: still one line, with the exception's name to report
-        _fail(f"internal error ({type(e).__name__}: {_first_line(e)}); please report it", EXIT_INTERNAL)
+        _fail(f"internal error ({type(e).__name__}: {first_line(e)}); please report it", EXIT_INTERNAL)
 
 
 BULK_INPUTS = ("images", "requests", "data")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec, _first_line
+from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec
+from restr.runtime.errors import first_line
 from restr.runtime.formats import IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
 from restr.runtime.runner_base import Runner, RunnerClosedError, prepare_feeds  # noqa: F401  (re-exported)
 from restr.runtime.trt_runner import TrtRunner
@@ -205,7 +206,7 @@ class OrtRunner:
         try:
             return ort.InferenceSession(data, sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types for a bad model
-            raise ArtifactError(f"{self.info.path}: not a loadable ONNX graph ({_first_line(e)})") from None
+            raise ArtifactError(f"{self.info.path}: not a loadable ONNX graph ({first_line(e)})") from None
 
     # -- the protocol ----------------------------------------------------------------------------
 
@@ -280,7 +281,7 @@ class OrtRunner:
             if not (self.cuda_graph and "graph capture" in str(e)):
                 raise
             # A node ONNX Runtime placed on the CPU forbids capture: run this graph uncaptured.
-            warnings.warn(f"{self.name}: CUDA graph capture refused by ONNX Runtime ({_first_line(e)}); running without",
+            warnings.warn(f"{self.name}: CUDA graph capture refused by ONNX Runtime ({first_line(e)}); running without",
                           RuntimeWarning, stacklevel=2)
             self.cuda_graph = False
             self.session = self._session(False)

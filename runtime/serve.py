@@ -52,13 +52,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from restr.runtime.cli_common import EXIT_BAD_INPUT
 from restr.runtime.formats import PRECISIONS
 from restr.runtime.protocol import (
     MODEL, OUTPUTS, Enum, RequestError, decode_image, metadata_parameters, model_io, parameter, pbtxt, read_request, response,
 )
 
 PROG = "restr-serve"
-EXIT_BAD_INPUT = 2
 ACCESS_HEADER = "triton-access-token"
 # Triton APIs behind the access token (--access-token, else a random one only restr-serve knows, for
 # its drain): the model repository (it can unload the model), trace and log settings everywhere;

@@ -107,7 +107,7 @@ def import_backends():
     return trt, cudart
 
 
-def _check(cudart, result):
+def check_cuda(cudart, result):
     """cuda-python returns (error, *values): raise on error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
@@ -119,12 +119,12 @@ def _check(cudart, result):
 def describe_gpu(cudart, device: int = 0) -> dict:
     """{"gpu_name": ..., "compute_capability": "M.m"} of CUDA device `device`."""
     try:
-        count = _check(cudart, cudart.cudaGetDeviceCount())
+        count = check_cuda(cudart, cudart.cudaGetDeviceCount())
     except DeviceError as e:  # no driver, or a driver too old for this CUDA runtime
         raise TensorRTUnavailable(f"no usable CUDA GPU: {e}") from None
     if not count:
         raise TensorRTUnavailable("no CUDA GPU is visible: the tensorrt backend needs one")
-    prop = _check(cudart, cudart.cudaGetDeviceProperties(device))
+    prop = check_cuda(cudart, cudart.cudaGetDeviceProperties(device))
     name = prop.name.split(b"\0")[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
     return {"gpu_name": name, "compute_capability": f"{prop.major}.{prop.minor}"}
 
@@ -138,7 +138,7 @@ class _Slot:
         self.context = engine.create_execution_context()
         if self.context is None:  # TensorRT logs why (usually: out of GPU memory)
             raise DeviceError(f"{name}: TensorRT could not create an execution context (see the TensorRT log above)")
-        self.stream = _check(cudart, cudart.cudaStreamCreate())
+        self.stream = check_cuda(cudart, cudart.cudaStreamCreate())
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.events: list = []
 
@@ -147,16 +147,16 @@ class _Slot:
         ptr, size = self.buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
-                _check(self.cudart, self.cudart.cudaFree(ptr))
+                check_cuda(self.cudart, self.cudart.cudaFree(ptr))
                 del self.buffers[name]
-            ptr = int(_check(self.cudart, self.cudart.cudaMalloc(max(nbytes, 1))))
+            ptr = int(check_cuda(self.cudart, self.cudart.cudaMalloc(max(nbytes, 1))))
             self.buffers[name] = (ptr, nbytes)
         return ptr
 
     def timing_events(self) -> list:
         """Four CUDA events (before h2d, before compute, after compute, after d2h), made once."""
         while len(self.events) < 4:
-            self.events.append(_check(self.cudart, self.cudart.cudaEventCreate()))
+            self.events.append(check_cuda(self.cudart, self.cudart.cudaEventCreate()))
         return self.events
 
     def close(self) -> None:
@@ -195,7 +195,7 @@ class TrtRunner:
         check_sidecar(self.sidecar, tensorrt_version=trt.__version__, engine=str(info.path), **describe_gpu(cudart, device))
         self.max_batch = profile_max_batch(self.sidecar)
         data = artifacts.read_verified(info)
-        _check(cudart, cudart.cudaSetDevice(self._device_index))  # the engine's memory goes to this device
+        check_cuda(cudart, cudart.cudaSetDevice(self._device_index))  # the engine's memory goes to this device
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(data)
@@ -258,7 +258,7 @@ class TrtRunner:
         if slot is None:
             try:
                 with self._create_lock:  # TensorRT objects are not thread-safe: contexts are made one at a time
-                    _check(self._cudart, self._cudart.cudaSetDevice(self._device_index))
+                    check_cuda(self._cudart, self._cudart.cudaSetDevice(self._device_index))
                     slot = _Slot(self.engine, self._cudart, self.name)
             except BaseException:
                 with self._cond:
@@ -277,16 +277,16 @@ class TrtRunner:
     def _execute(self, slot: _Slot, feeds: dict[str, np.ndarray], timings: dict | None) -> dict[str, np.ndarray]:
         """The TensorRT part of `run`: copies in, execute_async_v3, copies out, on the slot's stream."""
         cudart, context, stream = self._cudart, slot.context, slot.stream
-        _check(cudart, cudart.cudaSetDevice(self._device_index))  # the current device is per thread
+        check_cuda(cudart, cudart.cudaSetDevice(self._device_index))  # the current device is per thread
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         events = slot.timing_events() if timings is not None else None
         if events:
-            _check(cudart, cudart.cudaEventRecord(events[0], stream))
+            check_cuda(cudart, cudart.cudaEventRecord(events[0], stream))
         for name, x in feeds.items():
             if not context.set_input_shape(name, x.shape):
                 raise ValueError(f"{self.name}: TensorRT refused shape {x.shape} for {name!r} (outside the engine's profile)")
             ptr = slot.buffer(name, x.nbytes)
-            _check(cudart, cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, stream))
+            check_cuda(cudart, cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, stream))
             context.set_tensor_address(name, ptr)
         outs = {}
         for spec in self.output_specs:
@@ -294,19 +294,19 @@ class TrtRunner:
             context.set_tensor_address(spec.name, slot.buffer(spec.name, host.nbytes))
             outs[spec.name] = host
         if events:
-            _check(cudart, cudart.cudaEventRecord(events[1], stream))
+            check_cuda(cudart, cudart.cudaEventRecord(events[1], stream))
         if not context.execute_async_v3(stream):
             raise DeviceError(f"{self.name}: TensorRT execution failed (see the TensorRT log above)")
         if events:
-            _check(cudart, cudart.cudaEventRecord(events[2], stream))
+            check_cuda(cudart, cudart.cudaEventRecord(events[2], stream))
         for name, host in outs.items():
-            _check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, slot.buffers[name][0], host.nbytes, d2h, stream))
+            check_cuda(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, slot.buffers[name][0], host.nbytes, d2h, stream))
         if events:
-            _check(cudart, cudart.cudaEventRecord(events[3], stream))
-        _check(cudart, cudart.cudaStreamSynchronize(stream))
+            check_cuda(cudart, cudart.cudaEventRecord(events[3], stream))
+        check_cuda(cudart, cudart.cudaStreamSynchronize(stream))
         if events:
             for phase, (a, b) in zip(("h2d", "compute", "d2h"), zip(events, events[1:])):
-                timings[phase] = timings.get(phase, 0.0) + float(_check(cudart, cudart.cudaEventElapsedTime(a, b)))
+                timings[phase] = timings.get(phase, 0.0) + float(check_cuda(cudart, cudart.cudaEventElapsedTime(a, b)))
         return outs
 
     def close(self) -> None:

@@ -139,7 +139,7 @@ def test_answers_are_paired_by_sample_whatever_their_order():
 
 
 def test_a_failure_on_one_image_names_it(made):
-    from restr.cli_common import UsageError
+    from restr.runtime.cli_common import UsageError
 
     ds = dataset(made)
     groups = ds.groups_by_image(range(len(ds)))
