@@ -32,25 +32,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from restr.runtime.artifacts import TensorSpec
-from restr.runtime.formats import BATCH
+from restr.runtime.formats import PROCESSING_GRAPHS, TensorSpec, graph_io
 from restr.runtime.transforms import LOGIT_LIMIT, LOGIT_MARGIN, RESTR_TRANSFORM, ImageTransform
 
 OPSET = 18
-HEIGHT, WIDTH = "height", "width"
 
 
 def processing_io(image_size: int) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
-    """{graph: (inputs, outputs)} of the processing graphs (docs/artifacts.md)."""
-    s = image_size
-    letterbox = TensorSpec("letterbox", "int64", (4,))
-    return {
-        "preprocess": ((TensorSpec("rgb", "uint8", (HEIGHT, WIDTH, 3)),),
-                       (TensorSpec("image", "float32", (1, 3, s, s)), letterbox)),
-        "postprocess": ((TensorSpec("pixel_probs", "float32", (BATCH, 1, s, s)), letterbox, TensorSpec("threshold", "float32", (1,))),
-                        (TensorSpec("probs", "float32", (BATCH, HEIGHT, WIDTH)), TensorSpec("mask", "bool", (BATCH, HEIGHT, WIDTH)),
-                         TensorSpec("score", "float32", (BATCH,)), TensorSpec("area", "int64", (BATCH,)))),
-    }
+    """{graph: (inputs, outputs)} of the processing graphs, from the one table (formats.GRAPH_IO)."""
+    return {g: graph_io(g, {"S": image_size}) for g in PROCESSING_GRAPHS}
 
 
 _ONNX_TYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "uint8": TensorProto.UINT8, "bool": TensorProto.BOOL}
