@@ -213,7 +213,7 @@ def test_authors_tokenizer_is_theirs():
 
 
 def test_tokenizer_goldens_are_what_the_tokenizers_give():
-    from test_golden import _load, _make_golden
+    from conftest import load_golden as _load, make_golden as _make_golden
 
     make = _make_golden()
     assert make.tokenizer_cases("authors") == _load("tokenizer_authors.json")
@@ -249,7 +249,7 @@ def cpp_split_words(tmp_path_factory):
 
 @pytest.mark.parametrize("golden", ["tokenizer.json", "tokenizer_authors.json"])
 def test_cpp_tokenizer_gives_the_golden_words(cpp_split_words, golden):
-    from test_golden import _load
+    from conftest import load_golden as _load
 
     g = _load(golden)
     got = cpp_split_words(g["tokenizer"], [c["text"] for c in g["cases"]])

@@ -19,8 +19,7 @@ mask_utils = pytest.importorskip("pycocotools.mask")
 
 from restr.runtime.bulk import RECORDS, RUN, SUMMARY, scan  # noqa: E402
 from restr.runtime.cli import main  # noqa: E402
-from test_predict_cli import _jpeg_bytes  # noqa: E402  (tests/ is on sys.path under pytest)
-from test_runtime import make_tiny_export, photo  # noqa: E402
+from conftest import jpeg_bytes, make_tiny_export, photo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +160,7 @@ def test_data_set_expressions_grouped_by_image(tiny, tmp_path):
 def test_bad_requests_are_error_records_and_the_run_goes_on(tiny, photos, tmp_path):
     good = sorted(photos.iterdir())[0]
     (tmp_path / "text.png").write_text("hello, not a picture")
-    (tmp_path / "cut.jpg").write_bytes(_jpeg_bytes()[:300])
+    (tmp_path / "cut.jpg").write_bytes(jpeg_bytes()[:300])
     lines = [
         json.dumps({"image": str(good), "texts": ["the dog"]}),
         json.dumps({"image": "missing.png", "texts": ["the dog"]}),

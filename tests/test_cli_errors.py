@@ -3,7 +3,6 @@ nothing written, and outputs checked before any work (issue 13, item 3; help tex
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import click
 import pytest
@@ -31,7 +30,7 @@ def files(tmp_path_factory):
     from restr.data import make_synthetic
     from restr.modeling import ReSTR
     from restr.runtime.tokenizer import Vocabulary
-    from test_runtime import make_tiny_export, photo
+    from conftest import make_tiny_export, photo
 
     root = tmp_path_factory.mktemp("files")
     data = make_synthetic(root / "data", seed=0, sizes={"train": 8, "val": 4, "test": 4})

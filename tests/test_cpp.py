@@ -25,7 +25,7 @@ from PIL import Image
 
 pytest.importorskip("torch")  # the export is made by restr-export's pipeline
 
-from test_runtime import make_tiny_export, photo  # noqa: E402
+from conftest import make_tiny_export, photo  # noqa: E402
 
 from restr.runtime.cpp.cpp_host import CppHost  # noqa: E402
 from restr.runtime import Predictor  # noqa: E402
@@ -97,7 +97,7 @@ def _tiny_export(folder: Path, seed: int = 0, precisions: tuple[str, ...] = ("fp
 
     from restr.export.pipeline import ExportOptions, Source, export_artifacts
     from restr.runtime import Vocabulary
-    from test_runtime import WORDS, make_tiny_model
+    from conftest import WORDS, make_tiny_model
 
     torch.set_num_threads(1)
     vocab = Vocabulary(WORDS)

@@ -41,7 +41,7 @@ def made(tmp_path_factory):
     from restr.data import load_refer, make_synthetic
     from restr.export.pipeline import ExportOptions, export_artifacts, load_source
     from restr.runtime.tokenizer import Vocabulary
-    from test_runtime import make_tiny_model
+    from conftest import make_tiny_model
 
     root = tmp_path_factory.mktemp("eval-artifacts")
     data = make_synthetic(root / "data", seed=0, sizes={"train": 4, "val": 2, "test": 6})

@@ -27,42 +27,25 @@ from restr.export.tensorrt_build import (
     ENGINE_PRECISION, EngineUnavailable, build_engines, engine_instructions, engine_support, profiles, sidecar, timing_cache_path,
 )
 from restr.export.verify import (
-    Check, Rules, Tolerances, VerificationError, compare_probs, format_table, generated_inputs, mask_iou, verification_body,
+    Check, Rules, Tolerances, VerificationError, compare_probs, format_table, mask_iou, verification_body,
 )
 from restr.modeling import ReSTR
 from restr.runtime.artifacts import Artifacts, check_consistency
 from restr.runtime.runners import make_runner
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
+from conftest import DECISIVE_WORDS as WORDS, FakeTensorRT, decisive_tiny_model
 
 from restr.config import get_config as _get_config
 
 S = _get_config("restr-tiny").image_size  # input side of the small model
 N_V = _get_config("restr-tiny").num_patches
 
-WORDS = ["the", "red", "blue", "circle", "square", "left", "right", "big", "small", "of"]
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-def decisive_tiny_model(seed: int = 0) -> tuple[ReSTR, Vocabulary]:
-    """A seeded restr-tiny with random weights whose masks are not all ~0.5: the pixel head is rescaled
-    so the logits on the verification inputs have median 0 and spread 4 (the FP16 mask IoU then has
-    something to measure). Nothing is trained."""
-    torch.manual_seed(seed)
-    vocab = Vocabulary(WORDS)
-    model = ReSTR(get_config("restr-tiny"), len(vocab)).eval()
-    cfg = model.cfg
-    feeds = generated_inputs(cfg.image_size, cfg.max_words, len(vocab), cfg.image_mean, cfg.image_std, n=3, seed=0)
-    with torch.no_grad():
-        logits, _ = model(*(torch.from_numpy(feeds[k]) for k in ("image", "words", "pad_mask")))
-        k = 4.0 / float(logits.std())
-        model.decoder.head.weight.mul_(k)
-        model.decoder.head.bias.sub_(logits.median()).mul_(k)
-    return model, vocab
 
 
 @pytest.fixture(scope="module")
@@ -568,100 +551,6 @@ def test_sidecar_and_cache_path(exported, tmp_path):
     assert "\n" not in msg and "restr-export --build-engines runs/x" in msg and "pip install" in msg
 
 
-class _FakeTensorRT:
-    """Records the builder calls `trt_build` makes; stands in for TensorRT where it is absent."""
-
-    __version__ = "11.0.0-fake"
-
-    class NetworkDefinitionCreationFlag:
-        STRONGLY_TYPED = 0
-
-    class MemoryPoolType:
-        WORKSPACE = "workspace"
-
-    class LayerType:
-        QUANTIZE, DEQUANTIZE, MATRIX_MULTIPLY = "quantize", "dequantize", "matmul"
-
-    layers = ("quantize", "dequantize", "matmul")  # the parsed network's layer types
-
-    class Logger:
-        WARNING = "warning"
-
-        def __init__(self, severity):
-            pass
-
-    calls: list = []
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            _FakeTensorRT.calls.append(("parse", Path(path).name))
-            return True
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            _FakeTensorRT.calls.append(("network", flags))
-            return _FakeNetwork(_FakeTensorRT.layers)
-
-        def create_builder_config(self):
-            return _FakeConfig()
-
-        def create_optimization_profile(self):
-            return _FakeProfile()
-
-        def build_serialized_network(self, network, config):
-            return b"ENGINE:" + repr(sorted(config.profile.shapes)).encode()
-
-
-class _FakeNetwork:
-    def __init__(self, layers):
-        self.num_layers = len(layers)
-        self._layers = layers
-
-    def get_layer(self, index):
-        return type("Layer", (), {"type": self._layers[index]})()
-
-
-class _FakeProfile:
-    def __init__(self):
-        self.shapes = {}
-
-    def set_shape(self, name, lo, opt, hi):
-        self.shapes[name] = (list(lo), list(opt), list(hi))
-
-
-class _FakeCache(bytes):
-    def serialize(self):
-        return bytes(self) + b"+"
-
-
-class _FakeConfig:
-    def set_memory_pool_limit(self, pool, size):
-        _FakeTensorRT.calls.append(("workspace", size))
-
-    def create_timing_cache(self, blob):
-        _FakeTensorRT.calls.append(("cache in", bytes(blob)))
-        return _FakeCache(blob)
-
-    def set_timing_cache(self, cache, ignore_mismatch):  # TensorRT: False when the cache does not fit
-        self.cache = cache
-        return True
-
-    def get_timing_cache(self):
-        return self.cache
-
-    def add_optimization_profile(self, profile):  # TensorRT: the profile's index, -1 when invalid
-        self.profile = profile
-        return 0
-
-
 def test_build_engines_glue_with_a_stand_in(exported, tmp_path):
     """Everything around the TensorRT calls, run with a stand-in builder: files, sidecars, manifest
     entries, profiles handed to the builder, and the timing cache carried from build to build."""
@@ -669,19 +558,19 @@ def test_build_engines_glue_with_a_stand_in(exported, tmp_path):
     folder = tmp_path / "exp"
     shutil.copytree(out, folder)
     cache = tmp_path / "timing.cache"
-    _FakeTensorRT.calls = []
+    FakeTensorRT.calls = []
     gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
     entries = build_engines(folder, m, ["vision_fp16", "language_fp16"], 4, cache, 1.0, log=lambda _: None,
-                            backends=(_FakeTensorRT, gpu))
+                            backends=(FakeTensorRT, gpu))
     assert set(entries) == {"vision_fp16", "language_fp16"}
     for key, e in entries.items():
         assert (folder / e["file"]).read_bytes().startswith(b"ENGINE:") and e["sha256"] == sha256_file(folder / e["file"])
         side = json.loads((folder / e["sidecar"]).read_text())
         assert side["gpu_name"] == "Fake GPU" and side["tensorrt_version"] == "11.0.0-fake" and side["max_batch"] == 4
         assert side["source"]["sha256"] == m["graphs"][key]["sha256"]
-    assert ("parse", "vision_fp16.onnx") in _FakeTensorRT.calls and ("network", 1) in _FakeTensorRT.calls
-    assert ("workspace", 1 << 30) in _FakeTensorRT.calls
-    cache_ins = [c[1] for c in _FakeTensorRT.calls if c[0] == "cache in"]
+    assert ("parse", "vision_fp16.onnx") in FakeTensorRT.calls and ("network", 1) in FakeTensorRT.calls
+    assert ("workspace", 1 << 30) in FakeTensorRT.calls
+    cache_ins = [c[1] for c in FakeTensorRT.calls if c[0] == "cache in"]
     assert cache_ins == [b"", b"+"] and cache.read_bytes() == b"++"  # the second build got the first one's cache
 
 
@@ -694,8 +583,8 @@ def test_build_engines_cli_with_a_stand_in(exported, tmp_path, monkeypatch):
     folder = tmp_path / "exp"
     shutil.copytree(out, folder)
     gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
-    _FakeTensorRT.calls = []
-    monkeypatch.setattr(pipeline, "engine_support", lambda: (_FakeTensorRT, gpu))
+    FakeTensorRT.calls = []
+    monkeypatch.setattr(pipeline, "engine_support", lambda: (FakeTensorRT, gpu))
     result = _run(["--build-engines", folder, "--max-batch", "2", "--engine-graph", "vision", "--engine-graph", "fusion_decoder",
                    "--timing-cache", tmp_path / "cache.bin"])
     assert result.exit_code == 0, result.output

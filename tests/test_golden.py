@@ -4,7 +4,6 @@ Regenerate with `python tests/golden/make_golden.py` after a deliberate change."
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -16,41 +15,29 @@ from PIL import Image
 from restr.runtime.artifacts import check_consistency
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.transforms import Letterbox
-
-GOLDEN = Path(__file__).parent / "golden"
-
-
-def _load(name: str) -> dict:
-    return json.loads((GOLDEN / name).read_text(encoding="utf-8"))
-
-
-def _make_golden():
-    spec = importlib.util.spec_from_file_location("make_golden", GOLDEN / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import GOLDEN, load_golden, make_golden
 
 
 def test_tokenizer_golden_is_what_the_tokenizer_gives():
-    assert _make_golden().tokenizer_cases() == _load("tokenizer.json")
+    assert make_golden().tokenizer_cases() == load_golden("tokenizer.json")
 
 
 def test_tokenizer_golden_covers_the_tricky_cases():
-    words = {c["text"]: c["words"] for c in _load("tokenizer.json")["cases"]}
+    words = {c["text"]: c["words"] for c in load_golden("tokenizer.json")["cases"]}
     assert words["İstanbul"] == ["i", "stanbul"]  # lower() adds U+0307, a combining mark: not \w
     assert words[""] == [] and words["the dog. "] == ["the", "dog"]
     assert words["snake_case_word __init__"] == ["snake_case_word", "__init__"]
-    assert any(c["truncated"] for c in _load("tokenizer.json")["cases"])
+    assert any(c["truncated"] for c in load_golden("tokenizer.json")["cases"])
 
 
 def test_letterbox_golden_is_what_letterbox_fit_gives():
-    g = _load("letterbox.json")
-    assert _make_golden().letterbox_cases(g["image_size"]) == g
+    g = load_golden("letterbox.json")
+    assert make_golden().letterbox_cases(g["image_size"]) == g
     assert [Letterbox.fit((c["height"], c["width"]), g["image_size"]).new_hw for c in g["cases"]] == [tuple(c["letterbox"][2:]) for c in g["cases"]]
 
 
 def test_manifest_golden_errors_are_the_validators():
-    g = _load("manifest_cases.json")
+    g = load_golden("manifest_cases.json")
     assert any(c["error"] is None for c in g["cases"]) and sum(c["error"] is not None for c in g["cases"]) >= 15
     for case in g["cases"]:
         m = copy.deepcopy(g["manifest"])
@@ -68,16 +55,16 @@ def test_manifest_golden_errors_are_the_validators():
 @pytest.fixture(scope="module")
 def golden_export(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
-    return _make_golden().make_export(tmp_path_factory.mktemp("golden") / "export")
+    return make_golden().make_export(tmp_path_factory.mktemp("golden") / "export")
 
 
 def test_predictions_golden_on_the_python_runtime(golden_export):
     from restr.runtime import Predictor
     from restr.runtime.predictor import TextTruncatedWarning
 
-    g = _load("predictions.json")
+    g = load_golden("predictions.json")
     predictor = Predictor.from_artifacts(golden_export, threads=1, cache_size=0)
-    lb = _load("letterbox.json")
+    lb = load_golden("letterbox.json")
     for c in lb["cases"]:  # the preprocess graph's geometry is the golden one
         _, got = predictor.preprocess(np.full((c["height"], c["width"], 3), 128, np.uint8))
         assert [*got.src_hw, *got.new_hw] == c["letterbox"]
@@ -99,7 +86,7 @@ def test_the_writer_checks_the_manifest_as_readers_do(tmp_path):
     """restr-export writes manifest.json through write_manifest: what the schema refuses is never written."""
     from restr.export.manifest import write_manifest
 
-    g = _load("manifest_cases.json")
+    g = load_golden("manifest_cases.json")
     write_manifest(tmp_path, g["manifest"])
     assert json.loads((tmp_path / "manifest.json").read_text()) == g["manifest"]
     bad = copy.deepcopy(g["manifest"])

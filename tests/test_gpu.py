@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=str
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory) -> Path:  # pragma: no cover - needs a GPU
     """An export with engines, made the way users make it: restr-export --ckpt ... --engine."""
-    from test_export import decisive_tiny_model
+    from conftest import decisive_tiny_model
 
     tmp = tmp_path_factory.mktemp("gpu")
     model, vocab = decisive_tiny_model()

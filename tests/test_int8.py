@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from PIL import Image
 
 from restr.checkpoint import save_checkpoint
@@ -22,7 +22,7 @@ from restr.runtime import ArtifactError, Predictor
 from restr.runtime.artifacts import Artifacts
 from restr.runtime.schema import first_error, manifest_schema
 
-from test_export import decisive_tiny_model
+from conftest import decisive_tiny_model
 
 GRAPHS = ("end_to_end", "vision", "language", "fusion_decoder")
 FAST = dict(calibration="synthetic", calibration_size=16, calibration_method="minmax", samples=3, int8_samples=3, threads=1, progress=False)
@@ -227,19 +227,19 @@ def test_engines_from_the_int8_graphs_with_a_stand_in(exported, tmp_path, monkey
     import shutil
 
     from restr.export.tensorrt_build import EngineBuildError, build_engines
-    from test_export import _FakeTensorRT
+    from conftest import FakeTensorRT
 
     out, m = exported
     folder = tmp_path / "exp"
     shutil.copytree(out, folder)
     gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
-    _FakeTensorRT.calls = []
-    entries = build_engines(folder, m, ["vision_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(_FakeTensorRT, gpu))
-    assert entries["vision_int8"]["precision"] == "int8-strongly-typed" and ("network", 1) in _FakeTensorRT.calls
+    FakeTensorRT.calls = []
+    entries = build_engines(folder, m, ["vision_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(FakeTensorRT, gpu))
+    assert entries["vision_int8"]["precision"] == "int8-strongly-typed" and ("network", 1) in FakeTensorRT.calls
     assert json.loads((folder / "vision_int8.engine.json").read_text())["precision"] == "int8-strongly-typed"
-    monkeypatch.setattr(_FakeTensorRT, "layers", ("matmul",))
+    monkeypatch.setattr(FakeTensorRT, "layers", ("matmul",))
     with pytest.raises(EngineBuildError, match="explicit quantization lost"):
-        build_engines(folder, m, ["language_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(_FakeTensorRT, gpu))
+        build_engines(folder, m, ["language_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(FakeTensorRT, gpu))
 
 
 def test_the_commands_take_int8_as_users_type_it(exported, ckpt, tmp_path):

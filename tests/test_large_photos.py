@@ -273,7 +273,7 @@ def test_sheet_captions_draw_greek_and_cyrillic_letters_and_keep_the_score(tmp_p
         assert glyph(letter) != box, letter
     from click.testing import CliRunner
 
-    from test_runtime import make_tiny_export
+    from conftest import make_tiny_export
 
     tiny = make_tiny_export(tmp_path / "export")
     Image.fromarray(large_photo(120, 80)).save(tmp_path / "p.png")

@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("torch")
 
 from restr.runtime.cli import main, slugify  # noqa: E402
-from test_runtime import make_tiny_export, photo  # noqa: E402  (tests/ is on sys.path under pytest)
+from conftest import jpeg_bytes, make_tiny_export, photo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,19 +102,11 @@ def _corrupt_graph(folder: Path) -> None:
 
 BAD_IMAGES = {
     "not an image": (lambda p: p.write_text("hello, not a picture"), "not a readable image"),
-    "truncated": (lambda p: p.write_bytes(_jpeg_bytes()[:300]), "not a readable image"),
+    "truncated": (lambda p: p.write_bytes(jpeg_bytes()[:300]), "not a readable image"),
     "zero size": (lambda p: p.write_bytes(_png_header(0, 10)), "zero size|not a readable image"),
     "huge": (lambda p: p.write_bytes(_png_header(10_000, 9_000)), "larger than the 64,000,000 allowed"),
     "bomb": (lambda p: p.write_bytes(_png_header(40_000, 40_000)), "not a readable image .*exceeds limit"),
 }
-
-
-def _jpeg_bytes() -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    photo(64, 64).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("case", list(BAD_IMAGES))

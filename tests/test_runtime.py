@@ -5,16 +5,13 @@ random weights spread out so the masks are not all empty.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import subprocess
 import sys
 import textwrap
 import threading
 import weakref
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,6 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from restr.config import get_config  # noqa: E402
 from restr.modeling import ReSTR  # noqa: E402
 from restr.runtime import (  # noqa: E402
     ArtifactError,
@@ -41,65 +37,18 @@ from restr.runtime import (  # noqa: E402
 )
 from restr.runtime.transforms import mean_fill, normalize  # noqa: E402
 from restr.runtime.trt_runner import EngineMismatchError, check_sidecar, profile_max_batch  # noqa: E402
+from conftest import (  # noqa: E402
+    TINY_TEXTS as TEXTS, FakeCudart, Tiny, copy_export, fake_tensorrt_module, install_fake_tensorrt, make_tiny_export,
+    make_tiny_model, photo, sha256_of,
+)
 
 from restr.config import get_config as _get_config
 
 S = _get_config("restr-tiny").image_size  # input side of the small model
 N_V = _get_config("restr-tiny").num_patches
 
-WORDS = "the dog cat man woman left right red blue car on of in hat bench shirt small big tree ball".split()
-
 
 # -- a tiny export, as docs/artifacts.md describes it ---------------------------------------------------
-
-
-def make_tiny_model(vocab: Vocabulary, seed: int = 0) -> ReSTR:
-    """restr-tiny with seeded random weights, spread out so masks are not all empty.
-
-    The trained-model initialisation (std 0.02) gives probabilities within 1e-5 of 0.5; wider
-    weights and a head bias at the median logit give masks of a few percent to most of the image.
-    """
-    torch.manual_seed(seed)
-    model = ReSTR(get_config("restr-tiny"), len(vocab)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                torch.nn.init.normal_(m.weight, std=1.5 / math.sqrt(m.in_features))
-                torch.nn.init.normal_(m.bias, std=0.1)
-        cfg = model.cfg
-        x = np.concatenate([
-            normalize(Letterbox.fit((h, w), S).image(photo(w, h, seed=100 + i), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
-            for i, (w, h) in enumerate([(80, 56), (64, 96), (96, 96), (50, 40)])
-        ])
-        x = torch.from_numpy(x)
-        words = torch.randint(2, len(vocab), (4, 20))
-        pad = torch.arange(20)[None].expand(4, 20) >= 6
-        logits, _ = model(x, words, pad)
-        model.decoder.head.bias -= logits.median()
-    return model
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@dataclass
-class Tiny:
-    model: ReSTR
-    vocab: Vocabulary
-    folder: Path
-
-
-def make_tiny_export(out: Path) -> Tiny:
-    torch.set_num_threads(1)
-    vocab = Vocabulary(WORDS)
-    model = make_tiny_model(vocab)
-    from restr.export.pipeline import ExportOptions, Source, export_artifacts
-
-    export_artifacts(Source(model, vocab, {}, None, False), out,
-                     ExportOptions(max_batch=4, precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
-                     log=lambda _: None)
-    return Tiny(model, vocab, out)
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +59,6 @@ def tiny(tmp_path_factory) -> Tiny:
 @pytest.fixture(scope="module")
 def predictor(tiny) -> Predictor:
     return Predictor.from_artifacts(tiny.folder, threads=1)
-
-
-def photo(w: int = 80, h: int = 56, seed: int = 0) -> Image.Image:
-    """A smooth random RGB image (non-square by default)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((w, h), Image.BILINEAR)
 
 
 def torch_probs(model: ReSTR, vocab: Vocabulary, im: Image.Image, texts: list[str], predictor: Predictor | None = None):
@@ -135,7 +77,6 @@ def torch_probs(model: ReSTR, vocab: Vocabulary, im: Image.Image, texts: list[st
     return torch.sigmoid(pixel)[:, 0].numpy(), torch.sigmoid(patch).numpy(), lb
 
 
-TEXTS = ["the dog on the left", "red car", "the man in the blue shirt", "small tree", "ball", "the big cat on the bench"]
 
 
 # -- correctness ---------------------------------------------------------------------------------------
@@ -319,20 +260,12 @@ def test_empty_text_refused(predictor, texts):
 # -- artifacts -----------------------------------------------------------------------------------------
 
 
-def _copy(tiny, tmp_path) -> Path:
-    import shutil
-
-    dst = tmp_path / "export"
-    shutil.copytree(tiny.folder, dst)
-    return dst
-
-
 def test_manifest_errors(tiny, tmp_path):
     with pytest.raises(ArtifactError, match="no manifest.json"):
         Artifacts.open(tmp_path)
     with pytest.raises(ArtifactError, match="no such folder"):
         Artifacts.open(tmp_path / "missing")
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     m = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps({**m, "format_version": 2}))
     with pytest.raises(ArtifactError, match="format_version 2 is not supported"):
@@ -347,7 +280,7 @@ def test_manifest_errors(tiny, tmp_path):
 
 
 def test_checksum_checked_when_graph_is_loaded(tiny, tmp_path):
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     with open(folder / "end_to_end.onnx", "ab") as f:
         f.write(b"\0")
     Predictor.from_artifacts(folder, mode="split", threads=1)  # the split graphs are intact
@@ -362,7 +295,7 @@ def test_checksum_checked_when_graph_is_loaded(tiny, tmp_path):
 
 def test_fp16_precision_loads_the_fp16_graphs(tiny, tmp_path):
     """precision="fp16" reads the `*_fp16` manifest entries (here: the FP32 files under those names)."""
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     m = json.loads((folder / "manifest.json").read_text())
     m["graphs"].update({f"{k}_fp16": {**g, "precision": "fp16"} for k, g in list(m["graphs"].items())})
     (folder / "manifest.json").write_text(json.dumps(m))
@@ -445,134 +378,10 @@ def test_tensorrt_backend_needs_an_engine(tiny):
         Predictor.from_artifacts(tiny.folder, backend="tensorrt", precision="fp16", mode="split")
 
 
-class _FakeCudart:
-    """cuda.bindings.runtime's calling convention ((error, *values)) over host memory, for TrtRunner's data path."""
-
-    class cudaError_t:  # noqa: N801 - cuda-python's names
-        cudaSuccess = 0
-
-    class cudaMemcpyKind:  # noqa: N801
-        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
-
-    def __init__(self):
-        self.memory: dict[int, object] = {}
-
-    def cudaMalloc(self, n):  # noqa: N802
-        import ctypes
-
-        buf = ctypes.create_string_buffer(n)
-        self.memory[ctypes.addressof(buf)] = buf
-        return 0, ctypes.addressof(buf)
-
-    def cudaFree(self, ptr):  # noqa: N802
-        self.memory.pop(ptr, None)
-        return (0,)
-
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
-        import ctypes
-
-        ctypes.memmove(dst, src, n)
-        return (0,)
-
-    cudaStreamCreate = staticmethod(lambda: (0, object()))  # noqa: N815
-    cudaStreamSynchronize = cudaStreamDestroy = cudaSetDevice = staticmethod(lambda *a: (0,))  # noqa: N815
-    cudaGetDeviceCount = staticmethod(lambda: (0, 1))  # noqa: N815
-    cudaGetErrorString = staticmethod(lambda e: (0, b"fake error"))  # noqa: N815
-
-    @staticmethod
-    def cudaGetDeviceProperties(device):  # noqa: N802
-        from types import SimpleNamespace
-
-        return 0, SimpleNamespace(name=b"Fake GPU 80GB\0\0", major=9, minor=0)
-
-
-def _fake_tensorrt():
-    """A stand-in `tensorrt` whose 'engines' are ONNX graphs run by ONNX Runtime, read and written
-    through the device addresses TrtRunner hands it."""
-    import ctypes
-    import types
-
-    import onnxruntime as ort
-
-    trt = types.SimpleNamespace(__version__="10.99.0")
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-    trt.nptype = lambda dtype: dtype
-
-    class Context:
-        def __init__(self, engine):
-            self.engine, self.shapes, self.addresses = engine, {}, {}
-
-        def set_input_shape(self, name, shape):
-            self.shapes[name] = tuple(shape)
-            return True
-
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
-
-        def get_tensor_shape(self, name):
-            batch = max(s[0] for s in self.shapes.values())  # an image_batch input may be 1
-            return tuple(batch if d < 0 else d for d in self.engine.get_tensor_shape(name))
-
-        def execute_async_v3(self, stream):
-            feeds = {}
-            for i in self.engine.session.get_inputs():
-                dtype = self.engine.get_tensor_dtype(i.name)
-                n = int(np.prod(self.shapes[i.name])) * dtype.itemsize
-                raw = (ctypes.c_char * n).from_address(self.addresses[i.name])
-                feeds[i.name] = np.frombuffer(raw, dtype=dtype).reshape(self.shapes[i.name]).copy()
-            for o, value in zip(self.engine.session.get_outputs(), self.engine.session.run(None, feeds)):
-                value = np.ascontiguousarray(value)
-                ctypes.memmove(self.addresses[o.name], value.ctypes.data, value.nbytes)
-            return True
-
-    class Engine:
-        def __init__(self, data):
-            self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-            self.io = {t.name: ("in", t) for t in self.session.get_inputs()} | {t.name: ("out", t) for t in self.session.get_outputs()}
-            self.num_io_tensors = len(self.io)
-            # a real engine knows every output shape; learn them from one batch-1 run
-            dummy = {t.name: np.zeros([1 if isinstance(d, str) else d for d in t.shape], self.get_tensor_dtype(t.name)) for t in self.session.get_inputs()}
-            outs = self.session.run(None, dummy)
-            self.out_shapes = {o.name: (-1, *v.shape[1:]) for o, v in zip(self.session.get_outputs(), outs)}
-
-        def get_tensor_name(self, i):
-            return list(self.io)[i]
-
-        def get_tensor_mode(self, name):
-            return self.io[name][0]
-
-        def get_tensor_dtype(self, name):
-            return np.dtype({"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}[self.io[name][1].type])
-
-        def get_tensor_shape(self, name):
-            if getattr(self, "out_shapes", None) and name in self.out_shapes:
-                return self.out_shapes[name]
-            return tuple(d if isinstance(d, int) else -1 for d in self.io[name][1].shape)
-
-        def create_execution_context(self):
-            return Context(self)
-
-    trt.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=Engine)
-    return trt
-
-
-def install_fake_tensorrt(monkeypatch, trt, cudart) -> None:
-    """Make `import tensorrt` and `from cuda.bindings import runtime` give the fakes (for one test)."""
-    import types
-
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = cudart
-    cuda = types.ModuleType("cuda")
-    cuda.bindings = bindings
-    for name, module in {"tensorrt": trt, "cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": cudart}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-
-
 @pytest.fixture()
 def fake_tensorrt(monkeypatch):
-    trt = _fake_tensorrt()
-    install_fake_tensorrt(monkeypatch, trt, _FakeCudart())
+    trt = fake_tensorrt_module()
+    install_fake_tensorrt(monkeypatch, trt, FakeCudart())
     return trt
 
 
@@ -583,13 +392,13 @@ def _fake_engines(folder: Path, sidecar: dict, max_batch: int = 4) -> None:
         (folder / f"{key}.engine").write_bytes((folder / f"{key}.onnx").read_bytes())
         profiles = {s["name"]: {"min": [1], "opt": [max_batch], "max": [max_batch]} for s in manifest["graphs"][key]["inputs"]}
         (folder / f"{key}.engine.json").write_text(json.dumps({**sidecar, "profiles": profiles}))
-        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": _sha(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json"}
+        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": sha256_of(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_trt_runner_data_path_on_a_fake_tensorrt(tiny, tmp_path, fake_tensorrt):
     """TrtRunner's shapes, buffers, copies and per-thread contexts, with TensorRT and CUDA faked on the host."""
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     _fake_engines(folder, {"tensorrt_version": "10.99.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"})
     trt_pred = Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")
     ort_pred = Predictor.from_artifacts(folder, threads=1)
@@ -617,7 +426,7 @@ def test_bench_loads_engine_files_as_it_loads_graph_files(tiny, tmp_path, fake_t
     """restr-bench's one path for single files: an engine beside its manifest, then alone."""
     from restr.benchmarks.loaders import load_target
 
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     _fake_engines(folder, {"tensorrt_version": "10.99.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"})
     onnx = load_target(folder / "vision.onnx")
     listed = load_target(folder / "vision.engine")
@@ -638,7 +447,7 @@ def test_bench_loads_engine_files_as_it_loads_graph_files(tiny, tmp_path, fake_t
 
 
 def test_trt_engine_from_another_version_or_gpu_refused(tiny, tmp_path, fake_tensorrt):
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     _fake_engines(folder, {"tensorrt_version": "10.3.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"})
     with pytest.raises(EngineMismatchError, match="built with TensorRT 10.3.0, this machine has TensorRT 10.99.0"):
         Predictor.from_artifacts(folder, backend="tensorrt", precision="fp32")

@@ -27,31 +27,15 @@ pytest.importorskip("torch")
 pytest.importorskip("tritonclient.http")
 pytest.importorskip("tritonclient.grpc")
 
-from restr.benchmarks.serve_bench import ServerProcess, free_ports, run_load, serve_python  # noqa: E402
+from restr.benchmarks.serve_bench import free_ports, run_load  # noqa: E402
 from restr.runtime import Predictor  # noqa: E402
 from restr.runtime.client import RemotePredictor, RestrClient, ServerError, parse_url  # noqa: E402
-from test_runtime import make_tiny_export, photo  # noqa: E402  (tests/ is on sys.path under pytest)
+from conftest import SERVE_START_TIMEOUT_S as START_TIMEOUT_S, Server, make_tiny_export, photo, serve_python  # noqa: E402
 
-START_TIMEOUT_S = 120
 TEXTS = ["the red circle", "the small blue square left of it", "zzz unknown words"]
 TOKEN = "a-token-for-the-tests"
 SERVE_PYTHON = serve_python()
 pytestmark = pytest.mark.skipif(SERVE_PYTHON is None, reason="no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)")
-
-
-class Server(ServerProcess):
-    """restr-serve from the serving environment; a test fails (with the server's log) if it does not start."""
-
-    def __init__(self, log: Path, *args: str):
-        super().__init__(SERVE_PYTHON, log, *args)
-
-    def wait_ready(self) -> None:
-        if not super().wait_ready(START_TIMEOUT_S):
-            self.stop()
-            pytest.fail(f"restr-serve did not become ready (exit {self.proc.returncode}); log:\n{self.tail()}")
-
-    def lines(self) -> list[str]:
-        return self.log.read_text(errors="replace").splitlines()
 
 
 def health(url: str) -> int | str:

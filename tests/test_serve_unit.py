@@ -31,7 +31,7 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import json_format, text_format  # noqa: E402
 
 from restr.runtime import Predictor  # noqa: E402
-from test_runtime import make_tiny_export, photo  # noqa: E402
+from conftest import make_tiny_export, photo  # noqa: E402
 
 
 @pytest.fixture(scope="module")

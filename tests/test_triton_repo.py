@@ -20,8 +20,9 @@ from restr.export.pipeline import ExportError  # noqa: E402
 from restr.export.triton import TritonOptions, write_repository  # noqa: E402
 from restr.runtime import Predictor, protocol  # noqa: E402
 from restr.runtime.client import RestrClient, ServerError  # noqa: E402
-from test_runtime import make_tiny_export, photo  # noqa: E402
-from test_serve import SERVE_PYTHON, Server  # noqa: E402
+from conftest import Server, make_tiny_export, photo, serve_python  # noqa: E402
+
+SERVE_PYTHON = serve_python()
 
 STEPS = ["restr_vision", "restr_language", "restr_fusion_decoder", "restr_preprocess", "restr_postprocess"]
 DTYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}

@@ -24,8 +24,8 @@ from restr.runtime import Predictor  # noqa: E402
 from restr.runtime.artifacts import Artifacts  # noqa: E402
 from restr.runtime.runners import Runner  # noqa: E402
 from restr.runtime import trt_runner  # noqa: E402
-from test_runtime import (  # noqa: E402
-    TEXTS, _copy, _fake_tensorrt, _FakeCudart, _sha, install_fake_tensorrt, make_tiny_export, photo,
+from conftest import (  # noqa: E402
+    TINY_TEXTS as TEXTS, FakeCudart, copy_export, fake_tensorrt_module, install_fake_tensorrt, make_tiny_export, photo, sha256_of,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ SIDECAR = {"tensorrt_version": "10.99.0", "gpu_name": "Fake GPU 80GB", "compute_
 ILLEGAL_ADDRESS = 700  # cudaErrorIllegalAddress
 
 
-class CountingCudart(_FakeCudart):
+class CountingCudart(FakeCudart):
     """The fake CUDA runtime, plus what these tests count: streams and events alive, freed memory
     kept (so a use after free is an error code, not a crash), the order of calls."""
 
@@ -98,7 +98,7 @@ def tiny(tmp_path_factory):
 def fake(monkeypatch):
     """(cudart, contexts): the fake modules installed; `contexts` holds every live execution context."""
     cudart = CountingCudart()
-    trt = _fake_tensorrt()
+    trt = fake_tensorrt_module()
     contexts = weakref.WeakSet()
     make_engine = trt.Runtime(None).deserialize_cuda_engine
 
@@ -128,7 +128,7 @@ def fp16_engines(folder: Path, max_batch: int = 4) -> None:
         (folder / f"{key}.engine").write_bytes((folder / f"{stage}.onnx").read_bytes())
         profiles = {s["name"]: {"min": [1], "opt": [1], "max": [max_batch]} for s in manifest["graphs"][stage]["inputs"]}
         (folder / f"{key}.engine.json").write_text(json.dumps({**SIDECAR, "profiles": profiles}))
-        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": _sha(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json",
+        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": sha256_of(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json",
                                     "precision": "fp16-strongly-typed", "source": f"{key}.onnx"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
@@ -143,7 +143,7 @@ WORDS = {"words": np.ones((1, 20), np.int64), "pad_mask": np.arange(20)[None] >=
 
 def test_thousand_short_lived_threads_leave_a_bounded_pool(tiny, tmp_path, fake):
     cudart, contexts = fake
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     fp16_engines(folder)
     runner = language_runner(folder, max_contexts=3)
     expected = runner.run(WORDS)["linguistic_features"]
@@ -171,7 +171,7 @@ def test_thousand_short_lived_threads_leave_a_bounded_pool(tiny, tmp_path, fake)
 
 def test_close_waits_for_runs_in_flight_and_closed_runner_says_so(tiny, tmp_path, fake):
     cudart, _ = fake
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     fp16_engines(folder)
     runner = language_runner(folder, max_contexts=2)
     cudart.copy_delay = 0.002  # runs are long enough for close() to land inside one
@@ -205,7 +205,7 @@ def test_close_waits_for_runs_in_flight_and_closed_runner_says_so(tiny, tmp_path
 
 
 def test_runner_protocol_and_phase_timings(tiny, tmp_path, fake):
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     fp16_engines(folder)
     runner = language_runner(folder)
     assert isinstance(runner, Runner)
@@ -220,7 +220,7 @@ def test_runner_protocol_and_phase_timings(tiny, tmp_path, fake):
 
 def test_tensorrt_backend_runs_the_fp16_engines_by_default(tiny, tmp_path, fake):
     """The exporter writes only `*_fp16` engines: backend="tensorrt" without precision finds them."""
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     fp16_engines(folder)
     trt_pred = Predictor.from_artifacts(folder, backend="tensorrt")
     ort_pred = Predictor.from_artifacts(folder, threads=1)
@@ -232,14 +232,14 @@ def test_tensorrt_backend_runs_the_fp16_engines_by_default(tiny, tmp_path, fake)
 
 def test_device_set_before_the_engine_is_deserialised(tiny, tmp_path, fake):
     cudart, _ = fake
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     fp16_engines(folder)
     language_runner(folder).close()
     assert "deserialize" in cudart.log and "set_device 0" in cudart.log[: cudart.log.index("deserialize")]
 
 
 def test_no_execution_context_is_a_clear_error(tiny, tmp_path, fake):
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     fp16_engines(folder)
     runner = language_runner(folder)
     runner.engine.create_execution_context = lambda: None  # what TensorRT returns when it cannot make one
@@ -251,7 +251,7 @@ def test_no_execution_context_is_a_clear_error(tiny, tmp_path, fake):
 
 def test_cuda_error_during_a_run_is_a_device_error(tiny, tmp_path, fake):
     cudart, _ = fake
-    folder = _copy(tiny, tmp_path)
+    folder = copy_export(tiny, tmp_path)
     fp16_engines(folder)
     runner = language_runner(folder)
     runner.run(WORDS)
@@ -274,7 +274,7 @@ def test_benchmarks_use_only_the_runners_public_api():
 
 def test_build_retries_a_refused_timing_cache_and_refuses_a_bad_profile(tmp_path, monkeypatch):
     from restr.export.tensorrt_build import EngineBuildError, trt_build
-    from test_export import _FakeConfig, _FakeTensorRT
+    from conftest import FakeConfig, FakeTensorRT
 
     offered = []
 
@@ -283,14 +283,14 @@ def test_build_retries_a_refused_timing_cache_and_refuses_a_bad_profile(tmp_path
         self.cache = cache
         return bytes(cache) == b""  # a cache from another GPU does not fit; an empty one does
 
-    monkeypatch.setattr(_FakeConfig, "set_timing_cache", set_timing_cache)
-    _FakeTensorRT.calls = []
+    monkeypatch.setattr(FakeConfig, "set_timing_cache", set_timing_cache)
+    FakeTensorRT.calls = []
     profile = {"image": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [2, 3, 8, 8]}}
-    plan, cache = trt_build(_FakeTensorRT, tmp_path / "g.onnx", profile, b"other-gpu", 1 << 20)
+    plan, cache = trt_build(FakeTensorRT, tmp_path / "g.onnx", profile, b"other-gpu", 1 << 20)
     assert offered == [b"other-gpu", b""] and plan.startswith(b"ENGINE:") and cache == b"+"
-    monkeypatch.setattr(_FakeConfig, "add_optimization_profile", lambda self, p: -1)
+    monkeypatch.setattr(FakeConfig, "add_optimization_profile", lambda self, p: -1)
     with pytest.raises(EngineBuildError, match="refused the optimisation profile"):
-        trt_build(_FakeTensorRT, tmp_path / "g.onnx", profile, b"", 1 << 20)
-    monkeypatch.setattr(_FakeConfig, "set_timing_cache", lambda self, cache, ignore_mismatch: False)
+        trt_build(FakeTensorRT, tmp_path / "g.onnx", profile, b"", 1 << 20)
+    monkeypatch.setattr(FakeConfig, "set_timing_cache", lambda self, cache, ignore_mismatch: False)
     with pytest.raises(EngineBuildError, match="could not set up a timing cache"):
-        trt_build(_FakeTensorRT, tmp_path / "g.onnx", profile, b"", 1 << 20)
+        trt_build(FakeTensorRT, tmp_path / "g.onnx", profile, b"", 1 << 20)
