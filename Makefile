@@ -21,7 +21,7 @@ CPP_DIST ?= build/dist
 CPP_CMAKE_ARGS = -DRESTR_ORT_INCLUDE_DIR=$(abspath $(CPP_DEPS))/root/usr/include/onnxruntime \
 	-DRESTR_ORT_LIB_DIR=$(abspath $(CPP_DEPS))/lib -DRESTR_TEST_EXPORT=$(abspath $(CPP_EXPORT))
 
-.PHONY: install serve-env demo test test-slow clean-demo cpp-apt cpp-deps cpp-build cpp-dist cpp-export cpp-test clean-cpp
+.PHONY: install serve-env demo lint test test-slow clean-demo cpp-apt cpp-deps cpp-build cpp-dist cpp-export cpp-test clean-cpp
 
 # `.[dev]` = torch tools + the CPU onnxruntime (`cpu` extra) + test tools. A GPU machine installs
 # ".[torch,gpu,test,client]" instead: onnxruntime and onnxruntime-gpu must not be installed together.
@@ -36,7 +36,12 @@ serve-env:
 demo: install
 	$(PYTHON) -m restr.demo
 
-test: install serve-env cpp-test
+# ruff's lint and format rules are in pyproject.toml; `ruff format .` applies the format.
+lint: install
+	$(PYTHON) -m ruff check --quiet .
+	$(PYTHON) -m ruff format --check --quiet .
+
+test: install lint serve-env cpp-test
 	$(PYTHON) -m pytest --ignore=tests/test_cpp.py $(PYTEST_ARGS)
 
 test-slow: install serve-env cpp-build

@@ -9,6 +9,7 @@ the share of pixels on the same side of the threshold, the overall mask IoU, and
 decisive pixels (the FP32 probability at least 0.1 from the threshold; random weights put most
 pixels near 0.5, where the same-side share says little).
 """
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,17 @@ def agreement(folder, photos: int = 8, texts: int = 8, seed: int = 0, providers=
             decisive += int((np.abs(a.probs - cpu.threshold) >= 0.1).sum())
             inter += int((a.mask & b.mask).sum())
             union += int((a.mask | b.mask).sum())
-    return {"same_side": same / pixels, "mask_iou": inter / union if union else 1.0, "decisive_share": decisive / pixels,
-            "pixels": pixels, "photos": photos, "expressions": asked_total, "data": data or "generated photos, random words",
-            "gpu": repr(gpu.runners), "reference": "fp32 graphs, ONNX Runtime CPU"}
+    return {
+        "same_side": same / pixels,
+        "mask_iou": inter / union if union else 1.0,
+        "decisive_share": decisive / pixels,
+        "pixels": pixels,
+        "photos": photos,
+        "expressions": asked_total,
+        "data": data or "generated photos, random words",
+        "gpu": repr(gpu.runners),
+        "reference": "fp32 graphs, ONNX Runtime CPU",
+    }
 
 
 def main(argv=None) -> None:
@@ -64,8 +73,10 @@ def main(argv=None) -> None:
     ap.add_argument("folder")
     ap.add_argument("--photos", type=int, default=8)
     ap.add_argument("--texts", type=int, default=8, help="expressions per photo (at most)")
-    ap.add_argument("--data", help='a data set\'s images and expressions, e.g. "synthetic:test" (a trained model\'s own task)')
-    ap.add_argument("--providers", default="cuda", help='execution providers of the FP16 side ("cuda"; "cpu" to try it without a GPU)')
+    ap.add_argument("--data", help="a data set's images and expressions, e.g. \"synthetic:test\" (a trained model's own task)")
+    ap.add_argument(
+        "--providers", default="cuda", help='execution providers of the FP16 side ("cuda"; "cpu" to try it without a GPU)'
+    )
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     result = agreement(a.folder, a.photos, a.texts, providers=a.providers, data=a.data)

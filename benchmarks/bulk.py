@@ -8,6 +8,7 @@ encoded). The loop is what a user writes without the bulk API; the bulk run deco
 images in worker threads while the model runs, runs the image graph on up to max_batch photos at
 once and shares the later graphs across images. `speedup` is bulk / loop within each round.
 """
+
 from __future__ import annotations
 
 import tempfile

@@ -1,4 +1,5 @@
 """`restr-bench`: MACs/params against the paper (`--macs`) and latency/throughput (`--engine`)."""
+
 from __future__ import annotations
 
 import sys
@@ -44,60 +45,178 @@ def _writable_file(path: str | None, option: str) -> None:
             _fail(str(e))
 
 
-@click.command("restr-bench", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--macs", is_flag=True, help="Count params and MACs of restr-b16 and its variants and compare with the paper's Tables 3b and 5.")
-@click.option("--engine", "engines", multiple=True, metavar="PATH",
-              help="A .trt/.plan/.engine TensorRT engine, an .onnx graph, a .pt checkpoint (PyTorch) or an export folder to time; "
-                   "repeat to compare several in one process, interleaved (ratios are printed against the first). "
-                   "PATH#tag,tag sets options for that engine alone: fp32/fp16/int8, cpu/cuda, ort/tensorrt, eager/compile "
-                   "(e.g. --engine runs/b16#fp16,cuda --engine b16.pt#fp16,cuda,compile).")
+@click.command(
+    "restr-bench", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
+@click.option(
+    "--macs",
+    is_flag=True,
+    help="Count params and MACs of restr-b16 and its variants and compare with the paper's Tables 3b and 5.",
+)
+@click.option(
+    "--engine",
+    "engines",
+    multiple=True,
+    metavar="PATH",
+    help="A .trt/.plan/.engine TensorRT engine, an .onnx graph, a .pt checkpoint (PyTorch) or an export folder to time; "
+    "repeat to compare several in one process, interleaved (ratios are printed against the first). "
+    "PATH#tag,tag sets options for that engine alone: fp32/fp16/int8, cpu/cuda, ort/tensorrt, eager/compile "
+    "(e.g. --engine runs/b16#fp16,cuda --engine b16.pt#fp16,cuda,compile).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON to this file.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
-              help="Draw latency distributions, throughput against batch size and the multi-query cost (PNG).")
-@click.option("--runs", type=int, default=20, show_default=True, help="Timed rounds of the batch-1 latency (model alone and end to end).")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.png",
+    help="Draw latency distributions, throughput against batch size and the multi-query cost (PNG).",
+)
+@click.option(
+    "--runs", type=int, default=20, show_default=True, help="Timed rounds of the batch-1 latency (model alone and end to end)."
+)
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs of each path before timing.")
-@click.option("--batch-sizes", "batch_sizes", default="1,2,4", show_default=True, help="Batch sizes of the throughput runs (model alone).")
+@click.option(
+    "--batch-sizes", "batch_sizes", default="1,2,4", show_default=True, help="Batch sizes of the throughput runs (model alone)."
+)
 @click.option("--throughput-runs", type=int, default=5, show_default=True, help="Timed rounds per batch size.")
-@click.option("--queries", type=int, default=0, show_default=True, metavar="K",
-              help="Also time K expressions on one image through the split graphs (batched, and one at a time) against K end-to-end runs.")
+@click.option(
+    "--queries",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="K",
+    help="Also time K expressions on one image through the split graphs (batched, and one at a time) against K end-to-end runs.",
+)
 @click.option("--query-runs", type=int, default=3, show_default=True, help="Timed rounds of the --queries comparison.")
-@click.option("--bulk", type=int, default=0, show_default=True, metavar="N",
-              help="Also time N photo files (JPEG, --photo-size) through predict_many against a loop of predict_image, "
-                   "one expression each, in images per second (export folders with the split graphs).")
+@click.option(
+    "--bulk",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Also time N photo files (JPEG, --photo-size) through predict_many against a loop of predict_image, "
+    "one expression each, in images per second (export folders with the split graphs).",
+)
 @click.option("--bulk-runs", type=int, default=3, show_default=True, help="Rounds of the --bulk comparison.")
 @click.option("--bulk-workers", type=int, default=2, show_default=True, help="predict_many's worker threads in --bulk.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op and PyTorch threads. Default: every CPU this process may use.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="Export folders: the FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (TensorRT engines are FP16).")
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
-              help="Export folders: ONNX Runtime or the native TensorRT engines (GPU).")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="ONNX Runtime intra-op and PyTorch threads. Default: every CPU this process may use.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Export folders: the FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (TensorRT engines are FP16).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["ort", "tensorrt"]),
+    default="ort",
+    show_default=True,
+    help="Export folders: ONNX Runtime or the native TensorRT engines (GPU).",
+)
 @click.option("--providers", default=None, help="ONNX Runtime execution providers, e.g. cuda or tensorrt,cuda (default: CPU).")
-@click.option("--image-size", type=int, default=None,
-              help="Input side for a .pt checkpoint (rebuilt at that size). ONNX graphs and engines are fixed at export; a different size is refused.")
-@click.option("--config", "config_name", default=None, metavar="NAME",
-              help="Config of an .onnx graph or engine without a manifest beside it (for MACs), e.g. restr-b16.")
-@click.option("--photo", type=click.Path(dir_okay=False), default=None,
-              help="An image file for the end-to-end runs (decoded every run). Default: a synthetic photo held in memory.")
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Input side for a .pt checkpoint (rebuilt at that size). ONNX graphs and engines are fixed at export; a different size is refused.",
+)
+@click.option(
+    "--config",
+    "config_name",
+    default=None,
+    metavar="NAME",
+    help="Config of an .onnx graph or engine without a manifest beside it (for MACs), e.g. restr-b16.",
+)
+@click.option(
+    "--photo",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="An image file for the end-to-end runs (decoded every run). Default: a synthetic photo held in memory.",
+)
 @click.option("--photo-size", default="640x480", show_default=True, help="WIDTHxHEIGHT of the synthetic photo.")
-@click.option("--gemm-size", type=int, default=2048, show_default=True, help="n of the n x n x n FP32 matrix product timed as the peak.")
-@click.option("--op-profile", type=int, default=0, show_default=True, metavar="N",
-              help="Also run each ONNX engine N times under ONNX Runtime's profiler and print kernel time per op type.")
-@click.option("--import-runs", type=int, default=5, show_default=True, help="Fresh interpreters timing `import restr.runtime` (0: skip).")
-@click.option("--train", is_flag=True,
-              help="Time restr-train's step on --device (--config, --image-size, --batch-size; default restr-b16 at 480, batch 8), each "
-                   "speed choice against the default, the data loader alone on JPEG photos, MFU and the recipe's projected time.")
+@click.option(
+    "--gemm-size", type=int, default=2048, show_default=True, help="n of the n x n x n FP32 matrix product timed as the peak."
+)
+@click.option(
+    "--op-profile",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Also run each ONNX engine N times under ONNX Runtime's profiler and print kernel time per op type.",
+)
+@click.option(
+    "--import-runs", type=int, default=5, show_default=True, help="Fresh interpreters timing `import restr.runtime` (0: skip)."
+)
+@click.option(
+    "--train",
+    is_flag=True,
+    help="Time restr-train's step on --device (--config, --image-size, --batch-size; default restr-b16 at 480, batch 8), each "
+    "speed choice against the default, the data loader alone on JPEG photos, MFU and the recipe's projected time.",
+)
 @click.option("--batch-size", type=int, default=None, help="--train: the batch (default: the config's recipe, 8 for restr-b16).")
 @click.option("--device", default="auto", show_default=True, help="--train: cpu, cuda or auto.")
 @click.option("--steps", type=int, default=30, show_default=True, help="--train: timed steps per choice.")
-@click.option("--choices", "train_choices", default="all", show_default=True,
-              help="--train: what is timed against the default, from precision,tf32,optimizer,attention,compile; all or none.")
-@click.option("--workers", type=int, default=None, help="--train: the data loader's worker processes (default: the trainer's for the device).")
-@click.option("--photos", type=click.Path(file_okay=False), default=None,
-              help="--train: the folder of the loader's refer-layout JPEG data set (written if absent, kept; default: a temporary one).")
+@click.option(
+    "--choices",
+    "train_choices",
+    default="all",
+    show_default=True,
+    help="--train: what is timed against the default, from precision,tf32,optimizer,attention,compile; all or none.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="--train: the data loader's worker processes (default: the trainer's for the device).",
+)
+@click.option(
+    "--photos",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="--train: the folder of the loader's refer-layout JPEG data set (written if absent, kept; default: a temporary one).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, bulk, bulk_runs, bulk_workers,
-         threads, precision, backend, providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs,
-         train, batch_size, device, steps, train_choices, workers, photos, no_progress) -> None:
+def main(
+    macs,
+    engines,
+    json_path,
+    plot_path,
+    runs,
+    warmup,
+    batch_sizes,
+    throughput_runs,
+    queries,
+    query_runs,
+    bulk,
+    bulk_runs,
+    bulk_workers,
+    threads,
+    precision,
+    backend,
+    providers,
+    image_size,
+    config_name,
+    photo,
+    photo_size,
+    gemm_size,
+    op_profile,
+    import_runs,
+    train,
+    batch_size,
+    device,
+    steps,
+    train_choices,
+    workers,
+    photos,
+    no_progress,
+) -> None:
     """Benchmark ReSTR.
 
     \b
@@ -120,8 +239,21 @@ def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, through
         if macs or engines:
             _fail("--train runs alone: no --macs or --engine with it")
         _writable_file(json_path, "--json")
-        _run_train(config_name, image_size, batch_size, device, steps, warmup, train_choices, workers, photos, threads, gemm_size, json_path,
-                   no_progress)
+        _run_train(
+            config_name,
+            image_size,
+            batch_size,
+            device,
+            steps,
+            warmup,
+            train_choices,
+            workers,
+            photos,
+            threads,
+            gemm_size,
+            json_path,
+            no_progress,
+        )
         return
     if not macs and not engines:
         _fail("nothing to do: give --macs and/or --engine PATH, or --train (see --help)")
@@ -134,8 +266,27 @@ def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, through
             if value < least:
                 _fail(f"{name} must be at least {least}, got {value}")
         settings, load_options = _engine_settings(
-            engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, threads, precision, backend,
-            providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs, no_progress,
+            engines,
+            json_path,
+            plot_path,
+            runs,
+            warmup,
+            batch_sizes,
+            throughput_runs,
+            queries,
+            query_runs,
+            threads,
+            precision,
+            backend,
+            providers,
+            image_size,
+            config_name,
+            photo,
+            photo_size,
+            gemm_size,
+            op_profile,
+            import_runs,
+            no_progress,
         )
         settings.bulk, settings.bulk_runs, settings.bulk_workers = bulk, bulk_runs, bulk_workers
     if macs:
@@ -153,16 +304,43 @@ def main(macs, engines, json_path, plot_path, runs, warmup, batch_sizes, through
         _run_engines(engines, settings, load_options, import_runs, json_path, plot_path, macs_rows)
 
 
-def _engine_settings(engines, json_path, plot_path, runs, warmup, batch_sizes, throughput_runs, queries, query_runs, threads, precision,
-                     backend, providers, image_size, config_name, photo, photo_size, gemm_size, op_profile, import_runs, no_progress):
+def _engine_settings(
+    engines,
+    json_path,
+    plot_path,
+    runs,
+    warmup,
+    batch_sizes,
+    throughput_runs,
+    queries,
+    query_runs,
+    threads,
+    precision,
+    backend,
+    providers,
+    image_size,
+    config_name,
+    photo,
+    photo_size,
+    gemm_size,
+    op_profile,
+    import_runs,
+    no_progress,
+):
     """Check every option and PATH before any work: bad input is one line and exit 2."""
     from restr.benchmarks.environment import available_cpus
     from restr.benchmarks.latency import Settings
     from restr.benchmarks.loaders import LoadError, LoadOptions, engine_kind
 
-    for name, value, least in (("--runs", runs, 1), ("--warmup", warmup, 0), ("--throughput-runs", throughput_runs, 1),
-                               ("--query-runs", query_runs, 1), ("--gemm-size", gemm_size, 16), ("--import-runs", import_runs, 0),
-                               ("--op-profile", op_profile, 0)):
+    for name, value, least in (
+        ("--runs", runs, 1),
+        ("--warmup", warmup, 0),
+        ("--throughput-runs", throughput_runs, 1),
+        ("--query-runs", query_runs, 1),
+        ("--gemm-size", gemm_size, 16),
+        ("--import-runs", import_runs, 0),
+        ("--op-profile", op_profile, 0),
+    ):
         if value < least:
             _fail(f"{name} must be at least {least}, got {value}")
     if threads is not None and threads < 1:
@@ -189,27 +367,62 @@ def _engine_settings(engines, json_path, plot_path, runs, warmup, batch_sizes, t
         except LoadError as e:
             _fail(str(e))
     settings = Settings(
-        runs=runs, warmup=warmup, batch_sizes=sizes, throughput_runs=throughput_runs, queries=queries,
-        query_runs=query_runs, threads=threads or available_cpus(), gemm_size=gemm_size, photo=photo, photo_size=photo_wh,
-        op_profile=op_profile, progress=not no_progress,
+        runs=runs,
+        warmup=warmup,
+        batch_sizes=sizes,
+        throughput_runs=throughput_runs,
+        queries=queries,
+        query_runs=query_runs,
+        threads=threads or available_cpus(),
+        gemm_size=gemm_size,
+        photo=photo,
+        photo_size=photo_wh,
+        op_profile=op_profile,
+        progress=not no_progress,
     )
-    load_options = LoadOptions(threads=settings.threads, precision=precision, backend=backend, providers=providers,
-                               image_size=image_size, config=config_name)
+    load_options = LoadOptions(
+        threads=settings.threads,
+        precision=precision,
+        backend=backend,
+        providers=providers,
+        image_size=image_size,
+        config=config_name,
+    )
     return settings, load_options
 
 
-def _run_train(config_name, image_size, batch_size, device, steps, warmup, choices, workers, photos, threads, gemm_size, json_path,
-               no_progress) -> None:
+def _run_train(
+    config_name,
+    image_size,
+    batch_size,
+    device,
+    steps,
+    warmup,
+    choices,
+    workers,
+    photos,
+    threads,
+    gemm_size,
+    json_path,
+    no_progress,
+) -> None:
     from restr.benchmarks.environment import available_cpus
-    from restr.runtime.atomic import write_json
     from restr.benchmarks.train_bench import TrainBenchOptions, format_train_report, parse_choices, run_train_bench
     from restr.config import CONFIGS
+    from restr.runtime.atomic import write_json
 
     config_name = config_name or "restr-b16"
     if config_name not in CONFIGS:
         _fail(f"--config {config_name!r}: unknown config; known: {', '.join(CONFIGS)}")
-    for name, value, least in (("--steps", steps, 1), ("--warmup", warmup, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0),
-                               ("--image-size", image_size, 1), ("--threads", threads, 1), ("--gemm-size", gemm_size, 16)):
+    for name, value, least in (
+        ("--steps", steps, 1),
+        ("--warmup", warmup, 1),
+        ("--batch-size", batch_size, 1),
+        ("--workers", workers, 0),
+        ("--image-size", image_size, 1),
+        ("--threads", threads, 1),
+        ("--gemm-size", gemm_size, 16),
+    ):
         if value is not None and value < least:
             _fail(f"{name} must be at least {least}, got {value}")
     from restr.cli_common import pick_device
@@ -220,9 +433,19 @@ def _run_train(config_name, image_size, batch_size, device, steps, warmup, choic
         pick_device(device)
     except (ValueError, UsageError) as e:
         _fail(str(e))
-    options = TrainBenchOptions(config=config_name, image_size=image_size, batch_size=batch_size, device=device, steps=steps,
-                                warmup=warmup, choices=names, workers=workers, photos=photos, threads=threads or available_cpus(),
-                                gemm_size=gemm_size)
+    options = TrainBenchOptions(
+        config=config_name,
+        image_size=image_size,
+        batch_size=batch_size,
+        device=device,
+        steps=steps,
+        warmup=warmup,
+        choices=names,
+        workers=workers,
+        photos=photos,
+        threads=threads or available_cpus(),
+        gemm_size=gemm_size,
+    )
     try:
         doc = run_train_bench(options, log=(lambda m: None) if no_progress else (lambda m: click.echo(m, err=True)))
     except (UsageError, DataError) as e:
@@ -237,15 +460,17 @@ def _run_engines(engines, settings, load_options, import_runs, json_path, plot_p
     from restr.benchmarks.environment import import_time
     from restr.benchmarks.latency import Bench, format_report
     from restr.benchmarks.loaders import LoadError
-    from restr.runtime.atomic import write_json
     from restr.runtime import ArtifactError, ImageError, TextError
+    from restr.runtime.atomic import write_json
 
     imports = {}
     if import_runs:
         # Fresh interpreters, before anything is loaded here: the runtime alone, and with ONNX Runtime
         # (which the runtime imports when the first graph is loaded).
-        imports = {"restr.runtime": import_time("restr.runtime", import_runs),
-                   "restr.runtime+onnxruntime": import_time("restr.runtime, onnxruntime", import_runs)}
+        imports = {
+            "restr.runtime": import_time("restr.runtime", import_runs),
+            "restr.runtime+onnxruntime": import_time("restr.runtime, onnxruntime", import_runs),
+        }
     bench = Bench(engines, settings, load_options, imports)
     try:
         doc = bench.run()

@@ -13,6 +13,7 @@ time less the preprocess and postprocess stages (so the share is, if anything, o
 Both hosts run the same ONNX Runtime build: the library is given the libonnxruntime.so.* of the
 onnxruntime(-gpu) wheel Python imports, wherever the library was built (`CppHost(onnxruntime=...)`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,19 @@ import time
 import numpy as np
 import onnxruntime
 
-from restr.runtime.cpp.cpp_host import CppHost, onnxruntime_library
 from restr.runtime import Predictor
+from restr.runtime.cpp.cpp_host import CppHost, onnxruntime_library
 
-TEXTS = ["the man on the left", "the red car", "the small dog next to the bench", "a tree", "the woman in the blue shirt",
-         "the big ball", "the cat on the right", "the hat"]
+TEXTS = [
+    "the man on the left",
+    "the red car",
+    "the small dog next to the bench",
+    "a tree",
+    "the woman in the blue shirt",
+    "the big ball",
+    "the cat on the right",
+    "the hat",
+]
 
 
 def _stats(xs: list[float]) -> dict:
@@ -43,7 +52,9 @@ def _repeat(step, rounds: int):
     return first, [step() for _ in range(rounds)]
 
 
-def _cpp_rounds(library: str, export: str, threads: int, precision: str, provider: str, ort_library: str, rgb, texts, rounds: int):
+def _cpp_rounds(
+    library: str, export: str, threads: int, precision: str, provider: str, ort_library: str, rgb, texts, rounds: int
+):
     """The C++ host alone: round 0's results and every later round's restr_timings."""
     cpp = CppHost(library, export, threads=threads, precision=precision, provider=provider, onnxruntime=ort_library)
     try:
@@ -53,8 +64,16 @@ def _cpp_rounds(library: str, export: str, threads: int, precision: str, provide
         cpp.close()
 
 
-def run(export: str, library: str, threads: int, rounds: int, queries: int, provider: str = "cpu", precision: str = "fp32",
-        apart: bool | None = None) -> dict:
+def run(
+    export: str,
+    library: str,
+    threads: int,
+    rounds: int,
+    queries: int,
+    provider: str = "cpu",
+    precision: str = "fp32",
+    apart: bool | None = None,
+) -> dict:
     """`apart` (the default on CUDA): the C++ host runs its rounds in a process of its own, before the
     Python runtime's, instead of interleaved in this one. The library's ONNX Runtime and the Python
     module's are two copies of ONNX Runtime, and on CUDA both would load the one CUDA provider
@@ -68,8 +87,9 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
     if apart:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             got, timings = pool.apply(_cpp_rounds, args)
-    py = Predictor.from_artifacts(export, threads=threads, cache_size=0, precision=precision,
-                                  providers=None if provider == "cpu" else provider)
+    py = Predictor.from_artifacts(
+        export, threads=threads, cache_size=0, precision=precision, providers=None if provider == "cpu" else provider
+    )
 
     def py_step():
         t0 = time.perf_counter()
@@ -93,13 +113,27 @@ def run(export: str, library: str, threads: int, rounds: int, queries: int, prov
         rows["cpp_ort_ms"].append(ort)
         rows["cpp_overhead_ms"].append(total - ort)
         rows["cpp_overhead_share"].append((total - ort) / (ort - t["preprocess"] - t["postprocess"]))
-    parity = {"masks_identical": all(np.array_equal(g["mask"], w.mask) for g, w in zip(got, want)),  # round 0's results
-              "mask_pixels_equal": float(np.mean([(g["mask"] == w.mask).mean() for g, w in zip(got, want)])),
-              "score_max_abs_diff": max(abs(g["score"] - w.score) for g, w in zip(got, want)),
-              "probs_max_abs_diff": max(float(np.abs(g["probs"] - w.probs).max()) for g, w in zip(got, want))}
-    return {"export": export, "onnxruntime": {"version": onnxruntime.__version__, "library": ort_library}, "threads": threads, "rounds": rounds, "queries": queries, "image": [480, 640],
-            "provider": provider, "precision": precision, "interleaved": not apart, "python_runner": repr(py.runners),
-            "parity": parity, "load_average": os.getloadavg(), **{k: _stats(v) for k, v in rows.items()}}
+    parity = {
+        "masks_identical": all(np.array_equal(g["mask"], w.mask) for g, w in zip(got, want)),  # round 0's results
+        "mask_pixels_equal": float(np.mean([(g["mask"] == w.mask).mean() for g, w in zip(got, want)])),
+        "score_max_abs_diff": max(abs(g["score"] - w.score) for g, w in zip(got, want)),
+        "probs_max_abs_diff": max(float(np.abs(g["probs"] - w.probs).max()) for g, w in zip(got, want)),
+    }
+    return {
+        "export": export,
+        "onnxruntime": {"version": onnxruntime.__version__, "library": ort_library},
+        "threads": threads,
+        "rounds": rounds,
+        "queries": queries,
+        "image": [480, 640],
+        "provider": provider,
+        "precision": precision,
+        "interleaved": not apart,
+        "python_runner": repr(py.runners),
+        "parity": parity,
+        "load_average": os.getloadavg(),
+        **{k: _stats(v) for k, v in rows.items()},
+    }
 
 
 def main() -> None:
@@ -119,7 +153,9 @@ def main() -> None:
         print(f"{k:20s} median {s['median']:9.3f}  min {s['min']:9.3f}  max {s['max']:9.3f}  iqr {s['iqr']:8.3f}")
     print("parity (first round):", json.dumps(res["parity"]))
     s = res["cpp_overhead_share"]
-    print(f"C++ host overhead / model time: median {100 * s['median']:.3f}%  (min {100 * s['min']:.3f}%, max {100 * s['max']:.3f}%)")
+    print(
+        f"C++ host overhead / model time: median {100 * s['median']:.3f}%  (min {100 * s['min']:.3f}%, max {100 * s['max']:.3f}%)"
+    )
     if a.json_path:
         with open(a.json_path, "w") as f:
             json.dump(res, f, indent=1)

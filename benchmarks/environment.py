@@ -1,4 +1,5 @@
 """What a figure was measured on: CPU, threads, library versions, load; process memory; import time."""
+
 from __future__ import annotations
 
 import os
@@ -124,7 +125,9 @@ def import_time(modules: str = "restr.runtime", runs: int = 5) -> dict:
     """
     samples, torch_loaded, ort_loaded = [], False, False
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE.format(modules=modules)], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE.format(modules=modules)], capture_output=True, text=True, timeout=120
+        )
         if out.returncode != 0:
             return {"modules": modules, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
         ms, has_torch, has_ort = out.stdout.split()

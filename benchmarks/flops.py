@@ -6,6 +6,7 @@ compute them). FLOPs = 2 x MACs. Only matrix products are counted (docs/paper-to
 normalisations, softmax, activations and resizing run "for free" in these figures: an achieved
 GFLOP/s is a lower bound of the arithmetic the hardware really did.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -3,6 +3,7 @@ compute, device-to-host copies, each between CUDA events on the runner's own str
 runner's own: `runner.run(feeds, timings=t)` adds "h2d", "compute" and "d2h" milliseconds to `t`
 (the runner protocol, restr.runtime.runners.Runner), so what is timed is exactly what serves.
 """
+
 from __future__ import annotations
 
 from restr.runtime.trt_runner import check_cuda
@@ -37,7 +38,7 @@ class GpuGemmPeak:
             self.sample()
 
     @classmethod
-    def maybe(cls) -> "GpuGemmPeak | None":
+    def maybe(cls) -> GpuGemmPeak | None:
         """The peak where PyTorch sees a CUDA GPU; None elsewhere (the report says not measured)."""
         try:
             import torch
@@ -57,5 +58,11 @@ class GpuGemmPeak:
 
     def result(self) -> dict:
         rates = {str(n): 2.0 * n**3 / (min(ms) / 1000.0) / 1e9 for n, ms in self.samples.items() if ms}
-        return {"dtype": "float16", "library": f"torch {self.torch.__version__} (cuBLAS)", "gpu": self.torch.cuda.get_device_name(0),
-                "gflops_by_size": rates, "peak_gflops": max(rates.values()), "samples": {str(n): len(v) for n, v in self.samples.items()}}
+        return {
+            "dtype": "float16",
+            "library": f"torch {self.torch.__version__} (cuBLAS)",
+            "gpu": self.torch.cuda.get_device_name(0),
+            "gflops_by_size": rates,
+            "peak_gflops": max(rates.values()),
+            "samples": {str(n): len(v) for n, v in self.samples.items()},
+        }

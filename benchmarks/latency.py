@@ -20,6 +20,7 @@ Phases, in order:
 Everything is milliseconds of wall clock (`time.perf_counter`) on the CPU. For a TensorRT engine
 the model alone is its compute between CUDA events, with the host-device copies reported apart.
 """
+
 from __future__ import annotations
 
 import sys
@@ -189,7 +190,9 @@ class Bench:
             "rss_before_mb": rss0,
             "rss_after_mb": rss_mb(),
             "peak_memory_mb": peak_rss_mb() - rss0,
-            "memory_method": "VmHWM reset before loading (RSS high-water mark growth)" if reset_ok else "ru_maxrss since process start minus RSS before loading",
+            "memory_method": "VmHWM reset before loading (RSS high-water mark growth)"
+            if reset_ok
+            else "ru_maxrss since process start minus RSS before loading",
         }
         if gpu_device is not None:  # device-wide memory in use once the engine is loaded and has run
             from restr.benchmarks.gpu import device_memory_used_mb
@@ -256,9 +259,19 @@ class Bench:
 
             self._rounds(s.runs, "latency", latency, gemm=self.gemm is not None)
             for b in s.batch_sizes:
-                self._rounds(s.throughput_runs, f"batch {b}", lambda e, b=b: e.batches.setdefault(b, []).append(self.model_once(e, b)), gemm=False)
+                self._rounds(
+                    s.throughput_runs,
+                    f"batch {b}",
+                    lambda e, b=b: e.batches.setdefault(b, []).append(self.model_once(e, b)),
+                    gemm=False,
+                )
             if s.queries and any(e.split is not None for e in self.engines):
-                self._rounds(s.query_runs, f"{s.queries} queries", lambda e: e.split is not None and self.queries_once(e), gemm=self.gemm is not None)
+                self._rounds(
+                    s.query_runs,
+                    f"{s.queries} queries",
+                    lambda e: e.split is not None and self.queries_once(e),
+                    gemm=self.gemm is not None,
+                )
             if s.bulk and any(e.split is not None for e in self.engines):
                 self.bulk_rounds()
             if s.op_profile:
@@ -270,13 +283,24 @@ class Bench:
             _set_torch_threads(previous_torch_threads)
         gemm = self.gemm.result() if self.gemm else {"peak_gflops": None, "note": "no CPU engine"}
         gpu_gemm = self.gpu_gemm.result() if self.gpu_gemm else None
-        results = [self.result(e, (gpu_gemm or {}).get("peak_gflops") if e.target.device == "cuda" else gemm["peak_gflops"],
-                               self.paired_peak_fraction(e) if e.target.device == "cpu" else None)
-                   for e in self.engines]
+        results = [
+            self.result(
+                e,
+                (gpu_gemm or {}).get("peak_gflops") if e.target.device == "cuda" else gemm["peak_gflops"],
+                self.paired_peak_fraction(e) if e.target.device == "cpu" else None,
+            )
+            for e in self.engines
+        ]
         settings = asdict(s)
         settings["batch_sizes"] = list(s.batch_sizes)
         settings["photo"] = s.photo or f"synthetic {s.photo_size[0]}x{s.photo_size[1]} RGB array"
-        settings.update({k: v for k, v in asdict(self.load_options).items() if k in ("precision", "backend", "providers", "image_size", "config")})
+        settings.update(
+            {
+                k: v
+                for k, v in asdict(self.load_options).items()
+                if k in ("precision", "backend", "providers", "image_size", "config")
+            }
+        )
         return {
             "tool": "restr-bench",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -314,8 +338,9 @@ class Bench:
             runner = e.target.runner
             if runner.backend != OrtRunner.backend:
                 continue  # PyTorch and TensorRT engines: not profiled here
-            e.op_profile = ort_op_profile(runner.info.path.read_bytes(), self._feeds(e, 1), self.s.op_profile, self.s.threads,
-                                          runner.providers)
+            e.op_profile = ort_op_profile(
+                runner.info.path.read_bytes(), self._feeds(e, 1), self.s.op_profile, self.s.threads, runner.providers
+            )
 
     def paired_peak_fraction(self, e: EngineRun) -> float | None:
         """Median over latency rounds of (this round's achieved GFLOP/s) / (this round's GEMM peak).
@@ -437,15 +462,17 @@ def ratios(results: list[dict]) -> list[dict]:
     out = []
     for r in results[1:]:
         tp_first = {t["batch"]: t["items_per_s"] for t in first["throughput"]}
-        out.append({
-            "engine": r["engine"],
-            "relative_to": first["engine"],
-            "model_ms": ratio(med(r, "model_ms"), med(first, "model_ms")),
-            "end_to_end_ms": ratio(med(r, "end_to_end_ms"), med(first, "end_to_end_ms")),
-            "cold_start_ms": ratio(r["cold_start_ms"], first["cold_start_ms"]),
-            "peak_memory_mb": ratio(r["peak_memory_mb"], first["peak_memory_mb"]),
-            "throughput": {str(t["batch"]): ratio(t["items_per_s"], tp_first.get(t["batch"])) for t in r["throughput"]},
-        })
+        out.append(
+            {
+                "engine": r["engine"],
+                "relative_to": first["engine"],
+                "model_ms": ratio(med(r, "model_ms"), med(first, "model_ms")),
+                "end_to_end_ms": ratio(med(r, "end_to_end_ms"), med(first, "end_to_end_ms")),
+                "cold_start_ms": ratio(r["cold_start_ms"], first["cold_start_ms"]),
+                "peak_memory_mb": ratio(r["peak_memory_mb"], first["peak_memory_mb"]),
+                "throughput": {str(t["batch"]): ratio(t["items_per_s"], tp_first.get(t["batch"])) for t in r["throughput"]},
+            }
+        )
     return out
 
 
@@ -504,36 +531,79 @@ def format_report(doc: dict) -> str:
     ]
     if gemm.get("peak_gflops"):
         parts = [f"{name} {_f(b['gflops'])}" for name, b in gemm["backends"].items()]
-        lines.append(f"matrix-product peak: FP32 GEMM, best GFLOP/s per library and size: {'; '.join(parts)} -> peak {gemm['peak_gflops']:.1f}")
+        lines.append(
+            f"matrix-product peak: FP32 GEMM, best GFLOP/s per library and size: {'; '.join(parts)} -> peak {gemm['peak_gflops']:.1f}"
+        )
     g = doc.get("gpu_gemm")
     if g:
         sizes = "; ".join(f"{n}^3 {v / 1000:.0f}" for n, v in g["gflops_by_size"].items())
-        lines.append(f"GPU matrix-product peak ({g['gpu']}): FP16 GEMM in {g['library']}, TFLOP/s: {sizes} -> peak {g['peak_gflops'] / 1000:.0f} "
-                     "(the 'of peak' share of GPU engines; an FP32 engine's share is of this FP16 peak too)")
+        lines.append(
+            f"GPU matrix-product peak ({g['gpu']}): FP16 GEMM in {g['library']}, TFLOP/s: {sizes} -> peak {g['peak_gflops'] / 1000:.0f} "
+            "(the 'of peak' share of GPU engines; an FP32 engine's share is of this FP16 peak too)"
+        )
     if env.get("load_warning"):
         lines.append(env["load_warning"])
-    for name, imp in doc.get("import_ms", {}).items():
+    for imp in doc.get("import_ms", {}).values():
         if "ms" in imp:
-            lines.append(f"import {imp['modules']}: median {imp['ms']['median']:.0f} ms (fresh interpreter; torch imported: {imp['imports_torch']})")
+            lines.append(
+                f"import {imp['modules']}: median {imp['ms']['median']:.0f} ms (fresh interpreter; torch imported: {imp['imports_torch']})"
+            )
     rows = []
     for r in results:
         e2e = r["end_to_end_ms"] or {}
-        rows.append([
-            r["label"], r["precision"], _f(r["model_ms"]["median"]), _f(r["model_ms"]["p90"]), _f(r["model_ms"]["p99"]),
-            _f(r["model_ms"]["std"]), _f(e2e.get("median")), _f(e2e.get("p90")),
-            _f(r["prepost_fraction"], "{:.1%}"), _f(r["cold_start_ms"], "{:.0f}"), _f(r["peak_memory_mb"], "{:.0f}"),
-            _f(r["achieved_gflops"]), share(r["peak_fraction"]), share(r["peak_fraction_end_to_end"]), share(r["peak_fraction_paired"]),
-        ])
-    text = "\n".join(lines) + "\n\n" + format_table(
-        ["engine", "precision", "model ms", "p90", "p99", "std", "e2e ms", "p90", "pre+post", "cold ms", "peak MiB", "GFLOP/s", "of peak", "e2e of peak", "paired"],
-        rows, title="latency (batch 1; model alone vs end to end with pre- and post-processing; medians unless named; "
-        "of peak = 2 x MACs / median time over the GEMM peak; paired = median over rounds of the same share within each round)",
+        rows.append(
+            [
+                r["label"],
+                r["precision"],
+                _f(r["model_ms"]["median"]),
+                _f(r["model_ms"]["p90"]),
+                _f(r["model_ms"]["p99"]),
+                _f(r["model_ms"]["std"]),
+                _f(e2e.get("median")),
+                _f(e2e.get("p90")),
+                _f(r["prepost_fraction"], "{:.1%}"),
+                _f(r["cold_start_ms"], "{:.0f}"),
+                _f(r["peak_memory_mb"], "{:.0f}"),
+                _f(r["achieved_gflops"]),
+                share(r["peak_fraction"]),
+                share(r["peak_fraction_end_to_end"]),
+                share(r["peak_fraction_paired"]),
+            ]
+        )
+    text = (
+        "\n".join(lines)
+        + "\n\n"
+        + format_table(
+            [
+                "engine",
+                "precision",
+                "model ms",
+                "p90",
+                "p99",
+                "std",
+                "e2e ms",
+                "p90",
+                "pre+post",
+                "cold ms",
+                "peak MiB",
+                "GFLOP/s",
+                "of peak",
+                "e2e of peak",
+                "paired",
+            ],
+            rows,
+            title="latency (batch 1; model alone vs end to end with pre- and post-processing; medians unless named; "
+            "of peak = 2 x MACs / median time over the GEMM peak; paired = median over rounds of the same share within each round)",
+        )
     )
     text += "\n" + LATENCY_LEGEND
     if any((r[k] or 0) > 1 for r in results for k in ("peak_fraction", "peak_fraction_end_to_end", "peak_fraction_paired")):
         text += "\n" + PEAK_NOT_REACHED
-    tp = [[r["label"], t["batch"], _f(t["ms"]["median"]), _f(t["items_per_s"], "{:.2f}"), _f(t["achieved_gflops"])]
-          for r in results for t in r["throughput"]]
+    tp = [
+        [r["label"], t["batch"], _f(t["ms"]["median"]), _f(t["items_per_s"], "{:.2f}"), _f(t["achieved_gflops"])]
+        for r in results
+        for t in r["throughput"]
+    ]
     if tp:
         text += "\n\n" + format_table(["engine", "batch", "ms", "items/s", "GFLOP/s"], tp, title="throughput (model alone)")
         text += "\n" + THROUGHPUT_LEGEND
@@ -546,13 +616,31 @@ def format_report(doc: dict) -> str:
                 qrows.append([r["label"], q["k"], None, None, None, None, None, f"skipped: {q['skipped']}"])
                 continue
             m = q["ms"]
-            qrows.append([
-                r["label"], q["k"], _f(m["end_to_end_k"]["median"]), _f(m["split_1"]["median"]), _f(m["split_batched_k"]["median"]),
-                _f(m["split_one_at_a_time_k"]["median"]), _f(r["per_query_ratio"], "{:.3f}"), _f(r["per_query_ratio_one_at_a_time"], "{:.3f}"),
-            ])
+            qrows.append(
+                [
+                    r["label"],
+                    q["k"],
+                    _f(m["end_to_end_k"]["median"]),
+                    _f(m["split_1"]["median"]),
+                    _f(m["split_batched_k"]["median"]),
+                    _f(m["split_one_at_a_time_k"]["median"]),
+                    _f(r["per_query_ratio"], "{:.3f}"),
+                    _f(r["per_query_ratio_one_at_a_time"], "{:.3f}"),
+                ]
+            )
         text += "\n\n" + format_table(
-            ["engine", "K", "K x e2e ms", "split 1 ms", "split K batched", "split K one by one", "ratio batched", "ratio one by one"],
-            qrows, title="K expressions on one image: each expression after the first, as a share of one end-to-end run",
+            [
+                "engine",
+                "K",
+                "K x e2e ms",
+                "split 1 ms",
+                "split K batched",
+                "split K one by one",
+                "ratio batched",
+                "ratio one by one",
+            ],
+            qrows,
+            title="K expressions on one image: each expression after the first, as a share of one end-to-end run",
         )
     bulk = [r for r in results if "bulk" in r]
     if bulk:
@@ -563,27 +651,48 @@ def format_report(doc: dict) -> str:
                 brows.append([r["label"], b["images"], None, None, f"skipped: {b['skipped']}"])
                 continue
             alone = b.get("model_alone") or {}
-            brows.append([r["label"], b["images"], _spread(b["loop_images_per_s"]), _spread(b["bulk_images_per_s"]),
-                          _spread(b["speedup"], "{:.2f}x"), _f(alone.get("images_per_s")) + (f" (b{alone['batch']})" if alone else ""),
-                          _f(b.get("share_of_model_alone"), "{:.0%}")])
+            brows.append(
+                [
+                    r["label"],
+                    b["images"],
+                    _spread(b["loop_images_per_s"]),
+                    _spread(b["bulk_images_per_s"]),
+                    _spread(b["speedup"], "{:.2f}x"),
+                    _f(alone.get("images_per_s")) + (f" (b{alone['batch']})" if alone else ""),
+                    _f(b.get("share_of_model_alone"), "{:.0%}"),
+                ]
+            )
         text += "\n\n" + format_table(
-            ["engine", "photos", "loop images/s", "bulk images/s", "bulk / loop", "model alone images/s", "bulk / model"], brows,
+            ["engine", "photos", "loop images/s", "bulk images/s", "bulk / loop", "model alone images/s", "bulk / model"],
+            brows,
             title=f"many photos, one expression each: predict_many ({bulk[0]['bulk'].get('workers', '-')} workers) against a loop of "
-                  f"predict_image; median (min-max) over {doc['settings'].get('bulk_runs')} rounds, each round both ways on the same files",
+            f"predict_image; median (min-max) over {doc['settings'].get('bulk_runs')} rounds, each round both ways on the same files",
         )
     if doc["ratios"]:
         label = {r["engine"]: r["label"] for r in results}
-        rrows = [[label.get(r["engine"], r["engine"]), _f(r["model_ms"], "{:.2f}x"), _f(r["end_to_end_ms"], "{:.2f}x"), _f(r["cold_start_ms"], "{:.2f}x"),
-                  _f(r["peak_memory_mb"], "{:.2f}x"), ", ".join(f"b{b}: {_f(v, '{:.2f}x')}" for b, v in r["throughput"].items())]
-                 for r in doc["ratios"]]
-        text += "\n\n" + format_table(["engine", "model time", "e2e time", "cold start", "peak memory", "throughput"], rrows,
-                                      title=f"relative to {label.get(doc['ratios'][0]['relative_to'])} (time < 1x = faster)")
+        rrows = [
+            [
+                label.get(r["engine"], r["engine"]),
+                _f(r["model_ms"], "{:.2f}x"),
+                _f(r["end_to_end_ms"], "{:.2f}x"),
+                _f(r["cold_start_ms"], "{:.2f}x"),
+                _f(r["peak_memory_mb"], "{:.2f}x"),
+                ", ".join(f"b{b}: {_f(v, '{:.2f}x')}" for b, v in r["throughput"].items()),
+            ]
+            for r in doc["ratios"]
+        ]
+        text += "\n\n" + format_table(
+            ["engine", "model time", "e2e time", "cold start", "peak memory", "throughput"],
+            rrows,
+            title=f"relative to {label.get(doc['ratios'][0]['relative_to'])} (time < 1x = faster)",
+        )
     for r in results:
         prof = r.get("op_profile")
         if prof and prof["ops"]:
             top = [[o["op"], o["nodes"], _f(o["ms"]), _f(o["share"], "{:.1%}")] for o in prof["ops"][:10]]
             text += "\n\n" + format_table(
-                ["op type", "nodes", "ms/run", "share"], top,
+                ["op type", "nodes", "ms/run", "share"],
+                top,
                 title=f"{r['label']}: ONNX Runtime kernel time by op type ({prof['runs']} profiled runs, {prof['total_ms']:.1f} ms/run in kernels)",
             )
     notes = [f"{r['label']}: {n}" for r in results for n in r["notes"]]

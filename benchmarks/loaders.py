@@ -14,22 +14,23 @@ every end-to-end run pre-processes and encodes the image again.
 
 Errors are `LoadError`s: one line, naming the path.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from restr.runtime.artifacts import END_TO_END, MANIFEST, STAGES, ArtifactError, Artifacts, GraphInfo, TensorSpec, sha256_file
+from restr.runtime.errors import first_line
 from restr.runtime.formats import graph_by_inputs, graph_key, key_precision
 from restr.runtime.predictor import Predictor
 from restr.runtime.runners import OrtRunner, prepare_feeds
 from restr.runtime.tokenizer import Vocabulary
 from restr.runtime.trt_runner import TrtRunner
-from restr.runtime.errors import first_line
 
 ENGINE_SUFFIXES = (".trt", ".plan", ".engine")
 KINDS = ("folder", "onnx", "pt", "tensorrt")
@@ -51,12 +52,20 @@ class LoadOptions:
     compile: bool = False  # .pt only: torch.compile(mode="reduce-overhead")
 
 
-ENGINE_TAGS = {"fp32": ("precision", "fp32"), "fp16": ("precision", "fp16"), "int8": ("precision", "int8"), "cpu": ("providers", None),
-               "cuda": ("providers", "cuda"), "compile": ("compile", True), "eager": ("compile", False),
-               "ort": ("backend", "ort"), "tensorrt": ("backend", "tensorrt")}
+ENGINE_TAGS = {
+    "fp32": ("precision", "fp32"),
+    "fp16": ("precision", "fp16"),
+    "int8": ("precision", "int8"),
+    "cpu": ("providers", None),
+    "cuda": ("providers", "cuda"),
+    "compile": ("compile", True),
+    "eager": ("compile", False),
+    "ort": ("backend", "ort"),
+    "tensorrt": ("backend", "tensorrt"),
+}
 
 
-def split_engine(spec: str, options: "LoadOptions") -> tuple[Path, "LoadOptions"]:
+def split_engine(spec: str, options: LoadOptions) -> tuple[Path, LoadOptions]:
     """PATH or PATH#tag,tag: per-engine options over the run's, so one run compares several ways to
     run a model (`runs/b16#fp16`, `runs/b16#int8`, `model.pt#fp16,compile`). Tags: fp32, fp16, int8, cpu, cuda, ort,
     tensorrt, eager, compile. Raises LoadError for an unknown tag."""
@@ -135,7 +144,9 @@ def engine_kind(path) -> str:
         return "pt"
     if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
-    raise LoadError(f"{p}: unknown engine type {p.suffix or '(no extension)'!r} (expected .trt/.plan/.engine, .onnx, .pt or an export folder)")
+    raise LoadError(
+        f"{p}: unknown engine type {p.suffix or '(no extension)'!r} (expected .trt/.plan/.engine, .onnx, .pt or an export folder)"
+    )
 
 
 def engine_label(spec) -> str:
@@ -145,10 +156,10 @@ def engine_label(spec) -> str:
     return p.name if p.parent.name in ("", ".") else f"{p.parent.name}/{p.name}"
 
 
-def load_target(path, options: LoadOptions = LoadOptions()) -> Target:
+def load_target(path, options: LoadOptions | None = None) -> Target:
     """Load PATH (or PATH#tags, see `split_engine`) for benchmarking. Raises LoadError (one line)
     for anything unusable."""
-    p, options = split_engine(path, options)
+    p, options = split_engine(path, options or LoadOptions())
     kind = engine_kind(p)
     try:
         target = {"folder": _load_folder, "onnx": _load_file, "pt": _load_pt, "tensorrt": _load_file}[kind](p, options)
@@ -178,14 +189,32 @@ def _load_folder(path: Path, o: LoadOptions) -> Target:
     runner = predictor.runners[END_TO_END]
     split = None
     if all(graph_key(s, o.precision) in table for s in STAGES):
+
         def split():
             return Predictor.from_artifacts(
-                path, backend=o.backend, precision=o.precision, providers=o.providers, cache_size=0, mode="split", threads=o.threads
+                path,
+                backend=o.backend,
+                precision=o.precision,
+                providers=o.providers,
+                cache_size=0,
+                mode="split",
+                threads=o.threads,
             )
+
     return Target(
-        path=path, kind="folder", label=path.name, backend=_backend_name(runner), precision=table[key].precision,
-        graph=END_TO_END, runner=runner, predictor=predictor, split=split, config=_manifest_config(art),
-        image_size=art.image_size, vocab_size=len(predictor.vocab), device=_device(runner),
+        path=path,
+        kind="folder",
+        label=path.name,
+        backend=_backend_name(runner),
+        precision=table[key].precision,
+        graph=END_TO_END,
+        runner=runner,
+        predictor=predictor,
+        split=split,
+        config=_manifest_config(art),
+        image_size=art.image_size,
+        vocab_size=len(predictor.vocab),
+        device=_device(runner),
     )
 
 
@@ -203,12 +232,16 @@ def _load_file(path: Path, o: LoadOptions) -> Target:
     if info is None:
         info = _bare_info(path, engine)
         runner = _file_runner(_bare(info, engine), info, o)
-        info = dataclasses.replace(info, inputs=runner.input_specs, outputs=runner.output_specs)  # an engine's, read by the runner
+        info = dataclasses.replace(
+            info, inputs=runner.input_specs, outputs=runner.output_specs
+        )  # an engine's, read by the runner
         cfg = _named_config(o.config, _bare(info, engine).image_size or None)
         art = _bare(info, engine, cfg)
         vocab = _vocab_beside(path)
-        notes.append(f"no manifest beside {path.name}: shapes from the {'engine' if engine else 'graph'}, normalisation mean=std=0.5"
-                     + ("" if cfg else ", no MACs (give --config)"))
+        notes.append(
+            f"no manifest beside {path.name}: shapes from the {'engine' if engine else 'graph'}, normalisation mean=std=0.5"
+            + ("" if cfg else ", no MACs (give --config)")
+        )
     else:
         runner = _file_runner(art, info, o)
         cfg, vocab = _manifest_config(art), art.vocabulary()
@@ -217,24 +250,45 @@ def _load_file(path: Path, o: LoadOptions) -> Target:
     predictor = Predictor(art, {END_TO_END: runner}, vocab, cache_size=0) if graph == END_TO_END else None
     split = None
     precision = key_precision(info.key)
-    if graph == END_TO_END and art.manifest and all(graph_key(s, precision) in (art.engines if engine else art.graphs) for s in STAGES):
+    if (
+        graph == END_TO_END
+        and art.manifest
+        and all(graph_key(s, precision) in (art.engines if engine else art.graphs) for s in STAGES)
+    ):
         # the split graphs of the same precision and backend, from the same export
         how = {"backend": "tensorrt"} if engine else {"providers": o.providers, "threads": o.threads}
 
         def split():
             return Predictor.from_artifacts(art.root, precision=precision, cache_size=0, mode="split", **how)
+
     return Target(
-        path=path, kind="tensorrt" if engine else "onnx", label=path.name, backend=_backend_name(runner), precision=info.precision,
-        graph=graph, runner=runner, predictor=predictor, split=split, config=cfg, image_size=art.image_size or None,
-        vocab_size=len(vocab), device=_device(runner), notes=notes,
+        path=path,
+        kind="tensorrt" if engine else "onnx",
+        label=path.name,
+        backend=_backend_name(runner),
+        precision=info.precision,
+        graph=graph,
+        runner=runner,
+        predictor=predictor,
+        split=split,
+        config=cfg,
+        image_size=art.image_size or None,
+        vocab_size=len(vocab),
+        device=_device(runner),
+        notes=notes,
     )
 
 
 def _bare_info(path: Path, engine: bool) -> GraphInfo:
     """A graph or engine file beside no manifest, as a manifest entry would name it."""
     if engine:
-        return GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision="fp16-strongly-typed",
-                         sidecar=path.with_name(path.name + ".json"))
+        return GraphInfo(
+            key=path.stem,
+            path=path,
+            sha256=sha256_file(path),
+            precision="fp16-strongly-typed",
+            sidecar=path.with_name(path.name + ".json"),
+        )
     inputs, outputs, precision = onnx_io(path)
     return GraphInfo(key=path.stem, path=path, sha256=sha256_file(path), precision=precision, inputs=inputs, outputs=outputs)
 
@@ -296,8 +350,16 @@ class TorchRunner:
 
     backend = "pytorch"
 
-    def __init__(self, name: str, module, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-                 device: str = "cpu", precision: str = "fp32", compile: bool = False):
+    def __init__(
+        self,
+        name: str,
+        module,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
+    ):
         import torch
 
         self.name = name
@@ -355,8 +417,12 @@ def _load_pt(path: Path, o: LoadOptions) -> Target:
 
         if not torch.cuda.is_available():
             raise LoadError(f"{path}: --providers cuda, but this PyTorch sees no CUDA GPU")
-    runners = {g: TorchRunner(g, graph_module(ck.model, g), *io[g], device=device, precision=o.precision,
-                              compile=o.compile and g == END_TO_END) for g in GRAPHS}
+    runners = {
+        g: TorchRunner(
+            g, graph_module(ck.model, g), *io[g], device=device, precision=o.precision, compile=o.compile and g == END_TO_END
+        )
+        for g in GRAPHS
+    }
     art = Artifacts.from_graphs(path.parent, **_config_sizes(cfg))
     predictor = Predictor(art, {END_TO_END: runners[END_TO_END]}, ck.vocab, cache_size=0)
 
@@ -367,9 +433,19 @@ def _load_pt(path: Path, o: LoadOptions) -> Target:
 
     mode = "torch.compile(mode='reduce-overhead')" if o.compile else "eager"
     return Target(
-        path=path, kind="pt", label=path.name, backend=f"pytorch {torch.__version__} {mode}", precision=o.precision, graph=END_TO_END,
-        runner=runners[END_TO_END], predictor=predictor, split=split, config=cfg, image_size=cfg.image_size,
-        vocab_size=len(ck.vocab), device=device,
+        path=path,
+        kind="pt",
+        label=path.name,
+        backend=f"pytorch {torch.__version__} {mode}",
+        precision=o.precision,
+        graph=END_TO_END,
+        runner=runners[END_TO_END],
+        predictor=predictor,
+        split=split,
+        config=cfg,
+        image_size=cfg.image_size,
+        vocab_size=len(ck.vocab),
+        device=device,
     )
 
 
@@ -400,8 +476,15 @@ def _config_sizes(cfg) -> dict:
     """`Artifacts.from_graphs`' keywords from a ReSTRConfig (None: {})."""
     if cfg is None:
         return {}
-    return dict(image_size=cfg.image_size, patch_size=cfg.patch_size, max_words=cfg.max_words, num_patches=cfg.num_patches,
-                feature_width=cfg.fusion.width, mean=tuple(cfg.image_mean), std=tuple(cfg.image_std))
+    return dict(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        max_words=cfg.max_words,
+        num_patches=cfg.num_patches,
+        feature_width=cfg.fusion.width,
+        mean=tuple(cfg.image_mean),
+        std=tuple(cfg.image_std),
+    )
 
 
 def _beside(path: Path, engines: bool) -> tuple[Artifacts | None, GraphInfo | None]:
@@ -447,7 +530,9 @@ def _named_config(name: str | None, image_size: int | None):
 
 def _fixed_size(wanted: int | None, have: int | None, path: Path) -> None:
     if wanted is not None and have and wanted != have:
-        raise LoadError(f"{path}: the graph is fixed at {have}x{have}; --image-size {wanted} needs a re-export (restr-export --image-size {wanted})")
+        raise LoadError(
+            f"{path}: the graph is fixed at {have}x{have}; --image-size {wanted} needs a re-export (restr-export --image-size {wanted})"
+        )
 
 
 def _backend_name(runner) -> str:

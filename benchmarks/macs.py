@@ -1,4 +1,5 @@
 """Parameters and MACs of ReSTR against the paper's Tables 3b and 5 (README, "The paper's efficiency numbers")."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -57,9 +58,16 @@ def paper_comparison(progress=None) -> list[MacsRow]:
         macs = c.fusion_layer_macs if fusion_only else c.total_macs
         rows.append(
             MacsRow(
-                table=table, name=name, config=config, image_size=size, params=params, macs=macs,
-                paper_params=paper_p, paper_macs=paper_m,
-                params_diff_pct=100 * (params / paper_p - 1), macs_diff_pct=100 * (macs / paper_m - 1),
+                table=table,
+                name=name,
+                config=config,
+                image_size=size,
+                params=params,
+                macs=macs,
+                paper_params=paper_p,
+                paper_macs=paper_m,
+                params_diff_pct=100 * (params / paper_p - 1),
+                macs_diff_pct=100 * (macs / paper_m - 1),
                 scope="fusion encoder transformer layers" if fusion_only else "whole model (word embeddings apart)",
                 components={} if fusion_only else {k: {"params": c.params[k], "macs": c.macs[k]} for k in COMPONENTS},
                 word_embedding_params_per_word=get_config(config).language.width,
@@ -79,14 +87,24 @@ def format_comparison(rows: list[MacsRow]) -> str:
     from restr.tables import format_table
 
     body = [
-        [r.name, r.table, r.image_size, f"{r.params / 1e6:.2f}M", f"{r.paper_params / 1e6:.2f}M", f"{r.params_diff_pct:+.2f}%",
-         f"{r.macs / 1e9:.2f}G", f"{r.paper_macs / 1e9:.2f}G", f"{r.macs_diff_pct:+.2f}%"]
+        [
+            r.name,
+            r.table,
+            r.image_size,
+            f"{r.params / 1e6:.2f}M",
+            f"{r.paper_params / 1e6:.2f}M",
+            f"{r.params_diff_pct:+.2f}%",
+            f"{r.macs / 1e9:.2f}G",
+            f"{r.paper_macs / 1e9:.2f}G",
+            f"{r.macs_diff_pct:+.2f}%",
+        ]
         for r in rows
     ]
     for peer, (p, m) in PEERS.items():
         body.append([f"{peer} (paper)", "5", "", None, f"{p / 1e6:.2f}M", None, None, f"{m / 1e9:.2f}G", None])
     text = format_table(
-        ["model", "table", "input", "params", "paper", "diff", "MACs", "paper", "diff"], body,
+        ["model", "table", "input", "params", "paper", "diff", "MACs", "paper", "diff"],
+        body,
         title="ReSTR efficiency vs the paper (Table 3b: fusion encoder layers only; Table 5: whole model)",
     )
     whole = [r for r in rows if r.components]
@@ -94,8 +112,14 @@ def format_comparison(rows: list[MacsRow]) -> str:
         r = whole[0]
         comp = [[k, f"{v['params'] / 1e6:.2f}M", f"{v['macs'] / 1e9:.3f}G"] for k, v in r.components.items()]
         per_word = r.word_embedding_params_per_word
-        comp.append([f"word embeddings, not counted ({per_word} per word: 12k words = {12_000 * per_word / 1e6:.1f}M)", None, None])
-        text += "\n\n" + format_table(["component", "params", "MACs"], comp, title=f"{r.name} at {r.image_size}x{r.image_size} by component")
+        comp.append(
+            [f"word embeddings, not counted ({per_word} per word: 12k words = {12_000 * per_word / 1e6:.1f}M)", None, None]
+        )
+        text += "\n\n" + format_table(
+            ["component", "params", "MACs"], comp, title=f"{r.name} at {r.image_size}x{r.image_size} by component"
+        )
     bad = [r.name for r in rows if abs(r.params_diff_pct) > 100 * TOLERANCE or abs(r.macs_diff_pct) > 100 * TOLERANCE]
-    text += "\n\n" + (f"outside the {TOLERANCE:.0%} tolerance: {', '.join(bad)}" if bad else f"every row is within {TOLERANCE:.0%} of the paper")
+    text += "\n\n" + (
+        f"outside the {TOLERANCE:.0%} tolerance: {', '.join(bad)}" if bad else f"every row is within {TOLERANCE:.0%} of the paper"
+    )
     return text

@@ -11,6 +11,7 @@ per library, the sizes taking turns, so the peak is sampled throughout the run. 
 size and one library (the earlier method) came out below what the model itself reached on a
 2-core EPYC; even so, a share above 100% can happen, and is reported as "peak not reached".
 """
+
 from __future__ import annotations
 
 import time
@@ -90,8 +91,15 @@ class GemmPeak:
     """Interleavable GEMM timing: `sample()` times one GEMM per library (sizes in turn); `result()`
     gives the best rate seen; `round_peak(r)` the best rate of round r (for paired shares)."""
 
-    def __init__(self, n: int = 2048, threads: int | None = None, backends=("onnxruntime", "torch", "numpy"),
-                 sizes: tuple[int, ...] | None = None, gemms=None, clock=time.perf_counter):
+    def __init__(
+        self,
+        n: int = 2048,
+        threads: int | None = None,
+        backends=("onnxruntime", "torch", "numpy"),
+        sizes: tuple[int, ...] | None = None,
+        gemms=None,
+        clock=time.perf_counter,
+    ):
         self.n = n
         self.sizes = tuple(sizes) if sizes else tuple(dict.fromkeys((max(16, n // 2), n, 2 * n)))
         self.clock = clock
@@ -141,11 +149,23 @@ class GemmPeak:
             for g in per_lib:
                 ms = self.samples[self._name(g)]
                 stats = summarize(ms)
-                backends[self._name(g)] = {"n": g.n, "ms": stats, "gflops": 2.0 * g.n**3 / (stats["min"] / 1000.0) / 1e9 if stats["n"] else None}
-        best = max((b for b in backends.items() if b[1]["gflops"]), key=lambda b: b[1]["gflops"], default=(None, {"gflops": None}))
-        return {"n": self.n, "sizes": list(self.sizes), "dtype": "float32", "backends": backends,
-                "peak_gflops": best[1]["gflops"], "peak_backend": best[0],
-                "method": "best rate (fastest sample) over every size and library, sampled between the model's rounds"}
+                backends[self._name(g)] = {
+                    "n": g.n,
+                    "ms": stats,
+                    "gflops": 2.0 * g.n**3 / (stats["min"] / 1000.0) / 1e9 if stats["n"] else None,
+                }
+        best = max(
+            (b for b in backends.items() if b[1]["gflops"]), key=lambda b: b[1]["gflops"], default=(None, {"gflops": None})
+        )
+        return {
+            "n": self.n,
+            "sizes": list(self.sizes),
+            "dtype": "float32",
+            "backends": backends,
+            "peak_gflops": best[1]["gflops"],
+            "peak_backend": best[0],
+            "method": "best rate (fastest sample) over every size and library, sampled between the model's rounds",
+        }
 
 
 def load_warning(loadavg_start: float, loadavg_end: float, threads: int, cpus: int) -> str | None:
@@ -153,8 +173,10 @@ def load_warning(loadavg_start: float, loadavg_end: float, threads: int, cpus: i
     before the run plus the threads the run uses, or the load average at its end (which includes
     the run), above the CPUs available. None when the run had its cores to itself."""
     if loadavg_start + threads > cpus or loadavg_end > cpus:
-        return (f"LOADED MACHINE: load average {loadavg_start:.2f} before the run (+{threads} threads of its own) and "
-                f"{loadavg_end:.2f} at its end, on {cpus} CPUs: other work competed for the cores; times and shares are unreliable")
+        return (
+            f"LOADED MACHINE: load average {loadavg_start:.2f} before the run (+{threads} threads of its own) and "
+            f"{loadavg_end:.2f} at its end, on {cpus} CPUs: other work competed for the cores; times and shares are unreliable"
+        )
     return None
 
 
@@ -165,5 +187,7 @@ def share(x: float | None) -> str | None:
     return f"{x:.0%}" + ("*" if x > 1 else "")
 
 
-PEAK_NOT_REACHED = ("* above 100%: the GEMM peak was NOT reached in this run (the model ran faster than the best GEMM "
-                    "sample), so that share is no bound")
+PEAK_NOT_REACHED = (
+    "* above 100%: the GEMM peak was NOT reached in this run (the model ran faster than the best GEMM "
+    "sample), so that share is no bound"
+)

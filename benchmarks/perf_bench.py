@@ -18,6 +18,7 @@ Only the input data for the `restr` model, for your own perf_analyzer command:
 `image` is a BYTES tensor, which perf_analyzer's JSON takes as base64 of the serialised tensor: each
 element a 4-byte little-endian length, then its bytes (`bytes_tensor_b64`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,15 @@ import click
 from restr.benchmarks.serve_bench import ServerProcess, in_process, make_requests, serve_python
 
 # perf_analyzer's verbose CSV columns (microseconds) -> our names (milliseconds)
-COLUMNS = {"Server Queue": "queue_ms", "Server Compute Input": "compute_input_ms", "Server Compute Infer": "compute_infer_ms",
-           "Server Compute Output": "compute_output_ms", "p50 latency": "p50_ms", "p99 latency": "p99_ms", "Avg latency": "mean_ms"}
+COLUMNS = {
+    "Server Queue": "queue_ms",
+    "Server Compute Input": "compute_input_ms",
+    "Server Compute Infer": "compute_infer_ms",
+    "Server Compute Output": "compute_output_ms",
+    "p50 latency": "p50_ms",
+    "p99 latency": "p99_ms",
+    "Avg latency": "mean_ms",
+}
 
 
 def bytes_tensor_b64(items: list[bytes]) -> str:
@@ -47,19 +55,53 @@ def bytes_tensor_b64(items: list[bytes]) -> str:
 def input_data(requests: list[tuple[bytes, list[str]]]) -> dict:
     """[(encoded image, texts)] -> perf_analyzer's --input-data JSON: one step per request, used in turn.
     Shapes are without the batch axis (perf_analyzer adds it, -b 1)."""
-    return {"data": [{"image": {"b64": bytes_tensor_b64([image]), "shape": [1]},
-                      "texts": {"content": list(texts), "shape": [len(texts)]}} for image, texts in requests]}
+    return {
+        "data": [
+            {"image": {"b64": bytes_tensor_b64([image]), "shape": [1]}, "texts": {"content": list(texts), "shape": [len(texts)]}}
+            for image, texts in requests
+        ]
+    }
 
 
 def write_input_data(path: Path, requests: list[tuple[bytes, list[str]]]) -> None:
     Path(path).write_text(json.dumps(input_data(requests)), encoding="utf-8")
 
 
-def run_perf_analyzer(command: list[str], url: str, protocol: str, data: Path, concurrency: int, csv_path: Path,
-                      window_ms: int, stability: int, extra: list[str] = ()) -> dict:
+def run_perf_analyzer(
+    command: list[str],
+    url: str,
+    protocol: str,
+    data: Path,
+    concurrency: int,
+    csv_path: Path,
+    window_ms: int,
+    stability: int,
+    extra: list[str] = (),
+) -> dict:
     """One perf_analyzer run at one concurrency: its CSV row, in ms; raises ClickException if it failed."""
-    args = [*command, "-m", "restr", "-u", url, "-i", protocol, "--input-data", str(data), "--concurrency-range", f"{concurrency}:{concurrency}",
-            "-p", str(window_ms), "-s", str(stability), "-r", "10", "-f", str(csv_path), "--verbose-csv", *extra]
+    args = [
+        *command,
+        "-m",
+        "restr",
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "--input-data",
+        str(data),
+        "--concurrency-range",
+        f"{concurrency}:{concurrency}",
+        "-p",
+        str(window_ms),
+        "-s",
+        str(stability),
+        "-r",
+        "10",
+        "-f",
+        str(csv_path),
+        "--verbose-csv",
+        *extra,
+    ]
     r = subprocess.run(args, capture_output=True, text=True)
     if r.returncode != 0 or not csv_path.is_file():
         tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-8:])
@@ -79,11 +121,24 @@ def model_stats(url: str) -> dict:
         return json.loads(r.read())["model_stats"][0]
 
 
-def benchmark(artifacts: Path, command: list[str], concurrency: list[int], images: int, expressions: int, protocol: str,
-              serve_args: list[str], work: Path, window_ms: int = 8000, stability: int = 30, baseline: bool = True) -> dict:
+def benchmark(
+    artifacts: Path,
+    command: list[str],
+    concurrency: list[int],
+    images: int,
+    expressions: int,
+    protocol: str,
+    serve_args: list[str],
+    work: Path,
+    window_ms: int = 8000,
+    stability: int = 30,
+    baseline: bool = True,
+) -> dict:
     python = serve_python()
     if python is None:
-        raise click.ClickException("no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)")
+        raise click.ClickException(
+            "no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)"
+        )
     work.mkdir(parents=True, exist_ok=True)
     requests = make_requests(images, images, expressions)
     data = work / "input-data.json"
@@ -108,46 +163,93 @@ def benchmark(artifacts: Path, command: list[str], concurrency: list[int], image
     local = in_process(artifacts, requests * max(1, 128 // images), threads=os.cpu_count() or 1) if baseline else None
     from restr.benchmarks.environment import environment
 
-    return {"artifacts": str(artifacts), "request": {"images": images, "expressions": expressions, "image_size": "480x360 PNG",
-            "outputs": "all (perf_analyzer's default), probs included"}, "server": {"args": serve_args, "protocol": protocol},
-            "perf_analyzer": {"window_ms": window_ms, "stability_percent": stability}, "rows": rows, "in_process": local,
-            "environment": environment(os.cpu_count() or 1)}
+    return {
+        "artifacts": str(artifacts),
+        "request": {
+            "images": images,
+            "expressions": expressions,
+            "image_size": "480x360 PNG",
+            "outputs": "all (perf_analyzer's default), probs included",
+        },
+        "server": {"args": serve_args, "protocol": protocol},
+        "perf_analyzer": {"window_ms": window_ms, "stability_percent": stability},
+        "rows": rows,
+        "in_process": local,
+        "environment": environment(os.cpu_count() or 1),
+    }
 
 
 def table(result: dict) -> str:
     local = result["in_process"]
-    lines = ["| concurrency | requests/s | x in-process | p50 ms | p99 ms | server queue ms | compute input / infer / output ms | requests per model run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| concurrency | requests/s | x in-process | p50 ms | p99 ms | server queue ms | compute input / infer / output ms | requests per model run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         ratio = f"{r['requests_per_s'] / local['requests_per_s']:.2f}" if local else ""
-        lines.append(f"| {r['concurrency']} | {r['requests_per_s']:.1f} | {ratio} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['queue_ms']:.0f} | "
-                     f"{r['compute_input_ms']:.1f} / {r['compute_infer_ms']:.0f} / {r['compute_output_ms']:.1f} | {r['requests_per_run']:.2f} |")
+        lines.append(
+            f"| {r['concurrency']} | {r['requests_per_s']:.1f} | {ratio} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['queue_ms']:.0f} | "
+            f"{r['compute_input_ms']:.1f} / {r['compute_infer_ms']:.0f} / {r['compute_output_ms']:.1f} | {r['requests_per_run']:.2f} |"
+        )
     if local:
-        lines.append(f"| in-process ({local['workers']} worker(s) x {local['ort_threads']} thread(s)) | {local['requests_per_s']:.1f} | 1.00 | | | | | |")
+        lines.append(
+            f"| in-process ({local['workers']} worker(s) x {local['ort_threads']} thread(s)) | {local['requests_per_s']:.1f} | 1.00 | | | | | |"
+        )
     return "\n".join(lines)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--perf-analyzer", "perf_analyzer", default="perf_analyzer", show_default=True,
-              help="The perf_analyzer command (e.g. '../shared/tools/perf_analyzer.sh build/perf-analyzer').")
+@click.option(
+    "--perf-analyzer",
+    "perf_analyzer",
+    default="perf_analyzer",
+    show_default=True,
+    help="The perf_analyzer command (e.g. '../shared/tools/perf_analyzer.sh build/perf-analyzer').",
+)
 @click.option("--concurrency", default="1,4,8,16", show_default=True, help="Concurrency levels, comma-separated.")
 @click.option("--images", type=click.IntRange(1), default=64, show_default=True, help="Distinct images (input data steps).")
 @click.option("--expressions", type=click.IntRange(1), default=4, show_default=True, help="Expressions per request.")
 @click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
 @click.option("--serve-args", default="--instances 2 --cache-size 16", show_default=True, help="More restr-serve options.")
-@click.option("--window-ms", type=click.IntRange(500), default=8000, show_default=True, help="perf_analyzer's measurement window.")
-@click.option("--stability", type=click.IntRange(1), default=30, show_default=True,
-              help="perf_analyzer's allowed variation between windows, percent (a shared machine needs slack).")
+@click.option(
+    "--window-ms", type=click.IntRange(500), default=8000, show_default=True, help="perf_analyzer's measurement window."
+)
+@click.option(
+    "--stability",
+    type=click.IntRange(1),
+    default=30,
+    show_default=True,
+    help="perf_analyzer's allowed variation between windows, percent (a shared machine needs slack).",
+)
 @click.option("--no-baseline", is_flag=True, help="Skip the in-process figure.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/perf-bench"), show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--write-data", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Only write perf_analyzer's input data for --image and --text to this file.")
+@click.option(
+    "--write-data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Only write perf_analyzer's input data for --image and --text to this file.",
+)
 @click.option("--image", "image_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--text", "texts", multiple=True)
-def main(artifacts, perf_analyzer, concurrency, images, expressions, protocol, serve_args, window_ms, stability, no_baseline, work,
-         json_out, write_data, image_files, texts):
+def main(
+    artifacts,
+    perf_analyzer,
+    concurrency,
+    images,
+    expressions,
+    protocol,
+    serve_args,
+    window_ms,
+    stability,
+    no_baseline,
+    work,
+    json_out,
+    write_data,
+    image_files,
+    texts,
+):
     """Measure restr-serve with perf_analyzer (or write its input data for the restr model)."""
     if write_data is not None:
         if not image_files or not texts:
@@ -157,8 +259,19 @@ def main(artifacts, perf_analyzer, concurrency, images, expressions, protocol, s
         return
     if artifacts is None:
         raise click.UsageError("give --artifacts EXPORT (or --write-data FILE)")
-    result = benchmark(artifacts, shlex.split(perf_analyzer), [int(c) for c in concurrency.split(",")], images, expressions, protocol,
-                       shlex.split(serve_args), work, window_ms, stability, baseline=not no_baseline)
+    result = benchmark(
+        artifacts,
+        shlex.split(perf_analyzer),
+        [int(c) for c in concurrency.split(",")],
+        images,
+        expressions,
+        protocol,
+        shlex.split(serve_args),
+        work,
+        window_ms,
+        stability,
+        baseline=not no_baseline,
+    )
     click.echo(table(result))
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -3,8 +3,8 @@
 Written atomically (a temporary file beside the target, then renamed), with matplotlib's Agg
 backend, so it works on headless machines and never leaves half an image.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from restr.runtime.atomic import atomic_write
 
@@ -67,7 +67,11 @@ def plot_results(doc: dict, path, samples: dict[str, dict[str, list[float]]] | N
         for i, r in enumerate(with_queries):
             ms = r["queries"]["ms"]
             ax.bar([j + i * width for j in range(len(names))], [ms[n]["median"] for n in names], width, label=r["label"])
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], ["K x end to end", "split, batched", "split, one by one"], fontsize=8)
+        ax.set_xticks(
+            [j + 0.4 - width / 2 for j in range(len(names))],
+            ["K x end to end", "split, batched", "split, one by one"],
+            fontsize=8,
+        )
         ax.set_ylabel(f"ms for K = {with_queries[0]['queries']['k']} expressions")
         ax.set_title("one image, K expressions", fontsize=9)
         ax.legend(fontsize=7)

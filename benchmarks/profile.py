@@ -5,6 +5,7 @@ left untouched), N runs, and the profiler's per-node "Node" events summed by ope
 Kernel times only: the gaps between nodes and the session's own overhead are the difference to
 the measured model time.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,6 +44,8 @@ def ort_op_profile(graph: bytes, feeds: dict, runs: int = 3, threads: int | None
         by_op[op] += e["dur"] / 1000.0  # microseconds -> ms
         nodes[op].add(e["name"])
     total = sum(by_op.values())
-    ops = [{"op": op, "ms": ms / runs, "share": ms / total if total else None, "nodes": len(nodes[op])}
-           for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])]
+    ops = [
+        {"op": op, "ms": ms / runs, "share": ms / total if total else None, "nodes": len(nodes[op])}
+        for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])
+    ]
     return {"runs": runs, "total_ms": total / runs, "ops": ops}

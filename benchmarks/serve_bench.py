@@ -9,6 +9,7 @@ of: one thread with every core for ONNX Runtime, and one thread per core with on
 thread each ("best batched": K expressions of an image always run as one batch). The server runs
 from the serving environment (`make serve-env`), started and stopped here.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,7 +37,10 @@ WORDS = ("the", "red", "small", "circle", "square", "left", "of", "blue", "big",
 def serve_python() -> str | None:
     """The serving environment's interpreter ($RESTR_SERVE_PYTHON or .venv-serve/bin/python), if it has PyTriton."""
     for py in filter(None, (os.environ.get("RESTR_SERVE_PYTHON"), str(ROOT / ".venv-serve" / "bin" / "python"))):
-        if Path(py).exists() and subprocess.run([py, "-c", "import pytriton, restr.runtime.serve"], capture_output=True).returncode == 0:
+        if (
+            Path(py).exists()
+            and subprocess.run([py, "-c", "import pytriton, restr.runtime.serve"], capture_output=True).returncode == 0
+        ):
             return py
     return None
 
@@ -58,8 +62,18 @@ class ServerProcess:
     def __init__(self, python: str, log: Path, *args: str):
         self.http, self.grpc, self.metrics = free_ports(3)
         self.log = Path(log)
-        cmd = [python, "-m", "restr.runtime.serve", "--http-port", str(self.http), "--grpc-port", str(self.grpc),
-               "--metrics-port", str(self.metrics), *args]
+        cmd = [
+            python,
+            "-m",
+            "restr.runtime.serve",
+            "--http-port",
+            str(self.http),
+            "--grpc-port",
+            str(self.grpc),
+            "--metrics-port",
+            str(self.metrics),
+            *args,
+        ]
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -110,8 +124,14 @@ class LoadResult:
     def summary(self, expressions: int) -> dict:
         p50, p99 = (np.percentile(self.latencies_s, [50, 99]) * 1000).tolist() if self.latencies_s else (None, None)
         n = len(self.results)
-        return {"requests": n, "errors": len(self.errors), "requests_per_s": n / self.wall_s,
-                "expressions_per_s": n * expressions / self.wall_s, "p50_ms": p50, "p99_ms": p99}
+        return {
+            "requests": n,
+            "errors": len(self.errors),
+            "requests_per_s": n / self.wall_s,
+            "expressions_per_s": n * expressions / self.wall_s,
+            "p50_ms": p50,
+            "p99_ms": p99,
+        }
 
 
 def run_load(url: str, requests: list, clients: int, stop: threading.Event | None = None, protocol_kwargs=None) -> LoadResult:
@@ -175,7 +195,7 @@ def in_process(artifacts: Path, requests: list, threads: int) -> dict:
         predictor.predict_image(load_image(io.BytesIO(requests[0][0])), requests[0][1])  # warm-up
         counter, lock = iter(range(len(requests))), threading.Lock()
 
-        def worker():
+        def worker(predictor=predictor, counter=counter, lock=lock):  # this round's, bound now
             while True:
                 with lock:
                     i = next(counter, None)
@@ -204,18 +224,39 @@ def _to_files(requests: list, folder: Path) -> list:
     return out
 
 
-def benchmark(artifacts: Path, requests: int, images: int, expressions: int, clients: list[int], instances: int,
-              work: Path, protocol: str = "http", serve_args: list[str] = (), baseline: bool = True) -> dict:
+def benchmark(
+    artifacts: Path,
+    requests: int,
+    images: int,
+    expressions: int,
+    clients: list[int],
+    instances: int,
+    work: Path,
+    protocol: str = "http",
+    serve_args: list[str] = (),
+    baseline: bool = True,
+) -> dict:
     python = serve_python()
     if python is None:
-        raise click.ClickException("no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)")
+        raise click.ClickException(
+            "no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)"
+        )
     reqs = make_requests(requests, images, expressions)
     local = in_process(artifacts, reqs, threads=os.cpu_count() or 1) if baseline else None
     work.mkdir(parents=True, exist_ok=True)
     files = _to_files(reqs, work)
     # each instance keeps its own features cache: together they hold half the images
-    server = ServerProcess(python, work / "server.log", "--artifacts", str(artifacts), "--instances", str(instances),
-                           "--cache-size", str(max(1, images // (2 * instances))), *serve_args)
+    server = ServerProcess(
+        python,
+        work / "server.log",
+        "--artifacts",
+        str(artifacts),
+        "--instances",
+        str(instances),
+        "--cache-size",
+        str(max(1, images // (2 * instances))),
+        *serve_args,
+    )
     rows = []
     try:
         if not server.wait_ready():
@@ -230,29 +271,43 @@ def benchmark(artifacts: Path, requests: int, images: int, expressions: int, cli
         server.stop()
     from restr.benchmarks.environment import environment
 
-    return {"artifacts": str(artifacts), "request": {"expressions": expressions, "images": images, "requests": requests,
-            "image_size": "480x360 PNG"}, "server": {"instances": instances, "protocol": protocol, "args": list(serve_args)}, "in_process": local,
-            "server_rows": rows, "environment": environment(os.cpu_count() or 1)}
+    return {
+        "artifacts": str(artifacts),
+        "request": {"expressions": expressions, "images": images, "requests": requests, "image_size": "480x360 PNG"},
+        "server": {"instances": instances, "protocol": protocol, "args": list(serve_args)},
+        "in_process": local,
+        "server_rows": rows,
+        "environment": environment(os.cpu_count() or 1),
+    }
 
 
 def table(result: dict) -> str:
-    lines = ["| clients | requests/s | expressions/s | p50 ms | p99 ms | x in-process | errors |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| clients | requests/s | expressions/s | p50 ms | p99 ms | x in-process | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["server_rows"]:
         ratio = "" if r["vs_in_process"] is None else f"{r['vs_in_process']:.2f}"
-        lines.append(f"| {r['clients']} | {r['requests_per_s']:.1f} | {r['expressions_per_s']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p99_ms']:.0f} | {ratio} | {r['errors']} |")
+        lines.append(
+            f"| {r['clients']} | {r['requests_per_s']:.1f} | {r['expressions_per_s']:.1f} | {r['p50_ms']:.0f} | "
+            f"{r['p99_ms']:.0f} | {ratio} | {r['errors']} |"
+        )
     p = result["in_process"]
     if p is None:
         return "\n".join(lines)
-    lines.append(f"| in-process ({p['workers']} worker(s) x {p['ort_threads']} thread(s)) | {p['requests_per_s']:.1f} | "
-                 f"{p['expressions_per_s']:.1f} | | | 1.00 | |")
+    lines.append(
+        f"| in-process ({p['workers']} worker(s) x {p['ort_threads']} thread(s)) | {p['requests_per_s']:.1f} | "
+        f"{p['expressions_per_s']:.1f} | | | 1.00 | |"
+    )
     return "\n".join(lines)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--artifacts", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--requests", type=click.IntRange(1), default=400, show_default=True, help="Requests per concurrency level.")
-@click.option("--images", type=click.IntRange(1), default=64, show_default=True, help="Distinct images (the server's instances cache half).")
+@click.option(
+    "--images", type=click.IntRange(1), default=64, show_default=True, help="Distinct images (the server's instances cache half)."
+)
 @click.option("--expressions", type=click.IntRange(1), default=4, show_default=True, help="Expressions per request.")
 @click.option("--clients", default="1,4,16", show_default=True, help="Concurrency levels, comma-separated.")
 @click.option("--instances", type=click.IntRange(1), default=2, show_default=True, help="restr-serve --instances.")
@@ -267,8 +322,18 @@ def main(artifacts, requests, images, expressions, clients, instances, protocol,
     \b
       python -m restr.benchmarks.serve_bench --artifacts runs/demo/export --json runs/serve-bench.json
     """
-    result = benchmark(artifacts, requests, images, expressions, [int(c) for c in clients.split(",")], instances, work, protocol,
-                       shlex.split(serve_args), baseline=not no_baseline)
+    result = benchmark(
+        artifacts,
+        requests,
+        images,
+        expressions,
+        [int(c) for c in clients.split(",")],
+        instances,
+        work,
+        protocol,
+        shlex.split(serve_args),
+        baseline=not no_baseline,
+    )
     click.echo(table(result))
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -4,6 +4,7 @@ Figures are milliseconds. A CPU run is timed with `time.perf_counter` around the
 returns when its outputs are in host memory), GPU work included: a figure is what a caller waits,
 launch and synchronisation with it.
 """
+
 from __future__ import annotations
 
 import time

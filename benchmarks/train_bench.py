@@ -26,6 +26,7 @@ paper's recipe.
 5. The projected time of the config's recipe (restr-b16: the paper's 400,000 iterations):
    iterations x the slower of the step and the loader's time per batch; training steps only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,11 @@ class Choice:
     compile: bool
 
     def describe(self) -> str:
-        parts = [self.precision.upper() + (" autocast" if self.precision != "fp32" else "") + (" (TF32)" if self.tf32 else ""),
-                 "fused AdamW" if self.fused_adamw else "AdamW", f"{self.attention} attention"]
+        parts = [
+            self.precision.upper() + (" autocast" if self.precision != "fp32" else "") + (" (TF32)" if self.tf32 else ""),
+            "fused AdamW" if self.fused_adamw else "AdamW",
+            f"{self.attention} attention",
+        ]
         return ", ".join(parts + (["torch.compile"] if self.compile else []))
 
 
@@ -69,7 +73,9 @@ def choices_for(device, names=CHOICES) -> list[Choice]:
     from restr.train import fused_adamw, resolve_precision
 
     cuda = device.type == "cuda"
-    default = Choice("default", resolve_precision("auto", device), tf32=cuda, fused_adamw=fused_adamw(device), attention="fused", compile=False)
+    default = Choice(
+        "default", resolve_precision("auto", device), tf32=cuda, fused_adamw=fused_adamw(device), attention="fused", compile=False
+    )
     out = [default]
     for name in names:
         if name == "precision":
@@ -82,7 +88,11 @@ def choices_for(device, names=CHOICES) -> list[Choice]:
         elif name == "tf32" and cuda:
             out.append(replace(default, label="fp32 (no TF32)", precision="fp32", tf32=False))
         elif name == "optimizer":
-            out.append(replace(default, label="foreach AdamW" if default.fused_adamw else "fused AdamW", fused_adamw=not default.fused_adamw))
+            out.append(
+                replace(
+                    default, label="foreach AdamW" if default.fused_adamw else "fused AdamW", fused_adamw=not default.fused_adamw
+                )
+            )
         elif name == "attention":
             out.append(replace(default, label="math attention", attention="math"))
         elif name == "compile":
@@ -157,9 +167,23 @@ def write_photo_refer(folder: str | Path, images: int = 64, size: tuple[int, int
             anns.append({"id": ann_id, "image_id": i + 1, "segmentation": [_polygon(rng, width, height)], "category_id": 1})
             texts = [f"the {rng.choice(_COLOURS)} {rng.choice(_THINGS)} {rng.choice(_PLACES)}" for _ in range(2)]
             sentences = [{"sent": t, "raw": t, "tokens": t.split(), "sent_id": 2 * ann_id + j} for j, t in enumerate(texts)]
-            refs.append({"ref_id": ann_id, "ann_id": ann_id, "image_id": i + 1, "split": split, "sentences": sentences,
-                         "sent_ids": [s["sent_id"] for s in sentences], "category_id": 1, "file_name": name})
-    instances = {"images": image_rows, "annotations": anns, "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+            refs.append(
+                {
+                    "ref_id": ann_id,
+                    "ann_id": ann_id,
+                    "image_id": i + 1,
+                    "split": split,
+                    "sentences": sentences,
+                    "sent_ids": [s["sent_id"] for s in sentences],
+                    "category_id": 1,
+                    "file_name": name,
+                }
+            )
+    instances = {
+        "images": image_rows,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+    }
     (folder / "instances.json").write_text(json.dumps(instances))
     with open(folder / "refs(unc).p", "wb") as f:
         pickle.dump(refs, f, protocol=2)
@@ -188,11 +212,18 @@ def loader_throughput(folder: str | Path, cfg, batch: int, workers: int, device,
     for _ in loader:
         arrivals.append(time.perf_counter())
     del loader
-    timed = arrivals[skip - 1:]
+    timed = arrivals[skip - 1 :]
     seconds = timed[-1] - timed[0]
-    return {"images_per_s": (len(timed) - 1) * batch / seconds, "batches_timed": len(timed) - 1, "batch": batch,
-            "first_batch_s": arrivals[0] - t0, "workers": workers, "samples": len(ds), "options": options,
-            "photos": str(folder)}
+    return {
+        "images_per_s": (len(timed) - 1) * batch / seconds,
+        "batches_timed": len(timed) - 1,
+        "batch": batch,
+        "first_batch_s": arrivals[0] - t0,
+        "workers": workers,
+        "samples": len(ds),
+        "options": options,
+        "photos": str(folder),
+    }
 
 
 # -- the timed steps --------------------------------------------------------------------------------
@@ -211,9 +242,13 @@ def make_batch(cfg, batch: int, vocab_size: int, pin: bool, seed: int = 0) -> di
     for i in range(batch):
         y0, x0 = torch.randint(0, s // 2, (2,), generator=g).tolist()
         h, w = torch.randint(s // 8, s // 2, (2,), generator=g).tolist()
-        mask[i, 0, y0:y0 + h, x0:x0 + w] = 1.0
-    out = {"image": torch.randn(batch, 3, s, s, generator=g), "words": torch.randint(2, vocab_size, (batch, n), generator=g),
-           "pad_mask": pad, "mask": mask}
+        mask[i, 0, y0 : y0 + h, x0 : x0 + w] = 1.0
+    out = {
+        "image": torch.randn(batch, 3, s, s, generator=g),
+        "words": torch.randint(2, vocab_size, (batch, n), generator=g),
+        "pad_mask": pad,
+        "mask": mask,
+    }
     return {k: v.pin_memory() for k, v in out.items()} if pin else out
 
 
@@ -232,7 +267,9 @@ class TimedChoice:
         torch.manual_seed(0)
         model = ReSTR(cfg, vocab_size).to(device).train()
         optimizer = build_optimizer(model, tc, fused=choice.fused_adamw)
-        self.step_fn = TrainStep(torch.compile(model) if choice.compile else model, model, optimizer, tc, device, choice.precision)
+        self.step_fn = TrainStep(
+            torch.compile(model) if choice.compile else model, model, optimizer, tc, device, choice.precision
+        )
         self.step_index = int(tc.warmup_fraction * tc.iterations)  # the schedule's peak LR
         self.round_ms: list[float] = []
         self.first_step_s = None
@@ -305,6 +342,7 @@ def counting_value_reads():
         def method(self, *args, **kwargs):
             counts[name] += 1
             return original(self, *args, **kwargs)
+
         return method
 
     for m, original in originals.items():
@@ -336,8 +374,11 @@ def host_syncs(timed: TimedChoice, steps: int = 2) -> dict:
         return {"method": "torch.cuda.set_sync_debug_mode", "per_step": len(found) / steps, "examples": found[:3]}
     with counting_value_reads() as counts:
         timed.steps(steps)
-    return {"method": f"tensor value reads ({', '.join(SYNC_METHODS)}), {timed.choice.describe()}", "per_step": sum(counts.values()) / steps,
-            "examples": [m for m, n in counts.items() if n]}
+    return {
+        "method": f"tensor value reads ({', '.join(SYNC_METHODS)}), {timed.choice.describe()}",
+        "per_step": sum(counts.values()) / steps,
+        "examples": [m for m, n in counts.items() if n],
+    }
 
 
 def attention_ops(timed: TimedChoice) -> dict[str, int]:
@@ -382,8 +423,13 @@ def projection(tc, step_ms: float, loader: dict | None, batch: int) -> dict:
     """Hours of the recipe's iterations at the slower of the step and the loader."""
     loader_ms = batch / loader["images_per_s"] * 1000.0 if loader else None
     bound = max(step_ms, loader_ms or 0.0)
-    return {"iterations": tc.iterations, "step_ms": step_ms, "loader_ms_per_batch": loader_ms, "bound_by": "loader" if loader_ms and loader_ms > step_ms else "step",
-            "hours": tc.iterations * bound / 3.6e6}
+    return {
+        "iterations": tc.iterations,
+        "step_ms": step_ms,
+        "loader_ms_per_batch": loader_ms,
+        "bound_by": "loader" if loader_ms and loader_ms > step_ms else "step",
+        "hours": tc.iterations * bound / 3.6e6,
+    }
 
 
 def training_gemm_peak(torch, dtype):
@@ -443,8 +489,17 @@ def run_train_bench(o: TrainBenchOptions, log=print) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     macs, step_flops = training_flops(cfg, batch)
-    doc = {"kind": "train", "config": o.config, "image_size": cfg.image_size, "batch": batch, "device": device.type,
-           "environment": env, "forward_macs_per_image": macs, "flops_per_step": step_flops, "options": asdict(o)}
+    doc = {
+        "kind": "train",
+        "config": o.config,
+        "image_size": cfg.image_size,
+        "batch": batch,
+        "device": device.type,
+        "environment": env,
+        "forward_macs_per_image": macs,
+        "flops_per_step": step_flops,
+        "options": asdict(o),
+    }
 
     log(f"loader: {o.photo_count} JPEG photos, {workers} workers")
     with tempfile.TemporaryDirectory() as tmp:
@@ -487,10 +542,20 @@ def run_train_bench(o: TrainBenchOptions, log=print) -> dict:
     base_ms = summarize(timed[0].round_ms)["median"]
     for t in timed:
         ms = summarize(t.round_ms)
-        rows.append({"label": t.choice.label, "choice": asdict(t.choice), "describe": t.choice.describe(), "ms_per_step": ms,
-                     "images_per_s": batch * 1000.0 / ms["median"], "peak_memory_mb": t.peak_memory_mb, "first_step_s": t.first_step_s,
-                     "mfu": mfu(step_flops, ms["median"], peak_gflops), "speedup_of_default": ratio(ms["median"], base_ms),
-                     "paired_of_default": float(np.median([a / b for a, b in zip(t.round_ms, timed[0].round_ms)]))})
+        rows.append(
+            {
+                "label": t.choice.label,
+                "choice": asdict(t.choice),
+                "describe": t.choice.describe(),
+                "ms_per_step": ms,
+                "images_per_s": batch * 1000.0 / ms["median"],
+                "peak_memory_mb": t.peak_memory_mb,
+                "first_step_s": t.first_step_s,
+                "mfu": mfu(step_flops, ms["median"], peak_gflops),
+                "speedup_of_default": ratio(ms["median"], base_ms),
+                "paired_of_default": float(np.median([a / b for a, b in zip(t.round_ms, timed[0].round_ms)])),
+            }
+        )
     doc["choices"] = rows
     doc["projection"] = projection(tc, base_ms, doc["loader"], batch)
     doc["loader"]["ratio_to_model"] = ratio(doc["loader"]["images_per_s"], rows[0]["images_per_s"])
@@ -509,7 +574,9 @@ def format_train_report(doc: dict) -> str:
     where = env.get("gpu") or f"CPU {env['cpu']['model']} ({env['available_cpus']} CPUs, {env['threads']} threads)"
     lines = [
         f"restr-bench --train: {doc['config']} at {doc['image_size']}x{doc['image_size']}, batch {doc['batch']}, on {where}",
-        "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + (f", CUDA {env['cuda']}" if env.get("cuda") else ""),
+        "versions: "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        + (f", CUDA {env['cuda']}" if env.get("cuda") else ""),
         f"load average {env['loadavg_start'][0]:.2f} at start, {env['loadavg_end'][0]:.2f} at end",
         f"forward {doc['forward_macs_per_image'] / 1e9:.2f} GMACs per image -> {doc['flops_per_step'] / 1e12:.3f} TFLOP per step "
         "(6 x MACs x batch: forward 2, backward 4)",
@@ -521,24 +588,47 @@ def format_train_report(doc: dict) -> str:
     rows = []
     for r in doc["choices"]:
         ms = r["ms_per_step"]
-        rows.append([r["label"], r["describe"], f"{ms['median']:.1f}", f"{ms['min']:.1f}-{ms['max']:.1f}", f"{r['images_per_s']:.1f}",
-                     None if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}", share(r["mfu"]),
-                     f"{r['speedup_of_default']:.2f}", f"{r['paired_of_default']:.2f}", f"{r['first_step_s']:.1f}"])
+        rows.append(
+            [
+                r["label"],
+                r["describe"],
+                f"{ms['median']:.1f}",
+                f"{ms['min']:.1f}-{ms['max']:.1f}",
+                f"{r['images_per_s']:.1f}",
+                None if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
+                share(r["mfu"]),
+                f"{r['speedup_of_default']:.2f}",
+                f"{r['paired_of_default']:.2f}",
+                f"{r['first_step_s']:.1f}",
+            ]
+        )
     memory = "GPU MiB" if doc["device"] == "cuda" else "RSS +MiB"
-    text = "\n".join(lines) + "\n\n" + format_table(
-        ["choice", "settings", "ms/step", "min-max", "images/s", memory, "MFU", "x default", "paired", "first s"], rows,
-        title=f"training step (restr.train.TrainStep; median over {doc['choices'][0]['ms_per_step']['n']} rounds of {STEPS_PER_ROUND} steps, "
-              "choices interleaved; MFU = 6 x MACs x batch / step time / the GEMM peak; x default = time over the default's; "
-              "paired = the median over rounds of that ratio within each round; "
-              "first s = the first step, compilation included)")
+    text = (
+        "\n".join(lines)
+        + "\n\n"
+        + format_table(
+            ["choice", "settings", "ms/step", "min-max", "images/s", memory, "MFU", "x default", "paired", "first s"],
+            rows,
+            title=f"training step (restr.train.TrainStep; median over {doc['choices'][0]['ms_per_step']['n']} rounds of {STEPS_PER_ROUND} steps, "
+            "choices interleaved; MFU = 6 x MACs x batch / step time / the GEMM peak; x default = time over the default's; "
+            "paired = the median over rounds of that ratio within each round; "
+            "first s = the first step, compilation included)",
+        )
+    )
     if any((r["mfu"] or 0) > 1 for r in doc["choices"]):
         text += "\n" + PEAK_NOT_REACHED
     syncs, ops = doc["host_syncs"], doc["attention_ops"]
-    text += (f"\n\nhost synchronisations per step: {syncs['per_step']:g} ({syncs['method']})"
-             f"\nattention operators in one step of the default: " + (", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "none"))
-    text += (f"\n\ndata loader alone: {loader['images_per_s']:.0f} images/s ({loader['workers']} workers, {loader['samples']} samples of "
-             f"640x480 JPEG photos in the refer layout, letterboxed to {doc['image_size']}; first batch after {loader['first_batch_s']:.1f} s)"
-             f" = {loader['ratio_to_model']:.2f}x the default step's {doc['choices'][0]['images_per_s']:.0f} images/s")
-    text += (f"\nprojected: {proj['iterations']:,} iterations of {doc['config']}'s recipe x {max(proj['step_ms'], proj['loader_ms_per_batch'] or 0):.1f} ms "
-             f"({proj['bound_by']}-bound) = {proj['hours']:.2f} hours of training steps (validation and checkpoints not included)")
+    text += (
+        f"\n\nhost synchronisations per step: {syncs['per_step']:g} ({syncs['method']})"
+        f"\nattention operators in one step of the default: " + (", ".join(f"{k} {v}" for k, v in sorted(ops.items())) or "none")
+    )
+    text += (
+        f"\n\ndata loader alone: {loader['images_per_s']:.0f} images/s ({loader['workers']} workers, {loader['samples']} samples of "
+        f"640x480 JPEG photos in the refer layout, letterboxed to {doc['image_size']}; first batch after {loader['first_batch_s']:.1f} s)"
+        f" = {loader['ratio_to_model']:.2f}x the default step's {doc['choices'][0]['images_per_s']:.0f} images/s"
+    )
+    text += (
+        f"\nprojected: {proj['iterations']:,} iterations of {doc['config']}'s recipe x {max(proj['step_ms'], proj['loader_ms_per_batch'] or 0):.1f} ms "
+        f"({proj['bound_by']}-bound) = {proj['hours']:.2f} hours of training steps (validation and checkpoints not included)"
+    )
     return text

@@ -5,13 +5,20 @@
 
 Importing this package is cheap; torch and onnx are imported by the functions that need them.
 """
+
 from __future__ import annotations
 
 _API = {
-    "ExportError": "pipeline", "ExportOptions": "pipeline", "Source": "pipeline", "load_source": "pipeline",
-    "export_artifacts": "pipeline", "add_engines": "pipeline",
-    "Tolerances": "verify", "VerificationError": "verify",
-    "EngineUnavailable": "tensorrt_build", "EngineBuildError": "tensorrt_build",
+    "ExportError": "pipeline",
+    "ExportOptions": "pipeline",
+    "Source": "pipeline",
+    "load_source": "pipeline",
+    "export_artifacts": "pipeline",
+    "add_engines": "pipeline",
+    "Tolerances": "verify",
+    "VerificationError": "verify",
+    "EngineUnavailable": "tensorrt_build",
+    "EngineBuildError": "tensorrt_build",
 }
 
 __all__ = list(_API)

@@ -16,6 +16,7 @@ so the FP16 graph is made here with ONNX Runtime's maintained converter
 
 The result runs in ONNX Runtime on a CPU, which is how its numerics are checked (`restr.export.verify`).
 """
+
 from __future__ import annotations
 
 import onnx
@@ -54,7 +55,9 @@ SUMMARY_OPS = ("MatMul", "Gemm", "LayerNormalization", "Softmax", "MultiHeadAtte
 def _tensor_types(proto: onnx.ModelProto) -> dict[str, int]:
     """{tensor name: ONNX element type} after shape/type inference (initializers included)."""
     inferred = onnx.shape_inference.infer_shapes(proto)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
+    }
     types.update({t.name: t.data_type for t in proto.graph.initializer})
     return types
 
@@ -99,11 +102,14 @@ def check_fp16(proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
             raise FP16Error(f"FP16 graph: node {node.name} reads {missing[0]} before it is made (nodes not sorted)")
         seen.update(node.output)
     types = _tensor_types(proto)
-    float_casts = sum(n.op_type == "Cast" and types.get(n.input[0]) in _DTYPE
-                      and next(a.i for a in n.attribute if a.name == "to") in _DTYPE for n in proto.graph.node)
+    float_casts = sum(
+        n.op_type == "Cast" and types.get(n.input[0]) in _DTYPE and next(a.i for a in n.attribute if a.name == "to") in _DTYPE
+        for n in proto.graph.node
+    )
     if not FP32_OPS and float_casts > len(io):  # an FP32 island would add a Cast pair per use
-        raise FP16Error(f"FP16 graph: {float_casts} float-to-float Casts for {len(io)} float inputs and outputs "
-                        "(redundant Casts came back)")
+        raise FP16Error(
+            f"FP16 graph: {float_casts} float-to-float Casts for {len(io)} float inputs and outputs (redundant Casts came back)"
+        )
     dtypes = compute_dtypes(proto, types)  # one shape inference: seconds on a restr-b16 graph
     for name, (op, dtype) in dtypes.items():
         if op in SUMMARY_OPS and op not in FP32_OPS and dtype != "float16":

@@ -19,6 +19,7 @@ them; this module chooses what it quantizes, feeds it calibration data and check
   FP32 vision and language graphs' features of the same samples. The method (`CALIBRATION_METHODS`)
   is recorded per graph in the manifest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from restr.runtime.formats import END_TO_END, graph_file
 from restr.runtime.errors import first_line
+from restr.runtime.formats import END_TO_END, graph_file
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Chosen by measured accuracy against the FP32 graphs (README, "INT8"); restr-export --calibration-method overrides it.
@@ -47,7 +48,9 @@ FLOAT_OPS = ("LayerNormalization", "Softmax", "Erf", "Add", "Sigmoid", "ReduceL2
 # Weight products kept in float by name (a part of the node name): measured to cost accuracy in INT8.
 KEEP_FLOAT: tuple[str, ...] = ("patch_embed",)  # the first product: pixels in (demo: mask IoU 0.976 -> 0.986)
 QDQ_EXCEPTIONS: tuple[str, ...] = ()  # op types outside QUANTIZED_OPS measured to lose nothing quantized: none
-QUANTIZER = "onnxruntime.quantization.quantize_static (QDQ, per-channel symmetric INT8 weights, per-tensor symmetric INT8 activations)"
+QUANTIZER = (
+    "onnxruntime.quantization.quantize_static (QDQ, per-channel symmetric INT8 weights, per-tensor symmetric INT8 activations)"
+)
 
 
 class CalibrationError(ValueError):
@@ -79,15 +82,19 @@ def calibration_spec(spec: str | None, meta: dict) -> tuple[str, dict]:
     if spec is None:
         data = (meta or {}).get("data")
         if not data:
-            raise CalibrationError("INT8 needs calibration data and the model names no data set (random weights, or a "
-                                   "checkpoint without one): give --calibration SPEC (a refer-layout folder, or synthetic for the demo)")
+            raise CalibrationError(
+                "INT8 needs calibration data and the model names no data set (random weights, or a "
+                "checkpoint without one): give --calibration SPEC (a refer-layout folder, or synthetic for the demo)"
+            )
         spec = str(data)
         read = {"split_by": meta.get("split_by"), "image_root": meta.get("image_root")}
     source, split = parse_spec(spec, "train")
     return f"{source}:{split}", read
 
 
-def load_calibration(spec: str | None, meta: dict, cfg, vocab, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> Calibration:
+def load_calibration(
+    spec: str | None, meta: dict, cfg, vocab, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0
+) -> Calibration:
     """`size` samples of the calibration data set (each a different image where there are enough),
     letterboxed and tokenised as in training. Raises CalibrationError (one line) for a data set that
     cannot be read, has no images or no expressions."""
@@ -99,8 +106,17 @@ def load_calibration(spec: str | None, meta: dict, cfg, vocab, size: int = DEFAU
     full, read = calibration_spec(spec, meta)
     source, split = parse_spec(full)
     try:
-        ds = build_dataset(source, split, cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read,
-                           transform=cfg.image_transform)
+        ds = build_dataset(
+            source,
+            split,
+            cfg.image_size,
+            vocab,
+            cfg.image_mean,
+            cfg.image_std,
+            cfg.max_words,
+            **read,
+            transform=cfg.image_transform,
+        )
     except (DataError, OSError, ValueError) as e:
         raise CalibrationError(f"--calibration {full}: {first_line(e)}") from None
     if len(ds) == 0:
@@ -126,8 +142,9 @@ def load_calibration(spec: str | None, meta: dict, cfg, vocab, size: int = DEFAU
     if feeds["pad_mask"].all():
         raise CalibrationError(f"--calibration {full}: no expression has a word the model reads")
     images = len({ds.image_path(i) for i in picks})
-    return Calibration(feeds, {"data": full, "samples": len(items), "images": images, "seed": seed,
-                               "unreadable": len(unreadable)})
+    return Calibration(
+        feeds, {"data": full, "samples": len(items), "images": images, "seed": seed, "unreadable": len(unreadable)}
+    )
 
 
 # ------------------------------------------------------------------------------- quantizing
@@ -168,7 +185,9 @@ def graph_calibration_feeds(graph: str, folder: Path, calibration: Calibration, 
     if graph == END_TO_END:
         return dict(f)
     vision, language = (_cpu_session(folder / graph_file(g), threads) for g in ("vision", "language"))
-    v = np.concatenate([vision.run(["visual_features"], {"image": f["image"][i : i + 8]})[0] for i in range(0, len(f["image"]), 8)])
+    v = np.concatenate(
+        [vision.run(["visual_features"], {"image": f["image"][i : i + 8]})[0] for i in range(0, len(f["image"]), 8)]
+    )
     l = language.run(["linguistic_features"], {"words": f["words"], "pad_mask": f["pad_mask"]})[0]
     return {"visual_features": v, "linguistic_features": l, "pad_mask": f["pad_mask"]}
 
@@ -186,12 +205,19 @@ def _cpu_session(path: Path, threads: int = 0):
 
 def weight_matmuls(proto: onnx.ModelProto) -> list[str]:
     """Names of the QUANTIZED_OPS nodes whose second input is a constant (a weight)."""
-    consts = {t.name for t in proto.graph.initializer} | {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    consts = {t.name for t in proto.graph.initializer} | {
+        o for n in proto.graph.node if n.op_type == "Constant" for o in n.output
+    }
     return [n.name for n in proto.graph.node if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in consts]
 
 
-def quantize_graph(fp32_path: Path, feeds: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
-                   batch: int = 1, keep_float: tuple[str, ...] | None = None) -> tuple[onnx.ModelProto, dict]:
+def quantize_graph(
+    fp32_path: Path,
+    feeds: dict[str, np.ndarray],
+    method: str = DEFAULT_METHOD,
+    batch: int = 1,
+    keep_float: tuple[str, ...] | None = None,
+) -> tuple[onnx.ModelProto, dict]:
     """The INT8 QDQ twin of the FP32 graph at `fp32_path`, calibrated on `feeds` with `method`, checked
     (`check_int8`), and its layout summary."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -203,20 +229,38 @@ def quantize_graph(fp32_path: Path, feeds: dict[str, np.ndarray], method: str = 
     nodes = [n for n in weight_matmuls(proto) if not any(k in n for k in keep_float)]
     kept = sorted(set(weight_matmuls(proto)) - set(nodes))
     reader = _reader(feeds, batch)
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1,
-             "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),  # outputs feed float ops (the bias Add)
-             # per output channel: the N axis of a MatMul weight (K, N)
-             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
-    calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method]
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "CalibStridedMinMax": 1,
+        "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),  # outputs feed float ops (the bias Add)
+        # per output channel: the N axis of a MatMul weight (K, N)
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+    }
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]
     quant_log = logging.getLogger("root")  # the quantizer's advice on pre-processing is printed at WARNING
     level = quant_log.level
     quant_log.setLevel(logging.ERROR)
     try:  # the histogram calibrators print a line per chunk
         with tempfile.TemporaryDirectory(prefix="restr-int8-") as d, contextlib.redirect_stdout(io.StringIO()):
             out = Path(d) / "int8.onnx"
-            quantize_static(str(fp32_path), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
-                            nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calibrate, extra_options=extra)
+            quantize_static(
+                str(fp32_path),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_quantize=nodes,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate,
+                extra_options=extra,
+            )
             quantized = onnx.load(str(out))
     finally:
         quant_log.setLevel(level)
@@ -246,9 +290,13 @@ def check_int8(proto: onnx.ModelProto) -> dict:
         counts[n.op_type] += 1
         users = {u.op_type for u in consumers.get(n.output[0], [])}
         if n.op_type == "QuantizeLinear" and users - {"DequantizeLinear"}:
-            raise INT8Error(f"INT8 graph: QuantizeLinear {n.name} feeds {sorted(users - {'DequantizeLinear'})}, not a DequantizeLinear")
+            raise INT8Error(
+                f"INT8 graph: QuantizeLinear {n.name} feeds {sorted(users - {'DequantizeLinear'})}, not a DequantizeLinear"
+            )
         if n.op_type == "DequantizeLinear" and users - allowed:
-            raise INT8Error(f"INT8 graph: DequantizeLinear {n.name} feeds {sorted(users - allowed)}: Q/DQ around an op that stays float")
+            raise INT8Error(
+                f"INT8 graph: DequantizeLinear {n.name} feeds {sorted(users - allowed)}: Q/DQ around an op that stays float"
+            )
         if len(n.input) < 3 or n.input[2] not in inits:
             raise INT8Error(f"INT8 graph: {n.op_type} {n.name} has no constant zero point")
         zp = inits[n.input[2]]

@@ -2,6 +2,7 @@
 
 It is read in one place only: `restr.runtime.artifacts.Artifacts.open`, which validates it.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,21 @@ from restr.runtime import atomic
 from restr.runtime.artifacts import FORMAT_VERSION, MANIFEST, check_consistency, sha256_file
 from restr.runtime.schema import first_error, manifest_schema
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "sha256_file", "graph_entry", "versions", "write_json", "write_manifest", "check_checksums"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "sha256_file",
+    "graph_entry",
+    "versions",
+    "write_json",
+    "write_manifest",
+    "check_checksums",
+]
 
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
-FP16_CONVERTER = "onnxruntime.transformers (OnnxModel.convert_float_to_float16: float16.convert_float_to_float16, then cascaded Cast removal)"
+FP16_CONVERTER = (
+    "onnxruntime.transformers (OnnxModel.convert_float_to_float16: float16.convert_float_to_float16, then cascaded Cast removal)"
+)
 
 
 def graph_entry(folder: Path, file: str, inputs, outputs, precision: str, opset: int, **extra) -> dict:

@@ -16,6 +16,7 @@ The graphs carry no shape arithmetic: the model writes its reshapes with constan
 for the batch) and a constant attention scale, and attention is written in the form the engine
 fuses (`restr.modeling.attention`). `check_graph` refuses a graph with a Shape node.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -223,8 +224,12 @@ def declare_shapes(proto: onnx.ModelProto, outputs: tuple) -> onnx.ModelProto:
     return proto
 
 
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool",
-                onnx.TensorProto.FLOAT16: "float16"}
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.FLOAT16: "float16",
+}
 
 
 def value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -255,12 +260,16 @@ def check_graph(proto: onnx.ModelProto, inputs: tuple, outputs: tuple, layernorm
             raise ExportCheckError(f"{graph}: {kind} are {[spec_dict(t) for t in got]}, expected {[spec_dict(t) for t in want]}")
     shape_ops = [n.op_type for n in proto.graph.node if n.op_type in SHAPE_OPS]
     if shape_ops:
-        raise ExportCheckError(f"{graph}: the graph computes shapes at run time ({len(shape_ops)} {'/'.join(sorted(set(shape_ops)))} "
-                               "nodes); write the model's reshapes with constant targets")
+        raise ExportCheckError(
+            f"{graph}: the graph computes shapes at run time ({len(shape_ops)} {'/'.join(sorted(set(shape_ops)))} "
+            "nodes); write the model's reshapes with constant targets"
+        )
     if layernorms is not None:
         n = sum(node.op_type == "LayerNormalization" for node in proto.graph.node)
         if n != layernorms:
-            raise ExportCheckError(f"{graph}: {n} LayerNormalization nodes for {layernorms} LayerNorm calls (a norm was decomposed)")
+            raise ExportCheckError(
+                f"{graph}: {n} LayerNormalization nodes for {layernorms} LayerNorm calls (a norm was decomposed)"
+            )
 
 
 def op_counts(proto: onnx.ModelProto) -> dict[str, int]:

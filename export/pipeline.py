@@ -7,6 +7,7 @@ renamed into place only when complete, so a half-written artifact folder never e
 graphs, the INT8 graphs, the processing graphs, the manifest, the verification, the engines), then
 `publish`.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,24 +16,51 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from restr.export.int8 import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANTIZER, CalibrationError, load_calibration
 from restr.export.manifest import (
-    FORMAT_VERSION, MANIFEST, check_checksums, graph_entry, json_safe, sha256_file, utc_now, versions, write_manifest,
+    FORMAT_VERSION,
+    MANIFEST,
+    check_checksums,
+    graph_entry,
+    json_safe,
+    sha256_file,
+    utc_now,
+    versions,
+    write_manifest,
 )
 from restr.export.onnx_export import GRAPHS, MIN_OPSET, ExportCheckError, graph_io, graph_summary
-from restr.export.int8 import DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANTIZER, CalibrationError, load_calibration
-from restr.runtime.artifacts import ArtifactError, Artifacts
-from restr.runtime.tokenizer import Vocabulary
-from restr.runtime.formats import (  # PRECISIONS: re-exported
-    ATTENTION_FORMS, DEFAULT_PRECISIONS, PRECISIONS, PROCESSING_GRAPHS, base_graph, graph_file, graph_key,
+from restr.export.tensorrt_build import (
+    ENGINE_SOURCE_PRECISIONS,
+    EngineUnavailable,
+    build_engines,
+    engine_instructions,
+    engine_support,
 )
-from restr.export.tensorrt_build import ENGINE_SOURCE_PRECISIONS, EngineUnavailable, build_engines, engine_instructions, engine_support
 from restr.export.verify import (
-    Tolerances, VerificationError, check_processing, cuda_placement, format_graphs, format_table, verification_inputs, verify,
+    Tolerances,
+    VerificationError,
+    check_processing,
+    cuda_placement,
+    format_graphs,
+    format_table,
+    verification_inputs,
+    verify,
 )
+from restr.runtime.artifacts import ArtifactError, Artifacts
+from restr.runtime.formats import (  # PRECISIONS: re-exported
+    ATTENTION_FORMS,
+    DEFAULT_PRECISIONS,
+    PRECISIONS,
+    PROCESSING_GRAPHS,
+    base_graph,
+    graph_file,
+    graph_key,
+)
+from restr.runtime.tokenizer import Vocabulary
 
 PLACEHOLDER_VOCAB_SIZE = 1000  # random-weight exports: any word maps to <unk> or a placeholder id
 
@@ -98,7 +126,9 @@ def check_image_size(image_size: int, patch_size: int, name: str) -> None:
         raise ExportError(f"unsupported image size {image_size}: {name} needs a positive multiple of its patch size {patch_size}")
 
 
-def load_source(ckpt: str | Path | None = None, config: str | None = None, image_size: int | None = None, seed: int = 0) -> Source:
+def load_source(
+    ckpt: str | Path | None = None, config: str | None = None, image_size: int | None = None, seed: int = 0
+) -> Source:
     """The model to export: from a checkpoint, or randomly initialised from a named config (for
     benchmarking before training). Raises ExportError (one line) for every bad input."""
     import torch
@@ -170,7 +200,9 @@ class _Steps:
     def __init__(self, total: int, enabled: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc="export", unit="step", disable=None if enabled else True, leave=False, file=sys.stderr)  # None: only on a terminal
+        self.bar = tqdm(
+            total=total, desc="export", unit="step", disable=None if enabled else True, leave=False, file=sys.stderr
+        )  # None: only on a terminal
 
     def __call__(self, what: str):
         self.bar.set_description(what)
@@ -214,10 +246,11 @@ class ExportContext:
         return self.folder / graph_file(key)
 
 
-def check_options(source: Source, out: str | Path, options: ExportOptions = ExportOptions(), log=_log) -> ExportContext:
+def check_options(source: Source, out: str | Path, options: ExportOptions | None = None, log=_log) -> ExportContext:
     """Refuse a bad request before anything is written, and read up front what could still refuse it:
     the INT8 calibration data, TensorRT where engines are required. Raises ExportError, or
     EngineUnavailable when engines are required but cannot be built here."""
+    options = options or ExportOptions()
     out = Path(out)
     cfg = source.cfg
     bad = set(options.precisions) - set(PRECISIONS)
@@ -240,7 +273,9 @@ def check_options(source: Source, out: str | Path, options: ExportOptions = Expo
         ctx.vocab = Vocabulary(ctx.vocab.itos, cfg.tokenizer)
     if ctx.int8:  # read now: a data set with no images or no expressions is refused before anything is written
         try:
-            ctx.calibration = load_calibration(options.calibration, source.meta, cfg, ctx.vocab, options.calibration_size, options.seed)
+            ctx.calibration = load_calibration(
+                options.calibration, source.meta, cfg, ctx.vocab, options.calibration_size, options.seed
+            )
         except CalibrationError as e:
             raise ExportError(str(e)) from None
     if options.engine:  # asked for explicitly: fail now, before any work, if it cannot be done
@@ -251,8 +286,10 @@ def check_options(source: Source, out: str | Path, options: ExportOptions = Expo
         except EngineUnavailable as e:
             raise EngineUnavailable(engine_instructions(out, str(e), exported=False)) from None
     if source.random_weights:
-        log(f"WARNING: exporting RANDOMLY INITIALISED weights of {cfg.name} (no --ckpt): the masks mean nothing; "
-            "use this export for benchmarking only")
+        log(
+            f"WARNING: exporting RANDOMLY INITIALISED weights of {cfg.name} (no --ckpt): the masks mean nothing; "
+            "use this export for benchmarking only"
+        )
     return ctx
 
 
@@ -280,8 +317,9 @@ def add_graph(ctx: ExportContext, key: str, proto, precision: str, started: floa
     onnx.save(proto, str(ctx.path(key)))
     io = {**graph_io(ctx.cfg), **processing_io(ctx.cfg.image_size)}
     inputs, outputs = io[base_graph(key)]
-    ctx.graphs[key] = graph_entry(ctx.folder, graph_file(key), inputs, outputs, precision, opset_of(proto),
-                                  op_counts=graph_summary(proto), **extra)
+    ctx.graphs[key] = graph_entry(
+        ctx.folder, graph_file(key), inputs, outputs, precision, opset_of(proto), op_counts=graph_summary(proto), **extra
+    )
     ctx.tick(f"wrote {graph_file(key)}")
     ctx.log(f"wrote {graph_file(key)} ({time.perf_counter() - started:.1f} s)")
 
@@ -314,9 +352,21 @@ def write_int8_graphs(ctx: ExportContext) -> None:
         t0 = time.perf_counter()
         feeds = graph_calibration_feeds(g, ctx.folder, ctx.calibration, ctx.options.threads)
         quantized, summary = quantize_graph(ctx.path(g), feeds, method)
-        add_graph(ctx, graph_key(g, "int8"), quantized, "int8", attention=ctx.options.attention, started=t0,
-                  quantization={"format": "QDQ", "method": method, "weights": "int8, per output channel, symmetric",
-                                "activations": "int8, per tensor, symmetric", **summary})
+        add_graph(
+            ctx,
+            graph_key(g, "int8"),
+            quantized,
+            "int8",
+            attention=ctx.options.attention,
+            started=t0,
+            quantization={
+                "format": "QDQ",
+                "method": method,
+                "weights": "int8, per output channel, symmetric",
+                "activations": "int8, per tensor, symmetric",
+                **summary,
+            },
+        )
 
 
 def write_processing_graphs(ctx: ExportContext) -> None:
@@ -343,8 +393,9 @@ def make_manifest(ctx: ExportContext) -> None:
             "name": cfg.name,
             "config": cfg.to_dict(),
             "random_weights": source.random_weights,
-            "checkpoint": None if source.checkpoint is None else {
-                "file": source.checkpoint.name, "sha256": sha256_file(source.checkpoint), "meta": json_safe(source.meta)},
+            "checkpoint": None
+            if source.checkpoint is None
+            else {"file": source.checkpoint.name, "sha256": sha256_file(source.checkpoint), "meta": json_safe(source.meta)},
         },
         "image_size": cfg.image_size,
         "patch_size": cfg.patch_size,
@@ -356,15 +407,28 @@ def make_manifest(ctx: ExportContext) -> None:
         "letterbox": {"align": cfg.letterbox_align, "fill": "mean", "antialias": cfg.resize_antialias},
         "threshold": options.tolerances.threshold,
         "mask_from": cfg.mask_from,
-        "vocab": {"file": "vocab.txt", "size": len(vocab), "sha256": sha256_file(ctx.folder / "vocab.txt"),
-                  "placeholder": source.random_weights, "tokenizer": vocab.tokenizer},
+        "vocab": {
+            "file": "vocab.txt",
+            "size": len(vocab),
+            "sha256": sha256_file(ctx.folder / "vocab.txt"),
+            "placeholder": source.random_weights,
+            "tokenizer": vocab.tokenizer,
+        },
         "max_batch": options.max_batch,
         "graphs": ctx.graphs,
         "engines": {},
         "tensorrt": {"status": "not requested"},
         "verification": {"enabled": False},
-        **({"int8": {"calibration": {**ctx.calibration.description, "method": options.calibration_method}, "quantizer": QUANTIZER}}
-           if ctx.int8 else {}),
+        **(
+            {
+                "int8": {
+                    "calibration": {**ctx.calibration.description, "method": options.calibration_method},
+                    "quantizer": QUANTIZER,
+                }
+            }
+            if ctx.int8
+            else {}
+        ),
         "versions": versions(),
         "created": utc_now(),
     }
@@ -386,9 +450,11 @@ def verify_export(ctx: ExportContext) -> None:
     meaningful = options.masks_meaningful
     if meaningful is None:
         meaningful = not source.random_weights and bool(source.meta.get("data"))
-    verification = {"enabled": True, "inputs": inputs,
-                    **verify(source.model, art, feeds, options.tolerances, meaningful,
-                             tuple(dict.fromkeys((samples, 1))), options.threads)}
+    verification = {
+        "enabled": True,
+        "inputs": inputs,
+        **verify(source.model, art, feeds, options.tolerances, meaningful, tuple(dict.fromkeys((samples, 1))), options.threads),
+    }
     processing = check_processing(art, cfg, options.seed)
     verification["processing"] = processing
     verification["graphs"] = {k: {**g["op_counts"], **(cuda_placement(ctx.path(k)) or {})} for k, g in ctx.graphs.items()}
@@ -396,8 +462,14 @@ def verify_export(ctx: ExportContext) -> None:
         verification["passed"] = False
         verification["failures"].append("processing graphs vs restr.runtime.transforms: " + "; ".join(processing["failures"]))
     ctx.tick("verified")
-    ctx.log(f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
-            + (f" [{inputs['note']}]" if inputs.get("note") else "") + ":\n" + format_table(verification) + "\n" + format_graphs(verification))
+    ctx.log(
+        f"verification ({time.perf_counter() - t0:.1f} s) on {inputs['source']} inputs"
+        + (f" [{inputs['note']}]" if inputs.get("note") else "")
+        + ":\n"
+        + format_table(verification)
+        + "\n"
+        + format_graphs(verification)
+    )
     if not verification["passed"]:
         raise VerificationError("verification failed: " + "; ".join(verification["failures"]))
     ctx.manifest["verification"] = verification
@@ -421,17 +493,26 @@ def publish(ctx: ExportContext) -> dict:
 
 
 # What `export_artifacts` does after `check_options` and before `publish`, in order.
-STEPS = (prepare_model, write_vocabulary, write_graphs, write_int8_graphs, write_processing_graphs, make_manifest, verify_export,
-         write_engines)
+STEPS = (
+    prepare_model,
+    write_vocabulary,
+    write_graphs,
+    write_int8_graphs,
+    write_processing_graphs,
+    make_manifest,
+    verify_export,
+    write_engines,
+)
 
 
-def export_artifacts(source: Source, out: str | Path, options: ExportOptions = ExportOptions(), log=_log) -> dict:
+def export_artifacts(source: Source, out: str | Path, options: ExportOptions | None = None, log=_log) -> dict:
     """Write the export folder `out` (see docs/artifacts.md); returns the manifest.
 
     Raises ExportError for a bad request (nothing written), EngineUnavailable when engines are
     required but cannot be built here (nothing written), VerificationError when a tolerance is
     exceeded (nothing written).
     """
+    options = options or ExportOptions()
     ctx = check_options(source, out, options, log)
     progress = _Steps(len(GRAPHS) * (1 + ctx.fp16 + ctx.int8) + len(PROCESSING_GRAPHS) + options.verify + 1, options.progress)
     ctx.tick = progress
@@ -462,8 +543,9 @@ def _engines_into(folder: Path, manifest: dict, options: ExportOptions, shown_fo
         log(message)
         return
     keys = engine_keys(manifest["graphs"], options.engine_graphs)
-    manifest["engines"].update(build_engines(folder, manifest, keys, manifest["max_batch"], options.timing_cache,
-                                             options.workspace_gib, log, backends))
+    manifest["engines"].update(
+        build_engines(folder, manifest, keys, manifest["max_batch"], options.timing_cache, options.workspace_gib, log, backends)
+    )
     manifest["tensorrt"] = {"status": "built", "tensorrt_version": str(backends[0].__version__), **backends[1]}
 
 
@@ -483,8 +565,7 @@ def opset_of(proto) -> int:
     return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
-def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engine=True), max_batch: int | None = None,
-                log=_log) -> dict:
+def add_engines(folder: str | Path, options: ExportOptions | None = None, max_batch: int | None = None, log=_log) -> dict:
     """Build TensorRT engines into an existing export folder (exported on a machine without a GPU).
 
     The folder is copied to a temporary sibling (hard links where possible), the engines and the
@@ -493,6 +574,7 @@ def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engin
     `max_batch` None keeps the manifest's. Raises ExportError for a folder that is not a complete
     export, EngineUnavailable where TensorRT or a GPU is missing.
     """
+    options = options or ExportOptions(engine=True)
     folder = Path(folder)
     if max_batch is not None and max_batch < 1:
         raise ExportError(f"--max-batch must be at least 1, got {max_batch}")
@@ -503,13 +585,17 @@ def add_engines(folder: str | Path, options: ExportOptions = ExportOptions(engin
     except ArtifactError as e:
         raise ExportError(str(e)) from None
     keys = engine_keys(manifest["graphs"], options.engine_graphs)
-    missing = [graph_key(g, "fp16") for g in options.engine_graphs if not any(graph_key(g, p) in keys for p in ENGINE_SOURCE_PRECISIONS)]
+    missing = [
+        graph_key(g, "fp16") for g in options.engine_graphs if not any(graph_key(g, p) in keys for p in ENGINE_SOURCE_PRECISIONS)
+    ]
     if missing:
         raise ExportError(f"{folder}: the export has no {', '.join(missing)} graph (re-export with --precision fp16)")
     fused = [k for k in keys if manifest["graphs"][k].get("attention", "onnx") != "onnx"]
     if fused:
-        raise ExportError(f"{folder}: {', '.join(fused)} use ONNX Runtime's fused attention, which TensorRT cannot parse "
-                          "(re-export with --attention onnx)")
+        raise ExportError(
+            f"{folder}: {', '.join(fused)} use ONNX Runtime's fused attention, which TensorRT cannot parse "
+            "(re-export with --attention onnx)"
+        )
     bad = check_checksums(folder, manifest)
     if bad:
         raise ExportError(f"{folder}: files do not match the manifest: {', '.join(bad)}")

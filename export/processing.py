@@ -26,6 +26,7 @@ s, where the earlier graph, which cast and transposed the whole photo in float, 
 279 MB, and 0.21 s. (Casting the whole photo after a uint8 transpose makes later runs 0.13 s but
 the first 0.31 s and 172 MB: restr-predict makes one.)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,7 +67,7 @@ class _Builder:
 
     def model(self, io) -> onnx.ModelProto:
         inputs, outputs = io
-        vi = lambda t: helper.make_tensor_value_info(t.name, _ONNX_TYPES[t.dtype], list(t.shape))  # noqa: E731
+        vi = lambda t: helper.make_tensor_value_info(t.name, _ONNX_TYPES[t.dtype], list(t.shape))
         graph = helper.make_graph(self.nodes, self.name, [vi(t) for t in inputs], [vi(t) for t in outputs], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="restr")
         model.ir_version = 8  # ONNX Runtime >= 1.14 and TensorRT 10 read IR 8
@@ -79,8 +80,9 @@ def _resize(b: _Builder, x: str, sizes: str, antialias: bool = True) -> str:
     shrinking), or torch's F.interpolate without antialiasing (`align_corners=False`)."""
     if not antialias:  # half_pixel, the source coordinate clamped to the image: F.interpolate's
         return b.op("Resize", x, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
-    return b.op("Resize", x, "", "", sizes, mode="linear", antialias=1, exclude_outside=1,
-                coordinate_transformation_mode="half_pixel")  # exclude_outside: Pillow renormalises its taps at the edges
+    return b.op(
+        "Resize", x, "", "", sizes, mode="linear", antialias=1, exclude_outside=1, coordinate_transformation_mode="half_pixel"
+    )  # exclude_outside: Pillow renormalises its taps at the edges
 
 
 def preprocess_graph(image_size: int, mean, std, transform: ImageTransform = RESTR_TRANSFORM) -> onnx.ModelProto:
@@ -182,8 +184,11 @@ def postprocess_graph(image_size: int, transform: ImageTransform = RESTR_TRANSFO
         resized = b.op("Squeeze", x, b.const([1], np.int64))
         probs = b.op("Sigmoid", resized, out="probs")
         t = "threshold"
-        bound = b.op("Add", b.op("Sub", b.op("Log", t), b.op("Log", b.op("Sub", b.const(1.0, np.float32), t))),
-                     b.const(LOGIT_MARGIN, np.float32))
+        bound = b.op(
+            "Add",
+            b.op("Sub", b.op("Log", t), b.op("Log", b.op("Sub", b.const(1.0, np.float32), t))),
+            b.const(LOGIT_MARGIN, np.float32),
+        )
         mask = b.op("GreaterOrEqual", resized, bound, out="mask")
     else:
         probs = b.op("Squeeze", x, b.const([1], np.int64), out="probs")

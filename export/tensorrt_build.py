@@ -20,6 +20,7 @@ the tests run without a GPU. The functions named `trt_*` are the only ones that 
 are written to NVIDIA's documented Python API, and tests/test_tensorrt_api.py holds every attribute
 they use against the names compiled into TensorRT's binding module.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,7 +87,9 @@ def sidecar(graph_key: str, source: dict, profile: dict, tensorrt_version: str, 
 def timing_cache_path(tensorrt_version: str, gpu: dict, cache_dir: str | Path | None = None) -> Path:
     """Where builds on this TensorRT version and GPU share their timing cache (one file per pair,
     so a cache from another version or GPU is never offered)."""
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "restr" / "tensorrt"
+    root = (
+        Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "restr" / "tensorrt"
+    )
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu['gpu_name']}-sm{gpu['compute_capability']}").strip("-")
     return root / f"timing-trt{tensorrt_version}-{slug}.cache"
 
@@ -96,8 +99,10 @@ def engine_instructions(folder: str | Path, reason: str, exported: bool = True) 
     steps = f"pip install 'tensorrt>=10' 'cuda-python>=12.6' (or pip install 'restr[tensorrt]'), then run: restr-export --build-engines {folder}"
     if exported:
         return f"TensorRT engines not built ({reason}). On a machine with an NVIDIA GPU and driver: {steps}"
-    return (f"cannot build TensorRT engines here ({reason}). Export without --engine here, then on a machine "
-            f"with an NVIDIA GPU and driver: {steps}")
+    return (
+        f"cannot build TensorRT engines here ({reason}). Export without --engine here, then on a machine "
+        f"with an NVIDIA GPU and driver: {steps}"
+    )
 
 
 def engine_support():
@@ -119,8 +124,16 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timing_cache: Path | None = None,
-                  workspace_gib: float = 4.0, log=print, backends=None) -> dict[str, dict]:
+def build_engines(
+    folder: Path,
+    manifest: dict,
+    graph_keys,
+    max_batch: int,
+    timing_cache: Path | None = None,
+    workspace_gib: float = 4.0,
+    log=print,
+    backends=None,
+) -> dict[str, dict]:
     """Build an engine for each FP16 or INT8 graph in `graph_keys` into `folder`; returns the
     manifest's `engines` entries. The timing cache is read before and written after every build."""
     trt, gpu = backends or engine_support()
@@ -155,8 +168,9 @@ def build_engines(folder: Path, manifest: dict, graph_keys, max_batch: int, timi
 # ------------------------------------------------------------ the TensorRT calls (GPU machines only)
 
 
-def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspace_bytes: int,
-              explicit_quantization: bool = False) -> tuple[bytes, bytes]:
+def trt_build(
+    trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspace_bytes: int, explicit_quantization: bool = False
+) -> tuple[bytes, bytes]:
     """Parse `onnx_path` into a strongly typed network and build it. Returns (serialized engine,
     updated serialized timing cache). `explicit_quantization`: an INT8 QDQ graph, whose network must
     hold Quantize and Dequantize layers. Raises EngineBuildError."""
@@ -170,7 +184,9 @@ def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspac
     if explicit_quantization:
         qdq = {trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE}
         if not any(network.get_layer(i).type in qdq for i in range(network.num_layers)):
-            raise EngineBuildError(f"{onnx_path}: an INT8 graph parsed without Quantize/Dequantize layers (explicit quantization lost)")
+            raise EngineBuildError(
+                f"{onnx_path}: an INT8 graph parsed without Quantize/Dequantize layers (explicit quantization lost)"
+            )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     cache = config.create_timing_cache(timing_cache)
@@ -184,7 +200,9 @@ def trt_build(trt, onnx_path: Path, profile: dict, timing_cache: bytes, workspac
     for name, shapes in profile.items():
         opt_profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
     if config.add_optimization_profile(opt_profile) < 0:  # -1: TensorRT found the profile invalid
-        raise EngineBuildError(f"{onnx_path}: TensorRT refused the optimisation profile {profile} (see TensorRT's messages above)")
+        raise EngineBuildError(
+            f"{onnx_path}: TensorRT refused the optimisation profile {profile} (see TensorRT's messages above)"
+        )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT failed to build the engine (see TensorRT's messages above)")

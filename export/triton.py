@@ -12,6 +12,7 @@
 Everything comes from the manifest (graph files, names, dtypes, shapes, max_batch); the graph files
 are copied after their sha256 is checked. The folder is written beside DIR and renamed into place.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ PREFIX = "restr"
 GRAPH_STEPS = STAGES  # required
 OPTIONAL_STEPS = PROCESSING_GRAPHS  # a Python model when the export lacks the graph
 PYTHON_SOURCES = {"restr_transforms.py": transforms, "restr_tokenizer.py": tokenizer, "restr_protocol.py": protocol}
+
 
 @dataclass
 class TritonOptions:
@@ -51,7 +53,9 @@ def write_repository(export_dir, out, options: TritonOptions | None = None) -> d
     """Write the model repository `out` for the export folder `export_dir`; returns {model: backend}."""
     o = options or TritonOptions()
     if o.precision not in PRECISIONS or o.device not in ("gpu", "cpu"):
-        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)} and device gpu or cpu, got {o.precision!r}, {o.device!r}")
+        raise ExportError(
+            f"precision must be one of {', '.join(PRECISIONS)} and device gpu or cpu, got {o.precision!r}, {o.device!r}"
+        )
     out = Path(out)
     _check_out(out, o.force)
     try:
@@ -96,8 +100,10 @@ def _graph(art: Artifacts, step: str, precision: str) -> GraphInfo | None:
     if step in OPTIONAL_STEPS:  # pre/post-processing exist in fp32 only
         return art.graphs.get(key) or art.graphs.get(step)
     if key not in art.graphs and step in art.graphs:
-        raise ExportError(f"{art.root}: the export has no {precision} {step!r} graph (only {step!r}); "
-                          f"export with --precision {precision}, or write the repository in fp32")
+        raise ExportError(
+            f"{art.root}: the export has no {precision} {step!r} graph (only {step!r}); "
+            f"export with --precision {precision}, or write the repository in fp32"
+        )
     return art.graphs.get(key)
 
 
@@ -143,8 +149,11 @@ def _python_step(root: Path, art: Artifacts, step: str, o: TritonOptions) -> str
     # The graphs' own contract, so the BLS model calls either without knowing which it got.
     inputs, outputs = graph_io(step, {"S": art.image_size})
     config = {
-        "name": name, "backend": "python", "max_batch_size": 0,
-        "input": [_tensor(t, False) for t in inputs], "output": [_tensor(t, False) for t in outputs],
+        "name": name,
+        "backend": "python",
+        "max_batch_size": 0,
+        "input": [_tensor(t, False) for t in inputs],
+        "output": [_tensor(t, False) for t in outputs],
         "instance_group": [{"count": o.bls_instances, "kind": Enum("KIND_CPU")}],
         "parameters": [parameter("restr_step", step)],
     }
@@ -154,16 +163,26 @@ def _python_step(root: Path, art: Artifacts, step: str, o: TritonOptions) -> str
 
 def _bls_model(root: Path, art: Artifacts, o: TritonOptions, broadcast: bool) -> str:
     config = {
-        "name": PREFIX, "backend": "python", "max_batch_size": 0, **model_io(),
+        "name": PREFIX,
+        "backend": "python",
+        "max_batch_size": 0,
+        **model_io(),
         "instance_group": [{"count": o.bls_instances, "kind": Enum("KIND_CPU")}],
-        "parameters": [parameter("restr_step", "bls"),
-                       *metadata_parameters(art.model_name, art.max_words, art.threshold, art.vocabulary().itos)],
+        "parameters": [
+            parameter("restr_step", "bls"),
+            *metadata_parameters(art.model_name, art.max_words, art.threshold, art.vocabulary().itos),
+        ],
     }
     version = _model_dir(root, PREFIX, config)
     extra = {
         "models": {s: f"{PREFIX}_{s}" for s in GRAPH_STEPS + OPTIONAL_STEPS},
-        "threshold": art.threshold, "max_words": art.max_words, "max_batch": art.max_batch, "max_texts": o.max_texts,
-        "cache_size": o.cache_size, "broadcast_image": broadcast, "model": art.model_name,
+        "threshold": art.threshold,
+        "max_words": art.max_words,
+        "max_batch": art.max_batch,
+        "max_texts": o.max_texts,
+        "cache_size": o.cache_size,
+        "broadcast_image": broadcast,
+        "model": art.model_name,
     }
     _python_files(version, art, extra)
     (version / "vocab.txt").write_bytes(art.vocab_path.read_bytes())
@@ -177,9 +196,14 @@ def _python_files(version: Path, art: Artifacts, extra: dict) -> None:
     for target, module in PYTHON_SOURCES.items():
         shutil.copyfile(module.__file__, version / target)
     fill = (art.manifest.get("letterbox") or {}).get("fill", "mean")
-    cfg = {"image_size": art.image_size, "mean": list(art.mean), "std": list(art.std),
-           "fill": list(mean_fill(art.mean) if fill == "mean" else fill),
-           "tokenizer": (art.manifest.get("vocab") or {}).get("tokenizer", "restr"), **extra}
+    cfg = {
+        "image_size": art.image_size,
+        "mean": list(art.mean),
+        "std": list(art.std),
+        "fill": list(mean_fill(art.mean) if fill == "mean" else fill),
+        "tokenizer": (art.manifest.get("vocab") or {}).get("tokenizer", "restr"),
+        **extra,
+    }
     (version / "restr.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 

@@ -11,8 +11,10 @@ One file for every Python model; the model config's `restr_step` parameter says 
 It runs inside Triton, beside restr_transforms.py, restr_tokenizer.py and restr_protocol.py (copies
 of the runtime's files) and restr.json; it needs numpy and Pillow (and onnxruntime for `onnx`).
 """
+
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,10 +55,12 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                out = run(lambda name: _input(request, name))
+                out = run(functools.partial(_input, request))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, out[n]) for n in self.outputs]))
             except ValueError as e:  # RequestError, ImageError, a failed step: this request only
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e).splitlines()[0])))
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e).splitlines()[0]))
+                )
         return responses
 
     # -- the restr model ----------------------------------------------------------------------------
@@ -89,22 +93,47 @@ class TritonPythonModel:
         pixel, patch = [], []
         for i in range(0, len(texts), c["max_batch"]):
             words, pad = enc.words[i : i + c["max_batch"]], enc.pad_mask[i : i + c["max_batch"]]
-            lang = _timed(ms, "language", names["language"], {"words": words, "pad_mask": pad}, ["linguistic_features"])["linguistic_features"]
+            lang = _timed(ms, "language", names["language"], {"words": words, "pad_mask": pad}, ["linguistic_features"])[
+                "linguistic_features"
+            ]
             # one image's features for K expressions: broadcast by the graph when it takes an image batch of 1
             feats = features if c["broadcast_image"] else np.repeat(features, len(words), axis=0)
-            out = _timed(ms, "fusion_decoder", names["fusion_decoder"], {"visual_features": feats, "linguistic_features": lang, "pad_mask": pad},
-                         ["pixel_probs", "patch_probs"])
+            out = _timed(
+                ms,
+                "fusion_decoder",
+                names["fusion_decoder"],
+                {"visual_features": feats, "linguistic_features": lang, "pad_mask": pad},
+                ["pixel_probs", "patch_probs"],
+            )
             pixel.append(out["pixel_probs"])
             patch.append(out["patch_probs"])
         thr = c["threshold"] if threshold is None else threshold
-        post = _timed(ms, "postprocess", names["postprocess"], {"pixel_probs": np.concatenate(pixel), "letterbox": letterbox,
-                                                               "threshold": np.array([thr], np.float32)}, ["mask", "probs", "score", "area"])
+        post = _timed(
+            ms,
+            "postprocess",
+            names["postprocess"],
+            {"pixel_probs": np.concatenate(pixel), "letterbox": letterbox, "threshold": np.array([thr], np.float32)},
+            ["mask", "probs", "score", "area"],
+        )
         # as Prediction.timings: the image's stages whole, the later ones this expression's share
         k = len(texts)
         timings = {n: v if n in ("preprocess", "vision") else v / k for n, v in ms.items()}
-        no_known = [all(w in FUNCTION_WORDS or w in unknown for w in self.vocab.split(t)[: c["max_words"]]) for t, unknown in zip(texts, enc.unknown)]
-        return response(post["mask"], post["probs"], post["score"], post["area"], np.concatenate(patch).max(axis=1),
-                        [list(dict.fromkeys(u)) for u in enc.unknown], enc.truncated, thr, no_known, [timings] * k)
+        no_known = [
+            all(w in FUNCTION_WORDS or w in unknown for w in self.vocab.split(t)[: c["max_words"]])
+            for t, unknown in zip(texts, enc.unknown)
+        ]
+        return response(
+            post["mask"],
+            post["probs"],
+            post["score"],
+            post["area"],
+            np.concatenate(patch).max(axis=1),
+            [list(dict.fromkeys(u)) for u in enc.unknown],
+            enc.truncated,
+            thr,
+            no_known,
+            [timings] * k,
+        )
 
     # -- fallbacks for the export's preprocess / postprocess graphs ---------------------------------
 
@@ -152,8 +181,12 @@ def _call(model: str, inputs: dict, outputs: list) -> dict:
     kwargs = {}
     if hasattr(pb_utils, "PreferredMemory"):  # a GPU model's outputs come back in host memory, for numpy
         kwargs["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
-    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs,
-                                        inputs=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in inputs.items()], **kwargs)
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=outputs,
+        inputs=[pb_utils.Tensor(n, np.ascontiguousarray(v)) for n, v in inputs.items()],
+        **kwargs,
+    )
     response = request.exec()
     if response.has_error():
         raise ValueError(f"{model}: {response.error().message()}")

@@ -17,6 +17,7 @@ so is a minimum share of decisive pixels for the same-side fraction; for random 
 probabilities mostly sit near 0.5, the differences, and the same-side fraction where enough pixels
 are decisive.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -118,7 +119,9 @@ def _worst(results: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------- inputs
 
 
-def generated_inputs(image_size: int, max_words: int, vocab_size: int, mean, std, n: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+def generated_inputs(
+    image_size: int, max_words: int, vocab_size: int, mean, std, n: int = 3, seed: int = 0
+) -> dict[str, np.ndarray]:
     """`n` synthetic letterboxed images (flat background, a few coloured boxes and discs, the letterbox
     padding at the bottom/right) and word lists of different lengths, as model inputs (numpy).
 
@@ -160,8 +163,18 @@ def dataset_inputs(meta: dict, cfg, vocab, n: int = 3) -> dict[str, np.ndarray]:
     last: Exception | None = None
     for split in ("val", "test"):
         try:
-            ds = build_dataset(meta["data"], split, cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words,
-                               split_by=meta.get("split_by"), image_root=meta.get("image_root"), transform=cfg.image_transform)
+            ds = build_dataset(
+                meta["data"],
+                split,
+                cfg.image_size,
+                vocab,
+                cfg.image_mean,
+                cfg.image_std,
+                cfg.max_words,
+                split_by=meta.get("split_by"),
+                image_root=meta.get("image_root"),
+                transform=cfg.image_transform,
+            )
             break
         except Exception as e:  # a split the data set does not have: try the next
             last = e
@@ -184,7 +197,12 @@ def verification_inputs(cfg, vocab, meta: dict, n: int = 3, seed: int = 0) -> tu
         except Exception as e:
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
             feeds = generated_inputs(cfg.image_size, cfg.max_words, len(vocab), cfg.image_mean, cfg.image_std, n, seed)
-            return feeds, {"source": "generated", "seed": seed, "samples": n, "note": f"data set {data!r} not readable ({reason})"}
+            return feeds, {
+                "source": "generated",
+                "seed": seed,
+                "samples": n,
+                "note": f"data set {data!r} not readable ({reason})",
+            }
     feeds = generated_inputs(cfg.image_size, cfg.max_words, len(vocab), cfg.image_mean, cfg.image_std, n, seed)
     return feeds, {"source": "generated", "seed": seed, "samples": n}
 
@@ -217,13 +235,18 @@ class Check:
             raise ValueError(f"check {self.name!r} is declared not judged but has criteria {sorted(self.criteria)}")
         unknown = sorted(set(self.criteria) - set(self.figures))
         if unknown:
-            raise ValueError(f"check {self.name!r}: criteria on figures it does not have: {unknown} (it has {sorted(self.figures)})")
+            raise ValueError(
+                f"check {self.name!r}: criteria on figures it does not have: {unknown} (it has {sorted(self.figures)})"
+            )
 
     @property
     def misses(self) -> list[str]:
         """The criteria not met, each as "figure value (needs op bound)"."""
-        return [f"{k} {_fmt(self.figures[k])} (needs {op} {v:g})" for k, (op, v) in self.criteria.items()
-                if not _meets(self.figures[k], op, v)]
+        return [
+            f"{k} {_fmt(self.figures[k])} (needs {op} {v:g})"
+            for k, (op, v) in self.criteria.items()
+            if not _meets(self.figures[k], op, v)
+        ]
 
     @property
     def passed(self) -> bool | None:
@@ -237,8 +260,13 @@ class Check:
 
     def to_dict(self) -> dict:
         """The manifest's entry: reference, batch_sizes, the figures, criteria, passed."""
-        return {"reference": self.reference, "batch_sizes": list(self.batch_sizes), **self.figures,
-                "criteria": {k: f"{op} {v:g}" for k, (op, v) in self.criteria.items()}, "passed": self.passed}
+        return {
+            "reference": self.reference,
+            "batch_sizes": list(self.batch_sizes),
+            **self.figures,
+            "criteria": {k: f"{op} {v:g}" for k, (op, v) in self.criteria.items()},
+            "passed": self.passed,
+        }
 
 
 @dataclass(frozen=True)
@@ -302,7 +330,12 @@ def torch_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
         v = model.encode_image(image)
         l = model.encode_text(words, pad)
         pixel, patch = FusionDecoder(model)(v, l, pad)
-    return {"visual_features": v.numpy(), "linguistic_features": l.numpy(), "pixel_probs": pixel.numpy(), "patch_probs": patch.numpy()}
+    return {
+        "visual_features": v.numpy(),
+        "linguistic_features": l.numpy(),
+        "pixel_probs": pixel.numpy(),
+        "patch_probs": patch.numpy(),
+    }
 
 
 def check_shapes(key: str, runner, outputs: dict[str, np.ndarray], batch: int) -> None:
@@ -311,7 +344,9 @@ def check_shapes(key: str, runner, outputs: dict[str, np.ndarray], batch: int) -
     for o in runner.info.outputs:
         want = o.concrete(batch)
         if outputs[o.name].shape != want:
-            raise VerificationError(f"{key}: output {o.name} has shape {outputs[o.name].shape} at batch {batch}, the manifest declares {want}")
+            raise VerificationError(
+                f"{key}: output {o.name} has shape {outputs[o.name].shape} at batch {batch}, the manifest declares {want}"
+            )
 
 
 def _slice(d: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
@@ -337,8 +372,7 @@ def _split_chain(predictor, feeds: dict) -> dict[str, np.ndarray]:
     return {"pixel_probs": np.concatenate(pixel), "patch_probs": np.concatenate(patch)}
 
 
-def run_checks(model, art, feeds: dict[str, np.ndarray], rules: Rules, batch_sizes=(3, 1),
-               threads: int = 0) -> list[Check]:
+def run_checks(model, art, feeds: dict[str, np.ndarray], rules: Rules, batch_sizes=(3, 1), threads: int = 0) -> list[Check]:
     """Every check of the export `art`, each worst over `batch_sizes` (each a prefix of `feeds`) and
     judged by `rules`.
 
@@ -358,7 +392,11 @@ def run_checks(model, art, feeds: dict[str, np.ndarray], rules: Rules, batch_siz
     outs = {}
     for b in batch_sizes:
         f, t = _slice(feeds, b), _slice(torch_out, b)
-        decoder_feeds = {"visual_features": t["visual_features"], "linguistic_features": t["linguistic_features"], "pad_mask": f["pad_mask"]}
+        decoder_feeds = {
+            "visual_features": t["visual_features"],
+            "linguistic_features": t["linguistic_features"],
+            "pad_mask": f["pad_mask"],
+        }
         outs[b] = {k: r.run(decoder_feeds if k.startswith("fusion_decoder") else f) for k, r in runners.items()}
         for k, o in outs[b].items():
             check_shapes(k, runners[k], o, b)
@@ -393,7 +431,11 @@ def run_checks(model, art, feeds: dict[str, np.ndarray], rules: Rules, batch_siz
             runs = []
             for b in (b for b in batch_sizes if b > 1):
                 t, pad = _slice(torch_out, b), feeds["pad_mask"][:b]
-                shared = {"visual_features": t["visual_features"][:1], "linguistic_features": t["linguistic_features"], "pad_mask": pad}
+                shared = {
+                    "visual_features": t["visual_features"][:1],
+                    "linguistic_features": t["linguistic_features"],
+                    "pad_mask": pad,
+                }
                 repeated = dict(shared, visual_features=np.repeat(shared["visual_features"], b, 0))
                 runs.append(_probs(runners[fd].run(repeated), runners[fd].run(shared), tol))
             check(f"split_vs_repeated_image{suffix}", f"{fd} (features repeated)", runs, rules.same_computation)
@@ -403,16 +445,21 @@ def run_checks(model, art, feeds: dict[str, np.ndarray], rules: Rules, batch_siz
             runs = [_probs(outs[b][e2e], _split_chain(predictor, _slice(feeds, b)), tol) for b in batch_sizes]
             # INT8: the split graphs and the end-to-end graph are quantized and calibrated apart, so
             # they are held to INT8's gate against each other
-            check(f"split_vs_end_to_end{suffix}", f"{e2e} (onnxruntime)", runs,
-                  partial(rules.reduced_probs, "int8") if precision == "int8" else rules.same_computation)
+            check(
+                f"split_vs_end_to_end{suffix}",
+                f"{e2e} (onnxruntime)",
+                runs,
+                partial(rules.reduced_probs, "int8") if precision == "int8" else rules.same_computation,
+            )
     names = [c.name for c in checks]
     if len(set(names)) != len(names):
         raise ValueError(f"two checks share a name: {names} (a bug in restr-export)")
     return checks
 
 
-def verify(model, art, feeds: dict[str, np.ndarray], tol: Tolerances,
-           masks_meaningful: bool, batch_sizes=(3, 1), threads: int = 0) -> dict:
+def verify(
+    model, art, feeds: dict[str, np.ndarray], tol: Tolerances, masks_meaningful: bool, batch_sizes=(3, 1), threads: int = 0
+) -> dict:
     """All checks on the export `art` (an `Artifacts`), judged. Returns the manifest's `verification`
     body (without the inputs)."""
     checks = run_checks(model, art, feeds, Rules(tol, masks_meaningful), batch_sizes, threads)
@@ -438,9 +485,11 @@ def format_table(verification: dict) -> str:
     for name, c in verification["checks"].items():
         iou = f"{c['mask_iou']:.4f}" if "mask_iou" in c else "-"
         side = f"{c['same_side']:.4f}" if c.get("same_side") is not None else "-"
-        diff = f"{c['max_abs_diff']:.2e}" + ("" if "mask_iou" in c else " (rel %.1e)" % c["max_rel_diff"])
+        diff = f"{c['max_abs_diff']:.2e}" + ("" if "mask_iou" in c else f" (rel {c['max_rel_diff']:.1e})")
         result = {True: "ok", False: "FAIL", None: "not judged"}[c["passed"]]
-        rows.append((name, c["reference"], ",".join(map(str, c["batch_sizes"])), diff, f"{c['mean_abs_diff']:.2e}", iou, side, result))
+        rows.append(
+            (name, c["reference"], ",".join(map(str, c["batch_sizes"])), diff, f"{c['mean_abs_diff']:.2e}", iou, side, result)
+        )
     lines = [format_text_table(["check", "reference", "batches", "max|dp|", "mean|dp|", "mask IoU", "same side", "result"], rows)]
     if not verification.get("masks_meaningful", True):
         lines.append("(random weights: probabilities sit near 0.5, so mask IoU is shown but not judged)")
@@ -487,7 +536,9 @@ def check_processing(art, cfg, seed: int = 0, threads: int = 0) -> dict:
         ref = lb.input(Image.fromarray(photo), cfg.image_mean, cfg.image_std)[None]
         image, letterbox = (pre.run({"rgb": photo})[k] for k in ("image", "letterbox"))
         probs = rng.random((2, 1, s, s), dtype=np.float32)
-        done = post.run({"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([0.5], np.float32)}, outputs=("probs", "mask"))
+        done = post.run(
+            {"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([0.5], np.float32)}, outputs=("probs", "mask")
+        )
         got, mask = done["probs"], done["mask"]
         want = np.stack([lb.invert(p[0]) for p in probs])
         want_mask = np.stack([lb.invert_mask(p[0], 0.5) for p in probs])
@@ -498,10 +549,17 @@ def check_processing(art, cfg, seed: int = 0, threads: int = 0) -> dict:
         out["mask_agreement"] = min(out["mask_agreement"], float((mask == want_mask).mean()))
     criteria = LOGIT_PROCESSING_CRITERIA if transform.mask_from == "logits" else PROCESSING_CRITERIA
     failures = [] if out["geometry_equal"] else ["letterbox geometry differs from Letterbox.fit"]
-    failures += [f"{k} {out[k]:.4g} (needs {op} {v:g})" for k, (op, v) in criteria.items()
-                 if not (out[k] <= v if op == "<=" else out[k] >= v)]
-    return {**out, "criteria": {k: f"{op} {v:g}" for k, (op, v) in criteria.items()},
-            "passed": not failures, "failures": failures}
+    failures += [
+        f"{k} {out[k]:.4g} (needs {op} {v:g})"
+        for k, (op, v) in criteria.items()
+        if not (out[k] <= v if op == "<=" else out[k] >= v)
+    ]
+    return {
+        **out,
+        "criteria": {k: f"{op} {v:g}" for k, (op, v) in criteria.items()},
+        "passed": not failures,
+        "failures": failures,
+    }
 
 
 def cuda_placement(path) -> dict | None:
@@ -522,8 +580,11 @@ def cuda_placement(path) -> dict | None:
         so.log_severity_level = 4  # a refused capture is an answer here, not an error to print
         if saved is not None:
             so.optimized_model_filepath = str(saved)
-        return ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", {"enable_cuda_graph": str(int(cuda_graph))}),
-                                                              "CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path),
+            so,
+            providers=[("CUDAExecutionProvider", {"enable_cuda_graph": str(int(cuda_graph))}), "CPUExecutionProvider"],
+        )
 
     with tempfile.TemporaryDirectory() as d:
         saved = Path(d) / "optimized.onnx"
@@ -547,8 +608,10 @@ def format_graphs(verification: dict) -> str:
         lines.append(format_text_table(["graph", *cols], [[k, *(g.get(c, "-") for c in cols)] for k, g in graphs.items()]))
     p = verification.get("processing")
     if p:
-        lines.append(f"preprocess/postprocess vs Pillow on {len(p['sizes'])} photo sizes: geometry "
-                     f"{'equal' if p['geometry_equal'] else 'DIFFERS'}, image max {p['image_max_levels']:.2f} uint8 levels, "
-                     f"probs max|dp| {p['probs_max_abs_diff']:.1e}, masks agree on {p['mask_agreement']:.5%}: "
-                     f"{'ok' if p['passed'] else 'FAIL'}")
+        lines.append(
+            f"preprocess/postprocess vs Pillow on {len(p['sizes'])} photo sizes: geometry "
+            f"{'equal' if p['geometry_equal'] else 'DIFFERS'}, image max {p['image_max_levels']:.2f} uint8 levels, "
+            f"probs max|dp| {p['probs_max_abs_diff']:.1e}, masks agree on {p['mask_agreement']:.5%}: "
+            f"{'ok' if p['passed'] else 'FAIL'}"
+        )
     return "\n".join(lines)

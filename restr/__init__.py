@@ -2,4 +2,5 @@
 
 Importing `restr` does not import torch: `restr.runtime` must work in torch-free deployments.
 """
+
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ whose size depends on the vocabulary; it is reported on its own.
 (`_scaled_dot_product_flash_attention_for_cpu`), so one is registered here from the library's own
 `sdpa_flop_count`; `analytic_macs` is the independent check of the whole count.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -30,6 +30,7 @@ order), and the embedding rows follow the words. Their GloVe matrix (`data/{Gref
 row i = word i of the vocabulary) is read the same way (`read_glove_matrix`, and `restr-train
 --glove data/Gref_emb.npy` through `restr.pretrained.load_glove`).
 """
+
 from __future__ import annotations
 
 import re
@@ -73,10 +74,19 @@ def key_map(cfg: ReSTRConfig) -> dict[str, str]:
         ("vision.encoder", "encoder_v.blocks", cfg.vision.depth, "encoder_v.norm"),
         ("language.encoder", "encoder_l.blocks", cfg.language.depth, None),
         ("fusion.visual_linguistic", "fusion_module.blocks_vl", 1 if shared else cfg.fusion.depth // 2, None),
-        ("fusion.linguistic_seed", "fusion_module.blocks_ls", 1 if shared else cfg.fusion.depth - cfg.fusion.depth // 2, "fusion_module.norm"),
+        (
+            "fusion.linguistic_seed",
+            "fusion_module.blocks_ls",
+            1 if shared else cfg.fusion.depth - cfg.fusion.depth // 2,
+            "fusion_module.norm",
+        ),
     )
-    pairs = [("language.out_proj", "encoder_l.proj_lang"), ("language.out_norm", "encoder_l.lang_norm"),
-             ("fusion.vision_proj", "fusion_module.proj_v"), ("fusion.language_proj", "fusion_module.proj_l")]
+    pairs = [
+        ("language.out_proj", "encoder_l.proj_lang"),
+        ("language.out_norm", "encoder_l.lang_norm"),
+        ("fusion.vision_proj", "fusion_module.proj_v"),
+        ("fusion.language_proj", "fusion_module.proj_l"),
+    ]
     for ours, theirs, depth, norm in stacks:
         pairs += [(f"{ours}.blocks.{i}.{name}", f"{theirs}.{i}.{name}") for i in range(depth) for name in _LAYER]
         if norm:
@@ -116,7 +126,9 @@ def convert_state_dict(theirs: dict, cfg: ReSTRConfig, rows: list[int], source: 
             t = t.flatten(1)  # conv kernels: (D, C, P, P) in (C, P_h, P_w) order; 1x1 convs (out, in, 1, 1)
         elif ours == "language.word_embed.weight":
             if max(rows) >= t.shape[0]:
-                raise AuthorsError(f"{source}: {name} has {t.shape[0]} rows, the vocabulary {max(rows) + 1} words: not its vocabulary")
+                raise AuthorsError(
+                    f"{source}: {name} has {t.shape[0]} rows, the vocabulary {max(rows) + 1} words: not its vocabulary"
+                )
             t = t[torch.as_tensor(rows)]
         out[ours] = t.contiguous()
     return out
@@ -150,7 +162,9 @@ def find_vocabulary(path: str | Path, rows: int) -> Path:
         return path
     found = sorted(p for p in path.glob("vocabulary_*.txt") if len(p.read_text(encoding="utf-8").splitlines()) == rows)
     if len(found) != 1:
-        raise AuthorsError(f"{path}: {len(found)} vocabulary_*.txt files of {rows} words (the checkpoint's embedding rows); give the file")
+        raise AuthorsError(
+            f"{path}: {len(found)} vocabulary_*.txt files of {rows} words (the checkpoint's embedding rows); give the file"
+        )
     return found[0]
 
 
@@ -203,8 +217,9 @@ def read_state_dict(path: str | Path) -> dict:
     return obj
 
 
-def load_authors_checkpoint(path: str | Path, vocabulary: str | Path, image_size: int | None = None,
-                            config: ReSTRConfig | None = None) -> Checkpoint:
+def load_authors_checkpoint(
+    path: str | Path, vocabulary: str | Path, image_size: int | None = None, config: ReSTRConfig | None = None
+) -> Checkpoint:
     """A checkpoint of the authors' training script as a restr Checkpoint of the `-authors` variant.
 
     `vocabulary`: their `vocabulary_*.txt`, or their `data/` folder (the file whose size matches the
@@ -240,11 +255,13 @@ def main(argv=None) -> None:
     import click
 
     from restr.checkpoint import save_checkpoint
-    from restr.runtime.cli_common import OneLineErrorCommand, UsageError
     from restr.cli_common import one_line_errors
+    from restr.runtime.cli_common import OneLineErrorCommand, UsageError
 
     @click.command("python -m restr.authors", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="A state dict saved by the authors' train_restr.py.")
+    @click.option(
+        "--ckpt", required=True, type=click.Path(dir_okay=False), help="A state dict saved by the authors' train_restr.py."
+    )
     @click.option("--vocab", required=True, type=click.Path(), help="Their data/vocabulary_*.txt, or their data/ folder.")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The restr checkpoint to write (must not exist).")
     @click.option("--image-size", type=int, default=None, help="Input side to resize the position grid to (default: theirs).")

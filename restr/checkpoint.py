@@ -6,6 +6,7 @@ Layout (a plain dict, loadable with `torch.load(weights_only=True)`):
     model: state dict, meta: free-form JSON-like dict (data set, step, metrics),
     train_state: optional optimizer / scheduler / step for resuming.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ def read_checkpoint_dict(path) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a restr checkpoint (no '{FORMAT}' format marker)")
     if obj.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {obj.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {obj.get('format_version')} is not supported (expected {FORMAT_VERSION})"
+        )
     return obj
 
 
@@ -110,7 +113,9 @@ def load_checkpoint_from(path, source: str = "restr", vocab=None, image_size: in
         raise CheckpointError(f"unknown checkpoint source {source!r}; known: {', '.join(CHECKPOINT_SOURCES)}")
     if source == "authors":
         if vocab is None:
-            raise CheckpointError(f"{path}: the authors' checkpoints hold no vocabulary: give theirs (--vocab data/vocabulary_*.txt)")
+            raise CheckpointError(
+                f"{path}: the authors' checkpoints hold no vocabulary: give theirs (--vocab data/vocabulary_*.txt)"
+            )
         from restr.authors import load_authors_checkpoint
 
         return load_authors_checkpoint(path, vocab, image_size)

@@ -1,5 +1,6 @@
 """What the torch side's commands (restr-train, restr-eval, python -m restr.authors) add to the
 runtime's `restr.runtime.cli_common`: their own user errors and the device choice."""
+
 from __future__ import annotations
 
 import contextlib

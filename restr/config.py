@@ -3,6 +3,7 @@
 `restr-b16` is the paper's model (ViT-B/16 + GloVe-300 + CME fusion). `restr-tiny` keeps the same
 structure at a width and depth that trains on two CPU cores in minutes (the built-in demo and tests).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,11 +98,19 @@ class ReSTRConfig:
     tokenizer: str = "restr"  # "authors": their split, (\W+) kept as tokens
 
     def __post_init__(self):
-        for key, allowed in (("language_norm", NORM_ORDERS), ("language_output", LANGUAGE_OUTPUTS), ("padding", PADDINGS),
-                             ("decoder_gate", DECODER_GATES), ("patch_label_rule", PATCH_LABEL_RULES),
-                             ("pos_embed_resize", RESIZE_MODES), ("fusion_drop_path", DROP_PATH_RAMPS),
-                             ("decoder_init", DECODER_INITS), ("letterbox_align", LETTERBOX_ALIGNS),
-                             ("mask_from", MASK_SOURCES), ("tokenizer", TOKENIZERS)):
+        for key, allowed in (
+            ("language_norm", NORM_ORDERS),
+            ("language_output", LANGUAGE_OUTPUTS),
+            ("padding", PADDINGS),
+            ("decoder_gate", DECODER_GATES),
+            ("patch_label_rule", PATCH_LABEL_RULES),
+            ("pos_embed_resize", RESIZE_MODES),
+            ("fusion_drop_path", DROP_PATH_RAMPS),
+            ("decoder_init", DECODER_INITS),
+            ("letterbox_align", LETTERBOX_ALIGNS),
+            ("mask_from", MASK_SOURCES),
+            ("tokenizer", TOKENIZERS),
+        ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if not self.layer_norm_eps > 0:
@@ -136,14 +145,14 @@ class ReSTRConfig:
 
         return ImageTransform(align=self.letterbox_align, antialias=self.resize_antialias, mask_from=self.mask_from)
 
-    def replace(self, **changes) -> "ReSTRConfig":
+    def replace(self, **changes) -> ReSTRConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ReSTRConfig":
+    def from_dict(cls, d: dict) -> ReSTRConfig:
         d = dict(d)
         for key in ("vision", "language", "fusion"):
             if isinstance(d.get(key), dict):
@@ -190,11 +199,25 @@ _TINY = ReSTRConfig(
 # training script builds CME and, with --is_shared, CME-shared; VME and IME exist in their code only
 # as classes it cannot build (docs/paper-to-code.md).
 AUTHORS = dict(
-    vision_class_token=True, layer_norm_eps=1e-5, language_norm="post", language_output="authors", padding="front",
-    fusion_vl_norm=False, patch_projections=True, patch_logit_scale=False, decoder_gate="logit", patch_label_rule="sum",
-    pos_embed_resize="bilinear", fusion_drop_path="per-stack", decoder_bias=False, decoder_init="xavier",
+    vision_class_token=True,
+    layer_norm_eps=1e-5,
+    language_norm="post",
+    language_output="authors",
+    padding="front",
+    fusion_vl_norm=False,
+    patch_projections=True,
+    patch_logit_scale=False,
+    decoder_gate="logit",
+    patch_label_rule="sum",
+    pos_embed_resize="bilinear",
+    fusion_drop_path="per-stack",
+    decoder_bias=False,
+    decoder_init="xavier",
     # their evaluation transform (eval/evaluate.py) and tokenizer (utils/text_processing.py)
-    letterbox_align="centre", resize_antialias=False, mask_from="logits", tokenizer="authors",
+    letterbox_align="centre",
+    resize_antialias=False,
+    mask_from="logits",
+    tokenizer="authors",
 )
 
 CONFIGS: dict[str, ReSTRConfig] = {

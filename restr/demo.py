@@ -7,6 +7,7 @@ train restr-tiny -> evaluate (and the shuffled-text control) -> export ONNX + FP
 Each step is the command a user would type, printed before it runs. Re-running resumes or reuses
 what is already there.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,18 +44,65 @@ GATES = {"fp32": (0.002, RUN / "eval-artifacts.json"), "fp16": (0.005, RUN / "ev
 def main() -> None:
     t0 = time.perf_counter()
     ckpt = RUN / "model.pt"
-    step("1/8 train restr-tiny on the synthetic referring task (2 CPU cores: 11-21 minutes; stopped, make demo goes on from its last checkpoint)",
-         "restr-train", "--config", "restr-tiny", "--data", "synthetic", "--out", str(RUN), "--resume", "--workers", "1")
-    step("2/8 evaluate on the synthetic test split",
-         "restr-eval", "--ckpt", str(ckpt), "--data", "synthetic:test", "--json", str(RUN / "eval.json"))
-    step("3/8 control: the same model with each expression swapped for another object's of the same image",
-         "restr-eval", "--ckpt", str(ckpt), "--data", "synthetic:test", "--shuffle-text", "--json", str(RUN / "eval-shuffled.json"))
-    step("4/8 export ONNX (end-to-end and split), mixed-precision FP16 ONNX, verified against PyTorch",
-         "restr-export", "--ckpt", str(ckpt), "--out", str(RUN / "export"), "--force")
+    step(
+        "1/8 train restr-tiny on the synthetic referring task (2 CPU cores: 11-21 minutes; stopped, make demo goes on from its last checkpoint)",
+        "restr-train",
+        "--config",
+        "restr-tiny",
+        "--data",
+        "synthetic",
+        "--out",
+        str(RUN),
+        "--resume",
+        "--workers",
+        "1",
+    )
+    step(
+        "2/8 evaluate on the synthetic test split",
+        "restr-eval",
+        "--ckpt",
+        str(ckpt),
+        "--data",
+        "synthetic:test",
+        "--json",
+        str(RUN / "eval.json"),
+    )
+    step(
+        "3/8 control: the same model with each expression swapped for another object's of the same image",
+        "restr-eval",
+        "--ckpt",
+        str(ckpt),
+        "--data",
+        "synthetic:test",
+        "--shuffle-text",
+        "--json",
+        str(RUN / "eval-shuffled.json"),
+    )
+    step(
+        "4/8 export ONNX (end-to-end and split), mixed-precision FP16 ONNX, verified against PyTorch",
+        "restr-export",
+        "--ckpt",
+        str(ckpt),
+        "--out",
+        str(RUN / "export"),
+        "--force",
+    )
     for n, (precision, (drop, path)) in enumerate(GATES.items(), 5):
-        step(f"{n}/8 deploy gate: the {precision.upper()} graphs through the runtime against the checkpoint, on the same samples",
-             "restr-eval", "--ckpt", str(ckpt), "--artifacts", str(RUN / "export"), "--data", "synthetic:test",
-             *(["--precision", precision] if precision != "fp32" else []), "--max-drop", str(drop), "--json", str(path))
+        step(
+            f"{n}/8 deploy gate: the {precision.upper()} graphs through the runtime against the checkpoint, on the same samples",
+            "restr-eval",
+            "--ckpt",
+            str(ckpt),
+            "--artifacts",
+            str(RUN / "export"),
+            "--data",
+            "synthetic:test",
+            *(["--precision", precision] if precision != "fp32" else []),
+            "--max-drop",
+            str(drop),
+            "--json",
+            str(path),
+        )
 
     from restr.data import build_dataset
     from restr.runtime.tokenizer import Vocabulary
@@ -64,8 +112,19 @@ def main() -> None:
     for n, (image, texts) in enumerate(test.expressions_by_image(3).items(), 1):
         args = [a for t in texts[:3] for a in ("--text", t)]
         out = RUN / "predict" / image.stem
-        step(f"7/8 predict with the torch-free runtime (image {n} of 3)", "restr-predict", "--artifacts", str(RUN / "export"),
-             "--image", str(image), *args, "--out", str(out), "--overlay", "--force")
+        step(
+            f"7/8 predict with the torch-free runtime (image {n} of 3)",
+            "restr-predict",
+            "--artifacts",
+            str(RUN / "export"),
+            "--image",
+            str(image),
+            *args,
+            "--out",
+            str(out),
+            "--overlay",
+            "--force",
+        )
         if not (out / "summary.json").is_file():
             sys.exit(f"demo: restr-predict wrote no {out / 'summary.json'}")
     sheet = _contact_sheet(RUN / "predict", RUN / "predictions.png")
@@ -75,7 +134,11 @@ def main() -> None:
     sh = json.loads((RUN / "eval-shuffled.json").read_text())
     meta_train = _train_seconds(ckpt)
     print("\n== summary")
-    print(f"training time            {meta_train / 60:.1f} min" if meta_train else "training time            (reused an earlier run)")
+    print(
+        f"training time            {meta_train / 60:.1f} min"
+        if meta_train
+        else "training time            (reused an earlier run)"
+    )
     print(f"test overall IoU         {ev['overall_iou']:.3f}   mean IoU {ev['mean_iou']:.3f}   (n={ev['n']})")
     print(f"shuffled-text control    {sh['overall_iou']:.3f}   mean IoU {sh['mean_iou']:.3f}   (the model reads the words)")
     for precision, (drop, path) in GATES.items():
@@ -87,8 +150,10 @@ def main() -> None:
 def gate_summary(precision: str, drop: float, path: Path) -> str:
     """One summary line of a deploy-gate comparison that restr-eval wrote to `path`."""
     res = json.loads(Path(path).read_text())
-    return (f"{precision.upper() + ' export':<25}overall IoU {res['artifacts']['overall_iou']:.4f}, {res['difference']['overall_iou']:+.4f} "
-            f"against the checkpoint (gate: at most {drop:g} below); mask IoU with the checkpoint's, mean {res['agreement']['mean_mask_iou']:.4f}")
+    return (
+        f"{precision.upper() + ' export':<25}overall IoU {res['artifacts']['overall_iou']:.4f}, {res['difference']['overall_iou']:+.4f} "
+        f"against the checkpoint (gate: at most {drop:g} below); mask IoU with the checkpoint's, mean {res['agreement']['mean_mask_iou']:.4f}"
+    )
 
 
 def _contact_sheet(predict: Path, path: Path) -> Path:

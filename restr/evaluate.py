@@ -3,6 +3,7 @@
 Predictions are made on the letterboxed square, mapped back onto each original image with the
 inverse letterbox, thresholded at 0.5 and compared with the ground truth at its own resolution.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -15,12 +16,12 @@ import click
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file
 from restr.cli_common import one_line_errors, pick_device
+from restr.metrics import SegmentationMetrics, agreement, difference, format_comparison, format_table, intersection_union
+from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file
+from restr.runtime.errors import first_line
 from restr.runtime.formats import PRECISIONS
 from restr.runtime.transforms import ImageTransform
-from restr.metrics import SegmentationMetrics, agreement, difference, format_comparison, format_table, intersection_union
-from restr.runtime.errors import first_line
 
 MAX_EXPRESSIONS = 256  # expressions the runtime takes in one call about one image (Predictor.max_expressions)
 
@@ -37,8 +38,15 @@ def checkpoint_masks(model, dataset, indices, device="cpu", batch_size: int = 32
 
 
 def evaluate(
-    model, dataset, device="cpu", batch_size: int = 32, threshold: float = 0.5, workers: int = 0,
-    limit: int | None = None, progress: bool = True, indices=None,
+    model,
+    dataset,
+    device="cpu",
+    batch_size: int = 32,
+    threshold: float = 0.5,
+    workers: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+    indices=None,
 ) -> SegmentationMetrics:
     """Score `model` on `dataset` (a restr.data.ReferDataset). Returns the metrics accumulator.
 
@@ -127,8 +135,10 @@ def score(dataset, streams, total: int, progress: bool = True) -> tuple[list[Seg
             gt = dataset.ground_truth(i)
             for c, mask in zip(counts, masks):
                 if mask.shape != gt.shape:
-                    raise UsageError(f"{dataset.image_path(i)}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, the ground "
-                                     f"truth {gt.shape[1]}x{gt.shape[0]} (the runtime reads the image at another size than the annotations)")
+                    raise UsageError(
+                        f"{dataset.image_path(i)}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels, the ground "
+                        f"truth {gt.shape[1]}x{gt.shape[0]} (the runtime reads the image at another size than the annotations)"
+                    )
                 c[i] = intersection_union(mask, gt)
             if len(masks) == 2:
                 pairs.update(*masks)
@@ -162,41 +172,120 @@ def timed(stream, clock: list[float]):
 RUNTIME_OPTIONS = ("backend", "precision", "providers")
 
 
-@click.command("restr-eval", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--ckpt", default=None, type=click.Path(dir_okay=False),
-              help="Checkpoint written by restr-train; with --artifacts or --server, the reference they are compared with.")
-@click.option("--from", "ckpt_from", type=click.Choice(["restr", "authors"]), default="restr", show_default=True,
-              help="What --ckpt holds: a restr checkpoint, or a state dict of the authors' train_restr.py (read into restr-b16-authors).")
-@click.option("--vocab", "authors_vocab", default=None, type=click.Path(exists=True),
-              help="With --from authors: their data/vocabulary_*.txt, or their data/ folder.")
-@click.option("--artifacts", default=None, type=click.Path(file_okay=False),
-              help="Export folder written by restr-export: score the model as the runtime runs it (its vocabulary, its pre- and post-processing graphs).")
-@click.option("--server", default=None, metavar="URL",
-              help="Instead of --artifacts: score the model a restr server serves (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.")
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
-              help="With --artifacts: ONNX Runtime graphs or native TensorRT engines.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="With --artifacts: FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (engines are fp16).")
-@click.option("--providers", default=None, help="With --artifacts: ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
-@click.option("--max-drop", type=click.FloatRange(min=0), default=None, metavar="DROP",
-              help="With --ckpt and --artifacts/--server: exit 1 when the artifacts' overall IoU is below the checkpoint's "
-                   "by more than DROP, a fraction as every IoU here (0.005: half a point).")
+@click.command(
+    "restr-eval", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
+@click.option(
+    "--ckpt",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Checkpoint written by restr-train; with --artifacts or --server, the reference they are compared with.",
+)
+@click.option(
+    "--from",
+    "ckpt_from",
+    type=click.Choice(["restr", "authors"]),
+    default="restr",
+    show_default=True,
+    help="What --ckpt holds: a restr checkpoint, or a state dict of the authors' train_restr.py (read into restr-b16-authors).",
+)
+@click.option(
+    "--vocab",
+    "authors_vocab",
+    default=None,
+    type=click.Path(exists=True),
+    help="With --from authors: their data/vocabulary_*.txt, or their data/ folder.",
+)
+@click.option(
+    "--artifacts",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Export folder written by restr-export: score the model as the runtime runs it (its vocabulary, its pre- and post-processing graphs).",
+)
+@click.option(
+    "--server",
+    default=None,
+    metavar="URL",
+    help="Instead of --artifacts: score the model a restr server serves (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["ort", "tensorrt"]),
+    default="ort",
+    show_default=True,
+    help="With --artifacts: ONNX Runtime graphs or native TensorRT engines.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="With --artifacts: FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (engines are fp16).",
+)
+@click.option(
+    "--providers",
+    default=None,
+    help="With --artifacts: ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="DROP",
+    help="With --ckpt and --artifacts/--server: exit 1 when the artifacts' overall IoU is below the checkpoint's "
+    "by more than DROP, a fraction as every IoU here (0.005: half a point).",
+)
 @click.option("--data", required=True, help="'synthetic:test', or a refer-layout folder as PATH[:split].")
 @click.option("--split", default=None, help="Split to score when --data names none (e.g. val, testA).")
 @click.option("--split-by", default=None, help="refer annotation set, e.g. unc, umd, google (refs(<split-by>).p).")
-@click.option("--image-root", default=None, type=click.Path(file_okay=False), help="Folder of the images (default: beside the annotations).")
+@click.option(
+    "--image-root", default=None, type=click.Path(file_okay=False), help="Folder of the images (default: beside the annotations)."
+)
 @click.option("--shuffle-text", is_flag=True, help="Control: each sample reads another object's expression of the same image.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Samples per forward pass of the checkpoint; changes speed and memory, not the scores.")
-@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="A pixel is in the predicted mask when its probability exceeds this (the paper's 0.5).")
+@click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Samples per forward pass of the checkpoint; changes speed and memory, not the scores.",
+)
+@click.option(
+    "--threshold",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="A pixel is in the predicted mask when its probability exceeds this (the paper's 0.5).",
+)
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Score only the first N samples.")
 @click.option("--device", default="auto", show_default=True, help="The checkpoint's device: cpu, cuda, cuda:1 or auto.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes (the checkpoint's).")
+@click.option(
+    "--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes (the checkpoint's)."
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the scores as JSON to this file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-def main(ckpt, ckpt_from, authors_vocab, artifacts, server, backend, precision, providers, max_drop, data, split, split_by, image_root, shuffle_text,
-         batch_size, threshold, limit, device, workers, json_path, no_progress):
+def main(
+    ckpt,
+    ckpt_from,
+    authors_vocab,
+    artifacts,
+    server,
+    backend,
+    precision,
+    providers,
+    max_drop,
+    data,
+    split,
+    split_by,
+    image_root,
+    shuffle_text,
+    batch_size,
+    threshold,
+    limit,
+    device,
+    workers,
+    json_path,
+    no_progress,
+):
     """Score a checkpoint, or the model as deployed (an export folder through the runtime, or a
     served model), or both on the same samples: overall (cumulative) IoU, mean IoU,
     precision@0.5..0.9 and IoU by expression length (the paper's Table 2), with masks compared at
@@ -224,15 +313,35 @@ def main(ckpt, ckpt_from, authors_vocab, artifacts, server, backend, precision, 
             raise UsageError("--from and --vocab say what --ckpt holds: give --ckpt FILE")
         source = (ckpt_from, authors_vocab)
         common = dict(data=data, split=split, shuffle_text=shuffle_text, threshold=threshold)
-        read = dict(split_by=split_by, image_root=image_root, shuffle_text=shuffle_text, progress=not no_progress and sys.stderr.isatty())
+        read = dict(
+            split_by=split_by, image_root=image_root, shuffle_text=shuffle_text, progress=not no_progress and sys.stderr.isatty()
+        )
         if artifacts is None and server is None:
-            evaluate_checkpoint(ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress)
+            evaluate_checkpoint(
+                ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress
+            )
             return
         runtime = open_runtime(artifacts, server, backend, precision, providers, threshold)
         try:
             what = describe_runtime(runtime, artifacts, backend, precision)
-            gate = evaluate_deployed(runtime, what, ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers,
-                                     json_path, no_progress, max_drop)
+            gate = evaluate_deployed(
+                runtime,
+                what,
+                ckpt,
+                source,
+                data,
+                split,
+                read,
+                common,
+                batch_size,
+                threshold,
+                limit,
+                device,
+                workers,
+                json_path,
+                no_progress,
+                max_drop,
+            )
         finally:
             if isinstance(runtime, Served):  # its connection, closed in the thread that made it
                 runtime.close()
@@ -248,16 +357,24 @@ def check_options(ctx, ckpt, artifacts, server, max_drop) -> None:
         raise UsageError("give one of --artifacts DIR and --server URL")
     given = [f"--{name}" for name in RUNTIME_OPTIONS if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
     if given and artifacts is None:
-        raise UsageError(f"{', '.join(given)}: only for an export folder"
-                         + ("; a server runs its model as restr-serve was told" if server else " (--artifacts DIR)"))
+        raise UsageError(
+            f"{', '.join(given)}: only for an export folder"
+            + ("; a server runs its model as restr-serve was told" if server else " (--artifacts DIR)")
+        )
     if max_drop is not None:
         if ckpt is None or (artifacts is None and server is None):
-            raise UsageError("--max-drop compares the artifacts with the checkpoint they came from: give --ckpt FILE and --artifacts DIR (or --server URL)")
+            raise UsageError(
+                "--max-drop compares the artifacts with the checkpoint they came from: give --ckpt FILE and --artifacts DIR (or --server URL)"
+            )
         if max_drop >= 1:
-            raise UsageError(f"--max-drop {max_drop:g}: IoU is a fraction (0.735, not 73.5), so 0.01 is one point; give a drop below 1")
+            raise UsageError(
+                f"--max-drop {max_drop:g}: IoU is a fraction (0.735, not 73.5), so 0.01 is one point; give a drop below 1"
+            )
 
 
-def evaluate_checkpoint(ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress) -> None:
+def evaluate_checkpoint(
+    ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers, json_path, no_progress
+) -> None:
     """`restr-eval --ckpt` alone."""
     dev = pick_device(device)
     ck, ds = load_checkpoint_and_data(ckpt, source, data, split, read)
@@ -279,8 +396,18 @@ def load_checkpoint_and_data(ckpt, source: tuple, data, split, read):
 
     ck = load_checkpoint_from(ckpt, *source)
     cfg = ck.config
-    ds = build_dataset(data, split, cfg.image_size, ck.vocab, cfg.image_mean, cfg.image_std, cfg.max_words, **read,
-                       transform=cfg.image_transform, tokenizer=cfg.tokenizer)
+    ds = build_dataset(
+        data,
+        split,
+        cfg.image_size,
+        ck.vocab,
+        cfg.image_mean,
+        cfg.image_std,
+        cfg.max_words,
+        **read,
+        transform=cfg.image_transform,
+        tokenizer=cfg.tokenizer,
+    )
     if len(ds) == 0:
         raise UsageError(f"{data}: nothing to score")
     return ck, ds
@@ -304,8 +431,9 @@ def open_runtime(artifacts, server, backend, precision, providers, threshold):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a provider this onnxruntime lacks: the score would be another's
             choose_providers(providers)
-        return Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                        threshold=threshold, cache_size=2)
+        return Predictor.from_artifacts(
+            artifacts, backend=backend, precision=precision, providers=providers, threshold=threshold, cache_size=2
+        )
     except RuntimeWarning as w:
         raise UsageError(f"--providers {providers}: {str(w).removesuffix('; skipped')}") from None
     except (ValueError, TensorRTUnavailable) as e:  # ArtifactError, ServerError, a bad URL or provider, no TensorRT
@@ -319,8 +447,12 @@ def describe_runtime(runtime, artifacts, backend: str, precision: str) -> dict:
     if isinstance(runtime, Served):
         return {"server": runtime.url}
     first = next(iter(runtime.runners.values()))
-    return {"artifacts": str(artifacts), "backend": backend, "precision": "fp16" if backend == "tensorrt" and precision == "fp32" else precision,
-            "providers": list(getattr(first, "providers", None) or [getattr(first, "backend", type(first).__name__)])}
+    return {
+        "artifacts": str(artifacts),
+        "backend": backend,
+        "precision": "fp16" if backend == "tensorrt" and precision == "fp32" else precision,
+        "providers": list(getattr(first, "providers", None) or [getattr(first, "backend", type(first).__name__)]),
+    }
 
 
 def exported_from(runtime) -> dict:
@@ -343,8 +475,17 @@ def read_data_as_deployed(runtime, data, split, read):
         ds = build_dataset(data, split, image_size=1, vocab=None, mean=(0.5,) * 3, std=(0.5,) * 3, max_words=max_words, **read)
     else:
         art = runtime.artifacts
-        ds = build_dataset(data, split, art.image_size, art.vocabulary(), art.mean, art.std, art.max_words, **read,
-                           transform=ImageTransform.of_manifest(art.manifest))
+        ds = build_dataset(
+            data,
+            split,
+            art.image_size,
+            art.vocabulary(),
+            art.mean,
+            art.std,
+            art.max_words,
+            **read,
+            transform=ImageTransform.of_manifest(art.manifest),
+        )
     if len(ds) == 0:
         raise UsageError(f"{data}: nothing to score")
     return ds
@@ -357,12 +498,31 @@ def warn_if_exported_from_another(runtime, ckpt) -> None:
         return
     source = (runtime.artifacts.manifest.get("model") or {}).get("checkpoint") or {}
     if source.get("sha256") != sha256_file(ckpt):
-        click.echo(f"warning: {runtime.artifacts.root} was not exported from {ckpt} (its manifest names "
-                   f"{source.get('file') or 'random weights'}): the difference measures more than the export", err=True)
+        click.echo(
+            f"warning: {runtime.artifacts.root} was not exported from {ckpt} (its manifest names "
+            f"{source.get('file') or 'random weights'}): the difference measures more than the export",
+            err=True,
+        )
 
 
-def evaluate_deployed(runtime, what: dict, ckpt, source, data, split, read, common, batch_size, threshold, limit, device, workers,
-                      json_path, no_progress, max_drop) -> bool:
+def evaluate_deployed(
+    runtime,
+    what: dict,
+    ckpt,
+    source,
+    data,
+    split,
+    read,
+    common,
+    batch_size,
+    threshold,
+    limit,
+    device,
+    workers,
+    json_path,
+    no_progress,
+    max_drop,
+) -> bool:
     """Score the deployed model, and the checkpoint on the same samples when given; print, write, and
     return whether the deploy gate (--max-drop) passed (True without one)."""
     from restr.runtime.predictor import TextTruncatedWarning
@@ -389,8 +549,11 @@ def evaluate_deployed(runtime, what: dict, ckpt, source, data, split, read, comm
         raise UsageError(f"{type(e).__name__}: {first_line(e)}") from None
 
     deployed = {**metrics[-1].result(), **exported_from(runtime), **common, "seconds": round(clocks[0][0], 2), **what}
-    name = f"server {what['server']}" if "server" in what else \
-        f"export {what['artifacts']} ({what['backend']}, {what['precision']}, {', '.join(what['providers'])})"
+    name = (
+        f"server {what['server']}"
+        if "server" in what
+        else f"export {what['artifacts']} ({what['backend']}, {what['precision']}, {', '.join(what['providers'])})"
+    )
     control = " (shuffled-text control)" if common["shuffle_text"] else ""
     if ck is None:
         click.echo(f"{deployed['config'] or 'the served model'}, {name}, on {data}{control}")
@@ -402,8 +565,14 @@ def evaluate_deployed(runtime, what: dict, ckpt, source, data, split, read, comm
     agree = agreement(pairs)
     drop = reference["overall_iou"] - deployed["overall_iou"]
     passed = max_drop is None or round(drop, 12) <= max_drop
-    out = {"checkpoint": reference, "artifacts": deployed, "difference": difference(reference, deployed), "agreement": agree,
-           "max_drop": max_drop, "passed": passed if max_drop is not None else None}
+    out = {
+        "checkpoint": reference,
+        "artifacts": deployed,
+        "difference": difference(reference, deployed),
+        "agreement": agree,
+        "max_drop": max_drop,
+        "passed": passed if max_drop is not None else None,
+    }
     click.echo(f"{ck.config.name} on {data}{control}: checkpoint {ckpt} against {name}")
     click.echo(format_comparison(reference, deployed, agree, names=("checkpoint", "server" if "server" in what else "artifacts")))
     if json_path:
@@ -412,8 +581,11 @@ def evaluate_deployed(runtime, what: dict, ckpt, source, data, split, read, comm
         if passed:
             click.echo(f"deploy gate passed: overall IoU {-drop:+.4f} against the checkpoint, within --max-drop {max_drop:g}")
         else:
-            click.echo(f"restr-eval: deploy gate failed: the artifacts' overall IoU {deployed['overall_iou']:.4f} is {drop:.4f} below "
-                       f"the checkpoint's {reference['overall_iou']:.4f}, more than --max-drop {max_drop:g}", err=True)
+            click.echo(
+                f"restr-eval: deploy gate failed: the artifacts' overall IoU {deployed['overall_iou']:.4f} is {drop:.4f} below "
+                f"the checkpoint's {reference['overall_iou']:.4f}, more than --max-drop {max_drop:g}",
+                err=True,
+            )
     return passed
 
 

@@ -12,6 +12,7 @@ Precision@t is the fraction of samples with IoU >= t (as in the authors' and LAV
 exactly in integers so a sample sitting on a threshold is counted. Overall IoU by expression length
 follows Table 2 (see `restr.data.length_groups`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ class SegmentationMetrics:
         self._words.append(int(num_words))
         return intersection / union if union else 1.0
 
-    def merge(self, other: "SegmentationMetrics") -> "SegmentationMetrics":
+    def merge(self, other: SegmentationMetrics) -> SegmentationMetrics:
         """Add another accumulator's samples (e.g. gathered from other processes); returns self."""
         self._inter += other._inter
         self._union += other._union
@@ -89,7 +90,7 @@ class SegmentationMetrics:
             "num_words": np.asarray(self._words, dtype=np.int64),
         }
 
-    def load_state(self, state: dict) -> "SegmentationMetrics":
+    def load_state(self, state: dict) -> SegmentationMetrics:
         """Append the samples of a `state()` dict; returns self."""
         for i, u, w in zip(state["intersection"], state["union"], state["num_words"]):
             self.add(int(i), int(u), int(w))
@@ -154,7 +155,10 @@ def format_table(result: dict) -> str:
     text = format_text_table(head, [row])
     if result.get("by_length"):
         head = ["expression length (words)", "samples", "overall IoU (cumulative)", "mean IoU"]
-        rows = [[label, str(g["n"]), _fraction(g["overall_iou"]), _fraction(g.get("mean_iou"))] for label, g in result["by_length"].items()]
+        rows = [
+            [label, str(g["n"]), _fraction(g["overall_iou"]), _fraction(g.get("mean_iou"))]
+            for label, g in result["by_length"].items()
+        ]
         text += "\n\n" + format_text_table(head, rows)
     return text
 
@@ -177,8 +181,10 @@ def difference(base: dict, other: dict) -> dict:
         "overall_iou": sub(base["overall_iou"], other["overall_iou"]),
         "mean_iou": sub(base["mean_iou"], other["mean_iou"]),
         "precision_at": {t: sub(base["precision_at"][t], other["precision_at"][t]) for t in THRESHOLDS},
-        "by_length": {label: {k: sub(g[k], other["by_length"][label][k]) for k in ("overall_iou", "mean_iou")}
-                      for label, g in base["by_length"].items()},
+        "by_length": {
+            label: {k: sub(g[k], other["by_length"][label][k]) for k in ("overall_iou", "mean_iou")}
+            for label, g in base["by_length"].items()
+        },
     }
 
 
@@ -211,11 +217,18 @@ def format_comparison(base: dict, other: dict, agree: dict, names: tuple[str, st
     for t in THRESHOLDS:
         add(f"P@{t}", base["precision_at"][t], other["precision_at"][t], diff["precision_at"][t])
     for label, g in base["by_length"].items():
-        add(f"overall IoU, {label} words", g["overall_iou"], other["by_length"][label]["overall_iou"], diff["by_length"][label]["overall_iou"])
+        add(
+            f"overall IoU, {label} words",
+            g["overall_iou"],
+            other["by_length"][label]["overall_iou"],
+            diff["by_length"][label]["overall_iou"],
+        )
     text = format_text_table(["metric", *names, "difference"], rows)
     share = agree[f"share_above_{AGREEMENT_LEVEL}"]
     if agree["n"]:
-        text += (f"\n\nmasks of the two, expression by expression: mask IoU mean {agree['mean_mask_iou']:.4f}, "
-                 f"min {agree['min_mask_iou']:.4f}; above {AGREEMENT_LEVEL} on {round(share * agree['n'])} of {agree['n']} "
-                 f"expressions ({share:.1%})")
+        text += (
+            f"\n\nmasks of the two, expression by expression: mask IoU mean {agree['mean_mask_iou']:.4f}, "
+            f"min {agree['min_mask_iou']:.4f}; above {AGREEMENT_LEVEL} on {round(share * agree['n'])} of {agree['n']} "
+            f"expressions ({share:.1%})"
+        )
     return text

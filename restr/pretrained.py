@@ -28,6 +28,7 @@ to the model's grid. Anything else that does not fit raises `PretrainedError`, o
 GloVe (`load_glove`, `init_word_embeddings`): plain-text `word v_1 ... v_D` lines, read streaming,
 keeping only the words the vocabulary needs.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -194,8 +195,11 @@ def _convert_npz(src: _Source, depth: int) -> tuple[dict[str, torch.Tensor], int
         out["pos_embed"] = p[0]
     # vit_jax numbers the sub-modules of a block 0..3 in order; big_vision restarts per type.
     big_vision = "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel" in src.tensors
-    ln1, ln2, mha, mlp = ("LayerNorm_0", "LayerNorm_1", "MultiHeadDotProductAttention_0", "MlpBlock_0") if big_vision else (
-        "LayerNorm_0", "LayerNorm_2", "MultiHeadDotProductAttention_1", "MlpBlock_3")
+    ln1, ln2, mha, mlp = (
+        ("LayerNorm_0", "LayerNorm_1", "MultiHeadDotProductAttention_0", "MlpBlock_0")
+        if big_vision
+        else ("LayerNorm_0", "LayerNorm_2", "MultiHeadDotProductAttention_1", "MlpBlock_3")
+    )
     heads = None
     for i in range(depth):
         blk, ours = f"Transformer/encoderblock_{i}/", f"encoder.blocks.{i}."
@@ -383,12 +387,20 @@ def load_glove(
         rng = np.random.default_rng(seed)
         rows = [wanted[w] for w in missing]
         vectors[rows] = rng.normal(0.0, missing_std, size=(len(rows), dim)).astype(np.float32)
-        log.warning("%s: %d of %d words not in GloVe (random vectors): %s%s", path, len(missing), len(wanted),
-                    ", ".join(missing[:10]), " ..." if len(missing) > 10 else "")
+        log.warning(
+            "%s: %d of %d words not in GloVe (random vectors): %s%s",
+            path,
+            len(missing),
+            len(wanted),
+            ", ".join(missing[:10]),
+            " ..." if len(missing) > 10 else "",
+        )
     return GloveEmbeddings(vocab, vectors, missing)
 
 
-def _read_glove_text(path: Path, wanted: dict[str, int], vectors: np.ndarray, found: np.ndarray, dim: int, progress: bool) -> None:
+def _read_glove_text(
+    path: Path, wanted: dict[str, int], vectors: np.ndarray, found: np.ndarray, dim: int, progress: bool
+) -> None:
     """Fill `vectors[wanted[word]]` (and `found`) from a GloVe text file, streaming."""
     spaced = any(" " in w for w in wanted)
     left = len(wanted)

@@ -1,4 +1,5 @@
 """Plain-text tables for people (no dependencies): every command's human output uses this one."""
+
 from __future__ import annotations
 
 

@@ -17,6 +17,7 @@ On a GPU (`restr-bench --train` times each of these against the others):
   prefetched into pinned memory and copied without blocking;
 - a step that never waits for the device (`TrainStep`): the losses are read at log intervals only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,11 +34,18 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from restr.checkpoint import CHECKPOINT_SOURCES, Checkpoint, CheckpointError, load_checkpoint_from, read_checkpoint_dict, save_checkpoint
-from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_dir
+from restr.checkpoint import (
+    CHECKPOINT_SOURCES,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint_from,
+    read_checkpoint_dict,
+    save_checkpoint,
+)
 from restr.cli_common import one_line_errors, pick_device
 from restr.config import ReSTRConfig, get_config
 from restr.modeling import ReSTR, restr_loss
+from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_dir
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,8 +77,16 @@ class TrainConfig:
 # Section 4.1's recipe for the paper's model (no clipping, as the authors' code); a from-scratch
 # recipe for the small CPU model, which keeps the clipping at 1.0 its demo runs were measured with.
 TRAIN_DEFAULTS = {
-    "restr-b16": TrainConfig(iterations=400_000, batch_size=8, lr=1e-5, vision_lr_scale=0.1, grad_clip=0.0, val_every=10_000,
-                             ckpt_every=5_000, expects_pretrained=True),
+    "restr-b16": TrainConfig(
+        iterations=400_000,
+        batch_size=8,
+        lr=1e-5,
+        vision_lr_scale=0.1,
+        grad_clip=0.0,
+        val_every=10_000,
+        ckpt_every=5_000,
+        expects_pretrained=True,
+    ),
     # 10.9 min in `make demo` on two CPU cores (0.157 s a step alone, plus data and validation).
     # Val overall IoU (300 samples, two runs) was 0.62-0.66 at iteration 1800 and 0.70-0.72 at 3600:
     # position words and shapes come late.
@@ -148,7 +164,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         except TypeError:  # a torch without the argument reports native support only
             native_bf16 = torch.cuda.is_bf16_supported()
     if precision == "bf16" and not native_bf16:
-        raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no BF16 arithmetic; choose fp16 (with a loss scaler) or fp32")
+        raise UsageError(
+            f"--precision bf16: {torch.cuda.get_device_name(device)} has no BF16 arithmetic; choose fp16 (with a loss scaler) or fp32"
+        )
     if precision == "auto":
         return "bf16" if native_bf16 else "fp16"
     return precision
@@ -196,8 +214,15 @@ class TrainStep:
     `read_losses` fetches them, at log intervals.
     """
 
-    def __init__(self, forward, model: ReSTR, optimizer: torch.optim.Optimizer, tc: TrainConfig, device: torch.device,
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        forward,
+        model: ReSTR,
+        optimizer: torch.optim.Optimizer,
+        tc: TrainConfig,
+        device: torch.device,
+        precision: str = "fp32",
+    ):
         self.forward = forward  # the model, its DDP wrapper, or either compiled
         self.cfg, self.tc, self.device, self.optimizer = model.cfg, tc, device, optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -214,8 +239,15 @@ class TrainStep:
         with amp:
             pixel_logits, patch_logit = self.forward(image, words, pad)
         cfg = self.cfg
-        losses = restr_loss(pixel_logits.float(), patch_logit.float(), mask, cfg.patch_size, cfg.patch_threshold, cfg.patch_loss_weight,
-                            cfg.patch_label_rule)
+        losses = restr_loss(
+            pixel_logits.float(),
+            patch_logit.float(),
+            mask,
+            cfg.patch_size,
+            cfg.patch_threshold,
+            cfg.patch_loss_weight,
+            cfg.patch_label_rule,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         (losses["loss"] if self.scaler is None else self.scaler.scale(losses["loss"])).backward()
         if self.tc.grad_clip > 0:
@@ -265,7 +297,9 @@ class RunFolder:
             old, new = saved.get(key), run.get(key)
             if old != new:
                 if isinstance(old, dict) and isinstance(new, dict):
-                    diff = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+                    diff = ", ".join(
+                        f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+                    )
                 else:
                     diff = f"{old} -> {new}"
                 raise UsageError(f"{self.out}: --resume asks for a different run ({key} differs: {diff})")
@@ -318,7 +352,9 @@ def per_process_batch(batch_size: int, world: int) -> int:
     if batch_size % world:
         lower, upper = batch_size // world * world, -(-batch_size // world) * world
         hint = f"{lower} or {upper}" if lower else f"{upper}"
-        raise UsageError(f"--batch-size {batch_size} is the global batch and does not split evenly across {world} processes: use {hint}")
+        raise UsageError(
+            f"--batch-size {batch_size} is the global batch and does not split evenly across {world} processes: use {hint}"
+        )
     return batch_size // world
 
 
@@ -326,8 +362,10 @@ def check_pretrained(tc: TrainConfig, config_name: str, pretrained_vit, glove, f
     """Refuse to train a model whose recipe fine-tunes pretrained weights from random ones, unless asked."""
     missing = [opt for opt, value in (("--pretrained-vit", pretrained_vit), ("--glove", glove)) if not value]
     if tc.expects_pretrained and missing and not from_scratch:
-        raise UsageError(f"{config_name}'s recipe fine-tunes ImageNet ViT-B/16 and GloVe weights: give {' and '.join(missing)}, "
-                         "or pass --from-scratch to train from random weights anyway (a much weaker model)")
+        raise UsageError(
+            f"{config_name}'s recipe fine-tunes ImageNet ViT-B/16 and GloVe weights: give {' and '.join(missing)}, "
+            "or pass --from-scratch to train from random weights anyway (a much weaker model)"
+        )
 
 
 def _distributed(dev: torch.device) -> tuple[int, int, int]:
@@ -340,9 +378,22 @@ def _distributed(dev: torch.device) -> tuple[int, int, int]:
 
 
 def train(
-    cfg: ReSTRConfig, tc: TrainConfig, data: str, out: str | Path, device: str = "auto", resume: bool = False,
-    workers: int | None = None, split_by=None, image_root=None, pretrained_vit=None, glove=None, progress: bool = True,
-    stop_after: int | None = None, from_scratch: bool = False, init: Checkpoint | None = None, precision: str = "auto",
+    cfg: ReSTRConfig,
+    tc: TrainConfig,
+    data: str,
+    out: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    workers: int | None = None,
+    split_by=None,
+    image_root=None,
+    pretrained_vit=None,
+    glove=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    from_scratch: bool = False,
+    init: Checkpoint | None = None,
+    precision: str = "auto",
     compile: bool = False,
 ) -> Path:
     """Train and return the path of the final checkpoint (`out/model.pt`).
@@ -383,12 +434,33 @@ def train(
         from restr.runtime.tokenizer import Vocabulary
 
         vocab = Vocabulary(state["vocab"][2:], cfg.tokenizer)
-    train_ds = build_dataset(data, "train", cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words,
-                             split_by=split_by, image_root=image_root, transform=cfg.image_transform, tokenizer=cfg.tokenizer,
-                             progress=progress and rank == 0 and sys.stderr.isatty())
+    train_ds = build_dataset(
+        data,
+        "train",
+        cfg.image_size,
+        vocab,
+        cfg.image_mean,
+        cfg.image_std,
+        cfg.max_words,
+        split_by=split_by,
+        image_root=image_root,
+        transform=cfg.image_transform,
+        tokenizer=cfg.tokenizer,
+        progress=progress and rank == 0 and sys.stderr.isatty(),
+    )
     vocab = train_ds.vocab
-    val_ds = build_dataset(data, "val", cfg.image_size, vocab, cfg.image_mean, cfg.image_std, cfg.max_words,
-                           split_by=split_by, image_root=image_root, transform=cfg.image_transform)
+    val_ds = build_dataset(
+        data,
+        "val",
+        cfg.image_size,
+        vocab,
+        cfg.image_mean,
+        cfg.image_std,
+        cfg.max_words,
+        split_by=split_by,
+        image_root=image_root,
+        transform=cfg.image_transform,
+    )
 
     torch.manual_seed(tc.seed)
     model = ReSTR(cfg, len(vocab))
@@ -399,8 +471,11 @@ def train(
     model.to(dev)
     fused = fused_adamw(dev)
     optimizer = build_optimizer(model, tc, fused=fused)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if dist.is_initialized() else model
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if dist.is_initialized()
+        else model
+    )
     train_step = TrainStep(torch.compile(ddp) if compile else ddp, model, optimizer, tc, dev, precision)
     step = 0
     if state is not None:
@@ -413,14 +488,31 @@ def train(
             torch.cuda.set_rng_state(ts["cuda_rng"], dev)
         if train_step.scaler is not None and "scaler" in ts:
             train_step.scaler.load_state_dict(ts["scaler"])
-    runtime = {"device": str(dev), "precision": precision, "fused_adamw": fused, "compile": compile, "workers": workers,
-               "distributed": dist.get_backend() if dist.is_initialized() else None}
+    runtime = {
+        "device": str(dev),
+        "precision": precision,
+        "fused_adamw": fused,
+        "compile": compile,
+        "workers": workers,
+        "distributed": dist.get_backend() if dist.is_initialized() else None,
+    }
     if rank == 0:
         folder.out.mkdir(parents=True, exist_ok=True)
         if state is None:
-            folder.run_json.write_text(json.dumps({**run, "vocab_size": len(vocab), "world_size": world, "batch_per_process": proc_batch,
-                                                   "from_scratch": not (pretrained_vit or glove or init),
-                                                   "init": _init_meta(init), "runtime": runtime}, indent=2))
+            folder.run_json.write_text(
+                json.dumps(
+                    {
+                        **run,
+                        "vocab_size": len(vocab),
+                        "world_size": world,
+                        "batch_per_process": proc_batch,
+                        "from_scratch": not (pretrained_vit or glove or init),
+                        "init": _init_meta(init),
+                        "runtime": runtime,
+                    },
+                    indent=2,
+                )
+            )
     if step >= tc.iterations:
         if rank == 0:
             print(f"{folder.out}: run already finished at iteration {step}")
@@ -429,14 +521,23 @@ def train(
 
     sampler = EpochSampler(len(train_ds), proc_batch, tc.seed, rank, world)
     loader = DataLoader(train_ds, batch_size=proc_batch, sampler=sampler, **loader_options(dev, workers))
-    meta = {"data": data, "split_by": split_by, "image_root": str(image_root) if image_root else None,
-            "pretrained_vit": str(pretrained_vit) if pretrained_vit else None, "glove": str(glove) if glove else None,
-            "from_scratch": not (pretrained_vit or glove or init), "init": _init_meta(init)}
+    meta = {
+        "data": data,
+        "split_by": split_by,
+        "image_root": str(image_root) if image_root else None,
+        "pretrained_vit": str(pretrained_vit) if pretrained_vit else None,
+        "glove": str(glove) if glove else None,
+        "from_scratch": not (pretrained_vit or glove or init),
+        "init": _init_meta(init),
+    }
     if rank == 0:
-        print(f"{cfg.name}: {tc.iterations} iterations from {step}, batch {tc.batch_size}"
-              f" ({proc_batch} per process x {world} processes), LR {tc.lr:g} (vision {tc.lr * tc.vision_lr_scale:g}),"
-              f" grad clip {tc.grad_clip:g}, {_start_from(init, pretrained_vit, glove)}; {_describe(runtime)}; log {folder.metrics}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{cfg.name}: {tc.iterations} iterations from {step}, batch {tc.batch_size}"
+            f" ({proc_batch} per process x {world} processes), LR {tc.lr:g} (vision {tc.lr * tc.vision_lr_scale:g}),"
+            f" grad clip {tc.grad_clip:g}, {_start_from(init, pretrained_vit, glove)}; {_describe(runtime)}; log {folder.metrics}",
+            file=sys.stderr,
+            flush=True,
+        )
     bar = Progress(tc.iterations, "train", initial=step, enabled=progress and rank == 0)
     t_start, last_val = time.time(), None
     stop_at = tc.iterations if stop_after is None else min(tc.iterations, step + stop_after)
@@ -450,15 +551,21 @@ def train(
                 shown = {}
                 if step % tc.log_every == 0 or step == tc.iterations:
                     values = read_losses(losses)
-                    rec = {"step": step, "lr": optimizer.param_groups[1]["lr"], "time": round(time.time() - t_start, 2),
-                           **{k: round(v, 4 if k == "grad_norm" else 5) for k, v in values.items()}}
+                    rec = {
+                        "step": step,
+                        "lr": optimizer.param_groups[1]["lr"],
+                        "time": round(time.time() - t_start, 2),
+                        **{k: round(v, 4 if k == "grad_norm" else 5) for k, v in values.items()},
+                    }
                     folder.log(rec)
                     shown = {"loss": f"{rec['loss']:.4f}", "lr": f"{rec['lr']:.2e}"}
                 bar.update(1, **shown)
             if step % tc.val_every == 0 or step == tc.iterations:
                 last_val, result = _validate(model, val_ds, dev, proc_batch, tc, rank, world, folder, step)
                 if rank == 0:
-                    bar.write(f"val step {step}: overall IoU {result['overall_iou']:.4f}, mean IoU {result['mean_iou']:.4f} (n={result['n']})")
+                    bar.write(
+                        f"val step {step}: overall IoU {result['overall_iou']:.4f}, mean IoU {result['mean_iou']:.4f} (n={result['n']})"
+                    )
                 ddp.train()
             if rank == 0 and (step % tc.ckpt_every == 0 or step in (tc.iterations, stop_at)):
                 save_checkpoint(folder.last, model, vocab, {**meta, "step": step}, _train_state(optimizer, train_step, step, dev))
@@ -491,8 +598,12 @@ def _train_state(optimizer, train_step: TrainStep, step: int, dev: torch.device)
 
 def _describe(runtime: dict) -> str:
     precision = {"bf16": "BF16 autocast", "fp16": "FP16 autocast with loss scaling", "fp32": "FP32"}[runtime["precision"]]
-    parts = [f"{runtime['device']}", precision, "fused AdamW" if runtime["fused_adamw"] else "AdamW",
-             f"{runtime['workers']} loader workers"]
+    parts = [
+        f"{runtime['device']}",
+        precision,
+        "fused AdamW" if runtime["fused_adamw"] else "AdamW",
+        f"{runtime['workers']} loader workers",
+    ]
     return ", ".join(parts + (["torch.compile"] if runtime["compile"] else []))
 
 
@@ -515,7 +626,9 @@ def _validate(model, val_ds, dev, batch, tc, rank, world, folder, step) -> tuple
             metrics.merge(type(metrics)(val_ds.length_groups).load_state(s))
     result = metrics.result()
     if rank == 0:
-        folder.log({"step": step, "split": "val", "n": result["n"], "overall_iou": result["overall_iou"], "mean_iou": result["mean_iou"]})
+        folder.log(
+            {"step": step, "split": "val", "n": result["n"], "overall_iou": result["overall_iou"], "mean_iou": result["mean_iou"]}
+        )
     return result["overall_iou"], result
 
 
@@ -552,42 +665,152 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d))
 
 
-@click.command("restr-train", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--config", "config_name", default="restr-tiny", show_default=True, help="Model config: restr-b16, restr-b16-shared, restr-b16-vme, restr-b16-ime, restr-b16-authors, restr-b16-shared-authors, restr-tiny.")
-@click.option("--data", default="synthetic", show_default=True, help="'synthetic' (built in, cached in ~/.cache/restr or $RESTR_CACHE) or a refer-layout folder (refs(<split-by>).p + instances.json).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: model.pt, last.pt, metrics.jsonl (one JSON line per log step: the file to watch), run.json.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same config, data and schedule).")
+@click.command(
+    "restr-train", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
+@click.option(
+    "--config",
+    "config_name",
+    default="restr-tiny",
+    show_default=True,
+    help="Model config: restr-b16, restr-b16-shared, restr-b16-vme, restr-b16-ime, restr-b16-authors, restr-b16-shared-authors, restr-tiny.",
+)
+@click.option(
+    "--data",
+    default="synthetic",
+    show_default=True,
+    help="'synthetic' (built in, cached in ~/.cache/restr or $RESTR_CACHE) or a refer-layout folder (refs(<split-by>).p + instances.json).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: model.pt, last.pt, metrics.jsonl (one JSON line per log step: the file to watch), run.json.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same config, data and schedule)."
+)
 @click.option("--split-by", default=None, help="refer annotation set (unc, unc+, umd, google, berkeley).")
 @click.option("--image-root", default=None, type=click.Path(file_okay=False), help="Images folder (e.g. COCO train2014).")
-@click.option("--pretrained-vit", default=None, type=click.Path(dir_okay=False, exists=True), help="ImageNet-21k ViT-B/16 weights (timm .pth/.safetensors or AugReg .npz).")
-@click.option("--glove", default=None, type=click.Path(dir_okay=False, exists=True), help="GloVe vectors (glove.*.txt) for the word embeddings.")
-@click.option("--from-scratch", is_flag=True, help="Train restr-b16 from random weights without --pretrained-vit/--glove (refused otherwise: its recipe fine-tunes them).")
-@click.option("--init", "init_path", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Start from these weights, their config and vocabulary: a restr checkpoint, or with --from authors a state dict saved by the authors' train_restr.py.")
-@click.option("--from", "init_from", type=click.Choice(CHECKPOINT_SOURCES), default="restr", show_default=True,
-              help="What --init holds (authors: read into restr-b16-authors or -shared-authors).")
-@click.option("--vocab", "init_vocab", default=None, type=click.Path(exists=True),
-              help="With --init ... --from authors: their data/vocabulary_*.txt, or their data/ folder.")
+@click.option(
+    "--pretrained-vit",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="ImageNet-21k ViT-B/16 weights (timm .pth/.safetensors or AugReg .npz).",
+)
+@click.option(
+    "--glove",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="GloVe vectors (glove.*.txt) for the word embeddings.",
+)
+@click.option(
+    "--from-scratch",
+    is_flag=True,
+    help="Train restr-b16 from random weights without --pretrained-vit/--glove (refused otherwise: its recipe fine-tunes them).",
+)
+@click.option(
+    "--init",
+    "init_path",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Start from these weights, their config and vocabulary: a restr checkpoint, or with --from authors a state dict saved by the authors' train_restr.py.",
+)
+@click.option(
+    "--from",
+    "init_from",
+    type=click.Choice(CHECKPOINT_SOURCES),
+    default="restr",
+    show_default=True,
+    help="What --init holds (authors: read into restr-b16-authors or -shared-authors).",
+)
+@click.option(
+    "--vocab",
+    "init_vocab",
+    default=None,
+    type=click.Path(exists=True),
+    help="With --init ... --from authors: their data/vocabulary_*.txt, or their data/ folder.",
+)
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Total iterations (default: the config's recipe).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Global batch size (default: the config's recipe, 8 for restr-b16); under torchrun each of N processes takes 1/N of it, so it must divide by N.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Initial learning rate (default: the config's recipe; it goes with the global batch).")
-@click.option("--val-every", type=click.IntRange(min=1), default=None, help="Score the val split (its first samples) every N iterations and log the overall IoU (default: the recipe's).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Global batch size (default: the config's recipe, 8 for restr-b16); under torchrun each of N processes takes 1/N of it, so it must divide by N.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Initial learning rate (default: the config's recipe; it goes with the global batch).",
+)
+@click.option(
+    "--val-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Score the val split (its first samples) every N iterations and log the overall IoU (default: the recipe's).",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the initial weights and of the sample order (default 0).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
-@click.option("--workers", default=None, type=click.IntRange(min=0),
-              help="DataLoader worker processes (default: on a GPU every CPU of the process but one, at most 16; on a CPU 2). "
-                   "`make demo` passes 1 to leave the second of two CPU cores to the training step.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: BF16 autocast on a GPU that has BF16 (FP16 with a loss scaler otherwise), FP32 on a CPU; "
-                   "bf16 autocasts on a CPU too.")
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model for the training steps (minutes to compile; "
-              "restr-bench --train measures whether it pays).")
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(min=0),
+    help="DataLoader worker processes (default: on a GPU every CPU of the process but one, at most 16; on a CPU 2). "
+    "`make demo` passes 1 to leave the second of two CPU cores to the training step.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto: BF16 autocast on a GPU that has BF16 (FP16 with a loss scaler otherwise), FP32 on a CPU; "
+    "bf16 autocasts on a CPU too.",
+)
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the model for the training steps (minutes to compile; restr-bench --train measures whether it pays).",
+)
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch (default: torch's choice).")
-@click.option("--stop-after", default=None, type=click.IntRange(min=1), help="Stop after N iterations of this process (resume later with --resume).")
-@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines (validation results and the start line are still printed).")
-def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, glove, from_scratch, init_path, init_from, init_vocab,
-         iterations, batch_size, lr, val_every, seed, device, workers, precision, compile_model, threads, stop_after, no_progress):
+@click.option(
+    "--stop-after",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Stop after N iterations of this process (resume later with --resume).",
+)
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress bar or progress lines (validation results and the start line are still printed).",
+)
+def main(
+    config_name,
+    data,
+    out,
+    resume,
+    split_by,
+    image_root,
+    pretrained_vit,
+    glove,
+    from_scratch,
+    init_path,
+    init_from,
+    init_vocab,
+    iterations,
+    batch_size,
+    lr,
+    val_every,
+    seed,
+    device,
+    workers,
+    precision,
+    compile_model,
+    threads,
+    stop_after,
+    no_progress,
+):
     """Train ReSTR. Defaults follow the paper for restr-b16 (AdamW, LR 1e-5, warm-up 10%, poly 0.9,
     batch 8, 400k iterations) and a from-scratch recipe for restr-tiny. On a terminal a progress
     bar; written to a file, a plain progress line every 30 s ($RESTR_PROGRESS_INTERVAL) and one
@@ -614,12 +837,33 @@ def main(config_name, data, out, resume, split_by, image_root, pretrained_vit, g
         except KeyError as e:
             raise UsageError(str(e.args[0])) from None
         tc = train_defaults(config_name)
-        overrides = {k: v for k, v in dict(iterations=iterations, batch_size=batch_size, lr=lr, val_every=val_every, seed=seed).items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in dict(iterations=iterations, batch_size=batch_size, lr=lr, val_every=val_every, seed=seed).items()
+            if v is not None
+        }
         tc = dataclasses.replace(tc, **overrides)
         if threads:
             torch.set_num_threads(threads)
-        path = train(cfg, tc, data, out, device, resume, workers, split_by, image_root, pretrained_vit, glove, stop_after=stop_after,
-                     progress=not no_progress, from_scratch=from_scratch, init=init, precision=precision, compile=compile_model)
+        path = train(
+            cfg,
+            tc,
+            data,
+            out,
+            device,
+            resume,
+            workers,
+            split_by,
+            image_root,
+            pretrained_vit,
+            glove,
+            stop_after=stop_after,
+            progress=not no_progress,
+            from_scratch=from_scratch,
+            init=init,
+            precision=precision,
+            compile=compile_model,
+        )
         if int(os.environ.get("RANK", "0")) == 0:
             click.echo(f"wrote {path}")
 

@@ -8,6 +8,7 @@
 Importing this package loads numpy and Pillow only: onnxruntime is imported when a graph is
 loaded, tensorrt and cuda-python only for the tensorrt backend, torch and onnx never.
 """
+
 from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
 from restr.runtime.predictor import (
     CacheInfo,

@@ -6,6 +6,7 @@ that file is loaded (on the very bytes handed to the backend), so opening a fold
 only the files in use are read.
 Every failure is an `ArtifactError`: one line, naming the file, meant for users.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from restr.runtime.errors import first_line
 from restr.runtime.formats import END_TO_END, MODEL_GRAPHS, SIZES, STAGES, TensorSpec, base_graph, graph_io, graph_key  # noqa: F401  (re-exported: the contract's one table)
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
-from restr.runtime.errors import first_line
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,10 +63,12 @@ class Artifacts:
     vocab_sha256: str | None
 
     @classmethod
-    def open(cls, folder) -> "Artifacts":
+    def open(cls, folder) -> Artifacts:
         """Read and validate `folder/manifest.json`. Raises ArtifactError."""
         if str(folder) == "":
-            raise ArtifactError("folder is an empty string: give the path of an export folder (one restr-export wrote, holding manifest.json)")
+            raise ArtifactError(
+                "folder is an empty string: give the path of an export folder (one restr-export wrote, holding manifest.json)"
+            )
         root = Path(folder)
         if not root.is_dir():
             what = "not a folder" if root.exists() else "no such folder"
@@ -114,9 +117,20 @@ class Artifacts:
         return art
 
     @classmethod
-    def from_graphs(cls, root, graphs=(), engines=(), *, image_size: int | None = None, patch_size: int | None = None,
-                    max_words: int | None = None, num_patches: int | None = None, feature_width: int | None = None,
-                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> "Artifacts":
+    def from_graphs(
+        cls,
+        root,
+        graphs=(),
+        engines=(),
+        *,
+        image_size: int | None = None,
+        patch_size: int | None = None,
+        max_words: int | None = None,
+        num_patches: int | None = None,
+        feature_width: int | None = None,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ) -> Artifacts:
         """An export without a manifest: graph and engine files (`GraphInfo`s, e.g. bare `.onnx`
         files beside no manifest.json), or none (graphs run in memory). Each file is still checked
         against its `sha256` when loaded.
@@ -133,9 +147,21 @@ class Artifacts:
         n_v = read.get("N") or num_patches or 0
         patch = patch_size or (size // math.isqrt(n_v) if size and n_v else 1)
         return cls(
-            root=root, manifest={}, image_size=int(size), patch_size=int(patch), max_words=int(read.get("L") or max_words or 20),
-            num_patches=int(n_v), feature_width=int(read.get("D") or feature_width or 0), mean=tuple(mean), std=tuple(std),
-            threshold=0.5, max_batch=8, graphs=graphs, engines=engines, vocab_path=root / "vocab.txt", vocab_sha256=None,
+            root=root,
+            manifest={},
+            image_size=int(size),
+            patch_size=int(patch),
+            max_words=int(read.get("L") or max_words or 20),
+            num_patches=int(n_v),
+            feature_width=int(read.get("D") or feature_width or 0),
+            mean=tuple(mean),
+            std=tuple(std),
+            threshold=0.5,
+            max_batch=8,
+            graphs=graphs,
+            engines=engines,
+            vocab_path=root / "vocab.txt",
+            vocab_sha256=None,
         )
 
     @property
@@ -148,7 +174,9 @@ class Artifacts:
     def graph(self, key: str) -> GraphInfo:
         """The ONNX graph named `key` (e.g. "vision_fp16"); its file is checked when loaded (`read_verified`)."""
         if key not in self.graphs:
-            raise ArtifactError(f"{self.root}: the export has no {key!r} graph (it has: {', '.join(sorted(self.graphs)) or 'none'})")
+            raise ArtifactError(
+                f"{self.root}: the export has no {key!r} graph (it has: {', '.join(sorted(self.graphs)) or 'none'})"
+            )
         return self.graphs[key]
 
     def engine(self, key: str) -> GraphInfo:
@@ -181,7 +209,9 @@ class Artifacts:
         """The export's vocabulary (`vocab.txt`), checked against the manifest's sha256."""
         data = _read(self.vocab_path)
         if self.vocab_sha256 and hashlib.sha256(data).hexdigest() != self.vocab_sha256:
-            raise ArtifactError(f"{self.vocab_path}: sha256 does not match the manifest (the file is corrupt or was changed after export)")
+            raise ArtifactError(
+                f"{self.vocab_path}: sha256 does not match the manifest (the file is corrupt or was changed after export)"
+            )
         try:
             vocab = Vocabulary.load(self.vocab_path, (self.manifest.get("vocab") or {}).get("tokenizer", "restr"))
         except (ValueError, UnicodeDecodeError) as e:
@@ -208,8 +238,10 @@ def check_consistency(m: dict) -> str | None:
         io = ({t.name for t in inputs}, {t.name for t in outputs})
         names = ({t["name"] for t in g["inputs"]}, {t["name"] for t in g["outputs"]})
         if names != io:
-            return (f"graphs.{key}: inputs {sorted(names[0])} and outputs {sorted(names[1])}; "
-                    f"the runtime needs {sorted(io[0])} -> {sorted(io[1])}")
+            return (
+                f"graphs.{key}: inputs {sorted(names[0])} and outputs {sorted(names[1])}; "
+                f"the runtime needs {sorted(io[0])} -> {sorted(io[1])}"
+            )
         for t in g["inputs"] + g["outputs"]:
             # the first axis must be dynamic; its name is free (batch, image_batch, ...)
             want = next(list(spec.shape[1:]) for spec in inputs + outputs if spec.name == t["name"])

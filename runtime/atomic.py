@@ -1,5 +1,6 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half (temp + rename);
 and the predict CLIs' staging folders, with the stale ones a killed run leaves."""
+
 from __future__ import annotations
 
 import contextlib

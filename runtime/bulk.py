@@ -21,6 +21,7 @@ read to its last whole request, a torn tail is cut off, and the requests done ar
 `--shard K/N` keeps request i when i mod N == K, so N processes split the input and their records
 files concatenate to the whole run's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,10 +40,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from restr.runtime.cli_common import Progress, UsageError, check_writable_dir
-from restr.runtime.errors import first_line
 from restr.runtime.atomic import remove_stale_staging, write_json
 from restr.runtime.cli import _remove_previous_outputs, check_texts, slugify  # cli imports bulk lazily: no cycle
+from restr.runtime.cli_common import Progress, UsageError, check_writable_dir
+from restr.runtime.errors import first_line
 from restr.runtime.predictor import REQUEST_ERRORS, ImageResult, as_rgb
 from restr.runtime.visualize import save_mask
 
@@ -85,16 +86,21 @@ class ImageFiles:
             from PIL import Image
 
             readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-            names = sorted(e.name for e in os.scandir(spec) if not e.name.startswith(".") and e.is_file()
-                           and os.path.splitext(e.name)[1].lower() in readable)
+            names = sorted(
+                e.name
+                for e in os.scandir(spec)
+                if not e.name.startswith(".") and e.is_file() and os.path.splitext(e.name)[1].lower() in readable
+            )
             paths = [os.path.join(spec, n) for n in names]
         else:
             paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         inside = os.path.abspath(out) + os.sep  # a glob over the output folder must not pick up --png masks
         self.paths = [p for p in paths if not os.path.abspath(p).startswith(inside)]
         if not self.paths:
-            raise UsageError(f"--images {spec}: no image files there (a folder's own files are read, not its "
-                             f"subfolders': give a glob such as '{os.path.join(spec, '**', '*.jpg')}' to go down)")
+            raise UsageError(
+                f"--images {spec}: no image files there (a folder's own files are read, not its "
+                f"subfolders': give a glob such as '{os.path.join(spec, '**', '*.jpg')}' to go down)"
+            )
 
     def settings(self) -> dict:
         return {"images": os.path.abspath(self.spec), "texts": self.texts}
@@ -182,13 +188,26 @@ class DataSet:
         except ImportError as e:
             raise UsageError(f"--data reads data sets with the training extra ({e}): pip install 'restr[torch]'") from None
         self.spec, self.split, self.split_by, self.image_root = spec, split, split_by, image_root
-        self.ds = build_dataset(spec, split, image_size=1, vocab=None, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                split_by=split_by, image_root=image_root, progress=True)
+        self.ds = build_dataset(
+            spec,
+            split,
+            image_size=1,
+            vocab=None,
+            mean=(0.5,) * 3,
+            std=(0.5,) * 3,
+            split_by=split_by,
+            image_root=image_root,
+            progress=True,
+        )
         self.groups = self.ds.groups_by_image()
 
     def settings(self) -> dict:
-        return {"data": self.spec, "split": self.split, "split_by": self.split_by,
-                "image_root": None if self.image_root is None else os.path.abspath(self.image_root)}
+        return {
+            "data": self.spec,
+            "split": self.split,
+            "split_by": self.split_by,
+            "image_root": None if self.image_root is None else os.path.abspath(self.image_root),
+        }
 
     def count(self, most: int) -> int:
         return sum(-(-len(g) // most) for g in self.groups)
@@ -197,8 +216,12 @@ class DataSet:
         parts = (g[k : k + most] for g in self.groups for k in range(0, len(g), most))
         for index, part in enumerate(parts):
             ids = [self.ds.samples[i] for i in part]
-            yield Request(index, str(self.ds.image_path(part[0])), [self.ds.text(i) for i in part],
-                          samples=[{"image_id": s.image_id, "ref_id": s.ref_id, "ann_id": s.ann_id, "sent_id": s.sent_id} for s in ids])
+            yield Request(
+                index,
+                str(self.ds.image_path(part[0])),
+                [self.ds.text(i) for i in part],
+                samples=[{"image_id": s.image_id, "ref_id": s.ref_id, "ann_id": s.ann_id, "sent_id": s.sent_id} for s in ids],
+            )
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -245,11 +268,15 @@ def plan(out: Path, source, shard: tuple[int, int], png: bool, resume: bool, for
         previous = _read_json(out / RUN)
         if resume and previous is not None and previous != settings:
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise UsageError(f"--resume: the run in {out} had other settings ({', '.join(changed)} differ, see {out / RUN}); "
-                             f"give the same ones, or --force to start again")
+            raise UsageError(
+                f"--resume: the run in {out} had other settings ({', '.join(changed)} differ, see {out / RUN}); "
+                f"give the same ones, or --force to start again"
+            )
         if not (resume and previous is not None) and not force and any(out.iterdir()):
-            raise UsageError(f"--out {out}: the folder holds files (a previous run's?); pass --resume to continue a bulk "
-                             f"run there, --force to replace restr-predict's outputs there, or choose another folder")
+            raise UsageError(
+                f"--out {out}: the folder holds files (a previous run's?); pass --resume to continue a bulk "
+                f"run there, --force to replace restr-predict's outputs there, or choose another folder"
+            )
     return Job(out, source, shard, png, resume, force, workers, settings)
 
 
@@ -311,8 +338,12 @@ def scan(path: Path) -> Done:
                 rec = json.loads(line) if line.endswith(b"\n") else None
                 index = rec["request"]
                 whole = 1 if rec.get("error") is not None else rec["expressions"]
-                ok = isinstance(index, int) and index > done.last and (rec.get("expression", 0) == len(current)) and \
-                    (not current or current[0]["request"] == index)
+                ok = (
+                    isinstance(index, int)
+                    and index > done.last
+                    and (rec.get("expression", 0) == len(current))
+                    and (not current or current[0]["request"] == index)
+                )
             except (ValueError, TypeError, KeyError):
                 break
             if not ok:
@@ -340,7 +371,7 @@ class RecordFile:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
         except BaseException:  # Ctrl-C or SIGTERM in the middle, a full disk: the request is whole or absent
             os.ftruncate(self.fd, self.end)
             os.lseek(self.fd, self.end, os.SEEK_SET)
@@ -388,8 +419,12 @@ def records(req: Request, result: ImageResult, out: Path | None) -> list[dict]:
     written as a 0/255 PNG under out/masks/ and named in its record."""
     from pycocotools import mask as mask_utils
 
-    head = {"request": req.index, **({"line": req.line} if req.line is not None else {}),
-            **({"id": req.id} if req.id is not None else {}), "image": req.image}
+    head = {
+        "request": req.index,
+        **({"line": req.line} if req.line is not None else {}),
+        **({"id": req.id} if req.id is not None else {}),
+        "image": req.image,
+    }
     error = req.error or (None if result.error is None else first_line(result.error))
     if error is not None:
         return [{**head, "texts": req.texts, "error": error}]
@@ -398,13 +433,26 @@ def records(req: Request, result: ImageResult, out: Path | None) -> list[dict]:
     for k, p in enumerate(result.predictions):
         rle = mask_utils.encode(np.asfortranarray(p.mask[:, :, None], dtype=np.uint8))[0]  # one at a time: no (H, W, K) copy
         box = mask_utils.toBbox(rle)
-        rec = {**head, "width": w, "height": h, "expression": k, "expressions": len(result.predictions), "text": p.text,
-               **(req.samples[k] if req.samples else {}),
-               "mask": {"size": [h, w], "counts": rle["counts"].decode("utf-8")},
-               "box": [int(round(v)) for v in box] if p.area else None,
-               "area": p.area, "area_fraction": round(p.area_fraction, 6), "score": round(p.score, 6),
-               "patch_score": round(p.patch_score, 6), "unknown_words": p.unknown_words, "no_known_words": p.no_known_words,
-               "truncated": p.truncated, "timings_ms": {n: round(v, 3) for n, v in p.timings.items()}, "error": None}
+        rec = {
+            **head,
+            "width": w,
+            "height": h,
+            "expression": k,
+            "expressions": len(result.predictions),
+            "text": p.text,
+            **(req.samples[k] if req.samples else {}),
+            "mask": {"size": [h, w], "counts": rle["counts"].decode("utf-8")},
+            "box": [int(round(v)) for v in box] if p.area else None,
+            "area": p.area,
+            "area_fraction": round(p.area_fraction, 6),
+            "score": round(p.score, 6),
+            "patch_score": round(p.patch_score, 6),
+            "unknown_words": p.unknown_words,
+            "no_known_words": p.no_known_words,
+            "truncated": p.truncated,
+            "timings_ms": {n: round(v, 3) for n, v in p.timings.items()},
+            "error": None,
+        }
         if out is not None:
             rec["png"] = _save_png(out, req, k, p)
         recs.append(rec)
@@ -454,7 +502,9 @@ def run(job: Job, predictor, describe: dict, load_s: float) -> int:
             write_json(out / RUN, job.settings)
         most = getattr(predictor, "max_expressions", MAX_EXPRESSIONS)
         total = job.source.count(most)
-        progress = _Progress(float("inf") if total is None else len(range(k, total, n)), "restr-predict", initial=done.requests, unit="img")
+        progress = _Progress(
+            float("inf") if total is None else len(range(k, total, n)), "restr-predict", initial=done.requests, unit="img"
+        )
         counts, shown, t0 = done.counts, 0, time.perf_counter()
         pending: deque[Request] = deque()
         writer = RecordFile(out / RECORDS, done.end)
@@ -487,12 +537,19 @@ def run(job: Job, predictor, describe: dict, load_s: float) -> int:
         wall = time.perf_counter() - t0
         this_run = counts.requests - done.requests
         summary = {
-            **describe, "threshold": predictor.threshold, "source": job.settings["source"], "shard": {"index": k, "count": n},
-            "predictions": RECORDS, "masks": MASKS if job.png else None,
+            **describe,
+            "threshold": predictor.threshold,
+            "source": job.settings["source"],
+            "shard": {"index": k, "count": n},
+            "predictions": RECORDS,
+            "masks": MASKS if job.png else None,
             **asdict(counts),
             "resumed_after": done.requests if resuming else None,
-            "timings_s": {"load": round(load_s, 3), "wall": round(wall, 3),
-                          "images_per_s": round(this_run / wall, 3) if wall > 0 else None},
+            "timings_s": {
+                "load": round(load_s, 3),
+                "wall": round(wall, 3),
+                "images_per_s": round(this_run / wall, 3) if wall > 0 else None,
+            },
         }
         write_json(out / SUMMARY, summary)
     _print_table(summary, out, this_run)
@@ -557,12 +614,21 @@ def _print_table(summary: dict, out: Path, this_run: int) -> None:
     shard = summary["shard"]
     t = summary["timings_s"]
     threshold = "the server's" if summary["threshold"] is None else f"{summary['threshold']:g}"
-    click.echo(f"{summary['model']} ({summary['backend']}, {summary['mode']}), threshold {threshold}"
-               + (f", shard {shard['index']}/{shard['count']}" if shard["count"] > 1 else ""))
+    click.echo(
+        f"{summary['model']} ({summary['backend']}, {summary['mode']}), threshold {threshold}"
+        + (f", shard {shard['index']}/{shard['count']}" if shard["count"] > 1 else "")
+    )
     cols = ("requests", "images", "expressions", "errors", "no known words", "images/s", "wall")
     rate = "-" if t["images_per_s"] is None else f"{t['images_per_s']:.1f}"
-    values = (f"{summary['requests']:,}", f"{summary['images']:,}", f"{summary['expressions']:,}", f"{summary['errors']:,}",
-              f"{summary['no_known_words']:,}", rate, f"{t['wall']:.1f} s")
+    values = (
+        f"{summary['requests']:,}",
+        f"{summary['images']:,}",
+        f"{summary['expressions']:,}",
+        f"{summary['errors']:,}",
+        f"{summary['no_known_words']:,}",
+        rate,
+        f"{t['wall']:.1f} s",
+    )
     widths = [max(len(c), len(v)) for c, v in zip(cols, values)]
     click.echo("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
     click.echo("  ".join(v.rjust(w) for v, w in zip(values, widths)))

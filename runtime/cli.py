@@ -16,6 +16,7 @@ failures (ONNX Runtime, CUDA, TensorRT, disk), 3 for an internal error (a bug: p
 Bulk jobs (`--images`, `--requests`, `--data` in place of `--image`) are `restr.runtime.bulk`: many
 images in one process, written to `<out>/predictions.jsonl`, with --resume and --shard.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,20 +33,31 @@ import click
 import numpy as np
 from PIL import Image
 
-from restr.runtime.cli_common import EXIT_BAD_INPUT, OneLineErrorCommand, UsageError, check_writable_dir, check_writable_file, exit_code, signals_deferred, signals_interrupt
 from restr.runtime.artifacts import ArtifactError
-from restr.runtime.formats import PRECISIONS
 from restr.runtime.atomic import remove_stale_staging, staging_dir, write_json
+from restr.runtime.cli_common import (
+    EXIT_BAD_INPUT,
+    OneLineErrorCommand,
+    UsageError,
+    check_writable_dir,
+    check_writable_file,
+    exit_code,
+    signals_deferred,
+    signals_interrupt,
+)
+from restr.runtime.errors import first_line
+from restr.runtime.formats import PRECISIONS
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
 from restr.runtime.trt_runner import TensorRTUnavailable
 from restr.runtime.visualize import contact_sheet, save_atomic, save_mask, save_overlay
-from restr.runtime.errors import first_line
 
 PROG = "restr-predict"
 EXIT_INTERNAL = 3  # a bug in restr: the message names the exception
-SCORE_LEGEND = ("score: mean probability inside the mask, how sure the model is of the pixels it chose "
-                "(not whether it chose the right object)")
+SCORE_LEGEND = (
+    "score: mean probability inside the mask, how sure the model is of the pixels it chose "
+    "(not whether it chose the right object)"
+)
 
 
 class InputError(ValueError):
@@ -79,31 +91,140 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 @click.command(PROG, cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--artifacts", "artifacts", type=click.Path(), help="Export folder written by restr-export (holds manifest.json).")
-@click.option("--server", "server", default=None, metavar="URL", help="Instead of --artifacts: ask a restr Triton server (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.")
-@click.option("--image", "image", type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied).")
-@click.option("--text", "texts", multiple=True, help="Referring expression; repeat for several (they are batched against one image encoding). With --images: asked of every image.")
-@click.option("--out", "out", type=click.Path(path_type=Path), help="Output folder for the mask PNGs and summary.json, or a bulk job's predictions.jsonl (created if missing; must be empty unless --force or --resume).")
-@click.option("--overlay", is_flag=True, help="Also write <k>_<slug>_overlay.png: the object as it is, the rest of the image dimmed and greyed, a white contour around the mask.")
+@click.option(
+    "--server",
+    "server",
+    default=None,
+    metavar="URL",
+    help="Instead of --artifacts: ask a restr Triton server (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.",
+)
+@click.option(
+    "--image", "image", type=click.Path(path_type=Path), help="Image file (any format Pillow reads; EXIF orientation is applied)."
+)
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    help="Referring expression; repeat for several (they are batched against one image encoding). With --images: asked of every image.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    help="Output folder for the mask PNGs and summary.json, or a bulk job's predictions.jsonl (created if missing; must be empty unless --force or --resume).",
+)
+@click.option(
+    "--overlay",
+    is_flag=True,
+    help="Also write <k>_<slug>_overlay.png: the object as it is, the rest of the image dimmed and greyed, a white contour around the mask.",
+)
 @click.option("--sheet", is_flag=True, help="Also write sheet.png: every expression's overlay side by side, captioned.")
-@click.option("--force", is_flag=True, help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them; a bulk job's predictions.jsonl, run.json, masks/) are removed first.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them; a bulk job's predictions.jsonl, run.json, masks/) are removed first.",
+)
 @click.option("--list-words", is_flag=True, help="Print the words the model knows (its vocabulary), one a line, and exit.")
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True, help="ONNX Runtime graphs or native TensorRT engines.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="FP32 graphs, the mixed-precision FP16 ones, or the calibrated INT8 ones (restr-export --precision int8); engines are fp16.")
-@click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None, help="Mask threshold on the probability. [default: the manifest's, 0.5]")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the summary to FILE ('-' for stdout, which replaces the table).")
-@click.option("--images", "images", default=None, metavar="DIR_OR_GLOB", help="Bulk: every image file in a folder (not its subfolders; sorted by name), or a glob's files, sorted ('photos/**/*.jpg' goes down folders; quote it), each asked every --text.")
-@click.option("--requests", "requests", default=None, metavar="FILE.jsonl", help='Bulk: one request a line, {"image": "a.jpg", "texts": ["the dog", ...], "id": optional}; paths relative to the file\'s folder; - reads stdin.')
-@click.option("--data", "data", default=None, metavar="SPEC", help="Bulk: a data set's images, each with the expressions read about it: synthetic:test, or a refer-layout folder PATH[:split] (as restr-eval).")
+@click.option(
+    "--backend",
+    type=click.Choice(["ort", "tensorrt"]),
+    default="ort",
+    show_default=True,
+    help="ONNX Runtime graphs or native TensorRT engines.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="FP32 graphs, the mixed-precision FP16 ones, or the calibrated INT8 ones (restr-export --precision int8); engines are fp16.",
+)
+@click.option(
+    "--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]"
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=None,
+    help="Mask threshold on the probability. [default: the manifest's, 0.5]",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the summary to FILE ('-' for stdout, which replaces the table).",
+)
+@click.option(
+    "--images",
+    "images",
+    default=None,
+    metavar="DIR_OR_GLOB",
+    help="Bulk: every image file in a folder (not its subfolders; sorted by name), or a glob's files, sorted ('photos/**/*.jpg' goes down folders; quote it), each asked every --text.",
+)
+@click.option(
+    "--requests",
+    "requests",
+    default=None,
+    metavar="FILE.jsonl",
+    help='Bulk: one request a line, {"image": "a.jpg", "texts": ["the dog", ...], "id": optional}; paths relative to the file\'s folder; - reads stdin.',
+)
+@click.option(
+    "--data",
+    "data",
+    default=None,
+    metavar="SPEC",
+    help="Bulk: a data set's images, each with the expressions read about it: synthetic:test, or a refer-layout folder PATH[:split] (as restr-eval).",
+)
 @click.option("--split", default=None, help="With --data: the split when SPEC names none (e.g. val, testA).")
-@click.option("--split-by", default=None, help="With --data: the refer annotation set, e.g. unc, umd, google (refs(<split-by>).p).")
-@click.option("--image-root", default=None, type=click.Path(file_okay=False), help="With --data: the folder of the images (default: beside the annotations).")
-@click.option("--png", is_flag=True, help="Bulk: also write each mask as a 0/255 PNG, masks/NNNN/<request>-<expression>-<slug>.png (a folder per 1000 requests), named in its record.")
-@click.option("--resume", is_flag=True, help="Bulk: continue the run in --out (stopped by Ctrl-C, SIGTERM, kill -9 or a crash) where its records end; starts one if there is none.")
-@click.option("--shard", default=None, metavar="K/N", help="Bulk: do only the requests i with i mod N == K (K from 0 to N-1), e.g. --shard $SLURM_ARRAY_TASK_ID/8.")
-@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Bulk: threads reading and preparing the next images while the model runs. [default: 2]")
-def main(artifacts: Path | None, server: str | None, image: Path | None, texts: tuple[str, ...], out: Path | None, overlay: bool, sheet: bool, force: bool, list_words: bool,
-         backend: str, precision: str, providers: str | None, threshold: float | None, json_path: Path | None, **bulk_options) -> int | None:
+@click.option(
+    "--split-by", default=None, help="With --data: the refer annotation set, e.g. unc, umd, google (refs(<split-by>).p)."
+)
+@click.option(
+    "--image-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="With --data: the folder of the images (default: beside the annotations).",
+)
+@click.option(
+    "--png",
+    is_flag=True,
+    help="Bulk: also write each mask as a 0/255 PNG, masks/NNNN/<request>-<expression>-<slug>.png (a folder per 1000 requests), named in its record.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Bulk: continue the run in --out (stopped by Ctrl-C, SIGTERM, kill -9 or a crash) where its records end; starts one if there is none.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="K/N",
+    help="Bulk: do only the requests i with i mod N == K (K from 0 to N-1), e.g. --shard $SLURM_ARRAY_TASK_ID/8.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Bulk: threads reading and preparing the next images while the model runs. [default: 2]",
+)
+def main(
+    artifacts: Path | None,
+    server: str | None,
+    image: Path | None,
+    texts: tuple[str, ...],
+    out: Path | None,
+    overlay: bool,
+    sheet: bool,
+    force: bool,
+    list_words: bool,
+    backend: str,
+    precision: str,
+    providers: str | None,
+    threshold: float | None,
+    json_path: Path | None,
+    **bulk_options,
+) -> int | None:
     """Segment the object each --text refers to in --image with a restr export; or, in bulk, every
     image of --images, --requests or --data.
 
@@ -145,25 +266,37 @@ def main(artifacts: Path | None, server: str | None, image: Path | None, texts: 
     """
     try:
         if artifacts == "":  # a Path would make it "." (the working folder), a confusing "no manifest.json"
-            raise ArtifactError("folder is an empty string: give the path of an export folder (one restr-export wrote, holding manifest.json)")
+            raise ArtifactError(
+                "folder is an empty string: give the path of an export folder (one restr-export wrote, holding manifest.json)"
+            )
         artifacts = None if artifacts is None else Path(artifacts)
         if (artifacts is None) == (server is None):
             raise InputError("give one of --artifacts DIR and --server URL")
         if list_words:
             _list_words(artifacts, server)
             return None
-        with signals_interrupt():  # SIGTERM/SIGHUP unwind as Ctrl-C does: the staging folder goes, a bulk job's records stay whole
+        with (
+            signals_interrupt()
+        ):  # SIGTERM/SIGHUP unwind as Ctrl-C does: the staging folder goes, a bulk job's records stay whole
             if _bulk_input(image, bulk_options):
                 if json_path is not None or overlay or sheet:
-                    raise InputError("--overlay, --sheet and --json are for --image; a bulk job writes predictions.jsonl (and with --png the masks)")
+                    raise InputError(
+                        "--overlay, --sheet and --json are for --image; a bulk job writes predictions.jsonl (and with --png the masks)"
+                    )
                 return _bulk(artifacts, server, texts, out, force, backend, precision, providers, threshold, **bulk_options)
-            _predict(artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path)
+            _predict(
+                artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path
+            )
             return None
     except SystemExit:
         raise
     except KeyboardInterrupt as e:
         _fail("interrupted" if exit_code(e) == 130 else f"stopped by {e}", exit_code(e))
-    except (ValueError, UsageError, TensorRTUnavailable) as e:  # ArtifactError, ImageError, TextError, bad providers or paths, no TensorRT
+    except (
+        ValueError,
+        UsageError,
+        TensorRTUnavailable,
+    ) as e:  # ArtifactError, ImageError, TextError, bad providers or paths, no TensorRT
         _fail(first_line(e))
     except (RuntimeError, OSError, MemoryError) as e:  # ONNX Runtime, CUDA, TensorRT, disk
         _fail(f"{type(e).__name__}: {first_line(e)}")
@@ -178,7 +311,9 @@ def _bulk_input(image: Path | None, options: dict) -> bool:
     """Whether the command is a bulk job; refuses a mix of inputs, and bulk options without one."""
     given = [f"--{name}" for name in BULK_INPUTS if options[name] is not None]
     if len(given) + (image is not None) > 1:
-        raise InputError(f"give one of --image, --images, --requests and --data (got {' and '.join((['--image'] if image else []) + given)})")
+        raise InputError(
+            f"give one of --image, --images, --requests and --data (got {' and '.join((['--image'] if image else []) + given)})"
+        )
     if not given:
         extra = [f"--{name.replace('_', '-')}" for name, value in options.items() if value not in (None, False)]
         if extra:
@@ -186,8 +321,27 @@ def _bulk_input(image: Path | None, options: dict) -> bool:
     return bool(given)
 
 
-def _bulk(artifacts, server, texts, out, force, backend, precision, providers, threshold, images, requests, data, split, split_by,
-          image_root, png, resume, shard, workers) -> int:
+def _bulk(
+    artifacts,
+    server,
+    texts,
+    out,
+    force,
+    backend,
+    precision,
+    providers,
+    threshold,
+    images,
+    requests,
+    data,
+    split,
+    split_by,
+    image_root,
+    png,
+    resume,
+    shard,
+    workers,
+) -> int:
     from restr.runtime import bulk
 
     if out is None:
@@ -208,8 +362,13 @@ def _bulk(artifacts, server, texts, out, force, backend, precision, providers, t
         source = bulk.RequestLines(requests)
     else:
         source = bulk.DataSet(data, split, split_by, image_root)
-    model = {"artifacts": server if server is not None else str(artifacts.absolute()), "backend": backend, "precision": precision,
-             "providers": providers, "threshold": threshold}
+    model = {
+        "artifacts": server if server is not None else str(artifacts.absolute()),
+        "backend": backend,
+        "precision": precision,
+        "providers": providers,
+        "threshold": threshold,
+    }
     job = bulk.plan(out, source, k_n, png, resume, force, 2 if workers is None else workers, model)
     predictor, load_s = _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size=4)
     try:
@@ -239,8 +398,15 @@ def _load_predictor(artifacts, server, backend, precision, providers, threshold,
         return RemotePredictor(server, threshold=threshold), time.perf_counter() - t0
     with warnings.catch_warnings(record=True) as caught:  # a provider this build lacks: one line, as the others
         warnings.simplefilter("always", RuntimeWarning)
-        predictor = Predictor.from_artifacts(artifacts, backend=backend, precision=precision, providers=providers,
-                                             threshold=threshold, cache_size=cache_size, release_memory=release_memory)
+        predictor = Predictor.from_artifacts(
+            artifacts,
+            backend=backend,
+            precision=precision,
+            providers=providers,
+            threshold=threshold,
+            cache_size=cache_size,
+            release_memory=release_memory,
+        )
     said = set()
     for w in caught:
         if not issubclass(w.category, RuntimeWarning):
@@ -277,21 +443,29 @@ def _check_outputs(out: Path, force: bool, json_path: Path | None) -> None:
     if out.is_dir():
         remove_stale_staging(out)
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise InputError(f"--out {out}: the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder")
+        raise InputError(
+            f"--out {out}: the folder holds files (a previous run's?); pass --force to replace restr-predict's outputs there, or choose another folder"
+        )
     if json_path is not None and str(json_path) != "-":
         check_writable_file(json_path, "--json")
 
 
-def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path) -> None:
+def _predict(
+    artifacts, server, image, texts, out, overlay, sheet, force, backend, precision, providers, threshold, json_path
+) -> None:
     t_start = time.perf_counter()
     missing = [name for name, value in (("--image", image), ("--text", texts), ("--out", out)) if not value]
     if missing:
-        raise InputError(f"Missing option{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} (or give --list-words)")
+        raise InputError(
+            f"Missing option{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} (or give --list-words)"
+        )
     check_not_url(image, "--image")
     _check_outputs(out, force, json_path)
     check_texts(texts)
     # one photo: nothing to cache (no hash of its pixels), and its photo-sized buffers given back
-    predictor, load_s = _load_predictor(artifacts, server, backend, precision, providers, threshold, cache_size=0, release_memory=True)
+    predictor, load_s = _load_predictor(
+        artifacts, server, backend, precision, providers, threshold, cache_size=0, release_memory=True
+    )
     if server is not None:
         artifacts = server
     load_ms = load_s * 1000
@@ -314,12 +488,20 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
 
     for i, p in enumerate(preds, 1):
         if p.truncated:
-            click.echo(f"warning: expression {i} has {len(split_words(p.text))} words; only the first {predictor.artifacts.max_words} were used", err=True)
+            click.echo(
+                f"warning: expression {i} has {len(split_words(p.text))} words; only the first {predictor.artifacts.max_words} were used",
+                err=True,
+            )
         if p.unknown_words:
-            click.echo(f"warning: expression {i}: words not in the vocabulary (read as <unk>): {', '.join(p.unknown_words)}", err=True)
+            click.echo(
+                f"warning: expression {i}: words not in the vocabulary (read as <unk>): {', '.join(p.unknown_words)}", err=True
+            )
         if p.no_known_words:
-            click.echo(f"warning: expression {i} ({p.text!r}): the model knows none of its content words, so its mask is a guess "
-                       f"(--list-words prints the words it knows)", err=True)
+            click.echo(
+                f"warning: expression {i} ({p.text!r}): the model knows none of its content words, so its mask is a guess "
+                f"(--list-words prints the words it knows)",
+                err=True,
+            )
 
     names = [f"{i}_{slugify(p.text)}" for i, p in enumerate(preds, 1)]
     summary = _summary(predictor, artifacts, image, emb, preds, names, overlay, load_ms, decode_ms, t_start)
@@ -333,8 +515,18 @@ def _predict(artifacts, server, image, texts, out, overlay, sheet, force, backen
         _print_table(summary, out)
 
 
-def _summary(predictor: Predictor, artifacts: Path, image: Path, emb, preds: list[Prediction], names: list[str],
-             overlay: bool, load_ms: float, decode_ms: float, t_start: float) -> dict:
+def _summary(
+    predictor: Predictor,
+    artifacts: Path,
+    image: Path,
+    emb,
+    preds: list[Prediction],
+    names: list[str],
+    overlay: bool,
+    load_ms: float,
+    decode_ms: float,
+    t_start: float,
+) -> dict:
     h, w = emb.size
     k = len(preds)
     per_expr = [{n: v for n, v in p.timings.items() if n not in ("preprocess", "vision")} for p in preds]
@@ -379,7 +571,9 @@ def _describe(predictor, artifacts) -> dict:
         "model": predictor.artifacts.model_name,
         "backend": "tensorrt" if any(getattr(r, "backend", None) == "tensorrt" for r in predictor.runners.values()) else "ort",
         "runners": {name: getattr(r, "providers", None) or type(r).__name__ for name, r in predictor.runners.items()},
-        "graphs": {name: getattr(r, "name", None) for name, r in predictor.runners.items()},  # e.g. vision_int8: the precision that ran
+        "graphs": {
+            name: getattr(r, "name", None) for name, r in predictor.runners.items()
+        },  # e.g. vision_int8: the precision that ran
         "mode": predictor.mode,
     }
 
@@ -399,7 +593,10 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
                 files.append(save_overlay(tmp / f"{name}_overlay.png", rgb, p.mask).name)
         if sheet:
             # the score first: a long expression is cut at the tile's second line, never the score
-            captions = [f"{i}. score {p.score:.2f}{', no known words' if p.no_known_words else ''}: {p.text}" for i, p in enumerate(preds, 1)]
+            captions = [
+                f"{i}. score {p.score:.2f}{', no known words' if p.no_known_words else ''}: {p.text}"
+                for i, p in enumerate(preds, 1)
+            ]
             files.append(save_atomic(contact_sheet(rgb, [p.mask for p in preds], captions), tmp / "sheet.png").name)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         with signals_deferred():  # the previous outputs go and the new ones arrive whole, or not at all
@@ -442,13 +639,17 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 def _print_table(summary: dict, out: Path) -> None:
     img = summary["image"]
     exprs = summary["expressions"]
-    click.echo(f"{summary['model']} ({summary['backend']}, {summary['mode']}) on {img['path']} ({img['width']}x{img['height']}), threshold {summary['threshold']:g}")
+    click.echo(
+        f"{summary['model']} ({summary['backend']}, {summary['mode']}) on {img['path']} ({img['width']}x{img['height']}), threshold {summary['threshold']:g}"
+    )
     width = min(48, max(10, *(len(e["text"]) for e in exprs)))
     click.echo(f"{'#':>3}  {'expression':<{width}}  {'area px':>10}  {'area':>6}  {'score':>5}  mask")
     for e in exprs:
         text = e["text"] if len(e["text"]) <= width else e["text"][: width - 3] + "..."
         flag = "  (no known words: a guess)" if e.get("no_known_words") else ""
-        click.echo(f"{e['index']:>3}  {text:<{width}}  {e['area']:>10,}  {e['area_fraction']:>6.1%}  {e['score']:>5.2f}  {out / e['mask']}{flag}")
+        click.echo(
+            f"{e['index']:>3}  {text:<{width}}  {e['area']:>10,}  {e['area_fraction']:>6.1%}  {e['score']:>5.2f}  {out / e['mask']}{flag}"
+        )
     click.echo(SCORE_LEGEND)
     t = summary["timings_ms"]
     click.echo(

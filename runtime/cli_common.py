@@ -2,6 +2,7 @@
 
 Torch-free: the runtime's commands use it, and so do the torch side's (`restr/cli_common.py` adds
 what only those need)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -92,7 +93,12 @@ class OneLineErrorCommand(click.Command):
         try:
             rv = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.ClickException as e:
-            message = e.format_message().rstrip(".").replace("(Did you mean", "(did you mean").replace(". Did you mean", "; did you mean")
+            message = (
+                e.format_message()
+                .rstrip(".")
+                .replace("(Did you mean", "(did you mean")
+                .replace(". Did you mean", "; did you mean")
+            )
             click.echo(f"{prog}: error: {message} (see --help)", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except click.Abort:
@@ -144,8 +150,16 @@ class Progress:
     update is a line such as `train 1200/3600 (33%) 2.1 it/s, eta 19m loss=0.3512`.
     """
 
-    def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True, interval: float | None = None,
-                 unit: str = "it", stream=None):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        initial: int = 0,
+        enabled: bool = True,
+        interval: float | None = None,
+        unit: str = "it",
+        stream=None,
+    ):
         self.stream = stream or sys.stderr
         self.total, self.desc, self.n, self.unit, self.enabled = total, desc, initial, unit, enabled
         self.interval = float(os.environ.get("RESTR_PROGRESS_INTERVAL", 30)) if interval is None else interval
@@ -176,8 +190,12 @@ class Progress:
         eta = (self.total - self.n) / rate if rate > 0 else float("inf")
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
         pct = 100 * self.n / max(1, self.total)
-        print(f"{self.desc} {self.n}/{self.total} ({pct:.0f}%) {rate:.2f} {self.unit}/s, eta {_duration(eta)}" + (f" {extra}" if extra else ""),
-              file=self.stream, flush=True)
+        print(
+            f"{self.desc} {self.n}/{self.total} ({pct:.0f}%) {rate:.2f} {self.unit}/s, eta {_duration(eta)}"
+            + (f" {extra}" if extra else ""),
+            file=self.stream,
+            flush=True,
+        )
 
     def write(self, line: str) -> None:
         """A line of its own (a validation result), printed even when progress is off."""

@@ -12,6 +12,7 @@ orientation and alpha composition as `Predictor` (restr.runtime.predictor.as_rgb
 Needs `pip install "restr[client]"` (tritonclient). Server-side failures (bad image, empty text)
 raise `ServerError` with the server's one-line message; the server keeps serving.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,13 @@ from PIL import Image
 
 from restr.runtime.predictor import Prediction, as_rgb, rgb_array
 from restr.runtime.protocol import (
-    INPUTS, MODEL, OUTPUTS, PARAM_MAX_WORDS, PARAM_MODEL_NAME, PARAM_THRESHOLD, PARAM_VOCABULARY,
+    INPUTS,
+    MODEL,
+    OUTPUTS,
+    PARAM_MAX_WORDS,
+    PARAM_MODEL_NAME,
+    PARAM_THRESHOLD,
+    PARAM_VOCABULARY,
 )
 from restr.runtime.tokenizer import Vocabulary
 
@@ -63,13 +70,18 @@ class ServedModel:
     words: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
-    def from_config(cls, url: str, config: dict) -> "ServedModel":
+    def from_config(cls, url: str, config: dict) -> ServedModel:
         params = {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-        number = lambda key, kind: kind(params[key]) if params.get(key) else None  # noqa: E731
-        return cls(url=url, model_name=params.get(PARAM_MODEL_NAME) or f"{MODEL} at {url}", max_words=number(PARAM_MAX_WORDS, int),
-                   threshold=number(PARAM_THRESHOLD, float), batched=int(config.get("max_batch_size") or 0) > 0,
-                   outputs=tuple(o["name"] for o in config.get("output", [])),
-                   words=params[PARAM_VOCABULARY].split("\n") if params.get(PARAM_VOCABULARY) else [])
+        number = lambda key, kind: kind(params[key]) if params.get(key) else None
+        return cls(
+            url=url,
+            model_name=params.get(PARAM_MODEL_NAME) or f"{MODEL} at {url}",
+            max_words=number(PARAM_MAX_WORDS, int),
+            threshold=number(PARAM_THRESHOLD, float),
+            batched=int(config.get("max_batch_size") or 0) > 0,
+            outputs=tuple(o["name"] for o in config.get("output", [])),
+            words=params[PARAM_VOCABULARY].split("\n") if params.get(PARAM_VOCABULARY) else [],
+        )
 
     def vocabulary(self) -> Vocabulary:
         """The served model's vocabulary (ServerError if the server does not publish it)."""
@@ -113,7 +125,10 @@ class RestrClient:
     def ready(self) -> bool:
         """Server and model ready (False while starting, stopping or unreachable)."""
         try:
-            return bool(self._client.is_server_ready(headers=self.headers) and self._client.is_model_ready(self.model, headers=self.headers))
+            return bool(
+                self._client.is_server_ready(headers=self.headers)
+                and self._client.is_model_ready(self.model, headers=self.headers)
+            )
         except Exception:  # connection refused, reset, timeout: all mean "not ready"
             return False
 
@@ -127,8 +142,12 @@ class RestrClient:
     def served(self) -> ServedModel:
         """The model's configuration, read once: its name, vocabulary, whether it batches."""
         if self._served is None:
-            config = self._call(self._client.get_model_config, self.model, headers=self.headers,
-                                **({"as_json": True} if self.protocol == "grpc" else {}))
+            config = self._call(
+                self._client.get_model_config,
+                self.model,
+                headers=self.headers,
+                **({"as_json": True} if self.protocol == "grpc" else {}),
+            )
             self._served = ServedModel.from_config(self.url, config.get("config", config) if self.protocol == "grpc" else config)
         return self._served
 
@@ -150,8 +169,10 @@ class RestrClient:
             else:
                 t.set_data_from_numpy(value)
             tensors.append(t)
-        wanted = [tc.InferRequestedOutput(n, binary_data=True) if self.protocol == "http" else tc.InferRequestedOutput(n)
-                  for n in outputs]
+        wanted = [
+            tc.InferRequestedOutput(n, binary_data=True) if self.protocol == "http" else tc.InferRequestedOutput(n)
+            for n in outputs
+        ]
         timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         result = self._call(self._client.infer, self.model, tensors, outputs=wanted, headers=self.headers, **timeout)
         return {n: result.as_numpy(n)[0] if served.batched else result.as_numpy(n) for n in outputs}
@@ -205,7 +226,7 @@ class RestrClient:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "RestrClient":
+    def __enter__(self) -> RestrClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -265,8 +286,10 @@ class RemotePredictor:
         preds = self.client.predict(embedding.rgb, texts, threshold=self.threshold)
         self.threshold = self.client.last_threshold
         # the image's stages (the server's) and the round trip, where Predictor's embedding keeps them
-        embedding.timings.update({n: preds[0].timings[n] for n in ("preprocess", "vision") if n in preds[0].timings},
-                                 request=self.client.last_request_ms)
+        embedding.timings.update(
+            {n: preds[0].timings[n] for n in ("preprocess", "vision") if n in preds[0].timings},
+            request=self.client.last_request_ms,
+        )
         return preds
 
     def close(self) -> None:

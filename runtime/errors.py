@@ -1,4 +1,5 @@
 """How an exception reads in a one-line error message."""
+
 from __future__ import annotations
 
 LIMIT = 300  # a library's first line can hold a whole graph path and more; a message line stays readable

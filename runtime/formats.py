@@ -13,6 +13,7 @@ Each graph's inputs and outputs (names, dtypes, shapes) are in `GRAPH_IO`; the C
 same names from runtime/cpp/src/graph_io.hpp, written by `cpp_header` (tests/test_runtime.py checks
 that the file is current).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ class TensorSpec:
     shape: tuple
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
+    def from_dict(cls, d: dict) -> TensorSpec:
         return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(d["shape"]))
 
     def concrete(self, batch: int) -> tuple[int, ...]:
@@ -96,11 +97,19 @@ GRAPH_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     "vision": ((_IMAGE,), (TensorSpec("visual_features", "float32", (BATCH, "N", "D")),)),
     "language": ((_WORDS, _PAD_MASK), (_LINGUISTIC,)),
     "fusion_decoder": ((TensorSpec("visual_features", "float32", (IMAGE_BATCH, "N", "D")), _LINGUISTIC, _PAD_MASK), _PROBS),
-    PREPROCESS: ((TensorSpec("rgb", "uint8", (HEIGHT, WIDTH, 3)),),
-                 (TensorSpec("image", "float32", (1, 3, "S", "S")), _LETTERBOX)),
-    POSTPROCESS: ((_PIXEL_PROBS, _LETTERBOX, TensorSpec("threshold", "float32", (1,))),
-                  (TensorSpec("probs", "float32", (BATCH, HEIGHT, WIDTH)), TensorSpec("mask", "bool", (BATCH, HEIGHT, WIDTH)),
-                   TensorSpec("score", "float32", (BATCH,)), TensorSpec("area", "int64", (BATCH,)))),
+    PREPROCESS: (
+        (TensorSpec("rgb", "uint8", (HEIGHT, WIDTH, 3)),),
+        (TensorSpec("image", "float32", (1, 3, "S", "S")), _LETTERBOX),
+    ),
+    POSTPROCESS: (
+        (_PIXEL_PROBS, _LETTERBOX, TensorSpec("threshold", "float32", (1,))),
+        (
+            TensorSpec("probs", "float32", (BATCH, HEIGHT, WIDTH)),
+            TensorSpec("mask", "bool", (BATCH, HEIGHT, WIDTH)),
+            TensorSpec("score", "float32", (BATCH,)),
+            TensorSpec("area", "int64", (BATCH,)),
+        ),
+    ),
 }
 
 
@@ -125,6 +134,7 @@ def graph_by_inputs(names) -> str | None:
 
 def cpp_header() -> str:
     """runtime/cpp/src/graph_io.hpp: `GRAPH_IO`'s names for the C++ host, in the graphs' order."""
+
     def strings(xs) -> str:
         return "{" + ", ".join(f'"{x}"' for x in xs) + "}"
 
@@ -150,12 +160,18 @@ def cpp_header() -> str:
         "namespace graph_io {",
     ]
     lines += [f"inline const GraphIO {g}{{{names(i)}, {names(o)}}};" for g, (i, o) in GRAPH_IO.items()]
-    lines += ["", "// The model graphs (those the manifest check covers): their input and output names as sets.",
-              "inline const std::map<std::string, std::pair<std::set<std::string>, std::set<std::string>>> model_graphs{"]
+    lines += [
+        "",
+        "// The model graphs (those the manifest check covers): their input and output names as sets.",
+        "inline const std::map<std::string, std::pair<std::set<std::string>, std::set<std::string>>> model_graphs{",
+    ]
     lines += [f'    {{"{g}", {{{names(GRAPH_IO[g][0])}, {names(GRAPH_IO[g][1])}}}}},' for g in MODEL_GRAPHS]
     dims = {t.name: t.shape[1:] for g in MODEL_GRAPHS for t in (*GRAPH_IO[g][0], *GRAPH_IO[g][1])}
-    lines += ["};", "// Their tensors' shapes after the first axis: numbers, or S, L, N, D for the manifest's sizes.",
-              "inline const std::map<std::string, std::vector<std::string>> tensor_dims{"]
+    lines += [
+        "};",
+        "// Their tensors' shapes after the first axis: numbers, or S, L, N, D for the manifest's sizes.",
+        "inline const std::map<std::string, std::vector<std::string>> tensor_dims{",
+    ]
     lines += [f'    {{"{n}", {strings(shape)}}},' for n, shape in dims.items()]
     lines += ["};", "}  // namespace graph_io", "", "}  // namespace restr_impl", ""]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ images once, for both:
 A batch ("stores") is either one image's features shared by up to max_batch expressions
 (image_batch 1) or one image per expression, up to max_batch of them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -124,12 +125,17 @@ class HostPath:
         if POSTPROCESS in self.p.processing:
             return self.p.processing[POSTPROCESS].run(
                 {"pixel_probs": pixel, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": np.array([thr], np.float32)},
-                outputs=None if probs else ("mask", "score", "area"))
+                outputs=None if probs else ("mask", "score", "area"),
+            )
         prob = np.stack([lb.invert(x[0]) for x in pixel])
         mask = prob > thr
         area = mask.sum((1, 2))
-        return {"probs": prob, "mask": mask, "area": area,
-                "score": np.array([prob[k][mask[k]].mean() if area[k] else 0.0 for k in range(len(prob))])}
+        return {
+            "probs": prob,
+            "mask": mask,
+            "area": area,
+            "score": np.array([prob[k][mask[k]].mean() if area[k] else 0.0 for k in range(len(prob))]),
+        }
 
 
 OWNER = "predictor"  # the device path's own bindings, apart from the runners' `run`
@@ -187,13 +193,15 @@ class DevicePath:
         self.slot = one.outputs["visual_features"] if self.split else self.image_in  # (1, N_v, D) / (1, 3, S, S)
 
     @classmethod
-    def maybe(cls, predictor) -> "DevicePath | None":
+    def maybe(cls, predictor) -> DevicePath | None:
         """A device path when every graph runs in ONNX Runtime with bound buffers on one kind of device."""
         runners = [*predictor.runners.values(), *predictor.processing.values()]
-        ok = (all(isinstance(r, OrtRunner) for r in runners)
-              and all(r.bound and r.max_batch for r in predictor.runners.values())
-              and len({r.on_cuda for r in runners}) == 1
-              and {PREPROCESS, POSTPROCESS} <= set(predictor.processing))
+        ok = (
+            all(isinstance(r, OrtRunner) for r in runners)
+            and all(r.bound and r.max_batch for r in predictor.runners.values())
+            and len({r.on_cuda for r in runners}) == 1
+            and {PREPROCESS, POSTPROCESS} <= set(predictor.processing)
+        )
         return cls(predictor) if ok else None
 
     # -- where features are ---------------------------------------------------------------------
@@ -233,8 +241,9 @@ class DevicePath:
         batch's image input (call under the lock)."""
         h, w = rgb.shape[:2]
         if into is None and (h, w) not in self.photos and self.pre.bound and len(self.photos) < PHOTO_SIZES:
-            binding = self.pre.fixed_binding((*self.key, h, w), {"rgb": (h, w, 3), "letterbox": (4,)},
-                                             {"image": self.image_in}, on_host=("letterbox",))
+            binding = self.pre.fixed_binding(
+                (*self.key, h, w), {"rgb": (h, w, 3), "letterbox": (4,)}, {"image": self.image_in}, on_host=("letterbox",)
+            )
             self.photos[(h, w)] = _Photo(binding)
         if into is not None or (h, w) not in self.photos:
             out = self.pre.run_device({"rgb": rgb}, {"image": into or self.image_in, "letterbox": "cpu"})

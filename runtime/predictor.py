@@ -37,6 +37,7 @@ host-to-device copy of each photo and one device-to-host copy of the masks).
 An embedding is tied to the export that made it: `predict_embedding` refuses one made by another
 export's image graph (`EmbeddingError`), since its features mean nothing to this decoder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -290,7 +291,7 @@ class Predictor:
         threads: int | None = None,
         cuda_graph: bool = True,
         release_memory: bool = False,
-    ) -> "Predictor":
+    ) -> Predictor:
         """Open an export folder and load the graphs one predictor needs.
 
         backend: "ort" (ONNX Runtime) or "tensorrt" (native engines; build them with restr-export
@@ -313,12 +314,17 @@ class Predictor:
             mode = END_TO_END if graph_key(END_TO_END, precision) in table and not all(k in table for k in split) else "split"
         stages = STAGES if mode == "split" else (END_TO_END,)
         vocab = art.vocabulary()
-        runners = {s: make_runner(art, graph_key(s, precision), backend, providers=providers, threads=threads, cuda_graph=cuda_graph)
-                   for s in stages}
+        runners = {
+            s: make_runner(art, graph_key(s, precision), backend, providers=providers, threads=threads, cuda_graph=cuda_graph)
+            for s in stages
+        }
         # Pre- and post-processing run in ONNX Runtime on every backend, on the model's device.
         pp_providers = providers if backend == "ort" else (providers or "auto")
-        processing = {k: make_runner(art, k, "ort", providers=pp_providers, threads=threads, release_memory=release_memory)
-                      for k in (PREPROCESS, POSTPROCESS) if k in art.graphs}
+        processing = {
+            k: make_runner(art, k, "ort", providers=pp_providers, threads=threads, release_memory=release_memory)
+            for k in (PREPROCESS, POSTPROCESS)
+            if k in art.graphs
+        }
         return cls(art, runners, vocab, threshold=threshold, cache_size=cache_size, processing=processing)
 
     # -- images ---------------------------------------------------------------------------------
@@ -425,7 +431,7 @@ class Predictor:
         prepared = self.path.prepare(rgb)
         return None, (key, prepared, _ms(t0))
 
-    def _loaded(self, requests: Iterable, pool) -> Iterator[list["_Loaded"]]:
+    def _loaded(self, requests: Iterable, pool) -> Iterator[list[_Loaded]]:
         """The requests (image, texts) in chunks of up to max_batch, each image loaded (`_load`) by
         the pool's threads ahead of the caller (at most two chunks ahead: memory stays flat on a
         long input). A request whose image fails to load carries the exception instead."""
@@ -488,7 +494,9 @@ class Predictor:
         pixel, patch, times = [], [], {}
         with self.path.lock:
             for s in range(0, len(words), self.path.expressions):
-                dec = self.path.decode([embedding.store], words[s : s + self.path.expressions], pad_mask[s : s + self.path.expressions], times)
+                dec = self.path.decode(
+                    [embedding.store], words[s : s + self.path.expressions], pad_mask[s : s + self.path.expressions], times
+                )
                 pixel.append(dec.pixel_host())
                 patch.append(dec.patch)
         return np.concatenate(pixel), np.concatenate(patch), times
@@ -500,12 +508,15 @@ class Predictor:
             raise RuntimeError("no image set: call set_image(image) before predict(texts), or use predict_image")
         return self.predict_embedding(emb, texts, threshold, probs)
 
-    def predict_image(self, image, texts: str | list[str], threshold: float | None = None, probs: bool = True) -> list[Prediction]:
+    def predict_image(
+        self, image, texts: str | list[str], threshold: float | None = None, probs: bool = True
+    ) -> list[Prediction]:
         """Stateless `set_image` + `predict`: safe to call from many threads at once."""
         return self.predict_embedding(self.embed(image), texts, threshold, probs)
 
-    def predict_embedding(self, embedding: ImageEmbedding, texts: str | list[str], threshold: float | None = None,
-                          probs: bool = True) -> list[Prediction]:
+    def predict_embedding(
+        self, embedding: ImageEmbedding, texts: str | list[str], threshold: float | None = None, probs: bool = True
+    ) -> list[Prediction]:
         """Masks for expressions about an image already embedded (`embed`). `probs=False` leaves
         `Prediction.probs` None (and on a GPU, the probabilities on the device). Raises
         EmbeddingError for an embedding made by another export."""
@@ -516,8 +527,9 @@ class Predictor:
         ((out, times),) = self._answer([_Job(embedding, enc.words, enc.pad_mask)], thr, probs)
         return self._predictions(embedding, texts, enc, out, times, probs)
 
-    def predict_many(self, requests: Iterable, threshold: float | None = None, probs: bool = False,
-                     workers: int = 2) -> Iterator[ImageResult]:
+    def predict_many(
+        self, requests: Iterable, threshold: float | None = None, probs: bool = False, workers: int = 2
+    ) -> Iterator[ImageResult]:
         """Masks for many (image, texts) requests, streamed: one `ImageResult` per request, in order.
 
         image: a path, PIL image or array (as `predict_image`); texts: one expression or a list.
@@ -539,7 +551,7 @@ class Predictor:
             while waiting:
                 yield from _finish(*waiting.popleft())
 
-    def _start(self, chunk: list["_Loaded"], thr: float, probs: bool, pool) -> tuple[list[ImageResult], list]:
+    def _start(self, chunk: list[_Loaded], thr: float, probs: bool, pool) -> tuple[list[ImageResult], list]:
         """One batch of `predict_many`: its results, and per live request what fills them in (a
         future when the pool postprocesses, else the predictions' parts at once)."""
         results, live = [], []
@@ -558,7 +570,9 @@ class Predictor:
                 continue
             live.append((result, entry.loaded, enc))
         embeddings = self._embed_loaded([loaded for _, loaded, _ in live])
-        answers = self._answer([_Job(emb, enc.words, enc.pad_mask) for emb, (_, _, enc) in zip(embeddings, live)], thr, probs, pool)
+        answers = self._answer(
+            [_Job(emb, enc.words, enc.pad_mask) for emb, (_, _, enc) in zip(embeddings, live)], thr, probs, pool
+        )
         fill = []
         for (result, _, enc), emb, answer in zip(live, embeddings, answers):
             result.size = emb.size
@@ -599,8 +613,12 @@ class Predictor:
                 j += 1
             if j - i >= 2:
                 group = jobs[i:j]
-                yield ([(m, m - i, 1) for m in range(i, j)], [g.emb.store for g in group],
-                       np.concatenate([g.words for g in group]), np.concatenate([g.pad for g in group]))
+                yield (
+                    [(m, m - i, 1) for m in range(i, j)],
+                    [g.emb.store for g in group],
+                    np.concatenate([g.words for g in group]),
+                    np.concatenate([g.pad for g in group]),
+                )
                 i = j
                 continue
             job, step = jobs[i], path.expressions
@@ -618,7 +636,9 @@ class Predictor:
     def _postprocess_all(self, job: _Job, parts: list, thr: float, probs: bool, times: dict) -> tuple[dict, dict]:
         return _concat([self._postprocess(job, dec, r, n, thr, probs, times) for dec, r, n in parts]), times
 
-    def _predictions(self, emb: ImageEmbedding, texts: list[str], enc: Encoded, out: dict, times: dict, probs: bool) -> list[Prediction]:
+    def _predictions(
+        self, emb: ImageEmbedding, texts: list[str], enc: Encoded, out: dict, times: dict, probs: bool
+    ) -> list[Prediction]:
         k = len(texts)
         shared = {**emb.timings, **{name: ms / k for name, ms in times.items()}}
         return [
@@ -632,7 +652,9 @@ class Predictor:
                 unknown_words=list(dict.fromkeys(enc.unknown[i])),  # each word once, in order
                 truncated=bool(enc.truncated[i]),
                 timings=shared,
-                no_known_words=all(w in FUNCTION_WORDS or w in enc.unknown[i] for w in self.vocab.split(text)[: self.artifacts.max_words]),
+                no_known_words=all(
+                    w in FUNCTION_WORDS or w in enc.unknown[i] for w in self.vocab.split(text)[: self.artifacts.max_words]
+                ),
             )
             for i, text in enumerate(texts)
         ]
@@ -642,7 +664,8 @@ class Predictor:
             (key, theirs), (_, ours) = embedding.source, self.source
             raise EmbeddingError(
                 f"this image embedding was made by another export (its {key or 'image'} graph has sha256 {theirs[:12] or '?'}..., "
-                f"this predictor's {ours[:12] or '?'}...): embed the image again with this predictor")
+                f"this predictor's {ours[:12] or '?'}...): embed the image again with this predictor"
+            )
 
     def __repr__(self) -> str:
         runners = ", ".join(repr(r) for r in self.runners.values())

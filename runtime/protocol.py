@@ -10,6 +10,7 @@ and output then has a leading batch axis of 1 (one image per request; `texts` is
 model of `restr-export --triton` takes requests as they are (`max_batch_size` 0). Clients read
 `max_batch_size` from the model's configuration and add the axis where it is needed.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,7 +46,12 @@ OUTPUTS = {
     "used_threshold": (np.float32, (1,)),  # the request's threshold, or the manifest's
 }
 # Model configuration parameters the client reads (GET /v2/models/restr/config): what the model is.
-PARAM_MODEL_NAME, PARAM_MAX_WORDS, PARAM_THRESHOLD, PARAM_VOCABULARY = "restr_model_name", "restr_max_words", "restr_threshold", "restr_vocabulary"
+PARAM_MODEL_NAME, PARAM_MAX_WORDS, PARAM_THRESHOLD, PARAM_VOCABULARY = (
+    "restr_model_name",
+    "restr_max_words",
+    "restr_threshold",
+    "restr_vocabulary",
+)
 
 
 class RequestError(ValueError):
@@ -98,8 +104,9 @@ def decode_image(encoded):
         raise RequestError(str(e)) from None
 
 
-def response(masks, probs, scores, areas, patch_scores, unknown_words, truncated, threshold: float,
-             no_known_words, timings) -> dict:
+def response(
+    masks, probs, scores, areas, patch_scores, unknown_words, truncated, threshold: float, no_known_words, timings
+) -> dict:
     """The output arrays, in OUTPUTS' dtypes; masks and probs (K, H, W), the rest per expression."""
     return {
         "masks": np.asarray(masks, dtype=np.bool_),
@@ -110,15 +117,27 @@ def response(masks, probs, scores, areas, patch_scores, unknown_words, truncated
         "unknown_words": np.array([json.dumps(list(u)).encode() for u in unknown_words], dtype=np.object_),
         "truncated": np.asarray(truncated, dtype=np.bool_),
         "no_known_words": np.asarray(no_known_words, dtype=np.bool_),
-        "timings": np.array([json.dumps({k: round(float(v), 3) for k, v in t.items()}).encode() for t in timings], dtype=np.object_),
+        "timings": np.array(
+            [json.dumps({k: round(float(v), 3) for k, v in t.items()}).encode() for t in timings], dtype=np.object_
+        ),
         "used_threshold": np.array([threshold], dtype=np.float32),
     }
 
 
 # -- the model configuration ----------------------------------------------------------------------
 
-TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-                 "bool": "TYPE_BOOL", "bool_": "TYPE_BOOL", "uint8": "TYPE_UINT8", "bytes": "TYPE_STRING", "bytes_": "TYPE_STRING", "object": "TYPE_STRING"}
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "bool": "TYPE_BOOL",
+    "bool_": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "bytes": "TYPE_STRING",
+    "bytes_": "TYPE_STRING",
+    "object": "TYPE_STRING",
+}
 
 
 class ConfigError(ValueError):
@@ -148,7 +167,11 @@ def tensor_config(name: str, dtype, shape) -> dict:
     dtype = getattr(dtype, "__name__", str(dtype))
     if dtype not in TRITON_DTYPES:
         raise ConfigError(f"tensor {name!r}: dtype {dtype} has no Triton type here")
-    return {"name": name, "data_type": Enum(TRITON_DTYPES[dtype]), "dims": [-1 if isinstance(s, str) or s < 0 else int(s) for s in shape]}
+    return {
+        "name": name,
+        "data_type": Enum(TRITON_DTYPES[dtype]),
+        "dims": [-1 if isinstance(s, str) or s < 0 else int(s) for s in shape],
+    }
 
 
 def parameter(key: str, value) -> dict:
@@ -158,8 +181,12 @@ def parameter(key: str, value) -> dict:
 def metadata_parameters(model_name: str, max_words: int, threshold: float, vocabulary_words) -> list[dict]:
     """What a client learns from the model's configuration: the model, its word limit, its default
     threshold and its vocabulary (one word a line, `<pad>` and `<unk>` first)."""
-    return [parameter(PARAM_MODEL_NAME, model_name), parameter(PARAM_MAX_WORDS, max_words),
-            parameter(PARAM_THRESHOLD, threshold), parameter(PARAM_VOCABULARY, "\n".join(vocabulary_words))]
+    return [
+        parameter(PARAM_MODEL_NAME, model_name),
+        parameter(PARAM_MAX_WORDS, max_words),
+        parameter(PARAM_THRESHOLD, threshold),
+        parameter(PARAM_VOCABULARY, "\n".join(vocabulary_words)),
+    ]
 
 
 def pbtxt(message: dict, indent: int = 0) -> str:

@@ -3,6 +3,7 @@ TorchRunner): the `Runner` protocol and `prepare_feeds`, the one check of a run'
 
 Both runner modules import this one, so neither imports the other for it.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable

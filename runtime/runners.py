@@ -13,6 +13,7 @@ on a CPU. `OrtRunner` uses ONNX Runtime (CPU, or the CUDA execution provider wit
 CUDA graphs); `TrtRunner` (trt_runner.py) runs native TensorRT engines. `run` is thread-safe on both.
 The protocol and `prepare_feeds` live in runner_base.py, which both runner modules import.
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec
+from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
 from restr.runtime.errors import first_line
 from restr.runtime.formats import IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
-from restr.runtime.runner_base import Runner, RunnerClosedError, prepare_feeds  # noqa: F401  (re-exported)
+from restr.runtime.runner_base import Runner, RunnerClosedError, prepare_feeds
 from restr.runtime.trt_runner import TrtRunner
 
 BACKENDS = ("ort", "tensorrt")
@@ -55,8 +56,14 @@ class Region:
         row = self.value.tensor_size_in_bytes() // max(1, shape[0])
         where = self.value.device_name().lower()
         bind = io.bind_output if output else io.bind_input
-        bind(name, where, 0 if where == "cpu" else device_id, self.value.element_type(), [self.count, *shape[1:]],
-             self.value.data_ptr() + self.start * row)
+        bind(
+            name,
+            where,
+            0 if where == "cpu" else device_id,
+            self.value.element_type(),
+            [self.count, *shape[1:]],
+            self.value.data_ptr() + self.start * row,
+        )
 
 
 def bucket_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
@@ -108,7 +115,11 @@ def choose_providers(requested=None, available: list[str] | None = None) -> list
         if name not in PROVIDER_ALIASES.values() and name not in available:
             raise ValueError(f"unknown ONNX Runtime provider {r!r} (use tensorrt, cuda, cpu or auto)")
         if name not in available:
-            warnings.warn(f"{name} is not available in this onnxruntime build (has: {', '.join(available)}); skipped", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{name} is not available in this onnxruntime build (has: {', '.join(available)}); skipped",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         elif name not in chosen:
             chosen.append(name)
     return [p for p in chosen if p != cpu] + [cpu]
@@ -131,9 +142,18 @@ class OrtRunner:
 
     backend = "onnxruntime"
 
-    def __init__(self, artifacts: Artifacts, info: GraphInfo, providers=None, threads: int | None = None,
-                 cuda_graph: bool = True, max_batch: int | None = None, device_id: int = 0, bind: bool | None = None,
-                 release_memory: bool = False):
+    def __init__(
+        self,
+        artifacts: Artifacts,
+        info: GraphInfo,
+        providers=None,
+        threads: int | None = None,
+        cuda_graph: bool = True,
+        max_batch: int | None = None,
+        device_id: int = 0,
+        bind: bool | None = None,
+        release_memory: bool = False,
+    ):
         import onnxruntime as ort  # imported here: keeps `import restr.runtime` light
 
         self._ort = ort
@@ -180,15 +200,18 @@ class OrtRunner:
 
     def _check_io(self) -> None:
         """The graph's inputs and outputs are the manifest's: names, ranks, fixed dimensions."""
-        for kind, specs, values in (("inputs", self.input_specs, self.session.get_inputs()),
-                                    ("outputs", self.info.outputs, self.session.get_outputs())):
+        for kind, specs, values in (
+            ("inputs", self.input_specs, self.session.get_inputs()),
+            ("outputs", self.info.outputs, self.session.get_outputs()),
+        ):
             if not specs and kind == "outputs":
                 continue
             graph = {v.name: v.shape for v in values}
             manifest = {s.name: s.shape for s in specs}
             ok = sorted(graph) == sorted(manifest) and all(
                 len(graph[n]) == len(shape) and all(isinstance(w, str) or g == w for g, w in zip(graph[n], shape))
-                for n, shape in manifest.items())
+                for n, shape in manifest.items()
+            )
             if not ok:
                 raise ArtifactError(f"{self.info.path}: graph {kind} {graph} do not match the manifest's {manifest}")
 
@@ -200,8 +223,12 @@ class OrtRunner:
         if self._threads:
             opts.intra_op_num_threads = int(self._threads)
             opts.inter_op_num_threads = 1
-        providers = [(p, {"device_id": str(self.device_id), "enable_cuda_graph": "1" if cuda_graph else "0"})
-                     if p == PROVIDER_ALIASES["cuda"] else p for p in self.providers]
+        providers = [
+            (p, {"device_id": str(self.device_id), "enable_cuda_graph": "1" if cuda_graph else "0"})
+            if p == PROVIDER_ALIASES["cuda"]
+            else p
+            for p in self.providers
+        ]
         data = self._artifacts.read_verified(self.info)  # checked on the very bytes handed to ONNX Runtime
         try:
             return ort.InferenceSession(data, sess_options=opts, providers=providers)
@@ -251,7 +278,7 @@ class OrtRunner:
         """The batch bucket a batch of `batch` runs in."""
         return next(b for b in buckets(self.max_batch) if b >= batch)
 
-    def binding(self, batch: int, inputs: dict | None = None, owner: str = "run") -> "DeviceBinding":
+    def binding(self, batch: int, inputs: dict | None = None, owner: str = "run") -> DeviceBinding:
         """The device binding of `batch`'s bucket for `owner` (made on first use; `inputs` then names
         device buffers, another graph's outputs, to bind instead of new ones: they must be of the
         bucket's shape). Each owner has its own buffers ("run": this runner's `run`; the predictor's
@@ -260,8 +287,9 @@ class OrtRunner:
         shapes = {s.name: bucket_shape(s, b) for s in (*self.input_specs, *self.info.outputs)}
         return self.fixed_binding((owner, b), shapes, inputs, batch=b)
 
-    def fixed_binding(self, key: tuple, shapes: dict, given: dict | None = None, on_host: tuple = (),
-                      batch: int | None = None) -> "DeviceBinding":
+    def fixed_binding(
+        self, key: tuple, shapes: dict, given: dict | None = None, on_host: tuple = (), batch: int | None = None
+    ) -> DeviceBinding:
         """The binding named `key` (made on first use): a buffer of `shapes[name]` for every input and
         output, except those `given` (OrtValues of other bindings, bound as they are); names in
         `on_host` get host buffers (values that ONNX Runtime's shape arithmetic reads on the CPU).
@@ -271,7 +299,7 @@ class OrtRunner:
             self._bindings[key] = DeviceBinding(self, shapes, len(self._bindings), given or {}, on_host, batch)
         return self._bindings[key]
 
-    def replay(self, binding: "DeviceBinding") -> None:
+    def replay(self, binding: DeviceBinding) -> None:
         """Run one bucket on its bound buffers (captured as a CUDA graph where allowed)."""
         if self.session is None:
             raise RunnerClosedError(f"{self.name}: the runner is closed")
@@ -281,8 +309,11 @@ class OrtRunner:
             if not (self.cuda_graph and "graph capture" in str(e)):
                 raise
             # A node ONNX Runtime placed on the CPU forbids capture: run this graph uncaptured.
-            warnings.warn(f"{self.name}: CUDA graph capture refused by ONNX Runtime ({first_line(e)}); running without",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.name}: CUDA graph capture refused by ONNX Runtime ({first_line(e)}); running without",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.cuda_graph = False
             self.session = self._session(False)
             for b in list(self._bindings.values()):
@@ -332,8 +363,9 @@ class DeviceBinding:
     for every input and output, bound once to an IO binding, and the run options that give it its
     own CUDA graph."""
 
-    def __init__(self, runner: OrtRunner, shapes: dict, graph_id: int, given: dict, on_host: tuple = (),
-                 batch: int | None = None):
+    def __init__(
+        self, runner: OrtRunner, shapes: dict, graph_id: int, given: dict, on_host: tuple = (), batch: int | None = None
+    ):
         ort = runner._ort
         self.runner, self.batch = runner, batch
         specs = {s.name: s for s in (*runner.input_specs, *runner.output_specs)}
@@ -377,14 +409,27 @@ def _add(timings: dict | None, phase: str, t0: float, t1: float | None = None) -
         timings[phase] = timings.get(phase, 0.0) + ((time.perf_counter() if t1 is None else t1) - t0) * 1000.0
 
 
-
-def make_runner(artifacts: Artifacts, key: str, backend: str = "ort", providers=None, threads: int | None = None,
-                cuda_graph: bool = True, release_memory: bool = False) -> Runner:
+def make_runner(
+    artifacts: Artifacts,
+    key: str,
+    backend: str = "ort",
+    providers=None,
+    threads: int | None = None,
+    cuda_graph: bool = True,
+    release_memory: bool = False,
+) -> Runner:
     """The runner for manifest graph `key` on `backend` ("ort" or "tensorrt"). On CUDA, ONNX
     Runtime runners of the model graphs get batch buckets up to the manifest's max_batch."""
     if backend == "ort":
-        return OrtRunner(artifacts, artifacts.graph(key), providers=providers, threads=threads, cuda_graph=cuda_graph,
-                         max_batch=artifacts.max_batch if key not in PROCESSING_GRAPHS else None, release_memory=release_memory)
+        return OrtRunner(
+            artifacts,
+            artifacts.graph(key),
+            providers=providers,
+            threads=threads,
+            cuda_graph=cuda_graph,
+            max_batch=artifacts.max_batch if key not in PROCESSING_GRAPHS else None,
+            release_memory=release_memory,
+        )
     if backend == "tensorrt":
         return TrtRunner(artifacts, artifacts.engine(key), specs=artifacts.graphs.get(key))
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

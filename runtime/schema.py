@@ -6,12 +6,13 @@ a lot for a lean runtime whose one schema is ~100 lines. The tests check that th
 
 `first_error(schema, value)` returns None or one line: "field.path: what is wrong".
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 MANIFEST_SCHEMA = Path(__file__).with_name("manifest.schema.json")
@@ -26,12 +27,32 @@ _TYPES = {
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
 }
-_KNOWN = {"$schema", "$id", "$defs", "$ref", "title", "description", "type", "const", "enum", "required", "properties",
-          "additionalProperties", "items", "minItems", "maxItems", "minLength", "pattern", "minimum", "maximum",
-          "exclusiveMinimum", "anyOf"}
+_KNOWN = {
+    "$schema",
+    "$id",
+    "$defs",
+    "$ref",
+    "title",
+    "description",
+    "type",
+    "const",
+    "enum",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "anyOf",
+}
 
 
-@lru_cache(maxsize=None)
+@cache
 def manifest_schema() -> dict:
     """The parsed `manifest.schema.json` shipped beside this module."""
     return json.loads(MANIFEST_SCHEMA.read_text(encoding="utf-8"))

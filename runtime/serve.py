@@ -23,6 +23,7 @@ line; the other requests of its batch are answered.
 nvidia-pytriton 0.7 requires numpy < 2: install this in its own torch-free environment
 (`make serve-env`, docs/serving.md); clients need only `restr[client]`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -55,7 +56,17 @@ import numpy as np
 from restr.runtime.cli_common import EXIT_BAD_INPUT
 from restr.runtime.formats import PRECISIONS
 from restr.runtime.protocol import (
-    MODEL, OUTPUTS, Enum, RequestError, decode_image, metadata_parameters, model_io, parameter, pbtxt, read_request, response,
+    MODEL,
+    OUTPUTS,
+    Enum,
+    RequestError,
+    decode_image,
+    metadata_parameters,
+    model_io,
+    parameter,
+    pbtxt,
+    read_request,
+    response,
 )
 
 PROG = "restr-serve"
@@ -68,8 +79,13 @@ ACCESS_HEADER = "triton-access-token"
 RESTRICTED_APIS = ("model-repository", "trace", "logging")
 RESTRICTED_OFF_LOOPBACK = ("shared-memory",)
 # What tritonserver prints on a machine without a GPU although nothing here needs one.
-NO_GPU_NOISE = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM unable to start",
-                "Unable to allocate pinned system memory", "CUDA driver version is insufficient")
+NO_GPU_NOISE = (
+    "CudaDriverHelper has not been initialized",
+    "Failed to initialize NVML",
+    "DCGM unable to start",
+    "Unable to allocate pinned system memory",
+    "CUDA driver version is insufficient",
+)
 
 
 @dataclass
@@ -105,6 +121,7 @@ class ServeConfig:
 
 # -- the model, inside tritonserver ---------------------------------------------------------------
 
+
 class TritonModel:
     """The `restr` model in Triton's Python backend (the generated model.py imports it as
     TritonPythonModel): one object per instance, each in its own process with its own Predictor."""
@@ -121,8 +138,13 @@ class TritonModel:
         self.max_texts = int(p["max_texts"])
         try:
             self.predictor = Predictor.from_artifacts(
-                p["artifacts"], backend=p["backend"], precision=p["precision"], providers=parse_providers(p["providers"]),
-                cache_size=int(p["cache_size"]), threads=int(p["threads"]) or None)
+                p["artifacts"],
+                backend=p["backend"],
+                precision=p["precision"],
+                providers=parse_providers(p["providers"]),
+                cache_size=int(p["cache_size"]),
+                threads=int(p["threads"]) or None,
+            )
             self.workers = int(p["workers"])
             self.decoder = ThreadPoolExecutor(self.workers, thread_name_prefix="restr-decode") if self.workers else None
             size = self.predictor.artifacts.image_size  # one run before Triton calls the model ready
@@ -151,8 +173,9 @@ class TritonModel:
             for threshold, group in groupby(sorted(jobs, key=lambda j: -1.0 if j[3] is None else j[3]), key=lambda j: j[3]):
                 group = list(group)
                 probs = any(not j[4] or "probs" in j[4] for j in group)
-                results = self.predictor.predict_many([(j[1], j[2]) for j in group], threshold=threshold, probs=probs,
-                                                      workers=self.workers if len(group) > 1 else 0)
+                results = self.predictor.predict_many(
+                    [(j[1], j[2]) for j in group], threshold=threshold, probs=probs, workers=self.workers if len(group) > 1 else 0
+                )
                 for job, result in zip(group, results):
                     answers[job[0]] = self._refuse(result.error) if result.error else self._answer(job, result, threshold)
         except Exception as e:  # ONNX Runtime, CUDA: this batch fails, the server goes on
@@ -169,8 +192,9 @@ class TritonModel:
         value = tensor.as_numpy()
         if self.batched:
             if value.shape[0] != 1:
-                raise RequestError(f"'{name}' holds a batch of {value.shape[0]}: send one image per request "
-                                   "(the server batches requests itself)")
+                raise RequestError(
+                    f"'{name}' holds a batch of {value.shape[0]}: send one image per request (the server batches requests itself)"
+                )
             value = value[0]
         return value
 
@@ -199,13 +223,19 @@ class TritonModel:
         out = response(
             masks=np.stack([p.mask for p in preds]),
             probs=np.stack([p.probs for p in preds]) if with_probs else np.zeros((0, 0, 0), np.float32),
-            scores=[p.score for p in preds], areas=[p.area for p in preds], patch_scores=[p.patch_score for p in preds],
-            unknown_words=[p.unknown_words for p in preds], truncated=[p.truncated for p in preds],
+            scores=[p.score for p in preds],
+            areas=[p.area for p in preds],
+            patch_scores=[p.patch_score for p in preds],
+            unknown_words=[p.unknown_words for p in preds],
+            truncated=[p.truncated for p in preds],
             threshold=self.predictor.threshold if threshold is None else threshold,
-            no_known_words=[p.no_known_words for p in preds], timings=timings,
+            no_known_words=[p.no_known_words for p in preds],
+            timings=timings,
         )
         names = [n for n in OUTPUTS if not wanted or n in wanted]
-        return self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(n, out[n][None] if self.batched else out[n]) for n in names])
+        return self.pb.InferenceResponse(
+            output_tensors=[self.pb.Tensor(n, out[n][None] if self.batched else out[n]) for n in names]
+        )
 
 
 def _timed_decode(encoded):
@@ -250,15 +280,26 @@ def write_repository(config: ServeConfig, root: Path, error_file: Path) -> tuple
     batch = config.batch_images or (art.max_batch if config.gpu else 1)
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.instances)
     providers = ",".join(config.providers) if isinstance(config.providers, list) else (config.providers or "")
-    params = {"artifacts": Path(config.artifacts).resolve(), "backend": config.backend, "precision": config.precision,
-              "providers": providers, "threads": threads, "cache_size": config.cache_size, "max_texts": config.max_texts,
-              "workers": (4 if config.gpu else 0) if config.workers is None else config.workers, "error_file": error_file}
+    params = {
+        "artifacts": Path(config.artifacts).resolve(),
+        "backend": config.backend,
+        "precision": config.precision,
+        "providers": providers,
+        "threads": threads,
+        "cache_size": config.cache_size,
+        "max_texts": config.max_texts,
+        "workers": (4 if config.gpu else 0) if config.workers is None else config.workers,
+        "error_file": error_file,
+    }
     model = {
-        "name": MODEL, "backend": "python", "max_batch_size": batch, **model_io(ragged=True),
+        "name": MODEL,
+        "backend": "python",
+        "max_batch_size": batch,
+        **model_io(ragged=True),
         "dynamic_batching": {"max_queue_delay_microseconds": config.batch_delay_us},
         "instance_group": [{"count": config.instances, "kind": Enum("KIND_CPU")}],
         "parameters": [parameter(k, v) for k, v in params.items()]
-                      + metadata_parameters(art.model_name, art.max_words, art.threshold, words),
+        + metadata_parameters(art.model_name, art.max_words, art.threshold, words),
     }
     repo = root / "models"
     (repo / MODEL / "1").mkdir(parents=True)
@@ -276,11 +317,14 @@ def check_repository(repository: Path) -> None:
         text = config.read_text(encoding="utf-8", errors="replace")
         found = re.search(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', text, flags=re.M)
         if found and found.group(1) != "python":
-            raise ValueError(f"{repository}: model {config.parent.name!r} needs Triton's {found.group(1)} backend, which the "
-                             f"tritonserver bundled here lacks: write the repository with restr-export --triton DIR --triton-for pytriton")
+            raise ValueError(
+                f"{repository}: model {config.parent.name!r} needs Triton's {found.group(1)} backend, which the "
+                f"tritonserver bundled here lacks: write the repository with restr-export --triton DIR --triton-for pytriton"
+            )
 
 
 # -- tritonserver -----------------------------------------------------------------------------------
+
 
 def check_ports(config: ServeConfig) -> None:
     """Raise ValueError, in one line, when a port is given twice or another program listens on it:
@@ -295,7 +339,9 @@ def check_ports(config: ServeConfig) -> None:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closing connection is no conflict
                 s.bind(address)
         except OSError as e:
-            raise ValueError(f"{flag} {port}: cannot listen on {config.host}:{port} ({e.strerror or e}); choose another port") from None
+            raise ValueError(
+                f"{flag} {port}: cannot listen on {config.host}:{port} ({e.strerror or e}); choose another port"
+            ) from None
 
 
 def loopback(host: str) -> bool:
@@ -318,15 +364,29 @@ def tritonserver_args(config: ServeConfig, repository: Path, backends: Path, shm
     explicit model control lets the drain unload them."""
     c = config
     load = MODEL if c.repository is None else "*"
-    args = [f"--model-repository={repository}", f"--backend-directory={backends}", "--model-control-mode=explicit",
-            f"--load-model={load}", "--strict-readiness=true", "--disable-auto-complete-config", f"--exit-timeout-secs={c.drain_timeout_s}",
-            f"--http-address={c.host}", f"--http-port={c.http_port}", f"--grpc-address={c.host}", f"--grpc-port={c.grpc_port}",
-            "--allow-metrics=true", f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}",
-            # The Python backend's shared memory starts small and grows (its 64 MiB default per instance
-            # exceeds a container's default /dev/shm).
-            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
-            "--backend-config=python,shm-default-byte-size=4194304", "--backend-config=python,shm-growth-byte-size=16777216",
-            f"--log-info={'true' if c.verbose else 'false'}", f"--log-verbose={1 if c.verbose else 0}"]
+    args = [
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        f"--load-model={load}",
+        "--strict-readiness=true",
+        "--disable-auto-complete-config",
+        f"--exit-timeout-secs={c.drain_timeout_s}",
+        f"--http-address={c.host}",
+        f"--http-port={c.http_port}",
+        f"--grpc-address={c.host}",
+        f"--grpc-port={c.grpc_port}",
+        "--allow-metrics=true",
+        f"--metrics-address={c.host}",
+        f"--metrics-port={c.metrics_port}",
+        # The Python backend's shared memory starts small and grows (its 64 MiB default per instance
+        # exceeds a container's default /dev/shm).
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        "--backend-config=python,shm-default-byte-size=4194304",
+        "--backend-config=python,shm-growth-byte-size=16777216",
+        f"--log-info={'true' if c.verbose else 'false'}",
+        f"--log-verbose={1 if c.verbose else 0}",
+    ]
     if not c.gpu:  # nothing here needs CUDA: no pinned or device memory pools, no GPU metrics
         args += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false"]
     restriction = restricted_apis(c, token)
@@ -343,7 +403,9 @@ def prepare_tritonserver(work: Path) -> tuple[Path, dict]:
         raise RuntimeError(f"PyTriton is not installed here ({e}); make serve-env (docs/serving.md)") from None
     dist = work / "tritonserver"
     shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
-    shutil.copy(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"), dist / "backends" / "python" / "triton_python_backend_stub")
+    shutil.copy(
+        get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"), dist / "backends" / "python" / "triton_python_backend_stub"
+    )
     env = dict(os.environ)
     # The stub loads libpython3.X.so by name: this interpreter's own first (another 3.X earlier on the
     # loader path fails with "'_thread.RLock' object has no attribute ...").
@@ -373,9 +435,15 @@ class Tritonserver:
 
     def __init__(self, dist: Path, args: list[str], env: dict, url: str, token: str, quiet_gpu: bool):
         self.url, self.token = url, token
-        self.proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), *args], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            [str(dist / "bin" / "tritonserver"), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         self.quiet_gpu = quiet_gpu
         self.tail: deque[str] = deque(maxlen=40)
         self._held: list[str] | None = []
@@ -386,7 +454,11 @@ class Tritonserver:
     def _relay_lines(self) -> None:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip()
-            if not line.strip() or (self.quiet_gpu and any(n in line for n in NO_GPU_NOISE)) or re.fullmatch(r"Signal \(\d+\) received\.", line):
+            if (
+                not line.strip()
+                or (self.quiet_gpu and any(n in line for n in NO_GPU_NOISE))
+                or re.fullmatch(r"Signal \(\d+\) received\.", line)
+            ):
                 continue
             with self._lock:
                 self.tail.append(line)
@@ -427,8 +499,12 @@ class Tritonserver:
     def unload(self) -> None:
         """Ask tritonserver to unload the model (it returns at once): from then on readiness fails and
         new requests are refused, while the ones Triton holds, running or queued, are answered."""
-        request = urllib.request.Request(f"{self.url}/v2/repository/models/{MODEL}/unload", data=b"{}", method="POST",
-                                         headers={ACCESS_HEADER: self.token, "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/v2/repository/models/{MODEL}/unload",
+            data=b"{}",
+            method="POST",
+            headers={ACCESS_HEADER: self.token, "Content-Type": "application/json"},
+        )
         try:
             urllib.request.urlopen(request, timeout=5).close()
         except urllib.error.HTTPError as e:  # then the SIGTERM alone drains
@@ -451,6 +527,7 @@ class Tritonserver:
 
 # -- supervising it ---------------------------------------------------------------------------------
 
+
 def serve(config: ServeConfig) -> int:
     """Write the repository, start tritonserver on it, serve until SIGTERM or SIGINT (then drain and
     stop); returns the exit code. Raises ValueError / RuntimeError (one line) for what cannot start."""
@@ -472,8 +549,9 @@ def serve(config: ServeConfig) -> int:
         token = config.access_token or secrets.token_urlsafe(24)
         probe = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
         url = f"http://[{probe}]:{config.http_port}" if ":" in probe else f"http://{probe}:{config.http_port}"
-        server = Tritonserver(dist, tritonserver_args(config, repo, dist / "backends", shm_prefix, token), env, url, token,
-                              quiet_gpu=not config.gpu)
+        server = Tritonserver(
+            dist, tritonserver_args(config, repo, dist / "backends", shm_prefix, token), env, url, token, quiet_gpu=not config.gpu
+        )
         try:
             if not server.wait_ready():
                 server.finish_log()
@@ -486,8 +564,11 @@ def serve(config: ServeConfig) -> int:
             server.release()
             return drain(server, config)
         server.release()
-        click.echo(f"{PROG}: serving {what} on http://{config.host}:{config.http_port}, grpc {config.host}:{config.grpc_port}, "
-                   f"metrics http://{config.host}:{config.metrics_port}/metrics", err=True)
+        click.echo(
+            f"{PROG}: serving {what} on http://{config.host}:{config.http_port}, grpc {config.host}:{config.grpc_port}, "
+            f"metrics http://{config.host}:{config.metrics_port}/metrics",
+            err=True,
+        )
         try:
             code = server.wait()
         except KeyboardInterrupt:
@@ -503,7 +584,9 @@ def drain(server: Tritonserver, config: ServeConfig) -> int:
     """After the first SIGTERM or Ctrl-C: the model is unloaded (readiness fails, new requests are
     refused, the held ones answered) and tritonserver stopped (it closes its listening sockets and
     exits once the model is gone, or at the drain timeout); a second signal kills it."""
-    click.echo(f"{PROG}: stopping: refusing new requests, answering the ones Triton holds (up to {config.drain_timeout_s} s)", err=True)
+    click.echo(
+        f"{PROG}: stopping: refusing new requests, answering the ones Triton holds (up to {config.drain_timeout_s} s)", err=True
+    )
     try:
         server.unload()
         server.proc.send_signal(signal.SIGTERM)
@@ -563,35 +646,101 @@ def _interrupt(signum, frame):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--artifacts", type=click.Path(path_type=Path), help="Export folder written by restr-export.")
-@click.option("--repository", type=click.Path(path_type=Path),
-              help="Instead: a model repository from restr-export --triton DIR --triton-for pytriton.")
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    help="Instead: a model repository from restr-export --triton DIR --triton-for pytriton.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 to accept other machines).")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
-@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True, help="Prometheus metrics (/metrics).")
-@click.option("--instances", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Model instances: processes, each with its own copy of the model and features cache.")
-@click.option("--batch-images", type=click.IntRange(1, 1024), default=None,
-              help="Most requests (images) one instance runs together. [default: the export's max_batch with a GPU, 1 on a CPU]")
-@click.option("--batch-delay-us", type=click.IntRange(0), default=0, show_default=True,
-              help="How long a request may wait for others to share its run (0: only those already queued).")
-@click.option("--max-texts", "--max-batch", "max_texts", type=click.IntRange(1), default=64, show_default=True,
-              help="Most expressions in one request.")
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True, help="Prometheus metrics (/metrics)."
+)
+@click.option(
+    "--instances",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Model instances: processes, each with its own copy of the model and features cache.",
+)
+@click.option(
+    "--batch-images",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Most requests (images) one instance runs together. [default: the export's max_batch with a GPU, 1 on a CPU]",
+)
+@click.option(
+    "--batch-delay-us",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="How long a request may wait for others to share its run (0: only those already queued).",
+)
+@click.option(
+    "--max-texts",
+    "--max-batch",
+    "max_texts",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Most expressions in one request.",
+)
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="Which graphs of the export serve: FP32, the mixed-precision FP16 ones or the calibrated INT8 ones.")
-@click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]")
-@click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads per instance. [default: cores / instances]")
-@click.option("--cache-size", type=click.IntRange(1), default=32, show_default=True, help="Images whose features each instance keeps.")
-@click.option("--workers", type=click.IntRange(0, 64), default=None,
-              help="Threads per instance that decode and prepare a batch's images. [default: 0 on a CPU, 4 with a GPU]")
-@click.option("--drain-timeout", type=click.IntRange(0), default=30, show_default=True, help="Seconds the requests held at SIGTERM get.")
-@click.option("--access-token", envvar="RESTR_SERVE_ACCESS_TOKEN", default=None,
-              help="Token (header triton-access-token) for Triton's model-repository, shared-memory, trace and logging APIs. "
-                   "[default: those APIs open on a loopback --host, closed on any other; env RESTR_SERVE_ACCESS_TOKEN]")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Which graphs of the export serve: FP32, the mixed-precision FP16 ones or the calibrated INT8 ones.",
+)
+@click.option(
+    "--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]"
+)
+@click.option(
+    "--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads per instance. [default: cores / instances]"
+)
+@click.option(
+    "--cache-size", type=click.IntRange(1), default=32, show_default=True, help="Images whose features each instance keeps."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Threads per instance that decode and prepare a batch's images. [default: 0 on a CPU, 4 with a GPU]",
+)
+@click.option(
+    "--drain-timeout", type=click.IntRange(0), default=30, show_default=True, help="Seconds the requests held at SIGTERM get."
+)
+@click.option(
+    "--access-token",
+    envvar="RESTR_SERVE_ACCESS_TOKEN",
+    default=None,
+    help="Token (header triton-access-token) for Triton's model-repository, shared-memory, trace and logging APIs. "
+    "[default: those APIs open on a loopback --host, closed on any other; env RESTR_SERVE_ACCESS_TOKEN]",
+)
 @click.option("--verbose", is_flag=True, help="Triton's info and verbose log too.")
-def cli(artifacts, repository, host, http_port, grpc_port, metrics_port, instances, batch_images, batch_delay_us, max_texts, backend,
-        precision, providers, threads, cache_size, workers, drain_timeout, access_token, verbose):
+def cli(
+    artifacts,
+    repository,
+    host,
+    http_port,
+    grpc_port,
+    metrics_port,
+    instances,
+    batch_images,
+    batch_delay_us,
+    max_texts,
+    backend,
+    precision,
+    providers,
+    threads,
+    cache_size,
+    workers,
+    drain_timeout,
+    access_token,
+    verbose,
+):
     """Serve a restr export on NVIDIA Triton Inference Server (the tritonserver nvidia-pytriton bundles).
 
     \b
@@ -606,11 +755,27 @@ def cli(artifacts, repository, host, http_port, grpc_port, metrics_port, instanc
     if (artifacts is None) == (repository is None):
         click.echo(f"{PROG}: error: give one of --artifacts DIR and --repository DIR (see --help)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    config = ServeConfig(artifacts=artifacts, repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
-                         metrics_port=metrics_port, instances=instances, max_texts=max_texts, batch_images=batch_images,
-                         batch_delay_us=batch_delay_us, backend=backend, precision=precision, providers=parse_providers(providers),
-                         threads=threads, cache_size=cache_size, workers=workers, drain_timeout_s=drain_timeout, access_token=access_token or None,
-                         verbose=verbose)
+    config = ServeConfig(
+        artifacts=artifacts,
+        repository=repository,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        instances=instances,
+        max_texts=max_texts,
+        batch_images=batch_images,
+        batch_delay_us=batch_delay_us,
+        backend=backend,
+        precision=precision,
+        providers=parse_providers(providers),
+        threads=threads,
+        cache_size=cache_size,
+        workers=workers,
+        drain_timeout_s=drain_timeout,
+        access_token=access_token or None,
+        verbose=verbose,
+    )
     try:
         check_ports(config)
         sys.exit(serve(config))

@@ -13,6 +13,7 @@ An expression with no token at all gives no words (their code raises IndexError 
 A `Vocabulary` carries its mode (`tokenizer`), which the export records as the manifest's
 `vocab.tokenizer`.
 """
+
 from __future__ import annotations
 
 import re
@@ -91,7 +92,7 @@ class Vocabulary:
         return split_words(text, self.tokenizer)
 
     @classmethod
-    def build(cls, texts, min_count: int = 1, tokenizer: str = "restr") -> "Vocabulary":
+    def build(cls, texts, min_count: int = 1, tokenizer: str = "restr") -> Vocabulary:
         """Vocabulary of the words seen in `texts` at least `min_count` times, most frequent first."""
         counts: dict[str, int] = {}
         for t in texts:
@@ -105,7 +106,7 @@ class Vocabulary:
         Path(path).write_text("\n".join(self.itos) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path, tokenizer: str = "restr") -> "Vocabulary":
+    def load(cls, path: str | Path, tokenizer: str = "restr") -> Vocabulary:
         """vocab.txt; `tokenizer`: the export manifest's `vocab.tokenizer`."""
         itos = Path(path).read_text(encoding="utf-8").splitlines()
         if itos[:2] != [PAD, UNK]:

@@ -18,6 +18,7 @@ Two transforms (`ImageTransform`; a model's config chooses, `ReSTRConfig.image_t
   logits >= 1e-9 (at threshold 0.5). Here the logits are read from the probabilities
   (`probability_logits`) and the probabilities returned are their sigmoid.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,7 +104,7 @@ class ImageTransform:
     mask_from: str = "probabilities"
 
     @classmethod
-    def of_manifest(cls, manifest: dict) -> "ImageTransform":
+    def of_manifest(cls, manifest: dict) -> ImageTransform:
         """What an export's processing graphs compute: its manifest's `letterbox` and `mask_from`
         (restr's where absent, as in exports older than these fields)."""
         lb = manifest.get("letterbox") or {}
@@ -130,7 +131,7 @@ class Letterbox:
     transform: ImageTransform = RESTR_TRANSFORM
 
     @classmethod
-    def fit(cls, src_hw: tuple[int, int], size: int, transform: ImageTransform = RESTR_TRANSFORM) -> "Letterbox":
+    def fit(cls, src_hw: tuple[int, int], size: int, transform: ImageTransform = RESTR_TRANSFORM) -> Letterbox:
         # the authors' min(S / H, S / W) is this S / max(H, W) to the bit (division is monotonic)
         h, w = src_hw
         scale = size / max(h, w)

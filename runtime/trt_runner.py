@@ -16,6 +16,7 @@ deserialising an engine runs code from it.
 
 tensorrt and cuda-python are imported when a runner is built, never at `import restr.runtime`.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ import threading
 
 import numpy as np
 
-from restr.runtime.artifacts import Artifacts, ArtifactError, GraphInfo, TensorSpec
-from restr.runtime.runner_base import RunnerClosedError, prepare_feeds  # noqa: F401  (RunnerClosedError: re-exported)
+from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
+from restr.runtime.runner_base import RunnerClosedError, prepare_feeds
 
 
 class EngineMismatchError(ArtifactError):
@@ -68,7 +69,9 @@ def read_sidecar(info: GraphInfo) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: engine sidecar is missing (it names the TensorRT version and GPU the engine needs)") from None
+        raise ArtifactError(
+            f"{path}: engine sidecar is missing (it names the TensorRT version and GPU the engine needs)"
+        ) from None
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{path}: engine sidecar is not readable JSON ({e})") from None
     if not isinstance(data, dict):
@@ -97,7 +100,9 @@ def import_backends():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise TensorRTUnavailable(f"the tensorrt backend needs TensorRT 10 or newer (pip install 'restr[tensorrt]'): {e}") from None
+        raise TensorRTUnavailable(
+            f"the tensorrt backend needs TensorRT 10 or newer (pip install 'restr[tensorrt]'): {e}"
+        ) from None
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as e:
@@ -182,8 +187,9 @@ class TrtRunner:
 
     backend = "tensorrt"
 
-    def __init__(self, artifacts: Artifacts, info: GraphInfo, specs: GraphInfo | None = None, device: int = 0,
-                 max_contexts: int = 4):
+    def __init__(
+        self, artifacts: Artifacts, info: GraphInfo, specs: GraphInfo | None = None, device: int = 0, max_contexts: int = 4
+    ):
         if max_contexts < 1:
             raise ValueError(f"max_contexts must be at least 1, got {max_contexts}")
         trt, cudart = import_backends()
@@ -209,7 +215,9 @@ class TrtRunner:
             spec = TensorSpec(name, dtype.name, shape)
             (inputs if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
         if specs is not None and sorted(s.name for s in specs.inputs) != sorted(s.name for s in inputs):
-            raise ArtifactError(f"{info.path}: engine inputs {[s.name for s in inputs]} do not match the manifest's {[s.name for s in specs.inputs]}")
+            raise ArtifactError(
+                f"{info.path}: engine inputs {[s.name for s in inputs]} do not match the manifest's {[s.name for s in specs.inputs]}"
+            )
         # The manifest's specs name the dynamic axes (batch, image_batch); the engine only says -1.
         self.input_specs = specs.inputs if specs is not None and specs.inputs else tuple(inputs)
         self.output_specs = tuple(outputs)

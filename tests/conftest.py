@@ -1,15 +1,16 @@
 """Helpers shared by the test modules: tiny models and exports, photos, the golden vectors, a
 stand-in TensorRT builder, a restr-serve process. Torch and the serving environment are imported
 only by the helpers that need them, so torch-free tests collect without them."""
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import importlib.util
-import sys
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +48,16 @@ def make_tiny_model(vocab, seed: int = 0):
                 torch.nn.init.normal_(m.weight, std=1.5 / math.sqrt(m.in_features))
                 torch.nn.init.normal_(m.bias, std=0.1)
         cfg = model.cfg
-        x = np.concatenate([
-            normalize(Letterbox.fit((h, w), cfg.image_size).image(photo(w, h, seed=100 + i), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
-            for i, (w, h) in enumerate([(80, 56), (64, 96), (96, 96), (50, 40)])
-        ])
+        x = np.concatenate(
+            [
+                normalize(
+                    Letterbox.fit((h, w), cfg.image_size).image(photo(w, h, seed=100 + i), mean_fill(cfg.image_mean)),
+                    cfg.image_mean,
+                    cfg.image_std,
+                )[None]
+                for i, (w, h) in enumerate([(80, 56), (64, 96), (96, 96), (50, 40)])
+            ]
+        )
         x = torch.from_numpy(x)
         words = torch.randint(2, len(vocab), (4, 20))
         pad = torch.arange(20)[None].expand(4, 20) >= 6
@@ -76,9 +83,12 @@ def make_tiny_export(out: Path) -> Tiny:
     model = make_tiny_model(vocab)
     from restr.export.pipeline import ExportOptions, Source, export_artifacts
 
-    export_artifacts(Source(model, vocab, {}, None, False), out,
-                     ExportOptions(max_batch=4, precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
-                     log=lambda _: None)
+    export_artifacts(
+        Source(model, vocab, {}, None, False),
+        out,
+        ExportOptions(max_batch=4, precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
+        log=lambda _: None,
+    )
     return Tiny(model, vocab, out)
 
 
@@ -143,6 +153,7 @@ def decisive_tiny_model(seed: int = 0):
 
 # -- the golden vectors the Python and C++ runtimes both read ---------------------------------------------
 
+
 def load_golden(name: str) -> dict:
     return json.loads((GOLDEN / name).read_text(encoding="utf-8"))
 
@@ -155,6 +166,7 @@ def make_golden():
 
 
 # -- a stand-in for TensorRT's builder (TensorRT cannot be installed here) ---------------------------------
+
 
 class FakeTensorRT:
     """Records the builder calls `trt_build` makes; stands in for TensorRT where it is absent."""
@@ -252,42 +264,43 @@ class FakeConfig:
 
 # -- a stand-in TensorRT runtime and cuda-python over host memory (TrtRunner's data path) ---------------
 
+
 class FakeCudart:
     """cuda.bindings.runtime's calling convention ((error, *values)) over host memory, for TrtRunner's data path."""
 
-    class cudaError_t:  # noqa: N801 - cuda-python's names
+    class cudaError_t:  # cuda-python's names
         cudaSuccess = 0
 
-    class cudaMemcpyKind:  # noqa: N801
+    class cudaMemcpyKind:
         cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
 
     def __init__(self):
         self.memory: dict[int, object] = {}
 
-    def cudaMalloc(self, n):  # noqa: N802
+    def cudaMalloc(self, n):
         import ctypes
 
         buf = ctypes.create_string_buffer(n)
         self.memory[ctypes.addressof(buf)] = buf
         return 0, ctypes.addressof(buf)
 
-    def cudaFree(self, ptr):  # noqa: N802
+    def cudaFree(self, ptr):
         self.memory.pop(ptr, None)
         return (0,)
 
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
         import ctypes
 
         ctypes.memmove(dst, src, n)
         return (0,)
 
-    cudaStreamCreate = staticmethod(lambda: (0, object()))  # noqa: N815
-    cudaStreamSynchronize = cudaStreamDestroy = cudaSetDevice = staticmethod(lambda *a: (0,))  # noqa: N815
-    cudaGetDeviceCount = staticmethod(lambda: (0, 1))  # noqa: N815
-    cudaGetErrorString = staticmethod(lambda e: (0, b"fake error"))  # noqa: N815
+    cudaStreamCreate = staticmethod(lambda: (0, object()))
+    cudaStreamSynchronize = cudaStreamDestroy = cudaSetDevice = staticmethod(lambda *a: (0,))
+    cudaGetDeviceCount = staticmethod(lambda: (0, 1))
+    cudaGetErrorString = staticmethod(lambda e: (0, b"fake error"))
 
     @staticmethod
-    def cudaGetDeviceProperties(device):  # noqa: N802
+    def cudaGetDeviceProperties(device):
         from types import SimpleNamespace
 
         return 0, SimpleNamespace(name=b"Fake GPU 80GB\0\0", major=9, minor=0)
@@ -336,10 +349,15 @@ def fake_tensorrt_module():
     class Engine:
         def __init__(self, data):
             self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-            self.io = {t.name: ("in", t) for t in self.session.get_inputs()} | {t.name: ("out", t) for t in self.session.get_outputs()}
+            self.io = {t.name: ("in", t) for t in self.session.get_inputs()} | {
+                t.name: ("out", t) for t in self.session.get_outputs()
+            }
             self.num_io_tensors = len(self.io)
             # a real engine knows every output shape; learn them from one batch-1 run
-            dummy = {t.name: np.zeros([1 if isinstance(d, str) else d for d in t.shape], self.get_tensor_dtype(t.name)) for t in self.session.get_inputs()}
+            dummy = {
+                t.name: np.zeros([1 if isinstance(d, str) else d for d in t.shape], self.get_tensor_dtype(t.name))
+                for t in self.session.get_inputs()
+            }
             outs = self.session.run(None, dummy)
             self.out_shapes = {o.name: (-1, *v.shape[1:]) for o, v in zip(self.session.get_outputs(), outs)}
 
@@ -350,7 +368,9 @@ def fake_tensorrt_module():
             return self.io[name][0]
 
         def get_tensor_dtype(self, name):
-            return np.dtype({"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}[self.io[name][1].type])
+            return np.dtype(
+                {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}[self.io[name][1].type]
+            )
 
         def get_tensor_shape(self, name):
             if getattr(self, "out_shapes", None) and name in self.out_shapes:

@@ -1,4 +1,5 @@
 """runtime/atomic.py: whole files or nothing, the umask's permissions, and the umask left alone."""
+
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from restr.runtime.atomic import atomic_write, write_json
 
 def test_does_not_touch_the_process_umask(tmp_path, monkeypatch):
     """Setting the umask is process-wide: another thread creating a file meanwhile gets mode 0666."""
+
     def refuse(mask):
         raise AssertionError(f"os.umask({mask:#o}) called")
 
@@ -23,8 +25,10 @@ def test_does_not_touch_the_process_umask(tmp_path, monkeypatch):
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_file_gets_0666_less_the_umask(tmp_path, umask):
-    code = (f"import os; os.umask({umask}); from restr.runtime.atomic import atomic_write\n"
-            f"with atomic_write({str(tmp_path / 'f.bin')!r}) as f: f.write(b'data')\n")
+    code = (
+        f"import os; os.umask({umask}); from restr.runtime.atomic import atomic_write\n"
+        f"with atomic_write({str(tmp_path / 'f.bin')!r}) as f: f.write(b'data')\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
 

@@ -6,6 +6,7 @@ model/transformers/utils.py, utils/torchutils.py, train_restr.py), not from rest
 weights are built here in their exact state-dict layout, at small sizes, and read through
 `restr.authors`; every stage must agree to float32 rounding.
 """
+
 import functools
 import math
 
@@ -13,7 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from restr.authors import AuthorsError, config_for, convert_state_dict, load_authors_checkpoint, read_glove_matrix, read_vocabulary
+from restr.authors import (
+    AuthorsError,
+    config_for,
+    convert_state_dict,
+    load_authors_checkpoint,
+    read_glove_matrix,
+    read_vocabulary,
+)
 from restr.config import AUTHORS, EncoderConfig, ReSTRConfig, get_config
 from restr.modeling import ReSTR, restr_loss
 from restr.runtime.transforms import AUTHORS_TRANSFORM, ImageTransform
@@ -28,9 +36,15 @@ torch.set_num_threads(1)
 
 def authors_config(shared=False) -> ReSTRConfig:
     return ReSTRConfig(
-        name="tiny-authors", image_size=GRID * P, patch_size=P, vision=EncoderConfig(D, 2, HEADS, 4 * D, 0.1),
-        language=EncoderConfig(DL, 2, HEADS, 4 * DL), max_words=T, fusion=EncoderConfig(D, 4, HEADS, 4 * D, 0.1),
-        fusion_variant="cme-shared" if shared else "cme", **AUTHORS,
+        name="tiny-authors",
+        image_size=GRID * P,
+        patch_size=P,
+        vision=EncoderConfig(D, 2, HEADS, 4 * D, 0.1),
+        language=EncoderConfig(DL, 2, HEADS, 4 * DL),
+        max_words=T,
+        fusion=EncoderConfig(D, 4, HEADS, 4 * D, 0.1),
+        fusion_variant="cme-shared" if shared else "cme",
+        **AUTHORS,
     )
 
 
@@ -40,22 +54,52 @@ def their_shapes(shared=False) -> dict[str, tuple]:
     shapes = {}
 
     def layer(prefix, w):  # blocks.Block / blocks.LangBlock: norm1, attn.{qkv,proj}, norm2, mlp.{fc1,fc2}; d_ff = 4 w
-        for name, shape in (("norm1", (w,)), ("attn.qkv", (3 * w, w)), ("attn.proj", (w, w)), ("norm2", (w,)),
-                            ("mlp.fc1", (4 * w, w)), ("mlp.fc2", (w, 4 * w))):
+        for name, shape in (
+            ("norm1", (w,)),
+            ("attn.qkv", (3 * w, w)),
+            ("attn.proj", (w, w)),
+            ("norm2", (w,)),
+            ("mlp.fc1", (4 * w, w)),
+            ("mlp.fc2", (w, 4 * w)),
+        ):
             shapes[f"{prefix}.{name}.weight"], shapes[f"{prefix}.{name}.bias"] = shape, shape[:1]
 
-    shapes.update({"encoder_v.cls_token": (1, 1, D), "encoder_v.pos_embed": (1, 1 + GRID * GRID, D),
-                   "encoder_v.patch_embed.proj.weight": (D, 3, P, P), "encoder_v.patch_embed.proj.bias": (D,)})
+    shapes.update(
+        {
+            "encoder_v.cls_token": (1, 1, D),
+            "encoder_v.pos_embed": (1, 1 + GRID * GRID, D),
+            "encoder_v.patch_embed.proj.weight": (D, 3, P, P),
+            "encoder_v.patch_embed.proj.bias": (D,),
+        }
+    )
     for i in range(2):
         layer(f"encoder_v.blocks.{i}", D)
-    shapes.update({"encoder_v.norm.weight": (D,), "encoder_v.norm.bias": (D,), "encoder_v.head.weight": (1000, D),
-                   "encoder_v.head.bias": (1000,), "encoder_l.embedding.weight": (len(WORDS), DL)})
+    shapes.update(
+        {
+            "encoder_v.norm.weight": (D,),
+            "encoder_v.norm.bias": (D,),
+            "encoder_v.head.weight": (1000, D),
+            "encoder_v.head.bias": (1000,),
+            "encoder_l.embedding.weight": (len(WORDS), DL),
+        }
+    )
     for i in range(2):
         layer(f"encoder_l.blocks.{i}", DL)
-    shapes.update({"encoder_l.proj_lang.weight": (D, DL), "encoder_l.proj_lang.bias": (D,), "encoder_l.lang_norm.weight": (D,),
-                   "encoder_l.lang_norm.bias": (D,), "fusion_module.proj_v.weight": (D, D), "fusion_module.proj_v.bias": (D,),
-                   "fusion_module.proj_l.weight": (D, D), "fusion_module.proj_l.bias": (D,), "fusion_module.seed_emb": (1, 1, D),
-                   "fusion_module.proj_patch": (D, D), "fusion_module.proj_cls": (D, D)})
+    shapes.update(
+        {
+            "encoder_l.proj_lang.weight": (D, DL),
+            "encoder_l.proj_lang.bias": (D,),
+            "encoder_l.lang_norm.weight": (D,),
+            "encoder_l.lang_norm.bias": (D,),
+            "fusion_module.proj_v.weight": (D, D),
+            "fusion_module.proj_v.bias": (D,),
+            "fusion_module.proj_l.weight": (D, D),
+            "fusion_module.proj_l.bias": (D,),
+            "fusion_module.seed_emb": (1, 1, D),
+            "fusion_module.proj_patch": (D, D),
+            "fusion_module.proj_cls": (D, D),
+        }
+    )
     for i in range(1 if shared else 2):  # --is_shared builds one layer per stack and runs it twice
         layer(f"fusion_module.blocks_vl.{i}", D)
         layer(f"fusion_module.blocks_ls.{i}", D)
@@ -190,12 +234,23 @@ def authors_forward(image, ids, sd, shared=False) -> dict[str, np.ndarray]:
     g = (image.shape[2] // P, image.shape[3] // P)
     y = y.transpose(0, 2, 1).reshape(len(ids), -1, *g)
     for i in range(K):  # x2 bilinear (align_corners True), 1x1 conv without bias, LeakyReLU(0.01)
-        y = np.einsum("ia,ncab,jb->ncij", interpolation(y.shape[2], 2 * y.shape[2], True), y,
-                      interpolation(y.shape[3], 2 * y.shape[3], True))
+        y = np.einsum(
+            "ia,ncab,jb->ncij",
+            interpolation(y.shape[2], 2 * y.shape[2], True),
+            y,
+            interpolation(y.shape[3], 2 * y.shape[3], True),
+        )
         y = np.einsum("oc,bchw->bohw", sd[f"fusion_module.decoder.{i}.up.1.weight"][:, :, 0, 0], y)
         y = np.where(y > 0, y, 0.01 * y)
     pixel = np.einsum("oc,bchw->bohw", sd[f"fusion_module.decoder.{K}.weight"][:, :, 0, 0], y)
-    return {"vision": zv, "language": zl, "fusion z_v'": patches, "fusion e_s'": cls, "patch logits": patch[..., 0], "pixel logits": pixel}
+    return {
+        "vision": zv,
+        "language": zl,
+        "fusion z_v'": patches,
+        "fusion e_s'": cls,
+        "patch logits": patch[..., 0],
+        "pixel logits": pixel,
+    }
 
 
 def bce(x, y):  # BCEWithLogitsLoss, mean
@@ -236,8 +291,15 @@ def stages(model: ReSTR, vocab, image, gt) -> dict[str, np.ndarray]:
         out["fusion z_v'"], out["fusion e_s'"] = model.fusion(model.encode_image(x), model.encode_text(words, pad), pad)
         out["pixel logits"], out["patch logits"] = model(x, words, pad)
         cfg = model.cfg
-        out["loss"] = restr_loss(out["pixel logits"], out["patch logits"], torch.from_numpy(gt).float(), P, cfg.patch_threshold,
-                                 cfg.patch_loss_weight, cfg.patch_label_rule)["loss"]
+        out["loss"] = restr_loss(
+            out["pixel logits"],
+            out["patch logits"],
+            torch.from_numpy(gt).float(),
+            P,
+            cfg.patch_threshold,
+            cfg.patch_loss_weight,
+            cfg.patch_label_rule,
+        )["loss"]
     out = {k: v.double().numpy() for k, v in out.items()}
     n = (~enc.pad_mask).sum(1)
     out["language"] = np.stack([np.roll(row, T - k, 0) for row, k in zip(out["language"], n)])
@@ -265,7 +327,9 @@ def differences(model, vocab, shared=False) -> dict[str, float]:
     x = torch.from_numpy(sample(size=(GRID + 2) * P, seed=2)[0]).float()
     with torch.no_grad():
         ours["vision, another input size"] = model.vision(x).double().numpy()
-        ours["pixel logits, another input size"] = model(x, torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask))[0].double().numpy()
+        ours["pixel logits, another input size"] = (
+            model(x, torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask))[0].double().numpy()
+        )
     ref = reference(shared)
     return {k: float(np.abs(ours[k] - ref[k]).max()) if ours[k].shape == np.shape(ref[k]) else math.inf for k in ref}
 
@@ -289,8 +353,19 @@ def test_authors_variant_computes_their_equations(tmp_path, shared):
 # Each switch set back to restr's choice (where the weights still fit; new tensors keep their
 # initial values) makes the model another function: the reference above would catch it, by ten
 # times its tolerance at least.
-FUNCTION_SWITCHES = ["vision_class_token", "layer_norm_eps", "language_norm", "language_output", "padding", "fusion_vl_norm",
-                     "patch_projections", "patch_logit_scale", "decoder_gate", "patch_label_rule", "pos_embed_resize"]
+FUNCTION_SWITCHES = [
+    "vision_class_token",
+    "layer_norm_eps",
+    "language_norm",
+    "language_output",
+    "padding",
+    "fusion_vl_norm",
+    "patch_projections",
+    "patch_logit_scale",
+    "decoder_gate",
+    "patch_label_rule",
+    "pos_embed_resize",
+]
 
 
 @pytest.mark.parametrize("switch", FUNCTION_SWITCHES)
@@ -309,8 +384,14 @@ def test_each_switch_is_pinned_by_the_reference(tmp_path, switch):
 def test_training_only_switches_keep_the_function():
     cfg = authors_config()
     assert not ReSTR(cfg, 12).decoder.head.bias and all(b.linear.bias is None for b in ReSTR(cfg, 12).decoder.blocks)
-    rates = lambda c: [b.drop_path.p if hasattr(b.drop_path, "p") else 0.0 for s in ("visual_linguistic", "linguistic_seed")  # noqa: E731
-                       for b in getattr(ReSTR(c, 12).fusion, s).blocks]
+
+    def rates(c):
+        return [
+            b.drop_path.p if hasattr(b.drop_path, "p") else 0.0
+            for s in ("visual_linguistic", "linguistic_seed")
+            for b in getattr(ReSTR(c, 12).fusion, s).blocks
+        ]
+
     assert rates(cfg) == [0.0, 0.1, 0.0, 0.1]  # torch.linspace(0, 0.1, 2) per stack
     assert rates(cfg.replace(fusion_variant="cme-shared")) == [0.0, 0.0]  # linspace(0, 0.1, 1) = [0]
     assert rates(cfg.replace(fusion_drop_path="joint")) == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
@@ -326,16 +407,23 @@ def test_their_layout_maps_key_by_key(tmp_path):
     # restr's vocabulary: <pad>, <unk>, then their file order; each word keeps its row
     assert ck.vocab.itos[:5] == ["<pad>", "<unk>", "<go>", "<eos>", "red"]
     for word in ("<pad>", "<unk>", "dog", "on"):
-        torch.testing.assert_close(state["language.word_embed.weight"][ck.vocab.stoi[word]], theirs["encoder_l.embedding.weight"][WORDS.index(word)])
+        torch.testing.assert_close(
+            state["language.word_embed.weight"][ck.vocab.stoi[word]], theirs["encoder_l.embedding.weight"][WORDS.index(word)]
+        )
     assert ck.config.image_size == GRID * P and ck.meta["source"] == "SouthFlame/restr"
 
 
-@pytest.mark.parametrize("change, named", [
-    (lambda sd: sd.pop("encoder_l.lang_norm.bias"), "missing: encoder_l.lang_norm.bias (1)"),
-    (lambda sd: sd.__setitem__("fusion_module.extra", torch.zeros(1)), "unexpected: fusion_module.extra (1)"),
-    (lambda sd: sd.__setitem__("module.encoder_v.cls_token", sd.pop("encoder_v.cls_token")),
-     "missing: encoder_v.cls_token (1); unexpected: module.encoder_v.cls_token (1)"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda sd: sd.pop("encoder_l.lang_norm.bias"), "missing: encoder_l.lang_norm.bias (1)"),
+        (lambda sd: sd.__setitem__("fusion_module.extra", torch.zeros(1)), "unexpected: fusion_module.extra (1)"),
+        (
+            lambda sd: sd.__setitem__("module.encoder_v.cls_token", sd.pop("encoder_v.cls_token")),
+            "missing: encoder_v.cls_token (1); unexpected: module.encoder_v.cls_token (1)",
+        ),
+    ],
+)
 def test_a_key_that_does_not_fit_is_named_in_one_line(tmp_path, change, named):
     sd = their_state_dict()
     change(sd)
@@ -397,7 +485,9 @@ def test_export_refuses_a_key_that_does_not_fit_and_writes_nothing(tmp_path, cap
     sd["fusion_module.proj_extra"] = sd.pop("fusion_module.proj_cls")
     torch.save(sd, tmp_path / "their.pth")
     (tmp_path / "vocabulary_Gref.txt").write_text("\n".join(WORDS) + "\n")
-    code, _ = run_export(["--ckpt", str(tmp_path / "their.pth"), "--from", "authors", "--vocab", str(tmp_path), "--out", str(tmp_path / "out")])
+    code, _ = run_export(
+        ["--ckpt", str(tmp_path / "their.pth"), "--from", "authors", "--vocab", str(tmp_path), "--out", str(tmp_path / "out")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "out").exists()
     assert err.count("\n") == 1 and "missing: fusion_module.proj_cls (1); unexpected: fusion_module.proj_extra (1)" in err
@@ -411,8 +501,22 @@ def authors_export(tmp_path_factory):
     (tmp / "vocabulary_Gref.txt").write_text("\n".join(WORDS) + "\n")
     with pytest.MonkeyPatch.context() as mp:
         small_b16_authors(mp)
-        code, _ = run_export(["--ckpt", str(tmp / "their.pth"), "--from", "authors", "--vocab", str(tmp / "vocabulary_Gref.txt"),
-                              "--out", str(tmp / "export"), "--no-progress", "--no-engine", "--threads", "1"])
+        code, _ = run_export(
+            [
+                "--ckpt",
+                str(tmp / "their.pth"),
+                "--from",
+                "authors",
+                "--vocab",
+                str(tmp / "vocabulary_Gref.txt"),
+                "--out",
+                str(tmp / "export"),
+                "--no-progress",
+                "--no-engine",
+                "--threads",
+                "1",
+            ]
+        )
     assert code == 0
     return tmp / "export"
 
@@ -423,12 +527,15 @@ def test_exported_graphs_compute_their_equations(authors_export):
     sd = {k: v.double().numpy() for k, v in their_state_dict().items()}
     image, _ = sample()
     ref = authors_forward(image, np.array([their_ids(s) for s in SENTENCES]), sd)
-    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))
     from restr.runtime.tokenizer import Vocabulary
 
     enc = Vocabulary.load(authors_export / "vocab.txt").encode(SENTENCES, T)
     feeds = {"image": image.astype(np.float32), "words": enc.words, "pad_mask": enc.pad_mask}
-    run = lambda name, **f: ort.InferenceSession(str(authors_export / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(None, f)  # noqa: E731
+
+    def run(name, **f):
+        return ort.InferenceSession(str(authors_export / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(None, f)
+
     for precision, tol in (("", TOL), ("_fp16", 5e-3)):
         pixel, patch = run(f"end_to_end{precision}", **feeds)
         (v,) = run(f"vision{precision}", image=feeds["image"][:1])
@@ -466,23 +573,39 @@ def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
 
     from PIL import Image
 
-    from restr.runtime.cpp.cpp_host import CppHost
     from restr.runtime import Predictor
+    from restr.runtime.cpp.cpp_host import CppHost
 
     Image.fromarray((np.random.default_rng(3).random((30, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
-    args = ["--artifacts", str(authors_export), "--image", str(tmp_path / "photo.png"), "--text", SENTENCES[0], "--text", SENTENCES[2]]
-    py = subprocess.run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")], capture_output=True, text=True)
+    args = [
+        "--artifacts",
+        str(authors_export),
+        "--image",
+        str(tmp_path / "photo.png"),
+        "--text",
+        SENTENCES[0],
+        "--text",
+        SENTENCES[2],
+    ]
+    py = subprocess.run(
+        [sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(tmp_path / "py")], capture_output=True, text=True
+    )
     assert py.returncode == 0, py.stderr
     summary = __import__("json").loads((tmp_path / "py" / "summary.json").read_text())
     assert summary["model"] == "tiny-authors" and len(summary["expressions"]) == 2
     build = cpp_build()
-    cpp = subprocess.run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"],
-                         capture_output=True, text=True)
+    cpp = subprocess.run(
+        [str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert cpp.returncode == 0, cpp.stderr
     ours = __import__("json").loads((tmp_path / "cpp" / "summary.json").read_text())
     for a, b in zip(summary["expressions"], ours["expressions"]):
         assert a["area"] == b["area"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "py" / a["mask"])), np.asarray(Image.open(tmp_path / "cpp" / b["mask"])))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "py" / a["mask"])), np.asarray(Image.open(tmp_path / "cpp" / b["mask"]))
+        )
     # random weights give probabilities within 1e-4 of each other: a threshold amid them makes masks
     # that follow the photo's geometry (each host reads it from the manifest)
     folder = tmp_path / "export"
@@ -490,7 +613,11 @@ def test_python_and_cpp_hosts_run_the_authors_export(authors_export, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     for h, w in ((30, 50), (51, 29), (9, 13)):
         rgb = (np.random.default_rng(h).random((h, w, 3)) * 255).astype(np.uint8)
-        manifest["threshold"] = float(np.median(Predictor.from_artifacts(authors_export, threads=1, cache_size=0).predict_image(rgb, SENTENCES[:1])[0].probs))
+        manifest["threshold"] = float(
+            np.median(
+                Predictor.from_artifacts(authors_export, threads=1, cache_size=0).predict_image(rgb, SENTENCES[:1])[0].probs
+            )
+        )
         (folder / "manifest.json").write_text(json.dumps(manifest))
         want = Predictor.from_artifacts(folder, threads=1, cache_size=0).predict_image(rgb, SENTENCES)
         host = CppHost(build / "librestr_runtime.so", folder, threads=1)
@@ -512,15 +639,42 @@ def test_train_starts_from_their_checkpoint(tmp_path, monkeypatch):
     data = make_synthetic(tmp_path / "synthetic", seed=0, sizes={"train": 8, "val": 2, "test": 2})
     ck = load(tmp_path)
     small_b16_authors(monkeypatch)
-    r = CliRunner().invoke(main, ["--init", str(tmp_path / "their.pth"), "--from", "authors", "--vocab", str(tmp_path), "--data", str(data),
-                                  "--out", str(tmp_path / "run"), "--iterations", "2", "--batch-size", "2", "--lr", "1e-5", "--val-every", "2",
-                                  "--device", "cpu", "--workers", "0", "--no-progress"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "--init",
+            str(tmp_path / "their.pth"),
+            "--from",
+            "authors",
+            "--vocab",
+            str(tmp_path),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--iterations",
+            "2",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-5",
+            "--val-every",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     trained = load_checkpoint(tmp_path / "run" / "model.pt")
     assert trained.config == ck.config and trained.vocab == ck.vocab and trained.meta["init"]["source"] == "SouthFlame/restr"
     moved = max(float((a - b).abs().max()) for a, b in zip(trained.model.state_dict().values(), ck.model.state_dict().values()))
     assert 0 < moved < 1e-3  # two steps at LR 1e-5 from their weights (a random start is O(1) away)
-    r = CliRunner().invoke(main, ["--init", str(tmp_path / "their.pth"), "--from", "authors", "--data", str(data), "--out", str(tmp_path / "r2")])
+    r = CliRunner().invoke(
+        main, ["--init", str(tmp_path / "their.pth"), "--from", "authors", "--data", str(data), "--out", str(tmp_path / "r2")]
+    )
     assert r.exit_code == 2 and "hold no vocabulary" in r.stderr and not (tmp_path / "r2").exists()
 
 
@@ -547,8 +701,22 @@ def test_converted_checkpoint_evaluates(tmp_path, monkeypatch, capsys):
         main(["--ckpt", str(tmp_path / "their.pth"), "--vocab", str(tmp_path), "--out", str(tmp_path / "model.pt")])
     assert e.value.code == 2 and "exists" in capsys.readouterr().err
     data = make_synthetic(tmp_path / "synthetic", seed=0, sizes={"train": 4, "val": 2, "test": 4})
-    r = subprocess.run([sys.executable, "-m", "restr.evaluate", "--ckpt", str(tmp_path / "model.pt"), "--data", f"{data}:test",
-                        "--json", str(tmp_path / "eval.json"), "--no-progress"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "restr.evaluate",
+            "--ckpt",
+            str(tmp_path / "model.pt"),
+            "--data",
+            f"{data}:test",
+            "--json",
+            str(tmp_path / "eval.json"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     converted = json.loads((tmp_path / "eval.json").read_text())
     assert converted["n"] > 0
@@ -557,8 +725,22 @@ def test_converted_checkpoint_evaluates(tmp_path, monkeypatch, capsys):
 
     from restr.evaluate import main as restr_eval
 
-    res = CliRunner().invoke(restr_eval, ["--ckpt", str(tmp_path / "their.pth"), "--from", "authors", "--vocab", str(tmp_path),
-                                          "--data", f"{data}:test", "--json", str(tmp_path / "direct.json"), "--no-progress"])
+    res = CliRunner().invoke(
+        restr_eval,
+        [
+            "--ckpt",
+            str(tmp_path / "their.pth"),
+            "--from",
+            "authors",
+            "--vocab",
+            str(tmp_path),
+            "--data",
+            f"{data}:test",
+            "--json",
+            str(tmp_path / "direct.json"),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     direct = json.loads((tmp_path / "direct.json").read_text())
     assert {k: direct[k] for k in ("n", "overall_iou", "mean_iou")} == {k: converted[k] for k in ("n", "overall_iou", "mean_iou")}

@@ -7,6 +7,7 @@ restr's modules: `dataset/referit_dataset_vit.py` (the photo as float32, `-= 127
 tensor: `F.interpolate(mode="bilinear", align_corners=False)`, no antialiasing), `eval/evaluate.py`
 (`resize_and_crop(pred) >= 1e-9` on the logits) and `utils/text_processing.py`.
 """
+
 import hashlib
 import json
 import math
@@ -101,7 +102,10 @@ def session(model) -> ort.InferenceSession:
 
 @pytest.fixture(scope="module")
 def graphs() -> dict:
-    return {s: (session(preprocess_graph(s, VIT, VIT, AUTHORS_TRANSFORM)), session(postprocess_graph(s, AUTHORS_TRANSFORM))) for s in (96, 480)}
+    return {
+        s: (session(preprocess_graph(s, VIT, VIT, AUTHORS_TRANSFORM)), session(postprocess_graph(s, AUTHORS_TRANSFORM)))
+        for s in (96, 480)
+    }
 
 
 def test_the_photo_sizes_have_odd_padding_both_ways():
@@ -131,7 +135,9 @@ def test_postprocess_graph_is_their_resize_and_crop(graphs, h, w, s):
     probs, logits = their_logits(h, w, s, seed=1)
     scale = min(s / h, s / w)
     letterbox = np.array([h, w, round(h * scale), round(w * scale)], np.int64)
-    got, mask, score, area = graphs[s][1].run(None, {"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([0.5], np.float32)})
+    got, mask, score, area = graphs[s][1].run(
+        None, {"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([0.5], np.float32)}
+    )
     back = their_resize_and_crop(logits, h, w)[:, 0].numpy()
     assert got.shape == mask.shape == (2, h, w)
     decided = np.abs(back) > LOGIT_ATOL
@@ -146,7 +152,9 @@ def test_postprocess_graph_threshold_is_a_probability(graphs):
     probs, logits = their_logits(40, 70, 96, seed=2)
     letterbox = np.array([40, 70, 55, 96], np.int64)
     for t in (0.2, 0.5, 0.9):
-        (mask,) = graphs[96][1].run(["mask"], {"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([t], np.float32)})
+        (mask,) = graphs[96][1].run(
+            ["mask"], {"pixel_probs": probs, "letterbox": letterbox, "threshold": np.array([t], np.float32)}
+        )
         back = their_resize_and_crop(logits, 40, 70)[:, 0].numpy()
         bound = math.log(t / (1 - t))
         decided = np.abs(back - bound) > LOGIT_ATOL
@@ -181,22 +189,66 @@ def test_the_dataset_uses_the_models_transform_and_tokenizer(tmp_path):
 
     data = make_synthetic(tmp_path / "synthetic", seed=0, sizes={"train": 4, "val": 2, "test": 2})
     cfg = get_config("restr-b16-authors").replace(image_size=64)
-    ds = build_dataset(str(data), "train", cfg.image_size, None, cfg.image_mean, cfg.image_std, cfg.max_words,
-                       transform=cfg.image_transform, tokenizer=cfg.tokenizer)
+    ds = build_dataset(
+        str(data),
+        "train",
+        cfg.image_size,
+        None,
+        cfg.image_mean,
+        cfg.image_std,
+        cfg.max_words,
+        transform=cfg.image_transform,
+        tokenizer=cfg.tokenizer,
+    )
     assert ds.vocab.tokenizer == "authors" and ds.letterbox(0).transform == AUTHORS_TRANSFORM
     rgb = np.asarray(ds.samples[0].image())
     want = their_resize_and_pad(their_dataset_image(rgb), 64, 64)[0].numpy()
     assert np.abs(ds.arrays(0)["image"] - want).max() <= 1e-5
-    restr_ds = build_dataset(str(data), "train", cfg.image_size, ds.vocab, cfg.image_mean, cfg.image_std, cfg.max_words, tokenizer="restr")
+    restr_ds = build_dataset(
+        str(data), "train", cfg.image_size, ds.vocab, cfg.image_mean, cfg.image_std, cfg.max_words, tokenizer="restr"
+    )
     assert restr_ds.vocab.tokenizer == "restr" and restr_ds.vocab == ds.vocab
     assert np.abs(restr_ds.arrays(0)["image"] - want).max() > 0.1  # restr's top-left letterbox: another input
 
 
 # ---------------------------------------------------------------- the tokenizer
 
-TEXTS = ["man's shirt", "The dog, left of the bench.", "the dog . ", "dog...", "(left) guy", "İstanbul", "", ".", "a  b",
-         "guy in red/white", "the man -- on the left ,", "far-right zebra!", "naïve café", "x² ½"]
-THEIR_WORDS = ["<pad>", "<go>", "<eos>", "<unk>", "man", "'", "s", "shirt", "the", "dog", ",", ".", "left", "...", "(", ")", "/", "guy"]
+TEXTS = [
+    "man's shirt",
+    "The dog, left of the bench.",
+    "the dog . ",
+    "dog...",
+    "(left) guy",
+    "İstanbul",
+    "",
+    ".",
+    "a  b",
+    "guy in red/white",
+    "the man -- on the left ,",
+    "far-right zebra!",
+    "naïve café",
+    "x² ½",
+]
+THEIR_WORDS = [
+    "<pad>",
+    "<go>",
+    "<eos>",
+    "<unk>",
+    "man",
+    "'",
+    "s",
+    "shirt",
+    "the",
+    "dog",
+    ",",
+    ".",
+    "left",
+    "...",
+    "(",
+    ")",
+    "/",
+    "guy",
+]
 
 
 def test_authors_tokenizer_is_theirs():
@@ -206,7 +258,11 @@ def test_authors_tokenizer_is_theirs():
     for text, ids, pad in zip(TEXTS, enc.words, enc.pad_mask):
         want = [vocab.stoi[THEIR_WORDS[i]] for i in their_indices(text, theirs)]
         assert ids[~pad].tolist() == want, text
-    assert split_words("man's shirt", "authors") == ["man", "'", "s", "shirt"] and split_words("man's shirt") == ["man", "s", "shirt"]
+    assert split_words("man's shirt", "authors") == ["man", "'", "s", "shirt"] and split_words("man's shirt") == [
+        "man",
+        "s",
+        "shirt",
+    ]
     assert vocab.split("İstanbul") == ["i\u0307stanbul"]  # split, then lower-cased: one word
     with pytest.raises(ValueError, match="tokenizer must be one of"):
         Vocabulary(THEIR_WORDS, tokenizer="bert")
@@ -232,16 +288,41 @@ def cpp_split_words(tmp_path_factory):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    if not (shutil.which("g++") and shutil.which("pkg-config")) or subprocess.run(["pkg-config", "--exists", "icu-uc"]).returncode:
+    if (
+        not (shutil.which("g++") and shutil.which("pkg-config"))
+        or subprocess.run(["pkg-config", "--exists", "icu-uc"]).returncode
+    ):
         pytest.skip("g++ and ICU (libicu-dev) are needed to build the C++ tokenizer")
     exe = tmp_path_factory.mktemp("cpp") / "split_words"
-    icu = subprocess.run(["pkg-config", "--cflags", "--libs", "icu-uc", "icu-i18n"], capture_output=True, text=True, check=True).stdout.split()
-    subprocess.run(["g++", "-std=c++17", "-O1", "-I", str(root / "runtime/cpp/src"), "-I", str(root / "runtime/cpp/include"),
-                    str(root / "tests/cpp/split_words.cpp"), str(root / "runtime/cpp/src/tokenizer.cpp"), *icu, "-o", str(exe)], check=True)
+    icu = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "icu-uc", "icu-i18n"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-O1",
+            "-I",
+            str(root / "runtime/cpp/src"),
+            "-I",
+            str(root / "runtime/cpp/include"),
+            str(root / "tests/cpp/split_words.cpp"),
+            str(root / "runtime/cpp/src/tokenizer.cpp"),
+            *icu,
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
 
     def run(tokenizer: str, texts: list[str]) -> list[list[str] | str]:
-        out = subprocess.run([str(exe), tokenizer], input="".join(t.encode().hex() + "\n" for t in texts), capture_output=True,
-                             text=True, check=True).stdout.splitlines()
+        out = subprocess.run(
+            [str(exe), tokenizer],
+            input="".join(t.encode().hex() + "\n" for t in texts),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
         return [line if line.startswith("ERROR ") else [bytes.fromhex(w).decode() for w in line.split()] for line in out]
 
     return run
@@ -265,8 +346,14 @@ def test_cpp_tokenizer_gives_the_golden_words(cpp_split_words, golden):
 
 # sha256 of restr's default processing graphs (before the authors' transform existed): byte for byte
 DEFAULT_GRAPHS = {
-    "restr-b16": ("4d38cd3f42c6550406f12ad3ca4a7b51c32686bc6a90b740ecb13422bf0454bf", "652484b30c5f6d393c52538f0c6c6d62221af62d077ce71830e6705eb2d93164"),
-    "restr-tiny": ("173aaa235bab5b9ccaca2e444a1c1bf25247c6029c23a1bbaf643bb6dbb079bc", "c2522a6a452189f79c0d51e74b8c06dbc5892eb67f4ef50efc1d38126a53d692"),
+    "restr-b16": (
+        "4d38cd3f42c6550406f12ad3ca4a7b51c32686bc6a90b740ecb13422bf0454bf",
+        "652484b30c5f6d393c52538f0c6c6d62221af62d077ce71830e6705eb2d93164",
+    ),
+    "restr-tiny": (
+        "173aaa235bab5b9ccaca2e444a1c1bf25247c6029c23a1bbaf643bb6dbb079bc",
+        "c2522a6a452189f79c0d51e74b8c06dbc5892eb67f4ef50efc1d38126a53d692",
+    ),
 }
 
 
@@ -283,8 +370,12 @@ def tiny_export(tmp_path_factory):
     from restr.export.pipeline import ExportOptions, export_artifacts, load_source
 
     folder = tmp_path_factory.mktemp("tiny") / "export"
-    export_artifacts(load_source(config="restr-tiny"), folder,
-                     ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False, threads=1), log=lambda _: None)
+    export_artifacts(
+        load_source(config="restr-tiny"),
+        folder,
+        ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
+        log=lambda _: None,
+    )
     return folder
 
 

@@ -1,6 +1,7 @@
 """`restr-bench --engine`: every engine kind that runs here, the JSON contract, ratios, --queries,
 --plot, one-line errors, and the statistics on known data. A restr-tiny export (random weights)
 and a checkpoint are made once; every run is a few rounds at one thread."""
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,29 @@ from restr.benchmarks.flops import achieved_gflops, graph_macs
 from restr.benchmarks.latency import query_result, ratios
 from restr.benchmarks.loaders import make_feeds
 from restr.benchmarks.timing import STAT_KEYS, summarize
-from restr.config import get_config
+from restr.config import get_config, get_config as _get_config
 from restr.runtime.artifacts import TensorSpec
-
-from restr.config import get_config as _get_config
 
 S = _get_config("restr-tiny").image_size  # input side of the small model
 N_V = _get_config("restr-tiny").num_patches
 
-FAST = ["--runs", "3", "--warmup", "1", "--batch-sizes", "1,2", "--throughput-runs", "1", "--gemm-size", "64",
-        "--import-runs", "0", "--threads", "1", "--no-progress"]
+FAST = [
+    "--runs",
+    "3",
+    "--warmup",
+    "1",
+    "--batch-sizes",
+    "1,2",
+    "--throughput-runs",
+    "1",
+    "--gemm-size",
+    "64",
+    "--import-runs",
+    "0",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 RESULT_KEYS = ("engine", "model_ms", "end_to_end_ms", "cold_start_ms", "achieved_gflops", "gemm_peak_gflops", "peak_fraction")
 
 
@@ -43,8 +57,12 @@ def tiny(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bench")
     source = load_source(config="restr-tiny", seed=0)
-    export_artifacts(source, root / "export", ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False),
-                     log=lambda msg: None)
+    export_artifacts(
+        source,
+        root / "export",
+        ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False),
+        log=lambda msg: None,
+    )
     save_checkpoint(root / "model.pt", source.model, source.vocab)
     return SimpleNamespace(root=root, export=root / "export", onnx=root / "export" / "end_to_end.onnx", pt=root / "model.pt")
 
@@ -55,8 +73,22 @@ def bench(*args):
 
 def test_folder_onnx_and_checkpoint_in_one_run(tiny, tmp_path):
     out, plot = tmp_path / "r.json", tmp_path / "r.png"
-    res = bench("--engine", str(tiny.export), "--engine", str(tiny.onnx), "--engine", str(tiny.pt),
-                "--queries", "3", "--query-runs", "1", "--json", str(out), "--plot", str(plot))
+    res = bench(
+        "--engine",
+        str(tiny.export),
+        "--engine",
+        str(tiny.onnx),
+        "--engine",
+        str(tiny.pt),
+        "--queries",
+        "3",
+        "--query-runs",
+        "1",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     results = doc["results"]
@@ -93,8 +125,18 @@ def test_bare_graphs_without_manifest(tiny, tmp_path):
     shutil.copy(tiny.onnx, bare / "model.onnx")
     shutil.copy(tiny.export / "vision.onnx", bare / "vision.onnx")
     out = tmp_path / "r.json"
-    res = bench("--engine", str(bare / "model.onnx"), "--engine", str(bare / "vision.onnx"), "--config", "restr-tiny",
-                "--op-profile", "1", "--json", str(out))
+    res = bench(
+        "--engine",
+        str(bare / "model.onnx"),
+        "--engine",
+        str(bare / "vision.onnx"),
+        "--config",
+        "restr-tiny",
+        "--op-profile",
+        "1",
+        "--json",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     full, vision = json.loads(out.read_text())["results"]
     assert full["graph"] == "end_to_end" and full["end_to_end_ms"]["n"] == 3 and full["notes"]
@@ -138,7 +180,9 @@ def bad_path(kind: str, d):
 )
 def test_errors_are_one_line_and_write_nothing(tmp_path, kind, extra, message):
     out = tmp_path / "out.json"
-    res = CliRunner().invoke(main, ["--engine", str(bad_path(kind, tmp_path)), "--json", str(out), *FAST, *extra])  # the last value of an option wins
+    res = CliRunner().invoke(
+        main, ["--engine", str(bad_path(kind, tmp_path)), "--json", str(out), *FAST, *extra]
+    )  # the last value of an option wins
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output
@@ -176,16 +220,31 @@ def test_statistics_on_known_data():
 def test_per_query_ratio_and_ratios_on_known_data():
     # 8 expressions: the first costs 100 ms through the split graphs, each further one 10 ms
     # (batched) or 20 ms (one at a time); one end-to-end run costs 100 ms.
-    e = SimpleNamespace(split=object(), target=SimpleNamespace(predictor=object()), queries={
-        "split_1": [100.0], "split_batched_k": [170.0], "split_one_at_a_time_k": [240.0], "end_to_end_k": [800.0], "vision": [80.0]})
+    e = SimpleNamespace(
+        split=object(),
+        target=SimpleNamespace(predictor=object()),
+        queries={
+            "split_1": [100.0],
+            "split_batched_k": [170.0],
+            "split_one_at_a_time_k": [240.0],
+            "end_to_end_k": [800.0],
+            "vision": [80.0],
+        },
+    )
     q = query_result(e, 8)
     assert q["per_query_ratio"] == pytest.approx(0.1)
     assert q["per_query_ratio_one_at_a_time"] == pytest.approx(0.2)
     assert q["queries"]["speedup_batched"] == pytest.approx(800 / 170)
 
     def result(engine, ms, tp):
-        return {"engine": engine, "model_ms": {"median": ms}, "end_to_end_ms": {"median": ms + 1}, "cold_start_ms": 10.0,
-                "peak_memory_mb": 5.0, "throughput": [{"batch": 1, "items_per_s": tp}]}
+        return {
+            "engine": engine,
+            "model_ms": {"median": ms},
+            "end_to_end_ms": {"median": ms + 1},
+            "cold_start_ms": 10.0,
+            "peak_memory_mb": 5.0,
+            "throughput": [{"batch": 1, "items_per_s": tp}],
+        }
 
     (r,) = ratios([result("a", 10.0, 100.0), result("b", 20.0, 50.0)])
     assert r["model_ms"] == pytest.approx(2.0) and r["throughput"]["1"] == pytest.approx(0.5) and r["relative_to"] == "a"
@@ -199,8 +258,11 @@ def test_graph_macs_add_up_and_gflops():
 
 
 def test_generated_feeds_follow_the_specs():
-    specs = (TensorSpec("image", "float32", ("batch", 3, 8, 8)), TensorSpec("words", "int64", ("batch", 20)),
-             TensorSpec("pad_mask", "bool", ("batch", 20)))
+    specs = (
+        TensorSpec("image", "float32", ("batch", 3, 8, 8)),
+        TensorSpec("words", "int64", ("batch", 20)),
+        TensorSpec("pad_mask", "bool", ("batch", 20)),
+    )
     f = make_feeds(specs, 3, vocab_size=50)
     assert f["image"].shape == (3, 3, 8, 8) and f["image"].dtype == np.float32
     assert f["words"].dtype == np.int64 and f["pad_mask"].dtype == np.bool_
@@ -228,8 +290,12 @@ def test_agreement_compares_fp16_with_fp32_through_the_predictor(tmp_path):
     from restr.export import ExportOptions, export_artifacts, load_source
 
     torch.set_num_threads(1)
-    export_artifacts(load_source(config="restr-tiny", seed=0), tmp_path / "e",
-                     ExportOptions(engine=False, verify=False, progress=False), log=lambda m: None)
+    export_artifacts(
+        load_source(config="restr-tiny", seed=0),
+        tmp_path / "e",
+        ExportOptions(engine=False, verify=False, progress=False),
+        log=lambda m: None,
+    )
     r = agreement(tmp_path / "e", photos=2, texts=3, providers=None)
     assert r["pixels"] > 0 and 0.99 <= r["same_side"] <= 1.0 and 0.0 <= r["decisive_share"] <= 1.0
     assert r["photos"] == 2 and r["expressions"] == 6 and r["data"].startswith("generated")
@@ -246,11 +312,23 @@ def test_gpu_bench_script_runs_small_on_a_cpu(tmp_path):
     lib = root / "build" / "cpp" / "librestr_runtime.so"  # make cpp-build's (make test-slow builds it)
     if lib.exists():
         env["CPP_LIB"] = str(lib)
-    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_bench.sh"), str(tmp_path / "gb")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_bench.sh"), str(tmp_path / "gb")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     labels = [r["label"] for r in json.loads((tmp_path / "gb" / "bench.json").read_text())["results"]]
-    assert labels == ["gb/export-ort#fp16,cpu", "gb/export-onnx#fp16,cpu", "gb/export-ort#fp32,cpu", "gb/model.pt#fp16,cpu,eager", "gb/model.pt#fp16,cpu,compile"]
+    assert labels == [
+        "gb/export-ort#fp16,cpu",
+        "gb/export-onnx#fp16,cpu",
+        "gb/export-ort#fp32,cpu",
+        "gb/model.pt#fp16,cpu,eager",
+        "gb/model.pt#fp16,cpu,compile",
+    ]
     (bulk,) = [r["bulk"] for r in json.loads((tmp_path / "gb" / "bulk.json").read_text())["results"]]
     assert bulk["images"] == 12 and bulk["model_alone"]["batch"] == 8 and bulk["share_of_model_alone"] > 0
     if lib.exists():
@@ -279,7 +357,9 @@ def test_bulk_rows_time_both_ways_on_the_same_photos(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(Predictor, "predict_many", count_many)
     out = tmp_path / "r.json"
     progress_on = [a for a in FAST if a != "--no-progress"]
-    res = CliRunner().invoke(main, ["--engine", str(tiny.export), "--bulk", "5", "--bulk-runs", "2", "--json", str(out), *progress_on])
+    res = CliRunner().invoke(
+        main, ["--engine", str(tiny.export), "--bulk", "5", "--bulk-runs", "2", "--json", str(out), *progress_on]
+    )
     assert res.exit_code == 0, res.output
     assert "\r" not in res.output  # off a terminal: no progress bars, whatever --no-progress says
     b = json.loads(out.read_text())["results"][0]["bulk"]

@@ -1,4 +1,5 @@
 """`restr-predict` bulk jobs: records, error records, --resume after kill -9, --shard, argument errors."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,9 @@ from PIL import Image
 pytest.importorskip("torch")
 mask_utils = pytest.importorskip("pycocotools.mask")
 
-from restr.runtime.bulk import RECORDS, RUN, SUMMARY, scan  # noqa: E402
-from restr.runtime.cli import main  # noqa: E402
-from conftest import jpeg_bytes, make_tiny_export, photo  # noqa: E402
+from conftest import jpeg_bytes, make_tiny_export, photo
+from restr.runtime.bulk import RECORDS, RUN, SUMMARY, scan
+from restr.runtime.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +76,24 @@ def test_records_decode_to_single_image_masks(tiny, photos, tmp_path):
     area, score and box agree; --png writes the same mask. Requests of one expression (batched across
     images) and of two (one image's features shared) both."""
     images = sorted(photos.iterdir())[:5]
-    lines = [{"image": str(images[0]), "texts": ["the dog", "red car"], "id": "a"},
-             {"image": str(images[1]), "texts": ["the man on the left"]},
-             {"image": str(images[2]), "texts": ["the dog"]},
-             {"image": images[3].name, "texts": "small tree"},  # relative to the file's folder; one string
-             {"image": str(images[4]), "texts": ["the big cat on the bench", "a ball", "the dog"]}]
+    lines = [
+        {"image": str(images[0]), "texts": ["the dog", "red car"], "id": "a"},
+        {"image": str(images[1]), "texts": ["the man on the left"]},
+        {"image": str(images[2]), "texts": ["the dog"]},
+        {"image": images[3].name, "texts": "small tree"},  # relative to the file's folder; one string
+        {"image": str(images[4]), "texts": ["the big cat on the bench", "a ball", "the dog"]},
+    ]
     jobs = photos / "jobs.jsonl"
     jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "bulk"
     done = bulk(tiny, out, "--requests", jobs, "--png")
     assert done.exit_code == 0, done.output
     records = read(out)
-    assert [(rec["request"], rec["line"], rec["expression"]) for rec in records] == \
-        [(i, i + 1, k) for i, line in enumerate(lines) for k in range(len([line["texts"]] if isinstance(line["texts"], str) else line["texts"]))]
+    assert [(rec["request"], rec["line"], rec["expression"]) for rec in records] == [
+        (i, i + 1, k)
+        for i, line in enumerate(lines)
+        for k in range(len([line["texts"]] if isinstance(line["texts"], str) else line["texts"]))
+    ]
     assert records[0]["id"] == "a" and "id" not in records[2]
     for i, line in enumerate(lines):
         texts = [line["texts"]] if isinstance(line["texts"], str) else line["texts"]
@@ -102,7 +108,9 @@ def test_records_decode_to_single_image_masks(tiny, photos, tmp_path):
             assert (rec["height"], rec["width"]) == mask.shape and rec["mask"]["size"] == list(mask.shape)
             np.testing.assert_array_equal(decode(rec), mask)
             np.testing.assert_array_equal(np.asarray(Image.open(out / rec["png"])) == 255, mask)
-            assert rec["area"] == e["area"] == mask.sum() and rec["score"] == e["score"] and rec["patch_score"] == e["patch_score"]
+            assert (
+                rec["area"] == e["area"] == mask.sum() and rec["score"] == e["score"] and rec["patch_score"] == e["patch_score"]
+            )
             ys, xs = np.nonzero(mask)
             box = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] if mask.any() else None
             assert rec["box"] == (None if box is None else [int(v) for v in box])
@@ -127,11 +135,22 @@ def test_images_folder_glob_and_stdin(tiny, photos, tmp_path, monkeypatch):
     assert [rec["image"] for rec in read(tmp_path / "o1")] == [str(folder / n) for n in ("a.png", "b.png", "c.jpg")]
     r = bulk(tiny, tmp_path / "o2", "--images", f"{folder}/**/*.png", "--text", "the dog")
     assert r.exit_code == 0, r.output
-    assert [rec["image"] for rec in read(tmp_path / "o2")] == [str(folder / n) for n in ("a.png", "b.png", "sub/000.png", "sub/001.png")]
+    assert [rec["image"] for rec in read(tmp_path / "o2")] == [
+        str(folder / n) for n in ("a.png", "b.png", "sub/000.png", "sub/001.png")
+    ]
     monkeypatch.chdir(folder)
-    r = bulk(tiny, tmp_path / "o3", "--requests", "-", input='{"image": "b.png", "texts": ["the dog"]}\n\n{"image": "a.png", "texts": ["red car"]}\n')
+    r = bulk(
+        tiny,
+        tmp_path / "o3",
+        "--requests",
+        "-",
+        input='{"image": "b.png", "texts": ["the dog"]}\n\n{"image": "a.png", "texts": ["red car"]}\n',
+    )
     assert r.exit_code == 0, r.output
-    assert [(rec["image"], rec["line"], rec["text"]) for rec in read(tmp_path / "o3")] == [("b.png", 1, "the dog"), ("a.png", 3, "red car")]
+    assert [(rec["image"], rec["line"], rec["text"]) for rec in read(tmp_path / "o3")] == [
+        ("b.png", 1, "the dog"),
+        ("a.png", 3, "red car"),
+    ]
 
 
 def test_data_set_expressions_grouped_by_image(tiny, tmp_path):
@@ -180,9 +199,15 @@ def test_bad_requests_are_error_records_and_the_run_goes_on(tiny, photos, tmp_pa
     assert r.exit_code == 1, r.output
     records = read(out)
     errors = {rec["line"]: rec["error"] for rec in records if rec["error"] is not None}
-    expected = {2: r"missing\.png: no such file", 3: r"cut\.jpg: not a readable image", 4: r"text\.png: not a readable image",
-                5: r"line 5: not JSON", 7: r"line 7: expected an object", 8: r"line 8: 'texts' must be a list",
-                9: r"expression 2 .* is empty"}
+    expected = {
+        2: r"missing\.png: no such file",
+        3: r"cut\.jpg: not a readable image",
+        4: r"text\.png: not a readable image",
+        5: r"line 5: not JSON",
+        7: r"line 7: expected an object",
+        8: r"line 8: 'texts' must be a list",
+        9: r"expression 2 .* is empty",
+    }
     assert sorted(errors) == sorted(expected)
     import re
 
@@ -218,7 +243,10 @@ def test_a_bad_image_in_a_folder_fails_alone(tiny, photos, tmp_path):
         (["--images", "{photos}", "--text", "dog", "--shard", "1-4"], "--shard 1-4: expected K/N"),
         (["--images", "{photos}"], "--images asks every image the same expressions: give them with --text"),
         (["--images", "{photos}", "--text", " ? "], "expression 1 .* is empty"),
-        (["--image", "{photos}/000.png", "--images", "{photos}", "--text", "dog"], "give one of --image, --images, --requests and --data"),
+        (
+            ["--image", "{photos}/000.png", "--images", "{photos}", "--text", "dog"],
+            "give one of --image, --images, --requests and --data",
+        ),
         (["--requests", "{tmp}/nope.jsonl"], "--requests .*nope.jsonl: no such file"),
         (["--requests", "{photos}"], "not a file"),
         (["--requests", "{tmp}/nope.jsonl", "--text", "dog"], "--text goes with --image or --images"),
@@ -286,16 +314,22 @@ def test_shards_are_disjoint_and_make_the_whole(tiny, photos, finished, tmp_path
 # -- resume ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cut", ["a torn line", "a request cut short", "a request boundary", "zeros after a power cut",
-                                 "nothing written", "the end"])
+@pytest.mark.parametrize(
+    "cut", ["a torn line", "a request cut short", "a request boundary", "zeros after a power cut", "nothing written", "the end"]
+)
 def test_resume_after_any_cut_writes_each_record_once(tiny, photos, finished, tmp_path, cut):
     """A records file stopped anywhere (a torn last line, a request with only some of its lines, a
     zero-filled tail) continues to exactly the whole run's records."""
     data = (finished / RECORDS).read_bytes()
     ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]  # line ends: requests have two lines each
-    kept, whole = {"a torn line": (data[: ends[6] + 40], 3), "a request cut short": (data[: ends[6]], 3),
-                   "a request boundary": (data[: ends[7]], 4), "zeros after a power cut": (data[: ends[7]] + bytes(len(data)), 4),
-                   "nothing written": (b"", 0), "the end": (data, 10)}[cut]
+    kept, whole = {
+        "a torn line": (data[: ends[6] + 40], 3),
+        "a request cut short": (data[: ends[6]], 3),
+        "a request boundary": (data[: ends[7]], 4),
+        "zeros after a power cut": (data[: ends[7]] + bytes(len(data)), 4),
+        "nothing written": (b"", 0),
+        "the end": (data, 10),
+    }[cut]
     out = tmp_path / "o"
     out.mkdir()
     (out / RUN).write_bytes((finished / RUN).read_bytes())
@@ -321,11 +355,20 @@ def test_resume_refuses_another_input(tiny, photos, finished, tmp_path):
     assert len(read(out)) == 8
 
 
-@pytest.mark.parametrize("error,code,shown", [
-    (RuntimeError("CUDA error: an illegal memory access was encountered"), 2, "RuntimeError: CUDA error: an illegal memory access"),
-    (AttributeError("'NoneType' object has no attribute 'run'"), 3, r"internal error \(AttributeError: .*please report it"),
-])
-def test_a_runtime_failure_mid_run_keeps_whole_records_and_resume_finishes(tiny, photos, finished, tmp_path, monkeypatch, error, code, shown):
+@pytest.mark.parametrize(
+    "error,code,shown",
+    [
+        (
+            RuntimeError("CUDA error: an illegal memory access was encountered"),
+            2,
+            "RuntimeError: CUDA error: an illegal memory access",
+        ),
+        (AttributeError("'NoneType' object has no attribute 'run'"), 3, r"internal error \(AttributeError: .*please report it"),
+    ],
+)
+def test_a_runtime_failure_mid_run_keeps_whole_records_and_resume_finishes(
+    tiny, photos, finished, tmp_path, monkeypatch, error, code, shown
+):
     """The runtime failing after some requests (CUDA, ONNX Runtime) is exit 2, a bug exit 3: one
     error line, the records written so far whole; --resume then finishes the run."""
     import re
@@ -345,8 +388,12 @@ def test_a_runtime_failure_mid_run_keeps_whole_records_and_resume_finishes(tiny,
     args = ("--images", photos, "--text", "the dog", "--text", "red car")
     r = bulk(tiny, out, *args)
     assert r.exit_code == code and isinstance(r.exception, SystemExit), r.output
-    assert re.search(shown, r.stderr.strip().splitlines()[-1]) and r.stderr.strip().splitlines()[-1].startswith("restr-predict: error:")
-    assert sorted({rec["request"] for rec in read(out)}) == [0, 1, 2] and scan(out / RECORDS).end == (out / RECORDS).stat().st_size
+    assert re.search(shown, r.stderr.strip().splitlines()[-1]) and r.stderr.strip().splitlines()[-1].startswith(
+        "restr-predict: error:"
+    )
+    assert (
+        sorted({rec["request"] for rec in read(out)}) == [0, 1, 2] and scan(out / RECORDS).end == (out / RECORDS).stat().st_size
+    )
     monkeypatch.setattr(Predictor, "predict_many", real)
     assert bulk(tiny, out, *args, "--resume").exit_code == 0
     assert canonical(read(out)) == canonical(read(finished))
@@ -369,9 +416,25 @@ def test_a_second_run_in_the_same_folder_is_refused(tiny, photos, tmp_path):
 
 
 def _start(tiny, folder: Path, out: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "restr.runtime.cli", "--artifacts", str(tiny.folder), "--images", str(folder),
-                             "--text", "the dog", "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "restr.runtime.cli",
+            "--artifacts",
+            str(tiny.folder),
+            "--images",
+            str(folder),
+            "--text",
+            "the dog",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _stop_after(proc: subprocess.Popen, records: Path, lines: int, sig: int) -> str:

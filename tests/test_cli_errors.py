@@ -1,5 +1,6 @@
 """Every command, every kind of user mistake: one line on stderr, `prog: error: ...`, exit code 2,
 nothing written, and outputs checked before any work (issue 13, item 3; help texts, item 7)."""
+
 from __future__ import annotations
 
 import re
@@ -10,14 +11,19 @@ from click.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from restr.benchmarks.cli import main as bench_main  # noqa: E402
-from restr.evaluate import main as eval_main  # noqa: E402
-from restr.export.cli import cli as export_main  # noqa: E402
-from restr.runtime.cli import main as predict_main  # noqa: E402
-from restr.train import main as train_main  # noqa: E402
+from restr.benchmarks.cli import main as bench_main
+from restr.evaluate import main as eval_main
+from restr.export.cli import cli as export_main
+from restr.runtime.cli import main as predict_main
+from restr.train import main as train_main
 
-COMMANDS = {"restr-train": train_main, "restr-eval": eval_main, "restr-export": export_main, "restr-predict": predict_main,
-            "restr-bench": bench_main}
+COMMANDS = {
+    "restr-train": train_main,
+    "restr-eval": eval_main,
+    "restr-export": export_main,
+    "restr-predict": predict_main,
+    "restr-bench": bench_main,
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +31,12 @@ def files(tmp_path_factory):
     """A small data set, a real checkpoint, a tiny export, an image, and the wrong files users give."""
     import torch
 
+    from conftest import make_tiny_export, photo
     from restr.checkpoint import save_checkpoint
     from restr.config import get_config
     from restr.data import make_synthetic
     from restr.modeling import ReSTR
     from restr.runtime.tokenizer import Vocabulary
-    from conftest import make_tiny_export, photo
 
     root = tmp_path_factory.mktemp("files")
     data = make_synthetic(root / "data", seed=0, sizes={"train": 8, "val": 4, "test": 4})
@@ -42,8 +48,16 @@ def files(tmp_path_factory):
     (root / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 a JPEG that is not a checkpoint")
     (root / "notes.txt").write_text("not a picture")
     (root / "a-file").write_text("a file, not a folder")
-    return {"data": str(data), "ckpt": str(root / "model.pt"), "export": str(export), "photo": str(root / "photo.png"),
-            "jpg": str(root / "photo.jpg"), "txt": str(root / "notes.txt"), "file": str(root / "a-file"), "root": root}
+    return {
+        "data": str(data),
+        "ckpt": str(root / "model.pt"),
+        "export": str(export),
+        "photo": str(root / "photo.png"),
+        "jpg": str(root / "photo.jpg"),
+        "txt": str(root / "notes.txt"),
+        "file": str(root / "a-file"),
+        "root": root,
+    }
 
 
 def invoke(prog: str, args: list[str]):
@@ -123,10 +137,26 @@ def test_unwritable_output_is_refused_before_any_work(prog, files):
 
 
 def test_unwritable_outputs_of_predict_and_export_json(files):
-    r = invoke("restr-predict", ["--artifacts", files["export"], "--image", files["photo"], "--text", "the dog",
-                                 "--out", files["root"] / "p-json", "--json", "/proc/restr-p.json"])
+    r = invoke(
+        "restr-predict",
+        [
+            "--artifacts",
+            files["export"],
+            "--image",
+            files["photo"],
+            "--text",
+            "the dog",
+            "--out",
+            files["root"] / "p-json",
+            "--json",
+            "/proc/restr-p.json",
+        ],
+    )
     one_line_error(r, "restr-predict", "--json")
-    r = invoke("restr-export", ["--config", "restr-tiny", "--out", files["root"] / "e-json", "--json", "/proc/restr-x.json", "--no-verify"])
+    r = invoke(
+        "restr-export",
+        ["--config", "restr-tiny", "--out", files["root"] / "e-json", "--json", "/proc/restr-x.json", "--no-verify"],
+    )
     one_line_error(r, "restr-export", "--json")
     assert not (files["root"] / "p-json").exists() and not (files["root"] / "e-json").exists()
 

@@ -5,6 +5,7 @@ and summary.json against restr-predict's, and the same one-line errors for bad i
 The build is `make cpp-build`'s (RESTR_CPP_BUILD names another); without it the fixture runs that
 target once per session, and the tests are skipped only where cmake or g++ is absent.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,21 @@ from PIL import Image
 
 pytest.importorskip("torch")  # the export is made by restr-export's pipeline
 
-from conftest import make_tiny_export, photo  # noqa: E402
-
-from restr.runtime.cpp.cpp_host import CppHost  # noqa: E402
-from restr.runtime import Predictor  # noqa: E402
+from conftest import make_tiny_export, photo
+from restr.runtime import Predictor
+from restr.runtime.cpp.cpp_host import CppHost
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-5
-TEXTS = ["the red dog", "Zebra, qux.", "the man on the left", "a", "the " * 25 + "big tree", "Blue CAR!", "the small ball on the right"]
+TEXTS = [
+    "the red dog",
+    "Zebra, qux.",
+    "the man on the left",
+    "a",
+    "the " * 25 + "big tree",
+    "Blue CAR!",
+    "the small ball on the right",
+]
 
 
 @pytest.fixture(scope="session")
@@ -95,16 +103,26 @@ def _tiny_export(folder: Path, seed: int = 0, precisions: tuple[str, ...] = ("fp
     (INT8 calibrated on a few synthetic samples)."""
     import torch
 
+    from conftest import WORDS, make_tiny_model
     from restr.export.pipeline import ExportOptions, Source, export_artifacts
     from restr.runtime import Vocabulary
-    from conftest import WORDS, make_tiny_model
 
     torch.set_num_threads(1)
     vocab = Vocabulary(WORDS)
-    export_artifacts(Source(make_tiny_model(vocab, seed=seed), vocab, {}, None, False), folder,
-                     ExportOptions(max_batch=4, precisions=precisions, engine=False, verify=False, progress=False, threads=1,
-                                   **({"calibration": "synthetic", "calibration_size": 8} if "int8" in precisions else {})),
-                     log=lambda _: None)
+    export_artifacts(
+        Source(make_tiny_model(vocab, seed=seed), vocab, {}, None, False),
+        folder,
+        ExportOptions(
+            max_batch=4,
+            precisions=precisions,
+            engine=False,
+            verify=False,
+            progress=False,
+            threads=1,
+            **({"calibration": "synthetic", "calibration_size": 8} if "int8" in precisions else {}),
+        ),
+        log=lambda _: None,
+    )
     return folder
 
 
@@ -124,9 +142,28 @@ def test_fp16_and_int8_graphs_match_the_python_predictor(build, tmp_path, precis
         assert abs(g["score"] - w.score) <= ATOL
     image = tmp_path / "photo.png"
     Image.fromarray(rgb).save(image)
-    r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(folder), "--image", str(image), "--text", "the red dog",
-              "--precision", precision, "--out", str(tmp_path / "out"), "--json", "-", "--threads", "1"])
-    assert r.returncode == 0 and json.loads(r.stdout)["graphs"] == {g: f"{g}_{precision}" for g in ("vision", "language", "fusion_decoder")}, r.stderr
+    r = _run(
+        [
+            str(build / "tools" / "restr-predict-cpp"),
+            "--artifacts",
+            str(folder),
+            "--image",
+            str(image),
+            "--text",
+            "the red dog",
+            "--precision",
+            precision,
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            "-",
+            "--threads",
+            "1",
+        ]
+    )
+    assert r.returncode == 0 and json.loads(r.stdout)["graphs"] == {
+        g: f"{g}_{precision}" for g in ("vision", "language", "fusion_decoder")
+    }, r.stderr
 
 
 def test_library_refuses_an_embedding_from_another_export(build, tiny, tmp_path):
@@ -147,9 +184,20 @@ def test_library_refuses_an_embedding_from_another_export(build, tiny, tmp_path)
     def ask(predictor: CppHost, by: CppHost) -> tuple[int, str]:
         """restr_predict on `predictor` with an image embedded by `by`: the status and last error."""
         emb, res = ctypes.c_void_p(), ctypes.c_void_p()
-        by._ok(lib.restr_embed(by.p, rgb.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(h), ctypes.c_int64(w), ctypes.c_int64(3 * w), ctypes.byref(emb)))
+        by._ok(
+            lib.restr_embed(
+                by.p,
+                rgb.ctypes.data_as(ctypes.c_void_p),
+                ctypes.c_int64(h),
+                ctypes.c_int64(w),
+                ctypes.c_int64(3 * w),
+                ctypes.byref(emb),
+            )
+        )
         embeddings.append(emb)
-        status = lib.restr_predict(predictor.p, emb, (ctypes.c_char_p * 1)(b"the red dog"), ctypes.c_size_t(1), ctypes.c_float(-1), 0, ctypes.byref(res))
+        status = lib.restr_predict(
+            predictor.p, emb, (ctypes.c_char_p * 1)(b"the red dog"), ctypes.c_size_t(1), ctypes.c_float(-1), 0, ctypes.byref(res)
+        )
         lib.restr_result_free(res)
         return status, lib.restr_last_error().decode() if status else ""
 
@@ -161,10 +209,19 @@ def test_library_refuses_an_embedding_from_another_export(build, tiny, tmp_path)
         for host in (ours, theirs, same):
             host.close()
     with pytest.raises(EmbeddingError) as python:
-        Predictor.from_artifacts(tiny, threads=1).predict_embedding(Predictor.from_artifacts(other, threads=1).embed(rgb), "the red dog")
+        Predictor.from_artifacts(tiny, threads=1).predict_embedding(
+            Predictor.from_artifacts(other, threads=1).embed(rgb), "the red dog"
+        )
     sha = {f: json.loads((f / "manifest.json").read_text())["graphs"]["vision"]["sha256"][:12] for f in (tiny, other)}
-    assert refused == (1, f"this image embedding was made by another export (its vision graph has sha256 {sha[other]}..., "
-                          f"this predictor's {sha[tiny]}...): embed the image again with this predictor") == (1, str(python.value))
+    assert (
+        refused
+        == (
+            1,
+            f"this image embedding was made by another export (its vision graph has sha256 {sha[other]}..., "
+            f"this predictor's {sha[tiny]}...): embed the image again with this predictor",
+        )
+        == (1, str(python.value))
+    )
     assert taken == (0, "")
 
 
@@ -196,8 +253,17 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
     photo(120, 90, seed=5).save(image)
     texts = [*TEXTS, "a—b İstanbul naïve 狗 x²"]  # slugs from the tokenizer's words, accents dropped (NFKD), no double dash
     # paths as users type them (a trailing slash, a '.'): both summaries name them as pathlib does
-    args = ["--artifacts", f"{tiny}/", "--image", f"{image.parent}/./{image.name}", *[a for t in texts for a in ("--text", t)], "--overlay", "--sheet",
-            "--threshold", "0.53"]
+    args = [
+        "--artifacts",
+        f"{tiny}/",
+        "--image",
+        f"{image.parent}/./{image.name}",
+        *[a for t in texts for a in ("--text", t)],
+        "--overlay",
+        "--sheet",
+        "--threshold",
+        "0.53",
+    ]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
     py = _restr_predict(args, tmp_path / "py")
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
@@ -210,12 +276,22 @@ def test_cli_writes_what_restr_predict_writes(build, tiny, tmp_path):
         assert abs(x["score"] - y["score"]) <= ATOL
         for f in (x["mask"], x["overlay"]):
             assert np.array_equal(np.asarray(Image.open(tmp_path / "cpp" / f)), np.asarray(Image.open(tmp_path / "py" / f))), f
-    assert (a["model"], a["mode"], a["graphs"], a["image"]["width"], a["threshold"]) == (b["model"], b["mode"], b["graphs"], b["image"]["width"], b["threshold"])
+    assert (a["model"], a["mode"], a["graphs"], a["image"]["width"], a["threshold"]) == (
+        b["model"],
+        b["mode"],
+        b["graphs"],
+        b["image"]["width"],
+        b["threshold"],
+    )
     assert (a["artifacts"], a["image"]["path"]) == (b["artifacts"], b["image"]["path"]) == (str(tiny), str(image))
     assert cpp.stderr == py.stderr  # the same warnings: truncation, unknown words, no known words
     # the same table, line for line (widths in code points, a long expression cut, 1,234 areas); not the timings
-    table = {d: [line.replace(str(tmp_path / d), "OUT") for line in r.stdout.splitlines() if not line.startswith("timings (ms): load ")]
-             for d, r in (("cpp", cpp), ("py", py))}
+    table = {
+        d: [
+            line.replace(str(tmp_path / d), "OUT") for line in r.stdout.splitlines() if not line.startswith("timings (ms): load ")
+        ]
+        for d, r in (("cpp", cpp), ("py", py))
+    }
     assert table["cpp"] == table["py"] and len(table["py"]) == len(texts) + 4, (cpp.stdout, py.stdout)
     assert a["expressions"][-1]["mask"] == "8_a-b-i-stanbul-naive-x2.png"
     assert a["sheet"] == b["sheet"] == "sheet.png"  # its layout is restr-predict's; the caption font is not
@@ -231,8 +307,25 @@ def test_cli_ended_by_a_signal_leaves_nothing_half_written(build, tiny, tmp_path
     if out_exists:
         out.mkdir()
     texts = [a for k in range(4) for a in ("--text", f"the red dog {k}")]
-    run = subprocess.Popen([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), *texts,
-                            "--overlay", "--sheet", "--out", str(out), "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [
+            str(build / "tools" / "restr-predict-cpp"),
+            "--artifacts",
+            str(tiny),
+            "--image",
+            str(image),
+            *texts,
+            "--overlay",
+            "--sheet",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
     def writing() -> bool:  # a staging folder holds a file
         try:
             return any(os.listdir(d) for d in out.glob(".restr-predict-cpp-*"))
@@ -249,8 +342,29 @@ def test_cli_ended_by_a_signal_leaves_nothing_half_written(build, tiny, tmp_path
 # Photo sizes for --sheet: the four where Debian's stb_image_resize 0.97 aborted the CLI (its weights
 # for a pixel summed past 1.1), more of the reductions where it asserted (a sum past 1.1 or below 0.9),
 # upscales, a side of one pixel, long thin photos and sizes it scaled without fault.
-SHEET_SIZES = [(451, 300), (333, 500), (276, 376), (349, 441), (138, 482), (436, 482), (480, 223), (472, 334), (488, 38), (101, 371),
-               (56, 445), (1, 1), (1, 700), (700, 1), (320, 320), (320, 240), (100, 60), (7, 3), (641, 479), (1000, 750), (1200, 37)]
+SHEET_SIZES = [
+    (451, 300),
+    (333, 500),
+    (276, 376),
+    (349, 441),
+    (138, 482),
+    (436, 482),
+    (480, 223),
+    (472, 334),
+    (488, 38),
+    (101, 371),
+    (56, 445),
+    (1, 1),
+    (1, 700),
+    (700, 1),
+    (320, 320),
+    (320, 240),
+    (100, 60),
+    (7, 3),
+    (641, 479),
+    (1000, 750),
+    (1200, 37),
+]
 
 
 def test_sheet_of_any_photo_size_tiles_as_restr_predicts_does(build, tiny, tmp_path):
@@ -268,15 +382,38 @@ def test_sheet_of_any_photo_size_tiles_as_restr_predicts_does(build, tiny, tmp_p
         image, out = tmp_path / f"{w}x{h}.png", tmp_path / f"{w}x{h}"
         photo(w, h, seed=w + h).save(image)
         threshold = float(np.median(host.predict(np.asarray(Image.open(image)), texts[:1])[0][0]["probs"]))
-        r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", texts[0],
-                  "--text", texts[1], "--sheet", "--overlay", "--threshold", repr(threshold), "--out", str(out), "--threads", "1"])
+        r = _run(
+            [
+                str(build / "tools" / "restr-predict-cpp"),
+                "--artifacts",
+                str(tiny),
+                "--image",
+                str(image),
+                "--text",
+                texts[0],
+                "--text",
+                texts[1],
+                "--sheet",
+                "--overlay",
+                "--threshold",
+                repr(threshold),
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+            ]
+        )
         assert r.returncode == 0, (w, h, r.stderr)
         got = np.asarray(Image.open(out / "sheet.png").convert("RGB"))
         names = [f"{k}_{slug}" for k, slug in ((1, "the-red-dog"), (2, "the-man-on-the-left"))]
         masks = [np.asarray(Image.open(out / f"{name}.png")) > 0 for name in names]
         assert w * h == 1 or 0 < masks[0].sum() < w * h, (w, h)
         for name, mask in zip(names, masks):
-            assert np.array_equal(np.asarray(Image.open(out / f"{name}_overlay.png")), np.asarray(overlay(image, mask))), (w, h, name)
+            assert np.array_equal(np.asarray(Image.open(out / f"{name}_overlay.png")), np.asarray(overlay(image, mask))), (
+                w,
+                h,
+                name,
+            )
         want = np.asarray(contact_sheet(Image.open(image), masks, ["", ""]))
         assert got.shape == want.shape, (w, h)
         scale = 320 / max(w, h)
@@ -305,8 +442,22 @@ def _decodes_as_pillow(build: Path, tiny: Path, image: Path, out: Path) -> np.nd
     than a second CLI run, for tests of many files. Returns the mask."""
     from restr.runtime.visualize import overlay
 
-    r = _run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", "the red car",
-              "--overlay", "--out", str(out), "--threads", "1"])
+    r = _run(
+        [
+            str(build / "tools" / "restr-predict-cpp"),
+            "--artifacts",
+            str(tiny),
+            "--image",
+            str(image),
+            "--text",
+            "the red car",
+            "--overlay",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ]
+    )
     assert r.returncode == 0, (image.name, r.stderr)
     mask = np.asarray(Image.open(out / "1_the-red-car.png")) > 0
     assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, mask))), image.name
@@ -344,9 +495,13 @@ def test_damaged_jpeg_refused_or_read_as_pillow_does(build, tiny, tmp_path):
         if name == "stray.jpg":
             assert cpp.stderr == "" and py.stderr == ""
             f = "1_the-red-car_overlay.png"
-            assert np.array_equal(np.asarray(Image.open(tmp_path / f"cpp_{name}" / f)), np.asarray(Image.open(tmp_path / f"py_{name}" / f)))
+            assert np.array_equal(
+                np.asarray(Image.open(tmp_path / f"cpp_{name}" / f)), np.asarray(Image.open(tmp_path / f"py_{name}" / f))
+            )
         else:
-            assert cpp.stderr == f"restr-predict-cpp: error: {tmp_path / name}: not a readable image (image file is truncated)\n", cpp.stderr
+            assert (
+                cpp.stderr == f"restr-predict-cpp: error: {tmp_path / name}: not a readable image (image file is truncated)\n"
+            ), cpp.stderr
             assert "(image file is truncated (" in py.stderr
 
 
@@ -389,8 +544,19 @@ def _pnm(magic: str, maxval: int | None, samples: np.ndarray) -> bytes:
 
 # Pillow's cases: bitmaps; maxval 255 as is; other maxvals up to 255 scaled (6: halves, rounded to even);
 # greyscale above 255 Pillow's mode I (65535 read raw), stretched by to_rgb; colour above 255 scaled to 255.
-PNM_CASES = [("P1", None), ("P4", None), ("P2", 6), ("P5", 6), ("P5", 100), ("P5", 1000), ("P5", 65535), ("P2", 1000),
-             ("P3", 100), ("P6", 255), ("P6", 1000)]
+PNM_CASES = [
+    ("P1", None),
+    ("P4", None),
+    ("P2", 6),
+    ("P5", 6),
+    ("P5", 100),
+    ("P5", 1000),
+    ("P5", 65535),
+    ("P2", 1000),
+    ("P3", 100),
+    ("P6", 255),
+    ("P6", 1000),
+]
 
 
 def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
@@ -410,13 +576,18 @@ def test_pnm_decodes_as_restr_predict_does(build, tiny, tmp_path):
             samples[::3] = 200
         image.write_bytes(_pnm(magic, top if maxval == "over" else maxval, samples))
         _decodes_as_pillow(build, tiny, image, tmp_path / image.stem)
-    bad = {"short.pgm": _pnm("P5", 255, np.zeros((4, 6)))[:-5], "junk.ppm": _pnm("P3", 255, np.zeros((4, 6, 3))).replace(b"0 0 0", b"0 0\x7f0", 1)}
+    bad = {
+        "short.pgm": _pnm("P5", 255, np.zeros((4, 6)))[:-5],
+        "junk.ppm": _pnm("P3", 255, np.zeros((4, 6, 3))).replace(b"0 0 0", b"0 0\x7f0", 1),
+    }
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
         args = ["--artifacts", str(tiny), "--image", str(tmp_path / name), "--text", "the red car"]
         r = _run([cli, *args, "--out", str(tmp_path / "bad")])
         py = _restr_predict(args, tmp_path / "bad")
-        assert r.returncode == py.returncode == 2 and r.stderr.count("\n") == 1 and f"{name}: not a readable image (" in r.stderr, (r.stderr, py.stderr)
+        assert (
+            r.returncode == py.returncode == 2 and r.stderr.count("\n") == 1 and f"{name}: not a readable image (" in r.stderr
+        ), (r.stderr, py.stderr)
         assert not (tmp_path / "bad").exists()
 
 
@@ -429,9 +600,13 @@ def test_webp_decodes_as_restr_predict_does(build, tiny, tmp_path):
     rgba = np.dstack([rgb, (yy * 5).astype(np.uint8)])
     turned = Image.Exif()
     turned[0x0112] = 6
-    cases = {"lossy.webp": (rgb, {"quality": 60}), "lossless.webp": (rgb, {"lossless": True}), "alpha.webp": (rgba, {}),
-             "turned.webp": (rgb, {"exif": turned}),
-             "animated.webp": (rgba, {"save_all": True, "append_images": [Image.fromarray(255 - rgb)]})}
+    cases = {
+        "lossy.webp": (rgb, {"quality": 60}),
+        "lossless.webp": (rgb, {"lossless": True}),
+        "alpha.webp": (rgba, {}),
+        "turned.webp": (rgb, {"exif": turned}),
+        "animated.webp": (rgba, {"save_all": True, "append_images": [Image.fromarray(255 - rgb)]}),
+    }
     cli = str(build / "tools" / "restr-predict-cpp")
     for name, (pixels, options) in cases.items():
         image = tmp_path / name
@@ -461,10 +636,19 @@ def _tiff_cases(folder: Path) -> dict[str, tuple[int, int]]:
     for compression in ("raw", "tiff_lzw", "tiff_adobe_deflate", "packbits", "jpeg"):  # jpeg: YCbCr, libtiff's RGB
         im.save(folder / f"rgb_{compression}.tif", compression=compression)
     im.convert("1").save(folder / "bits_group4.tif", compression="group4")
-    for mode, pixels in {"L": grey, "LA": np.dstack([grey, alpha]), "RGBA": rgba, "P": None, "CMYK": None,
-                         "I;16": grey.astype(np.uint16) * 250 + 9, "I": None, "F": None}.items():
+    for mode, pixels in {
+        "L": grey,
+        "LA": np.dstack([grey, alpha]),
+        "RGBA": rgba,
+        "P": None,
+        "CMYK": None,
+        "I;16": grey.astype(np.uint16) * 250 + 9,
+        "I": None,
+        "F": None,
+    }.items():
         (im.convert(mode) if pixels is None else Image.fromarray(pixels, mode if mode != "I;16" else None)).save(
-            folder / f"pil_{mode.replace(';', '')}.tif", compression="tiff_lzw")
+            folder / f"pil_{mode.replace(';', '')}.tif", compression="tiff_lzw"
+        )
     turned = Image.Exif()
     turned[0x0112] = 6
     im.save(folder / "turned_tag.tif", exif=turned)
@@ -491,7 +675,10 @@ def _tiff_cases(folder: Path) -> dict[str, tuple[int, int]]:
         "grey_x": (np.dstack([grey, alpha]), {"photometric": "minisblack", "extrasamples": ["unspecified"]}),
         "cmyk16": (np.dstack([rgb, alpha]).astype(np.uint16) * 257, {"photometric": "separated"}),
         "cmyk_x": (np.dstack([rgba, grey]), {"photometric": "separated", "extrasamples": ["unspecified"]}),
-        "colour_map": (grey, {"photometric": "palette", "colormap": (np.arange(768).reshape(3, 256) * 85 % 65536).astype(np.uint16)}),
+        "colour_map": (
+            grey,
+            {"photometric": "palette", "colormap": (np.arange(768).reshape(3, 256) * 85 % 65536).astype(np.uint16)},
+        ),
         "turned_xmp": (rgb, {"extratags": [(700, 1, len(xmp), xmp, False)]}),
         "turned_big": (rgb, {"extratags": [(274, 3, 1, 3, False)], "byteorder": ">"}),
         "two_pages": (np.stack([rgb, 255 - rgb]), {}),
@@ -512,7 +699,11 @@ def _tiff_by_hand(tags: dict[int, tuple[int, list]], blocks: list[bytes], offset
     """A little-endian TIFF written entry by entry, for layouts tifffile refuses to write: `tags` maps a
     tag to (type: 3 SHORT or 4 LONG, values); `blocks` (strips or tiles) come first, their offsets and
     sizes go in tags `offsets` and `counts`."""
-    tags = {**tags, offsets: (4, [8 + sum(map(len, blocks[:i])) for i in range(len(blocks))]), counts: (4, [len(b) for b in blocks])}
+    tags = {
+        **tags,
+        offsets: (4, [8 + sum(map(len, blocks[:i])) for i in range(len(blocks))]),
+        counts: (4, [len(b) for b in blocks]),
+    }
     body = b"".join(blocks) + b"\0" * (sum(map(len, blocks)) % 2)
     ifd_at = 8 + len(body)
     spill_at, spill, entries = ifd_at + 2 + 12 * len(tags) + 4, b"", b""
@@ -545,19 +736,33 @@ def test_tiff_decodes_as_restr_predict_does(build, tiny, tmp_path):
         for y in range(0, 6, 4):
             for x in range(0, 13, tw):
                 t = np.zeros((4, tw), int)
-                part = v[y:y + 4, x:x + tw]
-                t[:part.shape[0], :part.shape[1]] = part
-                tiles.append(b"".join(np.packbits(np.unpackbits(r.astype(np.uint8)[:, None], axis=1)[:, 8 - bits:]).tobytes() for r in t))
-        hand[f"tiles_{bits}bit.tif"] = _tiff_by_hand({256: (4, [13]), 257: (4, [6]), 258: (3, [bits]), 262: (3, [1]), 322: (4, [tw]), 323: (4, [4])},
-                                                      tiles, offsets=324, counts=325)
-    hand["missing_strips.tif"] = _tiff_by_hand({256: (4, [16]), 257: (4, [8]), 258: (3, [8]), 262: (3, [1]), 278: (4, [2])},
-                                               [bytes(range(40, 72))], offsets=273, counts=279)  # 1 strip of the 4
+                part = v[y : y + 4, x : x + tw]
+                t[: part.shape[0], : part.shape[1]] = part
+                tiles.append(
+                    b"".join(np.packbits(np.unpackbits(r.astype(np.uint8)[:, None], axis=1)[:, 8 - bits :]).tobytes() for r in t)
+                )
+        hand[f"tiles_{bits}bit.tif"] = _tiff_by_hand(
+            {256: (4, [13]), 257: (4, [6]), 258: (3, [bits]), 262: (3, [1]), 322: (4, [tw]), 323: (4, [4])},
+            tiles,
+            offsets=324,
+            counts=325,
+        )
+    hand["missing_strips.tif"] = _tiff_by_hand(
+        {256: (4, [16]), 257: (4, [8]), 258: (3, [8]), 262: (3, [1]), 278: (4, [2])},
+        [bytes(range(40, 72))],
+        offsets=273,
+        counts=279,
+    )  # 1 strip of the 4
     for name, data in hand.items():
         (tmp_path / name).write_bytes(data)
         _decodes_as_pillow(build, tiny, tmp_path / name, tmp_path / f"out_{name}")
     yy, xx = np.mgrid[0:48, 0:64]
-    tifffile.imwrite(tmp_path / "grey_premultiplied.tif", np.dstack([xx, yy]).astype(np.uint8), photometric="minisblack",
-                     extrasamples=["assocalpha"])
+    tifffile.imwrite(
+        tmp_path / "grey_premultiplied.tif",
+        np.dstack([xx, yy]).astype(np.uint8),
+        photometric="minisblack",
+        extrasamples=["assocalpha"],
+    )
     (tmp_path / "cut.tif").write_bytes((tmp_path / "tiff" / "rgb_raw.tif").read_bytes()[:4000])
     cli = str(build / "tools" / "restr-predict-cpp")
     for name in ("grey_premultiplied.tif", "cut.tif"):
@@ -575,7 +780,9 @@ def _bmp(rgba: np.ndarray, bits: int, compression: int, masks: tuple[int, ...] =
         pixels = rgba[::-1][..., [2, 1, 0, 3]].tobytes()
     else:  # 16: each channel's high bits into the mask's place (5-5-5 without masks)
         place = masks or (0x7C00, 0x3E0, 0x1F)
-        v = sum((rgba[..., c].astype(np.uint32) >> (8 - bin(m).count("1"))) << (m & -m).bit_length() - 1 for c, m in enumerate(place))
+        v = sum(
+            (rgba[..., c].astype(np.uint32) >> (8 - bin(m).count("1"))) << (m & -m).bit_length() - 1 for c, m in enumerate(place)
+        )
         pixels = v[::-1].astype("<u2").tobytes()
     info = struct.pack("<IiiHHIIiiII", header, w, h, 1, bits, compression, len(pixels), 2835, 2835, 0, 0)
     info += struct.pack(f"<{len(masks)}I", *masks) + bytes(max(0, header - 40 - 4 * len(masks)))
@@ -601,8 +808,12 @@ def _interlaced_png(rgb: np.ndarray) -> bytes:
         sub = rgb[y0::dy, x0::dx]
         if sub.size:
             raw += b"".join(b"\0" + row.tobytes() for row in sub)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1))
-            + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1))
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp_path):
@@ -615,10 +826,15 @@ def test_bmp_gif_tga_and_png_modes_decode_as_restr_predict_does(build, tiny, tmp
     yy, xx = np.mgrid[0:48, 0:64]
     rgba = np.dstack([xx * 4, yy * 5, (xx + yy) * 2, yy * 5]).astype(np.uint8)
     im = Image.fromarray(rgba[..., :3])
-    files = {"reserved.bmp": _bmp(rgba, 32, 0), "reserved_v5.bmp": _bmp(rgba, 32, 0, header=124),
-             "alpha.bmp": _bmp(rgba, 32, 3, (0xFF0000, 0xFF00, 0xFF, 0xFF000000), header=108),
-             "555.bmp": _bmp(rgba, 16, 0), "565.bmp": _bmp(rgba, 16, 3, (0xF800, 0x7E0, 0x1F)),
-             "interlaced.png": _interlaced_png(rgba[:45, :61, :3].copy()), "short_palette.bmp": _short_palette_bmp()}
+    files = {
+        "reserved.bmp": _bmp(rgba, 32, 0),
+        "reserved_v5.bmp": _bmp(rgba, 32, 0, header=124),
+        "alpha.bmp": _bmp(rgba, 32, 3, (0xFF0000, 0xFF00, 0xFF, 0xFF000000), header=108),
+        "555.bmp": _bmp(rgba, 16, 0),
+        "565.bmp": _bmp(rgba, 16, 3, (0xF800, 0x7E0, 0x1F)),
+        "interlaced.png": _interlaced_png(rgba[:45, :61, :3].copy()),
+        "short_palette.bmp": _short_palette_bmp(),
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     im.convert("P").save(tmp_path / "palette.bmp")
@@ -651,11 +867,13 @@ def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
     idat = png.index(b"IDAT") + 4
     im.convert("P").save(tmp_path / "palette.bmp")
     palette_bmp = (tmp_path / "palette.bmp").read_bytes()
-    files = {"odd_fields.bmp": _bmp(rgba, 32, 3, (0x3FF00000, 0xFFC00, 0x3FF, 0), header=108),
-             "many_colours.bmp": palette_bmp[:46] + struct.pack("<I", 300) + palette_bmp[50:],
-             "bad_crc.png": png[:20] + bytes([png[20] ^ 1]) + png[21:],  # IHDR's width, its CRC unchanged
-             "bad_data.png": png[:idat + 40] + bytes([png[idat + 40] ^ 0x55]) + png[idat + 41:],  # stb checks no zlib stream
-             "junk_header.ppm": b"P6\n64 4\x8a8\n255\n" + bytes(64 * 48 * 3)}
+    files = {
+        "odd_fields.bmp": _bmp(rgba, 32, 3, (0x3FF00000, 0xFFC00, 0x3FF, 0), header=108),
+        "many_colours.bmp": palette_bmp[:46] + struct.pack("<I", 300) + palette_bmp[50:],
+        "bad_crc.png": png[:20] + bytes([png[20] ^ 1]) + png[21:],  # IHDR's width, its CRC unchanged
+        "bad_data.png": png[: idat + 40] + bytes([png[idat + 40] ^ 0x55]) + png[idat + 41 :],  # stb checks no zlib stream
+        "junk_header.ppm": b"P6\n64 4\x8a8\n255\n" + bytes(64 * 48 * 3),
+    }
     for name, data in whole.items():
         data = data or (tmp_path / name).read_bytes()
         for share in (0.5, 0.97):
@@ -668,15 +886,25 @@ def test_damaged_files_refused_as_restr_predict_does(build, tiny, tmp_path):
         py = _restr_predict(args, tmp_path / "py")
         assert cpp.returncode == py.returncode == 2, (name, cpp.stderr, py.stderr)
         assert cpp.stderr.count("\n") == 1 and not (tmp_path / "cpp").exists(), cpp.stderr
-        words = {"odd_fields.bmp": "Unsupported BMP bitfields layout", "many_colours.bmp": "invalid palette size",
-                 "bad_crc.png": "broken PNG file (bad header checksum in b'IHDR')",
-                 "bad_data.png": "broken data stream when reading image file"}.get(name, "image file is truncated")
+        words = {
+            "odd_fields.bmp": "Unsupported BMP bitfields layout",
+            "many_colours.bmp": "invalid palette size",
+            "bad_crc.png": "broken PNG file (bad header checksum in b'IHDR')",
+            "bad_data.png": "broken data stream when reading image file",
+        }.get(name, "image file is truncated")
         if name == "junk_header.ppm":  # Python's int() refuses the token; libnetpbm read "4" and went on
-            assert "(a PNM header holds something other than decimal numbers)" in cpp.stderr and "invalid literal for int()" in py.stderr
+            assert (
+                "(a PNM header holds something other than decimal numbers)" in cpp.stderr
+                and "invalid literal for int()" in py.stderr
+            )
         elif name == "bad_crc.png":  # Pillow's checksum error becomes "cannot identify image file" in Image.open
             assert f"({words})" in cpp.stderr and "(cannot identify image file " in py.stderr
         else:
-            assert f"{name}: not a readable image ({words}" in cpp.stderr and f"({words}" in py.stderr, (name, cpp.stderr, py.stderr)
+            assert f"{name}: not a readable image ({words}" in cpp.stderr and f"({words}" in py.stderr, (
+                name,
+                cpp.stderr,
+                py.stderr,
+            )
 
 
 def _os2_bmp(indices: np.ndarray, bits: int, palette: list[tuple[int, int, int]]) -> bytes:
@@ -687,7 +915,9 @@ def _os2_bmp(indices: np.ndarray, bits: int, palette: list[tuple[int, int, int]]
     pixels = b"".join(r.tobytes().ljust(stride, b"\0") for r in rows)
     pal = b"".join(bytes([b, g, r]) for r, g, b in palette)
     offset = 14 + 12 + len(pal)
-    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + struct.pack("<IHHHH", 12, w, h, 1, bits) + pal + pixels
+    return (
+        b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + struct.pack("<IHHHH", 12, w, h, 1, bits) + pal + pixels
+    )
 
 
 def test_edge_files_read_or_refused_as_restr_predict_does(build, tiny, tmp_path):
@@ -702,8 +932,10 @@ def test_edge_files_read_or_refused_as_restr_predict_does(build, tiny, tmp_path)
     yy, xx = np.mgrid[0:48, 0:64]
     rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
     im = Image.fromarray(rgb)
-    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
     files = {}
     im.save(tmp_path / "g.jpg", quality=90)
     files["no_end.jpg"] = (tmp_path / "g.jpg").read_bytes()[:-2], 0
@@ -732,7 +964,13 @@ def test_edge_files_read_or_refused_as_restr_predict_does(build, tiny, tmp_path)
     im.save(tmp_path / "x.webp", xmp=xmp)
     files["xmp.webp"] = (tmp_path / "x.webp").read_bytes(), 0
     ihdr = struct.pack(">IIBBBBB", 1, 2**31, 1, 0, 0, 0, 0)
-    files["huge.png"] = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0\0" * 4)) + _png_chunk(b"IEND", b""), 2
+    files["huge.png"] = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0\0" * 4))
+        + _png_chunk(b"IEND", b""),
+        2,
+    )
     cli = str(build / "tools" / "restr-predict-cpp")
     for name, (data, code) in files.items():
         image = tmp_path / name
@@ -755,8 +993,8 @@ def _chunk_after_image_data(png: bytes, kind: bytes) -> bytes:
     """The PNG with its `kind` chunk moved after the image data (just before IEND)."""
     chunks, at = [], 8
     while at < len(png):
-        n = struct.unpack(">I", png[at:at + 4])[0]
-        chunks.append(png[at:at + 12 + n])
+        n = struct.unpack(">I", png[at : at + 4])[0]
+        chunks.append(png[at : at + 12 + n])
         at += 12 + n
     moved = [c for c in chunks if c[4:8] == kind]
     rest = [c for c in chunks if c[4:8] != kind]
@@ -777,8 +1015,14 @@ def test_png_read_as_far_as_pillow_reads(build, tiny, tmp_path):
     iend = png.rindex(b"IEND")
     raw = b"".join(b"\0" + row.tobytes() for row in rgb)
     z = zlib.compressobj()
-    garbage = png[:33] + _png_chunk(b"IDAT", z.compress(raw) + z.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 6) + _png_chunk(b"IEND", b"")
-    cases = {"cut.png": (png[: iend - 8], 0), "odd_end.png": (png[:iend] + b"IEN\x8d" + png[iend + 4:], 0), "garbage.png": (garbage, 2)}
+    garbage = (
+        png[:33] + _png_chunk(b"IDAT", z.compress(raw) + z.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 6) + _png_chunk(b"IEND", b"")
+    )
+    cases = {
+        "cut.png": (png[: iend - 8], 0),
+        "odd_end.png": (png[:iend] + b"IEN\x8d" + png[iend + 4 :], 0),
+        "garbage.png": (garbage, 2),
+    }
     cli = str(build / "tools" / "restr-predict-cpp")
     for name, (data, code) in cases.items():
         image, out = tmp_path / name, tmp_path / f"out_{name}"
@@ -788,9 +1032,14 @@ def test_png_read_as_far_as_pillow_reads(build, tiny, tmp_path):
         py = _restr_predict(args, tmp_path / f"py_{name}")
         assert r.returncode == py.returncode == code, (name, r.stderr, py.stderr)
         if code == 0:
-            assert np.array_equal(np.asarray(Image.open(out / "1_the-red-car_overlay.png")), np.asarray(overlay(image, np.asarray(Image.open(out / "1_the-red-car.png")) > 0))), name
+            assert np.array_equal(
+                np.asarray(Image.open(out / "1_the-red-car_overlay.png")),
+                np.asarray(overlay(image, np.asarray(Image.open(out / "1_the-red-car.png")) > 0)),
+            ), name
         else:
-            assert r.stderr.endswith("(broken data stream when reading image file)\n") and "(broken data stream" in py.stderr, r.stderr
+            assert r.stderr.endswith("(broken data stream when reading image file)\n") and "(broken data stream" in py.stderr, (
+                r.stderr
+            )
 
 
 def test_png_exif_orientation_applied_as_restr_predict_does(build, tiny, tmp_path):
@@ -864,8 +1113,24 @@ def _resized(tiny: Path, tmp: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case", ["missing folder", "missing folder, trailing slash", "tampered graph", "tampered vocabulary", "corrupt graph", "invalid manifest", "resized manifest", "empty text",
-                                  "quoted empty text", "huge image", "huge webp", "huge pgm", "missing image"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing folder",
+        "missing folder, trailing slash",
+        "tampered graph",
+        "tampered vocabulary",
+        "corrupt graph",
+        "invalid manifest",
+        "resized manifest",
+        "empty text",
+        "quoted empty text",
+        "huge image",
+        "huge webp",
+        "huge pgm",
+        "missing image",
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2_as_in_python(build, tiny, tmp_path, case):
     image = tmp_path / "photo.png"
     photo(64, 48).save(image)
@@ -927,8 +1192,11 @@ def test_slips_read_as_restr_predict_words_them(build, tiny, tmp_path):
     photo(64, 48).save(image)
     out = tmp_path / "out"
     base = ["--artifacts", str(tiny), "--text", "the dog"]
-    cases = {"url": ["--image", "https://example.com/dog.jpg", "--out", str(out)], "proc": ["--image", str(image), "--out", "/proc/forbidden"],
-             "json": ["--image", str(image), "--out", str(out), "--json", "/proc/forbidden.json"]}
+    cases = {
+        "url": ["--image", "https://example.com/dog.jpg", "--out", str(out)],
+        "proc": ["--image", str(image), "--out", "/proc/forbidden"],
+        "json": ["--image", str(image), "--out", str(out), "--json", "/proc/forbidden.json"],
+    }
     for option in ("--overlya", "--forc", "--zzz"):  # click's suggestions: two, one, none
         cases[option] = ["--image", str(image), "--out", str(out), option]
     lines = {}
@@ -936,9 +1204,16 @@ def test_slips_read_as_restr_predict_words_them(build, tiny, tmp_path):
         cpp = _run([str(build / "tools" / "restr-predict-cpp"), *base, *args])
         py = _run([sys.executable, "-m", "restr.runtime.cli", *base, *args])
         assert (cpp.returncode, py.returncode) == (2, 2) and not out.exists(), (name, cpp.stderr, py.stderr)
-        assert cpp.stderr.replace("restr-predict-cpp: ", "restr-predict: ", 1) == py.stderr and cpp.stderr.count("\n") == 1, (name, cpp.stderr, py.stderr)
+        assert cpp.stderr.replace("restr-predict-cpp: ", "restr-predict: ", 1) == py.stderr and cpp.stderr.count("\n") == 1, (
+            name,
+            cpp.stderr,
+            py.stderr,
+        )
         lines[name] = cpp.stderr.strip().removeprefix("restr-predict-cpp: error: ")
-    assert lines["url"] == "--image https://example.com/dog.jpg: looks like a URL; restr-predict reads local files only (download it first)"
+    assert (
+        lines["url"]
+        == "--image https://example.com/dog.jpg: looks like a URL; restr-predict reads local files only (download it first)"
+    )
     assert lines["proc"] == "--out /proc/forbidden: cannot write in /proc (the file system there takes no new files)"
     assert lines["--overlya"] == "No such option '--overlya'. (did you mean one of: '--overlay', '--providers'?) (see --help)"
     assert lines["--forc"] == "No such option '--forc'; did you mean '--force'? (see --help)"
@@ -949,11 +1224,22 @@ def test_warnings_quote_expressions_as_restr_predict_does(build, tiny, tmp_path)
     holding an apostrophe, escapes for a tab."""
     image = tmp_path / "photo.png"
     photo(64, 48).save(image)
-    args = ["--artifacts", str(tiny), "--image", str(image), "--text", "qux's zebra", "--text", 'a "blorp"\tthing', "--text", "the dog"]
+    args = [
+        "--artifacts",
+        str(tiny),
+        "--image",
+        str(image),
+        "--text",
+        "qux's zebra",
+        "--text",
+        'a "blorp"\tthing',
+        "--text",
+        "the dog",
+    ]
     cpp = _run([str(build / "tools" / "restr-predict-cpp"), *args, "--out", str(tmp_path / "cpp"), "--threads", "1"])
     py = _restr_predict(args, tmp_path / "py")
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
-    assert "(\"qux's zebra\")" in py.stderr
+    assert '("qux\'s zebra")' in py.stderr
     assert cpp.stderr == py.stderr
 
 
@@ -989,7 +1275,10 @@ def test_cli_without_cuda_warns_and_runs_on_the_cpu_as_restr_predict_does(build,
     py = _restr_predict(args, tmp_path / "py")
     assert cpp.returncode == 0 and py.returncode == 0, (cpp.stderr, py.stderr)
     assert cpp.stderr == py.stderr
-    assert cpp.stderr.startswith("warning: CUDAExecutionProvider is not available in this onnxruntime build (has: ") and cpp.stderr.count("\n") == 1
+    assert (
+        cpp.stderr.startswith("warning: CUDAExecutionProvider is not available in this onnxruntime build (has: ")
+        and cpp.stderr.count("\n") == 1
+    )
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpp", "py"))
     assert a["runners"] == b["runners"] and set(a["runners"]["vision"]) == {"CPUExecutionProvider"}
     mask = a["expressions"][0]["mask"]
@@ -1007,11 +1296,15 @@ def test_cli_providers_list_as_restr_predict(build, tiny, tmp_path):
         cpp = _run([cli, *args, "--out", str(tmp_path / "cpp"), "--providers", bad])
         py = _restr_predict(args, tmp_path / "py", "--providers", bad)
         assert (cpp.returncode, py.returncode) == (2, 2) and not (tmp_path / "cpp").exists()
-        assert cpp.stderr.replace("restr-predict-cpp", "restr-predict") == py.stderr and py.stderr.count("\n") == 1, (cpp.stderr, py.stderr)
+        assert cpp.stderr.replace("restr-predict-cpp", "restr-predict") == py.stderr and py.stderr.count("\n") == 1, (
+            cpp.stderr,
+            py.stderr,
+        )
     cpp = _run([cli, *args, "--out", str(tmp_path / "cpp"), "--providers", "tensorrt,cpu", "--threads", "1"])
     assert cpp.returncode == 0 and cpp.stderr == (
         "warning: TensorrtExecutionProvider is not run by the C++ host (it runs CUDAExecutionProvider and "
-        "CPUExecutionProvider); skipped\n"), cpp.stderr
+        "CPUExecutionProvider); skipped\n"
+    ), cpp.stderr
     assert json.loads((tmp_path / "cpp" / "summary.json").read_text())["runners"]["vision"] == ["CPUExecutionProvider"]
 
 
@@ -1025,12 +1318,24 @@ def _other_release(tmp_path: Path, get_api_returns: str) -> Path:
         "#include <stddef.h>\n"
         "typedef struct { const void *(*GetApi)(unsigned); const char *(*GetVersionString)(void); } Base;\n"
         f"static const void *get_api(unsigned v) {{ (void)v; return {get_api_returns}; }}\n"
-        "static const char *version(void) { return \"1.16.3\"; }\n"
+        'static const char *version(void) { return "1.16.3"; }\n'
         "static const Base base = {get_api, version};\n"
-        "const Base *OrtGetApiBase(void) { return &base; }\n")
+        "const Base *OrtGetApiBase(void) { return &base; }\n"
+    )
     script.write_text("VERS_1.16.3 { global: OrtGetApiBase; local: *; };\n")
-    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libonnxruntime.so.1", f"-Wl,--version-script={script}",
-                    "-o", str(tmp_path / "libonnxruntime.so.1"), str(src)], check=True)
+    subprocess.run(
+        [
+            "cc",
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libonnxruntime.so.1",
+            f"-Wl,--version-script={script}",
+            "-o",
+            str(tmp_path / "libonnxruntime.so.1"),
+            str(src),
+        ],
+        check=True,
+    )
     return tmp_path
 
 
@@ -1050,19 +1355,37 @@ def test_any_onnx_runtime_release_loads_and_an_old_one_is_a_status_not_a_crash(b
         "lib.restr_last_error.restype = ctypes.c_char_p\n"
         "p = ctypes.c_void_p()\n"
         f"s = lib.restr_predictor_open({str(tiny)!r}.encode(), None, ctypes.byref(p))\n"
-        "print(s, lib.restr_last_error().decode())\n")
+        "print(s, lib.restr_last_error().decode())\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert r.stdout.startswith("5 ") and "1.16.3" in r.stdout and "too old" in r.stdout, r.stdout
     image = tmp_path / "photo.png"
     photo(32, 24, seed=1).save(image)
-    r = subprocess.run([str(build / "tools" / "restr-predict-cpp"), "--artifacts", str(tiny), "--image", str(image), "--text", "a dog",
-                        "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            str(build / "tools" / "restr-predict-cpp"),
+            "--artifacts",
+            str(tiny),
+            "--image",
+            str(image),
+            "--text",
+            "a dog",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "(1.16.3) is too old" in r.stderr, (r.returncode, r.stderr)
     # the benchmarks' way to run the library on a given build (the Python runtime's), RUNPATH notwithstanding
-    code = ("from restr.runtime.cpp.cpp_host import CppHost, CppHostError\n"
-            f"try: CppHost({str(lib)!r}, {str(tiny)!r}, onnxruntime={str(old / 'libonnxruntime.so.1')!r})\n"
-            "except CppHostError as e: print(e)\n")
+    code = (
+        "from restr.runtime.cpp.cpp_host import CppHost, CppHostError\n"
+        f"try: CppHost({str(lib)!r}, {str(tiny)!r}, onnxruntime={str(old / 'libonnxruntime.so.1')!r})\n"
+        "except CppHostError as e: print(e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.startswith("status 5: ") and "(1.16.3) is too old" in r.stdout, (r.stdout, r.stderr)
     static_example = build / "tests" / "examples-scratch" / "build" / "embed_c_static"  # CTest's "examples" builds it
@@ -1096,7 +1419,9 @@ def test_binary_package_runs_on_its_own_libraries(build, tiny, tmp_path):
     for name, cli in (("from_dist", root / "bin" / "restr-predict-cpp"), ("from_build", build / "tools" / "restr-predict-cpp")):
         r = subprocess.run([str(cli), *args, "--out", str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 0, (name, r.stderr)
-    assert (tmp_path / "from_dist" / "1_the-red-dog.png").read_bytes() == (tmp_path / "from_build" / "1_the-red-dog.png").read_bytes()
+    assert (tmp_path / "from_dist" / "1_the-red-dog.png").read_bytes() == (
+        tmp_path / "from_build" / "1_the-red-dog.png"
+    ).read_bytes()
 
 
 def test_library_builds_and_installs_without_the_cli_and_its_decoders(build, tmp_path):
@@ -1104,16 +1429,38 @@ def test_library_builds_and_installs_without_the_cli_and_its_decoders(build, tmp
     seeing no .pc file (stb's, libtiff's, libwebp's, libexif's, netpbm's lookups would fail), looks for
     no image library, links none, and installs no CLI."""
     cache = (build / "CMakeCache.txt").read_text().splitlines()
-    ort = ["-D" + line.replace(":PATH", "", 1) for line in cache if line.startswith(("RESTR_ORT_INCLUDE_DIR:", "RESTR_ORT_LIB_DIR:"))]
+    ort = [
+        "-D" + line.replace(":PATH", "", 1) for line in cache if line.startswith(("RESTR_ORT_INCLUDE_DIR:", "RESTR_ORT_LIB_DIR:"))
+    ]
     env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "no-pc-files")}
     tree, prefix = tmp_path / "build", tmp_path / "prefix"
-    for cmd in (["cmake", "-S", str(ROOT / "runtime" / "cpp"), "-B", str(tree), "-DCMAKE_BUILD_TYPE=Debug", "-DRESTR_BUILD_TOOLS=OFF",
-                 "-DRESTR_BUILD_TESTS=OFF", *ort],  # Debug: the quickest compile; the links are what is checked
-                ["cmake", "--build", str(tree), "-j2"], ["cmake", "--install", str(tree), "--prefix", str(prefix)]):
+    for cmd in (
+        [
+            "cmake",
+            "-S",
+            str(ROOT / "runtime" / "cpp"),
+            "-B",
+            str(tree),
+            "-DCMAKE_BUILD_TYPE=Debug",
+            "-DRESTR_BUILD_TOOLS=OFF",
+            "-DRESTR_BUILD_TESTS=OFF",
+            *ort,
+        ],  # Debug: the quickest compile; the links are what is checked
+        ["cmake", "--build", str(tree), "-j2"],
+        ["cmake", "--install", str(tree), "--prefix", str(prefix)],
+    ):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, (cmd[:2], r.stdout[-2000:], r.stderr[-2000:])
-    looked_up = [line for line in (tree / "CMakeCache.txt").read_text().splitlines() if re.match(r"(pkgcfg_lib_)?(STB|EXIF|NETPBM|WEBP|TIFF|JPEG|ZLIB)_", line)]
+    looked_up = [
+        line
+        for line in (tree / "CMakeCache.txt").read_text().splitlines()
+        if re.match(r"(pkgcfg_lib_)?(STB|EXIF|NETPBM|WEBP|TIFF|JPEG|ZLIB)_", line)
+    ]
     assert not looked_up, looked_up
-    needed = re.findall(r"\(NEEDED\).*\[(.+)\]", _run(["readelf", "-d", str(next((prefix / "lib").glob("librestr_runtime.so.*.*.*")))]).stdout)
-    assert "libonnxruntime.so.1" in needed and not [n for n in needed if re.search(r"stb|exif|netpbm|webp|tiff|jpeg|png|libz\.", n)], needed
+    needed = re.findall(
+        r"\(NEEDED\).*\[(.+)\]", _run(["readelf", "-d", str(next((prefix / "lib").glob("librestr_runtime.so.*.*.*")))]).stdout
+    )
+    assert "libonnxruntime.so.1" in needed and not [
+        n for n in needed if re.search(r"stb|exif|netpbm|webp|tiff|jpeg|png|libz\.", n)
+    ], needed
     assert not (prefix / "bin").exists()

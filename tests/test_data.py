@@ -1,4 +1,5 @@
 """Data: the refer-layout loader, the synthetic generator, ReferDataset and their errors."""
+
 import datetime
 import json
 import pickle
@@ -67,17 +68,38 @@ def refer_folder(tmp_path):
     flipped = mask_utils.encode(np.asfortranarray(expected[202]))
     anns = [
         {"id": 101, "image_id": 1, "segmentation": [[5, 4, 25, 4, 25, 20, 5, 20]], "bbox": [5, 4, 20, 16], "category_id": 1},
-        {"id": 102, "image_id": 1, "segmentation": [[0, 0, 4, 0, 4, 3, 0, 3], [30, 20, 38, 20, 38, 28, 30, 28]],
-         "bbox": [0, 0, 38, 28], "category_id": 1},
-        {"id": 103, "image_id": 1, "segmentation": {"size": [30, 40], "counts": [31, 2, 30 * 40 - 33]},
-         "bbox": [1, 1, 1, 2], "category_id": 2},
-        {"id": 201, "image_id": 2, "segmentation": {"size": [32, 24], "counts": rle["counts"].decode()},
-         "bbox": [2, 3, 20, 27], "category_id": 3},
-        {"id": 202, "image_id": 2, "segmentation": [{"size": [32, 24], "counts": flipped["counts"].decode()}],
-         "bbox": [2, 3, 20, 27], "category_id": 3},
+        {
+            "id": 102,
+            "image_id": 1,
+            "segmentation": [[0, 0, 4, 0, 4, 3, 0, 3], [30, 20, 38, 20, 38, 28, 30, 28]],
+            "bbox": [0, 0, 38, 28],
+            "category_id": 1,
+        },
+        {
+            "id": 103,
+            "image_id": 1,
+            "segmentation": {"size": [30, 40], "counts": [31, 2, 30 * 40 - 33]},
+            "bbox": [1, 1, 1, 2],
+            "category_id": 2,
+        },
+        {
+            "id": 201,
+            "image_id": 2,
+            "segmentation": {"size": [32, 24], "counts": rle["counts"].decode()},
+            "bbox": [2, 3, 20, 27],
+            "category_id": 3,
+        },
+        {
+            "id": 202,
+            "image_id": 2,
+            "segmentation": [{"size": [32, 24], "counts": flipped["counts"].decode()}],
+            "bbox": [2, 3, 20, 27],
+            "category_id": 3,
+        },
     ]
     instances = {
-        "info": {}, "licenses": [],
+        "info": {},
+        "licenses": [],
         "images": [
             {"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "height": 30, "width": 40},
             {"id": 2, "file_name": "COCO_train2014_000000000002.jpg", "height": 32, "width": 24},
@@ -88,11 +110,19 @@ def refer_folder(tmp_path):
     (folder / "instances.json").write_text(json.dumps(instances))
 
     def ref(ref_id, ann_id, image_id, split, sents):
-        sentences = [{"sent": s, "raw": s.capitalize() + ".", "tokens": s.split(), "sent_id": ref_id * 10 + k}
-                     for k, s in enumerate(sents)]
-        return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split, "sentences": sentences,
-                "sent_ids": [s["sent_id"] for s in sentences], "category_id": 1,
-                "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg"}
+        sentences = [
+            {"sent": s, "raw": s.capitalize() + ".", "tokens": s.split(), "sent_id": ref_id * 10 + k} for k, s in enumerate(sents)
+        ]
+        return {
+            "ref_id": ref_id,
+            "ann_id": ann_id,
+            "image_id": image_id,
+            "split": split,
+            "sentences": sentences,
+            "sent_ids": [s["sent_id"] for s in sentences],
+            "category_id": 1,
+            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+        }
 
     refs = [
         ref(1, 101, 1, "train", ["the big dog", "dog in the middle"]),
@@ -326,8 +356,12 @@ def _interpret(text, objects, reading="centre"):
         left, right = " ".join(words).split(f" {rel} the ")
         (anchor,) = _noun_phrase(right.split(), objects, x, y)  # the anchor must be unique
         cands = _noun_phrase(left.split(), objects, x, y)
-        dx = {"left of": lambda o: x(o) < x(anchor), "right of": lambda o: x(o) > x(anchor),
-              "above": lambda o: y(o) < y(anchor), "below": lambda o: y(o) > y(anchor)}[rel]
+        dx = {
+            "left of": lambda o: x(o) < x(anchor),
+            "right of": lambda o: x(o) > x(anchor),
+            "above": lambda o: y(o) < y(anchor),
+            "below": lambda o: y(o) > y(anchor),
+        }[rel]
         return [o for o in cands if o is not anchor and dx(o)]
     return _noun_phrase(words, objects, x, y)
 
@@ -338,8 +372,12 @@ def _noun_phrase(words, objects, x, y):
     assert noun in SHAPES or noun == "object", noun
     sel = [o for o in objects if (noun == "object" or o["shape"] == noun) and all(a in (o["size"], o["colour"]) for a in attrs)]
     if extreme:
-        key = {"leftmost": lambda o: x(o), "rightmost": lambda o: -x(o),
-               "topmost": lambda o: y(o), "bottommost": lambda o: -y(o)}[extreme]
+        key = {
+            "leftmost": lambda o: x(o),
+            "rightmost": lambda o: -x(o),
+            "topmost": lambda o: y(o),
+            "bottommost": lambda o: -y(o),
+        }[extreme]
         best = min(map(key, sel))
         sel = [o for o in sel if key(o) == best]
     return sel
@@ -351,7 +389,10 @@ def test_synthetic_every_expression_names_exactly_one_object(synthetic):
     objects = defaultdict(list)
     for ann in inst["annotations"]:
         x, y, w, h = mask_utils.toBbox(ann["segmentation"])
-        box = {"x": dict(zip(READINGS, (x, x + (w - 1) / 2, x + w - 1))), "y": dict(zip(READINGS, (y, y + (h - 1) / 2, y + h - 1)))}
+        box = {
+            "x": dict(zip(READINGS, (x, x + (w - 1) / 2, x + w - 1))),
+            "y": dict(zip(READINGS, (y, y + (h - 1) / 2, y + h - 1))),
+        }
         objects[ann["image_id"]].append({**ann["attributes"], "id": ann["id"], **box})
     samples = load_refer(synthetic)
     kinds = set()
@@ -359,8 +400,13 @@ def test_synthetic_every_expression_names_exactly_one_object(synthetic):
         for reading in READINGS:
             match = _interpret(s.text, objects[s.image_id], reading)
             assert [o["id"] for o in match] == [s.ann_id], f"{s.text!r} in image {s.image_id}, reading {reading}"
-        kinds.add("relation" if any(f" {r} " in s.text for r in RELATIONS) else
-                  "extreme" if any(e in s.text for e in EXTREMES) else "attribute")
+        kinds.add(
+            "relation"
+            if any(f" {r} " in s.text for r in RELATIONS)
+            else "extreme"
+            if any(e in s.text for e in EXTREMES)
+            else "attribute"
+        )
     assert kinds == {"attribute", "extreme", "relation"}
 
 

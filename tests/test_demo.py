@@ -1,4 +1,5 @@
 """The demo's own code (the commands it runs are tested on their own)."""
+
 import json
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The docs cannot rot: every Python snippet in README.md and runtime/README.md runs as written
 (against a tiny real export, on an EXIF-rotated phone photo), and every link stays in the repository."""
+
 from __future__ import annotations
 
 import re
@@ -31,8 +32,12 @@ def demo_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs")
     torch.set_num_threads(1)
     source = load_source(config="restr-tiny", seed=0)
-    export_artifacts(source, root / "runs" / "demo" / "export",
-                     ExportOptions(max_batch=2, precisions=("fp32",), engine=False, verify=False, progress=False), log=lambda m: None)
+    export_artifacts(
+        source,
+        root / "runs" / "demo" / "export",
+        ExportOptions(max_batch=2, precisions=("fp32",), engine=False, verify=False, progress=False),
+        log=lambda m: None,
+    )
     rng = np.random.default_rng(0)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 64x48, shown 48x64
@@ -73,7 +78,9 @@ def _with_server(code: str, folder: Path):
     if not server.wait_ready():
         server.stop()
         raise AssertionError(f"restr-serve did not start: {server.tail()}")
-    return code.replace("127.0.0.1:8001", f"127.0.0.1:{server.grpc}").replace("127.0.0.1:8000", f"127.0.0.1:{server.http}"), server
+    return code.replace("127.0.0.1:8001", f"127.0.0.1:{server.grpc}").replace(
+        "127.0.0.1:8000", f"127.0.0.1:{server.http}"
+    ), server
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

@@ -5,6 +5,7 @@ One small synthetic data set, its refs shuffled so that an image's samples lie a
 RefCOCO), a restr-tiny checkpoint with seeded random weights spread out so its masks are not all
 empty (tests/test_runtime.py's `make_tiny_model`), and restr-export's FP32 and FP16 graphs of it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,9 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from restr.evaluate import main, predict_images, runtime_masks, score  # noqa: E402
-from restr.metrics import AGREEMENT_LEVEL, SegmentationMetrics, agreement, difference, format_comparison  # noqa: E402
-from restr.runtime import Predictor  # noqa: E402
+from restr.evaluate import main, predict_images, runtime_masks, score
+from restr.metrics import AGREEMENT_LEVEL, SegmentationMetrics, agreement, difference, format_comparison
+from restr.runtime import Predictor
 
 SHARE = f"share_above_{AGREEMENT_LEVEL}"
 FP32_BOUND, FP16_BOUND = 0.002, 0.005  # overall IoU, artifacts against the checkpoint
@@ -37,11 +38,11 @@ SCORES = ("n", "overall_iou", "mean_iou", "precision_at", "by_length")
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
+    from conftest import make_tiny_model
     from restr.checkpoint import save_checkpoint
     from restr.data import load_refer, make_synthetic
     from restr.export.pipeline import ExportOptions, export_artifacts, load_source
     from restr.runtime.tokenizer import Vocabulary
-    from conftest import make_tiny_model
 
     root = tmp_path_factory.mktemp("eval-artifacts")
     data = make_synthetic(root / "data", seed=0, sizes={"train": 4, "val": 2, "test": 6})
@@ -51,9 +52,12 @@ def made(tmp_path_factory):
     vocab = Vocabulary.build(s.text for s in load_refer(data))
     torch.set_num_threads(1)
     save_checkpoint(root / "model.pt", make_tiny_model(vocab), vocab, {"data": str(data)})
-    export_artifacts(load_source(ckpt=root / "model.pt"), root / "export",
-                     ExportOptions(max_batch=4, precisions=("fp32", "fp16"), engine=False, verify=False, progress=False, threads=1),
-                     log=lambda _: None)
+    export_artifacts(
+        load_source(ckpt=root / "model.pt"),
+        root / "export",
+        ExportOptions(max_batch=4, precisions=("fp32", "fp16"), engine=False, verify=False, progress=False, threads=1),
+        log=lambda _: None,
+    )
     return SimpleNamespace(root=root, data=f"{data}:test", ckpt=str(root / "model.pt"), export=str(root / "export"))
 
 
@@ -78,8 +82,9 @@ def dataset(made, vocab=None, shuffle_text=False):
     from restr.runtime import Artifacts
 
     art = Artifacts.open(made.export)
-    return build_dataset(made.data, None, art.image_size, vocab or art.vocabulary(), art.mean, art.std, art.max_words,
-                         shuffle_text=shuffle_text)
+    return build_dataset(
+        made.data, None, art.image_size, vocab or art.vocabulary(), art.mean, art.std, art.max_words, shuffle_text=shuffle_text
+    )
 
 
 def _counts(metrics: SegmentationMetrics) -> dict:
@@ -101,13 +106,25 @@ def test_artifacts_score_is_the_runtime_on_each_image_at_its_own_size(made, tmp_
     ds = dataset(made, shuffle_text=shuffle_text)
     predictor = Predictor.from_artifacts(made.export, cache_size=0)
     paths = [ds.image_path(i) for i in range(len(ds))]
-    answers = {p: predictor.predict_image(p, [ds.text(i) for i in range(len(ds)) if paths[i] == p], probs=False) for p in set(paths)}
+    answers = {
+        p: predictor.predict_image(p, [ds.text(i) for i in range(len(ds)) if paths[i] == p], probs=False) for p in set(paths)
+    }
     expected = SegmentationMetrics(ds.length_groups)
     for i, path in enumerate(paths):
         expected.update(answers[path][paths[:i].count(path)].mask, ds.ground_truth(i), ds.num_words(i))
-    assert without_seconds(got) == {**expected.result(), "checkpoint": "model.pt", "config": "restr-tiny", "data": made.data,
-                                    "split": None, "shuffle_text": shuffle_text, "threshold": 0.5, "artifacts": made.export,
-                                    "backend": "ort", "precision": "fp32", "providers": ["CPUExecutionProvider"]}
+    assert without_seconds(got) == {
+        **expected.result(),
+        "checkpoint": "model.pt",
+        "config": "restr-tiny",
+        "data": made.data,
+        "split": None,
+        "shuffle_text": shuffle_text,
+        "threshold": 0.5,
+        "artifacts": made.export,
+        "backend": "ort",
+        "precision": "fp32",
+        "providers": ["CPUExecutionProvider"],
+    }
     assert 0 < got["overall_iou"] < 1 and len({ds.ground_truth(i).shape for i in range(len(ds))}) > 1  # the test means something
 
 
@@ -128,10 +145,16 @@ def test_each_image_is_encoded_once_and_answers_keep_their_samples(made):
 def test_answers_are_paired_by_sample_whatever_their_order():
     """The checkpoint answers in index order, the runtime image by image: sample i's two masks meet."""
     gt = np.ones((3, 3), np.uint8)
-    ds = SimpleNamespace(ground_truth=lambda i: gt, num_words=lambda i: i + 1, length_groups=[(1, 2), (3, 20)],
-                         image_path=lambda i: Path(f"{i}.png"))
+    ds = SimpleNamespace(
+        ground_truth=lambda i: gt,
+        num_words=lambda i: i + 1,
+        length_groups=[(1, 2), (3, 20)],
+        image_path=lambda i: Path(f"{i}.png"),
+    )
     masks = {i: np.arange(9).reshape(3, 3) < i + 1 for i in range(4)}  # sample i: i + 1 pixels
-    (first, second), pairs = score(ds, [iter(masks.items()), iter([(i, masks[i]) for i in (2, 0, 3, 1)])], total=4, progress=False)
+    (first, second), pairs = score(
+        ds, [iter(masks.items()), iter([(i, masks[i]) for i in (2, 0, 3, 1)])], total=4, progress=False
+    )
     assert _counts(first) == _counts(second) == {"intersection": [1, 2, 3, 4], "union": [9] * 4, "num_words": [1, 2, 3, 4]}
     assert agreement(pairs)["min_mask_iou"] == 1.0
     with pytest.raises(RuntimeError, match="different samples"):
@@ -153,9 +176,15 @@ def test_a_failure_on_one_image_names_it(made):
             return predictor.predict_image(image, texts, probs=probs)
 
     results = list(predict_images(Failing(), [(ds.image_path(g[0]), ["the circle"] * len(g)) for g in groups[:2]]))
-    assert [r.index for r in results] == [0, 1] and results[0].error is None and results[0].size == ds.ground_truth(groups[0][0]).shape
+    assert (
+        [r.index for r in results] == [0, 1]
+        and results[0].error is None
+        and results[0].size == ds.ground_truth(groups[0][0]).shape
+    )
     assert results[1].predictions == [] and str(results[1].error).startswith("the graph failed")
-    with pytest.raises(UsageError, match=re.escape(f"{ds.image_path(groups[1][0])}: the runtime failed on it: the graph failed") + "$"):
+    with pytest.raises(
+        UsageError, match=re.escape(f"{ds.image_path(groups[1][0])}: the runtime failed on it: the graph failed") + "$"
+    ):
         list(runtime_masks(Failing(), ds, groups))
 
 
@@ -184,8 +213,15 @@ def test_checkpoint_and_artifacts_on_the_same_samples(made, tmp_path):
     expected = SegmentationMetrics(ds.length_groups)
     for i in range(25):
         expected.update(ds.letterbox(i).invert(probs[i]) > 0.5, ds.ground_truth(i), ds.num_words(i))
-    assert without_seconds(alone) == {**expected.result(), "checkpoint": made.ckpt, "config": "restr-tiny", "data": made.data,
-                                      "split": None, "shuffle_text": False, "threshold": 0.5}
+    assert without_seconds(alone) == {
+        **expected.result(),
+        "checkpoint": made.ckpt,
+        "config": "restr-tiny",
+        "data": made.data,
+        "split": None,
+        "shuffle_text": False,
+        "threshold": 0.5,
+    }
 
     assert_close(both, FP32_BOUND)
 
@@ -195,13 +231,18 @@ def assert_close(both: dict, bound: float) -> None:
     assert diff["overall_iou"] == pytest.approx(both["artifacts"]["overall_iou"] - both["checkpoint"]["overall_iou"])
     assert abs(diff["overall_iou"]) <= bound
     agree = both["agreement"]
-    assert agree["n"] == both["checkpoint"]["n"] and agree["min_mask_iou"] <= agree["mean_mask_iou"] <= 1 and 0 <= agree[SHARE] <= 1
+    assert (
+        agree["n"] == both["checkpoint"]["n"] and agree["min_mask_iou"] <= agree["mean_mask_iou"] <= 1 and 0 <= agree[SHARE] <= 1
+    )
     assert agree["mean_mask_iou"] >= 0.98
 
 
 def test_fp16_graphs_against_the_checkpoint(made, tmp_path):
     both = scored(made, tmp_path, "--ckpt", made.ckpt, "--artifacts", made.export, "--precision", "fp16")
-    assert both["artifacts"]["precision"] == "fp16" and both["checkpoint"]["precision_at"].keys() == both["artifacts"]["precision_at"].keys()
+    assert (
+        both["artifacts"]["precision"] == "fp16"
+        and both["checkpoint"]["precision_at"].keys() == both["artifacts"]["precision_at"].keys()
+    )
     assert_close(both, FP16_BOUND)
 
 
@@ -209,8 +250,20 @@ def test_json_keys_of_artifacts_are_those_of_ckpt_and_what_was_scored(made, tmp_
     alone = scored(made, tmp_path, "--ckpt", made.ckpt, "--limit", 5)
     exported = scored(made, tmp_path, "--artifacts", made.export, "--limit", 5)
     assert set(exported) == set(alone) | RUNTIME_FIELDS
-    assert set(alone) == {"n", "overall_iou", "mean_iou", "precision_at", "by_length", "checkpoint", "config", "data", "split",
-                          "shuffle_text", "threshold", "seconds"}
+    assert set(alone) == {
+        "n",
+        "overall_iou",
+        "mean_iou",
+        "precision_at",
+        "by_length",
+        "checkpoint",
+        "config",
+        "data",
+        "split",
+        "shuffle_text",
+        "threshold",
+        "seconds",
+    }
     for key in ("precision_at", "by_length"):
         assert exported[key].keys() == alone[key].keys()
     assert all(g.keys() == {"overall_iou", "mean_iou", "n"} for g in exported["by_length"].values())
@@ -246,19 +299,42 @@ def test_max_drop_passes_within_and_fails_beyond_the_drop(made, tmp_path):
     assert res["artifacts"]["overall_iou"] == 0 and drop > 0.005 and res["passed"] is False
     assert "overall IoU (cumulative)" in r.stdout  # the table is printed too
     (line,) = r.stderr.strip().splitlines()
-    assert line == (f"restr-eval: deploy gate failed: the artifacts' overall IoU 0.0000 is {drop:.4f} below the checkpoint's "
-                    f"{res['checkpoint']['overall_iou']:.4f}, more than --max-drop 0.005")
+    assert line == (
+        f"restr-eval: deploy gate failed: the artifacts' overall IoU 0.0000 is {drop:.4f} below the checkpoint's "
+        f"{res['checkpoint']['overall_iou']:.4f}, more than --max-drop 0.005"
+    )
     # the same drop against a tolerance just above it passes
-    r = run("--ckpt", made.ckpt, "--artifacts", broken, "--data", made.data, "--max-drop", round(drop + 0.001, 4), "--no-progress")
+    r = run(
+        "--ckpt", made.ckpt, "--artifacts", broken, "--data", made.data, "--max-drop", round(drop + 0.001, 4), "--no-progress"
+    )
     assert r.exit_code == 0 and "deploy gate passed" in r.stdout, (r.output, r.stderr)
 
 
 def test_the_gate_as_users_run_it(made, tmp_path):
     """`python -m restr.evaluate`, a real process: exit code, table, progress lines, JSON."""
     out = tmp_path / "gate.json"
-    r = subprocess.run([sys.executable, "-m", "restr.evaluate", "--ckpt", made.ckpt, "--artifacts", made.export, "--data", made.data,
-                        "--max-drop", str(FP32_BOUND), "--limit", "12", "--json", str(out)],
-                       capture_output=True, text=True, env={**os.environ, "RESTR_PROGRESS_INTERVAL": "0"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "restr.evaluate",
+            "--ckpt",
+            made.ckpt,
+            "--artifacts",
+            made.export,
+            "--data",
+            made.data,
+            "--max-drop",
+            str(FP32_BOUND),
+            "--limit",
+            "12",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RESTR_PROGRESS_INTERVAL": "0"},
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and re.search(r"^evaluate 12/12 \(100%\) [\d.]+ sample/s", r.stderr, re.M), r.stderr
     res = json.loads(out.read_text())
@@ -266,13 +342,19 @@ def test_the_gate_as_users_run_it(made, tmp_path):
     head = next(line for line in r.stdout.splitlines() if line.startswith("metric"))
     assert head.split() == ["metric", "checkpoint", "artifacts", "difference"]
     row = next(line for line in r.stdout.splitlines() if line.startswith("overall IoU (cumulative)")).split()
-    assert row[-3:] == [f"{res['checkpoint']['overall_iou']:.4f}", f"{res['artifacts']['overall_iou']:.4f}",
-                        f"{res['difference']['overall_iou']:+.4f}"]
+    assert row[-3:] == [
+        f"{res['checkpoint']['overall_iou']:.4f}",
+        f"{res['artifacts']['overall_iou']:.4f}",
+        f"{res['difference']['overall_iou']:+.4f}",
+    ]
     assert f"wrote {out}" in r.stdout and "deploy gate passed" in r.stdout
     from restr.demo import gate_summary  # make demo's summary reads this JSON
 
     line = gate_summary("fp32", FP32_BOUND, out)
-    assert f"overall IoU {res['artifacts']['overall_iou']:.4f}, {res['difference']['overall_iou']:+.4f} against the checkpoint" in line
+    assert (
+        f"overall IoU {res['artifacts']['overall_iou']:.4f}, {res['difference']['overall_iou']:+.4f} against the checkpoint"
+        in line
+    )
     assert f"mean {res['agreement']['mean_mask_iou']:.4f}" in line and line.startswith("FP32 export ")
 
 
@@ -303,12 +385,21 @@ def _closed_port() -> int:
 
 BAD = [
     (["--data", "{data}"], r"give --ckpt FILE, --artifacts DIR or --server URL"),
-    (["--artifacts", "{export}", "--server", "http://127.0.0.1:1", "--data", "{nodata}"], r"give one of --artifacts DIR and --server URL"),
+    (
+        ["--artifacts", "{export}", "--server", "http://127.0.0.1:1", "--data", "{nodata}"],
+        r"give one of --artifacts DIR and --server URL",
+    ),
     (["--artifacts", "{export}", "--max-drop", "0.005", "--data", "{nodata}"], r"--max-drop .*give --ckpt FILE"),
     (["--ckpt", "{ckpt}", "--max-drop", "0.005", "--data", "{nodata}"], r"--max-drop .*--artifacts DIR \(or --server URL\)"),
-    (["--ckpt", "{ckpt}", "--artifacts", "{export}", "--max-drop", "1", "--data", "{nodata}"], r"--max-drop 1: .*0\.01 is one point"),
+    (
+        ["--ckpt", "{ckpt}", "--artifacts", "{export}", "--max-drop", "1", "--data", "{nodata}"],
+        r"--max-drop 1: .*0\.01 is one point",
+    ),
     (["--ckpt", "{ckpt}", "--precision", "fp16", "--data", "{nodata}"], r"--precision: only for an export folder"),
-    (["--server", "http://127.0.0.1:1", "--providers", "cpu", "--data", "{nodata}"], r"--providers: only for an export folder; a server"),
+    (
+        ["--server", "http://127.0.0.1:1", "--providers", "cpu", "--data", "{nodata}"],
+        r"--providers: only for an export folder; a server",
+    ),
     (["--artifacts", "{root}/missing", "--data", "{nodata}"], r"missing: no such folder"),
     (["--artifacts", "{root}", "--data", "{nodata}"], r"no manifest\.json"),
     (["--artifacts", "{fp32_only}", "--precision", "fp16", "--data", "{nodata}"], r"no 'vision_fp16' graph"),
@@ -320,8 +411,15 @@ BAD = [
 @pytest.mark.parametrize("args, message", BAD, ids=[re.sub(r"\W+", " ", m)[:40] for _, m in BAD])
 def test_bad_input_is_one_line_before_any_work(made, tmp_path, args, message):
     """--data names no data set: each mistake is found before the data is read."""
-    names = dict(data=made.data, nodata=tmp_path / "no-data", export=made.export, ckpt=made.ckpt, root=made.root,
-                 fp32_only=_fp32_only(made, tmp_path) if "{fp32_only}" in args else "", port=_closed_port())
+    names = dict(
+        data=made.data,
+        nodata=tmp_path / "no-data",
+        export=made.export,
+        ckpt=made.ckpt,
+        root=made.root,
+        fp32_only=_fp32_only(made, tmp_path) if "{fp32_only}" in args else "",
+        port=_closed_port(),
+    )
     out = tmp_path / "e.json"
     r = run(*[a.format(**names) for a in args], "--json", out)
     assert r.exit_code == 2, (r.output, r.stderr, r.exception)
@@ -338,7 +436,9 @@ def test_a_provider_this_build_lacks_is_refused(made, tmp_path):
     r = run("--artifacts", made.export, "--providers", "cuda", "--data", tmp_path / "no-data")
     assert r.exit_code == 2 and r.stdout == ""
     (line,) = r.stderr.strip().splitlines()
-    assert line.startswith("restr-eval: error: --providers cuda: CUDAExecutionProvider is not available") and "skipped" not in line
+    assert (
+        line.startswith("restr-eval: error: --providers cuda: CUDAExecutionProvider is not available") and "skipped" not in line
+    )
 
 
 # -- the comparison's arithmetic ---------------------------------------------------------------------------
@@ -362,7 +462,13 @@ def test_difference_agreement_and_their_table_by_hand():
     for x, y in ((full, full), (full, half), (empty, empty), (half, empty)):
         pairs.update(x, y)
     agree = agreement(pairs)
-    assert agree == {"n": 4, "mean_mask_iou": pytest.approx(2.5 / 4), "min_mask_iou": 0.0, SHARE: 0.5, "overall_mask_iou": pytest.approx(6 / 10)}
+    assert agree == {
+        "n": 4,
+        "mean_mask_iou": pytest.approx(2.5 / 4),
+        "min_mask_iou": 0.0,
+        SHARE: 0.5,
+        "overall_mask_iou": pytest.approx(6 / 10),
+    }
 
     text = format_comparison(ra, rb, agree)
     row = next(line for line in text.splitlines() if line.startswith("overall IoU (cumulative)")).split()

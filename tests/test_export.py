@@ -1,5 +1,6 @@
 """restr-export: ONNX graphs (end-to-end and split, FP32 and mixed FP16), verification, manifest,
 errors, and the engine path's shared code (TensorRT itself is absent here)."""
+
 from __future__ import annotations
 
 import json
@@ -12,35 +13,54 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import DECISIVE_WORDS as WORDS, FakeTensorRT, decisive_tiny_model
 from restr.checkpoint import save_checkpoint
-from restr.config import ReSTRConfig, get_config
+from restr.config import ReSTRConfig, get_config, get_config as _get_config
 from restr.export import fp16 as fp16_mod
 from restr.export.cli import cli
 from restr.export.manifest import check_checksums, sha256_file
 from restr.export.onnx_export import (
-    GRAPHS, SHAPE_OPS, ExportCheckError, check_graph, count_layernorm_calls, example_inputs, graph_io, graph_module, op_counts,
+    GRAPHS,
+    SHAPE_OPS,
+    ExportCheckError,
+    check_graph,
+    count_layernorm_calls,
+    example_inputs,
+    graph_io,
+    graph_module,
+    op_counts,
 )
-from restr.export.processing import processing_io
-from restr.runtime.formats import PROCESSING_GRAPHS
 from restr.export.pipeline import ExportOptions, export_artifacts, load_source
+from restr.export.processing import processing_io
 from restr.export.tensorrt_build import (
-    ENGINE_PRECISION, EngineUnavailable, build_engines, engine_instructions, engine_support, profiles, sidecar, timing_cache_path,
+    ENGINE_PRECISION,
+    EngineUnavailable,
+    build_engines,
+    engine_instructions,
+    engine_support,
+    profiles,
+    sidecar,
+    timing_cache_path,
 )
 from restr.export.verify import (
-    Check, Rules, Tolerances, VerificationError, compare_probs, format_table, mask_iou, verification_body,
+    Check,
+    Rules,
+    Tolerances,
+    VerificationError,
+    compare_probs,
+    format_table,
+    mask_iou,
+    verification_body,
 )
 from restr.modeling import ReSTR
 from restr.runtime.artifacts import Artifacts, check_consistency
+from restr.runtime.formats import PROCESSING_GRAPHS
 from restr.runtime.runners import make_runner
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.tokenizer import Vocabulary
-from conftest import DECISIVE_WORDS as WORDS, FakeTensorRT, decisive_tiny_model
-
-from restr.config import get_config as _get_config
 
 S = _get_config("restr-tiny").image_size  # input side of the small model
 N_V = _get_config("restr-tiny").num_patches
-
 
 
 @pytest.fixture(autouse=True)
@@ -105,8 +125,13 @@ def test_folder_and_manifest(exported, ckpt):
         {"name": "pad_mask", "dtype": "bool", "shape": ["batch", 20]},
     ]
     assert Vocabulary.load(out / "vocab.txt").itos == Vocabulary(WORDS).itos
-    assert m["vocab"] == {"file": "vocab.txt", "size": len(WORDS) + 2, "sha256": sha256_file(out / "vocab.txt"), "placeholder": False,
-                        "tokenizer": "restr"}
+    assert m["vocab"] == {
+        "file": "vocab.txt",
+        "size": len(WORDS) + 2,
+        "sha256": sha256_file(out / "vocab.txt"),
+        "placeholder": False,
+        "tokenizer": "restr",
+    }
     assert {"torch", "onnx", "onnxruntime", "exporter", "restr"} <= set(m["versions"])
     assert m["engines"] == {} and m["tensorrt"]["status"] in ("not built", "built")
     assert check_checksums(out, m) == []
@@ -180,7 +205,9 @@ def test_graphs_carry_no_shape_arithmetic_and_no_redundant_casts(exported):
         for node in proto.graph.node:
             if node.op_type == "Reshape":
                 assert node.input[1] in init, (key, node.name)  # a constant target
-        float_io = [v for v in (*proto.graph.input, *proto.graph.output) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+        float_io = [
+            v for v in (*proto.graph.input, *proto.graph.output) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        ]
         if key.endswith("_fp16"):
             casts = [n for n in proto.graph.node if n.op_type == "Cast"]
             to_float = [n for n in casts if n.attribute[0].i in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
@@ -247,7 +274,9 @@ def test_one_image_many_expressions(exported, suffix):
     feeds["image"] = np.repeat(feeds["image"][:1], k, axis=0)
     v = s["vision"].run({"image": feeds["image"][:1]})["visual_features"]
     l = s["language"].run(feeds)["linguistic_features"]
-    split = s["fusion_decoder"].run({"visual_features": np.repeat(v, k, 0), "linguistic_features": l, "pad_mask": feeds["pad_mask"]})
+    split = s["fusion_decoder"].run(
+        {"visual_features": np.repeat(v, k, 0), "linguistic_features": l, "pad_mask": feeds["pad_mask"]}
+    )
     whole = s["end_to_end"].run(feeds)
     for name in ("pixel_probs", "patch_probs"):
         np.testing.assert_allclose(split[name], whole[name], atol=1e-4)
@@ -289,8 +318,10 @@ def test_fp16_check_rejects_fp32_ops_redundant_casts_and_unsorted_nodes(exported
     proto = onnx.load(str(out / "language_fp16.onnx"))
     ln = next(n for n in proto.graph.node if n.op_type == "LayerNormalization")
     x = ln.input[0]
-    pair = [helper.make_node("Cast", [x], [x + "_f32"], to=onnx.TensorProto.FLOAT, name="island_in"),
-            helper.make_node("Cast", [x + "_f32"], [x + "_f16"], to=onnx.TensorProto.FLOAT16, name="island_out")]
+    pair = [
+        helper.make_node("Cast", [x], [x + "_f32"], to=onnx.TensorProto.FLOAT, name="island_in"),
+        helper.make_node("Cast", [x + "_f32"], [x + "_f16"], to=onnx.TensorProto.FLOAT16, name="island_out"),
+    ]
     at = list(proto.graph.node).index(ln)
     for node in reversed(pair):
         proto.graph.node.insert(at, node)
@@ -333,9 +364,11 @@ def test_judge_names_the_failing_figure():
     features = {"max_abs_diff": 1.0, "mean_abs_diff": 0.1, "max_rel_diff": 0.5}
     for meaningful in (False, True):
         rules = Rules(Tolerances(), meaningful)
-        checks = [_check("end_to_end", "pytorch", e2e, rules.fp32_probs),
-                  _check("end_to_end_fp16", "end_to_end", fp16, _fp16_probs(rules)),
-                  Check("vision_fp16", "vision", [1], features, {}, judged=False)]
+        checks = [
+            _check("end_to_end", "pytorch", e2e, rules.fp32_probs),
+            _check("end_to_end_fp16", "end_to_end", fp16, _fp16_probs(rules)),
+            Check("vision_fp16", "vision", [1], features, {}, judged=False),
+        ]
         v = verification_body(checks, Tolerances(), meaningful)
         judged, failures = v["checks"], v["failures"]
         assert not v["passed"] and not judged["end_to_end"]["passed"] and not judged["end_to_end_fp16"]["passed"]
@@ -397,7 +430,6 @@ def test_verification_inputs_from_the_checkpoints_data_set(tmp_path):
     """A checkpoint whose meta names its data set is verified on its validation images (here a tiny
     synthetic set in the refer layout); an unreadable one falls back to generated inputs and says why."""
     from restr.data import make_synthetic
-
     from restr.export.verify import verification_inputs
 
     root = make_synthetic(tmp_path / "data", sizes={"train": 1, "val": 2, "test": 1})
@@ -414,8 +446,12 @@ def test_verification_inputs_from_the_checkpoints_data_set(tmp_path):
 def test_exceeded_tolerance_fails_and_writes_nothing(ckpt, tmp_path):
     out = tmp_path / "export"
     with pytest.raises(VerificationError, match=r"verification failed: end_to_end vs pytorch: max_abs_diff"):
-        export_artifacts(load_source(ckpt=ckpt), out, _options(precisions=("fp32",), tolerances=Tolerances(fp32_max_abs_diff=0.0)),
-                         log=lambda _: None)
+        export_artifacts(
+            load_source(ckpt=ckpt),
+            out,
+            _options(precisions=("fp32",), tolerances=Tolerances(fp32_max_abs_diff=0.0)),
+            log=lambda _: None,
+        )
     assert not out.exists() and _no_leftovers(tmp_path)
 
 
@@ -501,8 +537,23 @@ def test_cli_random_weights_and_force(tmp_path):
     out = tmp_path / "random"
     out.mkdir()
     json_out = tmp_path / "result.json"
-    result = _run(["--config", "restr-tiny", "--out", out, "--force", "--precision", "fp32", "--no-verify", "--no-engine",
-                   "--max-batch", "4", "--json", json_out])
+    result = _run(
+        [
+            "--config",
+            "restr-tiny",
+            "--out",
+            out,
+            "--force",
+            "--precision",
+            "fp32",
+            "--no-verify",
+            "--no-engine",
+            "--max-batch",
+            "4",
+            "--json",
+            json_out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "RANDOMLY INITIALISED" in result.stderr
     m = json.loads((out / "manifest.json").read_text())
@@ -516,7 +567,17 @@ def test_cli_random_weights_and_force(tmp_path):
 def test_cli_help():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for option in ("--ckpt", "--config", "--out", "--image-size", "--max-batch", "--precision", "--engine", "--force", "--build-engines"):
+    for option in (
+        "--ckpt",
+        "--config",
+        "--out",
+        "--image-size",
+        "--max-batch",
+        "--precision",
+        "--engine",
+        "--force",
+        "--build-engines",
+    ):
         assert option in result.output
 
 
@@ -560,8 +621,9 @@ def test_build_engines_glue_with_a_stand_in(exported, tmp_path):
     cache = tmp_path / "timing.cache"
     FakeTensorRT.calls = []
     gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
-    entries = build_engines(folder, m, ["vision_fp16", "language_fp16"], 4, cache, 1.0, log=lambda _: None,
-                            backends=(FakeTensorRT, gpu))
+    entries = build_engines(
+        folder, m, ["vision_fp16", "language_fp16"], 4, cache, 1.0, log=lambda _: None, backends=(FakeTensorRT, gpu)
+    )
     assert set(entries) == {"vision_fp16", "language_fp16"}
     for key, e in entries.items():
         assert (folder / e["file"]).read_bytes().startswith(b"ENGINE:") and e["sha256"] == sha256_file(folder / e["file"])
@@ -585,8 +647,20 @@ def test_build_engines_cli_with_a_stand_in(exported, tmp_path, monkeypatch):
     gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
     FakeTensorRT.calls = []
     monkeypatch.setattr(pipeline, "engine_support", lambda: (FakeTensorRT, gpu))
-    result = _run(["--build-engines", folder, "--max-batch", "2", "--engine-graph", "vision", "--engine-graph", "fusion_decoder",
-                   "--timing-cache", tmp_path / "cache.bin"])
+    result = _run(
+        [
+            "--build-engines",
+            folder,
+            "--max-batch",
+            "2",
+            "--engine-graph",
+            "vision",
+            "--engine-graph",
+            "fusion_decoder",
+            "--timing-cache",
+            tmp_path / "cache.bin",
+        ]
+    )
     assert result.exit_code == 0, result.output
     new = json.loads((folder / "manifest.json").read_text())
     assert set(new["engines"]) == {"vision_fp16", "fusion_decoder_fp16"} and new["max_batch"] == 2
@@ -622,8 +696,9 @@ def test_b16_export_at_320(tmp_path):
     """The paper's model (random weights) at 320x320: every graph exports, verifies (ORT vs PyTorch,
     split vs end-to-end, FP16 by the random-weight criteria) and has its LayerNorms."""
     out = tmp_path / "b16"
-    m = export_artifacts(load_source(config="restr-b16", image_size=320), out, _options(threads=2, engine=False),
-                         log=lambda _: None)
+    m = export_artifacts(
+        load_source(config="restr-b16", image_size=320), out, _options(threads=2, engine=False), log=lambda _: None
+    )
     v = m["verification"]
     assert v["passed"] and not v["masks_meaningful"]
     assert m["image_size"] == 320 and m["num_patches"] == 400 and m["feature_width"] == 768
@@ -701,8 +776,12 @@ def test_postprocess_graph_matches_letterbox_invert():
         lb = Letterbox.fit(hw, 80)
         probs = rng.random((3, 1, 80, 80), dtype=np.float32)
         thr = np.array([0.6], np.float32)
-        got = dict(zip(("probs", "mask", "score", "area"),
-                       session.run(None, {"pixel_probs": probs, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": thr})))
+        got = dict(
+            zip(
+                ("probs", "mask", "score", "area"),
+                session.run(None, {"pixel_probs": probs, "letterbox": np.array([*lb.src_hw, *lb.new_hw]), "threshold": thr}),
+            )
+        )
         want = np.stack([lb.invert(p[0]) for p in probs])
         assert got["probs"].shape == (3, *hw) and np.abs(got["probs"] - want).max() < 1e-4
         assert (got["mask"] == (want > 0.6)).mean() > 0.999
@@ -720,13 +799,19 @@ def test_processing_graphs_read_geometry_only_in_shape_arithmetic():
     post = postprocess_graph(80).graph
     made_by = {o: n for n in post.node for o in n.output}
     readers = [n for n in post.node if "letterbox" in n.input]
-    assert readers and all(n.op_type == "Concat" and any(made_by.get(i) is not None and made_by[i].op_type == "Shape"
-                                                          for i in n.input) for n in readers)
+    assert readers and all(
+        n.op_type == "Concat" and any(made_by.get(i) is not None and made_by[i].op_type == "Shape" for i in n.input)
+        for n in readers
+    )
     pre = preprocess_graph(80, (0.5,) * 3, (0.5,) * 3).graph
     constants = {t.name for t in pre.initializer}
     rgb_readers = [n for n in pre.node if "rgb" in n.input]
-    assert rgb_readers and all(  # its shape, and its pixels by constant channel slices (device work)
-        n.op_type == "Shape" or (n.op_type == "Slice" and set(n.input[1:]) <= constants) for n in rgb_readers)
+    assert (
+        rgb_readers
+        and all(  # its shape, and its pixels by constant channel slices (device work)
+            n.op_type == "Shape" or (n.op_type == "Slice" and set(n.input[1:]) <= constants) for n in rgb_readers
+        )
+    )
 
 
 def ort_session_from_proto(proto):

@@ -1,5 +1,6 @@
 """restr-export's steps one at a time (restr.export.pipeline): each on its own `ExportContext`, without
 the rest of the export around it."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,20 @@ from restr.export import pipeline
 from restr.export.manifest import check_checksums
 from restr.export.onnx_export import ExportCheckError
 from restr.export.pipeline import (
-    ExportContext, ExportError, ExportOptions, add_engines, check_options, load_source, make_manifest, prepare_model, publish,
-    verify_export, write_engines, write_graphs, write_processing_graphs, write_vocabulary,
+    ExportContext,
+    ExportError,
+    ExportOptions,
+    add_engines,
+    check_options,
+    load_source,
+    make_manifest,
+    prepare_model,
+    publish,
+    verify_export,
+    write_engines,
+    write_graphs,
+    write_processing_graphs,
+    write_vocabulary,
 )
 from restr.export.tensorrt_build import EngineUnavailable
 from restr.export.verify import Tolerances, VerificationError
@@ -38,15 +51,18 @@ def _context(source, tmp_path, **options) -> ExportContext:
     return ctx
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"precisions": ("fp16",)}, "must include fp32"),
-    ({"max_batch": 0}, "--max-batch must be at least 1"),
-    ({"samples": 0}, "--samples must be at least 1"),
-    ({"opset": 12}, "too old"),
-    ({"attention": "flash"}, "--attention must be one of"),
-    ({"engine": True, "attention": "ort"}, "use --attention onnx"),
-    ({"engine": True, "precisions": ("fp32",)}, "add --precision fp16"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"precisions": ("fp16",)}, "must include fp32"),
+        ({"max_batch": 0}, "--max-batch must be at least 1"),
+        ({"samples": 0}, "--samples must be at least 1"),
+        ({"opset": 12}, "too old"),
+        ({"attention": "flash"}, "--attention must be one of"),
+        ({"engine": True, "attention": "ort"}, "use --attention onnx"),
+        ({"engine": True, "precisions": ("fp32",)}, "add --precision fp16"),
+    ],
+)
 def test_check_options_refuses_before_writing(source, tmp_path, options, message):
     with pytest.raises(ExportError, match=message):
         check_options(source, tmp_path / "export", ExportOptions(**options), log=lambda _: None)
@@ -70,8 +86,17 @@ def test_every_file_written_is_in_the_manifest(source, tmp_path):
     named = {m["vocab"]["file"], *(g["file"] for g in m["graphs"].values())}
     assert {p.name for p in ctx.folder.iterdir()} == named
     assert check_checksums(ctx.folder, m) == []
-    assert set(m["graphs"]) == {"end_to_end", "vision", "language", "fusion_decoder", "end_to_end_fp16", "vision_fp16",
-                                "language_fp16", "fusion_decoder_fp16", *PROCESSING_GRAPHS}
+    assert set(m["graphs"]) == {
+        "end_to_end",
+        "vision",
+        "language",
+        "fusion_decoder",
+        "end_to_end_fp16",
+        "vision_fp16",
+        "language_fp16",
+        "fusion_decoder_fp16",
+        *PROCESSING_GRAPHS,
+    }
     assert m["model"]["config"]["decoder_linear_first"] is True  # prepare_model's form is the one recorded
 
 
@@ -106,8 +131,9 @@ def test_verify_step_off_and_failing(source, tmp_path):
         step(ctx)
     verify_export(ctx)
     assert ctx.manifest["verification"] == {"enabled": False} and not (ctx.folder / "manifest.json").exists()
-    ctx.options = ExportOptions(threads=1, progress=False, precisions=("fp32",), samples=1,
-                                tolerances=Tolerances(fp32_max_abs_diff=0.0))
+    ctx.options = ExportOptions(
+        threads=1, progress=False, precisions=("fp32",), samples=1, tolerances=Tolerances(fp32_max_abs_diff=0.0)
+    )
     with pytest.raises(VerificationError, match="end_to_end vs pytorch: max_abs_diff"):
         verify_export(ctx)
     assert ctx.manifest["verification"] == {"enabled": False}

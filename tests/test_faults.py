@@ -2,6 +2,7 @@
 predictor shared by 16 threads. Each failure must be one line (ArtifactError / exit code 2), with no
 traceback and nothing written; each run must be bounded in time (the whole file: about a minute on
 2 CPU cores)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,11 +23,11 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from restr.export.pipeline import ExportOptions, export_artifacts, load_source  # noqa: E402
-from restr.runtime import Predictor  # noqa: E402
-from restr.runtime.artifacts import ArtifactError, Artifacts, check_consistency  # noqa: E402
-from restr.runtime.cli import PROG, main as predict_main  # noqa: E402
-from restr.runtime.schema import first_error, manifest_schema  # noqa: E402
+from restr.export.pipeline import ExportOptions, export_artifacts, load_source
+from restr.runtime import Predictor
+from restr.runtime.artifacts import ArtifactError, Artifacts, check_consistency
+from restr.runtime.cli import PROG, main as predict_main
+from restr.runtime.schema import first_error, manifest_schema
 
 REPO = Path(__file__).resolve().parents[1]
 # informational subtrees: fuzzed only at their top (wrong type, removed), not leaf by leaf
@@ -40,8 +41,12 @@ def export(tmp_path_factory) -> Path:
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("faults") / "export"
-    export_artifacts(load_source(config="restr-tiny"), out, ExportOptions(threads=1, progress=False, precisions=("fp32",), engine=False),
-                     log=lambda _: None)
+    export_artifacts(
+        load_source(config="restr-tiny"),
+        out,
+        ExportOptions(threads=1, progress=False, precisions=("fp32",), engine=False),
+        log=lambda _: None,
+    )
     return out
 
 
@@ -138,7 +143,7 @@ def test_manifest_fuzz_every_field(export, tmp_path, image):
             refused += 1
             if "\n" in str(e) or not str(e).startswith(str(folder)):
                 wrong.append(f"{what}: not one line naming the folder: {e!r}")
-        except Exception as e:  # noqa: BLE001 - what the fuzz looks for
+        except Exception as e:  # what the fuzz looks for
             wrong.append(f"{what}: {type(e).__name__}: {str(e)[:160]}")
     assert not wrong, f"{len(wrong)} of {len(cases)} mutations escaped as other errors:\n" + "\n".join(wrong[:30])
     # the fuzz is not vacuous: most mutations are impossible manifests, and the known ones are refused
@@ -146,16 +151,19 @@ def test_manifest_fuzz_every_field(export, tmp_path, image):
     assert time.perf_counter() - t0 < 120
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("patch_size", 0, "patch_size: 0 is below the minimum 1"),
-    ("patch_size", 7, "image_size 80 is not a multiple of patch_size 7"),
-    ("num_patches", 99, "num_patches 99 is not (image_size / patch_size)^2 = 100"),
-    ("max_words", 21, "graphs.end_to_end: tensor 'words' has shape ['batch', 20], the manifest's sizes give [batch, 21]"),
-    ("image_size", "80", 'image_size: "80" is not an integer'),
-    ("threshold", 1.5, "threshold: 1.5 is above the maximum 1"),
-    ("max_batch", True, "max_batch: true is not an integer"),
-    ("vocab", {"file": "../vocab.txt"}, 'vocab.file: "../vocab.txt" is not of the expected form'),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("patch_size", 0, "patch_size: 0 is below the minimum 1"),
+        ("patch_size", 7, "image_size 80 is not a multiple of patch_size 7"),
+        ("num_patches", 99, "num_patches 99 is not (image_size / patch_size)^2 = 100"),
+        ("max_words", 21, "graphs.end_to_end: tensor 'words' has shape ['batch', 20], the manifest's sizes give [batch, 21]"),
+        ("image_size", "80", 'image_size: "80" is not an integer'),
+        ("threshold", 1.5, "threshold: 1.5 is above the maximum 1"),
+        ("max_batch", True, "max_batch: true is not an integer"),
+        ("vocab", {"file": "../vocab.txt"}, 'vocab.file: "../vocab.txt" is not of the expected form'),
+    ],
+)
 def test_impossible_values_name_the_field(export, tmp_path, field, value, message):
     folder = tmp_path / "export"
     shutil.copytree(export, folder)
@@ -178,7 +186,9 @@ def test_invalid_manifest_cli_one_line_exit_2_nothing_written(export, tmp_path, 
         m[field] = value
     (folder / "manifest.json").write_text(json.dumps(m))
     out = tmp_path / "pred"
-    r = CliRunner().invoke(predict_main, ["--artifacts", str(folder), "--image", str(image), "--text", "the dog", "--out", str(out)])
+    r = CliRunner().invoke(
+        predict_main, ["--artifacts", str(folder), "--image", str(image), "--text", "the dog", "--out", str(out)]
+    )
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
     assert "manifest is invalid" in r.stderr and field in r.stderr and not out.exists()
 
@@ -216,10 +226,24 @@ def test_schema_allows_what_the_manifest_is_growing():
     fields, an 'image_batch' first axis) pass; the validator refuses keywords it does not implement."""
     schema = manifest_schema()
     tensor = {"name": "visual_features", "dtype": "float32", "shape": ["image_batch", 100, 96]}
-    graph = {"file": "preprocess.onnx", "sha256": "0" * 64, "inputs": [tensor], "outputs": [tensor],
-             "op_counts": {"MatMul": 12}, "attention": {"kind": "sdpa"}}
-    base = {"format_version": 1, "image_size": 80, "patch_size": 8, "max_words": 20, "num_patches": 100, "feature_width": 96,
-            "vocab": {"file": "vocab.txt"}, "graphs": {"preprocess": graph, "postprocess": graph}}
+    graph = {
+        "file": "preprocess.onnx",
+        "sha256": "0" * 64,
+        "inputs": [tensor],
+        "outputs": [tensor],
+        "op_counts": {"MatMul": 12},
+        "attention": {"kind": "sdpa"},
+    }
+    base = {
+        "format_version": 1,
+        "image_size": 80,
+        "patch_size": 8,
+        "max_words": 20,
+        "num_patches": 100,
+        "feature_width": 96,
+        "vocab": {"file": "vocab.txt"},
+        "graphs": {"preprocess": graph, "postprocess": graph},
+    }
     assert first_error(schema, base) is None and check_consistency(base) is None
     bad = copy.deepcopy(base)
     bad["graphs"]["preprocess"]["op_counts"]["MatMul"] = -1
@@ -259,12 +283,16 @@ def test_damaged_graph_file_one_line_and_nothing_written(export, tmp_path, image
     with pytest.raises(ArtifactError, match=r"vision.onnx: sha256 .* does not match"):
         Predictor.from_artifacts(folder, threads=1)
     out = tmp_path / "pred"
-    r = CliRunner().invoke(predict_main, ["--artifacts", str(folder), "--image", str(image), "--text", "the dog", "--out", str(out)])
+    r = CliRunner().invoke(
+        predict_main, ["--artifacts", str(folder), "--image", str(image), "--text", "the dog", "--out", str(out)]
+    )
     assert r.exit_code == 2 and "Traceback" not in r.output and r.stderr.count("\n") == 1, r.output
     assert "vision.onnx: sha256" in r.stderr and not out.exists()
 
 
-@pytest.mark.parametrize("kind, message", [("truncated", "not a loadable ONNX graph"), ("swapped", "graph inputs .* do not match")])
+@pytest.mark.parametrize(
+    "kind, message", [("truncated", "not a loadable ONNX graph"), ("swapped", "graph inputs .* do not match")]
+)
 def test_damaged_graph_with_matching_checksum(export, tmp_path, kind, message):
     """A file whose checksum was recomputed (an exporter bug, a hand edit) is still refused in one line."""
     folder = tmp_path / "export"
@@ -288,8 +316,13 @@ def test_damaged_vocab(export, tmp_path):
 
 def _start(module: str, *args) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _timed_run(module: str, *args, timeout: float = 240) -> float:
@@ -334,7 +367,7 @@ def test_kill_9_during_export_leaves_no_folder_under_the_final_name(tmp_path):
     _timed_run("restr.export.cli", *args)
     n_files = sum(1 for p in out.iterdir() if p.is_file())
     shutil.rmtree(out)
-    staged = lambda: _files_in(tmp_path, ".export.partial-*")  # noqa: E731
+    staged = lambda: _files_in(tmp_path, ".export.partial-*")
     killed = 0
     # The staging folder made, its first file written, half its files written.
     for reached in (lambda: staged() >= 0, lambda: staged() >= 1, lambda: staged() >= n_files // 2):
@@ -375,8 +408,8 @@ def test_kill_9_during_predict_leaves_only_whole_files(export, tmp_path):
     expected = _whole(out)
     assert len(expected) == 2 * len(texts) + 1
     shutil.rmtree(out)
-    staged = lambda: _files_in(out, f".{PROG}-*")  # noqa: E731
-    final = lambda: sum(1 for p in out.glob("*.png")) if out.is_dir() else 0  # noqa: E731
+    staged = lambda: _files_in(out, f".{PROG}-*")
+    final = lambda: sum(1 for p in out.glob("*.png")) if out.is_dir() else 0
     killed = 0
     # The hidden folder made, its first file, half its files, and (when a poll lands there) the
     # moment the files are being renamed into place.
@@ -411,7 +444,7 @@ def test_predictor_shared_by_16_threads(export):
     rng = np.random.default_rng(7)
     words = pred.vocab.itos[2:]
     jobs = []
-    for i in range(12):
+    for _ in range(12):
         h, w = int(rng.integers(20, 200)), int(rng.integers(20, 200))
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         texts = [" ".join(rng.choice(words, int(rng.integers(1, 8)))) for _ in range(int(rng.integers(1, 4)))]
@@ -433,7 +466,7 @@ def test_predictor_shared_by_16_threads(export):
                 else:
                     pred.set_image(im)
                     got = pred.predict(texts)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(repr(e))
                 return
             for p, ref in zip(got, serial[j]):

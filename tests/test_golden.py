@@ -1,6 +1,7 @@
 """The Python runtime against tests/golden, the vectors the C++ host's tests read too
 (runtime/cpp/tests/test_golden.cpp): if either runtime drifts, its own tests fail.
 Regenerate with `python tests/golden/make_golden.py` after a deliberate change."""
+
 from __future__ import annotations
 
 import copy
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import GOLDEN, load_golden, make_golden
 from restr.runtime.artifacts import check_consistency
 from restr.runtime.schema import first_error, manifest_schema
 from restr.runtime.transforms import Letterbox
-from conftest import GOLDEN, load_golden, make_golden
 
 
 def test_tokenizer_golden_is_what_the_tokenizer_gives():
@@ -33,7 +34,9 @@ def test_tokenizer_golden_covers_the_tricky_cases():
 def test_letterbox_golden_is_what_letterbox_fit_gives():
     g = load_golden("letterbox.json")
     assert make_golden().letterbox_cases(g["image_size"]) == g
-    assert [Letterbox.fit((c["height"], c["width"]), g["image_size"]).new_hw for c in g["cases"]] == [tuple(c["letterbox"][2:]) for c in g["cases"]]
+    assert [Letterbox.fit((c["height"], c["width"]), g["image_size"]).new_hw for c in g["cases"]] == [
+        tuple(c["letterbox"][2:]) for c in g["cases"]
+    ]
 
 
 def test_manifest_golden_errors_are_the_validators():

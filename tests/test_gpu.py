@@ -5,6 +5,7 @@ the masks agree with ONNX Runtime FP32 by the export's own FP16 criteria.
 Marked `gpu`; skipped, with the reason, where TensorRT 10+, cuda-python or a CUDA GPU is missing
 (every machine this project has had so far).
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +16,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from click.testing import CliRunner  # noqa: E402
+from click.testing import CliRunner
 
-from restr.checkpoint import save_checkpoint  # noqa: E402
-from restr.export.cli import cli as export_cli  # noqa: E402
-from restr.export.verify import Tolerances, compare_probs  # noqa: E402
-from restr.runtime import Predictor  # noqa: E402
+from restr.checkpoint import save_checkpoint
+from restr.export.cli import cli as export_cli
+from restr.export.verify import Tolerances, compare_probs
+from restr.runtime import Predictor
 
 
 def _no_gpu_reason() -> str | None:
@@ -29,7 +30,7 @@ def _no_gpu_reason() -> str | None:
 
         _, cudart = import_backends()
         describe_gpu(cudart)
-    except Exception as e:  # noqa: BLE001 - any failure means: no TensorRT engines here
+    except Exception as e:  # any failure means: no TensorRT engines here
         return f"needs TensorRT 10+, cuda-python and a CUDA GPU ({str(e).splitlines()[0][:160]})"
     return None
 
@@ -48,8 +49,21 @@ def shipped(tmp_path_factory) -> Path:  # pragma: no cover - needs a GPU
     ckpt = tmp / "tiny.pt"
     save_checkpoint(ckpt, model, vocab, meta={"step": 0, "note": "random weights, rescaled head"})
     out = tmp / "export"
-    r = CliRunner().invoke(export_cli, ["--ckpt", str(ckpt), "--out", str(out), "--engine", "--max-batch", "4",
-                                        "--timing-cache", str(tmp / "timing.cache"), "--no-progress"])
+    r = CliRunner().invoke(
+        export_cli,
+        [
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--engine",
+            "--max-batch",
+            "4",
+            "--timing-cache",
+            str(tmp / "timing.cache"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -81,7 +95,9 @@ def test_shipped_engines_match_onnxruntime_fp32(shipped):  # pragma: no cover - 
         b = np.stack([p.probs for p in trt_pred.predict_image(image, TEXTS)])  # 5 expressions: chunks of max_batch 4
         figures = compare_probs(a, b, tol.threshold, tol.decisive_margin)
         assert figures["mean_abs_diff"] <= tol.fp16_max_mean_abs_diff, figures
-        assert figures["decisive_share"] >= tol.fp16_min_decisive_share and figures["same_side"] >= tol.fp16_min_same_side, figures
+        assert figures["decisive_share"] >= tol.fp16_min_decisive_share and figures["same_side"] >= tol.fp16_min_same_side, (
+            figures
+        )
     e2e = Predictor.from_artifacts(shipped, backend="tensorrt", mode="end_to_end")
     image = _photos(1, seed=5)[0]
     a = np.stack([p.probs for p in ort.predict_image(image, TEXTS[:2])])
@@ -100,7 +116,9 @@ def test_shipped_engines_threads_equal_serial_and_phase_timings(shipped):  # pra
     runner = trt_pred.runners["vision"]
     assert runner.contexts <= runner.max_contexts
     timings: dict = {}
-    runner.run({"image": np.zeros((1, 3, trt_pred.artifacts.image_size, trt_pred.artifacts.image_size), np.float32)}, timings=timings)
+    runner.run(
+        {"image": np.zeros((1, 3, trt_pred.artifacts.image_size, trt_pred.artifacts.image_size), np.float32)}, timings=timings
+    )
     assert set(timings) == {"h2d", "compute", "d2h"} and timings["compute"] > 0
     for r in trt_pred.runners.values():
         r.close()

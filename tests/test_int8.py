@@ -1,5 +1,6 @@
 """INT8 graphs: calibrated static QDQ export, its Q/DQ layout, its agreement with FP32, the inputs it
 refuses, and the hosts that load it."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from PIL import Image
 
+from conftest import decisive_tiny_model
 from restr.checkpoint import save_checkpoint
 from restr.export.cli import cli
 from restr.export.int8 import KEEP_FLOAT, INT8Error, check_int8, weight_matmuls
@@ -22,10 +24,16 @@ from restr.runtime import ArtifactError, Predictor
 from restr.runtime.artifacts import Artifacts
 from restr.runtime.schema import first_error, manifest_schema
 
-from conftest import decisive_tiny_model
-
 GRAPHS = ("end_to_end", "vision", "language", "fusion_decoder")
-FAST = dict(calibration="synthetic", calibration_size=16, calibration_method="minmax", samples=3, int8_samples=3, threads=1, progress=False)
+FAST = dict(
+    calibration="synthetic",
+    calibration_size=16,
+    calibration_method="minmax",
+    samples=3,
+    int8_samples=3,
+    threads=1,
+    progress=False,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +98,9 @@ def test_qdq_only_at_the_inputs_of_weight_matmuls(exported):
 def _rewired(proto: onnx.ModelProto, op: str) -> onnx.ModelProto:
     """`proto` with the first `op` node reading a dequantized activation (a Q/DQ in front of it)."""
     bad = onnx.ModelProto.FromString(proto.SerializeToString())
-    dq = next(n for n in bad.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in {t.name for t in bad.graph.initializer})
+    dq = next(
+        n for n in bad.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in {t.name for t in bad.graph.initializer}
+    )
     target = next(n for n in bad.graph.node if n.op_type == op)
     target.input[0] = dq.output[0]
     return bad
@@ -120,10 +130,23 @@ def test_int8_agrees_with_fp32_through_the_runtime(exported):
     fp32, int8 = (Predictor.from_artifacts(out, precision=p, cache_size=0, threads=1) for p in ("fp32", "int8"))
     assert [r.name for r in int8.runners.values()] == ["vision_int8", "language_int8", "fusion_decoder_int8"]
     feeds = generated_inputs(m["image_size"], m["max_words"], m["vocab"]["size"], (0.5,) * 3, (0.5,) * 3, n=4, seed=11)
-    ref, got = (np.stack([p.runners["fusion_decoder"].run({
-        "visual_features": p.runners["vision"].run({"image": feeds["image"][i : i + 1]})["visual_features"],
-        "linguistic_features": p.runners["language"].run({k: feeds[k][i : i + 1] for k in ("words", "pad_mask")})["linguistic_features"],
-        "pad_mask": feeds["pad_mask"][i : i + 1]})["pixel_probs"][0] for i in range(4)]) for p in (fp32, int8))
+    ref, got = (
+        np.stack(
+            [
+                p.runners["fusion_decoder"].run(
+                    {
+                        "visual_features": p.runners["vision"].run({"image": feeds["image"][i : i + 1]})["visual_features"],
+                        "linguistic_features": p.runners["language"].run({k: feeds[k][i : i + 1] for k in ("words", "pad_mask")})[
+                            "linguistic_features"
+                        ],
+                        "pad_mask": feeds["pad_mask"][i : i + 1],
+                    }
+                )["pixel_probs"][0]
+                for i in range(4)
+            ]
+        )
+        for p in (fp32, int8)
+    )
     r = compare_probs(ref, got)
     assert r["decisive_share"] > 0.5 and r["same_side"] > 0.97 and r["mask_iou"] > 0.95, r
     rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
@@ -175,14 +198,27 @@ def _refer_folder(root, sentences, with_image: bool = True):
     (folder / "images").mkdir()  # where the loader looks for images
     if with_image:
         Image.new("RGB", (40, 30), (200, 20, 30)).save(folder / "images" / "img1.jpg")
-    instances = {"images": [{"id": 1, "file_name": "img1.jpg", "height": 30, "width": 40}],
-                 "annotations": [{"id": 11, "image_id": 1, "segmentation": [[5, 4, 25, 4, 25, 20, 5, 20]], "bbox": [5, 4, 20, 16],
-                                  "category_id": 1}],
-                 "categories": [{"id": 1, "name": "dog", "supercategory": "x"}]}
+    instances = {
+        "images": [{"id": 1, "file_name": "img1.jpg", "height": 30, "width": 40}],
+        "annotations": [
+            {"id": 11, "image_id": 1, "segmentation": [[5, 4, 25, 4, 25, 20, 5, 20]], "bbox": [5, 4, 20, 16], "category_id": 1}
+        ],
+        "categories": [{"id": 1, "name": "dog", "supercategory": "x"}],
+    }
     (folder / "instances.json").write_text(json.dumps(instances))
     sents = [{"sent": s, "raw": s, "tokens": s.split(), "sent_id": k} for k, s in enumerate(sentences)]
-    refs = [{"ref_id": 1, "ann_id": 11, "image_id": 1, "split": "train", "sentences": sents, "sent_ids": [s["sent_id"] for s in sents],
-             "category_id": 1, "file_name": "img1_11.jpg"}]
+    refs = [
+        {
+            "ref_id": 1,
+            "ann_id": 11,
+            "image_id": 1,
+            "split": "train",
+            "sentences": sents,
+            "sent_ids": [s["sent_id"] for s in sents],
+            "category_id": 1,
+            "file_name": "img1_11.jpg",
+        }
+    ]
     with open(folder / "refs(unc).p", "wb") as f:
         pickle.dump(refs, f, protocol=2)
     return folder
@@ -211,14 +247,17 @@ def test_calibration_that_cannot_be_had_is_refused(ckpt, tmp_path, case):
 def test_a_refer_folder_calibrates(ckpt, tmp_path):
     """--calibration PATH reads a refer-layout data set (its training split) and records it."""
     folder = _refer_folder(tmp_path, ["the red dog", "dog on the left"])
-    options = ExportOptions(precisions=("fp32", "int8"), **{**FAST, "calibration": str(folder), "samples": 1, "int8_samples": 1},
-                            verify=False)
+    options = ExportOptions(
+        precisions=("fp32", "int8"), **{**FAST, "calibration": str(folder), "samples": 1, "int8_samples": 1}, verify=False
+    )
     m = export_artifacts(load_source(ckpt), tmp_path / "out", options)
     assert m["int8"]["calibration"]["data"] == f"{folder}:train"
     assert m["int8"]["calibration"]["samples"] == 2 and m["int8"]["calibration"]["images"] == 1
     assert Artifacts.open(tmp_path / "out").graph("vision_int8").precision == "int8"
     with pytest.raises(ExportError, match="calibration-size"):
-        export_artifacts(load_source(ckpt), tmp_path / "out2", ExportOptions(precisions=("fp32", "int8"), **{**FAST, "calibration_size": 0}))
+        export_artifacts(
+            load_source(ckpt), tmp_path / "out2", ExportOptions(precisions=("fp32", "int8"), **{**FAST, "calibration_size": 0})
+        )
 
 
 def test_engines_from_the_int8_graphs_with_a_stand_in(exported, tmp_path, monkeypatch):
@@ -226,15 +265,17 @@ def test_engines_from_the_int8_graphs_with_a_stand_in(exported, tmp_path, monkey
     layers (explicit quantization lost) is refused."""
     import shutil
 
-    from restr.export.tensorrt_build import EngineBuildError, build_engines
     from conftest import FakeTensorRT
+    from restr.export.tensorrt_build import EngineBuildError, build_engines
 
     out, m = exported
     folder = tmp_path / "exp"
     shutil.copytree(out, folder)
     gpu = {"gpu_name": "Fake GPU", "compute_capability": "8.9"}
     FakeTensorRT.calls = []
-    entries = build_engines(folder, m, ["vision_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(FakeTensorRT, gpu))
+    entries = build_engines(
+        folder, m, ["vision_int8"], 2, tmp_path / "cache", 1.0, log=lambda _: None, backends=(FakeTensorRT, gpu)
+    )
     assert entries["vision_int8"]["precision"] == "int8-strongly-typed" and ("network", 1) in FakeTensorRT.calls
     assert json.loads((folder / "vision_int8.engine.json").read_text())["precision"] == "int8-strongly-typed"
     monkeypatch.setattr(FakeTensorRT, "layers", ("matmul",))
@@ -251,11 +292,44 @@ def test_the_commands_take_int8_as_users_type_it(exported, ckpt, tmp_path):
     out, _ = exported
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
-    r = CliRunner().invoke(restr_predict, ["--artifacts", str(out), "--precision", "int8", "--image", str(image), "--text", "the red circle",
-                                           "--out", str(tmp_path / "pred"), "--json", "-"])
+    r = CliRunner().invoke(
+        restr_predict,
+        [
+            "--artifacts",
+            str(out),
+            "--precision",
+            "int8",
+            "--image",
+            str(image),
+            "--text",
+            "the red circle",
+            "--out",
+            str(tmp_path / "pred"),
+            "--json",
+            "-",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["graphs"] == {"vision": "vision_int8", "language": "language_int8", "fusion_decoder": "fusion_decoder_int8"}
-    r = CliRunner().invoke(restr_eval, ["--artifacts", str(out), "--precision", "int8", "--data", "synthetic:test", "--limit", "6",
-                                        "--json", str(tmp_path / "eval.json"), "--no-progress"])
+    assert json.loads(r.stdout)["graphs"] == {
+        "vision": "vision_int8",
+        "language": "language_int8",
+        "fusion_decoder": "fusion_decoder_int8",
+    }
+    r = CliRunner().invoke(
+        restr_eval,
+        [
+            "--artifacts",
+            str(out),
+            "--precision",
+            "int8",
+            "--data",
+            "synthetic:test",
+            "--limit",
+            "6",
+            "--json",
+            str(tmp_path / "eval.json"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "eval.json").read_text())["precision"] == "int8"

@@ -1,5 +1,6 @@
 """Photos as phones take them (12 MP, EXIF-rotated, RGBA): the processing graphs on them against the
 earlier graphs, the overlay rule, and the PNG writer. Torch-free and without a model export."""
+
 from __future__ import annotations
 
 import io
@@ -235,17 +236,42 @@ def test_restr_predict_on_a_12_mp_photo_stays_under_600_mb(tmp_path):
     from restr.export.pipeline import ExportOptions, export_artifacts, load_source
 
     export = tmp_path / "export"
-    export_artifacts(load_source(config="restr-tiny", seed=0), export,
-                     ExportOptions(max_batch=2, precisions=("fp32",), engine=False, verify=False, progress=False), log=lambda m: None)
+    export_artifacts(
+        load_source(config="restr-tiny", seed=0),
+        export,
+        ExportOptions(max_batch=2, precisions=("fp32",), engine=False, verify=False, progress=False),
+        log=lambda m: None,
+    )
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(large_photo()).save(tmp_path / "12mp.jpg", quality=90, exif=exif)
     # VmHWM: this process's own peak (ru_maxrss would carry the forking pytest process's over exec)
-    code = ("import atexit, re, sys; atexit.register(lambda: print('MAXRSS', re.search(r'VmHWM:\\s*(\\d+)', "
-            "open('/proc/self/status').read()).group(1), file=sys.stderr)); from restr.runtime.cli import main; "
-            "sys.argv[0] = 'restr-predict'; main()")
-    r = subprocess.run([sys.executable, "-c", code, "--artifacts", str(export), "--image", str(tmp_path / "12mp.jpg"), "--text", "the dog",
-                        "--text", "a cat", "--out", str(tmp_path / "out"), "--overlay"], capture_output=True, text=True, timeout=300)
+    code = (
+        "import atexit, re, sys; atexit.register(lambda: print('MAXRSS', re.search(r'VmHWM:\\s*(\\d+)', "
+        "open('/proc/self/status').read()).group(1), file=sys.stderr)); from restr.runtime.cli import main; "
+        "sys.argv[0] = 'restr-predict'; main()"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--artifacts",
+            str(export),
+            "--image",
+            str(tmp_path / "12mp.jpg"),
+            "--text",
+            "the dog",
+            "--text",
+            "a cat",
+            "--out",
+            str(tmp_path / "out"),
+            "--overlay",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     peak_mb = int(r.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 1024
     assert peak_mb <= 600, f"peak RSS {peak_mb:.0f} MB"
@@ -263,6 +289,7 @@ def test_sheet_captions_draw_greek_and_cyrillic_letters_and_keep_the_score(tmp_p
     font = caption_font()
     if not hasattr(font, "path"):
         pytest.skip("no DejaVu Sans here (fonts-dejavu or matplotlib)")
+
     def glyph(c: str) -> bytes:
         im = Image.new("L", (20, 20))
         ImageDraw.Draw(im).text((2, 2), c, fill=255, font=font)
@@ -289,8 +316,20 @@ def test_sheet_captions_draw_greek_and_cyrillic_letters_and_keep_the_score(tmp_p
     cli.contact_sheet = spy
     try:
         long = "the man in the blue shirt on the left of the big red car next to the small tree"
-        r = CliRunner().invoke(main, ["--artifacts", str(tiny.folder), "--image", str(tmp_path / "p.png"), "--text", long,
-                                      "--out", str(tmp_path / "o"), "--sheet"])
+        r = CliRunner().invoke(
+            main,
+            [
+                "--artifacts",
+                str(tiny.folder),
+                "--image",
+                str(tmp_path / "p.png"),
+                "--text",
+                long,
+                "--out",
+                str(tmp_path / "o"),
+                "--sheet",
+            ],
+        )
     finally:
         cli.contact_sheet = original
     assert r.exit_code == 0, r.output

@@ -1,4 +1,5 @@
 """Metrics against hand-computed cases (restr.metrics is numpy only)."""
+
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The model against the paper's equations (docs/paper-to-code.md, "Equations" and "Decisions")."""
+
 import math
 
 import pytest
@@ -121,7 +122,7 @@ def test_patch_prediction_is_eq9():
 def test_patch_labels_follow_tau():
     mask = torch.zeros(1, 1, 16, 16)
     mask[0, 0, :8, :8] = 1  # patch 0 full
-    mask[0, 0, :8, 8:8 + 6] = 1  # patch 1: 48 of 64 pixels = 0.75
+    mask[0, 0, :8, 8 : 8 + 6] = 1  # patch 1: 48 of 64 pixels = 0.75
     mask[0, 0, 8:, :7] = 1  # patch 2: 56 of 64 = 0.875
     assert patch_labels(mask, 8, tau=0.8).tolist() == [[1.0, 0.0, 1.0, 0.0]]
     assert patch_labels(mask, 8, tau=0.7).tolist() == [[1.0, 1.0, 1.0, 0.0]]
@@ -139,7 +140,10 @@ def test_loss_equals_hand_computation():
         p = 1 / (1 + math.exp(-logit))
         return -(y * math.log(p) + (1 - y) * math.log(1 - p))
 
-    labels = [[float(mask[b, 0, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8].mean() > 0.8) for r in range(2) for c in range(2)] for b in range(2)]
+    labels = [
+        [float(mask[b, 0, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8].mean() > 0.8) for r in range(2) for c in range(2)]
+        for b in range(2)
+    ]
     patch_bce = sum(bce(patch[b, i].item(), labels[b][i]) for b in range(2) for i in range(4)) / 8
     pixel_bce = sum(bce(l, y) for l, y in zip(pixel.flatten().tolist(), mask.flatten().tolist())) / pixel.numel()
     assert out["patch_loss"].item() == pytest.approx(patch_bce, rel=1e-5)

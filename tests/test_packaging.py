@@ -1,12 +1,13 @@
 """pyproject.toml's dependencies: the CPU and GPU ONNX Runtime builds are never installed together
 (both own the `onnxruntime` module and overwrite each other), and the floors match what the code
 imports."""
+
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -36,8 +37,13 @@ def resolve(extras: tuple[str, ...]) -> dict[str, Requirement]:
 
 def test_base_has_no_onnxruntime_and_each_install_has_one_build():
     assert not ORT_BUILDS & set(resolve(()))  # the lean base depends on neither build
-    for extras, build in [(("cpu",), "onnxruntime"), (("gpu",), "onnxruntime-gpu"), (("dev",), "onnxruntime"),
-                          (("torch", "gpu", "test"), "onnxruntime-gpu"), (("torch", "cpu", "test"), "onnxruntime")]:
+    for extras, build in [
+        (("cpu",), "onnxruntime"),
+        (("gpu",), "onnxruntime-gpu"),
+        (("dev",), "onnxruntime"),
+        (("torch", "gpu", "test"), "onnxruntime-gpu"),
+        (("torch", "cpu", "test"), "onnxruntime"),
+    ]:
         assert ORT_BUILDS & set(resolve(extras)) == {build}, extras
     assert not ORT_BUILDS & set(resolve(("tensorrt",)))  # engines alone need no ONNX Runtime
 
@@ -72,7 +78,7 @@ def _fake_apt(tmp_path: Path, rc: int) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
     apt = bin_dir / "apt-get"
-    apt.write_text("#!/bin/sh\nfor i in $(seq 60); do echo \"Get:$i http://deb.example/ pkg $i\"; done\nexit %d\n" % rc)
+    apt.write_text(f'#!/bin/sh\nfor i in $(seq 60); do echo "Get:$i http://deb.example/ pkg $i"; done\nexit {rc}\n')
     apt.chmod(0o755)
     return {**_terminal_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
@@ -81,9 +87,21 @@ def test_cpp_apt_prints_one_line_unless_apt_fails(tmp_path):
     import subprocess
 
     missing = "restr-no-such-package"
-    ok = subprocess.run(["make", "-s", "cpp-apt", f"CPP_APT={missing}"], cwd=ROOT, env=_fake_apt(tmp_path, 0), capture_output=True, text=True)
-    assert ok.returncode == 0 and ok.stdout.strip() == f"installing Debian packages: {missing}" and "Get:" not in ok.stdout + ok.stderr
-    failed = subprocess.run(["make", "-s", "cpp-apt", f"CPP_APT={missing}"], cwd=ROOT, env=_fake_apt(tmp_path / "f", 100), capture_output=True, text=True)
+    ok = subprocess.run(
+        ["make", "-s", "cpp-apt", f"CPP_APT={missing}"], cwd=ROOT, env=_fake_apt(tmp_path, 0), capture_output=True, text=True
+    )
+    assert (
+        ok.returncode == 0
+        and ok.stdout.strip() == f"installing Debian packages: {missing}"
+        and "Get:" not in ok.stdout + ok.stderr
+    )
+    failed = subprocess.run(
+        ["make", "-s", "cpp-apt", f"CPP_APT={missing}"],
+        cwd=ROOT,
+        env=_fake_apt(tmp_path / "f", 100),
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode != 0 and "Get:60" in failed.stdout  # apt's own words, when they matter
 
 

@@ -1,5 +1,6 @@
 """benchmarks/peak.py: the GEMM peak is the best rate over sizes and libraries (not one median),
 sampled between rounds; a loaded machine is flagged; a share above 100% is never printed bare."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,12 +61,33 @@ def test_loaded_machine_is_flagged():
 def _doc(fraction: float, warning: str | None) -> dict:
     stats = {"median": 10.0, "p90": 11.0, "p99": 12.0, "std": 1.0}
     return {
-        "environment": {"cpu": {"model": "Test CPU", "flags": []}, "available_cpus": 2, "threads": 2, "loadavg_start": [0.1, 0, 0],
-                        "loadavg_end": [2.5, 0, 0], "versions": {}, "load_warning": warning},
+        "environment": {
+            "cpu": {"model": "Test CPU", "flags": []},
+            "available_cpus": 2,
+            "threads": 2,
+            "loadavg_start": [0.1, 0, 0],
+            "loadavg_end": [2.5, 0, 0],
+            "versions": {},
+            "load_warning": warning,
+        },
         "gemm": {"peak_gflops": 100.0, "peak_backend": "numpy.matmul 64", "backends": {"numpy.matmul 64": {"gflops": 100.0}}},
-        "results": [{"label": "e", "precision": "fp32", "model_ms": stats, "end_to_end_ms": None, "prepost_fraction": None,
-                     "cold_start_ms": 1.0, "peak_memory_mb": 1.0, "achieved_gflops": 100.0 * fraction, "peak_fraction": fraction,
-                     "peak_fraction_end_to_end": None, "peak_fraction_paired": fraction, "throughput": [], "notes": []}],
+        "results": [
+            {
+                "label": "e",
+                "precision": "fp32",
+                "model_ms": stats,
+                "end_to_end_ms": None,
+                "prepost_fraction": None,
+                "cold_start_ms": 1.0,
+                "peak_memory_mb": 1.0,
+                "achieved_gflops": 100.0 * fraction,
+                "peak_fraction": fraction,
+                "peak_fraction_end_to_end": None,
+                "peak_fraction_paired": fraction,
+                "throughput": [],
+                "notes": [],
+            }
+        ],
         "ratios": [],
     }
 

@@ -1,4 +1,5 @@
 """`restr-predict`: outputs, summary, and one-line errors with exit code 2 and no partial files."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from restr.runtime.cli import main, slugify  # noqa: E402
-from conftest import jpeg_bytes, make_tiny_export, photo  # noqa: E402
+from conftest import jpeg_bytes, make_tiny_export, photo
+from restr.runtime.cli import main, slugify
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def run(*args: str):
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG with a valid IHDR of the given size and no pixel data (Pillow reads the size lazily)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -46,10 +48,28 @@ def _png_header(width: int, height: int) -> bytes:
 
 def test_writes_masks_overlays_and_summary(tiny, image, tmp_path):
     out = tmp_path / "pred"
-    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog on the left", "--text", "Red car!", "--out", out, "--overlay")
+    r = run(
+        "--artifacts",
+        tiny.folder,
+        "--image",
+        image,
+        "--text",
+        "the dog on the left",
+        "--text",
+        "Red car!",
+        "--out",
+        out,
+        "--overlay",
+    )
     assert r.exit_code == 0, r.output
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["1_the-dog-on-the-left.png", "1_the-dog-on-the-left_overlay.png", "2_red-car.png", "2_red-car_overlay.png", "summary.json"]
+    assert files == [
+        "1_the-dog-on-the-left.png",
+        "1_the-dog-on-the-left_overlay.png",
+        "2_red-car.png",
+        "2_red-car_overlay.png",
+        "summary.json",
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["image"] == {"path": str(image), "width": 72, "height": 48}
     assert summary["mode"] == "split" and summary["threshold"] == 0.5
@@ -60,12 +80,32 @@ def test_writes_masks_overlays_and_summary(tiny, image, tmp_path):
         assert e["area_fraction"] == pytest.approx(e["area"] / (48 * 72), abs=1e-6)
         assert 0.0 <= e["score"] <= 1.0 and e["unknown_words"] == [] and e["truncated"] is False
         assert Image.open(out / e["overlay"]).size == (72, 48)
-    assert set(summary["timings_ms"]) == {"load", "preprocess", "vision", "language_fusion_per_expression", "postprocess_per_expression", "total"}
+    assert set(summary["timings_ms"]) == {
+        "load",
+        "preprocess",
+        "vision",
+        "language_fusion_per_expression",
+        "postprocess_per_expression",
+        "total",
+    }
     assert "the dog on the left" in r.stdout and "summary.json" in r.stdout  # the table
 
 
 def test_json_to_stdout_and_threshold(tiny, image, tmp_path):
-    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--out", tmp_path / "o", "--json", "-", "--threshold", "0.999")
+    r = run(
+        "--artifacts",
+        tiny.folder,
+        "--image",
+        image,
+        "--text",
+        "the dog",
+        "--out",
+        tmp_path / "o",
+        "--json",
+        "-",
+        "--threshold",
+        "0.999",
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["threshold"] == 0.999 and summary["expressions"][0]["area"] == 0
@@ -181,8 +221,19 @@ def test_real_process_exit_code_and_no_traceback(tiny, tmp_path):
     """The console entry point in a real process: exit status 2 and exactly one line on stderr."""
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    cmd = [sys.executable, "-c", "from restr.runtime.cli import main; main()",
-           "--artifacts", str(tiny.folder), "--image", str(bad), "--text", "dog", "--out", str(tmp_path / "o")]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from restr.runtime.cli import main; main()",
+        "--artifacts",
+        str(tiny.folder),
+        "--image",
+        str(bad),
+        "--text",
+        "dog",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("restr-predict: error:") and "Traceback" not in r.stderr
@@ -203,10 +254,19 @@ def test_slugify():
     assert slugify("Café naïve") == "cafe-naive" and slugify("the 狗 dog") == "the-dog"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--image", "https://example.com/dog.jpg"], "--image https://example.com/dog.jpg: looks like a URL; restr-predict reads local files only"),
-    (["--out", "/proc/restr-forbidden"], "--out /proc/restr-forbidden: cannot write in /proc (the file system there takes no new files)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--image", "https://example.com/dog.jpg"],
+            "--image https://example.com/dog.jpg: looks like a URL; restr-predict reads local files only",
+        ),
+        (
+            ["--out", "/proc/restr-forbidden"],
+            "--out /proc/restr-forbidden: cannot write in /proc (the file system there takes no new files)",
+        ),
+    ],
+)
 def test_urls_and_unwritable_places_are_named(tiny, image, tmp_path, args, message):
     base = {"--image": str(image), "--out": str(tmp_path / "o")}
     base.update(dict(zip(args[::2], args[1::2])))
@@ -233,11 +293,18 @@ def _assert_clean_failure(r, out: Path, message: str) -> None:
 @pytest.mark.parametrize(
     "error,code,shown",
     [
-        (RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported later"), 2,
-         "RuntimeError: CUDA error: an illegal memory access was encountered"),
+        (
+            RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be reported later"),
+            2,
+            "RuntimeError: CUDA error: an illegal memory access was encountered",
+        ),
         (OSError(28, "No space left on device"), 2, "No space left on device"),
         (MemoryError(), 2, "MemoryError"),
-        (AttributeError("'NoneType' object has no attribute 'execute_async_v3'"), 3, r"internal error \(AttributeError: .*please report it"),
+        (
+            AttributeError("'NoneType' object has no attribute 'execute_async_v3'"),
+            3,
+            r"internal error \(AttributeError: .*please report it",
+        ),
     ],
 )
 def test_every_runtime_failure_is_one_line(tiny, image, tmp_path, monkeypatch, error, code, shown):
@@ -261,7 +328,12 @@ def test_every_runtime_failure_is_one_line(tiny, image, tmp_path, monkeypatch, e
 
 def test_reused_out_is_refused_then_replaced_whole_with_force(tiny, image, tmp_path):
     out = tmp_path / "pred"
-    assert run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "the red car", "--out", out, "--overlay").exit_code == 0
+    assert (
+        run(
+            "--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "the red car", "--out", out, "--overlay"
+        ).exit_code
+        == 0
+    )
     (out / "notes.txt").write_text("mine")
     r = run("--artifacts", tiny.folder, "--image", image, "--text", "the cat", "--out", out)
     assert r.exit_code == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -281,12 +353,16 @@ def test_no_known_word_is_flagged(tiny, image, tmp_path):
     from restr.runtime.predictor import Predictor
 
     assert "zebra" not in tiny.vocab.stoi and "dog" in tiny.vocab.stoi and "the" in tiny.vocab.stoi
-    preds = Predictor.from_artifacts(tiny.folder, threads=1).predict_image(str(image), ["the zebra", "the dog", "a zebra next to the dog", "The ZEBRA."])
+    preds = Predictor.from_artifacts(tiny.folder, threads=1).predict_image(
+        str(image), ["the zebra", "the dog", "a zebra next to the dog", "The ZEBRA."]
+    )
     assert [p.no_known_words for p in preds] == [True, False, False, True]
     out = tmp_path / "o"
     r = run("--artifacts", tiny.folder, "--image", image, "--text", "the zebra", "--text", "the dog", "--out", out)
     assert r.exit_code == 0, r.output
-    assert "expression 1 ('the zebra'): the model knows none of its content words" in r.stderr and "expression 2 (" not in r.stderr
+    assert (
+        "expression 1 ('the zebra'): the model knows none of its content words" in r.stderr and "expression 2 (" not in r.stderr
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert [e["no_known_words"] for e in summary["expressions"]] == [True, False]
     assert "no known words" in r.stdout and "score: mean probability inside the mask" in r.stdout
@@ -294,7 +370,21 @@ def test_no_known_word_is_flagged(tiny, image, tmp_path):
 
 def test_sheet_has_a_tile_per_expression(tiny, image, tmp_path):
     out = tmp_path / "o"
-    r = run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "the red car", "--text", "a hat", "--out", out, "--sheet")
+    r = run(
+        "--artifacts",
+        tiny.folder,
+        "--image",
+        image,
+        "--text",
+        "the dog",
+        "--text",
+        "the red car",
+        "--text",
+        "a hat",
+        "--out",
+        out,
+        "--sheet",
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sheet"] == "sheet.png"
@@ -351,8 +441,25 @@ def test_sigterm_while_writing_leaves_nothing(tiny, tmp_path):
     photo(2400, 1800, seed=2).save(big)
     out = tmp_path / "new" / "pred"
     texts = [a for t in ("the dog", "red car", "the man", "small tree", "ball", "the cat") for a in ("--text", t)]
-    proc = subprocess.Popen([sys.executable, "-m", "restr.runtime.cli", "--artifacts", str(tiny.folder), "--image", str(big), *texts,
-                             "--out", str(out), "--overlay", "--sheet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "restr.runtime.cli",
+            "--artifacts",
+            str(tiny.folder),
+            "--image",
+            str(big),
+            *texts,
+            "--out",
+            str(out),
+            "--overlay",
+            "--sheet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.is_dir() and any(p.name.startswith(".restr-predict-") for p in out.iterdir()):
@@ -397,7 +504,9 @@ def test_a_signal_while_outputs_move_into_place_waits_for_them(tiny, image, tmp_
     import restr.runtime.cli as cli
 
     out = tmp_path / "pred"
-    assert run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "red car", "--out", out).exit_code == 0
+    assert (
+        run("--artifacts", tiny.folder, "--image", image, "--text", "the dog", "--text", "red car", "--out", out).exit_code == 0
+    )
     replace, calls = os.replace, []
 
     def replace_then_signal(a, b):

@@ -1,4 +1,5 @@
 """Pretrained weights: small fake ViT checkpoints in the timm and AugReg layouts, and a tiny GloVe file."""
+
 from __future__ import annotations
 
 import gzip
@@ -24,7 +25,7 @@ GRID = CFG.grid
 def reference_timm(grid: int = GRID, depth: int = V.depth, patch: int = CFG.patch_size, seed: int = 0) -> dict:
     """A timm-layout ViT state dict with random weights, a class token and a classifier head."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    r = lambda *shape: torch.randn(*shape, generator=g)
     d, m = V.width, V.mlp_width
     sd = {
         "cls_token": r(1, 1, d),
@@ -40,22 +41,31 @@ def reference_timm(grid: int = GRID, depth: int = V.depth, patch: int = CFG.patc
     for i in range(depth):
         b = f"blocks.{i}."
         sd |= {
-            b + "norm1.weight": r(d), b + "norm1.bias": r(d),
-            b + "attn.qkv.weight": r(3 * d, d) / math.sqrt(d), b + "attn.qkv.bias": r(3 * d),
-            b + "attn.proj.weight": r(d, d) / math.sqrt(d), b + "attn.proj.bias": r(d),
-            b + "norm2.weight": r(d), b + "norm2.bias": r(d),
-            b + "mlp.fc1.weight": r(m, d) / math.sqrt(d), b + "mlp.fc1.bias": r(m),
-            b + "mlp.fc2.weight": r(d, m) / math.sqrt(m), b + "mlp.fc2.bias": r(d),
+            b + "norm1.weight": r(d),
+            b + "norm1.bias": r(d),
+            b + "attn.qkv.weight": r(3 * d, d) / math.sqrt(d),
+            b + "attn.qkv.bias": r(3 * d),
+            b + "attn.proj.weight": r(d, d) / math.sqrt(d),
+            b + "attn.proj.bias": r(d),
+            b + "norm2.weight": r(d),
+            b + "norm2.bias": r(d),
+            b + "mlp.fc1.weight": r(m, d) / math.sqrt(d),
+            b + "mlp.fc1.bias": r(m),
+            b + "mlp.fc2.weight": r(d, m) / math.sqrt(m),
+            b + "mlp.fc2.bias": r(d),
         }
     return sd
 
 
 def timm_to_npz(sd: dict, heads: int = V.heads, big_vision: bool = False, prefix: str = "") -> dict:
     """The same weights as Flax would store them (AugReg / vit_jax names, or big_vision's numbering)."""
-    n = lambda t: t.numpy().copy()  # noqa: E731
+    n = lambda t: t.numpy().copy()
     d = sd["norm.weight"].shape[0]
-    ln1, ln2, mha, mlp = ("LayerNorm_0", "LayerNorm_1", "MultiHeadDotProductAttention_0", "MlpBlock_0") if big_vision else (
-        "LayerNorm_0", "LayerNorm_2", "MultiHeadDotProductAttention_1", "MlpBlock_3")
+    ln1, ln2, mha, mlp = (
+        ("LayerNorm_0", "LayerNorm_1", "MultiHeadDotProductAttention_0", "MlpBlock_0")
+        if big_vision
+        else ("LayerNorm_0", "LayerNorm_2", "MultiHeadDotProductAttention_1", "MlpBlock_3")
+    )
     out = {
         "embedding/kernel": n(sd["patch_embed.proj.weight"].permute(2, 3, 1, 0)),  # (D,C,P,P) -> HWIO
         "embedding/bias": n(sd["patch_embed.proj.bias"]),
@@ -179,7 +189,7 @@ def test_npz_block_matches_hand_computed_forward(model, tmp_path):
     x = torch.randn(7, d, generator=g).double()
     j = "Transformer/encoderblock_0/"
     mha = j + "MultiHeadDotProductAttention_1/"
-    ln = lambda z, n: F.layer_norm(z, (d,), w[j + n + "/scale"], w[j + n + "/bias"], eps=1e-6)  # noqa: E731
+    ln = lambda z, n: F.layer_norm(z, (d,), w[j + n + "/scale"], w[j + n + "/bias"], eps=1e-6)
     y = ln(x, "LayerNorm_0")
     q, k, v = (torch.einsum("nd,dhk->nhk", y, w[mha + f"{n}/kernel"]) + w[mha + f"{n}/bias"] for n in ("query", "key", "value"))
     attn = torch.softmax(torch.einsum("nhk,mhk->hnm", q, k) / math.sqrt(d // h), dim=-1)
@@ -232,7 +242,9 @@ def test_class_token_kept_by_the_authors_variant(tmp_path, fmt):
 
     report = load_vit_weights(vision, tmp_path / f"vit.{fmt}")
 
-    assert_vision_equals(vision, expected_vision_state(sd) | {"class_token": sd["cls_token"], "class_pos_embed": sd["pos_embed"][:, :1]})
+    assert_vision_equals(
+        vision, expected_vision_state(sd) | {"class_token": sd["cls_token"], "class_pos_embed": sd["pos_embed"][:, :1]}
+    )
     assert report.dropped_tokens == 0 and not any(k.startswith("cls") for k in report.ignored)
     del sd["cls_token"]  # a ViT without one: no class token to load
     sd["pos_embed"] = sd["pos_embed"][:, 1:]

@@ -1,4 +1,5 @@
 """Where a user could silently get another run than the paper's (issue 14, items 14-16)."""
+
 import dataclasses
 
 import pytest
@@ -14,9 +15,13 @@ def small_b16(**kw):
     """restr-b16's recipe fields at a width that builds in milliseconds."""
     b16 = get_config("restr-b16")
     shrink = dict(width=48, heads=4, mlp_width=96)
-    return b16.replace(image_size=32, vision=dataclasses.replace(b16.vision, depth=3, **shrink),
-                       language=dataclasses.replace(b16.language, width=24, depth=1, heads=2, mlp_width=48),
-                       fusion=dataclasses.replace(b16.fusion, **shrink), **kw)
+    return b16.replace(
+        image_size=32,
+        vision=dataclasses.replace(b16.vision, depth=3, **shrink),
+        language=dataclasses.replace(b16.language, width=24, depth=1, heads=2, mlp_width=48),
+        fusion=dataclasses.replace(b16.fusion, **shrink),
+        **kw,
+    )
 
 
 def forward(model, seed=0):
@@ -37,7 +42,10 @@ def test_b16_follows_the_authors_where_the_paper_is_silent():
     assert b16.vision.drop_path == 0.1 and b16.fusion.drop_path == 0.1 and b16.language.drop_path == 0.0
     assert TRAIN_DEFAULTS["restr-b16"].grad_clip == 0.0  # the authors do not clip
     for name in ("restr-b16-shared", "restr-b16-vme", "restr-b16-ime"):
-        assert get_config(name).vision.drop_path == b16.vision.drop_path and get_config(name).fusion_projection_std == b16.fusion_projection_std
+        assert (
+            get_config(name).vision.drop_path == b16.vision.drop_path
+            and get_config(name).fusion_projection_std == b16.fusion_projection_std
+        )
     torch.manual_seed(0)
     model = ReSTR(small_b16(), 30)
     w = torch.cat([model.fusion.vision_proj.weight.detach().flatten(), model.fusion.language_proj.weight.detach().flatten()])

@@ -3,6 +3,7 @@
 The export is made by restr-export's pipeline (`make_tiny_export`) from restr-tiny with seeded
 random weights spread out so the masks are not all empty.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-import weakref
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,21 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from restr.modeling import ReSTR  # noqa: E402
-from restr.runtime import (  # noqa: E402
+from conftest import (
+    TINY_TEXTS as TEXTS,
+    FakeCudart,
+    Tiny,
+    copy_export,
+    fake_tensorrt_module,
+    install_fake_tensorrt,
+    make_tiny_export,
+    make_tiny_model,
+    photo,
+    sha256_of,
+)
+from restr.config import get_config as _get_config
+from restr.modeling import ReSTR
+from restr.runtime import (
     ArtifactError,
     Artifacts,
     ImageError,
@@ -35,14 +49,8 @@ from restr.runtime import (  # noqa: E402
     save_mask,
     save_overlay,
 )
-from restr.runtime.transforms import mean_fill, normalize  # noqa: E402
-from restr.runtime.trt_runner import EngineMismatchError, check_sidecar, profile_max_batch  # noqa: E402
-from conftest import (  # noqa: E402
-    TINY_TEXTS as TEXTS, FakeCudart, Tiny, copy_export, fake_tensorrt_module, install_fake_tensorrt, make_tiny_export,
-    make_tiny_model, photo, sha256_of,
-)
-
-from restr.config import get_config as _get_config
+from restr.runtime.transforms import mean_fill, normalize
+from restr.runtime.trt_runner import EngineMismatchError, check_sidecar, profile_max_batch
 
 S = _get_config("restr-tiny").image_size  # input side of the small model
 N_V = _get_config("restr-tiny").num_patches
@@ -70,13 +78,18 @@ def torch_probs(model: ReSTR, vocab: Vocabulary, im: Image.Image, texts: list[st
     if predictor is not None:
         x, lb2 = predictor.preprocess(np.asarray(im.convert("RGB")))
         assert lb2 == lb
-        assert np.abs(x - normalize(lb.image(im.convert("RGB"), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]).max() <= 1.001 / 127.5
+        assert (
+            np.abs(
+                x - normalize(lb.image(im.convert("RGB"), mean_fill(cfg.image_mean)), cfg.image_mean, cfg.image_std)[None]
+            ).max()
+            <= 1.001 / 127.5
+        )
     enc = vocab.encode(texts, cfg.max_words)
     with torch.no_grad():
-        pixel, patch = model(torch.from_numpy(x).expand(len(texts), -1, -1, -1), torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask))
+        pixel, patch = model(
+            torch.from_numpy(x).expand(len(texts), -1, -1, -1), torch.from_numpy(enc.words), torch.from_numpy(enc.pad_mask)
+        )
     return torch.sigmoid(pixel)[:, 0].numpy(), torch.sigmoid(patch).numpy(), lb
-
-
 
 
 # -- correctness ---------------------------------------------------------------------------------------
@@ -208,7 +221,7 @@ def test_exif_rotation_gives_rotated_mask(tmp_path, predictor):
 def test_image_modes(tmp_path, predictor, mode):
     base = photo(50, 40, seed=8)
     if mode == "I;16":
-        im = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        im = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
         assert im.mode.startswith("I;16")
     elif mode == "P":
         im = base.convert("P", palette=Image.ADAPTIVE)
@@ -338,7 +351,7 @@ def test_runtime_imports_and_predicts_without_torch(tiny, tmp_path):
         assert "onnxruntime" not in sys.modules, "onnxruntime is imported lazily"
         from restr.runtime import Predictor
         p = Predictor.from_artifacts({str(tiny.folder)!r}, threads=1)
-        (pred,) = p.predict_image({str(tmp_path / 'x.png')!r}, "the dog")
+        (pred,) = p.predict_image({str(tmp_path / "x.png")!r}, "the dog")
         assert pred.mask.shape == (30, 50)
         from restr.runtime import cli  # the CLI module too
         leaked = [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "tensorrt") and sys.modules[m] is not None]
@@ -357,12 +370,19 @@ MACHINE = {"tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3"
 
 
 def test_sidecar_check_accepts_matching_and_refuses_others():
-    sidecar = {**MACHINE, "profiles": {"image": {"min": [1, 3, S, S], "opt": [1, 3, S, S], "max": [8, 3, S, S]},
-                                       "words": {"min": [1, 20], "opt": [4, 20], "max": [16, 20]}}}
+    sidecar = {
+        **MACHINE,
+        "profiles": {
+            "image": {"min": [1, 3, S, S], "opt": [1, 3, S, S], "max": [8, 3, S, S]},
+            "words": {"min": [1, 20], "opt": [4, 20], "max": [16, 20]},
+        },
+    }
     check_sidecar(sidecar, **MACHINE)
     check_sidecar(sidecar, **{**MACHINE, "compute_capability": (9, 0), "gpu_name": "NVIDIA  H100 80GB HBM3"})
     assert profile_max_batch(sidecar) == 8
-    with pytest.raises(EngineMismatchError, match=r"built with TensorRT 10.13.0.35, this machine has TensorRT 11.0.0.1; .*rebuild"):
+    with pytest.raises(
+        EngineMismatchError, match=r"built with TensorRT 10.13.0.35, this machine has TensorRT 11.0.0.1; .*rebuild"
+    ):
         check_sidecar(sidecar, **{**MACHINE, "tensorrt_version": "11.0.0.1"})
     with pytest.raises(EngineMismatchError, match="built for NVIDIA H100 80GB HBM3 .* this GPU is NVIDIA L4"):
         check_sidecar(sidecar, **{**MACHINE, "gpu_name": "NVIDIA L4", "compute_capability": "8.9"})
@@ -392,7 +412,11 @@ def _fake_engines(folder: Path, sidecar: dict, max_batch: int = 4) -> None:
         (folder / f"{key}.engine").write_bytes((folder / f"{key}.onnx").read_bytes())
         profiles = {s["name"]: {"min": [1], "opt": [max_batch], "max": [max_batch]} for s in manifest["graphs"][key]["inputs"]}
         (folder / f"{key}.engine.json").write_text(json.dumps({**sidecar, "profiles": profiles}))
-        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": sha256_of(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json"}
+        manifest["engines"][key] = {
+            "file": f"{key}.engine",
+            "sha256": sha256_of(folder / f"{key}.engine"),
+            "sidecar": f"{key}.engine.json",
+        }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -440,8 +464,11 @@ def test_bench_loads_engine_files_as_it_loads_graph_files(tiny, tmp_path, fake_t
     assert (alone.kind, alone.graph, alone.precision) == ("tensorrt", "language", "fp16-strongly-typed")
     assert "shapes from the engine" in alone.notes[0] and alone.predictor is None and alone.split is None
     feeds = alone.feeds(2)
-    np.testing.assert_allclose(alone.runner.run(feeds)["linguistic_features"],
-                               load_target(folder / "language.onnx").runner.run(feeds)["linguistic_features"], atol=1e-5)
+    np.testing.assert_allclose(
+        alone.runner.run(feeds)["linguistic_features"],
+        load_target(folder / "language.onnx").runner.run(feeds)["linguistic_features"],
+        atol=1e-5,
+    )
     for t in (onnx, listed, alone):
         t.runner.close()
 
@@ -546,7 +573,7 @@ def test_device_path_keeps_no_host_copy_of_a_dropped_embedding(tiny):
 
 
 def test_runner_protocol_and_closing(tiny):
-    from restr.runtime.runners import OrtRunner, RunnerClosedError, Runner
+    from restr.runtime.runners import OrtRunner, Runner, RunnerClosedError
 
     art = Artifacts.open(tiny.folder)
     runner = OrtRunner(art, art.graph("language"), threads=1)
@@ -573,7 +600,8 @@ def test_one_table_of_graph_inputs_and_outputs(tiny):
     header = Path(__file__).parents[1] / "runtime" / "cpp" / "src" / "graph_io.hpp"
     assert header.read_text(encoding="utf-8") == cpp_header(), (
         "runtime/cpp/src/graph_io.hpp is stale: python -c 'from restr.runtime.formats import cpp_header; "
-        "print(cpp_header(), end=\"\")' > runtime/cpp/src/graph_io.hpp")
+        'print(cpp_header(), end="")\' > runtime/cpp/src/graph_io.hpp'
+    )
 
 
 def test_artifacts_from_bare_graphs_run_like_the_export(tiny, tmp_path):
@@ -588,8 +616,10 @@ def test_artifacts_from_bare_graphs_run_like_the_export(tiny, tmp_path):
     assert bare.manifest == {} and bare.mean == bare.std == (0.5, 0.5, 0.5) and bare.engines == {}
     assert Artifacts.from_graphs(tmp_path).max_words == 20 and Artifacts.from_graphs(tmp_path, max_words=7).max_words == 7
     words = {"words": np.ones((1, art.max_words), np.int64), "pad_mask": np.zeros((1, art.max_words), bool)}
-    np.testing.assert_array_equal(make_runner(bare, "language", threads=1).run(words)["linguistic_features"],
-                                  make_runner(art, "language", threads=1).run(words)["linguistic_features"])
+    np.testing.assert_array_equal(
+        make_runner(bare, "language", threads=1).run(words)["linguistic_features"],
+        make_runner(art, "language", threads=1).run(words)["linguistic_features"],
+    )
     info = art.graph("language")
     wrong = GraphInfo(key="language", path=info.path, sha256=sha256_file(tiny.folder / "vision.onnx"), inputs=info.inputs)
     with pytest.raises(ArtifactError, match="sha256"):
@@ -649,10 +679,21 @@ def _bulk_requests(tmp_path):
     photos[1].save(path)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     return [
-        (photos[0], ["the dog"]), (path, "red car"), (photos[2], ["ball"]), (photos[3], ["the man in the blue shirt"]),
-        (photos[4], TEXTS), (more[0], ["the dog"]), (more[1], ["the big cat on the bench"]), (more[2], ["small tree"]),
-        (tmp_path / "missing.png", ["the dog"]), (photos[0], ["the big cat on the bench"]), (photos[2], ["small tree", "ball"]),
-        (tmp_path / "broken.png", ["the dog"]), (photos[1], ["   "]), (photos[3], ["the dog"]), (photos[4], ["red car"]),
+        (photos[0], ["the dog"]),
+        (path, "red car"),
+        (photos[2], ["ball"]),
+        (photos[3], ["the man in the blue shirt"]),
+        (photos[4], TEXTS),
+        (more[0], ["the dog"]),
+        (more[1], ["the big cat on the bench"]),
+        (more[2], ["small tree"]),
+        (tmp_path / "missing.png", ["the dog"]),
+        (photos[0], ["the big cat on the bench"]),
+        (photos[2], ["small tree", "ball"]),
+        (tmp_path / "broken.png", ["the dog"]),
+        (photos[1], ["   "]),
+        (photos[3], ["the dog"]),
+        (photos[4], ["red car"]),
         (path, ["the zebra"]),
     ]
 
@@ -663,7 +704,11 @@ def test_predict_many_equals_predict_image_request_by_request(tiny, predictor, t
     features or letterbox), in input order, with the bad requests reported in place and the run
     going on past them."""
     requests = _bulk_requests(tmp_path)
-    many = _bound_predictor(tiny.folder, cache_size=4) if path == "device" else Predictor.from_artifacts(tiny.folder, threads=1, cache_size=4)
+    many = (
+        _bound_predictor(tiny.folder, cache_size=4)
+        if path == "device"
+        else Predictor.from_artifacts(tiny.folder, threads=1, cache_size=4)
+    )
     results = list(many.predict_many(iter(requests), probs=True, workers=2))
     assert [r.index for r in results] == list(range(len(requests)))
     errors = {r.index: r.error for r in results if r.error is not None}
@@ -712,7 +757,9 @@ def test_embed_many_equals_embed(tiny, predictor):
             want = predictor.embed(im)
             assert emb.letterbox == want.letterbox
             enc = p.encode_text(TEXTS[:2])
-            np.testing.assert_allclose(p.decode(emb, enc.words, enc.pad_mask)[0], predictor.decode(want, enc.words, enc.pad_mask)[0], atol=1e-5)
+            np.testing.assert_allclose(
+                p.decode(emb, enc.words, enc.pad_mask)[0], predictor.decode(want, enc.words, enc.pad_mask)[0], atol=1e-5
+            )
     with pytest.raises(ImageError):
         list(predictor.embed_many([images[0], np.zeros((0, 4, 3), np.uint8)]))
 
@@ -724,14 +771,20 @@ def test_an_embedding_from_another_export_is_refused(tiny, predictor, tmp_path):
     from restr.runtime.predictor import EmbeddingError
 
     other = tmp_path / "other"
-    export_artifacts(Source(make_tiny_model(tiny.vocab, seed=1), tiny.vocab, {}, None, False), other,
-                     ExportOptions(max_batch=4, precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
-                     log=lambda _: None)
+    export_artifacts(
+        Source(make_tiny_model(tiny.vocab, seed=1), tiny.vocab, {}, None, False),
+        other,
+        ExportOptions(max_batch=4, precisions=("fp32",), engine=False, verify=False, progress=False, threads=1),
+        log=lambda _: None,
+    )
     im = photo(80, 56, seed=1)
     for theirs in (Predictor.from_artifacts(other, threads=1), _bound_predictor(other)):
         emb = theirs.embed(im)
-        with pytest.raises(EmbeddingError, match=r"^this image embedding was made by another export \(its vision graph has sha256 [0-9a-f]{12}\.\.\., "
-                                                  r"this predictor's [0-9a-f]{12}\.\.\.\): embed the image again with this predictor$"):
+        with pytest.raises(
+            EmbeddingError,
+            match=r"^this image embedding was made by another export \(its vision graph has sha256 [0-9a-f]{12}\.\.\., "
+            r"this predictor's [0-9a-f]{12}\.\.\.\): embed the image again with this predictor$",
+        ):
             predictor.predict_embedding(emb, "the dog")
         with pytest.raises(EmbeddingError):
             enc = predictor.encode_text("the dog")

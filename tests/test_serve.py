@@ -5,6 +5,7 @@ The server runs in the serving environment (`make serve-env`: nvidia-pytriton ne
 found at $RESTR_SERVE_PYTHON or .venv-serve/bin/python; the tests skip, saying so, without it.
 Every server is started on free ports and stopped (SIGTERM, then SIGKILL) even when a test fails.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,15 +28,17 @@ pytest.importorskip("torch")
 pytest.importorskip("tritonclient.http")
 pytest.importorskip("tritonclient.grpc")
 
-from restr.benchmarks.serve_bench import free_ports, run_load  # noqa: E402
-from restr.runtime import Predictor  # noqa: E402
-from restr.runtime.client import RemotePredictor, RestrClient, ServerError, parse_url  # noqa: E402
-from conftest import SERVE_START_TIMEOUT_S as START_TIMEOUT_S, Server, make_tiny_export, photo, serve_python  # noqa: E402
+from conftest import SERVE_START_TIMEOUT_S as START_TIMEOUT_S, Server, make_tiny_export, photo, serve_python
+from restr.benchmarks.serve_bench import free_ports, run_load
+from restr.runtime import Predictor
+from restr.runtime.client import RemotePredictor, RestrClient, ServerError, parse_url
 
 TEXTS = ["the red circle", "the small blue square left of it", "zzz unknown words"]
 TOKEN = "a-token-for-the-tests"
 SERVE_PYTHON = serve_python()
-pytestmark = pytest.mark.skipif(SERVE_PYTHON is None, reason="no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)")
+pytestmark = pytest.mark.skipif(
+    SERVE_PYTHON is None, reason="no serving environment with nvidia-pytriton: run `make serve-env` (or set RESTR_SERVE_PYTHON)"
+)
 
 
 def health(url: str) -> int | str:
@@ -50,8 +53,9 @@ def health(url: str) -> int | str:
 
 
 def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, r.read().decode()
@@ -89,7 +93,7 @@ def alive(pids) -> list[int]:
     return out
 
 
-def assert_nothing_left(s: "Server", tree: list[int]) -> None:
+def assert_nothing_left(s: Server, tree: list[int]) -> None:
     """No process of the server's tree, no shared memory or temporary folder of its restr-serve."""
     deadline = time.monotonic() + 10
     while alive(tree[1:]) and time.monotonic() < deadline:  # instances exiting after tritonserver
@@ -111,8 +115,17 @@ def predictor(tiny):
 
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--artifacts", str(tiny.folder), "--instances", "2",
-               "--batch-images", "4", "--access-token", TOKEN)  # batching: a CPU server does not by default
+    s = Server(
+        tmp_path_factory.mktemp("serve") / "server.log",
+        "--artifacts",
+        str(tiny.folder),
+        "--instances",
+        "2",
+        "--batch-images",
+        "4",
+        "--access-token",
+        TOKEN,
+    )  # batching: a CPU server does not by default
     try:
         s.wait_ready()
         yield s
@@ -191,12 +204,27 @@ def test_pil_images_are_oriented_and_composited_as_the_predictor_does(server, pr
         ({"image": "FILE", "rgb": np.zeros((4, 4, 3), np.uint8)}, "exactly one of"),
         ({"image": "FILE", "texts": np.array([b"   "], dtype=object)}, "is empty"),
         ({"image": "FILE", "texts": np.array([b""], dtype=object)}, "is empty"),
-        ({"image": "FILE", "texts": np.array([], dtype=object)}, "no expression|zero-sized|zeros in shape"),  # refused by tritonclient itself
+        (
+            {"image": "FILE", "texts": np.array([], dtype=object)},
+            "no expression|zero-sized|zeros in shape",
+        ),  # refused by tritonclient itself
         ({"image": "FILE", "texts": np.array([1.5], dtype=np.float32)}, "texts"),
         ({"image": "FILE", "threshold": np.array([1.5], np.float32)}, "threshold"),
     ],
-    ids=["garbage", "empty-bytes", "empty-rgb", "rgb-float", "rgb-2d", "no-image", "two-images", "blank-text", "empty-text", "no-text",
-         "text-float", "threshold"],
+    ids=[
+        "garbage",
+        "empty-bytes",
+        "empty-rgb",
+        "rgb-float",
+        "rgb-2d",
+        "no-image",
+        "two-images",
+        "blank-text",
+        "empty-text",
+        "no-text",
+        "text-float",
+        "threshold",
+    ],
 )
 def test_bad_requests_are_errors_and_the_server_keeps_serving(server, predictor, image_file, inputs, message):
     inputs = dict(inputs)
@@ -211,11 +239,25 @@ def test_bad_requests_are_errors_and_the_server_keeps_serving(server, predictor,
         assert_same(client.predict(image_file, TEXTS[:1]), predictor.predict_image(image_file, TEXTS[:1]))
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"inputs": [{"name": "texts", "datatype": "BYTES", "shape": [1, 1], "data": [""]},
-                 {"name": "rgb", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": list(range(12))}]}, "expression 1 ('') is empty"),
-    ({"inputs": [{"name": "texts", "datatype": "BYTES", "shape": [1, 1], "data": ["the red circle"]}]}, "send exactly one of"),
-], ids=["empty-text", "no-image"])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            {
+                "inputs": [
+                    {"name": "texts", "datatype": "BYTES", "shape": [1, 1], "data": [""]},
+                    {"name": "rgb", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": list(range(12))},
+                ]
+            },
+            "expression 1 ('') is empty",
+        ),
+        (
+            {"inputs": [{"name": "texts", "datatype": "BYTES", "shape": [1, 1], "data": ["the red circle"]}]},
+            "send exactly one of",
+        ),
+    ],
+    ids=["empty-text", "no-image"],
+)
 def test_a_bad_request_over_plain_http_is_a_client_error_in_one_line(server, body, message):
     """What curl sees: HTTP 400 and a one-line message without server internals; the log: one line."""
     before = len(server.lines())
@@ -276,7 +318,11 @@ def test_predict_cli_and_remote_predictor_against_the_server(server, tiny, image
     texts = [a for t in TEXTS for a in ("--text", t)]
     local = run("--artifacts", tiny.folder, "--image", fresh, *texts, "--out", tmp_path / "local")
     remote = run("--server", server.url, "--image", fresh, *texts, "--out", tmp_path / "remote")
-    assert remote["mode"] == "server" and remote["threshold"] == local["threshold"] and remote["model"] == local["model"] == "restr-tiny"
+    assert (
+        remote["mode"] == "server"
+        and remote["threshold"] == local["threshold"]
+        and remote["model"] == local["model"] == "restr-tiny"
+    )
     keys = ("text", "mask", "area", "area_fraction", "score", "patch_score", "unknown_words", "no_known_words", "truncated")
     assert [{k: e[k] for k in keys} for e in remote["expressions"]] == [{k: e[k] for k in keys} for e in local["expressions"]]
     assert any(e["no_known_words"] for e in remote["expressions"])
@@ -285,15 +331,33 @@ def test_predict_cli_and_remote_predictor_against_the_server(server, tiny, image
     t = remote["timings_ms"]
     assert t["vision"] > 0 and t["language_fusion_per_expression"] > 0 and t["postprocess_per_expression"] > 0
     assert t["server_round_trip"] > 0 and "server_round_trip" not in local["timings_ms"]
-    words = [CliRunner().invoke(main, [option, str(where), "--list-words"]) for option, where in (("--server", server.url), ("--artifacts", tiny.folder))]
-    assert words[0].exit_code == words[1].exit_code == 0 and words[0].stdout == words[1].stdout and "dog" in words[0].stdout.split()
+    words = [
+        CliRunner().invoke(main, [option, str(where), "--list-words"])
+        for option, where in (("--server", server.url), ("--artifacts", tiny.folder))
+    ]
+    assert (
+        words[0].exit_code == words[1].exit_code == 0 and words[0].stdout == words[1].stdout and "dog" in words[0].stdout.split()
+    )
     remote_predictor = RemotePredictor(server.url)
     try:
-        assert remote_predictor.artifacts.vocabulary() == tiny.vocab and remote_predictor.artifacts.max_words == local_max_words(tiny)
+        assert remote_predictor.artifacts.vocabulary() == tiny.vocab and remote_predictor.artifacts.max_words == local_max_words(
+            tiny
+        )
     finally:
         remote_predictor.close()
-    r = CliRunner().invoke(main, ["--server", f"http://127.0.0.1:{free_ports(1)[0]}", "--image", str(image_file), "--text", "x",
-                                  "--out", str(tmp_path / "none")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "--server",
+            f"http://127.0.0.1:{free_ports(1)[0]}",
+            "--image",
+            str(image_file),
+            "--text",
+            "x",
+            "--out",
+            str(tmp_path / "none"),
+        ],
+    )
     assert r.exit_code == 2 and "no ready 'restr' model" in r.output and not (tmp_path / "none").exists()
 
 
@@ -333,8 +397,10 @@ def test_load_16_clients_400_requests_batched_across_requests(server, predictor,
         assert_same(preds, expected[images[i % len(images)]])
     requests_, runs = (int(after[k]) - int(before[k]) for k in ("inference_count", "execution_count"))
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
-    print(f"\nrestr-tiny, 16 clients, 400 requests of {len(TEXTS)} expressions: {400 / wall:.1f} req/s, p50 {p50:.1f} ms, "
-          f"p99 {p99:.1f} ms, {requests_ / runs:.2f} requests per model run; in-process (cached features) {in_process:.1f} req/s")
+    print(
+        f"\nrestr-tiny, 16 clients, 400 requests of {len(TEXTS)} expressions: {400 / wall:.1f} req/s, p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms, {requests_ / runs:.2f} requests per model run; in-process (cached features) {in_process:.1f} req/s"
+    )
     assert requests_ == 400 and runs < requests_, "no model run took more than one request"
     assert p99 < 10_000
 
@@ -382,8 +448,10 @@ def test_readiness_follows_the_model_and_the_drain(tiny, predictor, images, tmp_
         for i, _, _, preds in results:
             assert_same(preds, expected[images[i % len(images)]])
         drained = [r for r in results if r[1] < t_signal < r[2]]  # sent before the signal, answered after it
-        print(f"\nSIGTERM: {len(results)} answered ({len(drained)} across the signal), {len(errors)} refused, "
-              f"exit {t_exit - t_signal:.1f} s after the signal; readiness polled {len(during)} times during the drain")
+        print(
+            f"\nSIGTERM: {len(results)} answered ({len(drained)} across the signal), {len(errors)} refused, "
+            f"exit {t_exit - t_signal:.1f} s after the signal; readiness polled {len(during)} times during the drain"
+        )
         assert code == 0, s.tail()
         assert results and drained, "no request was in flight at SIGTERM: the test proved nothing"
         assert len(drained) > 2  # more than the 2 instances were running: Triton's queue was answered too
@@ -487,8 +555,11 @@ def test_serve_benchmark_restr_b16(tmp_path):
     from restr.export.pipeline import ExportOptions, export_artifacts, load_source
 
     export = tmp_path / "b16"
-    export_artifacts(load_source(config="restr-b16", image_size=320), export,
-                     ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False))
+    export_artifacts(
+        load_source(config="restr-b16", image_size=320),
+        export,
+        ExportOptions(precisions=("fp32",), engine=False, verify=False, progress=False),
+    )
     result = benchmark(export, requests=8, images=4, expressions=2, clients=[1, 4], instances=2, work=tmp_path / "work")
     assert [r["errors"] for r in result["server_rows"]] == [0, 0] and [r["requests"] for r in result["server_rows"]] == [8, 8]
     assert result["server_rows"][-1]["vs_in_process"] > 0.7  # loose: the shared machine's load swings
@@ -499,7 +570,9 @@ def tree_rss_kib(pid: int) -> int:
     total = 0
     for p in process_tree(pid):
         try:
-            total += int(next(line for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmRSS:")).split()[1])
+            total += int(
+                next(line for line in Path(f"/proc/{p}/status").read_text().splitlines() if line.startswith("VmRSS:")).split()[1]
+            )
         except (OSError, StopIteration):
             pass
     return total
@@ -544,7 +617,9 @@ def test_soak_10_minutes_at_concurrency_8(tiny, predictor, images, tmp_path):
         third = max(1, len(windows) // 3)
         first, last = np.median([w[1] for w in windows[:third]]), np.median([w[1] for w in windows[-third:]])
         growth = max(w[2] for w in windows) / rss0 - 1
-        print(f"RSS after warm-up {rss0 / 1024:.1f} MiB, largest growth {growth:+.1%}; p99 first third {first:.0f} ms, last third {last:.0f} ms")
+        print(
+            f"RSS after warm-up {rss0 / 1024:.1f} MiB, largest growth {growth:+.1%}; p99 first third {first:.0f} ms, last third {last:.0f} ms"
+        )
         assert growth <= 0.05 and last <= 1.5 * first
     finally:
         s.stop()
@@ -556,7 +631,9 @@ def perf_analyzer_command() -> list[str] | None:
     import shlex
     import shutil
 
-    command = shlex.split(os.environ.get("RESTR_PERF_ANALYZER", "")) or ([shutil.which("perf_analyzer")] if shutil.which("perf_analyzer") else [])
+    command = shlex.split(os.environ.get("RESTR_PERF_ANALYZER", "")) or (
+        [shutil.which("perf_analyzer")] if shutil.which("perf_analyzer") else []
+    )
     if not command:
         return None
     try:
@@ -575,10 +652,23 @@ def test_perf_analyzer_measures_restr_serve(tiny, tmp_path):
 
     command = perf_analyzer_command()
     if command is None:
-        pytest.skip("no perf_analyzer: set RESTR_PERF_ANALYZER (docs/serving.md), e.g. to "
-                    "'../shared/tools/perf_analyzer.sh build/perf-analyzer'")
-    result = benchmark(tiny.folder, command, [1, 8], images=8, expressions=3, protocol="grpc", serve_args=["--instances", "1"],
-                       work=tmp_path / "work", window_ms=2000, stability=100, baseline=False)
+        pytest.skip(
+            "no perf_analyzer: set RESTR_PERF_ANALYZER (docs/serving.md), e.g. to "
+            "'../shared/tools/perf_analyzer.sh build/perf-analyzer'"
+        )
+    result = benchmark(
+        tiny.folder,
+        command,
+        [1, 8],
+        images=8,
+        expressions=3,
+        protocol="grpc",
+        serve_args=["--instances", "1"],
+        work=tmp_path / "work",
+        window_ms=2000,
+        stability=100,
+        baseline=False,
+    )
     one, eight = result["rows"]
     assert one["requests_per_s"] > 0 and eight["requests_per_s"] > 0
     assert one["compute_infer_ms"] > 0 and one["requests_per_run"] == pytest.approx(1.0, abs=0.05)

@@ -10,6 +10,7 @@ or would spend a server start on.
 - Repositories the bundled tritonserver cannot run, ports in use or given twice: one line, exit 2,
   before anything starts.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,10 +29,10 @@ from restr.runtime import protocol, serve
 
 pytest.importorskip("torch")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-from google.protobuf import json_format, text_format  # noqa: E402
+from google.protobuf import json_format, text_format
 
-from restr.runtime import Predictor  # noqa: E402
-from conftest import make_tiny_export, photo  # noqa: E402
+from conftest import make_tiny_export, photo
+from restr.runtime import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,8 @@ def test_the_repository_batches_requests_and_says_what_it_serves(tiny, tmp_path)
     params = {k: v.string_value for k, v in c.parameters.items()}
     assert params["artifacts"] == str(tiny.folder.resolve()) and params["threads"] == str(max(1, (os.cpu_count() or 1) // 3))
     served = __import__("restr.runtime.client", fromlist=["ServedModel"]).ServedModel.from_config(
-        "http://h:1", json_format.MessageToDict(c, preserving_proto_field_name=True))
+        "http://h:1", json_format.MessageToDict(c, preserving_proto_field_name=True)
+    )
     assert served.model_name == "restr-tiny" and served.batched and served.max_words == manifest["max_words"]
     assert served.vocabulary() == tiny.vocab and served.threshold == manifest.get("threshold", 0.5)
     assert (repo / "restr" / "1" / "model.py").read_text().count("TritonModel as TritonPythonModel") == 1
@@ -70,9 +72,11 @@ def test_the_repository_batches_requests_and_says_what_it_serves(tiny, tmp_path)
 
 def test_pbtxt_keeps_words_outside_ascii():
     """Vocabularies hold such words; protobuf's text format has to read them back as written."""
-    text = protocol.pbtxt({"name": "restr", "parameters": [protocol.parameter("restr_vocabulary", "<pad>\n<unk>\ncafé\n\"quoted\"\n日本")]})
+    text = protocol.pbtxt(
+        {"name": "restr", "parameters": [protocol.parameter("restr_vocabulary", '<pad>\n<unk>\ncafé\n"quoted"\n日本')]}
+    )
     parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
-    assert parsed.parameters["restr_vocabulary"].string_value == "<pad>\n<unk>\ncafé\n\"quoted\"\n日本"
+    assert parsed.parameters["restr_vocabulary"].string_value == '<pad>\n<unk>\ncafé\n"quoted"\n日本'
 
 
 def test_tritonserver_command_line(tmp_path):
@@ -85,14 +89,19 @@ def test_tritonserver_command_line(tmp_path):
     assert not any("statistics" in a for a in local)  # perf_analyzer and Model Analyzer read them
     exposed = args(host="0.0.0.0")
     assert "--http-restricted-api=model-repository,trace,logging,shared-memory:triton-access-token=TOKEN" in exposed
-    assert {"--model-control-mode=explicit", "--load-model=restr", "--strict-readiness=true", "--exit-timeout-secs=30"} <= set(local)
+    assert {"--model-control-mode=explicit", "--load-model=restr", "--strict-readiness=true", "--exit-timeout-secs=30"} <= set(
+        local
+    )
     assert {"--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false"} <= set(local)  # no CUDA on a CPU server
     gpu = args(providers=["cuda", "cpu"])
     assert not any(a.startswith(("--pinned-memory", "--allow-gpu-metrics")) for a in gpu)
-    assert "--load-model=*" in serve.tritonserver_args(serve.ServeConfig(artifacts=None, repository=tmp_path), tmp_path, tmp_path, "p-", "T")
+    assert "--load-model=*" in serve.tritonserver_args(
+        serve.ServeConfig(artifacts=None, repository=tmp_path), tmp_path, tmp_path, "p-", "T"
+    )
 
 
 # -- the model, with a stand-in for Triton's Python backend -----------------------------------------
+
 
 class FakeTensor:
     def __init__(self, name, value):
@@ -154,7 +163,9 @@ def texts(*t):
 def test_a_batch_is_one_predict_many_and_each_bad_request_fails_alone(model, tiny, capsys, monkeypatch):
     calls = []
     many = model.predictor.predict_many
-    monkeypatch.setattr(model.predictor, "predict_many", lambda requests, **kw: calls.append(len(requests)) or many(requests, **kw))
+    monkeypatch.setattr(
+        model.predictor, "predict_many", lambda requests, **kw: calls.append(len(requests)) or many(requests, **kw)
+    )
     good_file, good_rgb = photo(72, 48, seed=1), np.asarray(photo(40, 64, seed=2))
     requests = [
         FakeRequest(**batched(image=np.array([png(good_file)], dtype=object), texts=texts("the red circle", "zzz"))),
@@ -175,7 +186,10 @@ def test_a_batch_is_one_predict_many_and_each_bad_request_fails_alone(model, tin
     assert len(log) == 4 and all(line.startswith("restr-serve: refused a request: ") for line in log)
 
     predictor = Predictor.from_artifacts(tiny.folder, threads=1)
-    for answer, (image, asked) in ((answers[0], (good_file, ["the red circle", "zzz"])), (answers[2], (good_rgb, ["the square"]))):
+    for answer, (image, asked) in (
+        (answers[0], (good_file, ["the red circle", "zzz"])),
+        (answers[2], (good_rgb, ["the square"])),
+    ):
         local = predictor.predict_image(image, asked)
         out = {k: v[0] for k, v in answer.outputs.items()}  # the batch axis of 1
         assert np.array_equal(out["masks"], np.stack([p.mask for p in local]))
@@ -187,8 +201,12 @@ def test_a_batch_is_one_predict_many_and_each_bad_request_fails_alone(model, tin
 
 def test_only_the_outputs_asked_for_and_a_threshold_per_request(model):
     image = np.asarray(photo(48, 48, seed=3))
-    a, b = model.execute([FakeRequest(["masks", "used_threshold"], **batched(rgb=image, texts=texts("the circle"), threshold=[0.2])),
-                          FakeRequest(["probs", "used_threshold"], **batched(rgb=image, texts=texts("the circle")))])
+    a, b = model.execute(
+        [
+            FakeRequest(["masks", "used_threshold"], **batched(rgb=image, texts=texts("the circle"), threshold=[0.2])),
+            FakeRequest(["probs", "used_threshold"], **batched(rgb=image, texts=texts("the circle"))),
+        ]
+    )
     assert sorted(a.outputs) == ["masks", "used_threshold"] and sorted(b.outputs) == ["probs", "used_threshold"]
     assert a.outputs["used_threshold"][0][0] == pytest.approx(0.2) and b.outputs["used_threshold"][0][0] == pytest.approx(0.5)
 
@@ -221,6 +239,7 @@ def test_what_a_killed_restr_serve_left_is_removed_by_the_next(tmp_path):
 
 # -- refusals before anything starts ----------------------------------------------------------------
 
+
 def run_serve(*args):
     return subprocess.run([sys.executable, "-m", "restr.runtime.serve", *args], capture_output=True, text=True, timeout=60)
 
@@ -251,20 +270,27 @@ def test_a_port_in_use_or_given_twice_is_one_line_before_anything_starts(tmp_pat
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cases = {f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}": ["--metrics-port", str(port)],
-                 "--http-port, --grpc-port and --metrics-port must differ": ["--grpc-port", "8000", "--http-port", "8000"]}
+        cases = {
+            f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}": ["--metrics-port", str(port)],
+            "--http-port, --grpc-port and --metrics-port must differ": ["--grpc-port", "8000", "--http-port", "8000"],
+        }
         for words, args in cases.items():
             r = run_serve("--artifacts", str(tmp_path), *args)
             assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("threshold, ok", [(0.0, True), (1.0, True), (0.3, True), (1.5, False), (-0.1, False), (float("nan"), False)])
+@pytest.mark.parametrize(
+    "threshold, ok", [(0.0, True), (1.0, True), (0.3, True), (1.5, False), (-0.1, False), (float("nan"), False)]
+)
 def test_a_served_threshold_follows_the_predictors_rule(threshold, ok):
     """A request's threshold is judged as Predictor judges one: [0, 1], bounds included."""
     from restr.runtime.transforms import check_threshold
 
-    inputs = {"rgb": np.zeros((2, 2, 3), np.uint8), "texts": np.array([b"the dog"], np.object_),
-              "threshold": np.array([threshold], np.float32)}
+    inputs = {
+        "rgb": np.zeros((2, 2, 3), np.uint8),
+        "texts": np.array([b"the dog"], np.object_),
+        "threshold": np.array([threshold], np.float32),
+    }
     if ok:
         assert protocol.read_request(inputs.get, max_texts=4)[2] == pytest.approx(check_threshold(threshold))
     else:

@@ -16,6 +16,7 @@ keyword-argument name it defines, but not which class each belongs to, so:
 Scanned: runtime/trt_runner.py, export/tensorrt_build.py, benchmarks/*.py, and the GPU test code
 (tests/test_gpu.py).
 """
+
 from __future__ import annotations
 
 import ast
@@ -37,18 +38,32 @@ SOURCES = {
 }
 # what a call returns, for the calls that make TensorRT objects
 RETURNS = {
-    ("tensorrt", "Logger"): "Logger", ("tensorrt", "Runtime"): "Runtime", ("tensorrt", "Builder"): "Builder",
+    ("tensorrt", "Logger"): "Logger",
+    ("tensorrt", "Runtime"): "Runtime",
+    ("tensorrt", "Builder"): "Builder",
     ("tensorrt", "OnnxParser"): "OnnxParser",
     ("Runtime", "deserialize_cuda_engine"): "ICudaEngine",
     ("ICudaEngine", "create_execution_context"): "IExecutionContext",
-    ("Builder", "create_network"): "INetworkDefinition", ("INetworkDefinition", "get_layer"): "ILayer", ("Builder", "create_builder_config"): "IBuilderConfig",
+    ("Builder", "create_network"): "INetworkDefinition",
+    ("INetworkDefinition", "get_layer"): "ILayer",
+    ("Builder", "create_builder_config"): "IBuilderConfig",
     ("Builder", "create_optimization_profile"): "IOptimizationProfile",
-    ("IBuilderConfig", "create_timing_cache"): "ITimingCache", ("IBuilderConfig", "get_timing_cache"): "ITimingCache",
+    ("IBuilderConfig", "create_timing_cache"): "ITimingCache",
+    ("IBuilderConfig", "get_timing_cache"): "ITimingCache",
 }
 BY_NAME = {"engine": "ICudaEngine", "context": "IExecutionContext"}  # names our code keeps for these objects
 # Gone from TensorRT 10/11: code must not use them.
-REMOVED = {"FP16", "EXPLICIT_BATCH", "OBEY_PRECISION_CONSTRAINTS", "int8_calibrator", "platform_has_fast_fp16",
-           "execute_async_v2", "get_binding_index", "max_workspace_size", "build_engine"}
+REMOVED = {
+    "FP16",
+    "EXPLICIT_BATCH",
+    "OBEY_PRECISION_CONSTRAINTS",
+    "int8_calibrator",
+    "platform_has_fast_fp16",
+    "execute_async_v2",
+    "get_binding_index",
+    "max_workspace_size",
+    "build_engine",
+}
 
 
 def binding_library() -> Path | None:
@@ -156,7 +171,11 @@ class Scanner:
 
 
 def scan(path: Path, functions: set[str] | None = None) -> Scanner:
-    return Scanner(ast.parse(path.read_text(encoding="utf-8")), str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name, functions)
+    return Scanner(
+        ast.parse(path.read_text(encoding="utf-8")),
+        str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name,
+        functions,
+    )
 
 
 def problems(scanner: Scanner) -> list[str]:
@@ -180,8 +199,10 @@ def all_uses() -> list[Scanner]:
 def lib() -> Path:
     found = binding_library()
     if found is None:
-        pytest.skip("TensorRT's Python binding module is not installed: pip install tensorrt-cu13-bindings "
-                    "(1.2 MB, no CUDA needed) to check the TensorRT names the code uses")
+        pytest.skip(
+            "TensorRT's Python binding module is not installed: pip install tensorrt-cu13-bindings "
+            "(1.2 MB, no CUDA needed) to check the TensorRT names the code uses"
+        )
     return found
 
 
@@ -211,14 +232,29 @@ def test_each_call_is_on_its_class():
     scanners = all_uses()
     seen = {(cls, member) for s in scanners for _, cls, member, _ in s.uses}
     # the inference reached every object the runtime and the build use (the scan is not vacuous)
-    assert {("IExecutionContext", "execute_async_v3"), ("IExecutionContext", "set_input_shape"), ("IExecutionContext", "set_tensor_address"),
-            ("ICudaEngine", "create_execution_context"), ("ICudaEngine", "get_tensor_mode"), ("Runtime", "deserialize_cuda_engine"),
-            ("Builder", "build_serialized_network"), ("OnnxParser", "parse_from_file"), ("IBuilderConfig", "set_timing_cache"),
-            ("IBuilderConfig", "add_optimization_profile"), ("IOptimizationProfile", "set_shape"), ("ITimingCache", "serialize"),
-            ("Logger", "WARNING"), ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"), ("TensorIOMode", "INPUT"),
-            # explicit quantization of the INT8 graphs: the parsed network's Quantize/Dequantize layers
-            ("INetworkDefinition", "num_layers"), ("INetworkDefinition", "get_layer"), ("ILayer", "type"),
-            ("LayerType", "QUANTIZE"), ("LayerType", "DEQUANTIZE")} <= seen
+    assert {
+        ("IExecutionContext", "execute_async_v3"),
+        ("IExecutionContext", "set_input_shape"),
+        ("IExecutionContext", "set_tensor_address"),
+        ("ICudaEngine", "create_execution_context"),
+        ("ICudaEngine", "get_tensor_mode"),
+        ("Runtime", "deserialize_cuda_engine"),
+        ("Builder", "build_serialized_network"),
+        ("OnnxParser", "parse_from_file"),
+        ("IBuilderConfig", "set_timing_cache"),
+        ("IBuilderConfig", "add_optimization_profile"),
+        ("IOptimizationProfile", "set_shape"),
+        ("ITimingCache", "serialize"),
+        ("Logger", "WARNING"),
+        ("NetworkDefinitionCreationFlag", "STRONGLY_TYPED"),
+        ("TensorIOMode", "INPUT"),
+        # explicit quantization of the INT8 graphs: the parsed network's Quantize/Dequantize layers
+        ("INetworkDefinition", "num_layers"),
+        ("INetworkDefinition", "get_layer"),
+        ("ILayer", "type"),
+        ("LayerType", "QUANTIZE"),
+        ("LayerType", "DEQUANTIZE"),
+    } <= seen
     found = [p for s in scanners for p in problems(s)]
     assert not found, "TensorRT calls not on their class:\n" + "\n".join(found)
 

@@ -1,4 +1,5 @@
 """Training loop, schedule, exact resume, torchrun/gloo, and restr-eval as users run them."""
+
 import json
 import os
 import subprocess
@@ -150,7 +151,10 @@ def test_torchrun_refuses_a_batch_that_does_not_split(tmp_path, data, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "2")
     r = CliRunner().invoke(main, ["--data", data, "--out", str(tmp_path / "run"), "--batch-size", "3", "--iterations", "2"])
     assert r.exit_code == 2
-    assert r.stderr == "restr-train: error: --batch-size 3 is the global batch and does not split evenly across 2 processes: use 2 or 4\n"
+    assert (
+        r.stderr
+        == "restr-train: error: --batch-size 3 is the global batch and does not split evenly across 2 processes: use 2 or 4\n"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -176,7 +180,9 @@ def test_progress_written_to_a_file_is_plain_lines(tmp_path, data, capsys, monke
     assert [l.split()[1] for l in progress] == [f"{i}/6" for i in range(1, 7)]
     assert "loss=" in progress[-1] and "it/s" in progress[-1]
     val = [l for l in lines if l.startswith("val step ")]
-    assert [l.split(":")[0] for l in val] == ["val step 3", "val step 6"] and all("overall IoU" in l and "mean IoU" in l for l in val)
+    assert [l.split(":")[0] for l in val] == ["val step 3", "val step 6"] and all(
+        "overall IoU" in l and "mean IoU" in l for l in val
+    )
     capsys.readouterr()
     train(small_cfg(), tc(), data, tmp_path / "quiet", device="cpu", workers=0, progress=False)
     err = capsys.readouterr().err
@@ -193,7 +199,17 @@ def test_eval_cli_json_and_control(tmp_path, data):
     assert set(res) >= {"overall_iou", "mean_iou", "precision_at", "by_length", "n"}
     assert set(res["precision_at"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
     assert "overall IoU" in r.stdout and "mean IoU" in r.stdout
-    r = run_cli("-m", "restr.evaluate", "--ckpt", str(ckpt), "--data", f"{data}:test", "--shuffle-text", "--json", str(tmp_path / "s.json"))
+    r = run_cli(
+        "-m",
+        "restr.evaluate",
+        "--ckpt",
+        str(ckpt),
+        "--data",
+        f"{data}:test",
+        "--shuffle-text",
+        "--json",
+        str(tmp_path / "s.json"),
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "s.json").read_text())["shuffle_text"] is True
 
@@ -226,8 +242,13 @@ def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
     folder = RunFolder(tmp_path)
     folder.log({"step": 5, "loss": 0.5, "lr": 1e-3})
     folder.log({"step": 10, "split": "val", "overall_iou": 0.25, "n": 4})
-    assert calls == [("dir", str(tmp_path / "tensorboard")), ("train/loss", 0.5, 5), ("train/lr", 1e-3, 5),
-                     ("val/overall_iou", 0.25, 10), ("val/n", 4, 10)]
+    assert calls == [
+        ("dir", str(tmp_path / "tensorboard")),
+        ("train/loss", 0.5, 5),
+        ("train/lr", 1e-3, 5),
+        ("val/overall_iou", 0.25, 10),
+        ("val/n", 4, 10),
+    ]
 
 
 def test_kill_9_never_leaves_half_a_checkpoint(tmp_path, data):
@@ -272,7 +293,9 @@ def test_precision_optimizer_and_loader_follow_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla V100")
     for native, auto in ((True, "bf16"), (False, "fp16")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n and not including_emulation)
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n and not including_emulation
+        )
         assert resolve_precision("auto", gpu) == auto and resolve_precision("fp32", gpu) == "fp32"
     with pytest.raises(UsageError, match="Tesla V100 has no BF16"):
         resolve_precision("bf16", gpu)
@@ -286,7 +309,13 @@ def test_precision_optimizer_and_loader_follow_the_device(monkeypatch):
     assert default_workers(cpu) == 2 and default_workers(gpu) == 15
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's processes on this node share its CPUs
     assert default_workers(gpu) == 3
-    assert loader_options(gpu, 3) == {"num_workers": 3, "drop_last": True, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 4}
+    assert loader_options(gpu, 3) == {
+        "num_workers": 3,
+        "drop_last": True,
+        "pin_memory": True,
+        "persistent_workers": True,
+        "prefetch_factor": 4,
+    }
     assert loader_options(cpu, 0) == {"num_workers": 0, "drop_last": True, "pin_memory": False}
 
 
@@ -308,7 +337,9 @@ def test_bf16_autocast_trains_on_the_cpu():
     torch.set_num_threads(1)
     model, step, batch = _step_setup("bf16")
     seen = set()
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.add(o.dtype)) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.add(o.dtype)) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    ]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     losses = [step(batch, 3 + i) for i in range(3)]
     for h in hooks:
@@ -403,7 +434,8 @@ def test_torchrun_with_one_process_trains_through_ddp_with_the_same_losses(tmp_p
         "import torch; torch.set_num_threads(1);"
         "from restr.train import train, TrainConfig; from restr.config import get_config;"
         "train(get_config('restr-tiny').replace(image_size=32), TrainConfig(iterations=4, batch_size=4, lr=1e-3, val_every=3, val_limit=4,"
-        f" ckpt_every=3, log_every=1), {data!r}, {str(tmp_path / 'ddp')!r}, device='cpu', workers=0, progress=False)")
+        f" ckpt_every=3, log_every=1), {data!r}, {str(tmp_path / 'ddp')!r}, device='cpu', workers=0, progress=False)"
+    )
     r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", str(script))
     assert r.returncode == 0, r.stderr[-2000:]
     run = json.loads((tmp_path / "ddp" / "run.json").read_text())
@@ -411,6 +443,8 @@ def test_torchrun_with_one_process_trains_through_ddp_with_the_same_losses(tmp_p
     assert json.loads((plain.parent / "run.json").read_text())["runtime"]["distributed"] is None
 
     def losses(folder):
-        return [(r["step"], r["loss"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        return [
+            (r["step"], r["loss"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+        ]
 
     assert losses(tmp_path / "ddp") == losses(plain.parent) and len(losses(plain.parent)) == 4

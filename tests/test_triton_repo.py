@@ -1,6 +1,7 @@
 """restr-export --triton: the generated model repository, every config.pbtxt parsed with Triton's own
 model-config protobuf (tritonclient), and the repository run on a real tritonserver (PyTriton's).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,13 +15,13 @@ import pytest
 
 pytest.importorskip("torch")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-from google.protobuf import text_format  # noqa: E402  (tritonclient[grpc] brings protobuf)
+from google.protobuf import text_format  # tritonclient[grpc] brings protobuf
 
-from restr.export.pipeline import ExportError  # noqa: E402
-from restr.export.triton import TritonOptions, write_repository  # noqa: E402
-from restr.runtime import Predictor, protocol  # noqa: E402
-from restr.runtime.client import RestrClient, ServerError  # noqa: E402
-from conftest import Server, make_tiny_export, photo, serve_python  # noqa: E402
+from conftest import Server, make_tiny_export, photo, serve_python
+from restr.export.pipeline import ExportError
+from restr.export.triton import TritonOptions, write_repository
+from restr.runtime import Predictor, protocol
+from restr.runtime.client import RestrClient, ServerError
 
 SERVE_PYTHON = serve_python()
 
@@ -47,8 +48,10 @@ def io(tensors) -> list:
 
 
 def manifest_io(specs, batching: bool) -> list:
-    return [(s["name"], DTYPES[s["dtype"]], [-1 if isinstance(d, str) else d for d in (s["shape"][1:] if batching else s["shape"])])
-            for s in specs]
+    return [
+        (s["name"], DTYPES[s["dtype"]], [-1 if isinstance(d, str) else d for d in (s["shape"][1:] if batching else s["shape"])])
+        for s in specs
+    ]
 
 
 def _older_export(tiny, tmp_path) -> Path:
@@ -99,14 +102,21 @@ def test_repository_follows_the_manifest(tiny, tmp_path):
     assert {"model.py", "restr_protocol.py", "restr_tokenizer.py", "restr_transforms.py"} <= {p.name for p in version.iterdir()}
     write_repository(folder, tmp_path / "cpu", TritonOptions(device="cpu", instances=3))
     cpu = parse(tmp_path / "cpu")
-    assert [(i.count, model_config_pb2.ModelInstanceGroup.Kind.Name(i.kind)) for i in cpu["restr_vision"].instance_group] == [(3, "KIND_CPU")]
+    assert [(i.count, model_config_pb2.ModelInstanceGroup.Kind.Name(i.kind)) for i in cpu["restr_vision"].instance_group] == [
+        (3, "KIND_CPU")
+    ]
 
 
 def _add_graph(folder: Path, m: dict, key: str, source: str, inputs: list, outputs: list) -> None:
     """A manifest entry for a graph the export may have (the file: a copy of another, for the checksum)."""
     shutil.copy(folder / f"{source}.onnx", folder / f"{key}.onnx")
-    m["graphs"][key] = {"file": f"{key}.onnx", "sha256": hashlib.sha256((folder / f"{key}.onnx").read_bytes()).hexdigest(),
-                        "precision": "fp32", "inputs": inputs, "outputs": outputs}
+    m["graphs"][key] = {
+        "file": f"{key}.onnx",
+        "sha256": hashlib.sha256((folder / f"{key}.onnx").read_bytes()).hexdigest(),
+        "precision": "fp32",
+        "inputs": inputs,
+        "outputs": outputs,
+    }
 
 
 def test_uses_preprocess_postprocess_graphs_engines_and_image_batch_when_the_manifest_has_them(tiny, tmp_path):
@@ -114,18 +124,39 @@ def test_uses_preprocess_postprocess_graphs_engines_and_image_batch_when_the_man
     shutil.copytree(tiny.folder, folder)
     m = json.loads((folder / "manifest.json").read_text())
     s = m["image_size"]
-    _add_graph(folder, m, "preprocess", "vision",
-               [{"name": "rgb", "dtype": "uint8", "shape": ["height", "width", 3]}],
-               [{"name": "image", "dtype": "float32", "shape": [1, 3, s, s]}, {"name": "letterbox", "dtype": "int64", "shape": [4]}])
-    _add_graph(folder, m, "postprocess", "vision",
-               [{"name": "pixel_probs", "dtype": "float32", "shape": ["batch", 1, s, s]},
-                {"name": "letterbox", "dtype": "int64", "shape": [4]}, {"name": "threshold", "dtype": "float32", "shape": [1]}],
-               [{"name": "mask", "dtype": "bool", "shape": ["batch", "height", "width"]},
-                {"name": "score", "dtype": "float32", "shape": ["batch"]}])
+    _add_graph(
+        folder,
+        m,
+        "preprocess",
+        "vision",
+        [{"name": "rgb", "dtype": "uint8", "shape": ["height", "width", 3]}],
+        [{"name": "image", "dtype": "float32", "shape": [1, 3, s, s]}, {"name": "letterbox", "dtype": "int64", "shape": [4]}],
+    )
+    _add_graph(
+        folder,
+        m,
+        "postprocess",
+        "vision",
+        [
+            {"name": "pixel_probs", "dtype": "float32", "shape": ["batch", 1, s, s]},
+            {"name": "letterbox", "dtype": "int64", "shape": [4]},
+            {"name": "threshold", "dtype": "float32", "shape": [1]},
+        ],
+        [
+            {"name": "mask", "dtype": "bool", "shape": ["batch", "height", "width"]},
+            {"name": "score", "dtype": "float32", "shape": ["batch"]},
+        ],
+    )
     m["graphs"]["fusion_decoder"]["inputs"][0]["shape"][0] = "image_batch"
     (folder / "vision_fp16.engine").write_bytes(b"a serialized TensorRT engine")
-    m["engines"] = {"vision_fp16": {"file": "vision_fp16.engine", "sha256": hashlib.sha256(b"a serialized TensorRT engine").hexdigest(),
-                                    "source": "vision.onnx", "max_batch": 16}}
+    m["engines"] = {
+        "vision_fp16": {
+            "file": "vision_fp16.engine",
+            "sha256": hashlib.sha256(b"a serialized TensorRT engine").hexdigest(),
+            "source": "vision.onnx",
+            "max_batch": 16,
+        }
+    }
     (folder / "manifest.json").write_text(json.dumps(m))
 
     write_repository(folder, tmp_path / "repo")
@@ -135,7 +166,11 @@ def test_uses_preprocess_postprocess_graphs_engines_and_image_batch_when_the_man
     assert io(pre.input) == [("rgb", "TYPE_UINT8", [-1, -1, 3])]
     assert io(post.output) == [("mask", "TYPE_BOOL", [-1, -1, -1]), ("score", "TYPE_FP32", [-1])]
     # One image's features for K expressions: no common batch axis, so no Triton batching; the BLS broadcasts.
-    assert fd.max_batch_size == 0 and not fd.HasField("dynamic_batching") and io(fd.input)[0][2] == [-1, m["num_patches"], m["feature_width"]]
+    assert (
+        fd.max_batch_size == 0
+        and not fd.HasField("dynamic_batching")
+        and io(fd.input)[0][2] == [-1, m["num_patches"], m["feature_width"]]
+    )
     assert json.loads((tmp_path / "repo" / "restr" / "1" / "restr.json").read_text())["broadcast_image"] is True
     assert vision.platform == "tensorrt_plan" and not vision.backend and vision.max_batch_size == 16
     assert (tmp_path / "repo" / "restr_vision" / "1" / "model.plan").read_bytes() == b"a serialized TensorRT engine"
@@ -155,18 +190,24 @@ def test_fp16_is_the_fp16_graphs_or_a_refusal(tiny, tmp_path):
     m = json.loads((folder / "manifest.json").read_text())
     for step in ("vision", "language", "fusion_decoder"):
         _add_graph(folder, m, f"{step}_fp16", step, m["graphs"][step]["inputs"], m["graphs"][step]["outputs"])
-        (folder / f"{step}_fp16.onnx").write_bytes((folder / f"{step}_fp16.onnx").read_bytes() + b"\0")  # another file than the fp32 one
+        (folder / f"{step}_fp16.onnx").write_bytes(
+            (folder / f"{step}_fp16.onnx").read_bytes() + b"\0"
+        )  # another file than the fp32 one
         m["graphs"][f"{step}_fp16"]["sha256"] = hashlib.sha256((folder / f"{step}_fp16.onnx").read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(m))
     write_repository(folder, tmp_path / "fp16", TritonOptions(precision="fp16", engines=False))
     for step in ("vision", "language", "fusion_decoder"):
-        assert (tmp_path / "fp16" / f"restr_{step}" / "1" / "model.onnx").read_bytes() == (folder / f"{step}_fp16.onnx").read_bytes()
+        assert (tmp_path / "fp16" / f"restr_{step}" / "1" / "model.onnx").read_bytes() == (
+            folder / f"{step}_fp16.onnx"
+        ).read_bytes()
     # as users type it: restr-export --out EXPORT --triton DIR --precision fp16
     from click.testing import CliRunner
 
     from restr.export.cli import cli
 
-    r = CliRunner().invoke(cli, ["--out", str(folder), "--triton", str(tmp_path / "cli16"), "--precision", "fp16", "--triton-for", "cpu"])
+    r = CliRunner().invoke(
+        cli, ["--out", str(folder), "--triton", str(tmp_path / "cli16"), "--precision", "fp16", "--triton-for", "cpu"]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "cli16" / "restr_vision" / "1" / "model.onnx").read_bytes() == (folder / "vision_fp16.onnx").read_bytes()
 
@@ -226,7 +267,9 @@ def test_generated_repository_runs_on_tritonserver(tiny, tmp_path):
                     for r, l in zip(remote, local, strict=True):
                         assert np.array_equal(r.mask, l.mask) and r.area == l.area and r.unknown_words == l.unknown_words
                         assert r.no_known_words == l.no_known_words and set(r.timings) == set(l.timings)
-                        assert r.score == pytest.approx(l.score, abs=1e-5) and r.patch_score == pytest.approx(l.patch_score, abs=1e-5)
+                        assert r.score == pytest.approx(l.score, abs=1e-5) and r.patch_score == pytest.approx(
+                            l.patch_score, abs=1e-5
+                        )
                 with pytest.raises(ServerError, match="is empty"):
                     client.predict(image, ["the red circle", "  "])
                 with pytest.raises(ServerError, match="not a readable image"):

@@ -3,6 +3,7 @@
 see test_runtime.py): a bounded pool of execution contexts, close() against runs in flight, the
 runner protocol's timings, FP16 engines found for the default precision, and the results of the
 TensorRT calls that can fail checked."""
+
 from __future__ import annotations
 
 import ctypes
@@ -20,13 +21,22 @@ import pytest
 
 pytest.importorskip("torch")
 
-from restr.runtime import Predictor  # noqa: E402
-from restr.runtime.artifacts import Artifacts  # noqa: E402
-from restr.runtime.runners import Runner  # noqa: E402
-from restr.runtime import trt_runner  # noqa: E402
-from conftest import (  # noqa: E402
-    TINY_TEXTS as TEXTS, FakeCudart, copy_export, fake_tensorrt_module, install_fake_tensorrt, make_tiny_export, photo, sha256_of,
+from conftest import (
+    TINY_TEXTS as TEXTS,
+    FakeCudart,
+    copy_export,
+    fake_tensorrt_module,
+    install_fake_tensorrt,
+    make_tiny_export,
+    photo,
+    sha256_of,
 )
+from restr.runtime import (
+    Predictor,
+    trt_runner,
+)
+from restr.runtime.artifacts import Artifacts
+from restr.runtime.runners import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDECAR = {"tensorrt_version": "10.99.0", "gpu_name": "Fake GPU 80GB", "compute_capability": "9.0"}
@@ -45,13 +55,13 @@ class CountingCudart(FakeCudart):
         self.lock = threading.Lock()
         self.copy_delay = 0.0
 
-    def cudaFree(self, ptr):  # noqa: N802
+    def cudaFree(self, ptr):
         with self.lock:
             if ptr in self.memory:
                 self.freed[ptr] = self.memory.pop(ptr)
         return (0,)
 
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
         if self.copy_delay:
             time.sleep(self.copy_delay)
         device = dst if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice else src
@@ -61,32 +71,32 @@ class CountingCudart(FakeCudart):
             ctypes.memmove(dst, src, n)
         return (0,)
 
-    def cudaStreamCreate(self):  # noqa: N802
+    def cudaStreamCreate(self):
         with self.lock:
             self.streams += 1
         return 0, object()
 
-    def cudaStreamDestroy(self, stream):  # noqa: N802
+    def cudaStreamDestroy(self, stream):
         with self.lock:
             self.streams -= 1
         return (0,)
 
-    def cudaSetDevice(self, device):  # noqa: N802
+    def cudaSetDevice(self, device):
         self.log.append(f"set_device {device}")
         return (0,)
 
-    def cudaEventCreate(self):  # noqa: N802
+    def cudaEventCreate(self):
         with self.lock:
             self.events += 1
         return 0, object()
 
-    def cudaEventDestroy(self, ev):  # noqa: N802
+    def cudaEventDestroy(self, ev):
         with self.lock:
             self.events -= 1
         return (0,)
 
-    cudaEventRecord = staticmethod(lambda ev, stream: (0,))  # noqa: N815
-    cudaEventElapsedTime = staticmethod(lambda a, b: (0, 1.0))  # noqa: N815  every phase: 1 ms
+    cudaEventRecord = staticmethod(lambda ev, stream: (0,))
+    cudaEventElapsedTime = staticmethod(lambda a, b: (0, 1.0))  # every phase: 1 ms
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +138,13 @@ def fp16_engines(folder: Path, max_batch: int = 4) -> None:
         (folder / f"{key}.engine").write_bytes((folder / f"{stage}.onnx").read_bytes())
         profiles = {s["name"]: {"min": [1], "opt": [1], "max": [max_batch]} for s in manifest["graphs"][stage]["inputs"]}
         (folder / f"{key}.engine.json").write_text(json.dumps({**SIDECAR, "profiles": profiles}))
-        manifest["engines"][key] = {"file": f"{key}.engine", "sha256": sha256_of(folder / f"{key}.engine"), "sidecar": f"{key}.engine.json",
-                                    "precision": "fp16-strongly-typed", "source": f"{key}.onnx"}
+        manifest["engines"][key] = {
+            "file": f"{key}.engine",
+            "sha256": sha256_of(folder / f"{key}.engine"),
+            "sidecar": f"{key}.engine.json",
+            "precision": "fp16-strongly-typed",
+            "source": f"{key}.onnx",
+        }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -152,10 +167,10 @@ def test_thousand_short_lived_threads_leave_a_bounded_pool(tiny, tmp_path, fake)
     def once():
         try:
             np.testing.assert_allclose(runner.run(WORDS)["linguistic_features"], expected, atol=1e-6)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(repr(e))
 
-    for start in range(0, 1000, 50):  # 1,000 threads, each runs once and ends; 50 alive at a time
+    for _ in range(0, 1000, 50):  # 1,000 threads, each runs once and ends; 50 alive at a time
         threads = [threading.Thread(target=once) for _ in range(50)]
         for t in threads:
             t.start()
@@ -184,7 +199,7 @@ def test_close_waits_for_runs_in_flight_and_closed_runner_says_so(tiny, tmp_path
                 done[0] += 1
             except trt_runner.RunnerClosedError:
                 return
-            except Exception as e:  # noqa: BLE001 - what the test looks for
+            except Exception as e:
                 unexpected.append(repr(e))
                 return
 
@@ -273,8 +288,8 @@ def test_benchmarks_use_only_the_runners_public_api():
 
 
 def test_build_retries_a_refused_timing_cache_and_refuses_a_bad_profile(tmp_path, monkeypatch):
-    from restr.export.tensorrt_build import EngineBuildError, trt_build
     from conftest import FakeConfig, FakeTensorRT
+    from restr.export.tensorrt_build import EngineBuildError, trt_build
 
     offered = []
 

@@ -3,6 +3,7 @@
 `restr.data.refer` and `restr.data.synthetic` are torch-free; `ReferDataset` and `build_dataset`
 (in `restr.data.dataset`) import torch, and are loaded here only when first used.
 """
+
 from restr.data.refer import (
     DataError,
     Sample,
@@ -18,8 +19,18 @@ from restr.data.synthetic import DEFAULT_SIZES, make_synthetic, synthetic_root
 _TORCH_NAMES = ("ReferDataset", "build_dataset", "parse_spec")
 
 __all__ = [
-    "DataError", "Sample", "build_vocabulary", "decode_segmentation", "length_groups", "load_refer", "num_words",
-    "texts", "DEFAULT_SIZES", "make_synthetic", "synthetic_root", *_TORCH_NAMES,
+    "DataError",
+    "Sample",
+    "build_vocabulary",
+    "decode_segmentation",
+    "length_groups",
+    "load_refer",
+    "num_words",
+    "texts",
+    "DEFAULT_SIZES",
+    "make_synthetic",
+    "synthetic_root",
+    *_TORCH_NAMES,
 ]
 
 

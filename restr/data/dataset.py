@@ -1,4 +1,5 @@
 """The torch Dataset over referring samples, and `build_dataset`, the one entry point the CLIs use."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -200,5 +201,15 @@ def build_dataset(
         vocab = Vocabulary.build((s.text for s in samples), tokenizer=tokenizer or "restr")
     elif tokenizer is not None and tokenizer != vocab.tokenizer:
         vocab = Vocabulary(vocab.itos, tokenizer)
-    return ReferDataset(samples, image_size, vocab, mean, std, max_words=max_words, shuffle_text=shuffle_text, seed=seed, name=name,
-                        transform=transform)
+    return ReferDataset(
+        samples,
+        image_size,
+        vocab,
+        mean,
+        std,
+        max_words=max_words,
+        shuffle_text=shuffle_text,
+        seed=seed,
+        name=name,
+        transform=transform,
+    )

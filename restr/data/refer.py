@@ -11,6 +11,7 @@ google) are distributed by the `refer` toolkit (github.com/lichengunc/refer) as 
 with images in a separate folder (the toolkit's default: <folder>/../images/mscoco/images/train2014
 for the COCO-based sets, <folder>/../images/saiapr_tc-12 for ReferIt). One sample per sentence.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,18 @@ _GREF_GROUPS = ((1, 5), (6, 7), (8, 10), (11, 20))
 _UNC_GROUPS = ((1, 2), (3, 3), (4, 5), (6, 20))
 _REFERIT_GROUPS = ((1, 1), (2, 2), (3, 4), (5, 20))
 _GROUPS = {
-    "refcocog": _GREF_GROUPS, "gref": _GREF_GROUPS, "g-ref": _GREF_GROUPS, "umd": _GREF_GROUPS, "google": _GREF_GROUPS,
-    "refcoco": _UNC_GROUPS, "unc": _UNC_GROUPS,
-    "refcoco+": _UNC_GROUPS, "unc+": _UNC_GROUPS,
-    "referit": _REFERIT_GROUPS, "refclef": _REFERIT_GROUPS, "berkeley": _REFERIT_GROUPS,
+    "refcocog": _GREF_GROUPS,
+    "gref": _GREF_GROUPS,
+    "g-ref": _GREF_GROUPS,
+    "umd": _GREF_GROUPS,
+    "google": _GREF_GROUPS,
+    "refcoco": _UNC_GROUPS,
+    "unc": _UNC_GROUPS,
+    "refcoco+": _UNC_GROUPS,
+    "unc+": _UNC_GROUPS,
+    "referit": _REFERIT_GROUPS,
+    "refclef": _REFERIT_GROUPS,
+    "berkeley": _REFERIT_GROUPS,
     "synthetic": _UNC_GROUPS,  # short attribute phrases, like RefCOCO's
     "custom": _UNC_GROUPS,  # any other refer-layout folder
 }
@@ -178,7 +187,7 @@ def _check_refs(refs, path: Path) -> None:
 
 def find_split_by(folder: str | Path) -> list[str]:
     """The splitBy names of the refs(<splitBy>).p files in a refer folder, sorted."""
-    return sorted(p.name[len("refs("):-len(").p")] for p in Path(folder).glob("refs(*).p"))
+    return sorted(p.name[len("refs(") : -len(").p")] for p in Path(folder).glob("refs(*).p"))
 
 
 def _default_image_roots(folder: Path) -> list[Path]:

@@ -11,6 +11,7 @@ The set is written in the `refer` toolkit's layout (images/*.png, refs(synthetic
 with RLE masks) and read back by the same loader as RefCOCO. Generation is deterministic: image i of
 a split depends only on (seed, split, i), so changing one split's size leaves the others as they were.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -108,8 +109,14 @@ def _descriptions(o: Obj) -> list[dict]:
 
 
 _DIRECTION = {  # extreme or relation -> (axis, sign): the signed coordinate grows that way
-    "leftmost": ("x", -1), "rightmost": ("x", 1), "topmost": ("y", -1), "bottommost": ("y", 1),
-    "left of": ("x", -1), "right of": ("x", 1), "above": ("y", -1), "below": ("y", 1),
+    "leftmost": ("x", -1),
+    "rightmost": ("x", 1),
+    "topmost": ("y", -1),
+    "bottommost": ("y", 1),
+    "left of": ("x", -1),
+    "right of": ("x", 1),
+    "above": ("y", -1),
+    "below": ("y", 1),
 }
 
 
@@ -184,7 +191,7 @@ def _pick_expressions(kinds: dict[str, list[str]], rng: np.random.Generator, k: 
         kind = names[rng.choice(len(names), p=w / w.sum())]
         e = str(pools[kind].pop())
         if kind == "attribute" and rng.random() < 0.3:
-            e = e[len("the "):]
+            e = e[len("the ") :]
         chosen.append(e)
     return chosen
 
@@ -319,9 +326,7 @@ def _write(folder: Path, seed: int, counts: dict[str, int], progress: bool) -> N
                     "attributes": {**o.attrs(), "center": [o.cx, o.cy]},
                 }
             )
-            sentences = [
-                {"sent": e, "raw": e, "tokens": split_words(e), "sent_id": ann_id * 10 + s} for s, e in enumerate(exprs)
-            ]
+            sentences = [{"sent": e, "raw": e, "tokens": split_words(e), "sent_id": ann_id * 10 + s} for s, e in enumerate(exprs)]
             refs.append(
                 {
                     "ref_id": ann_id,

@@ -17,6 +17,7 @@ Key masks travel as one operand per encoder stack (`key_mask`), in the form's ow
 the last axis; `pad_keys` extends it with keys every query may attend to (the visual tokens and the
 class seed of the fusion encoder).
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,9 @@ def pad_keys(mask: torch.Tensor | None, before: int = 0, after: int = 0) -> torc
     return pad(mask, -1, before, after, attend)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, heads: int,
-           bias: torch.Tensor | None = None) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, heads: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-head SA of eq. 3-5. q, k, v: (B, N, D) before the head split; `bias` (3D,) is added to
     them first (the qkv projection's bias, kept apart in the "ort" form only, so ONNX Runtime fuses it);
     mask from `key_mask`. Returns (B, N, D), heads concatenated."""
@@ -76,7 +78,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 def _sdpa(q, k, v, mask, heads):
     b, n, d = q.shape
     dh = d // heads
-    split = lambda x: x.reshape(b, -1, heads, dh).transpose(1, 2)  # noqa: E731  (B, H, N, D_h)
+    split = lambda x: x.reshape(b, -1, heads, dh).transpose(1, 2)  # (B, H, N, D_h)
     out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask, scale=dh**-0.5)
     return out.transpose(1, 2).reshape(b, n, d)
 
@@ -100,11 +102,12 @@ class _GraphAttention(torch.autograd.Function):
             if _is_none(bias):
                 bias = g.op("Constant", value_t=torch.zeros(3 * d))
             inputs = (q, k, v, bias) + (() if _is_none(mask) else (mask,))
-            return g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=dh**-0.5,
-                        mask_filter_value_f=MASKED)
+            return g.op(
+                "com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=dh**-0.5, mask_filter_value_f=MASKED
+            )
         if not _is_none(bias):  # the "onnx" form keeps the bias in the projection (Attention.forward)
             raise ValueError("the onnx attention form takes q, k, v with the projection's bias already added")
-        const = lambda x: g.op("Constant", value_t=torch.tensor(x, dtype=torch.int64))  # noqa: E731
+        const = lambda x: g.op("Constant", value_t=torch.tensor(x, dtype=torch.int64))
         heads_shape = const([0, -1, heads, dh])
 
         def split(x, perm):  # (B, N, D) -> (B, H, N, D_h), or (B, H, D_h, N) for keys

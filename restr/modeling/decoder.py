@@ -1,4 +1,5 @@
 """Patch-level prediction (eq. 9) and the coarse-to-fine segmentation decoder (section 3.3, eq. 10)."""
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,15 @@ class CoarseToFineDecoder(nn.Module):
     `bias=False`, their 1x1 convolutions without bias.
     """
 
-    def __init__(self, width: int, patch_size: int, slope: float = 0.01, linear_first: bool = False, gate: str = "sigmoid",
-                 bias: bool = True):
+    def __init__(
+        self,
+        width: int,
+        patch_size: int,
+        slope: float = 0.01,
+        linear_first: bool = False,
+        gate: str = "sigmoid",
+        bias: bool = True,
+    ):
         super().__init__()
         k = int(math.log2(patch_size))
         in_width = 2 * width

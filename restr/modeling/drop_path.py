@@ -4,6 +4,7 @@ In training, each sample's residual branch is dropped with probability p and kep
 by 1 / (1 - p), so the expected output is unchanged; in evaluation (and in every export) it is the
 identity. The paper does not mention it; the authors' code trains with a maximum rate of 0.1.
 """
+
 from __future__ import annotations
 
 import torch

@@ -17,6 +17,7 @@ The authors' switches (`ReSTRConfig`): no key masks, the padded words' l zeroed 
 (`zero_padding`); no final LN after eq. 7 (`vl_norm=False`); two D x D projections of z_v' and e_s'
 (`patch_projections`, their P_patch and P_cls); each stack its own drop-path ramp.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,9 +48,19 @@ def _stack_rates(max_rate: float, depth: int, built: int, ramp: str, joint: list
 
 
 class FusionEncoder(nn.Module):
-    def __init__(self, cfg: EncoderConfig, vision_width: int, language_width: int, variant: str = "cme", eps: float = 1e-6,
-                 mask_padding: bool = True, zero_padding: bool = False, vl_norm: bool = True, patch_projections: bool = False,
-                 drop_path_ramp: str = "joint"):
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        vision_width: int,
+        language_width: int,
+        variant: str = "cme",
+        eps: float = 1e-6,
+        mask_padding: bool = True,
+        zero_padding: bool = False,
+        vl_norm: bool = True,
+        patch_projections: bool = False,
+        drop_path_ramp: str = "joint",
+    ):
         super().__init__()
         self.variant = variant
         self.mask_padding, self.zero_padding = mask_padding, zero_padding
@@ -68,9 +79,13 @@ class FusionEncoder(nn.Module):
             self.joint = Transformers(cfg, drop_path=rates, eps=eps)
         else:
             shared = variant == "cme-shared"
-            first, second = (_stack_rates(cfg.drop_path, d, 1 if shared else d, drop_path_ramp, part)
-                             for d, part in ((half, rates[:half]), (cfg.depth - half, rates[half:])))
-            self.visual_linguistic = Transformers(cfg, depth=half, share_weights=shared, drop_path=first, eps=eps, final_norm=vl_norm)
+            first, second = (
+                _stack_rates(cfg.drop_path, d, 1 if shared else d, drop_path_ramp, part)
+                for d, part in ((half, rates[:half]), (cfg.depth - half, rates[half:]))
+            )
+            self.visual_linguistic = Transformers(
+                cfg, depth=half, share_weights=shared, drop_path=first, eps=eps, final_norm=vl_norm
+            )
             self.linguistic_seed = Transformers(cfg, depth=cfg.depth - half, share_weights=shared, drop_path=second, eps=eps)
 
     def project_visual(self, z_v: torch.Tensor) -> torch.Tensor:
@@ -81,9 +96,7 @@ class FusionEncoder(nn.Module):
         """z_l (B, N_l, D_l) -> l (B, N_l, D): per-token L2 normalisation, then a linear layer."""
         return self.language_proj(l2_normalize(z_l))
 
-    def forward(
-        self, v: torch.Tensor, l: torch.Tensor, pad_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, v: torch.Tensor, l: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """v: projected z_v (B_v, N_v, D); l: projected z_l (B, N_l, D); pad_mask: (B, N_l) bool, True = padding.
         B_v is B, or 1: one image's features shared by B expressions.
 

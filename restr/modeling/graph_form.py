@@ -1,5 +1,6 @@
 """Which form attention and padding take while a graph is traced: a flag of its own, so that
 `attention.py` and `ops.py` both read it without importing each other (as timm's `layers/config.py`)."""
+
 from __future__ import annotations
 
 import contextlib

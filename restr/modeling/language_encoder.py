@@ -1,4 +1,5 @@
 """Language encoder (section 3.1): word embeddings + sinusoidal position + transformers."""
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,17 @@ class LanguageEncoder(nn.Module):
     came first and no key masks.
     """
 
-    def __init__(self, cfg: EncoderConfig, vocab_size: int, max_words: int, freeze_embeddings: bool = False, eps: float = 1e-6,
-                 post_norm: bool = False, output_width: int | None = None, front_padding: bool = False):
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        vocab_size: int,
+        max_words: int,
+        freeze_embeddings: bool = False,
+        eps: float = 1e-6,
+        post_norm: bool = False,
+        output_width: int | None = None,
+        front_padding: bool = False,
+    ):
         super().__init__()
         self.word_embed = nn.Embedding(vocab_size, cfg.width)
         self.word_embed.weight.requires_grad_(not freeze_embeddings)

@@ -1,4 +1,5 @@
 """Patch labels (eq. 11) and the training loss (eq. 12)."""
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,12 @@ def patch_labels(mask: torch.Tensor, patch_size: int, tau: float, rule: str = "m
 
 
 def restr_loss(
-    pixel_logits: torch.Tensor, patch_logit: torch.Tensor, mask: torch.Tensor, patch_size: int, tau: float, lam: float,
+    pixel_logits: torch.Tensor,
+    patch_logit: torch.Tensor,
+    mask: torch.Tensor,
+    patch_size: int,
+    tau: float,
+    lam: float,
     rule: str = "mean",
 ) -> dict[str, torch.Tensor]:
     """Eq. 12: L = lambda * BCE(y_p, patch labels) + BCE(Y_m, mask), both as BCE-with-logits.

@@ -6,6 +6,7 @@
 - `channel_linear`: a linear layer over the channels of an NCHW map, as one MatMul of the weight with
   the (B, C, H*W) map, so the decoder needs no NCHW <-> NHWC transposes.
 """
+
 from __future__ import annotations
 
 import torch

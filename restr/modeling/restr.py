@@ -15,6 +15,7 @@ The `-authors` configs turn the switches where the authors' code computes anothe
 Linear + LN after them, front-padded positions without key masks, no LN after eq. 7, P_patch and
 P_cls before an unscaled eq. 9, the raw logit as eq. 10's gate, eq. 11's label on the pixel sum.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,17 +34,38 @@ class ReSTR(nn.Module):
         self.cfg = cfg
         self.vocab_size = vocab_size
         eps, authors_output = cfg.layer_norm_eps, cfg.language_output == "authors"
-        self.vision = VisionEncoder(cfg.vision, cfg.image_size, cfg.patch_size, cfg.vision_pos_embed, cfg.vision_class_token, eps,
-                                    cfg.pos_embed_resize)
-        self.language = LanguageEncoder(cfg.language, vocab_size, cfg.max_words, cfg.freeze_word_embeddings, eps,
-                                        post_norm=cfg.language_norm == "post", output_width=cfg.fusion.width if authors_output else None,
-                                        front_padding=cfg.padding == "front")
-        self.fusion = FusionEncoder(cfg.fusion, cfg.vision.width, cfg.fusion.width if authors_output else cfg.language.width,
-                                    cfg.fusion_variant, eps, mask_padding=cfg.padding == "masked", zero_padding=cfg.padding == "front",
-                                    vl_norm=cfg.fusion_vl_norm, patch_projections=cfg.patch_projections,
-                                    drop_path_ramp=cfg.fusion_drop_path)
+        self.vision = VisionEncoder(
+            cfg.vision, cfg.image_size, cfg.patch_size, cfg.vision_pos_embed, cfg.vision_class_token, eps, cfg.pos_embed_resize
+        )
+        self.language = LanguageEncoder(
+            cfg.language,
+            vocab_size,
+            cfg.max_words,
+            cfg.freeze_word_embeddings,
+            eps,
+            post_norm=cfg.language_norm == "post",
+            output_width=cfg.fusion.width if authors_output else None,
+            front_padding=cfg.padding == "front",
+        )
+        self.fusion = FusionEncoder(
+            cfg.fusion,
+            cfg.vision.width,
+            cfg.fusion.width if authors_output else cfg.language.width,
+            cfg.fusion_variant,
+            eps,
+            mask_padding=cfg.padding == "masked",
+            zero_padding=cfg.padding == "front",
+            vl_norm=cfg.fusion_vl_norm,
+            patch_projections=cfg.patch_projections,
+            drop_path_ramp=cfg.fusion_drop_path,
+        )
         self.decoder = CoarseToFineDecoder(
-            cfg.fusion.width, cfg.patch_size, cfg.decoder_activation_slope, cfg.decoder_linear_first, cfg.decoder_gate, cfg.decoder_bias
+            cfg.fusion.width,
+            cfg.patch_size,
+            cfg.decoder_activation_slope,
+            cfg.decoder_linear_first,
+            cfg.decoder_gate,
+            cfg.decoder_bias,
         )
         for encoder in (self.vision, self.language, self.fusion):
             encoder.apply(_init_transformer)
@@ -71,9 +93,7 @@ class ReSTR(nn.Module):
         y_p = patch_logits(z_v_fused, classifier, self.cfg.patch_logit_scale)
         return self.decoder(v, z_v_fused, y_p, grid), y_p
 
-    def forward(
-        self, image: torch.Tensor, words: torch.Tensor, pad_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, words: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image: (B, 3, H, W) normalised, H and W divisible by P; words: (B, N_l) int64;
         pad_mask: (B, N_l) bool, True = padding.
 

@@ -8,6 +8,7 @@ In training each residual branch may be dropped per sample (stochastic depth, `E
 Parameter names follow timm's ViT (`qkv`, `proj`, `norm1`, `mlp.fc1`, ...) so ImageNet checkpoints
 load by name.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,8 @@ from torch import nn
 
 from restr.config import EncoderConfig
 from restr.modeling.attention import attend, layer_mask
-from restr.modeling.graph_form import current_form
 from restr.modeling.drop_path import DropPath, drop_path_rates
+from restr.modeling.graph_form import current_form
 
 
 class Attention(nn.Module):
@@ -57,8 +58,9 @@ class TransformerLayer(nn.Module):
     `post_norm`: the authors' language layers instead, z = LN(z + MSA(z)); z = LN(z + MLP(z)).
     """
 
-    def __init__(self, width: int, heads: int, mlp_width: int, drop_path: float = 0.0, eps: float = 1e-6,
-                 post_norm: bool = False):
+    def __init__(
+        self, width: int, heads: int, mlp_width: int, drop_path: float = 0.0, eps: float = 1e-6, post_norm: bool = False
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
@@ -86,8 +88,16 @@ class Transformers(nn.Module):
     authors' switches (`ReSTRConfig.layer_norm_eps`, `language_norm`, `fusion_vl_norm`).
     """
 
-    def __init__(self, cfg: EncoderConfig, depth: int | None = None, share_weights: bool = False, drop_path: list[float] | None = None,
-                 eps: float = 1e-6, post_norm: bool = False, final_norm: bool = True):
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        depth: int | None = None,
+        share_weights: bool = False,
+        drop_path: list[float] | None = None,
+        eps: float = 1e-6,
+        post_norm: bool = False,
+        final_norm: bool = True,
+    ):
         super().__init__()
         self.depth = cfg.depth if depth is None else depth
         rates = drop_path_rates(cfg.drop_path, self.depth) if drop_path is None else list(drop_path)

@@ -1,4 +1,5 @@
 """Vision encoder (section 3.1, eq. 6): linear patch embedding + learnable 1-D position + transformers."""
+
 from __future__ import annotations
 
 import torch
@@ -22,14 +23,18 @@ def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(-1, (h // p) * (w // p), c * p * p)
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+def resize_pos_embed(
+    pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], mode: str = "bicubic"
+) -> torch.Tensor:
     """(1, h*w, D) on `old_grid` -> (1, h'*w', D) on `new_grid`, bicubic in 2-D (or `mode="bilinear"`,
     the authors' forward pass; both with half-pixel centres, no antialiasing)."""
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
     d = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid if grid.dtype == torch.float64 else grid.float(), size=tuple(new_grid), mode=mode, align_corners=False)
+    grid = F.interpolate(
+        grid if grid.dtype == torch.float64 else grid.float(), size=tuple(new_grid), mode=mode, align_corners=False
+    )
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(pos_embed.dtype)
 
 
@@ -65,8 +70,16 @@ class VisionEncoder(nn.Module):
     is interpolated for another input size (bicubic; the authors' forward pass: bilinear).
     """
 
-    def __init__(self, cfg: EncoderConfig, image_size: int, patch_size: int, pos_embed: str = "learned",
-                 class_token: bool = False, eps: float = 1e-6, resize: str = "bicubic"):
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        image_size: int,
+        patch_size: int,
+        pos_embed: str = "learned",
+        class_token: bool = False,
+        eps: float = 1e-6,
+        resize: str = "bicubic",
+    ):
         super().__init__()
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)

@@ -13,6 +13,7 @@ the Python runtime gives on the export `make_export` writes (restr-tiny, seeded 
 tests/test_runtime.py's `make_tiny_export`). tests/test_golden.py keeps the Python runtime on
 these files, runtime/cpp/tests the C++ host, so the two cannot drift apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -155,8 +156,15 @@ def tokenizer_cases(tokenizer: str = "restr") -> dict:
     cases = []
     for text in TEXTS:
         enc = vocab.encode([text], MAX_WORDS)
-        cases.append({"text": text, "words": vocab.split(text), "ids": enc.words[0].tolist(),
-                      "truncated": enc.truncated[0], "unknown": enc.unknown[0]})
+        cases.append(
+            {
+                "text": text,
+                "words": vocab.split(text),
+                "ids": enc.words[0].tolist(),
+                "truncated": enc.truncated[0],
+                "unknown": enc.unknown[0],
+            }
+        )
     return {"tokenizer": tokenizer, "max_words": MAX_WORDS, "vocab": vocab.itos, "cases": cases}
 
 
@@ -201,8 +209,18 @@ def predictions(export: Path) -> dict:
         for k, p in enumerate(predictor.predict_image(rgb, texts, probs=False), 1):
             mask = f"masks/photo{n}_{k}.png"
             Image.fromarray(p.mask.astype(np.uint8) * 255).save(HERE / mask)
-            expected.append({"text": p.text, "mask": mask, "area": p.area, "score": p.score, "patch_score": p.patch_score,
-                             "unknown_words": p.unknown_words, "no_known_words": p.no_known_words, "truncated": p.truncated})
+            expected.append(
+                {
+                    "text": p.text,
+                    "mask": mask,
+                    "area": p.area,
+                    "score": p.score,
+                    "patch_score": p.patch_score,
+                    "unknown_words": p.unknown_words,
+                    "no_known_words": p.no_known_words,
+                    "truncated": p.truncated,
+                }
+            )
         rows.append({"image": name, "expressions": expected})
     return {"threshold": predictor.threshold, "score_atol": 1e-5, "photos": rows}
 

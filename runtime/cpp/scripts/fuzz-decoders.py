@@ -111,8 +111,15 @@ def fuzz(a, rng: random.Random, work: Path, files: list[Path]) -> tuple[int, int
         image = work / f"input{src.suffix}"
         image.write_bytes(damage(src.read_bytes(), rng))
         args = ["--artifacts", a.artifacts, "--image", str(image), "--text", "the dog", "--overlay", "--force"]
-        cpp = subprocess.run([a.cli, *args, "--out", str(work / "cpp"), "--threads", "1"], capture_output=True, text=True, errors="replace")
-        py = subprocess.run([sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(work / "py")], capture_output=True, text=True, errors="replace")
+        cpp = subprocess.run(
+            [a.cli, *args, "--out", str(work / "cpp"), "--threads", "1"], capture_output=True, text=True, errors="replace"
+        )
+        py = subprocess.run(
+            [sys.executable, "-m", "restr.runtime.cli", *args, "--out", str(work / "py")],
+            capture_output=True,
+            text=True,
+            errors="replace",
+        )
         runs += 1
         why = []
         if cpp.returncode != py.returncode:
@@ -130,7 +137,9 @@ def fuzz(a, rng: random.Random, work: Path, files: list[Path]) -> tuple[int, int
             kept = a.keep / f"{a.seed}-{found}-{src.stem}{src.suffix}"
             kept.write_bytes(image.read_bytes())
             found += 1
-            print(f"{kept}: {'; '.join(why)}\n  C++: {cpp.stderr.strip()[-300:]}\n  Python: {py.stderr.strip()[-300:]}", flush=True)
+            print(
+                f"{kept}: {'; '.join(why)}\n  C++: {cpp.stderr.strip()[-300:]}\n  Python: {py.stderr.strip()[-300:]}", flush=True
+            )
     return found, runs
 
 
