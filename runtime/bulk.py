@@ -443,14 +443,7 @@ def records(req: Request, result: ImageResult, out: Path | None) -> list[dict]:
             **(req.samples[k] if req.samples else {}),
             "mask": {"size": [h, w], "counts": rle["counts"].decode("utf-8")},
             "box": [int(round(v)) for v in box] if p.area else None,
-            "area": p.area,
-            "area_fraction": round(p.area_fraction, 6),
-            "score": round(p.score, 6),
-            "patch_score": round(p.patch_score, 6),
-            "unknown_words": p.unknown_words,
-            "no_known_words": p.no_known_words,
-            "truncated": p.truncated,
-            "timings_ms": {n: round(v, 3) for n, v in p.timings.items()},
+            **p.figures(),
             "error": None,
         }
         if out is not None:

@@ -541,14 +541,7 @@ def _summary(
                 "text": p.text,
                 "mask": f"{name}.png",
                 "overlay": f"{name}_overlay.png" if overlay else None,
-                "area": p.area,
-                "area_fraction": round(p.area_fraction, 6),
-                "score": round(p.score, 6),
-                "patch_score": round(p.patch_score, 6),
-                "unknown_words": p.unknown_words,
-                "no_known_words": p.no_known_words,
-                "truncated": p.truncated,
-                "timings_ms": {n: round(v, 3) for n, v in t.items()},
+                **p.figures(t),
             }
             for i, (p, name, t) in enumerate(zip(preds, names, per_expr), 1)
         ],

@@ -106,6 +106,20 @@ class Prediction:
         """Fraction of the image covered by the mask."""
         return self.area / max(1, self.mask.size)
 
+    def figures(self, timings: dict[str, float] | None = None) -> dict:
+        """The JSON fields every written record of a prediction shares (restr-predict's
+        prediction.json, bulk predictions.jsonl): area, scores, word flags, timings (ms)."""
+        return {
+            "area": self.area,
+            "area_fraction": round(self.area_fraction, 6),
+            "score": round(self.score, 6),
+            "patch_score": round(self.patch_score, 6),
+            "unknown_words": self.unknown_words,
+            "no_known_words": self.no_known_words,
+            "truncated": self.truncated,
+            "timings_ms": {n: round(v, 3) for n, v in (self.timings if timings is None else timings).items()},
+        }
+
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare by identity (or by `key`)
 class ImageEmbedding:
