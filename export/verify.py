@@ -548,12 +548,9 @@ def check_processing(art, cfg, seed: int = 0, threads: int = 0) -> dict:
         out["probs_max_abs_diff"] = max(out["probs_max_abs_diff"], float(np.abs(got - want).max()))
         out["mask_agreement"] = min(out["mask_agreement"], float((mask == want_mask).mean()))
     criteria = LOGIT_PROCESSING_CRITERIA if transform.mask_from == "logits" else PROCESSING_CRITERIA
+    check = Check("processing", "restr.runtime.transforms", [], {k: out[k] for k in criteria}, criteria)
     failures = [] if out["geometry_equal"] else ["letterbox geometry differs from Letterbox.fit"]
-    failures += [
-        f"{k} {out[k]:.4g} (needs {op} {v:g})"
-        for k, (op, v) in criteria.items()
-        if not (out[k] <= v if op == "<=" else out[k] >= v)
-    ]
+    failures += check.misses
     return {
         **out,
         "criteria": {k: f"{op} {v:g}" for k, (op, v) in criteria.items()},
