@@ -227,7 +227,7 @@ std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handl
 double round6(double x) { return std::nearbyint(x * 1e6) / 1e6; }
 double round3(double x) { return std::nearbyint(x * 1e3) / 1e3; }
 
-// The nearest folder of `path` that exists, as restr.cli_common._nearest_existing: absolute, then
+// The nearest folder of `path` that exists, as restr.runtime.cli_common._nearest_existing: absolute, then
 // its parents (by name) until one exists.
 fs::path nearest_existing(const std::string& path) {
   fs::path p = py_path(fs::absolute(path).string());
@@ -235,7 +235,7 @@ fs::path nearest_existing(const std::string& path) {
   return p;
 }
 
-// restr.cli_common._probe_folder: a file created and removed in `folder`, the only test that also
+// restr.runtime.cli_common._probe_folder: a file created and removed in `folder`, the only test that also
 // holds for root, /proc and read-only mounts; `what` names the option ("--out DIR").
 void probe_folder(const fs::path& folder, const std::string& what) {
   if (!fs::is_directory(folder)) throw UsageError(what + ": " + folder.string() + " is not a folder");
