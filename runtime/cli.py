@@ -19,6 +19,7 @@ images in one process, written to `<out>/predictions.jsonl`, with --resume and -
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import sys
 import time
 import unicodedata
 import warnings
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import click
@@ -579,11 +581,23 @@ def _write_outputs(out: Path, preds: list[Prediction], names: list[str], rgb, su
     try:
         out.mkdir(parents=True, exist_ok=True)
         tmp = staging_dir(out, PROG)
-        files = []
+        jobs = []
         for p, name in zip(preds, names):
-            files.append(save_mask(tmp / f"{name}.png", p.mask).name)
+            jobs.append(functools.partial(save_mask, tmp / f"{name}.png", p.mask))
             if overlay:
-                files.append(save_overlay(tmp / f"{name}_overlay.png", rgb, p.mask).name)
+                jobs.append(functools.partial(save_overlay, tmp / f"{name}_overlay.png", rgb, p.mask))
+        # zlib and numpy release the GIL: a large photo's PNGs are encoded side by side, one per core
+        pool, futures = ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)), []
+        try:
+            with signals_deferred():  # a signal inside submit could leave a job running unseen
+                futures = [pool.submit(job) for job in jobs]
+            files = [f.result().name for f in futures]
+        finally:  # stopped mid-write: no PNG is still being written when the staging folder goes
+            with signals_deferred():
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                pool.shutdown()
         if sheet:
             # the score first: a long expression is cut at the tile's second line, never the score
             captions = [

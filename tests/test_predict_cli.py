@@ -469,7 +469,7 @@ def test_sigterm_while_writing_leaves_nothing(tiny, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.strip() == "restr-predict: error: stopped by SIGTERM"
-    assert not out.exists() and list((tmp_path / "new").iterdir()) == []
+    assert not out.exists() and list((tmp_path / "new").iterdir()) == [], sorted(p.name for p in out.rglob("*"))
 
 
 def test_staging_left_by_a_killed_run_is_removed_by_the_next(tiny, image, tmp_path):
