@@ -45,7 +45,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ckpt = RUN / "model.pt"
     step(
-        "1/8 train restr-tiny on the synthetic referring task (2 CPU cores: 11-21 minutes; stopped, make demo goes on from its last checkpoint)",
+        "1/8 train restr-tiny on the synthetic referring task (2 CPU cores: 11-27 minutes; stopped, make demo goes on from its last checkpoint)",
         "restr-train",
         "--config",
         "restr-tiny",
