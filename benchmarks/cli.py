@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from restr.runtime.cli_common import OneLineErrorCommand, UsageError, check_writable_file
-from restr.runtime.formats import PRECISIONS
+from restr.runtime.cli_common import OneLineErrorCommand, UsageError, check_writable_file, runtime_options
 
 
 def _fail(msg: str) -> None:
@@ -105,21 +104,7 @@ def _writable_file(path: str | None, option: str) -> None:
     default=None,
     help="ONNX Runtime intra-op and PyTorch threads. Default: every CPU this process may use.",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="Export folders: the FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (TensorRT engines are FP16).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["ort", "tensorrt"]),
-    default="ort",
-    show_default=True,
-    help="Export folders: ONNX Runtime or the native TensorRT engines (GPU).",
-)
-@click.option("--providers", default=None, help="ONNX Runtime execution providers, e.g. cuda or tensorrt,cuda (default: CPU).")
+@runtime_options("Export folders: ")
 @click.option(
     "--image-size",
     type=int,

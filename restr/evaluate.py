@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader, Subset
 
 from restr.cli_common import one_line_errors, pick_device
 from restr.metrics import SegmentationMetrics, agreement, difference, format_comparison, format_table, intersection_union
-from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file
+from restr.runtime.cli_common import OneLineErrorCommand, Progress, UsageError, check_writable_file, runtime_options
 from restr.runtime.errors import first_line
-from restr.runtime.formats import PRECISIONS
 from restr.runtime.transforms import ImageTransform
 
 MAX_EXPRESSIONS = 256  # expressions the runtime takes in one call about one image (Predictor.max_expressions)
@@ -208,25 +207,7 @@ RUNTIME_OPTIONS = ("backend", "precision", "providers")
     metavar="URL",
     help="Instead of --artifacts: score the model a restr server serves (restr-serve), e.g. http://127.0.0.1:8000 or grpc://127.0.0.1:8001.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["ort", "tensorrt"]),
-    default="ort",
-    show_default=True,
-    help="With --artifacts: ONNX Runtime graphs or native TensorRT engines.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="With --artifacts: FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (engines are fp16).",
-)
-@click.option(
-    "--providers",
-    default=None,
-    help="With --artifacts: ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]",
-)
+@runtime_options("With --artifacts: ")
 @click.option(
     "--max-drop",
     type=click.FloatRange(min=0),

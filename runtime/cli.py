@@ -44,11 +44,11 @@ from restr.runtime.cli_common import (
     check_writable_dir,
     check_writable_file,
     exit_code,
+    runtime_options,
     signals_deferred,
     signals_interrupt,
 )
 from restr.runtime.errors import first_line
-from restr.runtime.formats import PRECISIONS
 from restr.runtime.predictor import Prediction, Predictor, TextError, TextTruncatedWarning, as_rgb
 from restr.runtime.tokenizer import split_words
 from restr.runtime.trt_runner import TensorRTUnavailable
@@ -127,23 +127,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     help="Write into a folder that holds files: a previous run's outputs (its summary.json lists them; a bulk job's predictions.jsonl, run.json, masks/) are removed first.",
 )
 @click.option("--list-words", is_flag=True, help="Print the words the model knows (its vocabulary), one a line, and exit.")
-@click.option(
-    "--backend",
-    type=click.Choice(["ort", "tensorrt"]),
-    default="ort",
-    show_default=True,
-    help="ONNX Runtime graphs or native TensorRT engines.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="FP32 graphs, the mixed-precision FP16 ones, or the calibrated INT8 ones (restr-export --precision int8); engines are fp16.",
-)
-@click.option(
-    "--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]"
-)
+@runtime_options()
 @click.option(
     "--threshold",
     type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from restr.runtime.formats import BACKENDS, PRECISIONS
+
 EXIT_BAD_INPUT = 2  # bad input or a failure the user can act on: one line on stderr
 
 
@@ -225,3 +227,44 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def runtime_options(scope: str = ""):
+    """--backend, --precision and --providers, as every command that runs an export takes them
+    (restr-predict, restr-eval, restr-bench, restr-serve); `scope` starts their help, e.g.
+    "With --artifacts: "."""
+
+    def helped(text: str) -> str:
+        return scope + text if scope else text[0].upper() + text[1:]
+
+    options = [
+        click.option(
+            "--backend",
+            type=click.Choice(BACKENDS),
+            default="ort",
+            show_default=True,
+            help=helped("ONNX Runtime graphs or native TensorRT engines (GPU)."),
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="fp32",
+            show_default=True,
+            help=helped(
+                "the FP32 graphs, the mixed-precision FP16 ones or the calibrated INT8 ones (restr-export --precision"
+                " int8); TensorRT engines are FP16."
+            ),
+        ),
+        click.option(
+            "--providers",
+            default=None,
+            help=helped("ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]"),
+        ),
+    ]
+
+    def add(command):
+        for option in reversed(options):  # click lists options in the order they are written
+            command = option(command)
+        return command
+
+    return add

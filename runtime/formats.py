@@ -24,6 +24,7 @@ MODEL_GRAPHS = (END_TO_END, *STAGES)
 PREPROCESS, POSTPROCESS = "preprocess", "postprocess"
 PROCESSING_GRAPHS = (PREPROCESS, POSTPROCESS)
 PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("ort", "tensorrt")  # ONNX Runtime graphs, or native TensorRT engines
 # What restr-export writes unless asked: INT8 needs calibration data (restr.export.int8), so it is
 # written on request only.
 DEFAULT_PRECISIONS = ("fp32", "fp16")

@@ -25,11 +25,10 @@ import numpy as np
 
 from restr.runtime.artifacts import ArtifactError, Artifacts, GraphInfo, TensorSpec
 from restr.runtime.errors import first_line
-from restr.runtime.formats import IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
+from restr.runtime.formats import BACKENDS, IMAGE_BATCH, PROCESSING_GRAPHS, graph_key  # noqa: F401  (graph_key: re-exported)
 from restr.runtime.runner_base import Runner, RunnerClosedError, prepare_feeds
 from restr.runtime.trt_runner import TrtRunner
 
-BACKENDS = ("ort", "tensorrt")
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",

@@ -53,8 +53,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from restr.runtime.cli_common import EXIT_BAD_INPUT
-from restr.runtime.formats import PRECISIONS
+from restr.runtime.cli_common import EXIT_BAD_INPUT, runtime_options
 from restr.runtime.protocol import (
     MODEL,
     OUTPUTS,
@@ -686,17 +685,7 @@ def _interrupt(signum, frame):
     show_default=True,
     help="Most expressions in one request.",
 )
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="Which graphs of the export serve: FP32, the mixed-precision FP16 ones or the calibrated INT8 ones.",
-)
-@click.option(
-    "--providers", default=None, help="ONNX Runtime providers, comma-separated: tensorrt, cuda, cpu, or auto. [default: cpu]"
-)
+@runtime_options()
 @click.option(
     "--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads per instance. [default: cores / instances]"
 )
