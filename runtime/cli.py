@@ -130,7 +130,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 @runtime_options()
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    type=click.FloatRange(0.0, 1.0),
     default=None,
     help="Mask threshold on the probability. [default: the manifest's, 0.5]",
 )
