@@ -21,7 +21,7 @@ that one to float and resizes it in two passes, the width with every row as a ch
 full size, and the result is the same bits as resizing the float (1, 3, H, W) image at once (ONNX
 Runtime's antialiased Resize computes each channel alone, the width first; a pass that keeps a size
 weighs each pixel by exactly 1). On a 4000 x 3000 photo (CPU time, medians of 6, the shared 2-core
-development machine): the first run of a session 0.23 s and 77 MB more peak RSS, a later run 0.15
+development machine): the first run in a process 0.23 s and 77 MB more peak RSS, a later run 0.15
 s, where the earlier graph, which cast and transposed the whole photo in float, took 0.42 s and
 279 MB, and 0.21 s. (Casting the whole photo after a uint8 transpose makes later runs 0.13 s but
 the first 0.31 s and 172 MB: restr-predict makes one.)
