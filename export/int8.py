@@ -226,8 +226,9 @@ def quantize_graph(
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
     proto = onnx.load(str(fp32_path), load_external_data=False)
     keep_float = KEEP_FLOAT if keep_float is None else keep_float
-    nodes = [n for n in weight_matmuls(proto) if not any(k in n for k in keep_float)]
-    kept = sorted(set(weight_matmuls(proto)) - set(nodes))
+    weights = weight_matmuls(proto)
+    nodes = [n for n in weights if not any(k in n for k in keep_float)]
+    kept = sorted(set(weights) - set(nodes))
     reader = _reader(feeds, batch)
     extra = {
         "ActivationSymmetric": True,

@@ -10,6 +10,7 @@ graphs, the INT8 graphs, the processing graphs, the manifest, the verification, 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -241,6 +242,13 @@ class ExportContext:
     def int8(self) -> bool:
         return "int8" in self.options.precisions
 
+    @functools.cached_property
+    def io(self) -> dict:
+        """{graph: (inputs, outputs)} of every graph this export can write (model and processing)."""
+        from restr.export.processing import processing_io
+
+        return {**graph_io(self.cfg), **processing_io(self.cfg.image_size)}
+
     def path(self, key: str) -> Path:
         """Where graph `key` is written."""
         return self.folder / graph_file(key)
@@ -308,15 +316,12 @@ def add_graph(ctx: ExportContext, key: str, proto, precision: str, started: floa
     `started` is when its making began (for the log)."""
     import onnx
 
-    from restr.export.processing import processing_io
-
     try:  # the standard's full check (sorted nodes, types, shapes) on every graph written
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportCheckError(f"{graph_file(key)}: not valid ONNX ({str(e).splitlines()[0]})") from None
     onnx.save(proto, str(ctx.path(key)))
-    io = {**graph_io(ctx.cfg), **processing_io(ctx.cfg.image_size)}
-    inputs, outputs = io[base_graph(key)]
+    inputs, outputs = ctx.io[base_graph(key)]
     ctx.graphs[key] = graph_entry(
         ctx.folder, graph_file(key), inputs, outputs, precision, opset_of(proto), op_counts=graph_summary(proto), **extra
     )

@@ -553,7 +553,7 @@ def check_processing(art, cfg, seed: int = 0, threads: int = 0) -> dict:
     failures += check.misses
     return {
         **out,
-        "criteria": {k: f"{op} {v:g}" for k, (op, v) in criteria.items()},
+        "criteria": check.to_dict()["criteria"],
         "passed": not failures,
         "failures": failures,
     }
